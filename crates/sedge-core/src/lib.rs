@@ -1,0 +1,19 @@
+//! sedge's domain model, shared by every other crate and free of I/O.
+//!
+//! - [`manifest`]: a function folder's `sedge.toml` (the user's form) checked
+//!   and normalised into a [`FunctionSpec`] (the locked form the node runs).
+//! - [`name`]: function names (DNS labels).
+//! - [`invocation`]: one call of a function and its answer, as the gateway
+//!   hands it to the runtime, and the [`InvokeError`] kinds the gateway maps
+//!   to HTTP statuses.
+//!
+//! Neighbours: `sedge-store` persists manifests, `sedge-runtime` runs specs,
+//! `sedge-gateway` turns HTTP into [`Invocation`]s.
+
+pub mod invocation;
+pub mod manifest;
+pub mod name;
+
+pub use invocation::{Invocation, InvokeError, Reply};
+pub use manifest::{FunctionSpec, Limits, ManifestError, RuntimeKind, Scale, Style};
+pub use name::{FunctionName, NameError};

@@ -1,0 +1,365 @@
+//! `sedge.toml`: the user's manifest, checked field by field and normalised
+//! into the locked [`FunctionSpec`] that the node runs.
+//!
+//! Parsing happens in two steps so every message can name the file, the field
+//! and what was expected: serde reads the raw shape (rejecting unknown
+//! fields), then [`FunctionSpec::from_raw`] checks each value.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::name::FunctionName;
+
+/// The file name a function folder must contain.
+pub const MANIFEST_FILE: &str = "sedge.toml";
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_BODY: u64 = 8 * 1024 * 1024;
+/// Waiting requests per function before 429: deep enough to absorb a burst of
+/// many users against a few workers, shallow enough that a stuck function
+/// answers "busy" instead of piling up memory.
+const DEFAULT_QUEUE: u32 = 256;
+const DEFAULT_MAX_WORKERS: u32 = 4;
+const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: field `{field}`: {problem}")]
+    Field {
+        file: String,
+        field: String,
+        problem: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    Python,
+    Node,
+    Exec,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Python => "python",
+            Self::Node => "node",
+            Self::Exec => "exec",
+        }
+    }
+}
+
+/// How the function's code expects to be called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Sedge,
+}
+
+impl Style {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sedge => "sedge",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Covers queueing plus execution.
+    pub timeout: Duration,
+    pub max_body: u64,
+    /// Recorded and shown; not yet enforced on workers.
+    pub memory: Option<u64>,
+    /// Requests allowed to wait for a worker before the answer is 429.
+    pub queue: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scale {
+    pub min: u32,
+    pub max: u32,
+    /// Requests one worker serves at a time.
+    pub concurrency: u32,
+    /// How long a worker may sit unneeded before the pool shrinks.
+    pub idle: Duration,
+}
+
+/// The locked form of a manifest: every value checked, every default filled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSpec {
+    pub name: FunctionName,
+    pub runtime: RuntimeKind,
+    pub handler: String,
+    pub style: Style,
+    pub limits: Limits,
+    pub scale: Scale,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: String,
+    runtime: String,
+    handler: String,
+    style: Option<String>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    scale: RawScale,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    timeout: Option<String>,
+    max_body: Option<String>,
+    memory: Option<String>,
+    queue: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScale {
+    min: Option<i64>,
+    max: Option<i64>,
+    concurrency: Option<i64>,
+    idle: Option<String>,
+}
+
+/// Field checks report into this, so each message carries the file name.
+struct Checker<'a> {
+    file: &'a str,
+}
+
+impl Checker<'_> {
+    fn fail<T>(&self, field: &str, problem: impl Into<String>) -> Result<T, ManifestError> {
+        Err(ManifestError::Field {
+            file: self.file.to_owned(),
+            field: field.to_owned(),
+            problem: problem.into(),
+        })
+    }
+
+    fn duration(&self, field: &str, value: Option<&str>, default: Duration) -> Result<Duration, ManifestError> {
+        let Some(text) = value else { return Ok(default) };
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => self.fail(field, "must be longer than zero"),
+            Ok(d) => Ok(d),
+            Err(_) => self.fail(
+                field,
+                format!("expected a duration like \"500ms\", \"30s\" or \"5m\", found {text:?}"),
+            ),
+        }
+    }
+
+    fn size(&self, field: &str, value: Option<&str>) -> Result<Option<u64>, ManifestError> {
+        let Some(text) = value else { return Ok(None) };
+        match text.trim().parse::<bytesize::ByteSize>() {
+            Ok(s) if s.as_u64() == 0 => self.fail(field, "must be larger than zero"),
+            Ok(s) => Ok(Some(s.as_u64())),
+            Err(_) => self.fail(
+                field,
+                format!("expected a size like \"512KiB\", \"8MiB\" or \"1GiB\", found {text:?}"),
+            ),
+        }
+    }
+
+    fn count(&self, field: &str, value: Option<i64>, default: u32, range: (u32, u32)) -> Result<u32, ManifestError> {
+        let Some(n) = value else { return Ok(default) };
+        match u32::try_from(n) {
+            Ok(n) if (range.0..=range.1).contains(&n) => Ok(n),
+            _ => self.fail(
+                field,
+                format!("expected a whole number from {} to {}, found {n}", range.0, range.1),
+            ),
+        }
+    }
+}
+
+impl FunctionSpec {
+    /// Parses the text of a manifest; `file` names it in every error.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ManifestError> {
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Syntax {
+            file: file.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        Self::from_raw(file, raw)
+    }
+
+    fn from_raw(file: &str, raw: RawManifest) -> Result<Self, ManifestError> {
+        let c = Checker { file };
+        let name = match FunctionName::parse(&raw.name) {
+            Ok(n) => n,
+            Err(e) => return c.fail("name", e.to_string()),
+        };
+        let runtime = match raw.runtime.as_str() {
+            "python" => RuntimeKind::Python,
+            "node" => RuntimeKind::Node,
+            "exec" => RuntimeKind::Exec,
+            other => return c.fail("runtime", format!("expected one of python, node, exec; found {other:?}")),
+        };
+        check_handler(&c, runtime, &raw.handler)?;
+        let style = match raw.style.as_deref().unwrap_or("sedge") {
+            "sedge" => Style::Sedge,
+            other => return c.fail("style", format!("expected \"sedge\"; found {other:?}")),
+        };
+        let limits = Limits {
+            timeout: c.duration("limits.timeout", raw.limits.timeout.as_deref(), DEFAULT_TIMEOUT)?,
+            max_body: c.size("limits.max_body", raw.limits.max_body.as_deref())?.unwrap_or(DEFAULT_MAX_BODY),
+            memory: c.size("limits.memory", raw.limits.memory.as_deref())?,
+            queue: c.count("limits.queue", raw.limits.queue, DEFAULT_QUEUE, (0, 1_000_000))?,
+        };
+        if limits.timeout > MAX_TIMEOUT {
+            return c.fail("limits.timeout", "must be at most 1h");
+        }
+        let max = c.count("scale.max", raw.scale.max, DEFAULT_MAX_WORKERS, (1, 1024))?;
+        let scale = Scale {
+            min: c.count("scale.min", raw.scale.min, 0, (0, max))?,
+            max,
+            concurrency: c.count("scale.concurrency", raw.scale.concurrency, 1, (1, 1024))?,
+            idle: c.duration("scale.idle", raw.scale.idle.as_deref(), DEFAULT_IDLE)?,
+        };
+        for key in raw.env.keys() {
+            let ok = !key.is_empty()
+                && !key.starts_with(|ch: char| ch.is_ascii_digit())
+                && key.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+            if !ok {
+                return c.fail(&format!("env.{key}"), "names may hold only letters, digits and '_', not starting with a digit");
+            }
+        }
+        Ok(Self {
+            name,
+            runtime,
+            handler: raw.handler,
+            style,
+            limits,
+            scale,
+            env: raw.env,
+            labels: raw.labels,
+            annotations: raw.annotations,
+        })
+    }
+
+    /// The words of an `exec` handler's command line.
+    pub fn command_words(&self) -> Vec<String> {
+        shlex::split(&self.handler).unwrap_or_default()
+    }
+}
+
+fn check_handler(c: &Checker<'_>, runtime: RuntimeKind, handler: &str) -> Result<(), ManifestError> {
+    match runtime {
+        RuntimeKind::Exec => match shlex::split(handler) {
+            Some(words) if !words.is_empty() => Ok(()),
+            _ => c.fail("handler", format!("expected a command line such as \"python3 main.py\", found {handler:?}")),
+        },
+        RuntimeKind::Python | RuntimeKind::Node => {
+            let shape = if runtime == RuntimeKind::Python { "module.function, e.g. \"handler.handle\"" } else { "file.export, e.g. \"handler.handle\"" };
+            let ok = handler.rsplit_once('.').is_some_and(|(module, func)| {
+                !module.is_empty()
+                    && !func.is_empty()
+                    && !handler.contains("..")
+                    && !handler.starts_with('/')
+                    && handler.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-' | '/' | '$'))
+            });
+            if ok { Ok(()) } else { c.fail("handler", format!("expected {shape}, found {handler:?}")) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FunctionSpec, ManifestError> {
+        FunctionSpec::parse("fn/sedge.toml", text)
+    }
+
+    fn field_error(text: &str) -> (String, String) {
+        match parse(text) {
+            Err(ManifestError::Field { field, problem, .. }) => (field, problem),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    const MINIMAL: &str = "name = \"hello\"\nruntime = \"python\"\nhandler = \"handler.handle\"\n";
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let spec = parse(MINIMAL).expect("valid");
+        assert_eq!(spec.name.as_str(), "hello");
+        assert_eq!(spec.style, Style::Sedge);
+        assert_eq!(spec.limits.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(spec.limits.max_body, DEFAULT_MAX_BODY);
+        assert_eq!(spec.limits.queue, DEFAULT_QUEUE);
+        assert_eq!(spec.scale, Scale { min: 0, max: 4, concurrency: 1, idle: DEFAULT_IDLE });
+    }
+
+    #[test]
+    fn full_manifest() {
+        let spec = parse(&format!(
+            "{MINIMAL}style = \"sedge\"\n[limits]\ntimeout = \"500ms\"\nmax_body = \"1MiB\"\nmemory = \"512MiB\"\nqueue = 3\n\
+             [scale]\nmin = 1\nmax = 2\nconcurrency = 4\nidle = \"5m\"\n[env]\nMODEL = \"x\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(spec.limits.timeout, Duration::from_millis(500));
+        assert_eq!(spec.limits.max_body, 1024 * 1024);
+        assert_eq!(spec.limits.memory, Some(512 * 1024 * 1024));
+        assert_eq!(spec.limits.queue, 3);
+        assert_eq!(spec.scale, Scale { min: 1, max: 2, concurrency: 4, idle: Duration::from_secs(300) });
+        assert_eq!(spec.env.get("MODEL").map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn errors_name_the_field_and_expectation() {
+        let cases = [
+            ("name = \"Bad_Name\"\nruntime = \"python\"\nhandler = \"a.b\"", "name", "DNS label"),
+            ("name = \"a\"\nruntime = \"ruby\"\nhandler = \"a.b\"", "runtime", "python, node, exec"),
+            ("name = \"a\"\nruntime = \"python\"\nhandler = \"nodot\"", "handler", "module.function"),
+            ("name = \"a\"\nruntime = \"exec\"\nhandler = \"\"", "handler", "command line"),
+            (&format!("{MINIMAL}style = \"knative\""), "style", "sedge"),
+            (&format!("{MINIMAL}[limits]\ntimeout = \"soon\""), "limits.timeout", "duration"),
+            (&format!("{MINIMAL}[limits]\ntimeout = \"0s\""), "limits.timeout", "zero"),
+            (&format!("{MINIMAL}[limits]\nmax_body = \"lots\""), "limits.max_body", "size"),
+            (&format!("{MINIMAL}[scale]\nmax = 0"), "scale.max", "from 1"),
+            (&format!("{MINIMAL}[scale]\nmin = 5\nmax = 2"), "scale.min", "from 0 to 2"),
+            (&format!("{MINIMAL}[scale]\nconcurrency = -1"), "scale.concurrency", "whole number"),
+            (&format!("{MINIMAL}[env]\n\"A-B\" = \"x\""), "env.A-B", "letters"),
+        ];
+        for (text, field, expect) in cases {
+            let (got_field, problem) = field_error(text);
+            assert_eq!(got_field, field, "{text}");
+            assert!(problem.contains(expect), "{problem:?} should mention {expect:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_toml_name_the_file() {
+        for text in [format!("{MINIMAL}colour = 1"), "name = ".to_owned(), format!("{MINIMAL}[scale]\nmaximum = 3")] {
+            let err = parse(&text).expect_err("invalid");
+            let msg = err.to_string();
+            assert!(msg.starts_with("fn/sedge.toml:"), "{msg}");
+        }
+        let msg = parse(&format!("{MINIMAL}colour = 1")).expect_err("invalid").to_string();
+        assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn exec_command_words_split_like_a_shell() {
+        let spec = parse("name = \"e\"\nruntime = \"exec\"\nhandler = \"python3 -c 'print(1)'\"").expect("valid");
+        assert_eq!(spec.command_words(), ["python3", "-c", "print(1)"]);
+    }
+}
