@@ -1,1 +1,16 @@
-//! sedge-store
+//! The node's durable state: which functions are deployed, from which bundle.
+//!
+//! - [`bundle`]: checks and unpacks an uploaded `tar.gz` of a function folder
+//!   without letting any entry escape it.
+//! - [`Store`]: the registry in an embedded SQLite file, with the bundles'
+//!   archives beside it so a restart (or a lost unpacked folder) recovers every
+//!   function. Opening a store takes an exclusive lock on its directory.
+//!
+//! Neighbours: `sedge-core` for manifests; the gateway calls the store on
+//! deploy and list; the runtime runs the unpacked folders.
+
+pub mod bundle;
+mod sqlite;
+
+pub use bundle::BundleError;
+pub use sqlite::{FunctionRecord, StagedBundle, Store, StoreError};
