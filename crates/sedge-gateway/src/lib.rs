@@ -1,1 +1,95 @@
-//! sedge-gateway
+//! sedge's HTTP API, compatible with the OpenFaaS gateway so its clients
+//! (faas-cli, dashboards, scripts) work unchanged.
+//!
+//! Routes only: each handler parses, calls the store or the runtime, and maps
+//! the outcome through [`error`], the one error-to-status map. Metrics live
+//! in [`metrics`]. The binary builds the tokio runtime and calls [`serve`].
+//!
+//! Neighbours: `sedge-store` (registry, bundles), `sedge-runtime` (pools,
+//! invocation), `sedge-core` (specs, error kinds).
+
+pub mod error;
+pub mod metrics;
+mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use sedge_core::FunctionName;
+use sedge_runtime::Runtime;
+use sedge_store::{FunctionRecord, Store};
+
+pub use error::ApiError;
+
+/// Everything a request may touch.
+pub struct Node {
+    pub store: Arc<Store>,
+    pub runtime: Arc<Runtime>,
+    pub metrics: metrics::Metrics,
+    /// Largest bundle upload accepted.
+    pub max_bundle: usize,
+    /// Deploys and removals run one at a time; invocations never wait on it.
+    pub deploy_lock: tokio::sync::Mutex<()>,
+}
+
+impl Node {
+    pub fn new(store: Arc<Store>, runtime: Arc<Runtime>) -> Self {
+        Self {
+            store,
+            runtime,
+            metrics: metrics::Metrics::default(),
+            max_bundle: 512 * 1024 * 1024,
+            deploy_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    routes::router().with_state(node)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops
+/// accepting and lets open requests finish.
+pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal("store task", e))?
+}
+
+/// Deploys a bundle (a tar.gz of a function folder) as function `name`.
+///
+/// The new version replaces the old only once it is stored (and, with
+/// `wait`, once a worker has loaded it), so a failed deploy leaves the
+/// previous version serving. Returns whether the function existed before.
+pub async fn deploy(node: &Arc<Node>, name: FunctionName, archive: Vec<u8>, wait: bool) -> Result<(bool, FunctionRecord), ApiError> {
+    let _guard = node.deploy_lock.lock().await;
+    let existed = node.runtime.get(name.as_str()).is_some();
+    let store = node.store.clone();
+    let staged = blocking(move || Ok(store.stage(&name, archive)?)).await?;
+    let pool = node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone());
+    if wait {
+        if let Err(e) = pool.warm().await {
+            pool.drain(std::time::Duration::ZERO).await;
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
+    }
+    let store = node.store.clone();
+    let record = blocking(move || Ok(store.commit(staged)?)).await?;
+    node.runtime.install(pool);
+    Ok((existed, record))
+}
+
+/// Starts serving every function the store holds, as after a restart.
+pub async fn restore(node: &Arc<Node>) -> Result<usize, ApiError> {
+    let store = node.store.clone();
+    let records = blocking(move || Ok(store.list()?)).await?;
+    for r in &records {
+        let pool = node.runtime.prepare(r.spec.clone(), r.dir.clone());
+        node.runtime.install(pool);
+    }
+    Ok(records.len())
+}

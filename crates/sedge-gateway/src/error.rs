@@ -1,0 +1,95 @@
+//! The one place where a failure becomes an HTTP status and a JSON
+//! `{"error": ...}` body. Internal details (database, I/O) are logged and
+//! answered with a generic message; what the user caused is named.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sedge_core::InvokeError;
+use sedge_store::{StoreError};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(name: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("function {name} not found"))
+    }
+
+    /// A failure the caller cannot fix: logged in full, answered briefly.
+    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+        tracing::error!("{context}: {err}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{context}: internal error, see the node's log"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS || self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+pub fn invoke_status(e: &InvokeError) -> StatusCode {
+    match e {
+        InvokeError::NotFound(_) => StatusCode::NOT_FOUND,
+        InvokeError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+        InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        InvokeError::Crashed { .. } | InvokeError::StartFailed { .. } => StatusCode::BAD_GATEWAY,
+        InvokeError::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        InvokeError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        InvokeError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(e: InvokeError) -> Self {
+        Self::new(invoke_status(&e), e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Bundle(_) | StoreError::Manifest(_) | StoreError::NameMismatch { .. } => Self::bad_request(e.to_string()),
+            StoreError::Locked(_) | StoreError::Dir { .. } | StoreError::Db(_) | StoreError::Corrupt { .. } => Self::internal("store", e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_invoke_error_has_its_status() {
+        let f = || "f".to_owned();
+        let cases = [
+            (InvokeError::NotFound(f()), 404),
+            (InvokeError::QueueFull { function: f(), limit: 1 }, 429),
+            (InvokeError::Timeout { function: f(), timeout_ms: 1 }, 504),
+            (InvokeError::Crashed { function: f(), status: "exit status: 3".into() }, 502),
+            (InvokeError::StartFailed { function: f(), message: "x".into() }, 502),
+            (InvokeError::Failed { function: f(), message: "x".into() }, 500),
+            (InvokeError::PayloadTooLarge { function: f(), size: 2, limit: 1 }, 413),
+            (InvokeError::ShuttingDown(f()), 503),
+        ];
+        for (e, code) in cases {
+            assert_eq!(invoke_status(&e).as_u16(), code, "{e}");
+        }
+    }
+}

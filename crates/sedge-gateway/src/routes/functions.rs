@@ -1,0 +1,184 @@
+//! The management API: list, describe, deploy (bundles), remove, scale.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sedge_core::FunctionName;
+use sedge_store::FunctionRecord;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::StreamExt;
+
+use super::Shared;
+use crate::{blocking, ApiError, Node};
+
+/// The one namespace a node has, named as OpenFaaS names its default.
+pub const NAMESPACE: &str = "openfaas-fn";
+const MAX_REPLICAS: u32 = 1024;
+
+
+async fn records(node: &Arc<Node>) -> Result<Vec<FunctionRecord>, ApiError> {
+    let store = node.store.clone();
+    blocking(move || Ok(store.list()?)).await
+}
+
+fn parse_name(raw: &str) -> Result<FunctionName, ApiError> {
+    let bare = raw.split_once('.').map_or(raw, |(n, _)| n);
+    FunctionName::parse(bare).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// A function as OpenFaaS's `FunctionStatus`, with sedge's details under `sedge`.
+fn status(node: &Node, r: &FunctionRecord) -> Value {
+    let name = r.spec.name.as_str();
+    let stats = node.runtime.get(name).map(|p| p.stats()).unwrap_or_default();
+    let shared = node.runtime.shared(name);
+    let invocations = shared.invocations.load(std::sync::atomic::Ordering::Relaxed);
+    let spec = &r.spec;
+    let mut labels: BTreeMap<String, String> = spec.labels.clone();
+    labels.insert("sedge.runtime".into(), spec.runtime.as_str().into());
+    json!({
+        "name": name,
+        "namespace": NAMESPACE,
+        "image": r.digest,
+        "envProcess": spec.handler,
+        "envVars": spec.env,
+        "labels": labels,
+        "annotations": spec.annotations,
+        "replicas": stats.ready + stats.starting,
+        "availableReplicas": stats.ready,
+        "invocationCount": invocations,
+        "createdAt": humantime::format_rfc3339_seconds(r.created_at).to_string(),
+        "sedge": {
+            "runtime": spec.runtime.as_str(),
+            "style": spec.style.as_str(),
+            "handler": spec.handler,
+            "timeout": humantime::format_duration(spec.limits.timeout).to_string(),
+            "maxBody": spec.limits.max_body,
+            "memory": spec.limits.memory,
+            "queue": spec.limits.queue,
+            "scale": {
+                "min": spec.scale.min,
+                "max": spec.scale.max,
+                "concurrency": spec.scale.concurrency,
+                "idle": humantime::format_duration(spec.scale.idle).to_string(),
+            },
+            "workers": { "ready": stats.ready, "starting": stats.starting, "busy": stats.busy },
+            "queued": stats.queued,
+            "coldStarts": shared.cold_starts.load(std::sync::atomic::Ordering::Relaxed),
+        },
+    })
+}
+
+pub async fn list(State(node): Shared) -> Result<Json<Vec<Value>>, ApiError> {
+    let all = records(&node).await?;
+    Ok(Json(all.iter().map(|r| status(&node, r)).collect()))
+}
+
+pub async fn describe(State(node): Shared, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&raw)?;
+    let all = records(&node).await?;
+    let r = all.iter().find(|r| r.spec.name == name).ok_or_else(|| ApiError::not_found(name.as_str()))?;
+    Ok(Json(status(&node, r)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoveRequest {
+    function_name: String,
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("expected a JSON body like {shape}: {e}")))
+}
+
+pub async fn remove(State(node): Shared, body: axum::body::Bytes) -> Result<StatusCode, ApiError> {
+    let req: RemoveRequest = json_body(&body, r#"{"functionName": "NAME"}"#)?;
+    let name = parse_name(&req.function_name)?;
+    let _guard = node.deploy_lock.lock().await;
+    let store = node.store.clone();
+    let n = name.clone();
+    let existed = blocking(move || Ok(store.remove(&n)?)).await?;
+    node.runtime.remove(name.as_str());
+    if existed {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::not_found(name.as_str()))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleRequest {
+    #[serde(default)]
+    service_name: Option<String>,
+    replicas: i64,
+}
+
+pub async fn scale(State(node): Shared, Path(raw): Path<String>, body: axum::body::Bytes) -> Result<StatusCode, ApiError> {
+    let req: ScaleRequest = json_body(&body, r#"{"serviceName": "NAME", "replicas": N}"#)?;
+    let name = parse_name(&raw)?;
+    if let Some(s) = &req.service_name {
+        if !s.is_empty() && parse_name(s)? != name {
+            return Err(ApiError::bad_request(format!("serviceName {s:?} does not match the function in the path, {name}")));
+        }
+    }
+    let replicas = u32::try_from(req.replicas)
+        .ok()
+        .filter(|n| *n <= MAX_REPLICAS)
+        .ok_or_else(|| ApiError::bad_request(format!("replicas must be from 0 to {MAX_REPLICAS}, found {}", req.replicas)))?;
+    let pool = node.runtime.get(name.as_str()).ok_or_else(|| ApiError::not_found(name.as_str()))?;
+    pool.set_replicas(replicas);
+    Ok(StatusCode::ACCEPTED)
+}
+
+pub async fn deploy_image() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "sedge deploys function folders, not container images: use `sedge deploy DIR`, or PUT a tar.gz of the folder to /system/bundles/NAME",
+    )
+}
+
+#[derive(Deserialize)]
+pub struct DeployQuery {
+    #[serde(default)]
+    wait: Option<String>,
+}
+
+/// `PUT /system/bundles/{name}[?wait=true]`: the body is a tar.gz of the
+/// function's folder. The new version replaces the old only once it is
+/// stored (and, with `wait`, once a worker has loaded it), so a failed
+/// deploy leaves the previous version serving.
+pub async fn deploy_bundle(
+    State(node): Shared,
+    Path(raw): Path<String>,
+    Query(q): Query<DeployQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = FunctionName::parse(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let wait = matches!(q.wait.as_deref(), Some("" | "1" | "true" | "yes"));
+    let archive = read_bundle(body, node.max_bundle).await?;
+    let (existed, record) = crate::deploy(&node, name, archive, wait).await?;
+    let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((code, Json(status(&node, &record))).into_response())
+}
+
+async fn read_bundle(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the bundle: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("bundle is over the node's limit of {limit} bytes")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.is_empty() {
+        return Err(ApiError::bad_request("empty body: expected a tar.gz of the function's folder"));
+    }
+    Ok(buf)
+}

@@ -1,0 +1,59 @@
+//! The route table.
+
+mod functions;
+mod invoke;
+mod logs;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{any, get, post, put};
+use axum::{Json, Router};
+
+use crate::{ApiError, Node};
+
+pub type Shared = State<Arc<Node>>;
+
+pub fn router() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/healthz", get(|| async { "OK" }))
+        .route("/system/info", get(info))
+        .route("/metrics", get(metrics))
+        .route(
+            "/system/functions",
+            get(functions::list).delete(functions::remove).post(functions::deploy_image).put(functions::deploy_image),
+        )
+        .route("/system/function/{name}", get(functions::describe))
+        .route("/system/scale-function/{name}", post(functions::scale))
+        .route("/system/bundles/{name}", put(functions::deploy_bundle))
+        .route("/system/logs", get(logs::logs))
+        .route("/function/{name}", any(invoke::invoke_root))
+        .route("/function/{name}/", any(invoke::invoke_root))
+        .route("/function/{name}/{*path}", any(invoke::invoke_path))
+        // Body limits are enforced per route: each function's own max_body
+        // on invoke, the node's bundle limit on deploy.
+        .layer(DefaultBodyLimit::disable())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+}
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const SHA: &str = match option_env!("SEDGE_GIT_SHA") {
+    Some(s) => s,
+    None => "unknown",
+};
+
+async fn info() -> impl IntoResponse {
+    let version = serde_json::json!({ "release": VERSION, "sha": SHA });
+    Json(serde_json::json!({
+        "provider": { "provider": "sedge", "orchestration": "processes", "version": version },
+        "version": version,
+        "arch": std::env::consts::ARCH,
+    }))
+}
+
+async fn metrics(State(node): Shared) -> Result<impl IntoResponse, ApiError> {
+    let text = node.metrics.render(&node.runtime).map_err(|e| ApiError::internal("metrics", e))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}

@@ -1,0 +1,136 @@
+//! `exec` functions, the classic OpenFaaS watchdog model: one process per
+//! request, the request body on stdin, the answer from stdout. A non-zero
+//! exit answers 500 with the tail of stderr.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::pool::FunctionShared;
+
+/// Bytes of stderr quoted in a failure's message.
+const STDERR_QUOTE: usize = 2000;
+
+pub struct ExecWorker {
+    spec: FunctionSpec,
+    dir: PathBuf,
+    instance: String,
+    shared: Arc<FunctionShared>,
+}
+
+/// The watchdog's header variables: `Content-Type` → `Http_Content_Type`.
+fn header_var(name: &str) -> String {
+    let mut out = String::from("Http_");
+    let mut upper = true;
+    for ch in name.chars() {
+        if ch == '-' {
+            out.push('_');
+            upper = true;
+        } else if upper {
+            out.extend(ch.to_uppercase());
+            upper = false;
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+impl ExecWorker {
+    pub fn new(spec: FunctionSpec, dir: PathBuf, instance: String, shared: Arc<FunctionShared>) -> Self {
+        Self { spec, dir, instance, shared }
+    }
+
+    /// Runs the command once. Dropping the future (a timeout) kills it.
+    pub async fn call(&self, inv: &Invocation) -> Result<Reply, InvokeError> {
+        let function = self.spec.name.to_string();
+        let words = self.spec.command_words();
+        let Some((program, args)) = words.split_first() else {
+            return Err(InvokeError::StartFailed { function, message: "empty command".to_owned() });
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .envs(&self.spec.env)
+            .env("SEDGE_FUNCTION", &function)
+            .env("Http_Method", &inv.method)
+            .env("Http_Path", &inv.path)
+            .env("Http_Query", &inv.query)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in &inv.headers {
+            cmd.env(header_var(k), v);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| InvokeError::StartFailed { function: function.clone(), message: format!("cannot run {program:?}: {e}") })?;
+        let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(InvokeError::StartFailed { function, message: "pipes were not set up".to_owned() });
+        };
+        let body = inv.body.clone();
+        // Feed stdin while draining stdout and stderr, so a command that
+        // answers before reading everything cannot deadlock on a full pipe.
+        let feed = async move {
+            let _ = stdin.write_all(&body).await;
+            drop(stdin);
+        };
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let (_, out_read, err_read) = tokio::join!(feed, stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        let status = child.wait().await;
+        let err_text = String::from_utf8_lossy(&err);
+        for line in err_text.lines() {
+            self.shared.logs.push(&function, &self.instance, line.to_owned());
+        }
+        let status = status.map_err(|e| InvokeError::Crashed { function: function.clone(), status: e.to_string() })?;
+        if let Err(e) = out_read.and(err_read) {
+            return Err(InvokeError::Crashed { function, status: e.to_string() });
+        }
+        if !status.success() {
+            let tail = tail_chars(err_text.trim_end(), STDERR_QUOTE);
+            let message = if tail.is_empty() { format!("command {status}") } else { format!("command {status}: {tail}") };
+            return Err(InvokeError::Failed { function, message });
+        }
+        let content_type = inv
+            .headers
+            .iter()
+            .find(|(k, _)| k == "content-type")
+            .map_or_else(|| "text/plain; charset=utf-8".to_owned(), |(_, v)| v.clone());
+        Ok(Reply { status: 200, headers: vec![("content-type".to_owned(), content_type)], body: out.into() })
+    }
+}
+
+fn tail_chars(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_follow_the_watchdog() {
+        assert_eq!(header_var("content-type"), "Http_Content_Type");
+        assert_eq!(header_var("x-call-id"), "Http_X_Call_Id");
+    }
+
+    #[test]
+    fn tail_keeps_the_end_on_a_char_boundary() {
+        assert_eq!(tail_chars("abcdef", 3), "def");
+        assert_eq!(tail_chars("ééé", 3), "é");
+    }
+}

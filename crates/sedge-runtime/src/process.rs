@@ -1,0 +1,249 @@
+//! A long-lived language worker (python or node): one process running the
+//! runtime shim, which loads the user's module once and then answers framed
+//! invocations on its pipes. Several invocations may be in flight at once;
+//! answers are matched to callers by id.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
+use sedge_protocol::{encode_head, parse_header, parse_prefix, Header, PREFIX_LEN};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::oneshot;
+
+use crate::pool::FunctionShared;
+
+/// How long a worker may take to load the user's module.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines of stderr quoted when a worker dies before it is ready.
+const STDERR_TAIL: usize = 20;
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, InvokeError>>>>>;
+
+/// What a worker needs to start, beyond its spec.
+pub struct Launch<'a> {
+    pub program: &'a str,
+    pub shim: &'a Path,
+    pub dir: &'a Path,
+    pub instance: String,
+    pub logs: Arc<FunctionShared>,
+    /// Called once when the process has gone, whatever the reason.
+    pub on_exit: Box<dyn FnOnce() + Send>,
+}
+
+pub struct ProcessWorker {
+    function: String,
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    pending: Pending,
+    next_id: AtomicU64,
+    alive: Arc<AtomicBool>,
+    child: Arc<Mutex<Option<Child>>>,
+}
+
+impl ProcessWorker {
+    /// Starts the process and waits until the user's module has loaded.
+    pub async fn start(spec: &FunctionSpec, launch: Launch<'_>) -> Result<Self, String> {
+        let mut cmd = Command::new(launch.program);
+        cmd.arg(launch.shim)
+            .arg(launch.dir)
+            .arg(&spec.handler)
+            .current_dir(launch.dir)
+            .envs(&spec.env)
+            .env("SEDGE_FUNCTION", spec.name.as_str())
+            .env("SEDGE_STYLE", spec.style.as_str())
+            .env("SEDGE_CONCURRENCY", spec.scale.concurrency.to_string())
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", launch.program))?;
+        let (Some(stdin), Some(mut stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+            return Err("worker pipes were not set up".to_owned());
+        };
+        let function = spec.name.to_string();
+        let recent = Arc::new(Mutex::new(Vec::<String>::new()));
+        tokio::spawn(pump_stderr(stderr, function.clone(), launch.instance.clone(), launch.logs, recent.clone()));
+
+        let first = tokio::time::timeout(START_TIMEOUT, read_frame(&mut stdout)).await;
+        let why = match first {
+            Ok(Ok(Some((Header::Ready, _)))) => None,
+            Ok(Ok(Some((Header::LoadError { error }, _)))) => Some(format!("loading {} failed: {error}", spec.handler)),
+            Ok(Ok(Some((other, _)))) => Some(format!("worker spoke out of turn: {other:?}")),
+            Ok(Ok(None)) => Some("worker exited before it was ready".to_owned()),
+            Ok(Err(e)) => Some(format!("worker sent a bad frame: {e}")),
+            Err(_) => Some(format!("worker was not ready within {}s", START_TIMEOUT.as_secs())),
+        };
+        if let Some(mut msg) = why {
+            msg.push_str(&format!(" ({})", reap(child).await));
+            let tail = lock(&recent).join("\n");
+            if !tail.is_empty() {
+                msg.push_str(&format!("; stderr: {tail}"));
+            }
+            return Err(msg);
+        }
+        let child = Arc::new(Mutex::new(Some(child)));
+
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        tokio::spawn(read_answers(stdout, function.clone(), pending.clone(), alive.clone(), child.clone(), launch.on_exit));
+        Ok(Self { function, stdin: tokio::sync::Mutex::new(stdin), pending, next_id: AtomicU64::new(1), alive, child })
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    pub async fn call(&self, inv: &Invocation, timeout: Duration) -> Result<Reply, InvokeError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let header = Header::Invoke {
+            id,
+            method: inv.method.clone(),
+            path: inv.path.clone(),
+            query: inv.query.clone(),
+            headers: inv.headers.clone(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let head = encode_head(&header, inv.body.len())
+            .map_err(|e| InvokeError::Failed { function: self.function.clone(), message: e.to_string() })?;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id, tx);
+        let written = {
+            let mut stdin = self.stdin.lock().await;
+            match stdin.write_all(&head).await {
+                Ok(()) => stdin.write_all(&inv.body).await,
+                Err(e) => Err(e),
+            }
+        };
+        if written.is_err() {
+            lock(&self.pending).remove(&id);
+            self.kill();
+            return Err(self.crashed());
+        }
+        rx.await.unwrap_or_else(|_| Err(self.crashed()))
+    }
+
+    fn crashed(&self) -> InvokeError {
+        InvokeError::Crashed { function: self.function.clone(), status: "worker pipe closed".to_owned() }
+    }
+
+    /// Kills the process at once; its reader then fails any call in flight.
+    pub fn kill(&self) {
+        self.alive.store(false, Ordering::Release);
+        if let Some(child) = lock(&self.child).as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+
+    /// Asks the worker to finish: closing its stdin makes the shim exit, and
+    /// a worker that lingers is killed.
+    pub fn stop(self: Arc<Self>) {
+        tokio::spawn(async move {
+            self.alive.store(false, Ordering::Release);
+            let _ = self.stdin.lock().await.shutdown().await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            self.kill();
+        });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits briefly for a process that is on its way out, then kills it, and
+/// says how it ended.
+async fn reap(mut child: Child) -> String {
+    let status = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(Header, Bytes)>, String> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    match r.read_exact(&mut prefix).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let lengths = parse_prefix(prefix).map_err(|e| e.to_string())?;
+    let mut header = vec![0u8; lengths.header as usize];
+    r.read_exact(&mut header).await.map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; lengths.body as usize];
+    r.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    let header = parse_header(&header).map_err(|e| e.to_string())?;
+    Ok(Some((header, body.into())))
+}
+
+async fn read_answers(
+    mut stdout: ChildStdout,
+    function: String,
+    pending: Pending,
+    alive: Arc<AtomicBool>,
+    child: Arc<Mutex<Option<Child>>>,
+    on_exit: Box<dyn FnOnce() + Send>,
+) {
+    let why = loop {
+        match read_frame(&mut stdout).await {
+            Ok(Some((Header::Response { id, status, headers }, body))) => {
+                if let Some(tx) = lock(&pending).remove(&id) {
+                    let _ = tx.send(Ok(Reply { status, headers, body }));
+                }
+            }
+            Ok(Some((Header::Error { id, error, .. }, _))) => {
+                if let Some(tx) = lock(&pending).remove(&id) {
+                    let _ = tx.send(Err(InvokeError::Failed { function: function.clone(), message: error }));
+                }
+            }
+            Ok(Some((other, _))) => break format!("protocol violation: unexpected {other:?}"),
+            Ok(None) => break String::new(),
+            Err(e) => break format!("protocol violation: {e}"),
+        }
+    };
+    alive.store(false, Ordering::Release);
+    let taken = lock(&child).take();
+    let status = match taken {
+        Some(c) => reap(c).await,
+        None => "killed".to_owned(),
+    };
+    let status = if why.is_empty() { status } else { format!("{why}; {status}") };
+    for (_, tx) in lock(&pending).drain() {
+        let _ = tx.send(Err(InvokeError::Crashed { function: function.clone(), status: status.clone() }));
+    }
+    on_exit();
+}
+
+async fn pump_stderr(
+    stderr: tokio::process::ChildStderr,
+    function: String,
+    instance: String,
+    shared: Arc<FunctionShared>,
+    recent: Arc<Mutex<Vec<String>>>,
+) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        {
+            let mut r = lock(&recent);
+            if r.len() == STDERR_TAIL {
+                r.remove(0);
+            }
+            r.push(line.clone());
+        }
+        shared.logs.push(&function, &instance, line);
+    }
+}

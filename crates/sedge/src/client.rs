@@ -1,0 +1,97 @@
+//! The CLI's HTTP client: a thin layer over ureq that turns a node's JSON
+//! `{"error": ...}` answers into readable messages.
+
+use anyhow::{anyhow, Context, Result};
+use ureq::http::{Method, Request};
+use ureq::Agent;
+
+pub struct Client {
+    base: String,
+    agent: Agent,
+}
+
+/// A node's answer: status and body, whatever the status.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The node's error message, or the body as text.
+    pub fn error_message(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| self.text())
+    }
+
+    /// Fails with the status and the node's message unless 2xx.
+    pub fn check(self, what: &str) -> Result<Self> {
+        if self.ok() {
+            Ok(self)
+        } else {
+            Err(anyhow!("{what}: the node answered {}: {}", self.status, self.error_message()))
+        }
+    }
+
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).context("the node's answer is not JSON")
+    }
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        let agent: Agent = Agent::config_builder().http_status_as_error(false).build().into();
+        Self { base: base.trim_end_matches('/').to_owned(), agent }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn send(&self, method: &str, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Result<Answer> {
+        let method = Method::from_bytes(method.as_bytes()).map_err(|_| anyhow!("invalid HTTP method {method:?}"))?;
+        let mut req = Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req.body(body).context("invalid request")?;
+        let mut resp = self.agent.run(req).with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .with_context(|| format!("reading the answer from {}", self.base))?;
+        Ok(Answer { status, body })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Answer> {
+        self.send("GET", path, &[], Vec::new())
+    }
+
+    /// GET whose body is read as it arrives, line by line (log following).
+    pub fn get_lines(&self, path: &str, mut each: impl FnMut(&str) -> Result<()>) -> Result<()> {
+        use std::io::BufRead;
+        let resp = self.agent.get(self.url(path)).call().with_context(|| format!("cannot reach the node at {}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().read_to_vec().unwrap_or_default();
+            return Err(anyhow!("the node answered {status}: {}", Answer { status, body }.error_message()));
+        }
+        let reader = std::io::BufReader::new(resp.into_body().into_reader());
+        for line in reader.lines() {
+            each(&line.context("reading the stream")?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! `sedge deploy DIR [--wait]`
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::client::Client;
+
+/// Deploy (or redeploy) a function folder containing a sedge.toml.
+#[derive(clap::Args)]
+pub struct Args {
+    dir: PathBuf,
+    /// Wait until a worker has loaded the function, and fail if it cannot.
+    #[arg(long)]
+    wait: bool,
+}
+
+pub fn run(client: &Client, args: Args) -> Result<()> {
+    let (spec, archive) = crate::pack::pack(&args.dir)?;
+    let path = format!("/system/bundles/{}{}", spec.name, if args.wait { "?wait=true" } else { "" });
+    let headers = [("content-type".to_owned(), "application/gzip".to_owned())];
+    let answer = client.send("PUT", &path, &headers, archive)?.check(&format!("deploying {}", spec.name))?;
+    let image = answer.json()?.get("image").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let verb = if answer.status == 201 { "deployed" } else { "updated" };
+    println!("{verb} {} ({image})", spec.name);
+    println!("invoke it: {}", client.url(&format!("/function/{}", spec.name)));
+    Ok(())
+}

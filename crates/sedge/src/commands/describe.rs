@@ -1,0 +1,17 @@
+//! `sedge describe NAME`
+
+use anyhow::Result;
+
+use crate::client::Client;
+
+/// Show a function's spec and state.
+#[derive(clap::Args)]
+pub struct Args {
+    name: String,
+}
+
+pub fn run(client: &Client, args: Args) -> Result<()> {
+    let answer = client.get(&format!("/system/function/{}", args.name))?.check(&format!("describing {}", args.name))?;
+    println!("{}", serde_json::to_string_pretty(&answer.json()?)?);
+    Ok(())
+}

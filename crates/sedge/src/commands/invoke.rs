@@ -1,0 +1,59 @@
+//! `sedge invoke NAME [--data TEXT|@FILE|-] [--header K:V] [--method M] [--path P]`
+
+use std::io::{Read, Write};
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::client::Client;
+
+/// Call a function and print its answer.
+#[derive(clap::Args)]
+pub struct Args {
+    name: String,
+    /// Request body: text, @FILE to read a file, or - for stdin.
+    #[arg(long, short = 'd')]
+    data: Option<String>,
+    /// Extra header, as K:V (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "K:V")]
+    headers: Vec<String>,
+    /// HTTP method (default: POST with data, GET without).
+    #[arg(long, short = 'X')]
+    method: Option<String>,
+    /// Sub-path after /function/NAME, e.g. /v1/predict.
+    #[arg(long, default_value = "")]
+    path: String,
+}
+
+fn body(data: Option<&str>) -> Result<Option<Vec<u8>>> {
+    Ok(match data {
+        None => None,
+        Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+            Some(buf)
+        }
+        Some(d) if d.starts_with('@') => Some(std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?),
+        Some(d) => Some(d.as_bytes().to_vec()),
+    })
+}
+
+pub fn run(client: &Client, args: Args) -> Result<()> {
+    let body = body(args.data.as_deref())?;
+    let method = args.method.unwrap_or_else(|| if body.is_some() { "POST".into() } else { "GET".into() });
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let (k, v) = h.split_once(':').ok_or_else(|| anyhow!("--header {h:?}: expected K:V"))?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let sub = if args.path.is_empty() || args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
+    let answer = client.send(&method, &format!("/function/{}{sub}", args.name), &headers, body.unwrap_or_default())?;
+    if !answer.ok() {
+        return Err(anyhow!("function {} answered {}: {}", args.name, answer.status, answer.error_message()));
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(&answer.body)?;
+    if !answer.body.ends_with(b"\n") && !answer.body.is_empty() {
+        writeln!(out)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! `sedge logs NAME [--tail N] [--follow]`
+
+use anyhow::{Context, Result};
+
+use crate::client::Client;
+
+/// Print a function's log.
+#[derive(clap::Args)]
+pub struct Args {
+    name: String,
+    /// Only the last N lines.
+    #[arg(long)]
+    tail: Option<u32>,
+    /// Keep printing new lines as they come.
+    #[arg(long, short = 'f')]
+    follow: bool,
+}
+
+fn print_line(line: &str) -> Result<()> {
+    if line.trim().is_empty() {
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_str(line).context("the node sent a malformed log line")?;
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_owned();
+    println!("{} {} {}", s("timestamp"), s("instance"), s("text"));
+    Ok(())
+}
+
+pub fn run(client: &Client, args: Args) -> Result<()> {
+    let tail = args.tail.map_or(-1, i64::from);
+    let path = format!("/system/logs?name={}&tail={tail}&follow={}", args.name, args.follow);
+    client.get_lines(&path, print_line)
+}

@@ -1,0 +1,19 @@
+//! `sedge rm NAME`
+
+use anyhow::Result;
+
+use crate::client::Client;
+
+/// Remove a function.
+#[derive(clap::Args)]
+pub struct Args {
+    name: String,
+}
+
+pub fn run(client: &Client, args: Args) -> Result<()> {
+    let body = serde_json::to_vec(&serde_json::json!({ "functionName": args.name }))?;
+    let headers = [("content-type".to_owned(), "application/json".to_owned())];
+    client.send("DELETE", "/system/functions", &headers, body)?.check(&format!("removing {}", args.name))?;
+    println!("removed {}", args.name);
+    Ok(())
+}

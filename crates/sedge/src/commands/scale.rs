@@ -1,0 +1,23 @@
+//! `sedge scale NAME --replicas N`
+
+use anyhow::Result;
+
+use crate::client::Client;
+
+/// Hold a function at N workers (0: stop them now; requests wake it again).
+#[derive(clap::Args)]
+pub struct Args {
+    name: String,
+    #[arg(long)]
+    replicas: u32,
+}
+
+pub fn run(client: &Client, args: Args) -> Result<()> {
+    let body = serde_json::to_vec(&serde_json::json!({ "serviceName": args.name, "replicas": args.replicas }))?;
+    let headers = [("content-type".to_owned(), "application/json".to_owned())];
+    client
+        .send("POST", &format!("/system/scale-function/{}", args.name), &headers, body)?
+        .check(&format!("scaling {}", args.name))?;
+    println!("scaled {} to {} replicas", args.name, args.replicas);
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! `sedge serve`: one node — the HTTP gateway, the runtime's pools and the
+//! embedded store — until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sedge_gateway::Node;
+use sedge_runtime::{Runtime, RuntimeConfig};
+use sedge_store::{Store, StoreError};
+use tokio::sync::watch;
+
+/// How long requests in flight get to finish after a stop signal.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Run a node.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "SEDGE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the node keeps its database and bundles.
+    #[arg(long, env = "SEDGE_DATA")]
+    data: Option<PathBuf>,
+    /// Function folders to deploy once the node is up (after the stored ones).
+    #[arg(long = "deploy", value_name = "DIR")]
+    deploy: Vec<PathBuf>,
+    /// Python interpreter for python functions.
+    #[arg(long, env = "SEDGE_PYTHON", default_value = "python3")]
+    python: String,
+    /// Node.js executable for node functions.
+    #[arg(long, env = "SEDGE_NODE", default_value = "node")]
+    node: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_local_dir().map_or_else(|| PathBuf::from(".sedge"), |d| d.join("sedge"))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEDGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> Result<()> {
+    let data = args.data.clone().unwrap_or_else(default_data_dir);
+    let store = match Store::open(&data) {
+        Ok(s) => s,
+        Err(e @ StoreError::Locked(_)) => anyhow::bail!("{e}: stop it first, or pass another --data directory"),
+        Err(e) => return Err(e).with_context(|| format!("opening the store in {}", data.display())),
+    };
+    let config = RuntimeConfig::install_shims(&data.join("runtimes"), args.python.clone(), args.node.clone())
+        .with_context(|| format!("writing the runtime shims under {}", data.display()))?;
+    let runtime = Arc::new(Runtime::new(config));
+    let node = Arc::new(Node::new(Arc::new(store), runtime.clone()));
+    let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(data = %data.display(), restored, "sedge listening on http://{addr}");
+    // Tests and scripts read this line to learn the port.
+    println!("sedge listening on http://{addr}");
+
+    for dir in &args.deploy {
+        let (spec, archive) = crate::pack::pack(dir)?;
+        let name = spec.name.clone();
+        sedge_gateway::deploy(&node, spec.name, archive, false)
+            .await
+            .map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
+        tracing::info!("deployed {name} from {}", dir.display());
+    }
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let ticker = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                runtime.tick();
+            }
+        })
+    };
+    let server = tokio::spawn(sedge_gateway::serve(listener, node, async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+    stop_signal().await;
+    tracing::info!("stopping: no new connections; letting requests in flight finish");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("server error: {e}"),
+        Ok(Err(e)) => tracing::warn!("server task failed: {e}"),
+        Err(_) => tracing::warn!("requests still open after {}s; closing them", GRACE.as_secs()),
+    }
+    ticker.abort();
+    runtime.shutdown(Duration::from_secs(1)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
