@@ -1,0 +1,39 @@
+//! The shipped example functions deploy and answer as their READMEs say.
+
+use crate::support::{example, Node};
+
+#[test]
+fn hello_examples_answer() {
+    let node = Node::start();
+    for name in ["hello-python", "hello-node", "echo-exec"] {
+        node.deploy(&example(name));
+    }
+    let py = node.post("/function/hello-python", b"");
+    assert_eq!(py.status, 200, "{}", py.text());
+    let js = node.post("/function/hello-node", b"");
+    assert_eq!(js.status, 200, "{}", js.text());
+    let echo = node.post("/function/echo-exec", b"ping");
+    assert_eq!((echo.status, echo.text().as_str()), (200, "ping"));
+}
+
+#[test]
+fn digits_model_classifies_a_real_digit() {
+    let node = Node::start();
+    let dir = example("digits-python");
+    node.deploy(&dir);
+    let sample = std::fs::read(dir.join("sample.json")).expect("sample.json");
+    let a = node.request("POST", "/function/digits-python", &[("content-type", "application/json")], &sample);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v = a.json();
+    let expected: serde_json::Value = serde_json::from_slice(&sample).expect("sample json");
+    let digit = v["digit"].as_i64().expect("digit");
+    assert_eq!(Some(digit), expected["label"].as_i64(), "{v}");
+    let probs = v["probabilities"].as_array().expect("probabilities");
+    assert_eq!(probs.len(), 10);
+    let sum: f64 = probs.iter().filter_map(|p| p.as_f64()).sum();
+    assert!((sum - 1.0).abs() < 1e-3, "probabilities sum to {sum}");
+
+    let bad = node.post("/function/digits-python", br#"{"pixels": [1, 2, 3]}"#);
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(bad.error().contains("64"), "{}", bad.text());
+}

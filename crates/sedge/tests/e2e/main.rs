@@ -1,0 +1,13 @@
+//! End-to-end tests: each starts the real `sedge` binary on 127.0.0.1:0
+//! with a fresh data directory, deploys real function folders (real Python,
+//! Node.js and exec processes) and talks HTTP to it.
+
+mod support;
+
+mod bundles;
+mod examples;
+mod failures;
+mod lifecycle;
+mod openfaas_api;
+mod persistence;
+mod scaling;

@@ -1,0 +1,108 @@
+//! The wire shapes faas-cli relies on (list, describe, remove, scale, logs,
+//! version, invoke with a namespace, auth headers), checked on the wire.
+
+use std::time::Duration;
+
+use crate::support::{FnDir, Node};
+
+fn deployed() -> (Node, FnDir) {
+    let node = Node::start();
+    let f = FnDir::python("faas", "[labels]\ntier = \"edge\"\n", "def handle(req):\n    print('hello log')\n    return 'hi'\n");
+    node.deploy(f.path());
+    (node, f)
+}
+
+#[test]
+fn list_and_describe_have_the_openfaas_fields() {
+    let (node, _f) = deployed();
+    // faas-cli always sends an Authorization header; both kinds are accepted.
+    for auth in ["Bearer ", "Basic YWRtaW46c2VjcmV0"] {
+        let a = node.request("GET", "/system/functions?namespace=openfaas-fn", &[("Authorization", auth)], b"");
+        assert_eq!(a.status, 200);
+        let list = a.json();
+        let f = &list.as_array().expect("array")[0];
+        for field in ["name", "image", "replicas", "availableReplicas", "invocationCount", "envProcess", "labels", "annotations", "createdAt"] {
+            assert!(f.get(field).is_some(), "missing {field} in {f}");
+        }
+        assert_eq!(f["name"], "faas");
+        assert!(f["image"].as_str().expect("image").starts_with("sha256:"));
+        assert_eq!(f["labels"]["tier"], "edge");
+        let created = f["createdAt"].as_str().expect("createdAt");
+        assert!(humantime::parse_rfc3339(created).is_ok(), "createdAt {created} is not RFC 3339");
+    }
+    let d = node.get("/system/function/faas?usage=1");
+    assert_eq!(d.status, 200);
+    assert_eq!(d.json()["envProcess"], "handler.handle");
+    assert_eq!(node.get("/system/function/nope").status, 404);
+}
+
+#[test]
+fn invoke_with_a_namespace_and_count_invocations() {
+    let (node, _f) = deployed();
+    let a = node.post("/function/faas.openfaas-fn", b"");
+    assert_eq!((a.status, a.text().as_str()), (200, "hi"));
+    assert!(a.header("x-duration-seconds").is_some());
+    assert_eq!(node.describe("faas")["invocationCount"], 1);
+}
+
+#[test]
+fn info_has_what_faas_cli_version_reads() {
+    let node = Node::start();
+    let v = node.get("/system/info").json();
+    for p in ["/version/release", "/version/sha", "/provider/provider", "/provider/orchestration", "/provider/version/release", "/provider/version/sha"] {
+        assert!(v.pointer(p).and_then(|x| x.as_str()).is_some(), "missing {p} in {v}");
+    }
+    assert_eq!(node.get("/healthz").status, 200);
+}
+
+#[test]
+fn remove_and_scale_bodies() {
+    let (node, _f) = deployed();
+    let s = node.request("POST", "/system/scale-function/faas", &[], br#"{"serviceName":"faas","replicas":2}"#);
+    assert_eq!(s.status, 202, "{}", s.text());
+    let bad = node.request("POST", "/system/scale-function/faas", &[], br#"{"replicas":-1}"#);
+    assert_eq!(bad.status, 400);
+    assert!(bad.error().contains("replicas"));
+    assert_eq!(node.request("POST", "/system/scale-function/ghost", &[], br#"{"replicas":1}"#).status, 404);
+    let garbled = node.request("DELETE", "/system/functions", &[], b"{oops");
+    assert_eq!(garbled.status, 400);
+    assert!(garbled.error().contains("functionName"));
+    assert_eq!(node.request("DELETE", "/system/functions", &[], br#"{"functionName":"ghost"}"#).status, 404);
+    assert_eq!(node.request("DELETE", "/system/functions", &[], br#"{"functionName":"faas"}"#).status, 200);
+    assert_eq!(node.get("/system/functions").json(), serde_json::json!([]));
+    assert_eq!(node.request("POST", "/system/functions", &[], br#"{"service":"x","image":"y"}"#).status, 501);
+}
+
+#[test]
+fn logs_are_a_stream_of_json_objects() {
+    let (node, _f) = deployed();
+    node.post("/function/faas", b"");
+    node.wait_for("the log line", Duration::from_secs(10), |n| n.get("/system/logs?name=faas&tail=10").text().contains("hello log"));
+    let a = node.get("/system/logs?name=faas&follow=false&tail=10");
+    let text = a.text();
+    assert!(!text.trim_start().starts_with('['), "must not be an array: {text}");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let line = lines.iter().find(|l| l["text"] == "hello log").expect("hello log line");
+    for field in ["name", "namespace", "instance", "timestamp", "text"] {
+        assert!(line.get(field).is_some(), "missing {field} in {line}");
+    }
+    assert_eq!(line["name"], "faas");
+    assert_eq!(node.get("/system/logs?name=ghost").status, 404);
+    assert_eq!(node.get("/system/logs").status, 400);
+}
+
+#[test]
+fn metrics_have_the_gateway_names() {
+    let (node, _f) = deployed();
+    node.post("/function/faas", b"");
+    let m = node.get("/metrics").text();
+    for needle in [
+        "gateway_function_invocation_total{function_name=\"faas\",code=\"200\"} 1",
+        "gateway_functions_seconds_count{function_name=\"faas\",code=\"200\"} 1",
+        "gateway_service_count{function_name=\"faas\"}",
+        "sedge_queue_depth{function_name=\"faas\"} 0",
+        "sedge_workers{function_name=\"faas\",state=\"ready\"}",
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+}

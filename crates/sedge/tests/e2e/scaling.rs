@@ -1,0 +1,58 @@
+//! Scale to zero and back, growth under load, and pinned replicas.
+
+use std::time::Duration;
+
+use crate::support::{FnDir, Node};
+
+const SLEEPY: &str = "import time\n\ndef handle(req):\n    time.sleep(float(req.text or 0))\n    return 'ok'\n";
+
+fn available(node: &Node, name: &str) -> u64 {
+    node.describe(name)["availableReplicas"].as_u64().expect("availableReplicas")
+}
+
+#[test]
+fn idle_functions_scale_to_zero_and_wake_on_demand() {
+    let node = Node::start();
+    let f = FnDir::python("nap", "[scale]\nmin = 0\nidle = \"1s\"\n", SLEEPY);
+    node.deploy(f.path());
+    assert_eq!(node.post("/function/nap", b"").status, 200);
+    node.wait_for("scale to zero", Duration::from_secs(20), |n| available(n, "nap") == 0);
+    // A request at zero waits for the first worker rather than failing.
+    let a = node.post("/function/nap", b"");
+    assert_eq!(a.status, 200, "{}", a.text());
+    let metrics = node.get("/metrics").text();
+    let cold = metrics
+        .lines()
+        .find(|l| l.starts_with("sedge_cold_starts_total{function_name=\"nap\"}"))
+        .unwrap_or_else(|| panic!("no cold start metric in {metrics}"));
+    assert!(cold.ends_with(" 2"), "{cold}");
+}
+
+#[test]
+fn pools_grow_with_concurrent_demand_up_to_max() {
+    let node = Node::start();
+    let f = FnDir::python("wide", "[scale]\nmax = 3\n", SLEEPY);
+    node.deploy(f.path());
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..3).map(|_| s.spawn(|| node.post("/function/wide", b"2"))).collect();
+        node.wait_for("three workers", Duration::from_secs(20), |n| available(n, "wide") == 3);
+        for c in calls {
+            assert_eq!(c.join().expect("thread").status, 200);
+        }
+    });
+    assert!(available(&node, "wide") <= 3);
+}
+
+#[test]
+fn scale_replicas_pins_the_count() {
+    let node = Node::start();
+    let f = FnDir::python("pinned", "", SLEEPY);
+    node.deploy(f.path());
+    let out = node.cli(&["scale", "pinned", "--replicas", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    node.wait_for("two replicas", Duration::from_secs(20), |n| available(n, "pinned") == 2);
+    let out = node.cli(&["scale", "pinned", "--replicas", "0"]);
+    assert!(out.status.success());
+    node.wait_for("zero replicas", Duration::from_secs(20), |n| available(n, "pinned") == 0);
+    assert_eq!(node.post("/function/pinned", b"").status, 200);
+}

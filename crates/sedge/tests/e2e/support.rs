@@ -1,0 +1,191 @@
+//! Test support: a real `sedge serve` process on a free port with its own
+//! data directory, function folders written on the fly, and an HTTP client.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sedge");
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+pub fn example(name: &str) -> PathBuf {
+    repo_root().join("examples/functions").join(name)
+}
+
+pub struct Node {
+    child: Child,
+    pub url: String,
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The `error` field of a JSON error answer.
+    pub fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", self.text())).to_owned()
+    }
+}
+
+impl Node {
+    pub fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let mut node = Self::start_on(&data);
+        node._tmp = Some(tmp);
+        node
+    }
+
+    /// A node on an existing data directory (for restart tests).
+    pub fn start_on(data: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("SEDGE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sedge serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        let url = line
+            .trim()
+            .strip_prefix("sedge listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
+            .to_owned();
+        Self { child, url, data: data.to_owned(), _tmp: None }
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut req = ureq::http::Request::builder().method(method).uri(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = agent.run(req.body(body.to_vec()).expect("request")).expect("HTTP exchange");
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let body = resp.body_mut().with_config().limit(u64::MAX).read_to_vec().expect("body");
+        Answer { status, headers, body }
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        self.request("GET", path, &[], b"")
+    }
+
+    pub fn post(&self, path: &str, body: &[u8]) -> Answer {
+        self.request("POST", path, &[], body)
+    }
+
+    /// Runs the CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).env("SEDGE_GATEWAY", &self.url).output().expect("run sedge CLI")
+    }
+
+    /// `sedge deploy DIR --wait`, which must succeed.
+    pub fn deploy(&self, dir: &Path) {
+        let out = self.cli(&["deploy", "--wait", dir.to_str().expect("utf-8 path")]);
+        assert!(out.status.success(), "deploy {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn describe(&self, name: &str) -> serde_json::Value {
+        let a = self.get(&format!("/system/function/{name}"));
+        assert_eq!(a.status, 200, "{}", a.text());
+        a.json()
+    }
+
+    /// Polls until `check` holds, failing after `limit`. Waits on the
+    /// system's own behaviour (idle timers, restarts), never on speed.
+    pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut(&Self) -> bool) {
+        let start = Instant::now();
+        while !check(self) {
+            assert!(start.elapsed() < limit, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(ok.success());
+        let status = self.child.wait().expect("wait");
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A function folder written into a temp dir: `files` are (path, contents).
+pub struct FnDir {
+    tmp: tempfile::TempDir,
+}
+
+impl FnDir {
+    pub fn new(manifest: &str, files: &[(&str, &str)]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(tmp.path().join("sedge.toml"), manifest).expect("write manifest");
+        for (path, text) in files {
+            let p = tmp.path().join(path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(p, text).expect("write file");
+        }
+        Self { tmp }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn python(name: &str, extra: &str, code: &str) -> Self {
+        Self::new(
+            &format!("name = \"{name}\"\nruntime = \"python\"\nhandler = \"handler.handle\"\n{extra}"),
+            &[("handler.py", code)],
+        )
+    }
+}
+
+pub fn manifest(name: &str, runtime: &str, handler: &str, extra: &str) -> String {
+    format!("name = \"{name}\"\nruntime = \"{runtime}\"\nhandler = \"{handler}\"\n{extra}")
+}
