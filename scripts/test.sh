@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs the test dependencies (Python packages) and runs every test suite.
+# Runs every test suite: the runtime shims' own tests (Python unittest) and
+# the Rust workspace (unit, property and end-to-end tests), after installing
+# what they need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-if [ -d runtimes/tests ]; then
-  python3 -m unittest discover -s runtimes/tests
-fi
-cargo test --workspace --locked 2>&1
+python3 -m unittest discover -s runtimes/tests
+cargo test --workspace --locked
