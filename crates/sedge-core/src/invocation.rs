@@ -40,11 +40,7 @@ pub enum InvokeError {
     #[error("function {function} could not start: {message}")]
     StartFailed { function: String, message: String },
     #[error("request body of {size} bytes is over function {function}'s max_body of {limit} bytes")]
-    PayloadTooLarge {
-        function: String,
-        size: u64,
-        limit: u64,
-    },
+    PayloadTooLarge { function: String, size: u64, limit: u64 },
     #[error("function {0} is shutting down")]
     ShuttingDown(String),
 }

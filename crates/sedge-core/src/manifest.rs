@@ -30,11 +30,7 @@ pub enum ManifestError {
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}: field `{field}`: {problem}")]
-    Field {
-        file: String,
-        field: String,
-        problem: String,
-    },
+    Field { file: String, field: String, problem: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,11 +143,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn fail<T>(&self, field: &str, problem: impl Into<String>) -> Result<T, ManifestError> {
-        Err(ManifestError::Field {
-            file: self.file.to_owned(),
-            field: field.to_owned(),
-            problem: problem.into(),
-        })
+        Err(ManifestError::Field { file: self.file.to_owned(), field: field.to_owned(), problem: problem.into() })
     }
 
     fn duration(&self, field: &str, value: Option<&str>, default: Duration) -> Result<Duration, ManifestError> {
@@ -159,10 +151,9 @@ impl Checker<'_> {
         match humantime::parse_duration(text) {
             Ok(d) if d.is_zero() => self.fail(field, "must be longer than zero"),
             Ok(d) => Ok(d),
-            Err(_) => self.fail(
-                field,
-                format!("expected a duration like \"500ms\", \"30s\" or \"5m\", found {text:?}"),
-            ),
+            Err(_) => {
+                self.fail(field, format!("expected a duration like \"500ms\", \"30s\" or \"5m\", found {text:?}"))
+            }
         }
     }
 
@@ -171,10 +162,9 @@ impl Checker<'_> {
         match text.trim().parse::<bytesize::ByteSize>() {
             Ok(s) if s.as_u64() == 0 => self.fail(field, "must be larger than zero"),
             Ok(s) => Ok(Some(s.as_u64())),
-            Err(_) => self.fail(
-                field,
-                format!("expected a size like \"512KiB\", \"8MiB\" or \"1GiB\", found {text:?}"),
-            ),
+            Err(_) => {
+                self.fail(field, format!("expected a size like \"512KiB\", \"8MiB\" or \"1GiB\", found {text:?}"))
+            }
         }
     }
 
@@ -182,10 +172,7 @@ impl Checker<'_> {
         let Some(n) = value else { return Ok(default) };
         match u32::try_from(n) {
             Ok(n) if (range.0..=range.1).contains(&n) => Ok(n),
-            _ => self.fail(
-                field,
-                format!("expected a whole number from {} to {}, found {n}", range.0, range.1),
-            ),
+            _ => self.fail(field, format!("expected a whole number from {} to {}, found {n}", range.0, range.1)),
         }
     }
 }
@@ -238,7 +225,10 @@ impl FunctionSpec {
                 && !key.starts_with(|ch: char| ch.is_ascii_digit())
                 && key.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
             if !ok {
-                return c.fail(&format!("env.{key}"), "names may hold only letters, digits and '_', not starting with a digit");
+                return c.fail(
+                    &format!("env.{key}"),
+                    "names may hold only letters, digits and '_', not starting with a digit",
+                );
             }
         }
         Ok(Self {
@@ -267,7 +257,11 @@ fn check_handler(c: &Checker<'_>, runtime: RuntimeKind, handler: &str) -> Result
             _ => c.fail("handler", format!("expected a command line such as \"python3 main.py\", found {handler:?}")),
         },
         RuntimeKind::Python | RuntimeKind::Node => {
-            let shape = if runtime == RuntimeKind::Python { "module.function, e.g. \"handler.handle\"" } else { "file.export, e.g. \"handler.handle\"" };
+            let shape = if runtime == RuntimeKind::Python {
+                "module.function, e.g. \"handler.handle\""
+            } else {
+                "file.export, e.g. \"handler.handle\""
+            };
             let ok = handler.rsplit_once('.').is_some_and(|(module, func)| {
                 !module.is_empty()
                     && !func.is_empty()
@@ -275,7 +269,11 @@ fn check_handler(c: &Checker<'_>, runtime: RuntimeKind, handler: &str) -> Result
                     && !handler.starts_with('/')
                     && handler.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-' | '/' | '$'))
             });
-            if ok { Ok(()) } else { c.fail("handler", format!("expected {shape}, found {handler:?}")) }
+            if ok {
+                Ok(())
+            } else {
+                c.fail("handler", format!("expected {shape}, found {handler:?}"))
+            }
         }
     }
 }

@@ -16,22 +16,14 @@ pub struct NameError {
 
 impl FunctionName {
     pub fn parse(name: &str) -> Result<Self, NameError> {
-        let fail = |problem| {
-            Err(NameError {
-                name: name.to_owned(),
-                problem,
-            })
-        };
+        let fail = |problem| Err(NameError { name: name.to_owned(), problem });
         if name.is_empty() {
             return fail("it is empty");
         }
         if name.len() > 63 {
             return fail("it is longer than 63 characters");
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
             return fail("use only lower-case letters, digits and '-' (a DNS label)");
         }
         if name.starts_with('-') || name.ends_with('-') {

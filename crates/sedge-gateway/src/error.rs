@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sedge_core::InvokeError;
-use sedge_store::{StoreError};
+use sedge_store::StoreError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -65,8 +65,12 @@ impl From<InvokeError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Bundle(_) | StoreError::Manifest(_) | StoreError::NameMismatch { .. } => Self::bad_request(e.to_string()),
-            StoreError::Locked(_) | StoreError::Dir { .. } | StoreError::Db(_) | StoreError::Corrupt { .. } => Self::internal("store", e),
+            StoreError::Bundle(_) | StoreError::Manifest(_) | StoreError::NameMismatch { .. } => {
+                Self::bad_request(e.to_string())
+            }
+            StoreError::Locked(_) | StoreError::Dir { .. } | StoreError::Db(_) | StoreError::Corrupt { .. } => {
+                Self::internal("store", e)
+            }
         }
     }
 }

@@ -15,8 +15,8 @@ mod routes;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::http::StatusCode;
+use axum::Router;
 use sedge_core::FunctionName;
 use sedge_runtime::Runtime;
 use sedge_store::{FunctionRecord, Store};
@@ -52,7 +52,11 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// Serves the API on `listener` until `shutdown` completes, then stops
 /// accepting and lets open requests finish.
-pub async fn serve(listener: tokio::net::TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await
 }
 
@@ -65,7 +69,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
 /// The new version replaces the old only once it is stored (and, with
 /// `wait`, once a worker has loaded it), so a failed deploy leaves the
 /// previous version serving. Returns whether the function existed before.
-pub async fn deploy(node: &Arc<Node>, name: FunctionName, archive: Vec<u8>, wait: bool) -> Result<(bool, FunctionRecord), ApiError> {
+pub async fn deploy(
+    node: &Arc<Node>,
+    name: FunctionName,
+    archive: Vec<u8>,
+    wait: bool,
+) -> Result<(bool, FunctionRecord), ApiError> {
     let _guard = node.deploy_lock.lock().await;
     let existed = node.runtime.get(name.as_str()).is_some();
     let store = node.store.clone();

@@ -17,14 +17,7 @@ pub const MAX_BODY: u32 = 1024 * 1024 * 1024;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Header {
     /// sedge → worker: run the handler once; the body is the request body.
-    Invoke {
-        id: u64,
-        method: String,
-        path: String,
-        query: String,
-        headers: Vec<(String, String)>,
-        timeout_ms: u64,
-    },
+    Invoke { id: u64, method: String, path: String, query: String, headers: Vec<(String, String)>, timeout_ms: u64 },
     /// worker → sedge: the user's module is loaded; invocations may come.
     Ready,
     /// worker → sedge: the user's module could not be loaded.
@@ -145,8 +138,22 @@ mod tests {
 
     fn header_strategy() -> impl Strategy<Value = Header> {
         prop_oneof![
-            (any::<u64>(), "\\PC*", "\\PC*", "\\PC*", proptest::collection::vec(("\\PC*", "\\PC*"), 0..4), any::<u64>())
-                .prop_map(|(id, method, path, query, headers, timeout_ms)| Header::Invoke { id, method, path, query, headers, timeout_ms }),
+            (
+                any::<u64>(),
+                "\\PC*",
+                "\\PC*",
+                "\\PC*",
+                proptest::collection::vec(("\\PC*", "\\PC*"), 0..4),
+                any::<u64>()
+            )
+                .prop_map(|(id, method, path, query, headers, timeout_ms)| Header::Invoke {
+                    id,
+                    method,
+                    path,
+                    query,
+                    headers,
+                    timeout_ms
+                }),
             Just(Header::Ready),
             "\\PC*".prop_map(|error| Header::LoadError { error }),
             (any::<u64>(), any::<u16>(), proptest::collection::vec(("\\PC*", "\\PC*"), 0..4))

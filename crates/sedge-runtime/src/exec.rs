@@ -67,10 +67,12 @@ impl ExecWorker {
         for (k, v) in &inv.headers {
             cmd.env(header_var(k), v);
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| InvokeError::StartFailed { function: function.clone(), message: format!("cannot run {program:?}: {e}") })?;
-        let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        let mut child = cmd.spawn().map_err(|e| InvokeError::StartFailed {
+            function: function.clone(),
+            message: format!("cannot run {program:?}: {e}"),
+        })?;
+        let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(InvokeError::StartFailed { function, message: "pipes were not set up".to_owned() });
         };
@@ -95,7 +97,8 @@ impl ExecWorker {
         }
         if !status.success() {
             let tail = tail_chars(err_text.trim_end(), STDERR_QUOTE);
-            let message = if tail.is_empty() { format!("command {status}") } else { format!("command {status}: {tail}") };
+            let message =
+                if tail.is_empty() { format!("command {status}") } else { format!("command {status}: {tail}") };
             return Err(InvokeError::Failed { function, message });
         }
         let content_type = inv

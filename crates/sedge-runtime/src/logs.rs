@@ -43,7 +43,12 @@ impl FunctionLogs {
             }
             text.truncate(cut);
         }
-        let line = LogLine { function: function.to_owned(), instance: instance.to_owned(), timestamp: SystemTime::now(), text };
+        let line = LogLine {
+            function: function.to_owned(),
+            instance: instance.to_owned(),
+            timestamp: SystemTime::now(),
+            text,
+        };
         let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
         if lines.len() == KEEP {
             lines.pop_front();

@@ -384,7 +384,9 @@ impl Pool {
                 st.last_start_error = Some((Instant::now(), message.clone()));
                 if st.slots.is_empty() && st.starting == 0 {
                     for w in st.waiters.drain(..) {
-                        let _ = w.tx.send(Err(InvokeError::StartFailed { function: self.name(), message: message.clone() }));
+                        let _ = w
+                            .tx
+                            .send(Err(InvokeError::StartFailed { function: self.name(), message: message.clone() }));
                     }
                 }
             }
@@ -396,7 +398,11 @@ impl Pool {
         let before = st.slots.len();
         st.slots.retain(|s| s.worker.id != id || s.busy > 0);
         if st.slots.len() != before {
-            self.shared.logs.push(self.spec.name.as_str(), "sedge", format!("worker {}-{id} exited; replacing it as needed", self.spec.name));
+            self.shared.logs.push(
+                self.spec.name.as_str(),
+                "sedge",
+                format!("worker {}-{id} exited; replacing it as needed", self.spec.name),
+            );
         }
         self.rescale(&mut st);
     }
@@ -435,10 +441,10 @@ impl Pool {
             st.starting += 1;
         }
         let result = self.launch().await;
-        let outcome = result.as_ref().map(|_| ()).map_err(|message| InvokeError::StartFailed {
-            function: self.name(),
-            message: message.clone(),
-        });
+        let outcome = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|message| InvokeError::StartFailed { function: self.name(), message: message.clone() });
         self.on_started(result);
         outcome
     }

@@ -64,7 +64,9 @@ impl ProcessWorker {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", launch.program))?;
-        let (Some(stdin), Some(mut stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+        let (Some(stdin), Some(mut stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
             return Err("worker pipes were not set up".to_owned());
         };
         let function = spec.name.to_string();
@@ -92,7 +94,14 @@ impl ProcessWorker {
 
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
-        tokio::spawn(read_answers(stdout, function.clone(), pending.clone(), alive.clone(), child.clone(), launch.on_exit));
+        tokio::spawn(read_answers(
+            stdout,
+            function.clone(),
+            pending.clone(),
+            alive.clone(),
+            child.clone(),
+            launch.on_exit,
+        ));
         Ok(Self { function, stdin: tokio::sync::Mutex::new(stdin), pending, next_id: AtomicU64::new(1), alive, child })
     }
 

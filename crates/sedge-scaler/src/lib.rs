@@ -40,10 +40,7 @@ pub struct LoadWindow {
 
 impl LoadWindow {
     pub fn new(bucket: Duration) -> Self {
-        Self {
-            bucket: bucket.max(Duration::from_millis(1)),
-            buckets: VecDeque::new(),
-        }
+        Self { bucket: bucket.max(Duration::from_millis(1)), buckets: VecDeque::new() }
     }
 
     pub fn record(&mut self, now: Duration, demand: u32) {
@@ -56,12 +53,7 @@ impl LoadWindow {
 
     /// Highest demand seen in buckets that overlap `[since, ∞)`.
     pub fn peak_since(&self, since: Duration) -> u32 {
-        self.buckets
-            .iter()
-            .filter(|(t, _)| *t + self.bucket > since)
-            .map(|(_, d)| *d)
-            .max()
-            .unwrap_or(0)
+        self.buckets.iter().filter(|(t, _)| *t + self.bucket > since).map(|(_, d)| *d).max().unwrap_or(0)
     }
 
     /// Drops buckets that ended before `before`.
@@ -134,7 +126,7 @@ mod tests {
     fn shrinks_only_after_a_whole_idle_period() {
         let c = cfg(0, 8, 1);
         let mut w = LoadWindow::new(SEC);
-        w.record(0 * SEC, 4);
+        w.record(Duration::ZERO, 4);
         for t in 1..=59u32 {
             w.record(t * SEC, 1);
             assert_eq!(desired_workers(&c, Pin::Auto, &w, t * SEC), 4, "at {t}s");

@@ -109,7 +109,7 @@ pub fn unpack(archive: &[u8], dest: &Path) -> Result<(), BundleError> {
                 let mut data = Vec::new();
                 entry.by_ref().take(MAX_UNPACKED).read_to_end(&mut data).map_err(bad)?;
                 fs::write(&target, &data)?;
-                let executable = entry.header().mode().map_or(false, |m| m & 0o111 != 0);
+                let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
                 set_mode(&target, if executable { 0o755 } else { 0o644 })?;
             }
             EntryType::Symlink | EntryType::Link => {
@@ -207,7 +207,11 @@ mod tests {
     fn unpacks_a_normal_folder() {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = dir.path().join("out");
-        let a = archive(&[MANIFEST, E::File("./lib/util.py", b"x = 1"), E::Link("lib/alias.py", "util.py", EntryType::Symlink)]);
+        let a = archive(&[
+            MANIFEST,
+            E::File("./lib/util.py", b"x = 1"),
+            E::Link("lib/alias.py", "util.py", EntryType::Symlink),
+        ]);
         unpack(&a, &out).expect("safe bundle");
         assert_eq!(fs::read(out.join("lib/util.py")).expect("file"), b"x = 1");
         assert_eq!(fs::read(out.join("lib/alias.py")).expect("link"), b"x = 1");

@@ -110,7 +110,10 @@ impl Store {
         let text = fs::read_to_string(r.dir.join(MANIFEST_FILE)).map_err(BundleError::Io)?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute("INSERT OR IGNORE INTO bundles (digest, archive) VALUES (?1, ?2)", params![r.digest, staged.archive])?;
+        tx.execute(
+            "INSERT OR IGNORE INTO bundles (digest, archive) VALUES (?1, ?2)",
+            params![r.digest, staged.archive],
+        )?;
         tx.execute(
             "INSERT INTO functions (name, digest, manifest, created_at_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET digest = excluded.digest, manifest = excluded.manifest,

@@ -82,7 +82,8 @@ impl Client {
     /// GET whose body is read as it arrives, line by line (log following).
     pub fn get_lines(&self, path: &str, mut each: impl FnMut(&str) -> Result<()>) -> Result<()> {
         use std::io::BufRead;
-        let resp = self.agent.get(self.url(path)).call().with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let resp =
+            self.agent.get(self.url(path)).call().with_context(|| format!("cannot reach the node at {}", self.base))?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let body = resp.into_body().read_to_vec().unwrap_or_default();

@@ -21,7 +21,6 @@ use crate::{blocking, ApiError, Node};
 pub const NAMESPACE: &str = "openfaas-fn";
 const MAX_REPLICAS: u32 = 1024;
 
-
 async fn records(node: &Arc<Node>) -> Result<Vec<FunctionRecord>, ApiError> {
     let store = node.store.clone();
     blocking(move || Ok(store.list()?)).await
@@ -119,18 +118,23 @@ pub struct ScaleRequest {
     replicas: i64,
 }
 
-pub async fn scale(State(node): Shared, Path(raw): Path<String>, body: axum::body::Bytes) -> Result<StatusCode, ApiError> {
+pub async fn scale(
+    State(node): Shared,
+    Path(raw): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
     let req: ScaleRequest = json_body(&body, r#"{"serviceName": "NAME", "replicas": N}"#)?;
     let name = parse_name(&raw)?;
     if let Some(s) = &req.service_name {
         if !s.is_empty() && parse_name(s)? != name {
-            return Err(ApiError::bad_request(format!("serviceName {s:?} does not match the function in the path, {name}")));
+            return Err(ApiError::bad_request(format!(
+                "serviceName {s:?} does not match the function in the path, {name}"
+            )));
         }
     }
-    let replicas = u32::try_from(req.replicas)
-        .ok()
-        .filter(|n| *n <= MAX_REPLICAS)
-        .ok_or_else(|| ApiError::bad_request(format!("replicas must be from 0 to {MAX_REPLICAS}, found {}", req.replicas)))?;
+    let replicas = u32::try_from(req.replicas).ok().filter(|n| *n <= MAX_REPLICAS).ok_or_else(|| {
+        ApiError::bad_request(format!("replicas must be from 0 to {MAX_REPLICAS}, found {}", req.replicas))
+    })?;
     let pool = node.runtime.get(name.as_str()).ok_or_else(|| ApiError::not_found(name.as_str()))?;
     pool.set_replicas(replicas);
     Ok(StatusCode::ACCEPTED)
@@ -173,7 +177,10 @@ async fn read_bundle(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the bundle: {e}")))?;
         if buf.len() + chunk.len() > limit {
-            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("bundle is over the node's limit of {limit} bytes")));
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("bundle is over the node's limit of {limit} bytes"),
+            ));
         }
         buf.extend_from_slice(&chunk);
     }

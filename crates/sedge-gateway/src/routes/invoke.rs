@@ -53,11 +53,8 @@ async fn call(node: &crate::Node, name: &str, path: String, req: Request) -> Res
         Capped::Over(size) => ApiError::from(too_large(size)),
         Capped::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
     })?;
-    let headers = parts
-        .headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
+    let headers =
+        parts.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
     let inv = Invocation {
         method: parts.method.to_string(),
         path,

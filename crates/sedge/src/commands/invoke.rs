@@ -32,7 +32,9 @@ fn body(data: Option<&str>) -> Result<Option<Vec<u8>>> {
             std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
             Some(buf)
         }
-        Some(d) if d.starts_with('@') => Some(std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?),
+        Some(d) if d.starts_with('@') => {
+            Some(std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?)
+        }
         Some(d) => Some(d.as_bytes().to_vec()),
     })
 }
@@ -45,7 +47,8 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
         let (k, v) = h.split_once(':').ok_or_else(|| anyhow!("--header {h:?}: expected K:V"))?;
         headers.push((k.trim().to_owned(), v.trim().to_owned()));
     }
-    let sub = if args.path.is_empty() || args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
+    let sub =
+        if args.path.is_empty() || args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
     let answer = client.send(&method, &format!("/function/{}{sub}", args.name), &headers, body.unwrap_or_default())?;
     if !answer.ok() {
         return Err(anyhow!("function {} answered {}: {}", args.name, answer.status, answer.error_message()));

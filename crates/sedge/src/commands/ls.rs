@@ -12,7 +12,13 @@ pub fn run(client: &Client) -> Result<()> {
         let s = |k: &str| f.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default();
         let runtime = f.pointer("/sedge/runtime").and_then(|v| v.as_str()).unwrap_or("-");
         let image: String = s("image").chars().take(19).collect();
-        println!("{:<24} {:<8} {:>8} {:>12}  {image}", s("name"), runtime, s("availableReplicas"), s("invocationCount"));
+        println!(
+            "{:<24} {:<8} {:>8} {:>12}  {image}",
+            s("name"),
+            runtime,
+            s("availableReplicas"),
+            s("invocationCount")
+        );
     }
     Ok(())
 }

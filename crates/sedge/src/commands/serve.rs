@@ -42,7 +42,8 @@ fn default_data_dir() -> PathBuf {
 pub fn run(args: Args) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SEDGE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("SEDGE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -63,7 +64,9 @@ async fn serve(args: Args) -> Result<()> {
     let node = Arc::new(Node::new(Arc::new(store), runtime.clone()));
     let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(data = %data.display(), restored, "sedge listening on http://{addr}");
     // Tests and scripts read this line to learn the port.

@@ -42,7 +42,10 @@ fn hostile_archives_are_refused_and_nothing_is_stored() {
         (forge(&[m, ("hard", Link, "../x", b"")]), "outside"),
         (b"this is not gzip".to_vec(), "tar.gz"),
         (forge(&[("main.py", Regular, "", b"")]), "sedge.toml"),
-        (forge(&[("sedge.toml", Regular, "", b"name = \"target\"\nruntime = \"cobol\"\nhandler = \"x\"\n")]), "runtime"),
+        (
+            forge(&[("sedge.toml", Regular, "", b"name = \"target\"\nruntime = \"cobol\"\nhandler = \"x\"\n")]),
+            "runtime",
+        ),
         (forge(&[("sedge.toml", Regular, "", b"name = \"other\"\nruntime = \"exec\"\nhandler = \"cat\"\n")]), "other"),
     ];
     for (body, expect) in cases {
@@ -69,7 +72,8 @@ fn a_failed_redeploy_leaves_the_previous_version_serving() {
     let out = node.cli(&["deploy", "--wait", broken.path().to_str().expect("path")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("will not load"));
-    let bad_manifest = FnDir::new(&manifest("atomic", "python", "handler.handle", "[limits]\ntimeout = \"never\"\n"), &[]);
+    let bad_manifest =
+        FnDir::new(&manifest("atomic", "python", "handler.handle", "[limits]\ntimeout = \"never\"\n"), &[]);
     let archive = {
         let mut b = tar::Builder::new(GzEncoder::new(Vec::new(), Compression::fast()));
         b.append_dir_all(".", bad_manifest.path()).expect("pack");

@@ -70,7 +70,9 @@ fn a_full_queue_answers_429_with_retry_after() {
             n.describe("busy")["sedge"]["workers"]["busy"] == 1
         });
         let queued = s.spawn(|| node.post("/function/busy", b"hi"));
-        node.wait_for("the second request to queue", Duration::from_secs(10), |n| n.describe("busy")["sedge"]["queued"] == 1);
+        node.wait_for("the second request to queue", Duration::from_secs(10), |n| {
+            n.describe("busy")["sedge"]["queued"] == 1
+        });
         let third = node.post("/function/busy", b"hi");
         assert_eq!(third.status, 429, "{}", third.text());
         assert_eq!(third.header("retry-after"), Some("1"));

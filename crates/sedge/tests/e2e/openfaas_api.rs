@@ -7,7 +7,11 @@ use crate::support::{FnDir, Node};
 
 fn deployed() -> (Node, FnDir) {
     let node = Node::start();
-    let f = FnDir::python("faas", "[labels]\ntier = \"edge\"\n", "def handle(req):\n    print('hello log')\n    return 'hi'\n");
+    let f = FnDir::python(
+        "faas",
+        "[labels]\ntier = \"edge\"\n",
+        "def handle(req):\n    print('hello log')\n    return 'hi'\n",
+    );
     node.deploy(f.path());
     (node, f)
 }
@@ -21,7 +25,17 @@ fn list_and_describe_have_the_openfaas_fields() {
         assert_eq!(a.status, 200);
         let list = a.json();
         let f = &list.as_array().expect("array")[0];
-        for field in ["name", "image", "replicas", "availableReplicas", "invocationCount", "envProcess", "labels", "annotations", "createdAt"] {
+        for field in [
+            "name",
+            "image",
+            "replicas",
+            "availableReplicas",
+            "invocationCount",
+            "envProcess",
+            "labels",
+            "annotations",
+            "createdAt",
+        ] {
             assert!(f.get(field).is_some(), "missing {field} in {f}");
         }
         assert_eq!(f["name"], "faas");
@@ -49,7 +63,14 @@ fn invoke_with_a_namespace_and_count_invocations() {
 fn info_has_what_faas_cli_version_reads() {
     let node = Node::start();
     let v = node.get("/system/info").json();
-    for p in ["/version/release", "/version/sha", "/provider/provider", "/provider/orchestration", "/provider/version/release", "/provider/version/sha"] {
+    for p in [
+        "/version/release",
+        "/version/sha",
+        "/provider/provider",
+        "/provider/orchestration",
+        "/provider/version/release",
+        "/provider/version/sha",
+    ] {
         assert!(v.pointer(p).and_then(|x| x.as_str()).is_some(), "missing {p} in {v}");
     }
     assert_eq!(node.get("/healthz").status, 200);
@@ -77,11 +98,14 @@ fn remove_and_scale_bodies() {
 fn logs_are_a_stream_of_json_objects() {
     let (node, _f) = deployed();
     node.post("/function/faas", b"");
-    node.wait_for("the log line", Duration::from_secs(10), |n| n.get("/system/logs?name=faas&tail=10").text().contains("hello log"));
+    node.wait_for("the log line", Duration::from_secs(10), |n| {
+        n.get("/system/logs?name=faas&tail=10").text().contains("hello log")
+    });
     let a = node.get("/system/logs?name=faas&follow=false&tail=10");
     let text = a.text();
     assert!(!text.trim_start().starts_with('['), "must not be an array: {text}");
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
     let line = lines.iter().find(|l| l["text"] == "hello log").expect("hello log line");
     for field in ["name", "namespace", "instance", "timestamp", "text"] {
         assert!(line.get(field).is_some(), "missing {field} in {line}");

@@ -38,7 +38,8 @@ fn a_second_node_on_the_same_data_dir_is_refused() {
 #[test]
 fn sigterm_lets_requests_in_flight_finish() {
     let node = Node::start();
-    let f = FnDir::python("finisher", "", "import time\n\ndef handle(req):\n    time.sleep(1)\n    return 'finished'\n");
+    let f =
+        FnDir::python("finisher", "", "import time\n\ndef handle(req):\n    time.sleep(1)\n    return 'finished'\n");
     node.deploy(f.path());
     let url = format!("{}/function/finisher", node.url);
     let call = std::thread::spawn(move || {
