@@ -21,6 +21,9 @@ use crate::pool::FunctionShared;
 
 /// How long a worker may take to load the user's module.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Request bodies up to this size are copied behind the frame head and sent
+/// in one write; larger ones are written separately rather than copied.
+const COALESCE: usize = 64 * 1024;
 /// Lines of stderr quoted when a worker dies before it is ready.
 const STDERR_TAIL: usize = 20;
 
@@ -64,11 +67,12 @@ impl ProcessWorker {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", launch.program))?;
-        let (Some(stdin), Some(mut stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err("worker pipes were not set up".to_owned());
         };
+        // Buffered: a frame's prefix, header and body usually arrive in one read.
+        let mut stdout = BufReader::with_capacity(64 * 1024, stdout);
         let function = spec.name.to_string();
         let recent = Arc::new(Mutex::new(Vec::<String>::new()));
         tokio::spawn(pump_stderr(stderr, function.clone(), launch.instance.clone(), launch.logs, recent.clone()));
@@ -125,9 +129,16 @@ impl ProcessWorker {
         lock(&self.pending).insert(id, tx);
         let written = {
             let mut stdin = self.stdin.lock().await;
-            match stdin.write_all(&head).await {
-                Ok(()) => stdin.write_all(&inv.body).await,
-                Err(e) => Err(e),
+            if inv.body.len() <= COALESCE {
+                // One write, one wake-up of the worker, for the common small request.
+                let mut frame = head;
+                frame.extend_from_slice(&inv.body);
+                stdin.write_all(&frame).await
+            } else {
+                match stdin.write_all(&head).await {
+                    Ok(()) => stdin.write_all(&inv.body).await,
+                    Err(e) => Err(e),
+                }
             }
         };
         if written.is_err() {
@@ -200,13 +211,14 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(Header, B
 }
 
 async fn read_answers(
-    mut stdout: ChildStdout,
+    stdout: BufReader<ChildStdout>,
     function: String,
     pending: Pending,
     alive: Arc<AtomicBool>,
     child: Arc<Mutex<Option<Child>>>,
     on_exit: Box<dyn FnOnce() + Send>,
 ) {
+    let mut stdout = stdout;
     let why = loop {
         match read_frame(&mut stdout).await {
             Ok(Some((Header::Response { id, status, headers }, body))) => {

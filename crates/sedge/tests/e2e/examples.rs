@@ -25,9 +25,8 @@ fn digits_model_classifies_a_real_digit() {
     let a = node.request("POST", "/function/digits-python", &[("content-type", "application/json")], &sample);
     assert_eq!(a.status, 200, "{}", a.text());
     let v = a.json();
-    let expected: serde_json::Value = serde_json::from_slice(&sample).expect("sample json");
-    let digit = v["digit"].as_i64().expect("digit");
-    assert_eq!(Some(digit), expected["label"].as_i64(), "{v}");
+    // sample.json is a real image of a 2 from scikit-learn's digits data set.
+    assert_eq!(v["digit"], 2, "{v}");
     let probs = v["probabilities"].as_array().expect("probabilities");
     assert_eq!(probs.len(), 10);
     let sum: f64 = probs.iter().filter_map(|p| p.as_f64()).sum();

@@ -1,0 +1,376 @@
+"""sedge's Python runtime shim.
+
+Run as ``python3 -u sedge_worker.py FUNCTION_DIR HANDLER`` (HANDLER is
+``module.function``). It loads the user's module once, then answers the
+framed invocations that sedge writes on stdin, as docs/protocol.md describes.
+Standard library only: it must run in whatever Python the function brings.
+"""
+
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import struct
+import sys
+import threading
+import traceback
+import types
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+PREFIX = struct.Struct(">II")
+MAX_HEADER = 1024 * 1024
+MAX_BODY = 1024 * 1024 * 1024
+# Error and trace texts are cut to this so an error frame always fits under
+# MAX_HEADER, whatever a handler put in its exception message.
+MAX_ERROR_TEXT = 64 * 1024
+
+TEXT = "text/plain; charset=utf-8"
+BINARY = "application/octet-stream"
+JSON = "application/json"
+
+# Frames of these files are how the shim reached the user's code, not part
+# of the user's story, and are left out of tracebacks.
+PLUMBING_FILES = (os.path.abspath(__file__), importlib.__file__)
+ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+
+
+class ProtocolError(Exception):
+    """sedge sent something that is not a valid frame."""
+
+
+class LoadError(Exception):
+    """The worker cannot serve: its text becomes the `load_error` frame."""
+
+
+class Request:
+    """One invocation as the handler sees it (the `sedge` call shape)."""
+
+    def __init__(self, method="GET", path="/", query_string="", headers=(), body=b""):
+        self.method = method
+        self.path = path
+        self.query_all = parse_qs(query_string, keep_blank_values=True)
+        self.query = {key: values[0] for key, values in self.query_all.items()}
+        pairs = headers.items() if isinstance(headers, dict) else headers
+        joined = {}
+        for name, value in pairs:
+            name = name.lower()
+            joined[name] = f"{joined[name]}, {value}" if name in joined else value
+        self.headers = joined
+        self.body = bytes(body)
+
+    @property
+    def text(self):
+        """The body as UTF-8; bytes that are not UTF-8 become U+FFFD."""
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self):
+        """The body parsed as JSON; raises ValueError when it is not JSON."""
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<sedge.Request {self.method} {self.path} ({len(self.body)} bytes)>"
+
+
+class Response:
+    """An answer with its own status and headers; the body is converted like
+    a plain return value."""
+
+    def __init__(self, body=None, status=200, headers=None):
+        self.body = body
+        self.status = status
+        self.headers = headers if headers is not None else {}
+
+    def __repr__(self):
+        return f"<sedge.Response {self.status}>"
+
+
+def install_sedge_module():
+    """Makes `import sedge` work in user code without anything installed."""
+    module = types.ModuleType("sedge", "Types for sedge functions, provided by the runtime shim.")
+    for cls in (Request, Response):
+        cls.__module__ = "sedge"
+        setattr(module, cls.__name__, cls)
+    sys.modules["sedge"] = module
+
+
+# --- answers ----------------------------------------------------------------
+
+
+def body_and_type(value):
+    """The bytes and default content type of a returned value, by its kind;
+    None stands for "no body"."""
+    if value is None:
+        return b"", None
+    if isinstance(value, str):
+        return value.encode("utf-8"), TEXT
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value), BINARY
+    # allow_nan=False: NaN and Infinity would make invalid JSON, so they fail
+    # like any other value that has no JSON form.
+    return json.dumps(value, allow_nan=False).encode("utf-8"), JSON
+
+
+def header_pairs(headers):
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return [[str(name), str(value)] for name, value in pairs]
+
+
+def sedge_answer(value):
+    """Status, headers and body for a value returned by a `sedge` handler."""
+    if not isinstance(value, Response):
+        body, content_type = body_and_type(value)
+        if content_type is None:
+            return 204, [], b""
+        return 200, [["content-type", content_type]], body
+    status = value.status
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise ValueError(f"Response status must be a whole number from 100 to 599, not {status!r}")
+    headers = header_pairs(value.headers)
+    body, content_type = body_and_type(value.body)
+    if content_type and not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(["content-type", content_type])
+    return status, headers, body
+
+
+# --- styles -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a family of functions expects to be called: `call` runs the
+    handler for a Request (its result may be awaitable), `answer` turns what
+    it returned into (status, headers, body)."""
+
+    call: Callable[[Callable, Request], Any]
+    answer: Callable[[Any], tuple]
+
+
+STYLES = {
+    "sedge": Style(call=lambda handler, request: handler(request), answer=sedge_answer),
+}
+
+
+# --- frames -----------------------------------------------------------------
+
+
+class Channel:
+    """The protocol's two pipes, taken from fds 0 and 1 so that whatever the
+    user's code prints or reads cannot touch them."""
+
+    def __init__(self):
+        self._in = os.fdopen(os.dup(0), "rb")
+        self._out = os.fdopen(os.dup(1), "wb")
+        # Frames from several handler threads must not interleave.
+        self._lock = threading.Lock()
+        # fd 1 now leads to stderr, for print() and for child processes too.
+        sys.stdout.flush()
+        os.dup2(2, 1)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        sys.stdout.reconfigure(line_buffering=True)
+
+    def read(self):
+        """The next (header, body), or None when sedge closed the pipe
+        between frames."""
+        prefix = self._in.read(PREFIX.size)
+        if not prefix:
+            return None
+        if len(prefix) < PREFIX.size:
+            raise ProtocolError("stream ended inside a frame prefix")
+        header_len, body_len = PREFIX.unpack(prefix)
+        if header_len > MAX_HEADER:
+            raise ProtocolError(f"frame header of {header_len} bytes is over the limit of {MAX_HEADER}")
+        if body_len > MAX_BODY:
+            raise ProtocolError(f"frame body of {body_len} bytes is over the limit of {MAX_BODY}")
+        raw = self._in.read(header_len)
+        body = self._in.read(body_len)
+        if len(raw) < header_len or len(body) < body_len:
+            raise ProtocolError("stream ended inside a frame")
+        try:
+            header = json.loads(raw)
+        except ValueError as e:
+            raise ProtocolError(f"frame header is not valid JSON: {e}") from None
+        if not isinstance(header, dict):
+            raise ProtocolError("frame header is not a JSON object")
+        return header, body
+
+    def send(self, header, body=b""):
+        """Writes one frame; raises ValueError, before writing anything, when
+        it would be over the protocol's limits."""
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        if len(raw) > MAX_HEADER or len(body) > MAX_BODY:
+            raise ValueError(
+                f"answer too large for a frame ({len(raw)} header bytes, {len(body)} body bytes; "
+                f"limits {MAX_HEADER} and {MAX_BODY})"
+            )
+        with self._lock:
+            try:
+                self._out.write(PREFIX.pack(len(raw), len(body)) + raw)
+                self._out.write(body)
+                self._out.flush()
+            except OSError as e:
+                # sedge no longer listens: nothing this worker does can be seen.
+                die(f"cannot write to sedge: {e}", 1)
+
+
+def die(message, code):
+    sys.stderr.write(f"sedge worker: {message}\n")
+    sys.stderr.flush()
+    # os._exit, not sys.exit: handler threads must not hold the exit up.
+    os._exit(code)
+
+
+# --- loading ----------------------------------------------------------------
+
+
+def clipped(text):
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    return text[:MAX_ERROR_TEXT] + "\n... (cut)"
+
+
+def is_plumbing(filename):
+    return filename in PLUMBING_FILES or filename.startswith(("<frozen importlib", ASYNCIO_DIR))
+
+
+def user_traceback(exc):
+    """The traceback of `exc` without the shim's and the import system's
+    frames on top."""
+    tb = exc.__traceback__
+    while tb is not None and is_plumbing(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def summary(exc):
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def pick_style():
+    name = os.environ.get("SEDGE_STYLE", "sedge") or "sedge"
+    if name not in STYLES:
+        raise LoadError(f"unknown SEDGE_STYLE {name!r}; this runtime knows {', '.join(sorted(STYLES))}")
+    return STYLES[name]
+
+
+def read_concurrency():
+    text = os.environ.get("SEDGE_CONCURRENCY", "1") or "1"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise LoadError(f"SEDGE_CONCURRENCY must be a whole number of at least 1, not {text!r}")
+    return n
+
+
+def load_handler(function_dir, handler_name):
+    module_name, _, func_name = handler_name.rpartition(".")
+    if not module_name or not func_name:
+        raise LoadError(f"handler {handler_name!r} is not of the form module.function")
+    sys.path.insert(0, function_dir)
+    try:
+        module = importlib.import_module(module_name)
+    except BaseException as e:  # a module may even call sys.exit()
+        detail = user_traceback(e)
+        # A traceback with no frames (a missing module) only repeats the summary.
+        text = summary(e) if detail.strip() == summary(e) else f"{summary(e)}\n\n{detail}"
+        raise LoadError(text) from None
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise LoadError(f"module {module_name!r} ({module.__file__}) has no attribute {func_name!r}")
+    if not callable(func):
+        raise LoadError(f"{handler_name} is a {type(func).__name__}, not a function")
+    return func
+
+
+# --- serving ----------------------------------------------------------------
+
+_thread_state = threading.local()
+
+
+def settle(value):
+    """Runs an awaitable to its end on this thread's own event loop, which
+    lives as long as the thread so loop-bound resources (clients, pools)
+    that a handler caches stay usable across calls."""
+    if not inspect.isawaitable(value):
+        return value
+    loop = getattr(_thread_state, "loop", None)
+    if loop is None:
+        loop = _thread_state.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+    return loop.run_until_complete(value)
+
+
+def parse_invoke(header, body):
+    """The id and Request of an `invoke` frame; ProtocolError when malformed."""
+    if header.get("type") != "invoke":
+        raise ProtocolError(f"expected an invoke frame, got type {header.get('type')!r}")
+    fields = {"id": int, "method": str, "path": str, "query": str, "headers": list}
+    for name, kind in fields.items():
+        value = header.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ProtocolError(f"invoke frame field {name!r} is missing or not a {kind.__name__}")
+    headers = header["headers"]
+    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in headers):
+        raise ProtocolError("invoke frame field 'headers' is not a list of [name, value] strings")
+    return header["id"], Request(header["method"], header["path"], header["query"], headers, body)
+
+
+def run_invocation(channel, style, handler, invocation_id, request):
+    try:
+        status, headers, body = style.answer(settle(style.call(handler, request)))
+        channel.send({"type": "response", "id": invocation_id, "status": status, "headers": headers}, body)
+    except BaseException as e:  # whatever the handler does, sedge gets an answer
+        trace = user_traceback(e)
+        sys.stderr.write(trace)
+        sys.stderr.flush()
+        channel.send({"type": "error", "id": invocation_id, "error": clipped(summary(e)), "trace": clipped(trace)})
+
+
+def serve(channel, style, handler, concurrency):
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sedge-handler") if concurrency > 1 else None
+    while True:
+        try:
+            frame = channel.read()
+            if frame is None:
+                break
+            invocation_id, request = parse_invoke(*frame)
+        except ProtocolError as e:
+            die(f"bad frame from sedge: {e}", 2)
+        if pool is None:
+            run_invocation(channel, style, handler, invocation_id, request)
+        else:
+            pool.submit(run_invocation, channel, style, handler, invocation_id, request)
+    if pool is not None:
+        # Invocations already received still get their answers.
+        pool.shutdown(wait=True)
+
+
+def main(argv):
+    if len(argv) != 3:
+        sys.stderr.write("usage: sedge_worker.py FUNCTION_DIR HANDLER\n")
+        return 2
+    function_dir, handler_name = argv[1], argv[2]
+    channel = Channel()
+    install_sedge_module()
+    try:
+        style = pick_style()
+        concurrency = read_concurrency()
+        handler = load_handler(function_dir, handler_name)
+    except LoadError as e:
+        channel.send({"type": "load_error", "error": clipped(str(e))})
+        return 1
+    channel.send({"type": "ready"})
+    serve(channel, style, handler, concurrency)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
