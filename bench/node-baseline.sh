@@ -48,7 +48,7 @@ done
 echo "## memory with three functions warm"
 for fn in hello-python digits-python hello-node; do curl -sf -d @/dev/null "$SEDGE_GATEWAY/function/$fn" >/dev/null || true; done
 echo "node RSS: $(( $(rss_kib $node) / 1024 )) MiB"
-for w in $(pgrep -P $node); do echo "worker $(tr '\0' ' ' < /proc/$w/cmdline | awk '{print $NF}') in $(basename "$(readlink /proc/$w/cwd)" | cut -c1-19): $(( $(rss_kib $w) / 1024 )) MiB"; done
+for w in $(pgrep -P $node); do echo "worker $w $(tr '\0' ' ' < /proc/$w/cmdline | awk '{print $NF}') in $(basename "$(readlink /proc/$w/cwd)" | cut -c1-19): $(( $(rss_kib $w) / 1024 )) MiB"; done
 
 echo "## warm invoke (wrk, ${secs}s per step)"
 for c in 1 16; do

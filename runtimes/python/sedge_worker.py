@@ -6,9 +6,7 @@ framed invocations that sedge writes on stdin, as docs/protocol.md describes.
 Standard library only: it must run in whatever Python the function brings.
 """
 
-import asyncio
 import importlib
-import inspect
 import json
 import os
 import struct
@@ -16,10 +14,15 @@ import sys
 import threading
 import traceback
 import types
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Callable
 from urllib.parse import parse_qs
+
+# Built once: json.dumps with arguments builds a new encoder on every call.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_decode_json = json.JSONDecoder().decode
+
+# asyncio, inspect and concurrent.futures are imported only when a function
+# needs them: asyncio alone takes longer to import than the interpreter takes
+# to start, and every cold start would pay for it.
 
 PREFIX = struct.Struct(">II")
 MAX_HEADER = 1024 * 1024
@@ -35,7 +38,8 @@ JSON = "application/json"
 # Frames of these files are how the shim reached the user's code, not part
 # of the user's story, and are left out of tracebacks.
 PLUMBING_FILES = (os.path.abspath(__file__), importlib.__file__)
-ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
+# Where asyncio lives (the standard library), found without importing it.
+ASYNCIO_DIR = os.path.join(os.path.dirname(os.__file__), "asyncio") + os.sep
 
 
 class ProtocolError(Exception):
@@ -52,7 +56,7 @@ class Request:
     def __init__(self, method="GET", path="/", query_string="", headers=(), body=b""):
         self.method = method
         self.path = path
-        self.query_all = parse_qs(query_string, keep_blank_values=True)
+        self.query_all = parse_qs(query_string, keep_blank_values=True) if query_string else {}
         self.query = {key: values[0] for key, values in self.query_all.items()}
         pairs = headers.items() if isinstance(headers, dict) else headers
         joined = {}
@@ -139,14 +143,16 @@ def sedge_answer(value):
 # --- styles -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Style:
     """How a family of functions expects to be called: `call` runs the
     handler for a Request (its result may be awaitable), `answer` turns what
     it returned into (status, headers, body)."""
 
-    call: Callable[[Callable, Request], Any]
-    answer: Callable[[Any], tuple]
+    __slots__ = ("call", "answer")
+
+    def __init__(self, call, answer):
+        self.call = call
+        self.answer = answer
 
 
 STYLES = {
@@ -192,7 +198,7 @@ class Channel:
         if len(raw) < header_len or len(body) < body_len:
             raise ProtocolError("stream ended inside a frame")
         try:
-            header = json.loads(raw)
+            header = _decode_json(raw.decode("utf-8"))
         except ValueError as e:
             raise ProtocolError(f"frame header is not valid JSON: {e}") from None
         if not isinstance(header, dict):
@@ -202,7 +208,7 @@ class Channel:
     def send(self, header, body=b""):
         """Writes one frame; raises ValueError, before writing anything, when
         it would be over the protocol's limits."""
-        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw = _encode_json(header).encode("utf-8")
         if len(raw) > MAX_HEADER or len(body) > MAX_BODY:
             raise ValueError(
                 f"answer too large for a frame ({len(raw)} header bytes, {len(body)} body bytes; "
@@ -210,8 +216,8 @@ class Channel:
             )
         with self._lock:
             try:
-                self._out.write(PREFIX.pack(len(raw), len(body)) + raw)
-                self._out.write(body)
+                # One write per frame: one wake-up on sedge's side.
+                self._out.write(b"".join((PREFIX.pack(len(raw), len(body)), raw, body)))
                 self._out.flush()
             except OSError as e:
                 # sedge no longer listens: nothing this worker does can be seen.
@@ -299,8 +305,14 @@ def settle(value):
     """Runs an awaitable to its end on this thread's own event loop, which
     lives as long as the thread so loop-bound resources (clients, pools)
     that a handler caches stay usable across calls."""
+    if not hasattr(value, "__await__") and not isinstance(value, types.GeneratorType):
+        return value
+    import inspect
+
     if not inspect.isawaitable(value):
         return value
+    import asyncio
+
     loop = getattr(_thread_state, "loop", None)
     if loop is None:
         loop = _thread_state.loop = asyncio.new_event_loop()
@@ -308,19 +320,34 @@ def settle(value):
     return loop.run_until_complete(value)
 
 
+_INVOKE_FIELDS = (("id", int), ("method", str), ("path", str), ("query", str), ("headers", list))
+
+
 def parse_invoke(header, body):
-    """The id and Request of an `invoke` frame; ProtocolError when malformed."""
+    """The id and Request of an `invoke` frame; ProtocolError when malformed.
+
+    This runs for every request, so the common, valid frame is checked with a
+    few exact type tests and the field-by-field diagnosis runs only when they
+    fail."""
     if header.get("type") != "invoke":
         raise ProtocolError(f"expected an invoke frame, got type {header.get('type')!r}")
-    fields = {"id": int, "method": str, "path": str, "query": str, "headers": list}
-    for name, kind in fields.items():
-        value = header.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ProtocolError(f"invoke frame field {name!r} is missing or not a {kind.__name__}")
-    headers = header["headers"]
-    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in headers):
-        raise ProtocolError("invoke frame field 'headers' is not a list of [name, value] strings")
-    return header["id"], Request(header["method"], header["path"], header["query"], headers, body)
+    get = header.get
+    invocation_id, method, path, query, headers = get("id"), get("method"), get("path"), get("query"), get("headers")
+    if not (
+        type(invocation_id) is int
+        and type(method) is str
+        and type(path) is str
+        and type(query) is str
+        and type(headers) is list
+    ):
+        for name, kind in _INVOKE_FIELDS:
+            value = get(name)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ProtocolError(f"invoke frame field {name!r} is missing or not a {kind.__name__}")
+    for pair in headers:
+        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str or type(pair[1]) is not str:
+            raise ProtocolError("invoke frame field 'headers' is not a list of [name, value] strings")
+    return invocation_id, Request(method, path, query, headers, body)
 
 
 def run_invocation(channel, style, handler, invocation_id, request):
@@ -335,7 +362,11 @@ def run_invocation(channel, style, handler, invocation_id, request):
 
 
 def serve(channel, style, handler, concurrency):
-    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sedge-handler") if concurrency > 1 else None
+    pool = None
+    if concurrency > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sedge-handler")
     while True:
         try:
             frame = channel.read()

@@ -42,7 +42,8 @@ pub struct Launch<'a> {
 
 pub struct ProcessWorker {
     function: String,
-    stdin: tokio::sync::Mutex<ChildStdin>,
+    /// `None` once the worker has been asked to stop.
+    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
     pending: Pending,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
@@ -106,7 +107,7 @@ impl ProcessWorker {
             child.clone(),
             launch.on_exit,
         ));
-        Ok(Self { function, stdin: tokio::sync::Mutex::new(stdin), pending, next_id: AtomicU64::new(1), alive, child })
+        Ok(Self { function, stdin: tokio::sync::Mutex::new(Some(stdin)), pending, next_id: AtomicU64::new(1), alive, child })
     }
 
     pub fn is_alive(&self) -> bool {
@@ -128,7 +129,11 @@ impl ProcessWorker {
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
         let written = {
-            let mut stdin = self.stdin.lock().await;
+            let mut guard = self.stdin.lock().await;
+            let Some(stdin) = guard.as_mut() else {
+                lock(&self.pending).remove(&id);
+                return Err(self.crashed());
+            };
             if inv.body.len() <= COALESCE {
                 // One write, one wake-up of the worker, for the common small request.
                 let mut frame = head;
@@ -166,7 +171,8 @@ impl ProcessWorker {
     pub fn stop(self: Arc<Self>) {
         tokio::spawn(async move {
             self.alive.store(false, Ordering::Release);
-            let _ = self.stdin.lock().await.shutdown().await;
+            // Dropping the pipe is what the shim sees as end of input.
+            drop(self.stdin.lock().await.take());
             tokio::time::sleep(Duration::from_secs(2)).await;
             self.kill();
         });

@@ -58,7 +58,9 @@ async fn serve(args: Args) -> Result<()> {
         Err(e @ StoreError::Locked(_)) => anyhow::bail!("{e}: stop it first, or pass another --data directory"),
         Err(e) => return Err(e).with_context(|| format!("opening the store in {}", data.display())),
     };
-    let config = RuntimeConfig::install_shims(&data.join("runtimes"), args.python.clone(), args.node.clone())
+    let python = resolve_interpreter(&args.python, &["-c", "import sys; print(sys.executable)"]);
+    let node_js = resolve_interpreter(&args.node, &["-p", "process.execPath"]);
+    let config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js)
         .with_context(|| format!("writing the runtime shims under {}", data.display()))?;
     let runtime = Arc::new(Runtime::new(config));
     let node = Arc::new(Node::new(Arc::new(store), runtime.clone()));
@@ -108,6 +110,28 @@ async fn serve(args: Args) -> Result<()> {
     runtime.shutdown(Duration::from_secs(1)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The interpreter's own executable path. Version managers (pyenv, nvm, asdf)
+/// put a shell-script shim first on PATH that costs 100 ms or more per
+/// start; asking the interpreter once where it lives skips that on every
+/// cold start. Falls back to the name as given.
+fn resolve_interpreter(program: &str, probe: &[&str]) -> String {
+    let out = std::process::Command::new(program).args(probe).stderr(std::process::Stdio::null()).output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let path = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            if path.is_empty() || !std::path::Path::new(&path).is_file() {
+                program.to_owned()
+            } else {
+                path
+            }
+        }
+        _ => {
+            tracing::warn!("{program} did not run; functions that need it will fail to start");
+            program.to_owned()
+        }
+    }
 }
 
 async fn stop_signal() {
