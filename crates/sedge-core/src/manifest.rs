@@ -50,16 +50,37 @@ impl RuntimeKind {
     }
 }
 
-/// How the function's code expects to be called.
+/// How the function's code expects to be called: sedge's own shape, or that
+/// of the framework it was written for, so such code runs unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
     Sedge,
+    OpenFaas,
+    Kubeless,
+    Fission,
+    FuncX,
 }
 
 impl Style {
+    pub const ALL: [Style; 5] = [Self::Sedge, Self::OpenFaas, Self::Kubeless, Self::Fission, Self::FuncX];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Sedge => "sedge",
+            Self::OpenFaas => "openfaas",
+            Self::Kubeless => "kubeless",
+            Self::Fission => "fission",
+            Self::FuncX => "funcx",
+        }
+    }
+
+    /// Whether code of this style can be written in `runtime`'s language.
+    fn fits(self, runtime: RuntimeKind) -> bool {
+        match runtime {
+            RuntimeKind::Python => true,
+            RuntimeKind::Node => self != Self::FuncX,
+            // A command is called the watchdog's way whatever it was written for.
+            RuntimeKind::Exec => matches!(self, Self::Sedge | Self::OpenFaas),
         }
     }
 }
@@ -200,10 +221,19 @@ impl FunctionSpec {
             other => return c.fail("runtime", format!("expected one of python, node, exec; found {other:?}")),
         };
         check_handler(&c, runtime, &raw.handler)?;
-        let style = match raw.style.as_deref().unwrap_or("sedge") {
-            "sedge" => Style::Sedge,
-            other => return c.fail("style", format!("expected \"sedge\"; found {other:?}")),
+        let style_name = raw.style.as_deref().unwrap_or("sedge");
+        let Some(style) = Style::ALL.into_iter().find(|s| s.as_str() == style_name) else {
+            return c.fail(
+                "style",
+                format!("expected one of sedge, openfaas, kubeless, fission, funcx; found {style_name:?}"),
+            );
         };
+        if !style.fits(runtime) {
+            return c.fail(
+                "style",
+                format!("style {:?} is not available for runtime {:?}", style.as_str(), runtime.as_str()),
+            );
+        }
         let limits = Limits {
             timeout: c.duration("limits.timeout", raw.limits.timeout.as_deref(), DEFAULT_TIMEOUT)?,
             max_body: c.size("limits.max_body", raw.limits.max_body.as_deref())?.unwrap_or(DEFAULT_MAX_BODY),
@@ -328,7 +358,8 @@ mod tests {
             ("name = \"a\"\nruntime = \"ruby\"\nhandler = \"a.b\"", "runtime", "python, node, exec"),
             ("name = \"a\"\nruntime = \"python\"\nhandler = \"nodot\"", "handler", "module.function"),
             ("name = \"a\"\nruntime = \"exec\"\nhandler = \"\"", "handler", "command line"),
-            (&format!("{MINIMAL}style = \"knative\""), "style", "sedge"),
+            (&format!("{MINIMAL}style = \"knative\""), "style", "sedge, openfaas"),
+            ("name = \"a\"\nruntime = \"node\"\nhandler = \"a.b\"\nstyle = \"funcx\"", "style", "not available"),
             (&format!("{MINIMAL}[limits]\ntimeout = \"soon\""), "limits.timeout", "duration"),
             (&format!("{MINIMAL}[limits]\ntimeout = \"0s\""), "limits.timeout", "zero"),
             (&format!("{MINIMAL}[limits]\nmax_body = \"lots\""), "limits.max_body", "size"),

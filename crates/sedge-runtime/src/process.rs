@@ -62,6 +62,8 @@ impl ProcessWorker {
             .env("SEDGE_FUNCTION", spec.name.as_str())
             .env("SEDGE_STYLE", spec.style.as_str())
             .env("SEDGE_CONCURRENCY", spec.scale.concurrency.to_string())
+            .env("SEDGE_TIMEOUT", spec.limits.timeout.as_secs().max(1).to_string())
+            .env("SEDGE_MEMORY_LIMIT", spec.limits.memory.map(|m| m.to_string()).unwrap_or_default())
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
