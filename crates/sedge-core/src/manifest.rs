@@ -38,6 +38,9 @@ pub enum RuntimeKind {
     Python,
     Node,
     Exec,
+    /// A long-running process serving HTTP itself on `$PORT` (of-watchdog's
+    /// http mode, Knative's container contract).
+    Http,
 }
 
 impl RuntimeKind {
@@ -46,6 +49,7 @@ impl RuntimeKind {
             Self::Python => "python",
             Self::Node => "node",
             Self::Exec => "exec",
+            Self::Http => "http",
         }
     }
 }
@@ -79,8 +83,9 @@ impl Style {
         match runtime {
             RuntimeKind::Python => true,
             RuntimeKind::Node => self != Self::FuncX,
-            // A command is called the watchdog's way whatever it was written for.
-            RuntimeKind::Exec => matches!(self, Self::Sedge | Self::OpenFaas),
+            // A command or an HTTP server is called the same way whatever
+            // it was written for.
+            RuntimeKind::Exec | RuntimeKind::Http => matches!(self, Self::Sedge | Self::OpenFaas),
         }
     }
 }
@@ -218,7 +223,8 @@ impl FunctionSpec {
             "python" => RuntimeKind::Python,
             "node" => RuntimeKind::Node,
             "exec" => RuntimeKind::Exec,
-            other => return c.fail("runtime", format!("expected one of python, node, exec; found {other:?}")),
+            "http" => RuntimeKind::Http,
+            other => return c.fail("runtime", format!("expected one of python, node, exec, http; found {other:?}")),
         };
         check_handler(&c, runtime, &raw.handler)?;
         let style_name = raw.style.as_deref().unwrap_or("sedge");
@@ -274,7 +280,7 @@ impl FunctionSpec {
         })
     }
 
-    /// The words of an `exec` handler's command line.
+    /// The words of an `exec` or `http` handler's command line.
     pub fn command_words(&self) -> Vec<String> {
         shlex::split(&self.handler).unwrap_or_default()
     }
@@ -282,7 +288,7 @@ impl FunctionSpec {
 
 fn check_handler(c: &Checker<'_>, runtime: RuntimeKind, handler: &str) -> Result<(), ManifestError> {
     match runtime {
-        RuntimeKind::Exec => match shlex::split(handler) {
+        RuntimeKind::Exec | RuntimeKind::Http => match shlex::split(handler) {
             Some(words) if !words.is_empty() => Ok(()),
             _ => c.fail("handler", format!("expected a command line such as \"python3 main.py\", found {handler:?}")),
         },
@@ -355,7 +361,7 @@ mod tests {
     fn errors_name_the_field_and_expectation() {
         let cases = [
             ("name = \"Bad_Name\"\nruntime = \"python\"\nhandler = \"a.b\"", "name", "DNS label"),
-            ("name = \"a\"\nruntime = \"ruby\"\nhandler = \"a.b\"", "runtime", "python, node, exec"),
+            ("name = \"a\"\nruntime = \"ruby\"\nhandler = \"a.b\"", "runtime", "python, node, exec, http"),
             ("name = \"a\"\nruntime = \"python\"\nhandler = \"nodot\"", "handler", "module.function"),
             ("name = \"a\"\nruntime = \"exec\"\nhandler = \"\"", "handler", "command line"),
             (&format!("{MINIMAL}style = \"knative\""), "style", "sedge, openfaas"),

@@ -7,6 +7,7 @@
 //! the scaling policy comes from `sedge-scaler`; specs from `sedge-core`.
 
 mod exec;
+mod http;
 pub mod logs;
 mod pool;
 mod process;

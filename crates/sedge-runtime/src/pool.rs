@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::exec::ExecWorker;
+use crate::http::HttpWorker;
 use crate::logs::FunctionLogs;
 use crate::process::{Launch, ProcessWorker};
 use crate::RuntimeConfig;
@@ -29,6 +30,7 @@ const START_BACKOFF: Duration = Duration::from_secs(2);
 enum Engine {
     Process(ProcessWorker),
     Exec(ExecWorker),
+    Http(HttpWorker),
 }
 
 struct Worker {
@@ -40,13 +42,16 @@ impl Worker {
     fn is_alive(&self) -> bool {
         match &self.engine {
             Engine::Process(p) => p.is_alive(),
+            Engine::Http(h) => h.is_alive(),
             Engine::Exec(_) => true,
         }
     }
 
     fn kill(&self) {
-        if let Engine::Process(p) = &self.engine {
-            p.kill();
+        match &self.engine {
+            Engine::Process(p) => p.kill(),
+            Engine::Http(h) => h.kill(),
+            Engine::Exec(_) => {}
         }
     }
 }
@@ -125,6 +130,7 @@ impl Lease {
             match &self.worker.engine {
                 Engine::Process(p) => p.call(inv, timeout).await,
                 Engine::Exec(e) => e.call(inv).await,
+                Engine::Http(h) => h.call(inv).await,
             }
         };
         match tokio::time::timeout_at(deadline, run).await {
@@ -344,6 +350,16 @@ impl Pool {
                 let exec = ExecWorker::new(self.spec.clone(), self.dir.clone(), instance, self.shared.clone());
                 return Ok(Worker { id, engine: Engine::Exec(exec) });
             }
+            RuntimeKind::Http => {
+                let me = self.me.clone();
+                let on_exit = Box::new(move || {
+                    if let Some(pool) = me.upgrade() {
+                        pool.on_worker_exit(id);
+                    }
+                });
+                let http = HttpWorker::start(&self.spec, &self.dir, instance, self.shared.clone(), on_exit).await?;
+                return Ok(Worker { id, engine: Engine::Http(http) });
+            }
         };
         let shim = self.config.shim(self.spec.runtime);
         let me = self.me.clone();
@@ -477,6 +493,7 @@ impl Pool {
 fn stop(worker: Arc<Worker>) {
     match Arc::try_unwrap(worker) {
         Ok(Worker { engine: Engine::Process(p), .. }) => Arc::new(p).stop(),
+        Ok(Worker { engine: Engine::Http(h), .. }) => h.kill(),
         Ok(_) => {}
         // Someone still holds a lease on it: kill, the holder sees a crash.
         Err(shared) => shared.kill(),

@@ -109,7 +109,14 @@ impl ProcessWorker {
             child.clone(),
             launch.on_exit,
         ));
-        Ok(Self { function, stdin: tokio::sync::Mutex::new(Some(stdin)), pending, next_id: AtomicU64::new(1), alive, child })
+        Ok(Self {
+            function,
+            stdin: tokio::sync::Mutex::new(Some(stdin)),
+            pending,
+            next_id: AtomicU64::new(1),
+            alive,
+            child,
+        })
     }
 
     pub fn is_alive(&self) -> bool {

@@ -7,6 +7,7 @@ mod support;
 mod bundles;
 mod examples;
 mod failures;
+mod http_runtime;
 mod lifecycle;
 mod openfaas_api;
 mod persistence;
