@@ -30,6 +30,9 @@ pub struct Args {
     /// Python interpreter for python functions.
     #[arg(long, env = "SEDGE_PYTHON", default_value = "python3")]
     python: String,
+    /// Threads for the gateway's async runtime (0: one per core).
+    #[arg(long, env = "SEDGE_THREADS", default_value_t = 0)]
+    threads: usize,
     /// Node.js executable for node functions.
     #[arg(long, env = "SEDGE_NODE", default_value = "node")]
     node: String,
@@ -47,7 +50,13 @@ pub fn run(args: Args) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = match args.threads {
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        // A single-threaded gateway leaves every other core to the workers.
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+    .context("starting the async runtime")?;
     rt.block_on(serve(args))
 }
 
