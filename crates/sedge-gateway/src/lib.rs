@@ -95,7 +95,14 @@ pub async fn deploy(
 /// Starts serving every function the store holds, as after a restart.
 pub async fn restore(node: &Arc<Node>) -> Result<usize, ApiError> {
     let store = node.store.clone();
-    let records = blocking(move || Ok(store.list()?)).await?;
+    let records = blocking(move || {
+        let swept = store.sweep()?;
+        if swept > 0 {
+            tracing::info!("removed {swept} unused bundle folders");
+        }
+        Ok(store.list()?)
+    })
+    .await?;
     for r in &records {
         let pool = node.runtime.prepare(r.spec.clone(), r.dir.clone());
         node.runtime.install(pool);

@@ -161,6 +161,29 @@ impl Store {
         Ok(FunctionRecord { spec, digest, dir, created_at })
     }
 
+    /// Deletes unpacked folders no function uses (older versions, failed
+    /// deploys, interrupted unpacks). Call when no worker runs, at start-up:
+    /// a draining old version may still be reading its folder.
+    pub fn sweep(&self) -> Result<usize, StoreError> {
+        let keep: std::collections::HashSet<String> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT digest FROM functions")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.map(|d| d.map(|d| folder_name(&d))).collect::<Result<_, _>>()?
+        };
+        let io = |source| StoreError::Dir { path: self.bundles.clone(), source };
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.bundles).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                fs::remove_dir_all(entry.path()).map_err(io)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// The unpacked folder of a bundle, unpacking it first when needed. The
     /// folder appears whole or not at all (unpack beside it, then rename).
     fn unpacked(&self, digest: &str, archive: &[u8]) -> Result<PathBuf, StoreError> {
@@ -255,6 +278,12 @@ mod tests {
         assert!(matches!(store.stage(&name("f"), bundle("name = 1")), Err(StoreError::Manifest(_))));
         store.commit(store.stage(&name("f"), bundle(&manifest("f", "c.d"))).expect("stage")).expect("commit");
         assert_eq!(store.list().expect("list")[0].spec.handler, "c.d");
+        let dirs = || fs::read_dir(dir.path().join("bundles")).expect("bundles").count();
+        let before = dirs();
+        assert!(before >= 3, "old version, refused uploads and current version are all unpacked");
+        assert_eq!(store.sweep().expect("sweep"), before - 1);
+        assert_eq!(dirs(), 1);
+        assert!(store.list().expect("list")[0].dir.is_dir());
         assert!(store.remove(&name("f")).expect("remove"));
         assert!(!store.remove(&name("f")).expect("remove"));
         assert!(store.list().expect("list").is_empty());
