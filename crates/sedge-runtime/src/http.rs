@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,15 +17,14 @@ use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 use tokio::sync::Notify;
 
+use crate::logs::{self, RecentLines};
 use crate::pool::FunctionShared;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const READY_POLL: Duration = Duration::from_millis(10);
-const STDERR_TAIL: usize = 20;
 const EXIT_GRACE: Duration = Duration::from_millis(250);
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -43,28 +42,6 @@ pub struct HttpWorker {
 fn free_port() -> std::io::Result<u16> {
     let l = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     Ok(l.local_addr()?.port())
-}
-
-fn pump<R: AsyncRead + Unpin + Send + 'static>(
-    r: R,
-    function: String,
-    instance: String,
-    shared: Arc<FunctionShared>,
-    recent: Arc<Mutex<Vec<String>>>,
-) {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(r).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            {
-                let mut r = recent.lock().unwrap_or_else(|p| p.into_inner());
-                if r.len() == STDERR_TAIL {
-                    r.remove(0);
-                }
-                r.push(line.clone());
-            }
-            shared.logs.push(&function, &instance, line);
-        }
-    });
 }
 
 impl HttpWorker {
@@ -91,12 +68,12 @@ impl HttpWorker {
             .spawn()
             .map_err(|e| format!("cannot run {program:?}: {e}"))?;
         let function = spec.name.to_string();
-        let recent = Arc::new(Mutex::new(Vec::new()));
+        let recent = Arc::new(RecentLines::default());
         if let Some(out) = child.stdout.take() {
-            pump(out, function.clone(), instance.clone(), shared.clone(), recent.clone());
+            logs::pump(out, function.clone(), instance.clone(), shared.clone(), recent.clone());
         }
         if let Some(err) = child.stderr.take() {
-            pump(err, function.clone(), instance, shared, recent.clone());
+            logs::pump(err, function.clone(), instance, shared, recent.clone());
         }
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let alive = Arc::new(AtomicBool::new(true));
@@ -128,7 +105,7 @@ impl HttpWorker {
         };
         if let Some(mut msg) = failure {
             worker.kill();
-            let tail = recent.lock().map(|r| r.join("\n")).unwrap_or_default();
+            let tail = recent.joined();
             if !tail.is_empty() {
                 msg.push_str(&format!("; output: {tail}"));
             }

@@ -6,7 +6,12 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::broadcast;
+
+use crate::pool::FunctionShared;
 
 /// Lines kept per function for `logs --tail`.
 const KEEP: usize = 2000;
@@ -74,6 +79,78 @@ impl FunctionLogs {
     }
 }
 
+/// The last lines a worker wrote, quoted when it fails to start.
+#[derive(Debug, Default)]
+pub struct RecentLines(Mutex<VecDeque<String>>);
+
+impl RecentLines {
+    const KEEP: usize = 20;
+
+    fn push(&self, line: &str) {
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() == Self::KEEP {
+            r.pop_front();
+        }
+        r.push_back(line.to_owned());
+    }
+
+    pub fn joined(&self) -> String {
+        let r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Copies a worker's output into the function's log, line by line, until
+/// the stream ends. A line longer than [`MAX_LINE`] is cut there; the rest
+/// of it is skipped without being buffered.
+pub fn pump<R: AsyncRead + Unpin + Send + 'static>(
+    stream: R,
+    function: String,
+    instance: String,
+    shared: Arc<FunctionShared>,
+    recent: Arc<RecentLines>,
+) {
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        let mut skipping = false;
+        loop {
+            let (done, used) = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(buf) => match buf.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        if !skipping {
+                            line.extend_from_slice(&buf[..i.min(MAX_LINE.saturating_sub(line.len()))]);
+                        }
+                        (true, i + 1)
+                    }
+                    None => {
+                        if !skipping {
+                            line.extend_from_slice(&buf[..buf.len().min(MAX_LINE.saturating_sub(line.len()))]);
+                        }
+                        (false, buf.len())
+                    }
+                },
+            };
+            reader.consume(used);
+            if !done {
+                skipping = line.len() >= MAX_LINE;
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            recent.push(&text);
+            shared.logs.push(&function, &instance, text);
+            line.clear();
+            skipping = false;
+        }
+        if !line.is_empty() {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            recent.push(&text);
+            shared.logs.push(&function, &instance, text);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +165,27 @@ mod tests {
         assert_eq!(tail.len(), 2);
         assert_eq!(tail[1].text, format!("line {}", KEEP + 4));
         assert_eq!(logs.tail(usize::MAX).len(), KEEP);
+    }
+
+    #[tokio::test]
+    async fn pump_splits_lines_and_bounds_long_ones() {
+        let shared = Arc::new(FunctionShared::default());
+        let recent = Arc::new(RecentLines::default());
+        let mut input = b"one\ntwo\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE * 3));
+        input.extend(b"\nlast");
+        pump(std::io::Cursor::new(input), "f".into(), "f-1".into(), shared.clone(), recent.clone());
+        for _ in 0..100 {
+            if shared.logs.tail(10).len() == 4 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let lines: Vec<String> = shared.logs.tail(10).into_iter().map(|l| l.text).collect();
+        assert_eq!(lines.len(), 4, "{:?}", lines.iter().map(|l| l.len()).collect::<Vec<_>>());
+        assert_eq!((lines[0].as_str(), lines[1].as_str(), lines[3].as_str()), ("one", "two", "last"));
+        assert_eq!(lines[2].len(), MAX_LINE);
+        assert!(recent.joined().ends_with("last"));
     }
 
     #[test]

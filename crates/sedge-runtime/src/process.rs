@@ -13,10 +13,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use sedge_protocol::{encode_head, parse_header, parse_prefix, Header, PREFIX_LEN};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::oneshot;
 
+use crate::logs::{self, RecentLines};
 use crate::pool::FunctionShared;
 
 /// How long a worker may take to load the user's module.
@@ -24,8 +25,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request bodies up to this size are copied behind the frame head and sent
 /// in one write; larger ones are written separately rather than copied.
 const COALESCE: usize = 64 * 1024;
-/// Lines of stderr quoted when a worker dies before it is ready.
-const STDERR_TAIL: usize = 20;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, InvokeError>>>>>;
 
@@ -77,8 +76,8 @@ impl ProcessWorker {
         // Buffered: a frame's prefix, header and body usually arrive in one read.
         let mut stdout = BufReader::with_capacity(64 * 1024, stdout);
         let function = spec.name.to_string();
-        let recent = Arc::new(Mutex::new(Vec::<String>::new()));
-        tokio::spawn(pump_stderr(stderr, function.clone(), launch.instance.clone(), launch.logs, recent.clone()));
+        let recent = Arc::new(RecentLines::default());
+        logs::pump(stderr, function.clone(), launch.instance.clone(), launch.logs, recent.clone());
 
         let first = tokio::time::timeout(START_TIMEOUT, read_frame(&mut stdout)).await;
         let why = match first {
@@ -91,7 +90,7 @@ impl ProcessWorker {
         };
         if let Some(mut msg) = why {
             msg.push_str(&format!(" ({})", reap(child).await));
-            let tail = lock(&recent).join("\n");
+            let tail = recent.joined();
             if !tail.is_empty() {
                 msg.push_str(&format!("; stderr: {tail}"));
             }
@@ -262,24 +261,4 @@ async fn read_answers(
         let _ = tx.send(Err(InvokeError::Crashed { function: function.clone(), status: status.clone() }));
     }
     on_exit();
-}
-
-async fn pump_stderr(
-    stderr: tokio::process::ChildStderr,
-    function: String,
-    instance: String,
-    shared: Arc<FunctionShared>,
-    recent: Arc<Mutex<Vec<String>>>,
-) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        {
-            let mut r = lock(&recent);
-            if r.len() == STDERR_TAIL {
-                r.remove(0);
-            }
-            r.push(line.clone());
-        }
-        shared.logs.push(&function, &instance, line);
-    }
 }
