@@ -2,6 +2,7 @@
 //!
 //! - [`bundle`]: checks and unpacks an uploaded `tar.gz` of a function folder
 //!   without letting any entry escape it.
+//! - [`pack`]: the other direction, a folder into a bundle (CLI, benchmark).
 //! - [`Store`]: the registry in an embedded SQLite file, with the bundles'
 //!   archives beside it so a restart (or a lost unpacked folder) recovers every
 //!   function. Opening a store takes an exclusive lock on its directory.
@@ -10,6 +11,7 @@
 //! deploy and list; the runtime runs the unpacked folders.
 
 pub mod bundle;
+pub mod pack;
 mod sqlite;
 
 pub use bundle::BundleError;

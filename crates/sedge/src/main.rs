@@ -5,7 +5,6 @@
 
 mod client;
 mod commands;
-mod pack;
 
 use clap::{Parser, Subcommand};
 

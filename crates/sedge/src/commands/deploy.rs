@@ -16,7 +16,7 @@ pub struct Args {
 }
 
 pub fn run(client: &Client, args: Args) -> Result<()> {
-    let (spec, archive) = crate::pack::pack(&args.dir)?;
+    let (spec, archive) = sedge_store::pack::pack(&args.dir)?;
     let path = format!("/system/bundles/{}{}", spec.name, if args.wait { "?wait=true" } else { "" });
     let headers = [("content-type".to_owned(), "application/gzip".to_owned())];
     let answer = client.send("PUT", &path, &headers, archive)?.check(&format!("deploying {}", spec.name))?;

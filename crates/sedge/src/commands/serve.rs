@@ -84,7 +84,7 @@ async fn serve(args: Args) -> Result<()> {
     println!("sedge listening on http://{addr}");
 
     for dir in &args.deploy {
-        let (spec, archive) = crate::pack::pack(dir)?;
+        let (spec, archive) = sedge_store::pack::pack(dir)?;
         let name = spec.name.clone();
         sedge_gateway::deploy(&node, spec.name, archive, false)
             .await
