@@ -130,3 +130,18 @@ fn metrics_have_the_gateway_names() {
         assert!(m.contains(needle), "missing {needle} in\n{m}");
     }
 }
+
+#[test]
+fn followed_logs_stream_new_lines_as_they_come() {
+    use std::io::BufRead;
+    let (node, _f) = deployed();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let resp = agent.get(format!("{}/system/logs?name=faas&follow=true&tail=0", node.url)).call().expect("stream");
+    assert_eq!(resp.status().as_u16(), 200);
+    // The line is printed only after the stream is open, so it must arrive live.
+    assert_eq!(node.post("/function/faas", b"").status, 200);
+    let mut lines = std::io::BufReader::new(resp.into_body().into_reader()).lines();
+    let first = lines.next().expect("a line").expect("readable");
+    let v: serde_json::Value = serde_json::from_str(&first).expect("JSON object");
+    assert_eq!(v["text"], "hello log");
+}
