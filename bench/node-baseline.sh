@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures one sedge node on this machine: warm-invoke throughput and
-# latency (wrk, keep-alive, closed loop) of hello-python and digits-python at
+# latency (wrk, keep-alive, closed loop) of hello-python, hello-node and digits-python at
 # 1 and 16 clients, the node's idle memory, deploy-to-first-answer and
 # cold-start times. Needs wrk (Debian: apt-get install wrk).
 # Usage: bench/node-baseline.sh [SECONDS_PER_STEP]
@@ -52,7 +52,7 @@ for w in $(pgrep -P $node); do echo "worker $w $(tr '\0' ' ' < /proc/$w/cmdline 
 
 echo "## warm invoke (wrk, ${secs}s per step)"
 for c in 1 16; do
-  for fn in hello-python digits-python; do
+  for fn in hello-python hello-node digits-python; do
     args=(); [ "$fn" = digits-python ] && args=(-s bench/post-json.lua)
     out=$(BODY=examples/functions/digits-python/sample.json wrk -t1 -c$c -d${secs}s --latency "${args[@]}" "$SEDGE_GATEWAY/function/$fn")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")

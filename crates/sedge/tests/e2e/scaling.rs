@@ -56,3 +56,30 @@ fn scale_replicas_pins_the_count() {
     node.wait_for("zero replicas", Duration::from_secs(20), |n| available(n, "pinned") == 0);
     assert_eq!(node.post("/function/pinned", b"").status, 200);
 }
+
+/// Two calls that each wait for the other to arrive: they only both finish
+/// if one worker really serves them at the same time.
+const RENDEZVOUS: &str = r#"
+import os, threading
+
+meet = threading.Barrier(2, timeout=10)
+
+def handle(req):
+    meet.wait()
+    return str(os.getpid())
+"#;
+
+#[test]
+fn one_worker_serves_concurrency_requests_at_once() {
+    let node = Node::start();
+    let f = FnDir::python("pair", "[scale]\nmax = 1\nconcurrency = 2\n", RENDEZVOUS);
+    node.deploy(f.path());
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| node.post("/function/pair", b""));
+        let b = s.spawn(|| node.post("/function/pair", b""));
+        (a.join().expect("thread"), b.join().expect("thread"))
+    });
+    assert_eq!((a.status, b.status), (200, 200), "{} / {}", a.text(), b.text());
+    assert_eq!(a.text(), b.text(), "both ran in the one worker");
+    assert_eq!(available(&node, "pair"), 1);
+}
