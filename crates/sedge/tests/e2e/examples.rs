@@ -36,3 +36,23 @@ fn digits_model_classifies_a_real_digit() {
     assert_eq!(bad.status, 400, "{}", bad.text());
     assert!(bad.error().contains("64"), "{}", bad.text());
 }
+
+#[test]
+fn a_flask_app_runs_unchanged_behind_the_http_runtime() {
+    let node = Node::start();
+    node.deploy(&example("flask-http"));
+    let hello = node.get("/function/flask-http/");
+    assert_eq!(hello.status, 200, "{}", hello.text());
+    assert!(hello.text().contains("Flask"));
+    let a = node.request(
+        "POST",
+        "/function/flask-http/normalise",
+        &[("content-type", "application/json")],
+        br#"{"values": [1, 3]}"#,
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["normalised"], serde_json::json!([0.25, 0.75]));
+    let bad = node.request("POST", "/function/flask-http/normalise", &[("content-type", "application/json")], b"{}");
+    assert_eq!(bad.status, 400);
+    assert_eq!(node.get("/function/flask-http/missing").status, 404);
+}
