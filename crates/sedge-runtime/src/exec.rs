@@ -14,6 +14,9 @@ use crate::pool::FunctionShared;
 
 /// Bytes of stderr quoted in a failure's message.
 const STDERR_QUOTE: usize = 2000;
+/// Largest answer (and stderr) kept from one run: a runaway command must
+/// not grow the node's memory without bound before its timeout.
+const MAX_OUTPUT: u64 = 256 * 1024 * 1024;
 
 pub struct ExecWorker {
     spec: FunctionSpec,
@@ -85,7 +88,13 @@ impl ExecWorker {
         };
         let mut out = Vec::new();
         let mut err = Vec::new();
-        let (_, out_read, err_read) = tokio::join!(feed, stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        let mut out_capped = (&mut stdout).take(MAX_OUTPUT + 1);
+        let mut err_capped = (&mut stderr).take(MAX_OUTPUT);
+        let (_, out_read, err_read) =
+            tokio::join!(feed, out_capped.read_to_end(&mut out), err_capped.read_to_end(&mut err));
+        if out.len() as u64 > MAX_OUTPUT {
+            return Err(InvokeError::Failed { function, message: format!("answer is over {MAX_OUTPUT} bytes") });
+        }
         let status = child.wait().await;
         let err_text = String::from_utf8_lossy(&err);
         for line in err_text.lines() {
