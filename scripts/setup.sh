@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "sedge needs python3 on PATH" >&2; exit 1; }
 command -v node >/dev/null || echo "warning: node is not on PATH; node functions will not run" >&2
-if ! python3 -c 'import numpy, onnxruntime, flask' 2>/dev/null; then
+if ! python3 -c 'import numpy, onnxruntime, flask, bottle' 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
 fi

@@ -3,7 +3,10 @@
 Run as ``python3 -u sedge_worker.py FUNCTION_DIR HANDLER`` (HANDLER is
 ``module.function``). It loads the user's module once, then answers the
 framed invocations that sedge writes on stdin, as docs/protocol.md describes.
-Standard library only: it must run in whatever Python the function brings.
+SEDGE_STYLE says how to call the handler: sedge's own way, or the way of the
+framework the code was written for (docs/styles-python.md).
+Standard library only (but for the fission style, whose functions bring
+Flask): it must run in whatever Python the function brings.
 """
 
 import importlib
@@ -37,7 +40,12 @@ JSON = "application/json"
 
 # Frames of these files are how the shim reached the user's code, not part
 # of the user's story, and are left out of tracebacks.
-PLUMBING_FILES = (os.path.abspath(__file__), importlib.__file__)
+SHIM_FILE = os.path.abspath(__file__)
+# The framework styles live in sedge_styles.py beside this file and are
+# compiled only when a function uses one, so functions of the sedge style do
+# not pay for them at every cold start.
+STYLES_FILE = os.path.join(os.path.dirname(SHIM_FILE), "sedge_styles.py")
+PLUMBING_FILES = (SHIM_FILE, STYLES_FILE, importlib.__file__)
 # Where asyncio lives (the standard library), found without importing it.
 ASYNCIO_DIR = os.path.join(os.path.dirname(os.__file__), "asyncio") + os.sep
 
@@ -56,6 +64,7 @@ class Request:
     def __init__(self, method="GET", path="/", query_string="", headers=(), body=b""):
         self.method = method
         self.path = path
+        self.query_string = query_string
         self.query_all = parse_qs(query_string, keep_blank_values=True) if query_string else {}
         self.query = {key: values[0] for key, values in self.query_all.items()}
         pairs = headers.items() if isinstance(headers, dict) else headers
@@ -123,8 +132,9 @@ def header_pairs(headers):
     return [[str(name), str(value)] for name, value in pairs]
 
 
-def sedge_answer(value):
-    """Status, headers and body for a value returned by a `sedge` handler."""
+def sedge_answer(value, request):
+    """Status, headers and body for a value returned by a `sedge` handler
+    (which depend on the value alone, not on the request)."""
     if not isinstance(value, Response):
         body, content_type = body_and_type(value)
         if content_type is None:
@@ -141,22 +151,50 @@ def sedge_answer(value):
 
 
 # --- styles -----------------------------------------------------------------
+#
+# A style lets code written for another platform run unchanged: it calls the
+# handler the way that platform's Python runtime calls it and answers the way
+# that runtime answers. docs/styles-python.md lists every rule; the comments
+# in sedge_styles.py say which runtime a rule comes from.
 
 
 class Style:
     """How a family of functions expects to be called: `call` runs the
     handler for a Request (its result may be awaitable), `answer` turns what
-    it returned into (status, headers, body)."""
+    it returned into (status, headers, body). `fail`, when given, does the
+    same for an exception raised by either, the way the family's own server
+    answers one; without it the exception becomes an `error` frame."""
 
-    __slots__ = ("call", "answer")
+    __slots__ = ("call", "answer", "fail")
 
-    def __init__(self, call, answer):
+    def __init__(self, call, answer, fail=None):
         self.call = call
         self.answer = answer
+        self.fail = fail
 
 
+SEDGE = Style(call=lambda handler, request: handler(request), answer=sedge_answer)
+
+
+def load_framework_styles():
+    """Runs sedge_styles.py in this module's namespace and returns its
+    makers by style name."""
+    with open(STYLES_FILE, encoding="utf-8") as f:
+        code = compile(f.read(), STYLES_FILE, "exec")
+    exec(code, globals())
+    return globals()["FRAMEWORK_MAKERS"]
+
+
+def framework_style(name):
+    # A worker makes its style once, so the styles are compiled once.
+    return lambda handler: load_framework_styles()[name](handler)
+
+
+# Each style is made for the loaded handler: openfaas looks at its
+# parameters, fission imports Flask, kubeless reads the function's limits.
 STYLES = {
-    "sedge": Style(call=lambda handler, request: handler(request), answer=sedge_answer),
+    "sedge": lambda handler: SEDGE,
+    **{name: framework_style(name) for name in ("openfaas", "kubeless", "fission", "funcx")},
 }
 
 
@@ -352,7 +390,12 @@ def parse_invoke(header, body):
 
 def run_invocation(channel, style, handler, invocation_id, request):
     try:
-        status, headers, body = style.answer(settle(style.call(handler, request)))
+        try:
+            status, headers, body = style.answer(settle(style.call(handler, request)), request)
+        except Exception as e:
+            if style.fail is None:
+                raise
+            status, headers, body = style.fail(e, request)
         channel.send({"type": "response", "id": invocation_id, "status": status, "headers": headers}, body)
     except BaseException as e:  # whatever the handler does, sedge gets an answer
         trace = user_traceback(e)
@@ -392,9 +435,10 @@ def main(argv):
     channel = Channel()
     install_sedge_module()
     try:
-        style = pick_style()
+        make_style = pick_style()
         concurrency = read_concurrency()
         handler = load_handler(function_dir, handler_name)
+        style = make_style(handler)
     except LoadError as e:
         channel.send({"type": "load_error", "error": clipped(str(e))})
         return 1

@@ -24,6 +24,7 @@ pub use pool::FunctionShared;
 pub use pool::{Pool, PoolStats};
 
 const PYTHON_SHIM: &str = include_str!("../../../runtimes/python/sedge_worker.py");
+const PYTHON_STYLES: &str = include_str!("../../../runtimes/python/sedge_styles.py");
 const NODE_SHIM: &str = include_str!("../../../runtimes/node/sedge_worker.js");
 
 /// Where the language runtimes are and how to start them.
@@ -39,6 +40,7 @@ impl RuntimeConfig {
     pub fn install_shims(dir: &Path, python: String, node: String) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("sedge_worker.py"), PYTHON_SHIM)?;
+        std::fs::write(dir.join("sedge_styles.py"), PYTHON_STYLES)?;
         std::fs::write(dir.join("sedge_worker.js"), NODE_SHIM)?;
         Ok(Self { python, node, shim_dir: dir.to_owned() })
     }

@@ -12,3 +12,4 @@ mod lifecycle;
 mod openfaas_api;
 mod persistence;
 mod scaling;
+mod styles;
