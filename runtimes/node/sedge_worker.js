@@ -8,7 +8,7 @@
 
 const path = require('path');
 const util = require('util');
-const { Readable } = require('stream');
+const { Readable, Writable } = require('stream');
 
 const MAX_HEADER = 1024 * 1024;
 const MAX_BODY = 1024 * 1024 * 1024;
@@ -209,13 +209,869 @@ async function sedgeAnswer(value) {
   return [200, [['content-type', contentType]], body];
 }
 
+// --- the seed frameworks' plumbing ---------------------------------------
+// OpenFaaS's node18/node20 templates, Kubeless's Node.js runtime and
+// Fission's Node.js environment all serve functions from Express 4 with
+// body-parser 1. What follows reproduces the parts of those two libraries
+// that decide what a function sees and what its answer looks like, so each
+// style can replay its framework's server code step by step.
+
+// Node's http module keeps only the first of these when a request repeats
+// them; other repeats are joined.
+const SINGLE_VALUE_HEADERS = new Set([
+  'age', 'authorization', 'content-length', 'content-type', 'etag', 'expires', 'from', 'host',
+  'if-modified-since', 'if-unmodified-since', 'last-modified', 'location', 'max-forwards',
+  'proxy-authorization', 'referer', 'retry-after', 'server', 'user-agent',
+]);
+
+/** Header pairs as Node's `IncomingMessage.headers` holds them. */
+function nodeHeaders(pairs) {
+  const headers = {};
+  for (const [rawName, value] of pairs) {
+    const name = rawName.toLowerCase();
+    if (!Object.hasOwn(headers, name)) headers[name] = name === 'set-cookie' ? [value] : value;
+    else if (name === 'set-cookie') headers[name].push(value);
+    else if (name === 'cookie') headers[name] += `; ${value}`;
+    else if (!SINGLE_VALUE_HEADERS.has(name)) headers[name] += `, ${value}`;
+  }
+  return headers;
+}
+
+/** The lower-case `type/subtype` of a Content-Type value; null when it has none. */
+function mediaType(contentType) {
+  const type = String(contentType ?? '').split(';', 1)[0].trim().toLowerCase();
+  return /^[!#$%&'*+.^_`|~0-9a-z-]+\/[!#$%&'*+.^_`|~0-9a-z-]+$/.test(type) ? type : null;
+}
+
+/** The charset parameter of a Content-Type value, lower case; '' when absent. */
+function charsetOf(contentType) {
+  const match = /;\s*charset\s*=\s*("?)([^";]*)\1/i.exec(String(contentType ?? ''));
+  return match ? match[2].trim().toLowerCase() : '';
+}
+
+// type-is's own short names; other names are file extensions.
+const SHORT_TYPES = { urlencoded: 'application/x-www-form-urlencoded', multipart: 'multipart/*' };
+
+// Whether a media type matches a type-is pattern: a full type, a type with
+// `*` for either half, a `+json` style suffix, or a short name (`json`).
+function typeMatches(type, pattern) {
+  if (type === null) return false;
+  let want = pattern.toLowerCase();
+  if (want.startsWith('+')) want = `*/*${want}`;
+  else if (!want.includes('/')) want = SHORT_TYPES[want] ?? EXTENSION_TYPES[want] ?? `${want}/`;
+  const [wantType, wantSub = ''] = want.split('/');
+  const [haveType, haveSub] = type.split('/');
+  if (wantType !== '*' && wantType !== haveType) return false;
+  if (wantSub.startsWith('*+')) return haveSub.endsWith(wantSub.slice(1));
+  return wantSub === '*' || wantSub === haveSub;
+}
+
+function decodeQueryPart(text) {
+  const spaced = text.replace(/\+/g, ' ');
+  try {
+    return decodeURIComponent(spaced);
+  } catch {
+    return spaced;
+  }
+}
+
+/** A key such as `a[b][]` split into `a`, `[b]`, `[]`; segments past
+ * `depth` stay together as one literal key. */
+function keyChain(key, depth) {
+  const segment = /\[[^[\]]*]/g;
+  let match = depth > 0 ? segment.exec(key) : null;
+  if (match === null) return [key];
+  const chain = match.index > 0 ? [key.slice(0, match.index)] : [];
+  for (let taken = 0; match !== null && taken < depth; taken += 1) {
+    chain.push(match[0]);
+    match = segment.exec(key);
+  }
+  if (match !== null) chain.push(`[${key.slice(match.index)}]`);
+  return chain;
+}
+
+/** The nested value one `key=value` pair stands for. */
+function nestedValue(key, value, depth, arrayLimit) {
+  let leaf = value;
+  const chain = keyChain(key, depth);
+  for (let i = chain.length - 1; i >= 0; i -= 1) {
+    const part = chain[i];
+    if (part === '[]') {
+      leaf = [].concat(leaf);
+      continue;
+    }
+    const name = part.startsWith('[') && part.endsWith(']') ? part.slice(1, -1) : part;
+    const index = Number.parseInt(name, 10);
+    if (part !== name && String(index) === name && index >= 0 && index < arrayLimit) {
+      const list = [];
+      list[index] = leaf;
+      leaf = list;
+    } else {
+      // `__proto__` would reach Object.prototype; qs drops it too.
+      leaf = name === '__proto__' ? {} : { [name]: leaf };
+    }
+  }
+  return leaf;
+}
+
+const isObjectLike = (value) => value !== null && typeof value === 'object';
+
+/** Folds one pair's nested value into what the earlier pairs built, the
+ * way qs merges: lists grow, objects gain keys, a scalar meeting anything
+ * becomes a list of both. */
+function mergeQuery(target, source) {
+  if (!isObjectLike(source)) {
+    if (Array.isArray(target)) target.push(source);
+    else if (isObjectLike(target)) target[source] = true;
+    else return [target, source];
+    return target;
+  }
+  if (!isObjectLike(target)) return [target].concat(source);
+  if (Array.isArray(target) && Array.isArray(source)) {
+    source.forEach((item, i) => {
+      if (!Object.hasOwn(target, i)) target[i] = item;
+      else if (isObjectLike(target[i]) && isObjectLike(item)) target[i] = mergeQuery(target[i], item);
+      else target.push(item);
+    });
+    return target;
+  }
+  const into = Array.isArray(target) ? { ...target } : target;
+  for (const [key, value] of Object.entries(source)) {
+    into[key] = Object.hasOwn(into, key) ? mergeQuery(into[key], value) : value;
+  }
+  return into;
+}
+
+function compactLists(value) {
+  if (Array.isArray(value)) return value.filter((item) => item !== undefined).map(compactLists);
+  if (isObjectLike(value)) {
+    for (const key of Object.keys(value)) value[key] = compactLists(value[key]);
+  }
+  return value;
+}
+
+/** A query string parsed as the qs package does for Express 4 ("extended"
+ * parsing): `a=1&a=2` → {a: ['1', '2']}, `a[b]=1` → {a: {b: '1'}},
+ * `a[]=1` or `a[0]=1` → {a: ['1']}. */
+function parseNestedQuery(text, { depth, arrayLimit }) {
+  const flat = new Map();
+  for (const part of text.split('&', 1000)) {
+    if (!part) continue;
+    const bracketEquals = part.indexOf(']=');
+    const eq = bracketEquals === -1 ? part.indexOf('=') : bracketEquals + 1;
+    const key = decodeQueryPart(eq === -1 ? part : part.slice(0, eq));
+    const value = eq === -1 ? '' : decodeQueryPart(part.slice(eq + 1));
+    if (!key) continue;
+    flat.set(key, flat.has(key) ? [].concat(flat.get(key), value) : value);
+  }
+  let result = {};
+  for (const [key, value] of flat) result = mergeQuery(result, nestedValue(key, value, depth, arrayLimit));
+  return compactLists(result);
+}
+
+/** `req.query` in Express 4 (4.22 and later allow 1000 list items). */
+function expressQuery(queryString) {
+  return parseNestedQuery(queryString, { depth: 5, arrayLimit: 1000 });
+}
+
+/** An error body-parser passes on to Express, which answers it with `status`. */
+class HttpError extends Error {
+  constructor(status, name, message) {
+    super(message);
+    this.name = name;
+    this.status = status;
+  }
+}
+
+function decodeText(bytes, charset) {
+  let decoder;
+  try {
+    decoder = new TextDecoder(charset);
+  } catch {
+    throw new HttpError(415, 'UnsupportedMediaTypeError', `unsupported charset "${charset.toUpperCase()}"`);
+  }
+  return decoder.decode(bytes);
+}
+
+/** body-parser's json(): objects and arrays only, an empty body is {}. */
+function parseStrictJson(text) {
+  if (text.length === 0) return {};
+  const first = /^[ \t\n\r]*([^ \t\n\r])/.exec(text);
+  if (first === null) throw new HttpError(400, 'SyntaxError', 'Unexpected end of JSON input');
+  if (first[1] !== '{' && first[1] !== '[') {
+    const at = first[0].length - 1;
+    throw new HttpError(400, 'SyntaxError', `Unexpected token ${first[1]} in JSON at position ${at}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new HttpError(400, 'SyntaxError', err.message);
+  }
+}
+
+/** body-parser's parsers as the frameworks configure them. A parser reads
+ * the body when it accepts the request's media type. */
+const BODY_PARSERS = {
+  text: (pattern) => ({
+    accepts: (type) => typeMatches(type, pattern),
+    read: (bytes, contentType) => decodeText(bytes, charsetOf(contentType) || 'utf-8'),
+  }),
+  json: {
+    accepts: (type) => typeMatches(type, 'application/json'),
+    read: (bytes, contentType) => {
+      const charset = charsetOf(contentType) || 'utf-8';
+      if (!charset.startsWith('utf-')) {
+        throw new HttpError(415, 'UnsupportedMediaTypeError', `unsupported charset "${charset.toUpperCase()}"`);
+      }
+      return parseStrictJson(decodeText(bytes, charset));
+    },
+  },
+  urlencoded: (extended) => ({
+    accepts: (type) => typeMatches(type, 'application/x-www-form-urlencoded'),
+    read: (bytes, contentType) => {
+      const charset = charsetOf(contentType) || 'utf-8';
+      if (charset !== 'utf-8') {
+        throw new HttpError(415, 'UnsupportedMediaTypeError', `unsupported charset "${charset.toUpperCase()}"`);
+      }
+      const text = bytes.toString('utf8');
+      if (!extended) return require('querystring').parse(text, undefined, undefined, { maxKeys: 1000 });
+      const pairs = text.split('&').length;
+      return parseNestedQuery(text, { depth: 32, arrayLimit: Math.max(100, pairs) });
+    },
+  }),
+  raw: (accepts) => ({ accepts, read: (bytes) => bytes }),
+};
+
+/** type-is's test, which goes by the framing headers; a body that came
+ * without them (over HTTP/2, say) counts too. */
+function hasBody(headers, bytes) {
+  const length = headers['content-length'];
+  return (
+    bytes.length > 0 ||
+    headers['transfer-encoding'] !== undefined ||
+    (length !== undefined && !Number.isNaN(Number(length)))
+  );
+}
+
+/** What `req.body` becomes after a chain of body-parser middleware: the
+ * first parser that accepts the request reads it (later ones see it is
+ * read and pass), and with none it stays {} with the body still unread. */
+function parseBody(parsers, headers, bytes) {
+  const present = hasBody(headers, bytes);
+  if (present) {
+    const type = mediaType(headers['content-type']);
+    for (const parser of parsers) {
+      if (parser.accepts(type)) return { body: parser.read(bytes, headers['content-type']), unread: false };
+    }
+  }
+  return { body: {}, unread: present };
+}
+
+/** The request object Express hands on. When no parser read the body (a
+ * multipart upload, say) the object is also a stream of it, so stream
+ * parsers such as busboy and multer can still read it. */
+class ExpressRequest extends Readable {
+  #hasBody;
+
+  constructor(invocation, headers, body, unread) {
+    super({ read() {} });
+    this.#hasBody = hasBody(headers, invocation.body);
+    const url = invocation.query ? `${invocation.path}?${invocation.query}` : invocation.path;
+    const rawHeaders = [];
+    for (const pair of invocation.headers) rawHeaders.push(...pair);
+    Object.assign(this, {
+      method: invocation.method,
+      url,
+      originalUrl: url,
+      baseUrl: '',
+      path: invocation.path,
+      hostname: headers.host === undefined ? undefined : headers.host.replace(/:\d+$/, ''),
+      protocol: 'http',
+      httpVersion: '1.1',
+      query: expressQuery(invocation.query),
+      // What Express's `app.all('*')` route, which both runtimes use, captures.
+      params: { 0: invocation.path },
+      headers,
+      rawHeaders,
+      body,
+    });
+    if (unread) this.push(invocation.body);
+    this.push(null);
+  }
+
+  get(name) {
+    const key = String(name).toLowerCase();
+    if (key === 'referer' || key === 'referrer') return this.headers.referrer ?? this.headers.referer;
+    return this.headers[key];
+  }
+
+  header(name) {
+    return this.get(name);
+  }
+
+  /** type-is: the first matching pattern (the actual type for wildcard
+   * patterns), false when none matches, null when there is no body. */
+  is(...patterns) {
+    if (!this.#hasBody) return null;
+    const type = mediaType(this.headers['content-type']);
+    if (type === null) return false;
+    const list = patterns.flat();
+    if (list.length === 0) return type;
+    const match = list.find((pattern) => typeMatches(type, pattern));
+    if (match === undefined) return false;
+    return match.startsWith('+') || match.includes('*') ? type : match;
+  }
+}
+
+// The charset Express adds to a Content-Type it is given without one.
+const UTF8_TYPES = /^(text\/|application\/(javascript|json))/;
+
+// Types for `res.type('json')` and friends.
+const EXTENSION_TYPES = {
+  html: 'text/html', htm: 'text/html', txt: 'text/plain', text: 'text/plain', json: 'application/json',
+  js: 'application/javascript', css: 'text/css', csv: 'text/csv', xml: 'application/xml',
+  bin: 'application/octet-stream', png: 'image/png', jpg: 'image/jpeg', jpeg: 'image/jpeg',
+  gif: 'image/gif', svg: 'image/svg+xml', pdf: 'application/pdf',
+};
+
+/** A Content-Type value with its charset parameter set, as Express does
+ * before sending a string. */
+function withCharset(contentType, charset) {
+  const [type, ...rawParams] = contentType.split(';');
+  if (mediaType(type) === null) throw new TypeError('invalid media type');
+  const params = new Map();
+  for (const param of rawParams) {
+    const eq = param.indexOf('=');
+    if (eq > 0) params.set(param.slice(0, eq).trim().toLowerCase(), param.slice(eq + 1).trim());
+  }
+  params.set('charset', charset);
+  const sorted = [...params].sort(([a], [b]) => (a < b ? -1 : 1));
+  return [type.trim().toLowerCase(), ...sorted.map(([name, value]) => `${name}=${value}`)].join('; ');
+}
+
+function statusText(status) {
+  return require('http').STATUS_CODES[status];
+}
+
+const HEADERS_SENT = 'Cannot set headers after they are sent to the client';
+
+/** Express 4's response, recording the answer instead of writing to a
+ * socket. It is a writable stream, so functions may pipe into it. The
+ * status and headers are fixed by the first write, as on a socket. */
+class ExpressResponse extends Writable {
+  constructor(method) {
+    super();
+    this.method = method;
+    this.statusCode = 200;
+    this.headersSent = false;
+    this.headerMap = new Map(); // lower-case name → [name as given, value]
+    this.chunks = [];
+    this.sentHead = null;
+    // A write after the end arrives as an 'error' event, which would end
+    // the worker if nothing listened; it only fails that write.
+    this.on('error', (err) => process.stderr.write(`${describe(err).summary}\n`));
+  }
+
+  get finished() {
+    return this.writableEnded;
+  }
+
+  _write(chunk, encoding, callback) {
+    this.chunks.push(chunk);
+    callback();
+  }
+
+  setHeader(name, value) {
+    if (this.headersSent) throw new Error(HEADERS_SENT);
+    this.headerMap.set(String(name).toLowerCase(), [String(name), value]);
+    return this;
+  }
+
+  getHeader(name) {
+    return this.headerMap.get(String(name).toLowerCase())?.[1];
+  }
+
+  getHeaders() {
+    return Object.fromEntries([...this.headerMap].map(([key, [, value]]) => [key, value]));
+  }
+
+  getHeaderNames() {
+    return [...this.headerMap.keys()];
+  }
+
+  hasHeader(name) {
+    return this.headerMap.has(String(name).toLowerCase());
+  }
+
+  removeHeader(name) {
+    if (this.headersSent) throw new Error(HEADERS_SENT);
+    this.headerMap.delete(String(name).toLowerCase());
+  }
+
+  writeHead(status, ...rest) {
+    const headers = typeof rest[0] === 'string' ? rest[1] : rest[0];
+    this.statusCode = status;
+    if (Array.isArray(headers)) {
+      for (let i = 0; i + 1 < headers.length; i += 2) this.setHeader(headers[i], headers[i + 1]);
+    } else if (headers) {
+      for (const [name, value] of Object.entries(headers)) this.setHeader(name, value);
+    }
+    this.fixHead();
+    return this;
+  }
+
+  /** Fixes status and headers, checking the status as Node's writeHead
+   * does (but within what a sedge answer can carry). */
+  fixHead() {
+    if (this.headersSent) return;
+    const status = this.statusCode | 0;
+    if (status < 100 || status > 599) throw new RangeError(`Invalid status code: ${util.inspect(this.statusCode)}`);
+    const headers = [];
+    for (const [name, value] of this.headerMap.values()) {
+      for (const one of Array.isArray(value) ? value : [value]) headers.push([name, String(one)]);
+    }
+    this.statusCode = status;
+    this.sentHead = [status, headers];
+    this.headersSent = true;
+  }
+
+  write(chunk, encoding, callback) {
+    checkChunk(chunk);
+    this.fixHead();
+    return super.write(chunk, encoding, callback);
+  }
+
+  end(chunk, encoding, callback) {
+    if (this.writableEnded) return this;
+    if (typeof chunk !== 'function') checkChunk(chunk, true);
+    this.fixHead();
+    return super.end(chunk, encoding, callback);
+  }
+
+  // Express's additions.
+
+  status(code) {
+    this.statusCode = code;
+    return this;
+  }
+
+  set(field, value) {
+    if (arguments.length < 2) {
+      for (const key in field) this.set(key, field[key]);
+      return this;
+    }
+    let text = Array.isArray(value) ? value.map(String) : String(value);
+    if (String(field).toLowerCase() === 'content-type') {
+      if (Array.isArray(text)) throw new TypeError('Content-Type cannot be set to an Array');
+      if (!/;\s*charset\s*=/.test(text) && UTF8_TYPES.test(text.split(';', 1)[0].trim().toLowerCase())) {
+        text += '; charset=utf-8';
+      }
+    }
+    return this.setHeader(field, text);
+  }
+
+  header(field, value) {
+    return arguments.length < 2 ? this.set(field) : this.set(field, value);
+  }
+
+  get(field) {
+    return this.getHeader(field);
+  }
+
+  type(type) {
+    const text = String(type);
+    const extension = text.replace(/^.*\./, '').toLowerCase();
+    return this.set('Content-Type', text.includes('/') ? text : EXTENSION_TYPES[extension] ?? BINARY);
+  }
+
+  contentType(type) {
+    return this.type(type);
+  }
+
+  json(value) {
+    const body = JSON.stringify(value);
+    if (!this.get('Content-Type')) this.set('Content-Type', JSON_TYPE);
+    return this.send(body);
+  }
+
+  sendStatus(code) {
+    this.statusCode = code;
+    this.type('txt');
+    return this.send(statusText(code) ?? String(code));
+  }
+
+  send(body) {
+    let chunk = body;
+    if (typeof chunk === 'number') {
+      // Express 4 reads `res.send(404)` as a status with its reason as body.
+      if (!this.get('Content-Type')) this.type('txt');
+      this.statusCode = chunk;
+      chunk = statusText(chunk);
+    }
+    if (typeof chunk === 'string') {
+      if (!this.get('Content-Type')) this.type('html');
+    } else if (typeof chunk === 'boolean' || isObjectLike(chunk) || chunk === null) {
+      if (chunk === null) chunk = '';
+      else if (Buffer.isBuffer(chunk)) {
+        if (!this.get('Content-Type')) this.type('bin');
+      } else return this.json(chunk);
+    }
+    if (typeof chunk === 'string') {
+      const type = this.get('Content-Type');
+      if (typeof type === 'string') this.set('Content-Type', withCharset(type, 'utf-8'));
+    }
+    if (this.statusCode === 204 || this.statusCode === 304) {
+      this.removeHeader('Content-Type');
+      chunk = '';
+    } else if (this.statusCode === 205) {
+      chunk = '';
+    }
+    this.end(chunk, 'utf8');
+    return this;
+  }
+
+  /** [status, headers, body] once the response has ended. */
+  answer() {
+    const [status, headers] = this.sentHead;
+    const bodyless = this.method === 'HEAD' || status === 204 || status === 304;
+    return [status, headers, bodyless ? EMPTY : Buffer.concat(this.chunks)];
+  }
+}
+
+/** Throws as Node's http does for what cannot be written to a socket. */
+function checkChunk(chunk, ending = false) {
+  if (ending && (chunk === undefined || chunk === null)) return;
+  if (typeof chunk !== 'string' && !(chunk instanceof Uint8Array)) {
+    throw new TypeError(`The "chunk" argument must be of type string or an instance of Buffer or Uint8Array. Received ${util.inspect(chunk)}`);
+  }
+}
+
+const HTML_ESCAPES = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+
+function escapeHtml(text) {
+  return text.replace(/[&<>"']/g, (ch) => HTML_ESCAPES[ch]);
+}
+
+/** Express's answer to an error nothing else handled (its finalhandler, in
+ * the development mode the frameworks' images run in): the error's status
+ * when it carries one, and an HTML page showing `text`. */
+function sendErrorPage(res, err, text) {
+  const own = [err?.status, err?.statusCode].find((s) => typeof s === 'number' && s >= 400 && s <= 599);
+  const current = typeof res.statusCode === 'number' && res.statusCode >= 400 && res.statusCode <= 599 ? res.statusCode : 500;
+  res.statusCode = own ?? current;
+  for (const name of ['Content-Encoding', 'Content-Language', 'Content-Range']) res.removeHeader(name);
+  res.setHeader('Content-Security-Policy', "default-src 'none'");
+  res.setHeader('X-Content-Type-Options', 'nosniff');
+  res.setHeader('Content-Type', 'text/html; charset=utf-8');
+  const shown = escapeHtml(text).replace(/\n/g, '<br>').replace(/ {2}/g, ' &nbsp;');
+  res.end(
+    '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Error</title>\n</head>\n' +
+      `<body>\n<pre>${shown}</pre>\n</body>\n</html>\n`,
+  );
+}
+
+/** Answers a body-parser error as Express does, when `err` is one. */
+function answeredParseError(res, err) {
+  if (!(err instanceof HttpError)) return false;
+  sendErrorPage(res, err, `${err.name}: ${err.message}`);
+  return true;
+}
+
+function logError(prefix, err) {
+  process.stderr.write(`${prefix}${describe(err).trace}\n`);
+}
+
+/** Runs one invocation against a fresh ExpressResponse and resolves with
+ * its answer once it ends. `start(res, fail)` replays the framework's
+ * server code; `fail(err)` (also what a throw from `start` means) is for a
+ * failure the framework never answers, which becomes an error frame. Once
+ * an answer is under way the first one stands, as on a socket, and later
+ * failures are only logged. */
+function expressAnswer(method, start) {
+  return new Promise((resolve, reject) => {
+    const res = new ExpressResponse(method);
+    res.once('finish', () => resolve(res.answer()));
+    const fail = (err) => {
+      if (res.writableEnded) logError('after the answer was sent: ', err);
+      else reject(err);
+    };
+    try {
+      start(res, fail);
+    } catch (err) {
+      fail(err);
+    }
+  });
+}
+
+/** openfaas and fission: the export the manifest names when the module
+ * has it, otherwise the module itself, which is how their templates
+ * export a function, or else an ES module's default export (Node 20
+ * requires ES modules, and Fission's newer environment prefers them). */
+function exportOrModule(module, exportName) {
+  if (module == null) return undefined;
+  if (Object.hasOwn(module, exportName)) return module[exportName];
+  if (typeof module === 'function') return module;
+  return typeof module.default === 'function' ? module.default : undefined;
+}
+
+// --- style: openfaas (the node18 / node20 templates) ---------------------
+
+/** The template's FunctionContext: a status and headers for the answer,
+ * and succeed / fail to give it. */
+class OpenfaasContext {
+  constructor(callback) {
+    this.statusCode = 200;
+    this.headerValues = {};
+    this.callback = callback;
+    this.answered = false;
+  }
+
+  status(code) {
+    if (!code) return this.statusCode;
+    this.statusCode = code;
+    return this;
+  }
+
+  headers(values) {
+    if (!values) return this.headerValues;
+    this.headerValues = values;
+    return this;
+  }
+
+  succeed(value) {
+    this.answered = true;
+    this.callback(undefined, value);
+  }
+
+  fail(value) {
+    if (String(this.statusCode) === '200') this.statusCode = 500;
+    this.answered = true;
+    this.callback(value, undefined);
+  }
+}
+
+const isPlainObjectOrArray = (value) => !!value && (value.constructor === Object || value.constructor === Array);
+
+function openfaasStyle() {
+  // The template reads RAW_BODY once, at start.
+  const parsers =
+    process.env.RAW_BODY === 'true'
+      ? [BODY_PARSERS.raw((type) => type !== null)]
+      : [BODY_PARSERS.text('text/*'), BODY_PARSERS.json, BODY_PARSERS.urlencoded(true)];
+
+  const run = (handler, invocation) =>
+    expressAnswer(invocation.method, (res, fail) => {
+      const headers = nodeHeaders(invocation.headers);
+      // The template gives a type to requests without one, so their bodies
+      // arrive as text.
+      if (!headers['content-type']) headers['content-type'] = 'text/plain';
+      let body;
+      try {
+        ({ body } = parseBody(parsers, headers, invocation.body));
+      } catch (err) {
+        if (answeredParseError(res, err)) return;
+        throw err;
+      }
+      const event = { body, headers, method: invocation.method, query: expressQuery(invocation.query), path: invocation.path };
+      const callback = (err, result) => {
+        if (err) {
+          logError('', err);
+          res.status(context.status()).send(typeof err.toString === 'function' ? err.toString() : err);
+          return;
+        }
+        res.set(context.headers()).status(context.status());
+        res.send(isPlainObjectOrArray(result) ? JSON.stringify(result) : result);
+      };
+      const context = new OpenfaasContext(callback);
+      // A synchronous throw leaves the template's async middleware as a
+      // rejection Express ignores, which ends its Node process: no answer
+      // to copy, so it goes to `fail` through expressAnswer's catch.
+      Promise.resolve(handler(event, context, callback))
+        .then((value) => {
+          if (!context.answered) context.succeed(value);
+        })
+        .catch((err) => callback(err))
+        .catch(fail);
+    });
+
+  return { pick: exportOrModule, run };
+}
+
+// --- style: kubeless (its Node.js runtime, kubeless.js) -------------------
+
+function kubelessStyle() {
+  const context = {
+    'function-name': process.env.SEDGE_FUNCTION,
+    timeout: Number(process.env.SEDGE_TIMEOUT || '180'),
+    runtime: `nodejs${process.versions.node.split('.', 1)[0]}`,
+    'memory-limit': process.env.SEDGE_MEMORY_LIMIT || undefined,
+  };
+  // The runtime reads every body but multipart ones as raw bytes.
+  const parsers = [BODY_PARSERS.raw((type) => !typeMatches(type, 'multipart/*'))];
+
+  const finish = (result, res) => {
+    if (res.finished) return;
+    switch (typeof result) {
+      case 'string':
+        res.end(result);
+        break;
+      case 'object':
+        res.json(result);
+        break;
+      case 'undefined':
+        res.end();
+        break;
+      default:
+        res.end(JSON.stringify(result));
+    }
+  };
+
+  const run = (handler, invocation) =>
+    expressAnswer(invocation.method, (res, fail) => {
+      res.set('Access-Control-Allow-Origin', '*');
+      const headers = nodeHeaders(invocation.headers);
+      if (invocation.method === 'OPTIONS') {
+        // CORS preflight: the runtime answers it without calling the function.
+        for (const [asked, allowed] of [['method', 'Methods'], ['headers', 'Headers']]) {
+          const value = headers[`access-control-request-${asked}`];
+          if (value !== undefined) res.set(`Access-Control-Allow-${allowed}`, value);
+        }
+        res.end();
+        return;
+      }
+      const failed = (err) => {
+        logError('Function failed to execute: ', err);
+        res.status(500).send('Internal Server Error');
+      };
+      const { body, unread } = parseBody(parsers, headers, invocation.body);
+      const req = new ExpressRequest(invocation, headers, body, unread);
+      try {
+        let data = req.body;
+        let isJson = false;
+        if (!req.is('multipart/*') && req.body.length > 0) {
+          isJson = Boolean(req.is('application/json'));
+          data = isJson ? JSON.parse(req.body.toString('utf-8')) : req.body.toString('utf-8');
+        }
+        const event = {
+          'event-type': req.get('event-type') ?? (isJson ? 'application/json' : kubelessEventType(invocation.body)),
+          'event-id': req.get('event-id') ?? crypto.randomUUID().replace(/-/g, '').slice(0, 11),
+          'event-time': req.get('event-time') ?? new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+          'event-namespace': req.get('event-namespace') ?? 'cli.kubeless.io',
+          data,
+          extensions: { request: req, response: res },
+        };
+        Promise.resolve(handler(event, context))
+          .then((value) => finish(value, res))
+          .catch(failed)
+          .catch(fail);
+      } catch (err) {
+        failed(err);
+      }
+    });
+
+  return { pick: (module, exportName) => (typeof module === 'function' ? module : module?.[exportName]), run };
+}
+
+/** The event type `kubeless function call` sends along with data. */
+function kubelessEventType(bytes) {
+  if (bytes.length === 0) return undefined;
+  try {
+    JSON.parse(bytes.toString('utf8'));
+    return 'application/json';
+  } catch {
+    return 'application/x-www-form-urlencoded';
+  }
+}
+
+// --- style: fission (its Node.js environment, server.js) ------------------
+
+function fissionStyle() {
+  const parsers = [
+    BODY_PARSERS.urlencoded(false),
+    BODY_PARSERS.json,
+    BODY_PARSERS.raw((type) => typeMatches(type, 'application/octet-stream')),
+    BODY_PARSERS.text('text/*'),
+  ];
+
+  const run = (handler, invocation) =>
+    expressAnswer(invocation.method, (res, fail) => {
+      const headers = nodeHeaders(invocation.headers);
+      let parsed;
+      try {
+        parsed = parseBody(parsers, headers, invocation.body);
+      } catch (err) {
+        if (answeredParseError(res, err)) return;
+        throw err;
+      }
+      const context = {
+        request: new ExpressRequest(invocation, headers, parsed.body, parsed.unread),
+        response: res,
+      };
+      const callback = (status, body, answerHeaders) => {
+        if (!status) {
+          // Fission sends nothing then; the function may still answer
+          // through context.response, or sedge's timeout ends the call.
+          if (!res.writableEnded) process.stderr.write('fission: the function gave no status; no answer sent\n');
+          return;
+        }
+        if (answerHeaders) {
+          for (const name of Object.keys(answerHeaders)) res.set(name, answerHeaders[name]);
+        }
+        res.status(status);
+        if (body instanceof Readable) body.pipe(res);
+        else res.send(body);
+      };
+      const failed = (err) => {
+        process.stderr.write(`Function error: ${err}\n`);
+        callback(500, 'Internal server error');
+      };
+
+      if (handler.length <= 1) {
+        let result;
+        try {
+          result = handler.length === 0 ? handler() : handler(context);
+        } catch (err) {
+          // Not caught by the environment: Express's error handler answers.
+          logError('', err);
+          sendErrorPage(res, err, describe(err).trace);
+          return;
+        }
+        Promise.resolve(result)
+          .then(({ status, body, headers: answerHeaders }) => callback(status, body, answerHeaders))
+          .catch(failed)
+          .catch(fail);
+        return;
+      }
+      let returned;
+      try {
+        returned = handler(context, callback);
+      } catch (err) {
+        failed(err);
+        return;
+      }
+      // The environment ignores what a callback-style function returns; a
+      // rejection there goes unanswered, so it becomes an error frame.
+      if (typeof returned?.then === 'function') returned.then(undefined, fail);
+    });
+
+  return { pick: exportOrModule, run };
+}
+
 // --- styles --------------------------------------------------------------
-// How a family of functions expects to be called: `call` runs the handler
-// for a Request (it may return a promise), `answer` turns what it returned
-// into [status, headers, body].
+// How a family of functions expects to be called. A style is made once at
+// start; `run(handler, invocation)` calls the handler for one invocation
+// and resolves with [status, headers, body], or rejects for an error frame.
+// `pick(module, exportName)`, when present, finds the handler in the
+// loaded module the way the framework does.
 
 const STYLES = {
-  sedge: { call: (handler, request) => handler(request), answer: sedgeAnswer },
+  sedge: () => ({
+    run: async (handler, inv) =>
+      sedgeAnswer(await handler(new Request(inv.method, inv.path, inv.query, inv.headers, inv.body))),
+  }),
+  openfaas: openfaasStyle,
+  kubeless: kubelessStyle,
+  fission: fissionStyle,
 };
 
 // --- loading -------------------------------------------------------------
@@ -248,10 +1104,10 @@ function pickStyle() {
   if (!Object.hasOwn(STYLES, name)) {
     throw new LoadError(`unknown SEDGE_STYLE ${JSON.stringify(name)}; this runtime knows ${Object.keys(STYLES).sort().join(', ')}`);
   }
-  return STYLES[name];
+  return STYLES[name]();
 }
 
-function loadHandler(functionDir, handlerName) {
+function loadHandler(functionDir, handlerName, style) {
   const dot = handlerName.lastIndexOf('.');
   if (dot <= 0 || dot === handlerName.length - 1) {
     throw new LoadError(`handler ${JSON.stringify(handlerName)} is not of the form file.export`);
@@ -266,9 +1122,12 @@ function loadHandler(functionDir, handlerName) {
     // A stack with no frames left (a missing module) only repeats the summary.
     throw new LoadError(trace.trim() === summary.trim() ? summary : `${summary}\n\n${trace}`);
   }
-  const handler = module == null ? undefined : module[exportName];
+  let handler;
+  if (style.pick) handler = style.pick(module, exportName);
+  else handler = module == null ? undefined : module[exportName];
   if (handler === undefined) {
-    throw new LoadError(`${require.resolve(file)} has no export ${JSON.stringify(exportName)}`);
+    const orItself = style.pick ? ', and neither module.exports nor a default export is a function' : '';
+    throw new LoadError(`${require.resolve(file)} has no export ${JSON.stringify(exportName)}${orItself}`);
   }
   if (typeof handler !== 'function') {
     throw new LoadError(`${handlerName} is a ${typeof handler}, not a function`);
@@ -278,7 +1137,7 @@ function loadHandler(functionDir, handlerName) {
 
 // --- serving -------------------------------------------------------------
 
-/** The id and Request of an `invoke` frame; ProtocolError when malformed. */
+/** The id and invocation of an `invoke` frame; ProtocolError when malformed. */
 function parseInvoke(header, body) {
   if (header.type !== 'invoke') {
     throw new ProtocolError(`expected an invoke frame, got type ${JSON.stringify(header.type)}`);
@@ -294,12 +1153,12 @@ function parseInvoke(header, body) {
   if (!Array.isArray(pairs) || !pairs.every(isPair)) {
     throw new ProtocolError("invoke frame field 'headers' is not a list of [name, value] strings");
   }
-  return [header.id, new Request(header.method, header.path, header.query, pairs, body)];
+  return [header.id, { method: header.method, path: header.path, query: header.query, headers: pairs, body }];
 }
 
-async function runInvocation(style, handler, id, request) {
+async function runInvocation(style, handler, id, invocation) {
   try {
-    const [status, headers, body] = await style.answer(await style.call(handler, request));
+    const [status, headers, body] = await style.run(handler, invocation);
     sendFrame({ type: 'response', id, status, headers }, body);
   } catch (err) {
     const { summary, trace } = describe(err);
@@ -318,9 +1177,9 @@ function serve(style, handler) {
     if (ended && inFlight === 0) exitAfterFlush(0);
   };
   const reader = new FrameReader((header, body) => {
-    const [id, request] = parseInvoke(header, body);
+    const [id, invocation] = parseInvoke(header, body);
     inFlight += 1;
-    runInvocation(style, handler, id, request).finally(() => {
+    runInvocation(style, handler, id, invocation).finally(() => {
       inFlight -= 1;
       exitWhenIdle();
     });
@@ -358,7 +1217,7 @@ function main(argv) {
   let handler;
   try {
     style = pickStyle();
-    handler = loadHandler(functionDir, handlerName);
+    handler = loadHandler(functionDir, handlerName, style);
   } catch (err) {
     if (!(err instanceof LoadError)) throw err;
     sendFrame({ type: 'load_error', error: clipped(err.message) });

@@ -110,3 +110,88 @@ fn funcx_python_shape() {
     assert_eq!(e.status, 500, "{}", e.text());
     assert_eq!(e.json()["exception"], "KeyError");
 }
+
+#[test]
+fn node_style_examples_classify_iris() {
+    let node = Node::start();
+    let cases = [
+        ("openfaas-node", r#"{"features": [5.1, 3.5, 1.4, 0.2]}"#, "setosa"),
+        ("kubeless-node", r#"{"features": [6.9, 3.2, 5.7, 2.3]}"#, "virginica"),
+        ("fission-node", r#"{"features": [5.0, 2.0, 3.5, 1.0]}"#, "versicolor"),
+    ];
+    for (name, _, _) in cases {
+        node.deploy(&example(name));
+    }
+    for (name, body, class) in cases {
+        let a = node.request("POST", &format!("/function/{name}"), &[JSON], body.as_bytes());
+        assert_eq!(a.status, 200, "{name}: {}", a.text());
+        assert_eq!(a.json()["class"], class, "{name}: {}", a.text());
+    }
+}
+
+#[test]
+fn openfaas_node_template_shape() {
+    let node = Node::start();
+    let code = r#"
+module.exports = async (event, context) => {
+  if (event.path === '/fail') return context.status(418).fail('teapot');
+  if (event.path === '/throw') throw new Error('kaput');
+  return context
+    .status(203)
+    .headers({ 'Content-Type': 'application/json', 'X-Seen': event.headers['x-tag'] || '' })
+    .succeed({ body: event.body, q: event.query.q, method: event.method });
+};
+"#;
+    let f = FnDir::new(&manifest("ofn", "node", "handler.handle", "style = \"openfaas\"\n"), &[("handler.js", code)]);
+    node.deploy(f.path());
+    let a = node.request("POST", "/function/ofn/x?q=7", &[JSON, ("X-Tag", "t")], br#"{"n": 1}"#);
+    assert_eq!(a.status, 203, "{}", a.text());
+    assert_eq!(a.header("x-seen"), Some("t"));
+    assert_eq!(a.json(), serde_json::json!({"body": {"n": 1}, "q": "7", "method": "POST"}));
+    let fail = node.post("/function/ofn/fail", b"");
+    assert_eq!((fail.status, fail.text().as_str()), (418, "teapot"));
+    // The template answers a rejected promise with the status set so far.
+    let thrown = node.post("/function/ofn/throw", b"");
+    assert!(thrown.text().contains("kaput"), "{}", thrown.text());
+}
+
+#[test]
+fn kubeless_and_fission_node_shapes() {
+    let node = Node::start();
+    let kb = r#"
+module.exports = {
+  handler: async (event, context) => {
+    if (event.data === 'boom') throw new Error('kaput');
+    return { data: event.data, fn: context['function-name'], type: event['event-type'] };
+  },
+};
+"#;
+    let f = FnDir::new(&manifest("kbn", "node", "handler.handler", "style = \"kubeless\"\n"), &[("handler.js", kb)]);
+    node.deploy(f.path());
+    let a = node.request("POST", "/function/kbn", &[JSON, ("event-type", "custom")], br#"{"n": 1}"#);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json(), serde_json::json!({"data": {"n": 1}, "fn": "kbn", "type": "custom"}));
+    assert_eq!(node.request("POST", "/function/kbn", &[("content-type", "text/plain")], b"boom").status, 500);
+
+    let fi = r#"
+module.exports = async function (context) {
+  const req = context.request;
+  if (req.headers['x-fail']) throw new Error('kaput');
+  return { status: 201, headers: { 'x-from': 'fission' }, body: { got: req.body, method: req.method } };
+};
+"#;
+    let g = FnDir::new(&manifest("fin", "node", "fn.handle", "style = \"fission\"\n"), &[("fn.js", fi)]);
+    node.deploy(g.path());
+    let a = node.request("PUT", "/function/fin", &[JSON], br#"{"k": 2}"#);
+    assert_eq!(a.status, 201, "{}", a.text());
+    assert_eq!(a.header("x-from"), Some("fission"));
+    assert_eq!(a.json(), serde_json::json!({"got": {"k": 2}, "method": "PUT"}));
+    assert_eq!(node.request("POST", "/function/fin", &[("x-fail", "1")], b"").status, 500);
+
+    let cb =
+        "module.exports = function (context, callback) { callback(202, 'accepted ' + context.request.method, {}); };\n";
+    let h = FnDir::new(&manifest("fcb", "node", "cb.handle", "style = \"fission\"\n"), &[("cb.js", cb)]);
+    node.deploy(h.path());
+    let a = node.get("/function/fcb");
+    assert_eq!((a.status, a.text().as_str()), (202, "accepted GET"));
+}
