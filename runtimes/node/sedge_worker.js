@@ -1167,9 +1167,41 @@ async function runInvocation(style, handler, id, invocation) {
   }
 }
 
+/** Loads the function; on failure reports it and exits, returning null. */
+function start(functionDir, handlerName) {
+  try {
+    const style = pickStyle();
+    return { style, handler: loadHandler(functionDir, handlerName, style) };
+  } catch (err) {
+    if (!(err instanceof LoadError)) throw err;
+    sendFrame({ type: 'load_error', error: clipped(err.message) });
+    exitAfterFlush(1);
+    return null;
+  }
+}
+
+/**
+ * A spare worker is started before any function needs it, so that Node.js's
+ * own start-up is paid before a request waits. Its first frame, `load`, says
+ * which function it becomes: the environment and working directory a worker
+ * started for that function would have had, and what to load.
+ */
+function assign(header) {
+  const env = header.env;
+  const isStrings = env && typeof env === 'object' && Object.values(env).every((v) => typeof v === 'string');
+  if (header.type !== 'load' || typeof header.dir !== 'string' || typeof header.handler !== 'string' || !isStrings) {
+    throw new ProtocolError('a spare worker expects a load frame with dir, handler and env');
+  }
+  Object.assign(process.env, env);
+  process.chdir(header.dir);
+  process.argv.splice(2, process.argv.length - 2, header.dir, header.handler);
+  return start(header.dir, header.handler);
+}
+
 // SEDGE_CONCURRENCY needs no handling here: every invocation starts as soon
 // as its frame arrives, and sedge never sends more than that many at once.
-function serve(style, handler) {
+// `loaded` is null for a spare worker until its load frame arrives.
+function serve(loaded) {
   let inFlight = 0;
   let ended = false;
   let failed = false;
@@ -1177,9 +1209,20 @@ function serve(style, handler) {
     if (ended && inFlight === 0) exitAfterFlush(0);
   };
   const reader = new FrameReader((header, body) => {
+    if (failed) return;
+    if (loaded === null) {
+      loaded = assign(header);
+      if (loaded === null) {
+        failed = true;
+        frameIn.pause();
+      } else {
+        sendFrame({ type: 'ready' });
+      }
+      return;
+    }
     const [id, invocation] = parseInvoke(header, body);
     inFlight += 1;
-    runInvocation(style, handler, id, invocation).finally(() => {
+    runInvocation(loaded.style, loaded.handler, id, invocation).finally(() => {
       inFlight -= 1;
       exitWhenIdle();
     });
@@ -1208,24 +1251,19 @@ function serve(style, handler) {
 }
 
 function main(argv) {
+  if (argv.length === 1 && argv[0] === '--spare') {
+    sendFrame({ type: 'spare' });
+    serve(null);
+    return;
+  }
   if (argv.length !== 2) {
-    process.stderr.write('usage: node sedge_worker.js FUNCTION_DIR HANDLER\n', () => process.exit(2));
+    process.stderr.write('usage: node sedge_worker.js FUNCTION_DIR HANDLER | --spare\n', () => process.exit(2));
     return;
   }
-  const [functionDir, handlerName] = argv;
-  let style;
-  let handler;
-  try {
-    style = pickStyle();
-    handler = loadHandler(functionDir, handlerName, style);
-  } catch (err) {
-    if (!(err instanceof LoadError)) throw err;
-    sendFrame({ type: 'load_error', error: clipped(err.message) });
-    exitAfterFlush(1);
-    return;
-  }
+  const loaded = start(argv[0], argv[1]);
+  if (loaded === null) return;
   sendFrame({ type: 'ready' });
-  serve(style, handler);
+  serve(loaded);
 }
 
 main(process.argv.slice(2));

@@ -427,13 +427,46 @@ def serve(channel, style, handler, concurrency):
         pool.shutdown(wait=True)
 
 
+def await_assignment(channel):
+    """A spare worker is started before any function needs it, so that the
+    interpreter's and the shim's start-up are paid before a request waits.
+    The `load` frame then says which function it becomes: the environment
+    and working directory that a worker started for that function would
+    have had, and the folder and handler to load."""
+    channel.send({"type": "spare"})
+    frame = channel.read()
+    if frame is None:
+        sys.exit(0)
+    header, _ = frame
+    env = header.get("env")
+    if (
+        header.get("type") != "load"
+        or not isinstance(header.get("dir"), str)
+        or not isinstance(header.get("handler"), str)
+        or not isinstance(env, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise ProtocolError("a spare worker expects a load frame with dir, handler and env")
+    os.environ.update(env)
+    os.chdir(header["dir"])
+    sys.argv[1:] = [header["dir"], header["handler"]]
+    return header["dir"], header["handler"]
+
+
 def main(argv):
-    if len(argv) != 3:
-        sys.stderr.write("usage: sedge_worker.py FUNCTION_DIR HANDLER\n")
+    spare = argv[1:] == ["--spare"]
+    if len(argv) != 3 and not spare:
+        sys.stderr.write("usage: sedge_worker.py FUNCTION_DIR HANDLER | --spare\n")
         return 2
-    function_dir, handler_name = argv[1], argv[2]
     channel = Channel()
     install_sedge_module()
+    if spare:
+        try:
+            function_dir, handler_name = await_assignment(channel)
+        except ProtocolError as e:
+            die(f"bad frame from sedge: {e}", 2)
+    else:
+        function_dir, handler_name = argv[1], argv[2]
     try:
         make_style = pick_style()
         concurrency = read_concurrency()

@@ -33,7 +33,7 @@ pub enum ManifestError {
     Field { file: String, field: String, problem: String },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuntimeKind {
     Python,
     Node,

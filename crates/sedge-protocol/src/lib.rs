@@ -20,6 +20,11 @@ pub enum Header {
     Invoke { id: u64, method: String, path: String, query: String, headers: Vec<(String, String)>, timeout_ms: u64 },
     /// worker → sedge: the user's module is loaded; invocations may come.
     Ready,
+    /// worker → sedge: a spare worker (started with `--spare`) is up and
+    /// waits for its `load` frame.
+    Spare,
+    /// sedge → spare worker: become this function.
+    Load { dir: String, handler: String, env: std::collections::BTreeMap<String, String> },
     /// worker → sedge: the user's module could not be loaded.
     LoadError { error: String },
     /// worker → sedge: the handler's answer; the body is the answer body.
@@ -155,6 +160,9 @@ mod tests {
                     timeout_ms
                 }),
             Just(Header::Ready),
+            Just(Header::Spare),
+            ("\\PC*", "\\PC*", proptest::collection::btree_map("\\PC*", "\\PC*", 0..3))
+                .prop_map(|(dir, handler, env)| Header::Load { dir, handler, env }),
             "\\PC*".prop_map(|error| Header::LoadError { error }),
             (any::<u64>(), any::<u16>(), proptest::collection::vec(("\\PC*", "\\PC*"), 0..4))
                 .prop_map(|(id, status, headers)| Header::Response { id, status, headers }),

@@ -20,7 +20,7 @@ use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use tokio::process::Command;
 use tokio::sync::Notify;
 
-use crate::logs::{self, RecentLines};
+use crate::logs::{self, LogTarget, RecentLines};
 use crate::pool::FunctionShared;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,11 +69,12 @@ impl HttpWorker {
             .map_err(|e| format!("cannot run {program:?}: {e}"))?;
         let function = spec.name.to_string();
         let recent = Arc::new(RecentLines::default());
+        let target = Arc::new(LogTarget::new(function.clone(), instance, shared));
         if let Some(out) = child.stdout.take() {
-            logs::pump(out, function.clone(), instance.clone(), shared.clone(), recent.clone());
+            logs::pump(out, target.clone(), recent.clone());
         }
         if let Some(err) = child.stderr.take() {
-            logs::pump(err, function.clone(), instance, shared, recent.clone());
+            logs::pump(err, target, recent.clone());
         }
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
         let alive = Arc::new(AtomicBool::new(true));

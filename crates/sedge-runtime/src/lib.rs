@@ -11,6 +11,7 @@ mod http;
 pub mod logs;
 mod pool;
 mod process;
+mod spares;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,19 +34,21 @@ pub struct RuntimeConfig {
     pub python: String,
     pub node: String,
     pub shim_dir: PathBuf,
+    /// Keep one started interpreter per language waiting for the next cold start.
+    pub spares: bool,
 }
 
 impl RuntimeConfig {
     /// Writes the shims under `dir` (replacing older copies) and points at them.
-    pub fn install_shims(dir: &Path, python: String, node: String) -> std::io::Result<Self> {
+    pub fn install_shims(dir: &Path, python: String, node: String, spares: bool) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("sedge_worker.py"), PYTHON_SHIM)?;
         std::fs::write(dir.join("sedge_styles.py"), PYTHON_STYLES)?;
         std::fs::write(dir.join("sedge_worker.js"), NODE_SHIM)?;
-        Ok(Self { python, node, shim_dir: dir.to_owned() })
+        Ok(Self { python, node, shim_dir: dir.to_owned(), spares })
     }
 
-    fn shim(&self, kind: RuntimeKind) -> PathBuf {
+    pub(crate) fn shim(&self, kind: RuntimeKind) -> PathBuf {
         self.shim_dir.join(match kind {
             RuntimeKind::Node => "sedge_worker.js",
             _ => "sedge_worker.py",
@@ -56,13 +59,16 @@ impl RuntimeConfig {
 /// Every deployed function's pool, by name.
 pub struct Runtime {
     config: Arc<RuntimeConfig>,
+    spares: Arc<spares::Spares>,
     pools: RwLock<HashMap<String, Arc<Pool>>>,
     shared: Mutex<HashMap<String, Arc<FunctionShared>>>,
 }
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> Self {
-        Self { config: Arc::new(config), pools: RwLock::default(), shared: Mutex::default() }
+        let config = Arc::new(config);
+        let spares = spares::Spares::new(config.clone());
+        Self { config, spares, pools: RwLock::default(), shared: Mutex::default() }
     }
 
     /// The function's log and counters, which outlive redeploys.
@@ -74,7 +80,8 @@ impl Runtime {
     /// A pool for a new version, not yet serving: warm it, then [`Self::install`] it.
     pub fn prepare(&self, spec: FunctionSpec, dir: PathBuf) -> Arc<Pool> {
         let shared = self.shared(spec.name.as_str());
-        Pool::new(spec, dir, self.config.clone(), shared)
+        self.spares.fill(spec.runtime);
+        Pool::new(spec, dir, self.config.clone(), self.spares.clone(), shared)
     }
 
     /// Makes `pool` serve its function; the version it replaces finishes
@@ -126,6 +133,7 @@ impl Runtime {
 
     /// Lets in-flight work finish (up to `grace`) and stops every worker.
     pub async fn shutdown(&self, grace: Duration) {
+        self.spares.close();
         let pools: Vec<Arc<Pool>> = self.write().drain().map(|(_, p)| p).collect();
         let drains: Vec<_> = pools.into_iter().map(|p| tokio::spawn(async move { p.drain(grace).await })).collect();
         for d in drains {

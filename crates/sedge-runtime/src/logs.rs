@@ -100,16 +100,32 @@ impl RecentLines {
     }
 }
 
+/// Whose log a worker's output belongs to. A spare worker runs before it is
+/// any function's; its target is set when it is assigned.
+#[derive(Default)]
+pub struct LogTarget(Mutex<Option<(String, String, Arc<FunctionShared>)>>);
+
+impl LogTarget {
+    pub fn new(function: String, instance: String, shared: Arc<FunctionShared>) -> Self {
+        Self(Mutex::new(Some((function, instance, shared))))
+    }
+
+    pub fn set(&self, function: String, instance: String, shared: Arc<FunctionShared>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((function, instance, shared));
+    }
+
+    fn write(&self, text: String) {
+        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((function, instance, shared)) => shared.logs.push(function, instance, text),
+            None => tracing::debug!("spare worker: {text}"),
+        }
+    }
+}
+
 /// Copies a worker's output into the function's log, line by line, until
 /// the stream ends. A line longer than [`MAX_LINE`] is cut there; the rest
 /// of it is skipped without being buffered.
-pub fn pump<R: AsyncRead + Unpin + Send + 'static>(
-    stream: R,
-    function: String,
-    instance: String,
-    shared: Arc<FunctionShared>,
-    recent: Arc<RecentLines>,
-) {
+pub fn pump<R: AsyncRead + Unpin + Send + 'static>(stream: R, target: Arc<LogTarget>, recent: Arc<RecentLines>) {
     tokio::spawn(async move {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
@@ -139,14 +155,14 @@ pub fn pump<R: AsyncRead + Unpin + Send + 'static>(
             }
             let text = String::from_utf8_lossy(&line).into_owned();
             recent.push(&text);
-            shared.logs.push(&function, &instance, text);
+            target.write(text);
             line.clear();
             skipping = false;
         }
         if !line.is_empty() {
             let text = String::from_utf8_lossy(&line).into_owned();
             recent.push(&text);
-            shared.logs.push(&function, &instance, text);
+            target.write(text);
         }
     });
 }
@@ -174,7 +190,8 @@ mod tests {
         let mut input = b"one\ntwo\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', MAX_LINE * 3));
         input.extend(b"\nlast");
-        pump(std::io::Cursor::new(input), "f".into(), "f-1".into(), shared.clone(), recent.clone());
+        let target = Arc::new(LogTarget::new("f".into(), "f-1".into(), shared.clone()));
+        pump(std::io::Cursor::new(input), target, recent.clone());
         for _ in 0..100 {
             if shared.logs.tail(10).len() == 4 {
                 break;

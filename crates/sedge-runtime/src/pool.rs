@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use crate::exec::ExecWorker;
 use crate::http::HttpWorker;
 use crate::logs::FunctionLogs;
-use crate::process::{Launch, ProcessWorker};
+use crate::process::{Launch, ProcessWorker, Spare};
+use crate::spares::Spares;
 use crate::RuntimeConfig;
 
 /// After a worker fails to start, requests fail fast with that error for
@@ -81,6 +82,8 @@ struct State {
 pub struct FunctionShared {
     pub logs: FunctionLogs,
     pub cold_starts: AtomicU64,
+    /// Cold starts that took a spare interpreter instead of starting one.
+    pub spare_starts: AtomicU64,
     pub invocations: AtomicU64,
 }
 
@@ -99,6 +102,7 @@ pub struct Pool {
     spec: FunctionSpec,
     dir: PathBuf,
     config: Arc<RuntimeConfig>,
+    spares: Arc<Spares>,
     shared: Arc<FunctionShared>,
     origin: Instant,
     next_worker: AtomicU64,
@@ -144,7 +148,13 @@ impl Lease {
 }
 
 impl Pool {
-    pub fn new(spec: FunctionSpec, dir: PathBuf, config: Arc<RuntimeConfig>, shared: Arc<FunctionShared>) -> Arc<Self> {
+    pub fn new(
+        spec: FunctionSpec,
+        dir: PathBuf,
+        config: Arc<RuntimeConfig>,
+        spares: Arc<Spares>,
+        shared: Arc<FunctionShared>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             state: Mutex::new(State {
                 slots: Vec::new(),
@@ -159,6 +169,7 @@ impl Pool {
             spec,
             dir,
             config,
+            spares,
             shared,
             origin: Instant::now(),
             next_worker: AtomicU64::new(1),
@@ -375,7 +386,16 @@ impl Pool {
                 }
             }),
         };
-        let process = ProcessWorker::start(&self.spec, launch).await?;
+        let spare = if Spare::suits(&self.spec) { self.spares.take(self.spec.runtime) } else { None };
+        let spare = spare.and_then(|mut s| s.is_alive().then_some(s));
+        let process = match spare {
+            Some(spare) => {
+                let worker = spare.assign(&self.spec, launch).await?;
+                self.shared.spare_starts.fetch_add(1, Ordering::Relaxed);
+                worker
+            }
+            None => ProcessWorker::start(&self.spec, launch).await?,
+        };
         Ok(Worker { id, engine: Engine::Process(process) })
     }
 

@@ -3,7 +3,7 @@
 //! invocations on its pipes. Several invocations may be in flight at once;
 //! answers are matched to callers by id.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::oneshot;
 
-use crate::logs::{self, RecentLines};
+use crate::logs::{self, LogTarget, RecentLines};
 use crate::pool::FunctionShared;
 
 /// How long a worker may take to load the user's module.
@@ -49,73 +49,154 @@ pub struct ProcessWorker {
     child: Arc<Mutex<Option<Child>>>,
 }
 
-impl ProcessWorker {
-    /// Starts the process and waits until the user's module has loaded.
-    pub async fn start(spec: &FunctionSpec, launch: Launch<'_>) -> Result<Self, String> {
-        let mut cmd = Command::new(launch.program);
-        cmd.arg(launch.shim)
-            .arg(launch.dir)
-            .arg(&spec.handler)
-            .current_dir(launch.dir)
-            .envs(&spec.env)
-            .env("SEDGE_FUNCTION", spec.name.as_str())
-            .env("SEDGE_STYLE", spec.style.as_str())
-            .env("SEDGE_CONCURRENCY", spec.scale.concurrency.to_string())
-            .env("SEDGE_TIMEOUT", spec.limits.timeout.as_secs().max(1).to_string())
-            .env("SEDGE_MEMORY_LIMIT", spec.limits.memory.map(|m| m.to_string()).unwrap_or_default())
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", launch.program))?;
+/// A shim process whose pipes are set up and whose output is being logged,
+/// before its first frame.
+struct Spawned {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    recent: Arc<RecentLines>,
+    target: Arc<LogTarget>,
+}
+
+impl Spawned {
+    fn spawn(mut cmd: Command, program: &str, target: Arc<LogTarget>) -> Result<Self, String> {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
         let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err("worker pipes were not set up".to_owned());
         };
-        // Buffered: a frame's prefix, header and body usually arrive in one read.
-        let mut stdout = BufReader::with_capacity(64 * 1024, stdout);
-        let function = spec.name.to_string();
         let recent = Arc::new(RecentLines::default());
-        logs::pump(stderr, function.clone(), launch.instance.clone(), launch.logs, recent.clone());
+        logs::pump(stderr, target.clone(), recent.clone());
+        // Buffered: a frame's prefix, header and body usually arrive in one read.
+        let stdout = BufReader::with_capacity(64 * 1024, stdout);
+        Ok(Self { child, stdin, stdout, recent, target })
+    }
 
-        let first = tokio::time::timeout(START_TIMEOUT, read_frame(&mut stdout)).await;
-        let why = match first {
-            Ok(Ok(Some((Header::Ready, _)))) => None,
-            Ok(Ok(Some((Header::LoadError { error }, _)))) => Some(format!("loading {} failed: {error}", spec.handler)),
-            Ok(Ok(Some((other, _)))) => Some(format!("worker spoke out of turn: {other:?}")),
-            Ok(Ok(None)) => Some("worker exited before it was ready".to_owned()),
-            Ok(Err(e)) => Some(format!("worker sent a bad frame: {e}")),
-            Err(_) => Some(format!("worker was not ready within {}s", START_TIMEOUT.as_secs())),
-        };
-        if let Some(mut msg) = why {
-            msg.push_str(&format!(" ({})", reap(child).await));
-            let tail = recent.joined();
-            if !tail.is_empty() {
-                msg.push_str(&format!("; stderr: {tail}"));
-            }
-            return Err(msg);
+    /// The first frame the shim sends, or why there is none.
+    async fn first_frame(&mut self) -> Result<Header, String> {
+        match tokio::time::timeout(START_TIMEOUT, read_frame(&mut self.stdout)).await {
+            Ok(Ok(Some((header, _)))) => Ok(header),
+            Ok(Ok(None)) => Err("worker exited before it was ready".to_owned()),
+            Ok(Err(e)) => Err(format!("worker sent a bad frame: {e}")),
+            Err(_) => Err(format!("worker was not ready within {}s", START_TIMEOUT.as_secs())),
         }
-        let child = Arc::new(Mutex::new(Some(child)));
+    }
 
+    /// Ends a process that failed to start and says how, quoting its stderr.
+    async fn failed(self, why: String) -> String {
+        let mut msg = format!("{why} ({})", reap(self.child).await);
+        let tail = self.recent.joined();
+        if !tail.is_empty() {
+            msg.push_str(&format!("; stderr: {tail}"));
+        }
+        msg
+    }
+
+    /// Waits for the user's module to load, then serves.
+    async fn finish(mut self, spec: &FunctionSpec, on_exit: Box<dyn FnOnce() + Send>) -> Result<ProcessWorker, String> {
+        let why = match self.first_frame().await {
+            Ok(Header::Ready) => None,
+            Ok(Header::LoadError { error }) => Some(format!("loading {} failed: {error}", spec.handler)),
+            Ok(other) => Some(format!("worker spoke out of turn: {other:?}")),
+            Err(e) => Some(e),
+        };
+        if let Some(why) = why {
+            return Err(self.failed(why).await);
+        }
+        let function = spec.name.to_string();
+        let child = Arc::new(Mutex::new(Some(self.child)));
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         tokio::spawn(read_answers(
-            stdout,
+            self.stdout,
             function.clone(),
             pending.clone(),
             alive.clone(),
             child.clone(),
-            launch.on_exit,
+            on_exit,
         ));
-        Ok(Self {
+        Ok(ProcessWorker {
             function,
-            stdin: tokio::sync::Mutex::new(Some(stdin)),
+            stdin: tokio::sync::Mutex::new(Some(self.stdin)),
             pending,
             next_id: AtomicU64::new(1),
             alive,
             child,
         })
+    }
+}
+
+/// What the shim is told about its function through the environment.
+pub fn function_env(spec: &FunctionSpec) -> BTreeMap<String, String> {
+    let mut env = spec.env.clone();
+    env.insert("SEDGE_FUNCTION".into(), spec.name.to_string());
+    env.insert("SEDGE_STYLE".into(), spec.style.as_str().into());
+    env.insert("SEDGE_CONCURRENCY".into(), spec.scale.concurrency.to_string());
+    env.insert("SEDGE_TIMEOUT".into(), spec.limits.timeout.as_secs().max(1).to_string());
+    env.insert("SEDGE_MEMORY_LIMIT".into(), spec.limits.memory.map(|m| m.to_string()).unwrap_or_default());
+    env
+}
+
+/// A shim started ahead of need (`--spare`): the interpreter's start-up is
+/// already paid when a function needs a worker, which then only loads the
+/// user's module.
+pub struct Spare {
+    spawned: Spawned,
+}
+
+impl Spare {
+    pub async fn start(program: &str, shim: &Path) -> Result<Self, String> {
+        let mut cmd = Command::new(program);
+        cmd.arg(shim).arg("--spare").env("PYTHONUNBUFFERED", "1");
+        let mut spawned = Spawned::spawn(cmd, program, Arc::new(LogTarget::default()))?;
+        match spawned.first_frame().await {
+            Ok(Header::Spare) => Ok(Self { spawned }),
+            Ok(other) => Err(spawned.failed(format!("spare worker spoke out of turn: {other:?}")).await),
+            Err(e) => Err(spawned.failed(e).await),
+        }
+    }
+
+    /// Whether a spare can become a worker of `spec`: variables that the
+    /// interpreter itself reads at start-up (PYTHONPATH, NODE_OPTIONS, ...)
+    /// would come too late, so such functions start a process of their own.
+    pub fn suits(spec: &FunctionSpec) -> bool {
+        !spec
+            .env
+            .keys()
+            .any(|k| k.starts_with("PYTHON") || k.starts_with("NODE") || k.starts_with("UV_") || k.starts_with("LD_"))
+    }
+
+    /// Whether the process is still there to be assigned.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.spawned.child.try_wait(), Ok(None))
+    }
+
+    /// Makes the spare a worker of `spec`, running in `launch.dir`.
+    pub async fn assign(mut self, spec: &FunctionSpec, launch: Launch<'_>) -> Result<ProcessWorker, String> {
+        self.spawned.target.set(spec.name.to_string(), launch.instance, launch.logs);
+        let load = Header::Load {
+            dir: launch.dir.to_string_lossy().into_owned(),
+            handler: spec.handler.clone(),
+            env: function_env(spec),
+        };
+        let frame = encode_head(&load, 0).map_err(|e| e.to_string())?;
+        if let Err(e) = self.spawned.stdin.write_all(&frame).await {
+            return Err(self.spawned.failed(format!("spare worker is gone: {e}")).await);
+        }
+        self.spawned.finish(spec, launch.on_exit).await
+    }
+}
+
+impl ProcessWorker {
+    /// Starts a fresh process and waits until the user's module has loaded.
+    pub async fn start(spec: &FunctionSpec, launch: Launch<'_>) -> Result<Self, String> {
+        let mut cmd = Command::new(launch.program);
+        cmd.arg(launch.shim).arg(launch.dir).arg(&spec.handler).current_dir(launch.dir).envs(function_env(spec));
+        cmd.env("PYTHONUNBUFFERED", "1");
+        let target = Arc::new(LogTarget::new(spec.name.to_string(), launch.instance, launch.logs));
+        Spawned::spawn(cmd, launch.program, target)?.finish(spec, launch.on_exit).await
     }
 
     pub fn is_alive(&self) -> bool {

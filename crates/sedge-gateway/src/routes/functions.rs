@@ -69,6 +69,7 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
             "workers": { "ready": stats.ready, "starting": stats.starting, "busy": stats.busy },
             "queued": stats.queued,
             "coldStarts": shared.cold_starts.load(std::sync::atomic::Ordering::Relaxed),
+            "spareStarts": shared.spare_starts.load(std::sync::atomic::Ordering::Relaxed),
         },
     })
 }

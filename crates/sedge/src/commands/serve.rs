@@ -30,6 +30,10 @@ pub struct Args {
     /// Python interpreter for python functions.
     #[arg(long, env = "SEDGE_PYTHON", default_value = "python3")]
     python: String,
+    /// Keep one started Python and one Node.js interpreter waiting, so cold
+    /// starts only load the function's module (costs their idle memory).
+    #[arg(long, env = "SEDGE_SPARES", default_value_t = true, action = clap::ArgAction::Set)]
+    spares: bool,
     /// Threads for the gateway's async runtime (0: one per core).
     #[arg(long, env = "SEDGE_THREADS", default_value_t = 0)]
     threads: usize,
@@ -69,7 +73,7 @@ async fn serve(args: Args) -> Result<()> {
     };
     let python = resolve_interpreter(&args.python, &["-c", "import sys; print(sys.executable)"]);
     let node_js = resolve_interpreter(&args.node, &["-p", "process.execPath"]);
-    let config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js)
+    let config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js, args.spares)
         .with_context(|| format!("writing the runtime shims under {}", data.display()))?;
     let runtime = Arc::new(Runtime::new(config));
     let node = Arc::new(Node::new(Arc::new(store), runtime.clone()));

@@ -83,3 +83,33 @@ fn one_worker_serves_concurrency_requests_at_once() {
     assert_eq!(a.text(), b.text(), "both ran in the one worker");
     assert_eq!(available(&node, "pair"), 1);
 }
+
+fn spare_starts(node: &Node, name: &str) -> u64 {
+    node.describe(name)["sedge"]["spareStarts"].as_u64().expect("spareStarts")
+}
+
+#[test]
+fn cold_starts_take_a_waiting_interpreter_unless_the_env_needs_a_fresh_one() {
+    let node = Node::start();
+    let code =
+        "import os, sys\n\ndef handle(req):\n    return os.environ.get('MARK', '') + ' ' + ' '.join(sys.argv[1:])\n";
+    let f = FnDir::python("warm", "[scale]\nidle = \"1s\"\n[env]\nMARK = \"m1\"\n", code);
+    let fresh = FnDir::python("fresh", "[scale]\nidle = \"1s\"\n[env]\nPYTHONOPTIMIZE = \"1\"\n", code);
+    node.deploy(f.path());
+    node.deploy(fresh.path());
+    // Each round ends at zero workers, so the next call is a cold start; a
+    // spare is waiting by then (one starts whenever one is taken).
+    node.wait_for("a cold start from a spare", Duration::from_secs(60), |n| {
+        let a = n.post("/function/warm", b"");
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert!(a.text().starts_with("m1 "), "the function's env reaches it: {}", a.text());
+        assert!(a.text().ends_with(" handler.handle"), "argv as if started for it: {}", a.text());
+        n.wait_for("zero", Duration::from_secs(20), |n| available(n, "warm") == 0);
+        spare_starts(n, "warm") >= 1
+    });
+    for _ in 0..2 {
+        assert_eq!(node.post("/function/fresh", b"").status, 200);
+        node.wait_for("zero", Duration::from_secs(20), |n| available(n, "fresh") == 0);
+    }
+    assert_eq!(spare_starts(&node, "fresh"), 0, "PYTHON* variables need a fresh interpreter");
+}

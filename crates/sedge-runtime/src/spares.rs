@@ -1,0 +1,79 @@
+//! Spare workers: one interpreter per language kept started and waiting, so
+//! that a cold start (a request at zero workers, a pool growing) pays only
+//! for loading the user's module, not for the interpreter's own start-up.
+//! A spare is taken by the first pool that needs one and replaced at once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sedge_core::RuntimeKind;
+
+use crate::process::Spare;
+use crate::RuntimeConfig;
+
+pub struct Spares {
+    config: Arc<RuntimeConfig>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    ready: HashMap<RuntimeKind, Spare>,
+    starting: HashSet<RuntimeKind>,
+    closed: bool,
+}
+
+impl Spares {
+    pub fn new(config: Arc<RuntimeConfig>) -> Arc<Self> {
+        Arc::new(Self { config, state: Mutex::default() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The waiting spare for `kind`, if any; a replacement starts at once.
+    pub fn take(self: &Arc<Self>, kind: RuntimeKind) -> Option<Spare> {
+        let spare = self.lock().ready.remove(&kind);
+        self.fill(kind);
+        spare
+    }
+
+    /// Starts a spare for `kind` unless one is waiting or starting.
+    pub fn fill(self: &Arc<Self>, kind: RuntimeKind) {
+        if !self.config.spares || !matches!(kind, RuntimeKind::Python | RuntimeKind::Node) {
+            return;
+        }
+        {
+            let mut st = self.lock();
+            if st.closed || st.ready.contains_key(&kind) || !st.starting.insert(kind) {
+                return;
+            }
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let program = match kind {
+                RuntimeKind::Node => me.config.node.clone(),
+                _ => me.config.python.clone(),
+            };
+            let started = Spare::start(&program, &me.config.shim(kind)).await;
+            let mut st = me.lock();
+            st.starting.remove(&kind);
+            match started {
+                // Dropping a spare (closed meanwhile) ends its process.
+                Ok(spare) if !st.closed => {
+                    st.ready.insert(kind, spare);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("could not start a spare {} worker: {e}", kind.as_str()),
+            }
+        });
+    }
+
+    /// Ends every spare and starts no more.
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.ready.clear();
+    }
+}

@@ -1,0 +1,81 @@
+"""Spare workers: a shim started with `--spare` waits, already warm, for a
+`load` frame naming the function it becomes, then serves like any worker."""
+
+import json
+import os
+import sys
+import tempfile
+import textwrap
+import unittest
+from pathlib import Path
+
+from test_shims import NODE_SHIM, PYTHON_SHIM, Worker
+
+PY_HANDLER = """
+import os
+
+def handle(req):
+    return {"greeting": os.environ.get("GREETING"), "cwd": os.getcwd(), "function": os.environ.get("SEDGE_FUNCTION")}
+"""
+
+NODE_HANDLER = """
+exports.handle = () => ({ greeting: process.env.GREETING, cwd: process.cwd(), function: process.env.SEDGE_FUNCTION });
+"""
+
+
+class SpareContract:
+    """Run against both shims: COMMAND starts a spare, FILE/CODE make the function."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = Path(self.tmp.name).resolve()
+        (self.dir / self.FILE).write_text(textwrap.dedent(self.CODE))
+        self.worker = Worker(self.COMMAND, cwd="/", env=dict(os.environ))
+
+    def tearDown(self):
+        self.worker.kill()
+        self.tmp.cleanup()
+
+    def load(self, handler="handler.handle", env=None):
+        header, _ = self.worker.frame()
+        self.assertEqual(header, {"type": "spare"})
+        env = {"GREETING": "hi", "SEDGE_FUNCTION": "fn"} if env is None else env
+        self.worker.send({"type": "load", "dir": str(self.dir), "handler": handler, "env": env})
+        return self.worker.frame()[0]
+
+    def test_becomes_the_function_it_is_given(self):
+        self.assertEqual(self.load(), {"type": "ready"})
+        header, body = self.worker.call("/")
+        self.assertEqual(header["status"], 200)
+        self.assertEqual(json.loads(body), {"greeting": "hi", "cwd": str(self.dir), "function": "fn"})
+
+    def test_a_module_that_does_not_load_is_reported(self):
+        header = self.load(handler="missing.handle")
+        self.assertEqual(header["type"], "load_error")
+        self.assertEqual(self.worker.wait(), 1)
+
+    def test_anything_but_a_load_frame_first_exits_two(self):
+        self.worker.frame()
+        self.worker.invoke(1, "/")
+        self.assertEqual(self.worker.wait(), 2)
+
+    def test_closed_input_before_assignment_exits_zero(self):
+        self.worker.frame()
+        self.worker.close_stdin()
+        self.assertEqual(self.worker.wait(), 0)
+
+
+class PythonSpareTests(SpareContract, unittest.TestCase):
+    COMMAND = [sys.executable, "-u", str(PYTHON_SHIM), "--spare"]
+    FILE = "handler.py"
+    CODE = PY_HANDLER
+
+
+class NodeSpareTests(SpareContract, unittest.TestCase):
+    COMMAND = ["node", str(NODE_SHIM), "--spare"]
+    FILE = "handler.js"
+    CODE = NODE_HANDLER
+
+
+if __name__ == "__main__":
+    unittest.main()
