@@ -386,7 +386,7 @@ impl Pool {
                 }
             }),
         };
-        let spare = if Spare::suits(&self.spec) { self.spares.take(self.spec.runtime) } else { None };
+        let spare = if Spare::suits(&self.spec) { self.spares.take(self.spec.runtime).await } else { None };
         let spare = spare.and_then(|mut s| s.is_alive().then_some(s));
         let process = match spare {
             Some(spare) => {

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sedge_core::RuntimeKind;
+use tokio::sync::Notify;
 
 use crate::process::Spare;
 use crate::RuntimeConfig;
@@ -14,6 +15,8 @@ use crate::RuntimeConfig;
 pub struct Spares {
     config: Arc<RuntimeConfig>,
     state: Mutex<State>,
+    /// Wakes those waiting for a spare that is starting.
+    started: Notify,
 }
 
 #[derive(Default)]
@@ -25,16 +28,30 @@ struct State {
 
 impl Spares {
     pub fn new(config: Arc<RuntimeConfig>) -> Arc<Self> {
-        Arc::new(Self { config, state: Mutex::default() })
+        Arc::new(Self { config, state: Mutex::default(), started: Notify::new() })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The waiting spare for `kind`, if any; a replacement starts at once.
-    pub fn take(self: &Arc<Self>, kind: RuntimeKind) -> Option<Spare> {
-        let spare = self.lock().ready.remove(&kind);
+    /// The waiting spare for `kind`; if one is starting, it is awaited, since
+    /// starting another process would cost the same and compete for the
+    /// CPU. `None` when there is none. A replacement starts at once.
+    pub async fn take(self: &Arc<Self>, kind: RuntimeKind) -> Option<Spare> {
+        let spare = loop {
+            let notified = self.started.notified();
+            {
+                let mut st = self.lock();
+                if let Some(spare) = st.ready.remove(&kind) {
+                    break Some(spare);
+                }
+                if !st.starting.contains(&kind) {
+                    break None;
+                }
+            }
+            notified.await;
+        };
         self.fill(kind);
         spare
     }
@@ -57,16 +74,19 @@ impl Spares {
                 _ => me.config.python.clone(),
             };
             let started = Spare::start(&program, &me.config.shim(kind)).await;
-            let mut st = me.lock();
-            st.starting.remove(&kind);
-            match started {
-                // Dropping a spare (closed meanwhile) ends its process.
-                Ok(spare) if !st.closed => {
-                    st.ready.insert(kind, spare);
+            {
+                let mut st = me.lock();
+                st.starting.remove(&kind);
+                match started {
+                    // Dropping a spare (closed meanwhile) ends its process.
+                    Ok(spare) if !st.closed => {
+                        st.ready.insert(kind, spare);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("could not start a spare {} worker: {e}", kind.as_str()),
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!("could not start a spare {} worker: {e}", kind.as_str()),
             }
+            me.started.notify_waiters();
         });
     }
 
@@ -75,5 +95,7 @@ impl Spares {
         let mut st = self.lock();
         st.closed = true;
         st.ready.clear();
+        drop(st);
+        self.started.notify_waiters();
     }
 }
