@@ -17,6 +17,7 @@ const MAX_BODY = 1024 * 1024 * 1024;
 const MAX_ERROR_TEXT = 64 * 1024;
 const PREFIX_LEN = 8;
 const EMPTY = Buffer.alloc(0);
+const COALESCE = 64 * 1024;
 
 const TEXT = 'text/plain; charset=utf-8';
 const BINARY = 'application/octet-stream';
@@ -49,10 +50,16 @@ function sendFrame(header, body = EMPTY) {
   const prefix = Buffer.allocUnsafe(PREFIX_LEN);
   prefix.writeUInt32BE(raw.length, 0);
   prefix.writeUInt32BE(body.length, 4);
-  // The stream keeps writes in call order and nothing runs between these
-  // two calls, so frames from concurrent invocations cannot interleave.
-  writeFrameBytes(Buffer.concat([prefix, raw]));
-  framesFlushed = new Promise((resolve) => writeFrameBytes(body, resolve));
+  // One write for the usual small answer (one wake-up on sedge's side); a
+  // large body follows its head rather than being copied. The stream keeps
+  // writes in call order and nothing runs between the two calls, so frames
+  // from concurrent invocations cannot interleave.
+  if (body.length <= COALESCE) {
+    framesFlushed = new Promise((resolve) => writeFrameBytes(Buffer.concat([prefix, raw, body]), resolve));
+  } else {
+    writeFrameBytes(Buffer.concat([prefix, raw]));
+    framesFlushed = new Promise((resolve) => writeFrameBytes(body, resolve));
+  }
 }
 
 function exitAfterFlush(code, message) {
