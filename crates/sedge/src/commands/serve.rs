@@ -83,10 +83,6 @@ async fn serve(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(data = %data.display(), restored, "sedge listening on http://{addr}");
-    // Tests and scripts read this line to learn the port.
-    println!("sedge listening on http://{addr}");
-
     for dir in &args.deploy {
         let (spec, archive) = sedge_store::pack::pack(dir)?;
         let name = spec.name.clone();
@@ -95,6 +91,11 @@ async fn serve(args: Args) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
         tracing::info!("deployed {name} from {}", dir.display());
     }
+
+    tracing::info!(data = %data.display(), restored, "sedge listening on http://{addr}");
+    // Tests and scripts read this line to learn the port; it comes once the
+    // --deploy folders are deployed, so the node is ready when it appears.
+    println!("sedge listening on http://{addr}");
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let ticker = {

@@ -56,3 +56,20 @@ fn a_flask_app_runs_unchanged_behind_the_http_runtime() {
     assert_eq!(bad.status, 400);
     assert_eq!(node.get("/function/flask-http/missing").status, 404);
 }
+
+#[test]
+fn serve_deploys_folders_given_on_its_command_line() {
+    // What the quick start runs: a node serving the example functions.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let hello = example("hello-python");
+    let echo = example("echo-exec");
+    let node = Node::start_with(
+        &tmp.path().join("data"),
+        &["--deploy", hello.to_str().expect("path"), "--deploy", echo.to_str().expect("path")],
+    );
+    let a =
+        node.request("POST", "/function/hello-python", &[("content-type", "application/json")], br#"{"name": "edge"}"#);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["message"], "Hello, edge!");
+    assert_eq!(node.post("/function/echo-exec", b"x").text(), "x");
+}

@@ -59,9 +59,15 @@ impl Node {
 
     /// A node on an existing data directory (for restart tests).
     pub fn start_on(data: &Path) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    /// A node started with extra `serve` arguments.
+    pub fn start_with(data: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(extra)
             .env("SEDGE_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
