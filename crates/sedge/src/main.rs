@@ -1,12 +1,13 @@
 //! `sedge`: one binary that is both the node (`sedge serve`) and the CLI
 //! that talks to a node over HTTP (deploy, invoke, ls, describe, logs, rm,
-//! scale). One file per subcommand under `commands/`; the tokio runtime is
-//! built here and nowhere else.
+//! scale), plus the benchmark (`sedge bench`). One file per subcommand under
+//! `commands/`; the tokio runtime is built here and nowhere else.
 
 mod client;
 mod commands;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "sedge", version, about = "A serverless platform for machine learning at the edge")]
@@ -31,10 +32,14 @@ enum Command {
     #[command(alias = "remove")]
     Rm(commands::rm::Args),
     Scale(commands::scale::Args),
+    Bench(commands::bench::Args),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The bench starts a node of its own unless one was named.
+    let gateway_given = matches.value_source("gateway").is_some_and(|s| s != ValueSource::DefaultValue);
     let gateway = client::Client::new(&cli.gateway);
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
@@ -45,6 +50,7 @@ fn main() {
         Command::Logs(args) => commands::logs::run(&gateway, args),
         Command::Rm(args) => commands::rm::run(&gateway, args),
         Command::Scale(args) => commands::scale::run(&gateway, args),
+        Command::Bench(args) => commands::bench::run(args, gateway_given.then_some(cli.gateway.as_str())),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

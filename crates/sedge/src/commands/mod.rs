@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod deploy;
 pub mod describe;
 pub mod invoke;

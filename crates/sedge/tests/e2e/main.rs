@@ -4,6 +4,7 @@
 
 mod support;
 
+mod bench;
 mod bundles;
 mod examples;
 mod failures;

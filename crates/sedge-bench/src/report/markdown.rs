@@ -1,0 +1,42 @@
+//! `summary.md`: the run's tables, with the charts linked.
+
+use super::{table, Report};
+
+pub(crate) fn render(r: &Report) -> String {
+    let mut out = format!("# {}\n\n", r.experiment);
+    if !r.description.is_empty() {
+        out += &format!("{}\n\n", r.description.trim());
+    }
+    out += &format!(
+        "Run {} to {}{} on {} ({} cores), by {}.\n\n",
+        r.started,
+        r.finished.as_deref().unwrap_or("(unfinished)"),
+        if r.quick { ", quick" } else { "" },
+        r.host.os,
+        r.host.cores,
+        r.host.generator
+    );
+    out += &format!("Settings: `{}`\n\n", r.settings);
+    out += "Latencies are of successful requests, in milliseconds; req/s counts successful answers \
+            (± the spread over repetitions); CPU seconds and peak RSS are of the local node and its \
+            workers, averaged over repetitions.\n\n";
+    out += "## Load\n\n";
+    out += &table::levels(&r.levels, true).markdown();
+    if !r.cold_starts.is_empty() {
+        out += "\n## Cold starts\n\nOne request to a function just scaled to zero.\n\n";
+        out += &table::cold(&r.cold_starts).markdown();
+    }
+    if !r.notes.is_empty() {
+        out += "\n## Notes\n\n";
+        for n in &r.notes {
+            out += &format!("- {n}\n");
+        }
+    }
+    out += "\n## Charts\n\n";
+    for c in &r.charts {
+        out += &format!("![{}]({})\n\n", c.title, c.file);
+    }
+    out += "## Every step\n\n";
+    out += &table::steps(&r.steps).markdown();
+    out
+}

@@ -1,0 +1,453 @@
+//! The report of a run, computed from its output directory alone (`run.json`
+//! and `raw.csv`), so `sedge bench report DIR` can regenerate it:
+//!
+//! - `summary.json`: every step, every (scenario, users) level taken over
+//!   its repetitions, and the cold starts;
+//! - `summary.md`: the same as tables, linking the charts;
+//! - `report.html`: one self-contained page with the tables and the charts
+//!   inline;
+//! - `charts/*.svg` and `charts/*.png`: response time, p99, throughput and success rate against
+//!   users (one chart per workload, one line per language and style, as in
+//!   the paper's figures) and a latency CDF per scenario (one line per user
+//!   count).
+
+pub mod charts;
+mod html;
+mod markdown;
+mod table;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::BenchError;
+use crate::outcome::Sample;
+use crate::procstat::Resources;
+use crate::record::{self, Host, RunRecord, ScenarioRecord, StepKind};
+use crate::stats::{self, Summary};
+
+pub use table::{summary_table, terminal_table};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepSummary {
+    pub id: u32,
+    pub kind: StepKind,
+    pub scenario: String,
+    pub users: u32,
+    pub repetition: u32,
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub resources: Option<Resources>,
+}
+
+/// One scenario at one user count, over all its repetitions.
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelSummary {
+    pub scenario: String,
+    pub target: String,
+    pub function: String,
+    pub workload: String,
+    pub language: String,
+    pub style: String,
+    pub users: u32,
+    pub repetitions: u32,
+    #[serde(flatten)]
+    pub summary: Summary,
+    /// Spread of the repetitions' throughputs (sample standard deviation).
+    pub throughput_sd: f64,
+    /// Mean over the repetitions that have figures.
+    pub resources: Option<Resources>,
+}
+
+/// Cold starts of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdSummary {
+    pub scenario: String,
+    pub count: u64,
+    pub successes: u64,
+    /// Each successful cold start, in order.
+    pub latencies_ms: Vec<f64>,
+    pub mean_ms: Option<f64>,
+    pub min_ms: Option<f64>,
+    pub median_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// A chart written beside the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChartFile {
+    pub file: String,
+    pub title: String,
+    #[serde(skip)]
+    pub svg: String,
+    /// The same chart as PNG, written beside the SVG.
+    #[serde(skip)]
+    pub png: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub experiment: String,
+    pub description: String,
+    pub quick: bool,
+    pub started: String,
+    pub finished: Option<String>,
+    pub host: Host,
+    pub settings: serde_json::Value,
+    pub notes: Vec<String>,
+    pub scenarios: Vec<ScenarioRecord>,
+    pub levels: Vec<LevelSummary>,
+    pub cold_starts: Vec<ColdSummary>,
+    pub steps: Vec<StepSummary>,
+    pub charts: Vec<ChartFile>,
+}
+
+/// Which chart formats to write; SVG always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Formats {
+    pub png: bool,
+}
+
+/// Reads a run's directory and writes its report files there, charts as
+/// SVG and PNG.
+pub fn write(dir: &Path) -> Result<Report, BenchError> {
+    write_with(dir, Formats { png: true })
+}
+
+pub fn write_with(dir: &Path, formats: Formats) -> Result<Report, BenchError> {
+    let run = RunRecord::load(dir)?;
+    let raw = record::read_raw(dir)?;
+    let report = build(&run, &raw, formats)?;
+    let charts_dir = dir.join("charts");
+    std::fs::create_dir_all(&charts_dir).map_err(BenchError::io(format!("creating {}", charts_dir.display())))?;
+    for chart in &report.charts {
+        record::write_atomically(&dir.join(&chart.file), chart.svg.as_bytes())?;
+        if formats.png {
+            record::write_atomically(&dir.join(&chart.file).with_extension("png"), &chart.png)?;
+        }
+    }
+    let json = serde_json::to_string_pretty(&report)
+        .map_err(|e| BenchError::Results { path: dir.join("summary.json"), message: e.to_string() })?;
+    record::write_atomically(&dir.join("summary.json"), json.as_bytes())?;
+    record::write_atomically(&dir.join("summary.md"), markdown::render(&report).as_bytes())?;
+    record::write_atomically(&dir.join("report.html"), html::render(&report).as_bytes())?;
+    Ok(report)
+}
+
+/// Summaries and charts from a run record and its request rows.
+pub fn build(run: &RunRecord, raw: &HashMap<u32, Vec<Sample>>, formats: Formats) -> Result<Report, BenchError> {
+    let none: Vec<Sample> = Vec::new();
+    let rows = |id: u32| raw.get(&id).unwrap_or(&none);
+    let steps: Vec<StepSummary> = run
+        .steps
+        .iter()
+        .map(|s| StepSummary {
+            id: s.id,
+            kind: s.kind,
+            scenario: s.scenario.clone(),
+            users: s.users,
+            repetition: s.repetition,
+            summary: Summary::of_run(rows(s.id), Duration::from_secs_f64(s.elapsed_s)),
+            resources: s.resources,
+        })
+        .collect();
+
+    let mut levels = Vec::new();
+    let mut level_rows: Vec<Vec<&Sample>> = Vec::new();
+    for sc in &run.scenarios {
+        let mut users: Vec<u32> =
+            run.steps.iter().filter(|s| s.kind == StepKind::Load && s.scenario == sc.name).map(|s| s.users).collect();
+        users.sort_unstable();
+        users.dedup();
+        for u in users {
+            let reps: Vec<_> = run
+                .steps
+                .iter()
+                .filter(|s| s.kind == StepKind::Load && s.scenario == sc.name && s.users == u)
+                .collect();
+            let summary =
+                Summary::of_runs(reps.iter().map(|s| (rows(s.id).as_slice(), Duration::from_secs_f64(s.elapsed_s))));
+            let each: Vec<f64> = reps
+                .iter()
+                .map(|s| Summary::of_run(rows(s.id), Duration::from_secs_f64(s.elapsed_s)).throughput)
+                .collect();
+            levels.push(LevelSummary {
+                scenario: sc.name.clone(),
+                target: sc.target.clone(),
+                function: sc.function.clone(),
+                workload: workload(sc),
+                language: sc.label("language").to_owned(),
+                style: sc.label("style").to_owned(),
+                users: u,
+                repetitions: reps.len() as u32,
+                summary,
+                throughput_sd: std_dev(&each),
+                resources: mean_resources(reps.iter().filter_map(|s| s.resources)),
+            });
+            level_rows.push(reps.iter().flat_map(|s| rows(s.id).iter()).collect());
+        }
+    }
+
+    let cold_starts = run
+        .scenarios
+        .iter()
+        .filter_map(|sc| {
+            let samples: Vec<&Sample> = run
+                .steps
+                .iter()
+                .filter(|s| s.kind == StepKind::Cold && s.scenario == sc.name)
+                .flat_map(|s| rows(s.id).iter())
+                .collect();
+            (!samples.is_empty()).then(|| cold_summary(&sc.name, &samples))
+        })
+        .collect();
+
+    let mut report = Report {
+        experiment: run.experiment.clone(),
+        description: run.description.clone(),
+        quick: run.quick,
+        started: run.started.clone(),
+        finished: run.finished.clone(),
+        host: run.host.clone(),
+        settings: run.settings.clone(),
+        notes: run.notes.clone(),
+        scenarios: run.scenarios.clone(),
+        levels,
+        cold_starts,
+        steps,
+        charts: Vec::new(),
+    };
+    report.charts = make_charts(&report, &level_rows, formats)?;
+    Ok(report)
+}
+
+/// The `workload` label, or the function's name when it has none.
+fn workload(sc: &ScenarioRecord) -> String {
+    sc.labels.get("workload").cloned().unwrap_or_else(|| sc.function.clone())
+}
+
+fn std_dev(values: &[f64]) -> f64 {
+    if values.len() < 2 {
+        return 0.0;
+    }
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64).sqrt()
+}
+
+fn mean_resources(all: impl Iterator<Item = Resources>) -> Option<Resources> {
+    let all: Vec<Resources> = all.collect();
+    if all.is_empty() {
+        return None;
+    }
+    let n = all.len() as f64;
+    let avg = |f: fn(&Resources) -> f64| all.iter().map(f).sum::<f64>() / n;
+    Some(Resources {
+        node_cpu_s: avg(|r| r.node_cpu_s),
+        workers_cpu_s: avg(|r| r.workers_cpu_s),
+        node_peak_rss_mib: avg(|r| r.node_peak_rss_mib),
+        workers_peak_rss_mib: avg(|r| r.workers_peak_rss_mib),
+        workers_peak: all.iter().map(|r| r.workers_peak).max().unwrap_or(0),
+        bench_cpu_s: avg(|r| r.bench_cpu_s),
+    })
+}
+
+fn cold_summary(scenario: &str, samples: &[&Sample]) -> ColdSummary {
+    let latencies_ms: Vec<f64> =
+        samples.iter().filter(|s| s.outcome.is_ok()).map(|s| s.latency_us as f64 / 1000.0).collect();
+    let mut sorted = latencies_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let mut errors = BTreeMap::new();
+    for s in samples.iter().filter(|s| !s.outcome.is_ok()) {
+        *errors.entry(s.outcome.as_str().to_owned()).or_insert(0) += 1;
+    }
+    ColdSummary {
+        scenario: scenario.to_owned(),
+        count: samples.len() as u64,
+        successes: latencies_ms.len() as u64,
+        mean_ms: (!sorted.is_empty()).then(|| sorted.iter().sum::<f64>() / sorted.len() as f64),
+        min_ms: sorted.first().copied(),
+        median_ms: (!sorted.is_empty()).then(|| sorted[(sorted.len() - 1) / 2]),
+        max_ms: sorted.last().copied(),
+        latencies_ms,
+        errors,
+    }
+}
+
+/// A label reduced to what is safe in a file name.
+fn slug(text: &str) -> String {
+    let s: String =
+        text.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let s = s.trim_matches('-').to_owned();
+    if s.is_empty() {
+        "all".into()
+    } else {
+        s
+    }
+}
+
+/// The line a level belongs to in the per-workload charts: language and
+/// style, with the target when there are several, and the function when
+/// that is still ambiguous.
+fn series_names(report: &Report) -> HashMap<String, String> {
+    let targets: std::collections::HashSet<&str> = report.levels.iter().map(|l| l.target.as_str()).collect();
+    let base = |l: &LevelSummary| {
+        let mut name = format!("{} · {}", l.language, l.style);
+        if targets.len() > 1 {
+            name = format!("{name} @ {}", l.target);
+        }
+        name
+    };
+    let mut out = HashMap::new();
+    for l in &report.levels {
+        let clash =
+            report.levels.iter().any(|o| o.workload == l.workload && o.scenario != l.scenario && base(o) == base(l));
+        let name = if clash { format!("{} ({})", base(l), l.function) } else { base(l) };
+        out.insert(l.scenario.clone(), name);
+    }
+    out
+}
+
+/// A figure drawn for every workload: one value of a level against users.
+struct Metric {
+    key: &'static str,
+    what: &'static str,
+    y_desc: &'static str,
+    value: fn(&LevelSummary) -> Option<f64>,
+    y_range: Option<std::ops::Range<f64>>,
+}
+
+fn make_charts(report: &Report, level_rows: &[Vec<&Sample>], formats: Formats) -> Result<Vec<ChartFile>, BenchError> {
+    let mut out = Vec::new();
+    let names = series_names(report);
+    let mut workloads: Vec<&str> = report.levels.iter().map(|l| l.workload.as_str()).collect();
+    workloads.dedup();
+    let mut seen = std::collections::HashSet::new();
+    workloads.retain(|w| seen.insert(*w));
+
+    let metrics = [
+        Metric {
+            key: "latency",
+            what: "mean response time",
+            y_desc: "mean response time (ms)",
+            value: |l| l.summary.latency_ms.as_ref().map(|x| x.mean),
+            y_range: None,
+        },
+        Metric {
+            key: "p99",
+            what: "99th percentile response time",
+            y_desc: "p99 response time (ms)",
+            value: |l| l.summary.latency_ms.as_ref().map(|x| x.p99),
+            y_range: None,
+        },
+        Metric {
+            key: "throughput",
+            what: "throughput",
+            y_desc: "successful requests per second",
+            value: |l| Some(l.summary.throughput),
+            y_range: None,
+        },
+        Metric {
+            key: "success",
+            what: "success rate",
+            y_desc: "successful requests (%)",
+            value: |l| Some(l.summary.success_rate * 100.0),
+            y_range: Some(0.0..105.0),
+        },
+    ];
+    for workload in &workloads {
+        for m in &metrics {
+            let mut lines: Vec<charts::Line> = Vec::new();
+            for l in report.levels.iter().filter(|l| l.workload == *workload) {
+                let name = names.get(&l.scenario).cloned().unwrap_or_else(|| l.scenario.clone());
+                let Some(y) = (m.value)(l) else { continue };
+                match lines.iter_mut().find(|x| x.name == name) {
+                    Some(line) => line.points.push((f64::from(l.users), y)),
+                    None => lines.push(charts::Line { name, points: vec![(f64::from(l.users), y)] }),
+                }
+            }
+            let title = format!("{workload}: {} vs concurrent users", m.what);
+            let spec = charts::Spec {
+                title: &title,
+                x_desc: "concurrent users",
+                y_desc: m.y_desc,
+                x_log: false,
+                y_range: m.y_range.clone(),
+                legend: charts::SeriesLabelPosition::UpperLeft,
+            };
+            out.push(chart(format!("charts/{}-{}.svg", m.key, slug(workload)), &title, &spec, &lines, formats)?);
+        }
+    }
+    for sc in &report.scenarios {
+        let lines: Vec<charts::Line> = report
+            .levels
+            .iter()
+            .zip(level_rows)
+            .filter(|(l, _)| l.scenario == sc.name)
+            .map(|(l, rows)| charts::Line {
+                name: format!("{} users", l.users),
+                points: stats::cdf(rows.iter().copied(), 200).into_iter().map(|(x, f)| (x, f * 100.0)).collect(),
+            })
+            .filter(|l| !l.points.is_empty())
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let title = format!("{}: latency CDF", sc.name);
+        let spec = charts::Spec {
+            title: &title,
+            x_desc: "response time (ms, log scale)",
+            y_desc: "requests at or below (%)",
+            x_log: true,
+            y_range: Some(0.0..100.0),
+            legend: charts::SeriesLabelPosition::LowerRight,
+        };
+        out.push(chart(
+            format!("charts/cdf-{}-{}.svg", slug(&sc.target), slug(&sc.function)),
+            &title,
+            &spec,
+            &lines,
+            formats,
+        )?);
+    }
+    Ok(out)
+}
+
+fn chart(
+    file: String,
+    title: &str,
+    spec: &charts::Spec<'_>,
+    lines: &[charts::Line],
+    formats: Formats,
+) -> Result<ChartFile, BenchError> {
+    let fail = |message| BenchError::Chart { name: file.clone(), message };
+    let svg = charts::svg(spec, lines).map_err(fail)?;
+    let png = if formats.png { charts::png(spec, lines).map_err(fail)? } else { Vec::new() };
+    Ok(ChartFile { file, title: title.to_owned(), svg, png })
+}
+
+/// Milliseconds for tables: three significant digits or so.
+pub(crate) fn fmt_ms(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_and_spread() {
+        assert_eq!(slug("ML inference"), "ml-inference");
+        assert_eq!(slug("!!"), "all");
+        assert_eq!(std_dev(&[1.0]), 0.0);
+        assert!((std_dev(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]) - 2.138).abs() < 0.01);
+    }
+}

@@ -1,0 +1,340 @@
+//! `sedge bench load|run|report|ceiling`: the benchmark (docs/bench.md).
+//! The work is in `sedge-bench`; this file parses arguments, builds the
+//! tokio runtime and prints.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sedge_bench::load::{self, LoadPlan, Stop};
+use sedge_bench::run::RunOptions;
+use sedge_bench::{ceiling, parse_duration, procstat, record, report, run, Experiment, Summary};
+
+/// Measure functions under load: ad hoc, or an experiment with a report.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchCommand {
+    Load(LoadArgs),
+    Run(RunArgs),
+    Report(ReportArgs),
+    Ceiling(CeilingArgs),
+    /// A trivial HTTP server for `ceiling` (prints its address, serves until killed).
+    #[command(hide = true)]
+    TrivialServer,
+}
+
+/// One load run against a URL, with a summary table (like oha or hey).
+#[derive(clap::Args)]
+struct LoadArgs {
+    url: String,
+    /// Concurrent users, each with its own keep-alive connection.
+    #[arg(short = 'c', long = "users", default_value_t = 10)]
+    users: u32,
+    /// How long to send requests (default 10s unless -n is given).
+    #[arg(short = 'd', long, value_parser = parse_duration, conflicts_with = "requests")]
+    duration: Option<Duration>,
+    /// How many requests in all.
+    #[arg(short = 'n', long)]
+    requests: Option<u64>,
+    /// Open loop: requests per second in all, latency counted from when each was due.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Request body: text, or @FILE.
+    #[arg(long)]
+    data: Option<String>,
+    /// Extra header, as K:V (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "K:V")]
+    headers: Vec<String>,
+    /// HTTP method (default: POST with data, GET without).
+    #[arg(short = 'm', long)]
+    method: Option<String>,
+    /// Per-request timeout.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    timeout: Duration,
+    /// Closed loop: pause between an answer and the user's next request.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    think: Duration,
+    /// Text a 2xx body must contain to count as a success.
+    #[arg(long)]
+    expect: Option<String>,
+    /// A new connection for every request.
+    #[arg(long)]
+    no_keepalive: bool,
+    /// Also write every request as a CSV row to this file.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+}
+
+/// Run an experiment file and write its report.
+///
+/// Sedge targets without a gateway run on a node started for the run;
+/// `--gateway URL` aims them at a running node instead.
+#[derive(clap::Args)]
+struct RunArgs {
+    experiment: PathBuf,
+    /// Results folder (default: a new folder under the system temp dir).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Fewer users and repetitions, shorter steps (the file's [quick] table).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// Regenerate a run's report from its raw results (run.json, raw.csv).
+#[derive(clap::Args)]
+struct ReportArgs {
+    dir: PathBuf,
+}
+
+/// Measure the load generator's ceiling next to wrk's, on a trivial local server.
+#[derive(clap::Args)]
+struct CeilingArgs {
+    #[arg(short = 'c', long = "users", default_value_t = 50)]
+    users: u32,
+    #[arg(short = 'd', long, value_parser = parse_duration, default_value = "5s")]
+    duration: Duration,
+    /// Threads for the generator, and for wrk (-t).
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Skip wrk.
+    #[arg(long)]
+    no_wrk: bool,
+}
+
+/// `gateway`: the global `--gateway` when it was given explicitly.
+pub fn run(args: Args, gateway: Option<&str>) -> Result<()> {
+    match args.command {
+        BenchCommand::Load(a) => load_command(a),
+        BenchCommand::Run(a) => run_command(a, gateway),
+        BenchCommand::Report(a) => report_command(&a.dir),
+        BenchCommand::Ceiling(a) => ceiling_command(a),
+        BenchCommand::TrivialServer => trivial_server(),
+    }
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build().context("starting the async runtime")
+}
+
+fn body(data: Option<&str>) -> Result<Vec<u8>> {
+    Ok(match data {
+        None => Vec::new(),
+        Some(d) if d.starts_with('@') => std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?,
+        Some(d) => d.as_bytes().to_vec(),
+    })
+}
+
+fn load_command(a: LoadArgs) -> Result<()> {
+    let body = body(a.data.as_deref())?;
+    let mut headers = Vec::new();
+    for h in &a.headers {
+        let (k, v) = h.split_once(':').ok_or_else(|| anyhow!("--header {h:?}: expected K:V"))?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let stop = match (a.requests, a.duration) {
+        (Some(n), _) => Stop::Requests(n),
+        (None, Some(d)) => Stop::After(d),
+        (None, None) => Stop::After(Duration::from_secs(10)),
+    };
+    let plan = LoadPlan {
+        url: a.url.clone(),
+        method: a.method.unwrap_or_else(|| if body.is_empty() { "GET".into() } else { "POST".into() }),
+        headers,
+        body: body.into(),
+        users: a.users,
+        stop,
+        rate: a.rate,
+        think: a.think,
+        timeout: a.timeout,
+        expect: a.expect,
+        keep_alive: !a.no_keepalive,
+    };
+    let mode = match plan.rate {
+        Some(r) => format!("open loop at {r} req/s"),
+        None => "closed loop".into(),
+    };
+    let until = match stop {
+        Stop::Requests(n) => format!("{n} requests"),
+        Stop::After(d) => format!("{d:?}"),
+    };
+    eprintln!("{} users, {mode}, {until}: {} {}", plan.users, plan.method, plan.url);
+    let result = runtime(0)?.block_on(load::run(&plan))?;
+    if let Some(path) = &a.csv {
+        write_csv(path, &result.samples)?;
+    }
+    print!("{}", report::summary_table(&Summary::of_run(&result.samples, result.elapsed)));
+    Ok(())
+}
+
+fn write_csv(path: &std::path::Path, samples: &[sedge_bench::Sample]) -> Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    writeln!(out, "user,send_us,latency_us,status,bytes,outcome")?;
+    for s in samples {
+        writeln!(out, "{},{},{},{},{},{}", s.user, s.send_us, s.latency_us, s.status, s.bytes, s.outcome.as_str())?;
+    }
+    out.flush().with_context(|| format!("writing {}", path.display()))
+}
+
+fn run_command(a: RunArgs, gateway: Option<&str>) -> Result<()> {
+    let exp = Experiment::load(&a.experiment, a.quick)?;
+    let out = a.out.unwrap_or_else(|| run::default_out_dir(&exp.name));
+    let opts = RunOptions {
+        out: out.clone(),
+        gateway: gateway.map(str::to_owned),
+        sedge_exe: Some(std::env::current_exe().context("finding the sedge executable")?),
+    };
+    eprintln!("results in {}", out.display());
+    let mut progress = |line: &str| eprintln!("{line}");
+    let finished = runtime(0)?.block_on(async {
+        tokio::select! {
+            r = run::run(&exp, &opts, &mut progress) => Some(r),
+            () = stop_signal() => None,
+        }
+    });
+    match finished {
+        Some(result) => {
+            result?;
+        }
+        None => {
+            eprintln!("interrupted; reporting the steps done so far");
+            if std::fs::metadata(out.join(record::RAW_FILE)).is_ok() {
+                let _ = report::write(&out);
+            }
+            bail!("interrupted");
+        }
+    }
+    report_command(&out)
+}
+
+fn report_command(dir: &std::path::Path) -> Result<()> {
+    let r = report::write(dir)?;
+    print!("{}", report::terminal_table(&r));
+    for note in &r.notes {
+        println!("note: {note}");
+    }
+    println!("report: {}", dir.join("report.html").display());
+    Ok(())
+}
+
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
+
+fn trivial_server() -> Result<()> {
+    // One thread: the server's cost stays put while the clients vary.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding 127.0.0.1:0")?;
+        println!("listening on http://{}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        sedge_bench::trivial::serve(listener).await.context("serving")
+    })
+}
+
+/// Kills the child when dropped, whatever happened in between.
+struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ceiling_command(a: CeilingArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the sedge executable")?;
+    // The server runs in a process of its own so that this process's CPU
+    // time is the generator's alone.
+    let mut child = ServerProcess(
+        Command::new(exe)
+            .args(["bench", "trivial-server"])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the trivial server")?,
+    );
+    let stdout = child.0.stdout.take().ok_or_else(|| anyhow!("no stdout from the trivial server"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).context("reading the trivial server's address")?;
+    let base = line.trim().strip_prefix("listening on ").ok_or_else(|| anyhow!("unexpected: {line:?}"))?.to_owned();
+    let url = format!("{base}/");
+    eprintln!("trivial server at {url}; {} users, {:?} each, {} thread(s)", a.users, a.duration, a.threads);
+
+    let rt = runtime(a.threads as usize)?;
+    // A short warm-up so both tools meet a server that has seen traffic.
+    rt.block_on(load::run(&LoadPlan::new(url.clone(), a.users, Stop::After(Duration::from_millis(500)))))?;
+    let cpu0 = procstat::own_cpu_s();
+    let ours = rt.block_on(load::run(&LoadPlan::new(url.clone(), a.users, Stop::After(a.duration))))?;
+    let cpu = match (cpu0, procstat::own_cpu_s()) {
+        (Some(x), Some(y)) => Some(y - x),
+        _ => None,
+    };
+    let s = Summary::of_run(&ours.samples, ours.elapsed);
+    let mut rows = vec![ceiling_row(
+        "sedge bench",
+        s.count,
+        s.throughput,
+        s.latency_ms.as_ref().map(|l| (l.p50, l.p90, l.p99)),
+        s.count - s.successes,
+        cpu,
+    )];
+    if !a.no_wrk {
+        match ceiling::run_wrk(&url, a.users, a.threads, a.duration) {
+            Ok(w) => rows.push(ceiling_row(
+                "wrk",
+                w.requests,
+                w.requests_per_s,
+                w.p50_ms.zip(w.p90_ms).zip(w.p99_ms).map(|((a, b), c)| (a, b, c)),
+                w.errors,
+                w.cpu_s,
+            )),
+            Err(e) => eprintln!("wrk skipped: {e}"),
+        }
+    }
+    println!(
+        "{:<12} {:>10} {:>10} {:>8} {:>8} {:>8} {:>7} {:>7} {:>9}",
+        "tool", "requests", "req/s", "p50 ms", "p90", "p99", "errors", "CPU s", "CPU µs/req"
+    );
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
+
+fn ceiling_row(tool: &str, n: u64, rps: f64, lat: Option<(f64, f64, f64)>, errors: u64, cpu: Option<f64>) -> String {
+    let (p50, p90, p99) = lat.map_or(("-".into(), "-".into(), "-".into()), |(a, b, c)| {
+        (format!("{a:.3}"), format!("{b:.3}"), format!("{c:.3}"))
+    });
+    let cpu_s = cpu.map_or_else(|| "-".into(), |c| format!("{c:.2}"));
+    let per = cpu.filter(|_| n > 0).map_or_else(|| "-".into(), |c| format!("{:.1}", c * 1e6 / n as f64));
+    format!("{tool:<12} {n:>10} {rps:>10.0} {p50:>8} {p90:>8} {p99:>8} {errors:>7} {cpu_s:>7} {per:>9}")
+}
