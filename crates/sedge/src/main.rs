@@ -5,6 +5,7 @@
 
 mod client;
 mod commands;
+mod signals;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};

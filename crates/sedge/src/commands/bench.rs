@@ -200,7 +200,7 @@ fn run_command(a: RunArgs, gateway: Option<&str>) -> Result<()> {
     let finished = runtime(0)?.block_on(async {
         tokio::select! {
             r = run::run(&exp, &opts, &mut progress) => Some(r),
-            () = stop_signal() => None,
+            () = crate::signals::stop_signal() => None,
         }
     });
     match finished {
@@ -226,27 +226,6 @@ fn report_command(dir: &std::path::Path) -> Result<()> {
     }
     println!("report: {}", dir.join("report.html").display());
     Ok(())
-}
-
-async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
 
 fn trivial_server() -> Result<()> {

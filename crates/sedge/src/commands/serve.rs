@@ -111,7 +111,7 @@ async fn serve(args: Args) -> Result<()> {
     let server = tokio::spawn(sedge_gateway::serve(listener, node, async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
-    stop_signal().await;
+    crate::signals::stop_signal().await;
     tracing::info!("stopping: no new connections; letting requests in flight finish");
     let _ = stop_tx.send(true);
     match tokio::time::timeout(GRACE, server).await {
@@ -145,26 +145,5 @@ fn resolve_interpreter(program: &str, probe: &[&str]) -> String {
             tracing::warn!("{program} did not run; functions that need it will fail to start");
             program.to_owned()
         }
-    }
-}
-
-async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }
