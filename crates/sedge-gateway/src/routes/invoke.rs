@@ -9,6 +9,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sedge_core::{Invocation, InvokeError, Reply};
+use sedge_runtime::Pool;
 use tokio_stream::StreamExt;
 
 use super::Shared;
@@ -30,22 +31,21 @@ fn function_name(raw: &str) -> &str {
 async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Response {
     let name = function_name(raw);
     let started = Instant::now();
-    let response = match call(node, name, path, req).await {
+    // Unknown names get no metrics series: clients must not be able to
+    // grow the metrics without bound.
+    let Some(pool) = node.runtime.get(name) else { return ApiError::not_found(name).into_response() };
+    let mut response = match call(&pool, name, path, req).await {
         Ok(reply) => reply_response(reply),
         Err(e) => e.into_response(),
     };
-    if node.runtime.get(name).is_some() {
-        node.metrics.observe(name, response.status().as_u16(), started.elapsed());
-    }
-    let mut response = response;
+    node.metrics.observe(name, response.status().as_u16(), started.elapsed());
     if let Ok(v) = HeaderValue::from_str(&format!("{:.6}", started.elapsed().as_secs_f64())) {
         response.headers_mut().insert("x-duration-seconds", v);
     }
     response
 }
 
-async fn call(node: &crate::Node, name: &str, path: String, req: Request) -> Result<Reply, ApiError> {
-    let pool = node.runtime.get(name).ok_or_else(|| ApiError::not_found(name))?;
+async fn call(pool: &Pool, name: &str, path: String, req: Request) -> Result<Reply, ApiError> {
     let (parts, body) = req.into_parts();
     let limit = pool.spec().limits.max_body;
     let too_large = |size: u64| InvokeError::PayloadTooLarge { function: name.to_owned(), size, limit };
