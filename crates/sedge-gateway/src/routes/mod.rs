@@ -32,10 +32,21 @@ pub fn router() -> Router<Arc<Node>> {
         .route("/function/{name}", any(invoke::invoke_root))
         .route("/function/{name}/", any(invoke::invoke_root))
         .route("/function/{name}/{*path}", any(invoke::invoke_path))
+        .route("/async-function/{name}", any(async_not_yet))
+        .route("/async-function/{name}/{*path}", any(async_not_yet))
         // Body limits are enforced per route: each function's own max_body
         // on invoke, the node's bundle limit on deploy.
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+}
+
+/// `faas-cli invoke --async` posts here; say plainly that it is not there
+/// yet rather than answer "no such route".
+async fn async_not_yet() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "asynchronous invocation (/async-function) is not supported by this node yet; call /function/NAME",
+    )
 }
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -92,6 +92,9 @@ fn remove_and_scale_bodies() {
     assert_eq!(node.request("DELETE", "/system/functions", &[], br#"{"functionName":"faas"}"#).status, 200);
     assert_eq!(node.get("/system/functions").json(), serde_json::json!([]));
     assert_eq!(node.request("POST", "/system/functions", &[], br#"{"service":"x","image":"y"}"#).status, 501);
+    let asynchronous = node.post("/async-function/faas", b"");
+    assert_eq!(asynchronous.status, 501);
+    assert!(asynchronous.error().contains("asynchronous"));
 }
 
 #[test]
