@@ -38,6 +38,7 @@ pub struct Metrics {
     queued: Family<FnLabels, Gauge>,
     workers: Family<WorkerLabels, Gauge>,
     cold_starts: Family<FnLabels, Counter>,
+    spare_starts: Family<FnLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -53,13 +54,28 @@ impl Default for Metrics {
         let queued = Family::<FnLabels, Gauge>::default();
         let workers = Family::<WorkerLabels, Gauge>::default();
         let cold_starts = Family::<FnLabels, Counter>::default();
+        let spare_starts = Family::<FnLabels, Counter>::default();
         registry.register("gateway_function_invocation", "Function invocations by status code", invocations.clone());
         registry.register("gateway_functions_seconds", "Function invocation time, seconds", seconds.clone());
         registry.register("gateway_service_count", "Workers (replicas) per function", services.clone());
         registry.register("sedge_queue_depth", "Requests waiting for a worker", queued.clone());
         registry.register("sedge_workers", "Workers by state (ready, starting, busy)", workers.clone());
         registry.register("sedge_cold_starts", "Workers started since the node began", cold_starts.clone());
-        Self { registry: Mutex::new(registry), invocations, seconds, services, queued, workers, cold_starts }
+        registry.register(
+            "sedge_spare_starts",
+            "Cold starts served by a waiting spare interpreter",
+            spare_starts.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            invocations,
+            seconds,
+            services,
+            queued,
+            workers,
+            cold_starts,
+            spare_starts,
+        }
     }
 }
 
@@ -86,8 +102,13 @@ impl Metrics {
             for (state, n) in [("ready", stats.ready), ("starting", stats.starting), ("busy", stats.busy)] {
                 self.workers.get_or_create(&WorkerLabels { function_name: name.clone(), state }).set(i64::from(n));
             }
-            let total = runtime.shared(name).cold_starts.load(std::sync::atomic::Ordering::Relaxed);
-            self.cold_starts.get_or_create(&f).inner().store(total, std::sync::atomic::Ordering::Relaxed);
+            let shared = runtime.shared(name);
+            for (family, total) in
+                [(&self.cold_starts, &shared.cold_starts), (&self.spare_starts, &shared.spare_starts)]
+            {
+                let total = total.load(std::sync::atomic::Ordering::Relaxed);
+                family.get_or_create(&f).inner().store(total, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let mut out = String::new();
         encode(&mut out, &self.registry.lock().unwrap_or_else(|p| p.into_inner()))?;

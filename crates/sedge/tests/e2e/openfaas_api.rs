@@ -129,6 +129,8 @@ fn metrics_have_the_gateway_names() {
         "gateway_service_count{function_name=\"faas\"}",
         "sedge_queue_depth{function_name=\"faas\"} 0",
         "sedge_workers{function_name=\"faas\",state=\"ready\"}",
+        "sedge_cold_starts_total{function_name=\"faas\"} 1",
+        "sedge_spare_starts_total{function_name=\"faas\"}",
     ] {
         assert!(m.contains(needle), "missing {needle} in\n{m}");
     }
