@@ -379,7 +379,7 @@ impl Pool {
             shim: &shim,
             dir: &self.dir,
             instance,
-            logs: self.shared.clone(),
+            shared: self.shared.clone(),
             on_exit: Box::new(move || {
                 if let Some(pool) = me.upgrade() {
                     pool.on_worker_exit(id);

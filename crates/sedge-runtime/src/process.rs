@@ -34,7 +34,8 @@ pub struct Launch<'a> {
     pub shim: &'a Path,
     pub dir: &'a Path,
     pub instance: String,
-    pub logs: Arc<FunctionShared>,
+    /// The function's log and counters.
+    pub shared: Arc<FunctionShared>,
     /// Called once when the process has gone, whatever the reason.
     pub on_exit: Box<dyn FnOnce() + Send>,
 }
@@ -175,7 +176,7 @@ impl Spare {
 
     /// Makes the spare a worker of `spec`, running in `launch.dir`.
     pub async fn assign(mut self, spec: &FunctionSpec, launch: Launch<'_>) -> Result<ProcessWorker, String> {
-        self.spawned.target.set(spec.name.to_string(), launch.instance, launch.logs);
+        self.spawned.target.set(spec.name.to_string(), launch.instance, launch.shared);
         let load = Header::Load {
             dir: launch.dir.to_string_lossy().into_owned(),
             handler: spec.handler.clone(),
@@ -195,7 +196,7 @@ impl ProcessWorker {
         let mut cmd = Command::new(launch.program);
         cmd.arg(launch.shim).arg(launch.dir).arg(&spec.handler).current_dir(launch.dir).envs(function_env(spec));
         cmd.env("PYTHONUNBUFFERED", "1");
-        let target = Arc::new(LogTarget::new(spec.name.to_string(), launch.instance, launch.logs));
+        let target = Arc::new(LogTarget::new(spec.name.to_string(), launch.instance, launch.shared));
         Spawned::spawn(cmd, launch.program, target)?.finish(spec, launch.on_exit).await
     }
 

@@ -71,8 +71,12 @@ async fn serve(args: Args) -> Result<()> {
         Err(e @ StoreError::Locked(_)) => anyhow::bail!("{e}: stop it first, or pass another --data directory"),
         Err(e) => return Err(e).with_context(|| format!("opening the store in {}", data.display())),
     };
-    let python = resolve_interpreter(&args.python, &["-c", "import sys; print(sys.executable)"]);
-    let node_js = resolve_interpreter(&args.node, &["-p", "process.execPath"]);
+    // Both probes start an interpreter; side by side they cost one start-up.
+    let (python, node_js) = std::thread::scope(|s| {
+        let node = s.spawn(|| resolve_interpreter(&args.node, &["-p", "process.execPath"]));
+        let python = resolve_interpreter(&args.python, &["-c", "import sys; print(sys.executable)"]);
+        (python, node.join().unwrap_or_else(|_| args.node.clone()))
+    });
     let config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js, args.spares)
         .with_context(|| format!("writing the runtime shims under {}", data.display()))?;
     let runtime = Arc::new(Runtime::new(config));
