@@ -12,8 +12,8 @@ use sedge_core::FunctionName;
 use sedge_store::FunctionRecord;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_stream::StreamExt;
 
+use super::body::{read_capped, Capped};
 use super::Shared;
 use crate::{blocking, ApiError, Node};
 
@@ -166,27 +166,17 @@ pub async fn deploy_bundle(
 ) -> Result<Response, ApiError> {
     let name = FunctionName::parse(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let wait = matches!(q.wait.as_deref(), Some("" | "1" | "true" | "yes"));
-    let archive = read_bundle(body, node.max_bundle).await?;
+    let limit = node.max_bundle as u64;
+    let archive = read_capped(body, limit).await.map_err(|e| match e {
+        Capped::Over(_) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("bundle is over the node's limit of {limit} bytes"))
+        }
+        Capped::Broken(msg) => ApiError::bad_request(format!("could not read the bundle: {msg}")),
+    })?;
+    if archive.is_empty() {
+        return Err(ApiError::bad_request("empty body: expected a tar.gz of the function's folder"));
+    }
     let (existed, record) = crate::deploy(&node, name, archive, wait).await?;
     let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((code, Json(status(&node, &record))).into_response())
-}
-
-async fn read_bundle(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the bundle: {e}")))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("bundle is over the node's limit of {limit} bytes"),
-            ));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    if buf.is_empty() {
-        return Err(ApiError::bad_request("empty body: expected a tar.gz of the function's folder"));
-    }
-    Ok(buf)
 }

@@ -4,14 +4,14 @@
 
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sedge_core::{Invocation, InvokeError, Reply};
 use sedge_runtime::Pool;
-use tokio_stream::StreamExt;
 
+use super::body::{read_capped, Capped};
 use super::Shared;
 use crate::ApiError;
 
@@ -49,10 +49,13 @@ async fn call(pool: &Pool, name: &str, path: String, req: Request) -> Result<Rep
     let (parts, body) = req.into_parts();
     let limit = pool.spec().limits.max_body;
     let too_large = |size: u64| InvokeError::PayloadTooLarge { function: name.to_owned(), size, limit };
-    let body = read_capped(body, limit).await.map_err(|e| match e {
-        Capped::Over(size) => ApiError::from(too_large(size)),
-        Capped::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
-    })?;
+    let body = read_capped(body, limit)
+        .await
+        .map_err(|e| match e {
+            Capped::Over(size) => ApiError::from(too_large(size)),
+            Capped::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
+        })?
+        .into();
     let headers =
         parts.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
     let inv = Invocation {
@@ -63,26 +66,6 @@ async fn call(pool: &Pool, name: &str, path: String, req: Request) -> Result<Rep
         body,
     };
     Ok(pool.invoke(&inv).await?)
-}
-
-enum Capped {
-    Over(u64),
-    Broken(String),
-}
-
-/// Reads at most `limit` bytes; a larger body is refused without buffering it.
-async fn read_capped(body: Body, limit: u64) -> Result<Bytes, Capped> {
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Capped::Broken(e.to_string()))?;
-        let size = (buf.len() + chunk.len()) as u64;
-        if size > limit {
-            return Err(Capped::Over(size));
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.into())
 }
 
 fn reply_response(reply: Reply) -> Response {

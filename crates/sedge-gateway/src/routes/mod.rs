@@ -1,5 +1,6 @@
 //! The route table.
 
+mod body;
 mod functions;
 mod invoke;
 mod logs;
