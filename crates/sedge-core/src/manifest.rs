@@ -17,6 +17,11 @@ pub const MANIFEST_FILE: &str = "sedge.toml";
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_BODY: u64 = 8 * 1024 * 1024;
+/// Largest answer a worker may give: big enough for images and tensors,
+/// small enough that a runaway function cannot take the node's memory.
+const DEFAULT_MAX_ANSWER: u64 = 64 * 1024 * 1024;
+/// The protocol's own frame limit; a larger cap could not be honoured.
+const MAX_MAX_ANSWER: u64 = 1024 * 1024 * 1024;
 /// Waiting requests per function before 429: deep enough to absorb a burst of
 /// many users against a few workers, shallow enough that a stuck function
 /// answers "busy" instead of piling up memory.
@@ -95,6 +100,8 @@ pub struct Limits {
     /// Covers queueing plus execution.
     pub timeout: Duration,
     pub max_body: u64,
+    /// Largest answer body taken from a worker; past it the call answers 502.
+    pub max_answer: u64,
     /// Recorded and shown; not yet enforced on workers.
     pub memory: Option<u64>,
     /// Requests allowed to wait for a worker before the answer is 429.
@@ -149,6 +156,7 @@ struct RawManifest {
 struct RawLimits {
     timeout: Option<String>,
     max_body: Option<String>,
+    max_answer: Option<String>,
     memory: Option<String>,
     queue: Option<i64>,
 }
@@ -243,11 +251,15 @@ impl FunctionSpec {
         let limits = Limits {
             timeout: c.duration("limits.timeout", raw.limits.timeout.as_deref(), DEFAULT_TIMEOUT)?,
             max_body: c.size("limits.max_body", raw.limits.max_body.as_deref())?.unwrap_or(DEFAULT_MAX_BODY),
+            max_answer: c.size("limits.max_answer", raw.limits.max_answer.as_deref())?.unwrap_or(DEFAULT_MAX_ANSWER),
             memory: c.size("limits.memory", raw.limits.memory.as_deref())?,
             queue: c.count("limits.queue", raw.limits.queue, DEFAULT_QUEUE, (0, 1_000_000))?,
         };
         if limits.timeout > MAX_TIMEOUT {
             return c.fail("limits.timeout", "must be at most 1h");
+        }
+        if limits.max_answer == 0 || limits.max_answer > MAX_MAX_ANSWER {
+            return c.fail("limits.max_answer", "must be from 1B to 1GiB");
         }
         let max = c.count("scale.max", raw.scale.max, DEFAULT_MAX_WORKERS, (1, 1024))?;
         let scale = Scale {
@@ -338,6 +350,7 @@ mod tests {
         assert_eq!(spec.style, Style::Sedge);
         assert_eq!(spec.limits.timeout, DEFAULT_TIMEOUT);
         assert_eq!(spec.limits.max_body, DEFAULT_MAX_BODY);
+        assert_eq!(spec.limits.max_answer, DEFAULT_MAX_ANSWER);
         assert_eq!(spec.limits.queue, DEFAULT_QUEUE);
         assert_eq!(spec.scale, Scale { min: 0, max: 4, concurrency: 1, idle: DEFAULT_IDLE });
     }
@@ -345,12 +358,13 @@ mod tests {
     #[test]
     fn full_manifest() {
         let spec = parse(&format!(
-            "{MINIMAL}style = \"sedge\"\n[limits]\ntimeout = \"500ms\"\nmax_body = \"1MiB\"\nmemory = \"512MiB\"\nqueue = 3\n\
+            "{MINIMAL}style = \"sedge\"\n[limits]\ntimeout = \"500ms\"\nmax_body = \"1MiB\"\nmax_answer = \"2MiB\"\nmemory = \"512MiB\"\nqueue = 3\n\
              [scale]\nmin = 1\nmax = 2\nconcurrency = 4\nidle = \"5m\"\n[env]\nMODEL = \"x\"\n"
         ))
         .expect("valid");
         assert_eq!(spec.limits.timeout, Duration::from_millis(500));
         assert_eq!(spec.limits.max_body, 1024 * 1024);
+        assert_eq!(spec.limits.max_answer, 2 * 1024 * 1024);
         assert_eq!(spec.limits.memory, Some(512 * 1024 * 1024));
         assert_eq!(spec.limits.queue, 3);
         assert_eq!(spec.scale, Scale { min: 1, max: 2, concurrency: 4, idle: Duration::from_secs(300) });
@@ -369,6 +383,7 @@ mod tests {
             (&format!("{MINIMAL}[limits]\ntimeout = \"soon\""), "limits.timeout", "duration"),
             (&format!("{MINIMAL}[limits]\ntimeout = \"0s\""), "limits.timeout", "zero"),
             (&format!("{MINIMAL}[limits]\nmax_body = \"lots\""), "limits.max_body", "size"),
+            (&format!("{MINIMAL}[limits]\nmax_answer = \"2GiB\""), "limits.max_answer", "1GiB"),
             (&format!("{MINIMAL}[scale]\nmax = 0"), "scale.max", "from 1"),
             (&format!("{MINIMAL}[scale]\nmin = 5\nmax = 2"), "scale.min", "from 0 to 2"),
             (&format!("{MINIMAL}[scale]\nconcurrency = -1"), "scale.concurrency", "whole number"),
