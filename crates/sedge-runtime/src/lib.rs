@@ -22,7 +22,7 @@ use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply, RuntimeKind};
 
 pub use logs::{FunctionLogs, LogLine};
 pub use pool::FunctionShared;
-pub use pool::{Pool, PoolStats};
+pub use pool::{Admission, Pool, PoolStats};
 
 const PYTHON_SHIM: &str = include_str!("../../../runtimes/python/sedge_worker.py");
 const PYTHON_STYLES: &str = include_str!("../../../runtimes/python/sedge_styles.py");
@@ -118,7 +118,7 @@ impl Runtime {
         }
     }
 
-    pub async fn invoke(&self, name: &str, inv: &Invocation) -> Result<Reply, InvokeError> {
+    pub async fn invoke(&self, name: &str, inv: Invocation) -> Result<Reply, InvokeError> {
         let pool = self.get(name).ok_or_else(|| InvokeError::NotFound(name.to_owned()))?;
         pool.invoke(inv).await
     }

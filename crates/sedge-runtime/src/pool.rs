@@ -75,6 +75,8 @@ struct State {
     pin: Pin,
     last_start_error: Option<(Instant, String)>,
     closed: bool,
+    /// Requests admitted whose bodies are still arriving.
+    admitted: u32,
 }
 
 /// What belongs to a function rather than to one deployed version of it.
@@ -108,6 +110,28 @@ pub struct Pool {
     next_worker: AtomicU64,
     state: Mutex<State>,
     me: Weak<Pool>,
+}
+
+/// A request admitted to a function (see [`Pool::admit`]) whose body may
+/// still be arriving. Dropping it gives the place back.
+pub struct Admission {
+    pool: Arc<Pool>,
+}
+
+impl Admission {
+    /// Runs the request, now that its body is here.
+    pub async fn invoke(self, inv: Invocation) -> Result<Reply, InvokeError> {
+        let pool = self.pool.clone();
+        drop(self);
+        pool.run_admitted(inv).await
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut st = self.pool.lock();
+        st.admitted = st.admitted.saturating_sub(1);
+    }
 }
 
 /// One unit of a worker's capacity, held for one invocation. Dropping it
@@ -165,6 +189,7 @@ impl Pool {
                 pin: Pin::Auto,
                 last_start_error: None,
                 closed: false,
+                admitted: 0,
             }),
             spec,
             dir,
@@ -217,20 +242,58 @@ impl Pool {
         }
     }
 
+    /// Takes a place for a request before its body is read, so a request
+    /// that could neither run nor queue is refused without reading a byte.
+    /// Counts admitted requests with those queued against the capacity that
+    /// is free or starting plus the queue.
+    pub fn admit(&self) -> Result<Admission, InvokeError> {
+        let pool = self.me.upgrade().ok_or_else(|| InvokeError::ShuttingDown(self.name()))?;
+        let mut st = self.lock();
+        if st.closed {
+            return Err(InvokeError::ShuttingDown(self.name()));
+        }
+        st.waiters.retain(|w| !w.tx.is_closed());
+        let conc = self.spec.scale.concurrency;
+        let free: u32 = st.slots.iter().filter(|s| s.worker.is_alive()).map(|s| conc.saturating_sub(s.busy)).sum();
+        let room = free.saturating_add(st.starting.saturating_mul(conc)).saturating_add(self.spec.limits.queue);
+        if st.waiters.len() as u32 + st.admitted >= room {
+            return Err(InvokeError::QueueFull { function: self.name(), limit: self.spec.limits.queue });
+        }
+        st.admitted += 1;
+        Ok(Admission { pool })
+    }
+
     /// Runs one invocation: waits for capacity (queueing boundedly), calls a
     /// worker, all within the function's timeout.
-    pub async fn invoke(&self, inv: &Invocation) -> Result<Reply, InvokeError> {
-        let limit = self.spec.limits.max_body;
-        if inv.body.len() as u64 > limit {
-            return Err(InvokeError::PayloadTooLarge { function: self.name(), size: inv.body.len() as u64, limit });
+    pub async fn invoke(&self, inv: Invocation) -> Result<Reply, InvokeError> {
+        self.admit()?.invoke(inv).await
+    }
+
+    async fn run_admitted(self: Arc<Self>, inv: Invocation) -> Result<Reply, InvokeError> {
+        {
+            let limit = self.spec.limits.max_body;
+            if inv.body.len() as u64 > limit {
+                return Err(InvokeError::PayloadTooLarge { function: self.name(), size: inv.body.len() as u64, limit });
+            }
+            self.shared.invocations.fetch_add(1, Ordering::Relaxed);
+            let deadline = Instant::now() + self.spec.limits.timeout;
+            // Waiting for capacity may be abandoned: a waiter that went away is skipped.
+            let lease = match tokio::time::timeout_at(deadline, self.acquire()).await {
+                Ok(lease) => lease?,
+                Err(_) => return Err(self.timeout_error()),
+            };
+            // Once a worker has the request, it runs to its end in a task of
+            // its own even if the caller goes away: the lease (the worker's
+            // capacity) comes back only when the worker is really done with
+            // it, and nothing is ever left half-written to a worker.
+            let call = tokio::spawn(async move { lease.call(&inv, deadline).await });
+            match call.await {
+                Ok(r) => r,
+                Err(e) => {
+                    Err(InvokeError::Failed { function: self.name(), message: format!("invocation task ended: {e}") })
+                }
+            }
         }
-        self.shared.invocations.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + self.spec.limits.timeout;
-        let lease = match tokio::time::timeout_at(deadline, self.acquire()).await {
-            Ok(lease) => lease?,
-            Err(_) => return Err(self.timeout_error()),
-        };
-        lease.call(inv, deadline).await
     }
 
     /// Capacity on a ready worker, now or when one frees up or starts.

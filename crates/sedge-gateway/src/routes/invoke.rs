@@ -65,7 +65,7 @@ async fn call(pool: &Pool, name: &str, path: String, req: Request) -> Result<Rep
         headers,
         body,
     };
-    Ok(pool.invoke(&inv).await?)
+    Ok(pool.invoke(inv).await?)
 }
 
 fn reply_response(reply: Reply) -> Response {
