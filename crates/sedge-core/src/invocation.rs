@@ -41,6 +41,8 @@ pub enum InvokeError {
     StartFailed { function: String, message: String },
     #[error("request body of {size} bytes is over function {function}'s max_body of {limit} bytes")]
     PayloadTooLarge { function: String, size: u64, limit: u64 },
+    #[error("function {function}'s answer{} is over its max_answer of {limit} bytes", size.map(|s| format!(" of {s} bytes")).unwrap_or_default())]
+    AnswerTooLarge { function: String, size: Option<u64>, limit: u64 },
     #[error("function {0} is shutting down")]
     ShuttingDown(String),
 }

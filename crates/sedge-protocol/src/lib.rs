@@ -57,6 +57,8 @@ pub enum FrameError {
     BodyTooLarge(u32),
     #[error("frame header is not valid: {0}")]
     BadHeader(#[from] serde_json::Error),
+    #[error("frame body of {0} bytes is over this stream's limit of {1}")]
+    BodyOverLimit(u32, u32),
     #[error("frame of {0} bytes cannot be encoded: over the limits")]
     TooLargeToEncode(usize),
 }
@@ -107,32 +109,121 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
+/// What the decoder found next in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Frame(Frame),
+    /// A frame whose body is over the decoder's body limit: its header is
+    /// known, and its body is being skipped without being buffered.
+    Oversized {
+        header: Header,
+        body_len: u32,
+    },
+}
+
 /// Incremental decoder for a byte stream that arrives in arbitrary pieces.
-#[derive(Debug, Default)]
+/// It holds at most one frame's prefix, header and (limited) body: a body
+/// over the limit is skipped as it arrives, so a peer cannot make it buffer
+/// more than the limit.
+#[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,
+    max_body: u32,
+    /// Bytes of an oversized body still to be thrown away.
+    skipping: u64,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new(MAX_BODY)
+    }
 }
 
 impl Decoder {
+    /// A decoder that buffers bodies of up to `max_body` bytes (capped at
+    /// the protocol's [`MAX_BODY`]).
+    pub fn new(max_body: u32) -> Self {
+        Self { buf: BytesMut::new(), max_body: max_body.min(MAX_BODY), skipping: 0 }
+    }
+
+    /// Changes the body limit, e.g. once a spare worker learns its function.
+    pub fn set_max_body(&mut self, max_body: u32) {
+        self.max_body = max_body.min(MAX_BODY);
+    }
+
+    /// Whether no bytes of a next frame have arrived.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.skipping == 0
+    }
+
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next whole frame, `Ok(None)` when more bytes are needed.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        let Some(prefix) = self.buf.get(..PREFIX_LEN) else { return Ok(None) };
+    /// The buffer to read more bytes into (e.g. with `read_buf`), with room
+    /// reserved for the frame being decoded so a large body arrives in few
+    /// reads and without reallocation.
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        let want = match self.peek_lengths() {
+            Some(Ok(l)) if l.body <= self.max_body => PREFIX_LEN + l.header as usize + l.body as usize,
+            Some(Ok(l)) => PREFIX_LEN + l.header as usize,
+            _ => PREFIX_LEN,
+        };
+        let want = want.saturating_sub(self.buf.len()).max(64 * 1024);
+        self.buf.reserve(want);
+        &mut self.buf
+    }
+
+    fn peek_lengths(&self) -> Option<Result<Lengths, FrameError>> {
+        if self.skipping > 0 {
+            return None;
+        }
+        let prefix = self.buf.get(..PREFIX_LEN)?;
         let mut p = [0u8; PREFIX_LEN];
         p.copy_from_slice(prefix);
-        let lengths = parse_prefix(p)?;
-        let total = PREFIX_LEN + lengths.header as usize + lengths.body as usize;
-        if self.buf.len() < total {
+        Some(parse_prefix(p))
+    }
+
+    /// The next whole frame, or the header of an oversized one; `Ok(None)`
+    /// when more bytes are needed. After an error the stream is unusable.
+    pub fn decode(&mut self) -> Result<Option<Decoded>, FrameError> {
+        if self.skipping > 0 {
+            let n = self.buf.len().min(usize::try_from(self.skipping).unwrap_or(usize::MAX));
+            self.buf.advance(n);
+            self.skipping -= n as u64;
+            if self.skipping > 0 {
+                return Ok(None);
+            }
+        }
+        let Some(lengths) = self.peek_lengths() else { return Ok(None) };
+        let lengths = lengths?;
+        let head = PREFIX_LEN + lengths.header as usize;
+        if lengths.body > self.max_body {
+            if self.buf.len() < head {
+                return Ok(None);
+            }
+            self.buf.advance(PREFIX_LEN);
+            let header = parse_header(&self.buf.split_to(lengths.header as usize))?;
+            self.skipping = u64::from(lengths.body);
+            return Ok(Some(Decoded::Oversized { header, body_len: lengths.body }));
+        }
+        if self.buf.len() < head + lengths.body as usize {
             return Ok(None);
         }
         self.buf.advance(PREFIX_LEN);
         let header_bytes = self.buf.split_to(lengths.header as usize);
         let body = self.buf.split_to(lengths.body as usize).freeze();
         let header = parse_header(&header_bytes)?;
-        Ok(Some(Frame { header, body }))
+        Ok(Some(Decoded::Frame(Frame { header, body })))
+    }
+
+    /// Like [`Self::decode`], for callers that treat an oversized body as an error.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        match self.decode()? {
+            Some(Decoded::Frame(f)) => Ok(Some(f)),
+            Some(Decoded::Oversized { body_len, .. }) => Err(FrameError::BodyOverLimit(body_len, self.max_body)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -190,6 +281,37 @@ mod tests {
                 }
             }
             prop_assert_eq!(got, frames);
+        }
+
+        #[test]
+        fn oversized_bodies_are_skipped_and_later_frames_survive(
+            frames in proptest::collection::vec((header_strategy(), proptest::collection::vec(any::<u8>(), 0..300)), 1..6),
+            limit in 0u32..200,
+            cut in 1usize..64,
+        ) {
+            let frames: Vec<Frame> = frames.into_iter().map(|(header, body)| Frame { header, body: body.into() }).collect();
+            let mut wire = Vec::new();
+            for f in &frames {
+                wire.extend(encode(f).expect("encodable"));
+            }
+            let expected: Vec<Decoded> = frames.iter().map(|f| {
+                if f.body.len() as u32 > limit {
+                    Decoded::Oversized { header: f.header.clone(), body_len: f.body.len() as u32 }
+                } else {
+                    Decoded::Frame(f.clone())
+                }
+            }).collect();
+            let mut dec = Decoder::new(limit);
+            let mut got = Vec::new();
+            for chunk in wire.chunks(cut) {
+                dec.push(chunk);
+                while let Some(d) = dec.decode().expect("valid stream") {
+                    got.push(d);
+                }
+                // Never more than one frame's head plus the limit, plus what one push brought.
+                prop_assert!(dec.buf.len() <= PREFIX_LEN + MAX_HEADER as usize + limit as usize + cut);
+            }
+            prop_assert_eq!(got, expected);
         }
 
         #[test]

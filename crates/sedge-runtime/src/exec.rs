@@ -1,6 +1,11 @@
 //! `exec` functions, the classic OpenFaaS watchdog model: one process per
 //! request, the request body on stdin, the answer from stdout. A non-zero
 //! exit answers 500 with the tail of stderr.
+//!
+//! Each run is a process group of its own: a timeout (the caller's future
+//! dropped) or the command's end kills everything it started, so no
+//! background child outlives its request. The answer is read up to the
+//! function's `max_answer`; past it the run is killed.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,19 +15,21 @@ use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+use crate::group::ProcessGroups;
 use crate::pool::FunctionShared;
 
 /// Bytes of stderr quoted in a failure's message.
 const STDERR_QUOTE: usize = 2000;
-/// Largest answer (and stderr) kept from one run: a runaway command must
-/// not grow the node's memory without bound before its timeout.
-const MAX_OUTPUT: u64 = 256 * 1024 * 1024;
+/// Largest stderr kept from one run: a runaway command must not grow the
+/// node's memory without bound before its timeout.
+const MAX_STDERR: u64 = 1024 * 1024;
 
 pub struct ExecWorker {
     spec: FunctionSpec,
     dir: PathBuf,
     instance: String,
     shared: Arc<FunctionShared>,
+    groups: Arc<ProcessGroups>,
 }
 
 /// The watchdog's header variables: `Content-Type` → `Http_Content_Type`.
@@ -44,8 +51,14 @@ fn header_var(name: &str) -> String {
 }
 
 impl ExecWorker {
-    pub fn new(spec: FunctionSpec, dir: PathBuf, instance: String, shared: Arc<FunctionShared>) -> Self {
-        Self { spec, dir, instance, shared }
+    pub fn new(
+        spec: FunctionSpec,
+        dir: PathBuf,
+        instance: String,
+        shared: Arc<FunctionShared>,
+        groups: Arc<ProcessGroups>,
+    ) -> Self {
+        Self { spec, dir, instance, shared, groups }
     }
 
     /// Runs the command once. Dropping the future (a timeout) kills it.
@@ -65,12 +78,11 @@ impl ExecWorker {
             .env("Http_Query", &inv.query)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         for (k, v) in &inv.headers {
             cmd.env(header_var(k), v);
         }
-        let mut child = cmd.spawn().map_err(|e| InvokeError::StartFailed {
+        let (mut child, group) = self.groups.spawn(&mut cmd).map_err(|e| InvokeError::StartFailed {
             function: function.clone(),
             message: format!("cannot run {program:?}: {e}"),
         })?;
@@ -86,16 +98,33 @@ impl ExecWorker {
             let _ = stdin.write_all(&body).await;
             drop(stdin);
         };
+        let max_answer = self.spec.limits.max_answer;
         let mut out = Vec::new();
         let mut err = Vec::new();
-        let mut out_capped = (&mut stdout).take(MAX_OUTPUT + 1);
-        let mut err_capped = (&mut stderr).take(MAX_OUTPUT);
-        let (_, out_read, err_read) =
-            tokio::join!(feed, out_capped.read_to_end(&mut out), err_capped.read_to_end(&mut err));
-        if out.len() as u64 > MAX_OUTPUT {
-            return Err(InvokeError::Failed { function, message: format!("answer is over {MAX_OUTPUT} bytes") });
+        let read_out = async {
+            let read = (&mut stdout).take(max_answer + 1).read_to_end(&mut out).await;
+            if out.len() as u64 > max_answer {
+                // It would block on a full pipe, or fill the node: stop it now.
+                group.kill_now();
+            }
+            read
+        };
+        let read_err = async {
+            let read = (&mut stderr).take(MAX_STDERR).read_to_end(&mut err).await;
+            // Keep draining what is past the quote so the command never blocks on it.
+            let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+            read
+        };
+        let wait = async {
+            let status = child.wait().await;
+            // What it left running would hold the pipes open: end it too.
+            group.kill();
+            status
+        };
+        let ((_, out_read, err_read), status) = tokio::join!(async { tokio::join!(feed, read_out, read_err) }, wait);
+        if out.len() as u64 > max_answer {
+            return Err(InvokeError::AnswerTooLarge { function, size: None, limit: max_answer });
         }
-        let status = child.wait().await;
         let err_text = String::from_utf8_lossy(&err);
         for line in err_text.lines() {
             self.shared.logs.push(&function, &self.instance, line.to_owned());

@@ -3,6 +3,11 @@
 //! container contract). sedge starts it, sends it nothing until it answers
 //! HTTP, proxies each invocation to it over a kept-alive connection, and
 //! treats its exit as a crash.
+//!
+//! A caller that goes away mid-request drops hyper's request future, which
+//! closes that connection rather than reuse it, so no half-sent request can
+//! run into the next one. Answers are read up to the function's
+//! `max_answer` and no further.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
@@ -12,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -20,6 +25,7 @@ use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use tokio::process::Command;
 use tokio::sync::Notify;
 
+use crate::group::ProcessGroups;
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::pool::FunctionShared;
 
@@ -35,6 +41,7 @@ pub struct HttpWorker {
     client: HttpClient,
     alive: Arc<AtomicBool>,
     kill: Arc<Notify>,
+    max_answer: u64,
 }
 
 /// A port free right now. The server binds it moments later; losing that
@@ -50,23 +57,22 @@ impl HttpWorker {
         dir: &Path,
         instance: String,
         shared: Arc<FunctionShared>,
+        groups: &Arc<ProcessGroups>,
         on_exit: Box<dyn FnOnce() + Send>,
     ) -> Result<Self, String> {
         let words = spec.command_words();
         let Some((program, args)) = words.split_first() else { return Err("empty command".to_owned()) };
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let mut child = Command::new(program)
-            .args(args)
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             .current_dir(dir)
             .envs(&spec.env)
             .env("PORT", port.to_string())
             .env("SEDGE_FUNCTION", spec.name.as_str())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+            .stderr(Stdio::piped());
+        let (mut child, group) = groups.spawn(&mut cmd).map_err(|e| format!("cannot run {program:?}: {e}"))?;
         let function = spec.name.to_string();
         let recent = Arc::new(RecentLines::default());
         let target = Arc::new(LogTarget::new(function.clone(), instance, shared));
@@ -86,16 +92,18 @@ impl HttpWorker {
                 tokio::select! {
                     _ = child.wait() => {}
                     () = kill.notified() => {
-                        let _ = child.start_kill();
+                        group.kill_now();
                         let _ = child.wait().await;
                     }
                 }
+                // Whatever the server started goes with it.
+                group.kill();
                 alive.store(false, Ordering::Release);
                 exited.notify_waiters();
                 on_exit();
             });
         }
-        let worker = Self { function, port, client, alive, kill };
+        let worker = Self { function, port, client, alive, kill, max_answer: spec.limits.max_answer };
         let ready = tokio::time::timeout(START_TIMEOUT, worker.wait_ready());
         let failure = tokio::select! {
             r = ready => match r {
@@ -180,7 +188,21 @@ impl HttpWorker {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
-        let body = resp.into_body().collect().await.map_err(|e| failed(format!("reading its answer: {e}")))?.to_bytes();
+        let announced = resp.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+        let too_large = |size: Option<u64>| InvokeError::AnswerTooLarge {
+            function: self.function.clone(),
+            size,
+            limit: self.max_answer,
+        };
+        if let Some(size) = announced.filter(|&n: &u64| n > self.max_answer) {
+            return Err(too_large(Some(size)));
+        }
+        let limit = usize::try_from(self.max_answer).unwrap_or(usize::MAX);
+        let body = match Limited::new(resp.into_body(), limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large(None)),
+            Err(e) => return Err(failed(format!("reading its answer: {e}"))),
+        };
         Ok(Reply { status, headers, body })
     }
 }

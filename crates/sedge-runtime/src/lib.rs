@@ -7,6 +7,7 @@
 //! the scaling policy comes from `sedge-scaler`; specs from `sedge-core`.
 
 mod exec;
+mod group;
 mod http;
 pub mod logs;
 mod pool;
@@ -36,6 +37,8 @@ pub struct RuntimeConfig {
     pub shim_dir: PathBuf,
     /// Keep one started interpreter per language waiting for the next cold start.
     pub spares: bool,
+    /// Every worker process group started, so a stopping node ends them all.
+    pub(crate) groups: Arc<group::ProcessGroups>,
 }
 
 impl RuntimeConfig {
@@ -45,7 +48,7 @@ impl RuntimeConfig {
         std::fs::write(dir.join("sedge_worker.py"), PYTHON_SHIM)?;
         std::fs::write(dir.join("sedge_styles.py"), PYTHON_STYLES)?;
         std::fs::write(dir.join("sedge_worker.js"), NODE_SHIM)?;
-        Ok(Self { python, node, shim_dir: dir.to_owned(), spares })
+        Ok(Self { python, node, shim_dir: dir.to_owned(), spares, groups: Arc::default() })
     }
 
     pub(crate) fn shim(&self, kind: RuntimeKind) -> PathBuf {
@@ -139,8 +142,18 @@ impl Runtime {
         for d in drains {
             let _ = d.await;
         }
-        // Give stopping workers their moment to exit on closed stdin.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Give stopping workers their moment to exit on their closed
+        // channel, then end whatever is left, children included.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while !self.config.groups.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.config.groups.kill_all();
+    }
+
+    /// Worker process groups running now (spares included).
+    pub fn process_groups(&self) -> usize {
+        self.config.groups.len()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Pool>>> {

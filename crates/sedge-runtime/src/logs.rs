@@ -1,10 +1,11 @@
-//! Each function's log: what its workers write to stderr (and stdout, which
-//! the shims point at stderr), kept as a bounded ring and streamed to
-//! followers.
+//! Each function's log: what its workers write to stdout and stderr, kept
+//! as a bounded ring and streamed to followers. Each worker's output is
+//! capped per second ([`RateCap`]) so one chatty worker cannot drown the
+//! others or keep the node busy copying lines.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
 
@@ -100,23 +101,100 @@ impl RecentLines {
     }
 }
 
+/// Lines a worker may log per second; the rest of that second is dropped
+/// and counted.
+pub const MAX_LINES_PER_SECOND: u32 = 1000;
+/// Bytes a worker may log per second.
+pub const MAX_BYTES_PER_SECOND: u64 = 1024 * 1024;
+
+/// What to do with one line under the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    Write,
+    /// Write, after a notice that this many lines were dropped before it.
+    WriteAfterDropped(u64),
+    Drop,
+}
+
+/// A per-second cap on lines and bytes, on a caller-supplied clock.
+#[derive(Debug)]
+pub struct RateCap {
+    max_lines: u32,
+    max_bytes: u64,
+    window: Duration,
+    lines: u32,
+    bytes: u64,
+    dropped: u64,
+}
+
+impl RateCap {
+    pub fn new(max_lines: u32, max_bytes: u64) -> Self {
+        Self { max_lines, max_bytes, window: Duration::ZERO, lines: 0, bytes: 0, dropped: 0 }
+    }
+
+    pub fn admit(&mut self, now: Duration, len: usize) -> Admit {
+        if now >= self.window + Duration::from_secs(1) {
+            self.window = now;
+            self.lines = 0;
+            self.bytes = 0;
+        }
+        if self.lines >= self.max_lines || self.bytes + len as u64 > self.max_bytes {
+            self.dropped += 1;
+            return Admit::Drop;
+        }
+        self.lines += 1;
+        self.bytes += len as u64;
+        match std::mem::take(&mut self.dropped) {
+            0 => Admit::Write,
+            n => Admit::WriteAfterDropped(n),
+        }
+    }
+}
+
 /// Whose log a worker's output belongs to. A spare worker runs before it is
 /// any function's; its target is set when it is assigned.
-#[derive(Default)]
-pub struct LogTarget(Mutex<Option<(String, String, Arc<FunctionShared>)>>);
+pub struct LogTarget {
+    owner: Mutex<Option<(String, String, Arc<FunctionShared>)>>,
+    cap: Mutex<RateCap>,
+    origin: tokio::time::Instant,
+}
+
+impl Default for LogTarget {
+    fn default() -> Self {
+        Self {
+            owner: Mutex::new(None),
+            cap: Mutex::new(RateCap::new(MAX_LINES_PER_SECOND, MAX_BYTES_PER_SECOND)),
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
 
 impl LogTarget {
     pub fn new(function: String, instance: String, shared: Arc<FunctionShared>) -> Self {
-        Self(Mutex::new(Some((function, instance, shared))))
+        let target = Self::default();
+        target.set(function, instance, shared);
+        target
     }
 
     pub fn set(&self, function: String, instance: String, shared: Arc<FunctionShared>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((function, instance, shared));
+        *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = Some((function, instance, shared));
     }
 
     fn write(&self, text: String) {
-        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((function, instance, shared)) => shared.logs.push(function, instance, text),
+        let admit = self.cap.lock().unwrap_or_else(|p| p.into_inner()).admit(self.origin.elapsed(), text.len());
+        match &*self.owner.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((function, instance, shared)) => {
+                if let Admit::WriteAfterDropped(n) = admit {
+                    let notice = format!(
+                        "sedge: {n} lines dropped: over the cap of {MAX_LINES_PER_SECOND} lines or \
+                         {MAX_BYTES_PER_SECOND} bytes a second per worker"
+                    );
+                    shared.logs.push(function, instance, notice);
+                }
+                if admit != Admit::Drop {
+                    shared.logs.push(function, instance, text);
+                }
+            }
             None => tracing::debug!("spare worker: {text}"),
         }
     }
@@ -203,6 +281,23 @@ mod tests {
         assert_eq!((lines[0].as_str(), lines[1].as_str(), lines[3].as_str()), ("one", "two", "last"));
         assert_eq!(lines[2].len(), MAX_LINE);
         assert!(recent.joined().ends_with("last"));
+    }
+
+    #[test]
+    fn the_cap_drops_the_rest_of_a_busy_second_and_says_how_many() {
+        let mut cap = RateCap::new(3, 1000);
+        let t = Duration::from_millis;
+        assert_eq!(cap.admit(t(0), 10), Admit::Write);
+        assert_eq!(cap.admit(t(100), 10), Admit::Write);
+        assert_eq!(cap.admit(t(200), 10), Admit::Write);
+        assert_eq!(cap.admit(t(300), 10), Admit::Drop);
+        assert_eq!(cap.admit(t(999), 10), Admit::Drop);
+        assert_eq!(cap.admit(t(1000), 10), Admit::WriteAfterDropped(2));
+        assert_eq!(cap.admit(t(1001), 10), Admit::Write);
+        // Bytes count too: one huge line fills the second.
+        assert_eq!(cap.admit(t(5000), 995), Admit::Write);
+        assert_eq!(cap.admit(t(5001), 10), Admit::Drop);
+        assert_eq!(cap.admit(t(6001), 10), Admit::WriteAfterDropped(1));
     }
 
     #[test]

@@ -421,7 +421,13 @@ impl Pool {
             RuntimeKind::Python => self.config.python.as_str(),
             RuntimeKind::Node => self.config.node.as_str(),
             RuntimeKind::Exec => {
-                let exec = ExecWorker::new(self.spec.clone(), self.dir.clone(), instance, self.shared.clone());
+                let exec = ExecWorker::new(
+                    self.spec.clone(),
+                    self.dir.clone(),
+                    instance,
+                    self.shared.clone(),
+                    self.config.groups.clone(),
+                );
                 return Ok(Worker { id, engine: Engine::Exec(exec) });
             }
             RuntimeKind::Http => {
@@ -431,7 +437,15 @@ impl Pool {
                         pool.on_worker_exit(id);
                     }
                 });
-                let http = HttpWorker::start(&self.spec, &self.dir, instance, self.shared.clone(), on_exit).await?;
+                let http = HttpWorker::start(
+                    &self.spec,
+                    &self.dir,
+                    instance,
+                    self.shared.clone(),
+                    &self.config.groups,
+                    on_exit,
+                )
+                .await?;
                 return Ok(Worker { id, engine: Engine::Http(http) });
             }
         };
@@ -443,6 +457,7 @@ impl Pool {
             dir: &self.dir,
             instance,
             shared: self.shared.clone(),
+            groups: &self.config.groups,
             on_exit: Box::new(move || {
                 if let Some(pool) = me.upgrade() {
                     pool.on_worker_exit(id);

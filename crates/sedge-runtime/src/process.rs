@@ -1,9 +1,19 @@
 //! A long-lived language worker (python or node): one process running the
 //! runtime shim, which loads the user's module once and then answers framed
-//! invocations on its pipes. Several invocations may be in flight at once;
-//! answers are matched to callers by id.
+//! invocations. Several invocations may be in flight at once; answers are
+//! matched to callers by id.
+//!
+//! Frames travel on a socket of their own (the worker's descriptor
+//! [`CHANNEL_FD`]), never on stdin/stdout, so nothing the user's code prints
+//! or its children write can be read as framing; stdout and stderr go to
+//! the function's log. One writer task per worker writes whole frames in
+//! order: a caller that goes away can never leave half a frame behind for
+//! the next one to be read into. The reader decodes with a cap on answer
+//! bodies ([`sedge_protocol::Decoder`]), so a worker cannot make the node
+//! buffer more than the function's `max_answer`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,12 +21,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use command_fds::{CommandFdExt, FdMapping};
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
-use sedge_protocol::{encode_head, parse_header, parse_prefix, Header, PREFIX_LEN};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::oneshot;
+use sedge_protocol::{encode_head, Decoded, Decoder, Header, MAX_BODY};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::group::{ProcessGroup, ProcessGroups};
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::pool::FunctionShared;
 
@@ -25,6 +39,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request bodies up to this size are copied behind the frame head and sent
 /// in one write; larger ones are written separately rather than copied.
 const COALESCE: usize = 64 * 1024;
+/// The worker's descriptor for the frame socket (also in `SEDGE_CHANNEL_FD`).
+pub const CHANNEL_FD: i32 = 3;
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, InvokeError>>>>>;
 
@@ -36,61 +52,88 @@ pub struct Launch<'a> {
     pub instance: String,
     /// The function's log and counters.
     pub shared: Arc<FunctionShared>,
+    pub groups: &'a Arc<ProcessGroups>,
     /// Called once when the process has gone, whatever the reason.
     pub on_exit: Box<dyn FnOnce() + Send>,
 }
 
+/// One frame on its way to a worker.
+struct Outgoing {
+    head: Vec<u8>,
+    body: Bytes,
+}
+
 pub struct ProcessWorker {
     function: String,
-    /// `None` once the worker has been asked to stop.
-    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    /// The writer task's queue; `None` once the worker has been asked to stop.
+    frames: Mutex<Option<mpsc::UnboundedSender<Outgoing>>>,
     pending: Pending,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
-    child: Arc<Mutex<Option<Child>>>,
+    group: Arc<ProcessGroup>,
 }
 
-/// A shim process whose pipes are set up and whose output is being logged,
-/// before its first frame.
+/// A shim process whose channel is set up and whose output is being
+/// logged, before its first frame.
 struct Spawned {
     child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
+    group: Arc<ProcessGroup>,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    decoder: Decoder,
     recent: Arc<RecentLines>,
     target: Arc<LogTarget>,
 }
 
 impl Spawned {
-    fn spawn(mut cmd: Command, program: &str, target: Arc<LogTarget>) -> Result<Self, String> {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot run {program}: {e}"))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
+    fn spawn(
+        mut cmd: Command,
+        program: &str,
+        target: Arc<LogTarget>,
+        groups: &Arc<ProcessGroups>,
+    ) -> Result<Self, String> {
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot make a worker channel: {e}"))?;
+        cmd.fd_mappings(vec![FdMapping { parent_fd: OwnedFd::from(theirs), child_fd: CHANNEL_FD }])
+            .map_err(|e| format!("cannot pass the worker channel: {e}"))?;
+        cmd.env("SEDGE_CHANNEL_FD", CHANNEL_FD.to_string());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let (mut child, group) = groups.spawn(&mut cmd).map_err(|e| format!("cannot run {program}: {e}"))?;
+        // The child's end must close here, or the worker's exit would never
+        // be seen as the end of the channel.
+        drop(cmd);
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err("worker pipes were not set up".to_owned());
         };
+        let channel = ours
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(ours))
+            .map_err(|e| format!("cannot use the worker channel: {e}"))?;
+        let (reader, writer) = channel.into_split();
         let recent = Arc::new(RecentLines::default());
+        logs::pump(stdout, target.clone(), recent.clone());
         logs::pump(stderr, target.clone(), recent.clone());
-        // Buffered: a frame's prefix, header and body usually arrive in one read.
-        let stdout = BufReader::with_capacity(64 * 1024, stdout);
-        Ok(Self { child, stdin, stdout, recent, target })
+        Ok(Self { child, group: Arc::new(group), reader, writer, decoder: Decoder::default(), recent, target })
     }
 
     /// The first frame the shim sends, or why there is none.
     async fn first_frame(&mut self) -> Result<Header, String> {
-        match tokio::time::timeout(START_TIMEOUT, read_frame(&mut self.stdout)).await {
-            Ok(Ok(Some((header, _)))) => Ok(header),
+        let read = read_decoded(&mut self.reader, &mut self.decoder);
+        match tokio::time::timeout(START_TIMEOUT, read).await {
+            Ok(Ok(Some(Decoded::Frame(frame)))) => Ok(frame.header),
+            Ok(Ok(Some(Decoded::Oversized { header, .. }))) => Ok(header),
             Ok(Ok(None)) => Err("worker exited before it was ready".to_owned()),
             Ok(Err(e)) => Err(format!("worker sent a bad frame: {e}")),
             Err(_) => Err(format!("worker was not ready within {}s", START_TIMEOUT.as_secs())),
         }
     }
 
-    /// Ends a process that failed to start and says how, quoting its stderr.
+    /// Ends a process that failed to start and says how, quoting its output.
     async fn failed(self, why: String) -> String {
-        let mut msg = format!("{why} ({})", reap(self.child).await);
+        let mut msg = format!("{why} ({})", reap(self.child, &self.group).await);
         let tail = self.recent.joined();
         if !tail.is_empty() {
-            msg.push_str(&format!("; stderr: {tail}"));
+            msg.push_str(&format!("; output: {tail}"));
         }
         msg
     }
@@ -107,24 +150,27 @@ impl Spawned {
             return Err(self.failed(why).await);
         }
         let function = spec.name.to_string();
-        let child = Arc::new(Mutex::new(Some(self.child)));
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_frames(rx, self.writer, alive.clone(), self.group.clone()));
+        let max_answer = u32::try_from(spec.limits.max_answer).unwrap_or(MAX_BODY);
+        self.decoder.set_max_body(max_answer);
         tokio::spawn(read_answers(
-            self.stdout,
+            Answers { reader: self.reader, decoder: self.decoder, max_answer: spec.limits.max_answer },
             function.clone(),
             pending.clone(),
             alive.clone(),
-            child.clone(),
+            (self.child, self.group.clone()),
             on_exit,
         ));
         Ok(ProcessWorker {
             function,
-            stdin: tokio::sync::Mutex::new(Some(self.stdin)),
+            frames: Mutex::new(Some(tx)),
             pending,
             next_id: AtomicU64::new(1),
             alive,
-            child,
+            group: self.group,
         })
     }
 }
@@ -137,6 +183,7 @@ pub fn function_env(spec: &FunctionSpec) -> BTreeMap<String, String> {
     env.insert("SEDGE_CONCURRENCY".into(), spec.scale.concurrency.to_string());
     env.insert("SEDGE_TIMEOUT".into(), spec.limits.timeout.as_secs().max(1).to_string());
     env.insert("SEDGE_MEMORY_LIMIT".into(), spec.limits.memory.map(|m| m.to_string()).unwrap_or_default());
+    env.insert("SEDGE_MAX_ANSWER".into(), spec.limits.max_answer.to_string());
     env
 }
 
@@ -148,10 +195,10 @@ pub struct Spare {
 }
 
 impl Spare {
-    pub async fn start(program: &str, shim: &Path) -> Result<Self, String> {
+    pub async fn start(program: &str, shim: &Path, groups: &Arc<ProcessGroups>) -> Result<Self, String> {
         let mut cmd = Command::new(program);
         cmd.arg(shim).arg("--spare").env("PYTHONUNBUFFERED", "1");
-        let mut spawned = Spawned::spawn(cmd, program, Arc::new(LogTarget::default()))?;
+        let mut spawned = Spawned::spawn(cmd, program, Arc::new(LogTarget::default()), groups)?;
         match spawned.first_frame().await {
             Ok(Header::Spare) => Ok(Self { spawned }),
             Ok(other) => Err(spawned.failed(format!("spare worker spoke out of turn: {other:?}")).await),
@@ -183,7 +230,9 @@ impl Spare {
             env: function_env(spec),
         };
         let frame = encode_head(&load, 0).map_err(|e| e.to_string())?;
-        if let Err(e) = self.spawned.stdin.write_all(&frame).await {
+        // Dropped mid-write, the spare is dropped too (and killed): no one
+        // else ever reads this channel.
+        if let Err(e) = self.spawned.writer.write_all(&frame).await {
             return Err(self.spawned.failed(format!("spare worker is gone: {e}")).await);
         }
         self.spawned.finish(spec, launch.on_exit).await
@@ -197,13 +246,16 @@ impl ProcessWorker {
         cmd.arg(launch.shim).arg(launch.dir).arg(&spec.handler).current_dir(launch.dir).envs(function_env(spec));
         cmd.env("PYTHONUNBUFFERED", "1");
         let target = Arc::new(LogTarget::new(spec.name.to_string(), launch.instance, launch.shared));
-        Spawned::spawn(cmd, launch.program, target)?.finish(spec, launch.on_exit).await
+        Spawned::spawn(cmd, launch.program, target, launch.groups)?.finish(spec, launch.on_exit).await
     }
 
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
     }
 
+    /// Sends one invocation and waits for its answer. Cancel-safe: once the
+    /// frame is queued it is written whole by the writer task; if this
+    /// future is dropped, the answer is discarded by id when it comes.
     pub async fn call(&self, inv: &Invocation, timeout: Duration) -> Result<Reply, InvokeError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let header = Header::Invoke {
@@ -218,54 +270,51 @@ impl ProcessWorker {
             .map_err(|e| InvokeError::Failed { function: self.function.clone(), message: e.to_string() })?;
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(id, tx);
-        let written = {
-            let mut guard = self.stdin.lock().await;
-            let Some(stdin) = guard.as_mut() else {
-                lock(&self.pending).remove(&id);
-                return Err(self.crashed());
-            };
-            if inv.body.len() <= COALESCE {
-                // One write, one wake-up of the worker, for the common small request.
-                let mut frame = head;
-                frame.extend_from_slice(&inv.body);
-                stdin.write_all(&frame).await
-            } else {
-                match stdin.write_all(&head).await {
-                    Ok(()) => stdin.write_all(&inv.body).await,
-                    Err(e) => Err(e),
-                }
-            }
+        let _forget = Forget { pending: &self.pending, id };
+        let queued = match lock(&self.frames).as_ref() {
+            Some(frames) => frames.send(Outgoing { head, body: inv.body.clone() }).is_ok(),
+            None => false,
         };
-        if written.is_err() {
-            lock(&self.pending).remove(&id);
-            self.kill();
+        if !queued {
             return Err(self.crashed());
         }
         rx.await.unwrap_or_else(|_| Err(self.crashed()))
     }
 
     fn crashed(&self) -> InvokeError {
-        InvokeError::Crashed { function: self.function.clone(), status: "worker pipe closed".to_owned() }
+        InvokeError::Crashed { function: self.function.clone(), status: "worker channel closed".to_owned() }
     }
 
-    /// Kills the process at once; its reader then fails any call in flight.
+    /// Kills the process (and all it started) at once; its reader then
+    /// fails any call in flight.
     pub fn kill(&self) {
         self.alive.store(false, Ordering::Release);
-        if let Some(child) = lock(&self.child).as_mut() {
-            let _ = child.start_kill();
-        }
+        self.group.kill_now();
     }
 
-    /// Asks the worker to finish: closing its stdin makes the shim exit, and
-    /// a worker that lingers is killed.
+    /// Asks the worker to finish: closing its channel makes the shim exit,
+    /// and a worker that lingers is killed.
     pub fn stop(self: Arc<Self>) {
+        self.alive.store(false, Ordering::Release);
+        // The writer task finishes what is queued, then closes the channel.
+        drop(lock(&self.frames).take());
         tokio::spawn(async move {
-            self.alive.store(false, Ordering::Release);
-            // Dropping the pipe is what the shim sees as end of input.
-            drop(self.stdin.lock().await.take());
             tokio::time::sleep(Duration::from_secs(2)).await;
             self.kill();
         });
+    }
+}
+
+/// Forgets a call's answer slot when its caller goes away; an answer that
+/// still comes is then dropped by id.
+struct Forget<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.id);
     }
 }
 
@@ -273,71 +322,118 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Waits briefly for a process that is on its way out, then kills it, and
-/// says how it ended.
-async fn reap(mut child: Child) -> String {
+/// Waits briefly for a process that is on its way out, then kills it (and
+/// whatever is left in its group), and says how it ended.
+async fn reap(mut child: Child, group: &ProcessGroup) -> String {
     let status = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
         Ok(r) => r,
         Err(_) => {
-            let _ = child.start_kill();
+            group.kill_now();
             child.wait().await
         }
     };
+    group.kill();
     match status {
         Ok(s) => s.to_string(),
         Err(e) => e.to_string(),
     }
 }
 
-/// Reads one frame; `Ok(None)` at a clean end of stream.
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(Header, Bytes)>, String> {
-    let mut prefix = [0u8; PREFIX_LEN];
-    match r.read_exact(&mut prefix).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+/// Reads until the decoder has something; `Ok(None)` at a clean end of stream.
+async fn read_decoded(reader: &mut OwnedReadHalf, decoder: &mut Decoder) -> Result<Option<Decoded>, String> {
+    loop {
+        if let Some(d) = decoder.decode().map_err(|e| e.to_string())? {
+            return Ok(Some(d));
+        }
+        match reader.read_buf(decoder.buffer()).await {
+            Ok(0) if decoder.is_empty() => return Ok(None),
+            Ok(0) => return Err("channel closed inside a frame".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
     }
-    let lengths = parse_prefix(prefix).map_err(|e| e.to_string())?;
-    let mut header = vec![0u8; lengths.header as usize];
-    r.read_exact(&mut header).await.map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; lengths.body as usize];
-    r.read_exact(&mut body).await.map_err(|e| e.to_string())?;
-    let header = parse_header(&header).map_err(|e| e.to_string())?;
-    Ok(Some((header, body.into())))
+}
+
+/// The one place frames are written to a worker: each whole, in order.
+async fn write_frames(
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut writer: OwnedWriteHalf,
+    alive: Arc<AtomicBool>,
+    group: Arc<ProcessGroup>,
+) {
+    while let Some(Outgoing { head, body }) = rx.recv().await {
+        let written = if body.len() <= COALESCE {
+            // One write, one wake-up of the worker, for the common small request.
+            let mut frame = head;
+            frame.extend_from_slice(&body);
+            writer.write_all(&frame).await
+        } else {
+            match writer.write_all(&head).await {
+                Ok(()) => writer.write_all(&body).await,
+                Err(e) => Err(e),
+            }
+        };
+        if written.is_err() {
+            // The worker is gone or broken: its reader fails what is in flight.
+            alive.store(false, Ordering::Release);
+            group.kill_now();
+            return;
+        }
+    }
+    // Asked to stop: end of input is the shim's cue to exit.
+    let _ = writer.shutdown().await;
+}
+
+struct Answers {
+    reader: OwnedReadHalf,
+    decoder: Decoder,
+    max_answer: u64,
 }
 
 async fn read_answers(
-    stdout: BufReader<ChildStdout>,
+    answers: Answers,
     function: String,
     pending: Pending,
     alive: Arc<AtomicBool>,
-    child: Arc<Mutex<Option<Child>>>,
+    (child, group): (Child, Arc<ProcessGroup>),
     on_exit: Box<dyn FnOnce() + Send>,
 ) {
-    let mut stdout = stdout;
+    let Answers { mut reader, mut decoder, max_answer } = answers;
+    let answer = |id: u64, result: Result<Reply, InvokeError>| {
+        if let Some(tx) = lock(&pending).remove(&id) {
+            let _ = tx.send(result);
+        }
+    };
     let why = loop {
-        match read_frame(&mut stdout).await {
-            Ok(Some((Header::Response { id, status, headers }, body))) => {
-                if let Some(tx) = lock(&pending).remove(&id) {
-                    let _ = tx.send(Ok(Reply { status, headers, body }));
+        match read_decoded(&mut reader, &mut decoder).await {
+            Ok(Some(Decoded::Frame(frame))) => match frame.header {
+                Header::Response { id, status, headers } => answer(id, Ok(Reply { status, headers, body: frame.body })),
+                Header::Error { id, error, .. } => {
+                    answer(id, Err(InvokeError::Failed { function: function.clone(), message: error }))
                 }
-            }
-            Ok(Some((Header::Error { id, error, .. }, _))) => {
-                if let Some(tx) = lock(&pending).remove(&id) {
-                    let _ = tx.send(Err(InvokeError::Failed { function: function.clone(), message: error }));
+                other => break format!("protocol violation: unexpected {other:?}"),
+            },
+            Ok(Some(Decoded::Oversized { header, body_len })) => match header {
+                // The body is skipped as it arrives; the worker stays.
+                Header::Response { id, .. } => answer(
+                    id,
+                    Err(InvokeError::AnswerTooLarge {
+                        function: function.clone(),
+                        size: Some(u64::from(body_len)),
+                        limit: max_answer,
+                    }),
+                ),
+                Header::Error { id, error, .. } => {
+                    answer(id, Err(InvokeError::Failed { function: function.clone(), message: error }))
                 }
-            }
-            Ok(Some((other, _))) => break format!("protocol violation: unexpected {other:?}"),
+                other => break format!("protocol violation: unexpected {other:?}"),
+            },
             Ok(None) => break String::new(),
             Err(e) => break format!("protocol violation: {e}"),
         }
     };
     alive.store(false, Ordering::Release);
-    let taken = lock(&child).take();
-    let status = match taken {
-        Some(c) => reap(c).await,
-        None => "killed".to_owned(),
-    };
+    let status = reap(child, &group).await;
     let status = if why.is_empty() { status } else { format!("{why}; {status}") };
     for (_, tx) in lock(&pending).drain() {
         let _ = tx.send(Err(InvokeError::Crashed { function: function.clone(), status: status.clone() }));

@@ -73,7 +73,7 @@ impl Spares {
                 RuntimeKind::Node => me.config.node.clone(),
                 _ => me.config.python.clone(),
             };
-            let started = Spare::start(&program, &me.config.shim(kind)).await;
+            let started = Spare::start(&program, &me.config.shim(kind), &me.config.groups).await;
             {
                 let mut st = me.lock();
                 st.starting.remove(&kind);

@@ -1,0 +1,123 @@
+//! Process groups: every worker process starts as the leader of a group of
+//! its own, so whatever it forks (a shell, a helper, a runaway child) is
+//! ended together with it — on a timeout, a removal, a crash or the node's
+//! stop. A process that leaves the group on purpose (`setsid`) is out of
+//! reach here; cgroups are what catch those.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+/// The groups of every worker process a runtime has started and not yet
+/// seen ended, so that a stopping node can end them all.
+#[derive(Debug, Default)]
+pub struct ProcessGroups(Mutex<BTreeSet<i32>>);
+
+impl ProcessGroups {
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<i32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Spawns `cmd` as the leader of a new process group.
+    pub fn spawn(self: &Arc<Self>, cmd: &mut Command) -> std::io::Result<(Child, ProcessGroup)> {
+        cmd.process_group(0).kill_on_drop(true);
+        let child = cmd.spawn()?;
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok()).unwrap_or(0);
+        if pgid > 0 {
+            self.lock().insert(pgid);
+        }
+        Ok((child, ProcessGroup { pgid, ended: AtomicBool::new(pgid <= 0), groups: self.clone() }))
+    }
+
+    /// Kills every group still running.
+    pub fn kill_all(&self) {
+        let all = std::mem::take(&mut *self.lock());
+        for pgid in all {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One worker's process group; killed when dropped.
+#[derive(Debug)]
+pub struct ProcessGroup {
+    pgid: i32,
+    ended: AtomicBool,
+    groups: Arc<ProcessGroups>,
+}
+
+impl ProcessGroup {
+    /// Kills every process in the group. Called once the leader has been
+    /// reaped too, which clears up what it left behind; after that the id
+    /// is forgotten so a later kill cannot reach a group that reused it.
+    pub fn kill(&self) {
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // ESRCH (nothing left) is the common, harmless case.
+        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+        self.groups.lock().remove(&self.pgid);
+    }
+
+    /// Signals the group without forgetting it (the leader is still there).
+    pub fn kill_now(&self) {
+        if !self.ended.load(Ordering::Acquire) {
+            let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn alive(pid: i32) -> bool {
+        nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    }
+
+    #[tokio::test]
+    async fn killing_the_group_ends_the_children_too() {
+        let groups = Arc::<ProcessGroups>::default();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("sleep 30 & echo $!; wait").stdout(std::process::Stdio::piped());
+        let (mut child, group) = groups.spawn(&mut cmd).expect("sh runs");
+        let mut out = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        use tokio::io::AsyncBufReadExt;
+        tokio::io::BufReader::new(&mut out).read_line(&mut line).await.expect("reads the pid");
+        let grandchild: i32 = line.trim().parse().expect("a pid");
+        assert!(alive(grandchild));
+        assert_eq!(groups.len(), 1);
+        group.kill_now();
+        let _ = child.wait().await;
+        group.kill();
+        assert!(groups.is_empty());
+        for _ in 0..100 {
+            if !alive(grandchild) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the grandchild {grandchild} outlived its group");
+    }
+}
