@@ -8,6 +8,7 @@ mod bench;
 mod bundles;
 mod examples;
 mod failures;
+mod hostile;
 mod http_runtime;
 mod lifecycle;
 mod openfaas_api;
