@@ -2,7 +2,8 @@
 
 Run as ``python3 -u sedge_worker.py FUNCTION_DIR HANDLER`` (HANDLER is
 ``module.function``). It loads the user's module once, then answers the
-framed invocations that sedge writes on stdin, as docs/protocol.md describes.
+framed invocations that sedge sends on the channel socket it passes in, as
+docs/protocol.md describes.
 SEDGE_STYLE says how to call the handler: sedge's own way, or the way of the
 framework the code was written for (docs/styles-python.md).
 Standard library only (but for the fission style, whose functions bring
@@ -33,6 +34,8 @@ MAX_BODY = 1024 * 1024 * 1024
 # Error and trace texts are cut to this so an error frame always fits under
 # MAX_HEADER, whatever a handler put in its exception message.
 MAX_ERROR_TEXT = 64 * 1024
+# Answers up to this size are joined to their frame head and sent in one go.
+COALESCE = 64 * 1024
 
 TEXT = "text/plain; charset=utf-8"
 BINARY = "application/octet-stream"
@@ -202,20 +205,29 @@ STYLES = {
 
 
 class Channel:
-    """The protocol's two pipes, taken from fds 0 and 1 so that whatever the
-    user's code prints or reads cannot touch them."""
+    """The protocol's socket, which sedge hands over at the descriptor named by
+    SEDGE_CHANNEL_FD (3 when unset). It is moved to a descriptor of the
+    shim's own, not inherited by child processes, before any user code
+    loads, so that nothing the user's code prints, reads or runs can touch
+    it; stdout and stderr stay the function's own, for its log."""
 
     def __init__(self):
-        self._in = os.fdopen(os.dup(0), "rb")
-        self._out = os.fdopen(os.dup(1), "wb")
+        text = os.environ.get("SEDGE_CHANNEL_FD", "3") or "3"
+        if not (text.isascii() and text.isdigit()):
+            die(f"SEDGE_CHANNEL_FD must be a descriptor number, not {text!r}", 2)
+        given = int(text)
+        try:
+            # os.dup makes a descriptor that exec does not pass on.
+            fd = os.dup(given)
+        except OSError as e:
+            die(f"no channel from sedge at descriptor {given} (SEDGE_CHANNEL_FD): {e}", 2)
+        os.close(given)
+        # Plain file objects over the socket: reads and writes are all it
+        # needs, and the socket module would cost every cold start its import.
+        self._in = os.fdopen(fd, "rb")
+        self._out = os.fdopen(fd, "wb", closefd=False)
         # Frames from several handler threads must not interleave.
         self._lock = threading.Lock()
-        # fd 1 now leads to stderr, for print() and for child processes too.
-        sys.stdout.flush()
-        os.dup2(2, 1)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
         sys.stdout.reconfigure(line_buffering=True)
 
     def read(self):
@@ -252,10 +264,16 @@ class Channel:
                 f"answer too large for a frame ({len(raw)} header bytes, {len(body)} body bytes; "
                 f"limits {MAX_HEADER} and {MAX_BODY})"
             )
+        head = PREFIX.pack(len(raw), len(body)) + raw
         with self._lock:
             try:
-                # One write per frame: one wake-up on sedge's side.
-                self._out.write(b"".join((PREFIX.pack(len(raw), len(body)), raw, body)))
+                # One write for the usual small answer (one wake-up on sedge's
+                # side); a large body follows its head rather than being copied.
+                if len(body) <= COALESCE:
+                    self._out.write(head + body)
+                else:
+                    self._out.write(head)
+                    self._out.write(body)
                 self._out.flush()
             except OSError as e:
                 # sedge no longer listens: nothing this worker does can be seen.
@@ -312,6 +330,17 @@ def read_concurrency():
     if n < 1:
         raise LoadError(f"SEDGE_CONCURRENCY must be a whole number of at least 1, not {text!r}")
     return n
+
+
+def read_max_answer():
+    """The largest answer body the function may give, in bytes
+    (SEDGE_MAX_ANSWER; the protocol's own limit when unset)."""
+    text = os.environ.get("SEDGE_MAX_ANSWER", "")
+    if not text:
+        return MAX_BODY
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise LoadError(f"SEDGE_MAX_ANSWER must be a whole number of bytes, at least 1, not {text!r}")
+    return min(int(text), MAX_BODY)
 
 
 def load_handler(function_dir, handler_name):
@@ -388,7 +417,8 @@ def parse_invoke(header, body):
     return invocation_id, Request(method, path, query, headers, body)
 
 
-def run_invocation(channel, style, handler, invocation_id, request):
+def run_invocation(channel, loaded, invocation_id, request):
+    style, handler = loaded.style, loaded.handler
     try:
         try:
             status, headers, body = style.answer(settle(style.call(handler, request)), request)
@@ -396,6 +426,11 @@ def run_invocation(channel, style, handler, invocation_id, request):
             if style.fail is None:
                 raise
             status, headers, body = style.fail(e, request)
+        if len(body) > loaded.max_answer:
+            # Not sent: sedge would end a worker that announced it.
+            message = f"answer of {len(body)} bytes is over the function's max_answer of {loaded.max_answer} bytes"
+            channel.send({"type": "error", "id": invocation_id, "error": message, "trace": message})
+            return
         channel.send({"type": "response", "id": invocation_id, "status": status, "headers": headers}, body)
     except BaseException as e:  # whatever the handler does, sedge gets an answer
         trace = user_traceback(e)
@@ -404,12 +439,24 @@ def run_invocation(channel, style, handler, invocation_id, request):
         channel.send({"type": "error", "id": invocation_id, "error": clipped(summary(e)), "trace": clipped(trace)})
 
 
-def serve(channel, style, handler, concurrency):
+class Loaded:
+    """A worker's loaded function and the limits it is served with."""
+
+    __slots__ = ("style", "handler", "concurrency", "max_answer")
+
+    def __init__(self, style, handler, concurrency, max_answer):
+        self.style = style
+        self.handler = handler
+        self.concurrency = concurrency
+        self.max_answer = max_answer
+
+
+def serve(channel, loaded):
     pool = None
-    if concurrency > 1:
+    if loaded.concurrency > 1:
         from concurrent.futures import ThreadPoolExecutor
 
-        pool = ThreadPoolExecutor(concurrency, thread_name_prefix="sedge-handler")
+        pool = ThreadPoolExecutor(loaded.concurrency, thread_name_prefix="sedge-handler")
     while True:
         try:
             frame = channel.read()
@@ -419,9 +466,9 @@ def serve(channel, style, handler, concurrency):
         except ProtocolError as e:
             die(f"bad frame from sedge: {e}", 2)
         if pool is None:
-            run_invocation(channel, style, handler, invocation_id, request)
+            run_invocation(channel, loaded, invocation_id, request)
         else:
-            pool.submit(run_invocation, channel, style, handler, invocation_id, request)
+            pool.submit(run_invocation, channel, loaded, invocation_id, request)
     if pool is not None:
         # Invocations already received still get their answers.
         pool.shutdown(wait=True)
@@ -470,13 +517,14 @@ def main(argv):
     try:
         make_style = pick_style()
         concurrency = read_concurrency()
+        max_answer = read_max_answer()
         handler = load_handler(function_dir, handler_name)
-        style = make_style(handler)
+        loaded = Loaded(make_style(handler), handler, concurrency, max_answer)
     except LoadError as e:
         channel.send({"type": "load_error", "error": clipped(str(e))})
         return 1
     channel.send({"type": "ready"})
-    serve(channel, style, handler, concurrency)
+    serve(channel, loaded)
     return 0
 
 

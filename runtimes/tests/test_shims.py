@@ -1,6 +1,6 @@
 """The runtime shims against docs/protocol.md: each test starts a shim as a
 real subprocess on a function folder written for it and speaks the framed
-protocol over its pipes.
+protocol over its channel socket.
 
 Run from the repository root:  python3 -m unittest discover -s runtimes/tests -v
 """
@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -29,57 +30,98 @@ TEXT = "text/plain; charset=utf-8"
 BINARY = "application/octet-stream"
 JSON_TYPE = "application/json"
 
+# Run before a shim by Worker(channel_fd=N): moves the channel from the
+# descriptor it was passed at to N, then becomes the shim.
+MOVE_FD_AND_EXEC = "; ".join((
+    "import os, sys",
+    "given, wanted = int(sys.argv[1]), int(sys.argv[2])",
+    "given == wanted or (os.dup2(given, wanted), os.close(given))",
+    "os.execvp(sys.argv[3], sys.argv[3:])",
+))
+
 
 class Worker:
-    """A shim process with a frame reader and a stderr collector, so a test
-    can wait for either with a timeout instead of blocking forever."""
+    """A shim process as sedge starts it: frames on one end of a socket pair
+    passed in at SEDGE_CHANNEL_FD, stdin from /dev/null, stdout and stderr
+    collected. A test can wait for a frame or for output with a timeout
+    instead of blocking forever."""
 
-    def __init__(self, argv, cwd, env):
-        self.proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+    def __init__(self, argv, cwd, env, channel_fd=None):
+        self.channel, child_end = socket.socketpair()
+        with child_end:
+            fd = child_end.fileno()
+            if channel_fd is None:
+                env = dict(env, SEDGE_CHANNEL_FD=str(fd))
+            else:
+                env = {name: value for name, value in env.items() if name != "SEDGE_CHANNEL_FD"}
+                # As sedge does: the channel at a fixed descriptor number.
+                argv = [sys.executable, "-c", MOVE_FD_AND_EXEC, str(fd), str(channel_fd), *argv]
+            self.proc = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, pass_fds=[fd],
+            )
         self.frames = queue.Queue()
-        self._stderr = []
-        self._stderr_lock = threading.Lock()
+        self._output = {"stdout": [], "stderr": []}
+        self._output_lock = threading.Lock()
         threading.Thread(target=self._read_frames, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        for name in self._output:
+            threading.Thread(target=self._read_output, args=(name,), daemon=True).start()
 
     def _read_frames(self):
-        out = self.proc.stdout
-        while True:
-            prefix = out.read(PREFIX.size)
-            if len(prefix) < PREFIX.size:
-                self.frames.put(("eof", prefix))
-                return
-            header_len, body_len = PREFIX.unpack(prefix)
-            header = out.read(header_len)
-            body = out.read(body_len)
-            try:
-                self.frames.put((json.loads(header), body))
-            except ValueError:
-                self.frames.put(("garbage", header))
-                return
+        with self.channel.makefile("rb") as out:
+            while True:
+                try:
+                    prefix = out.read(PREFIX.size)
+                except OSError:
+                    prefix = b""
+                if len(prefix) < PREFIX.size:
+                    self.frames.put(("eof", prefix))
+                    return
+                header_len, body_len = PREFIX.unpack(prefix)
+                header = out.read(header_len)
+                body = out.read(body_len)
+                try:
+                    self.frames.put((json.loads(header), body))
+                except ValueError:
+                    self.frames.put(("garbage", header))
+                    return
 
-    def _read_stderr(self):
-        for line in self.proc.stderr:
-            with self._stderr_lock:
-                self._stderr.append(line.decode("utf-8", "replace"))
+    def _read_output(self, name):
+        for line in getattr(self.proc, name):
+            with self._output_lock:
+                self._output[name].append(line.decode("utf-8", "replace"))
+
+    def output(self, name):
+        with self._output_lock:
+            return "".join(self._output[name])
 
     def stderr(self):
-        with self._stderr_lock:
-            return "".join(self._stderr)
+        return self.output("stderr")
+
+    def stdout(self):
+        return self.output("stdout")
+
+    def wait_output(self, name, text, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        while text not in self.output(name):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{text!r} never appeared on {name}; got:\n{self.output(name)}\nstderr:\n{self.stderr()}"
+                )
+            time.sleep(0.01)
 
     def wait_stderr(self, text, timeout=WAIT):
-        deadline = time.monotonic() + timeout
-        while text not in self.stderr():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} never appeared on stderr; got:\n{self.stderr()}")
-            time.sleep(0.01)
+        self.wait_output("stderr", text, timeout)
+
+    def wait_stdout(self, text, timeout=WAIT):
+        self.wait_output("stdout", text, timeout)
+
+    def send_raw(self, data):
+        self.channel.sendall(data)
 
     def send(self, header, body=b""):
         raw = json.dumps(header).encode()
-        self.proc.stdin.write(PREFIX.pack(len(raw), len(body)) + raw + body)
-        self.proc.stdin.flush()
+        self.send_raw(PREFIX.pack(len(raw), len(body)) + raw + body)
 
     def invoke(self, invocation_id, path="/", method="GET", query="", headers=(), body=b""):
         self.send(
@@ -112,8 +154,10 @@ class Worker:
             raise AssertionError(f"answer for another id: {header}")
         return header, body
 
-    def close_stdin(self):
-        self.proc.stdin.close()
+    def end_channel(self):
+        """Ends sedge's side of the stream, as sedge does to ask a worker to
+        exit; answers still in flight can come back."""
+        self.channel.shutdown(socket.SHUT_WR)
 
     def wait(self, timeout=WAIT):
         return self.proc.wait(timeout=timeout)
@@ -122,7 +166,7 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+        for stream in (self.channel, self.proc.stdout, self.proc.stderr):
             try:
                 stream.close()
             except OSError:
@@ -173,7 +217,7 @@ class ShimContract:
 
     def test_ready_then_eof_exits_zero(self):
         worker = self.start_ready("kinds")
-        worker.close_stdin()
+        worker.end_channel()
         self.assertEqual(worker.wait(), 0)
 
     def test_missing_module_is_a_load_error(self):
@@ -244,8 +288,7 @@ class ShimContract:
             head = json.dumps({"type": "invoke", "id": i, "method": "GET", "path": "/text",
                                "query": "", "headers": [], "timeout_ms": 1000}).encode()
             raw += PREFIX.pack(len(head), 0) + head
-        worker.proc.stdin.write(raw)
-        worker.proc.stdin.flush()
+        worker.send_raw(raw)
         ids = {worker.frame()[0]["id"] for _ in range(50)}
         self.assertEqual(ids, set(range(1, 51)))
 
@@ -256,16 +299,16 @@ class ShimContract:
 
     # --- logs and failures ---
 
-    def test_printing_goes_to_stderr_not_into_the_protocol(self):
+    def test_printing_goes_to_stdout_not_into_the_protocol(self):
         worker = self.start_ready("prints")
-        worker.wait_stderr("loading now")
+        worker.wait_stdout("loading now")
         header, body = worker.call("/")
         self.assertEqual((header["type"], body), ("response", b"still framed"))
-        worker.wait_stderr("inside the handler")
-        worker.wait_stderr("written to stdout")
+        worker.wait_stdout("inside the handler")
+        worker.wait_stdout("written to stdout")
         header, body = worker.call("/stdin")
         self.assertEqual(body, b"stdin gave 0 bytes")
-        worker.close_stdin()
+        worker.end_channel()
         self.assertEqual(worker.wait(), 0)
 
     def test_exception_is_an_error_frame_with_trace(self):
@@ -305,15 +348,14 @@ class ShimContract:
         for name, raw in bad_frames.items():
             with self.subTest(name):
                 worker = self.start_ready("kinds")
-                worker.proc.stdin.write(raw)
-                worker.proc.stdin.flush()
+                worker.send_raw(raw)
                 self.assertEqual(worker.wait(), 2)
                 self.assertIn("bad frame", worker.stderr())
 
     def test_stream_ending_inside_a_frame_exits_two(self):
         worker = self.start_ready("kinds")
-        worker.proc.stdin.write(PREFIX.pack(10, 0) + b'{"typ')
-        worker.close_stdin()
+        worker.send_raw(PREFIX.pack(10, 0) + b'{"typ')
+        worker.end_channel()
         self.assertEqual(worker.wait(), 2)
 
     def test_concurrent_invocations_answer_out_of_order(self):
@@ -424,11 +466,11 @@ class PythonShimTests(ShimContract, unittest.TestCase):
         ("/response-empty", 302, [["location", "/x"]], b""),
     ]
 
-    def test_child_process_output_goes_to_stderr(self):
+    def test_child_process_output_goes_to_stdout(self):
         worker = self.start_ready("prints")
         header, body = worker.call("/child")
         self.assertEqual((header["type"], body), ("response", b"ran"))
-        worker.wait_stderr("from a child process")
+        worker.wait_stdout("from a child process")
 
     def test_query_all_keeps_every_value(self):
         worker = self.start_ready("kinds")
@@ -444,7 +486,7 @@ class PythonShimTests(ShimContract, unittest.TestCase):
     def test_eof_waits_for_invocations_in_flight(self):
         worker = self.start_ready("slow", SEDGE_CONCURRENCY="2")
         worker.invoke(1, "/", query="ms=300")
-        worker.close_stdin()
+        worker.end_channel()
         header, body = worker.frame()
         self.assertEqual((header["id"], body), (1, b"300"))
         self.assertEqual(worker.wait(), 0)
@@ -554,7 +596,7 @@ class NodeShimTests(ShimContract, unittest.TestCase):
     def test_eof_waits_for_invocations_in_flight(self):
         worker = self.start_ready("slow")
         worker.invoke(1, "/", query="ms=300")
-        worker.close_stdin()
+        worker.end_channel()
         header, body = worker.frame()
         self.assertEqual((header["id"], body), (1, b"300"))
         self.assertEqual(worker.wait(), 0)

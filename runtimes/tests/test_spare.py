@@ -61,7 +61,7 @@ class SpareContract:
 
     def test_closed_input_before_assignment_exits_zero(self):
         self.worker.frame()
-        self.worker.close_stdin()
+        self.worker.end_channel()
         self.assertEqual(self.worker.wait(), 0)
 
 
