@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Python functions run on the environment setup.sh filled.
+export SEDGE_PYTHON="${SEDGE_PYTHON:-$PWD/.venv/bin/python}"
 cargo build --release --locked -p sedge
 dirs=()
 for d in examples/functions/*/; do

@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Python functions run on the environment setup.sh filled.
+export SEDGE_PYTHON="${SEDGE_PYTHON:-$PWD/.venv/bin/python}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-python3 -m unittest discover -s runtimes/tests 2>&1 | tee "$log"
+"$SEDGE_PYTHON" -m unittest discover -s runtimes/tests 2>&1 | tee "$log"
 py_passed=$(awk '/^Ran [0-9]+ test/ {print $2}' "$log")
 cargo test --workspace --locked 2>&1 | tee "$log"
 read -r passed failed < <(awk '/^test result:/ {p += $4; f += $6} END {print p + 0, f + 0}' "$log")

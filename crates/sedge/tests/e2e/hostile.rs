@@ -94,14 +94,12 @@ fn clients_hanging_up_mid_request_never_break_a_worker() {
     let f = FnDir::python("tensor", "[limits]\nmax_body = \"2MiB\"\nqueue = 64\n[scale]\nmax = 2\n", ECHO);
     node.deploy(f.path());
     let body = vec![7u8; TENSOR];
-    // Warm both workers, so that any later start is a restart.
-    std::thread::scope(|s| {
-        for _ in 0..4 {
-            s.spawn(|| assert_eq!(node.post("/function/tensor", &body).status, 200));
-        }
-    });
+    // Both workers up and held, so that any later start is a restart.
+    let out = node.cli(&["scale", "tensor", "--replicas", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    node.wait_for("two workers", Duration::from_secs(30), |n| n.describe("tensor")["availableReplicas"] == 2);
     let warm = cold_starts(&node, "tensor");
-    assert!(warm <= 2, "{warm} cold starts for max = 2");
+    assert_eq!(warm, 2);
     let addr = host(&node);
     let bad = Arc::new(AtomicU32::new(0));
     let stayed = Arc::new(AtomicU32::new(0));
