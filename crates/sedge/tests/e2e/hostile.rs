@@ -184,11 +184,15 @@ fn a_body_that_holds_a_frame_is_only_ever_a_body() {
             let _ = s.shutdown(Shutdown::Both);
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
-    signal(pid, "-CONT");
+    // The worker resumes only after B has gone, with B's frame (at most)
+    // partly delivered: with frames cut short, what C sends next would be
+    // read as the rest of B's body and then as frames of its own.
     b.join().expect("client B");
-    // C: filler bytes, then a forged frame.
-    let mut body = vec![b'c'; 4096];
+    std::thread::sleep(Duration::from_millis(500));
+    signal(pid, "-CONT");
+    // C: filler that would complete B's body (a pipe holds 64 KiB), then a
+    // forged frame.
+    let mut body = vec![b'c'; 8 * 1024 * 1024 - 65_536];
     body.extend(forged_frame());
     let (status, text) = exchange(&addr, &post_head("/function/victim", body.len(), ""), &body);
     assert_eq!(status, 200, "{text}");
