@@ -34,12 +34,16 @@ pub enum Header {
         #[serde(default)]
         headers: Vec<(String, String)>,
     },
-    /// worker → sedge: the handler raised.
+    /// worker → sedge: the handler raised, or its answer could not be sent.
     Error {
         id: u64,
         error: String,
         #[serde(default)]
         trace: String,
+        /// Set when the answer was not sent for being over the function's
+        /// `max_answer` (`SEDGE_MAX_ANSWER`): its size in bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        answer_size: Option<u64>,
     },
 }
 
@@ -257,7 +261,8 @@ mod tests {
             "\\PC*".prop_map(|error| Header::LoadError { error }),
             (any::<u64>(), any::<u16>(), proptest::collection::vec(("\\PC*", "\\PC*"), 0..4))
                 .prop_map(|(id, status, headers)| Header::Response { id, status, headers }),
-            (any::<u64>(), "\\PC*", "\\PC*").prop_map(|(id, error, trace)| Header::Error { id, error, trace }),
+            (any::<u64>(), "\\PC*", "\\PC*", proptest::option::of(any::<u64>()))
+                .prop_map(|(id, error, trace, answer_size)| Header::Error { id, error, trace, answer_size }),
         ]
     }
 

@@ -408,6 +408,14 @@ async fn read_answers(
         match read_decoded(&mut reader, &mut decoder).await {
             Ok(Some(Decoded::Frame(frame))) => match frame.header {
                 Header::Response { id, status, headers } => answer(id, Ok(Reply { status, headers, body: frame.body })),
+                Header::Error { id, answer_size: Some(size), .. } => answer(
+                    id,
+                    Err(InvokeError::AnswerTooLarge {
+                        function: function.clone(),
+                        size: Some(size),
+                        limit: max_answer,
+                    }),
+                ),
                 Header::Error { id, error, .. } => {
                     answer(id, Err(InvokeError::Failed { function: function.clone(), message: error }))
                 }

@@ -268,3 +268,58 @@ fn a_workers_children_go_when_it_times_out_is_removed_or_the_node_stops() {
     assert!(node.terminate().success());
     wait_gone(pid, "after the node stopped");
 }
+
+const BIG_ANSWER: &str = r#"
+import os, sedge
+
+def handle(req):
+    return sedge.Response(b"a" * int(req.text), headers={"x-pid": str(os.getpid())})
+"#;
+
+const BIG_SERVER: &str = r#"
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        n = int(self.rfile.read(int(self.headers["content-length"])))
+        self.send_response(200)
+        self.send_header("content-length", str(n))
+        self.end_headers()
+        self.wfile.write(b"a" * n)
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[test]
+fn answers_over_max_answer_are_refused_by_every_engine() {
+    let node = Node::start();
+    let limits = "[limits]\nmax_answer = \"1MiB\"\n";
+    let python = FnDir::python("bigpy", limits, BIG_ANSWER);
+    let exec = FnDir::new(&crate::support::manifest("bigexec", "exec", "head -c 3000000 /dev/zero", limits), &[]);
+    let http = FnDir::new(
+        &crate::support::manifest("bighttp", "http", "python3 server.py", limits),
+        &[("server.py", BIG_SERVER)],
+    );
+    for f in [&python, &exec, &http] {
+        node.deploy(f.path());
+    }
+    let small = node.post("/function/bigpy", b"10");
+    assert_eq!(small.status, 200, "{}", small.text());
+    let pid = small.header("x-pid").expect("x-pid").to_owned();
+    for name in ["bigpy", "bigexec", "bighttp"] {
+        let a = node.post(&format!("/function/{name}"), b"3000000");
+        assert_eq!(a.status, 502, "{name}: {}", a.text());
+        let e = a.error();
+        assert!(e.contains(name) && e.contains("max_answer of 1048576 bytes"), "{e}");
+    }
+    // Within the cap all is well, and the Python worker was kept.
+    let again = node.post("/function/bigpy", b"1000000");
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.body.len(), 1_000_000);
+    assert_eq!(again.header("x-pid"), Some(pid.as_str()), "the worker was replaced");
+    assert_eq!(node.post("/function/bighttp", b"1000").body.len(), 1000);
+}
