@@ -28,10 +28,10 @@ const JSON_TYPE = 'application/json';
 // --- the channel ---------------------------------------------------------
 // sedge passes a connected Unix socket at the descriptor SEDGE_CHANNEL_FD
 // names (3 when unset); frames go both ways on it. It is opened before any
-// user code runs, and the open socket keeps the process alive. Node.js
-// cannot mark the descriptor close-on-exec, so child processes inherit it
-// and must leave it alone. stdout and stderr stay the function's own, for
-// its log; stdin is replaced by an empty stream.
+// user code runs, and the open socket keeps the process alive. JavaScript
+// cannot mark the descriptor close-on-exec, so child processes may inherit
+// it and must leave it alone. stdout and stderr stay the function's own,
+// for its log; stdin is replaced by an empty stream.
 
 const channel = openChannel();
 Object.defineProperty(process, 'stdin', { value: Readable.from([]), configurable: true, enumerable: true });
