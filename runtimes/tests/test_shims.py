@@ -65,8 +65,11 @@ class Worker:
         self._output = {"stdout": [], "stderr": []}
         self._output_lock = threading.Lock()
         threading.Thread(target=self._read_frames, daemon=True).start()
-        for name in self._output:
-            threading.Thread(target=self._read_output, args=(name,), daemon=True).start()
+        self._output_readers = [
+            threading.Thread(target=self._read_output, args=(name,), daemon=True) for name in self._output
+        ]
+        for reader in self._output_readers:
+            reader.start()
 
     def _read_frames(self):
         with self.channel.makefile("rb") as out:
@@ -167,6 +170,11 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        # The readers end at the pipes' end of file; closing a pipe under a
+        # reader instead would fail in its thread. A child process the
+        # worker left behind may hold the pipes open, hence the timeout.
+        for reader in self._output_readers:
+            reader.join(timeout=1)
         for stream in (self.channel, self.proc.stdout, self.proc.stderr):
             try:
                 stream.close()
