@@ -3,9 +3,11 @@
 //
 // Run as `node sedge_worker.js FUNCTION_DIR HANDLER` (HANDLER is
 // `file.export`). It loads the user's module once, then answers the framed
-// invocations that sedge writes on stdin, as docs/protocol.md describes.
+// invocations that sedge sends on the channel socket it passes in, as
+// docs/protocol.md describes.
 // No dependencies: it must run with nothing but Node.js 20 installed.
 
+const net = require('net');
 const path = require('path');
 const util = require('util');
 const { Readable, Writable } = require('stream');
@@ -23,20 +25,35 @@ const TEXT = 'text/plain; charset=utf-8';
 const BINARY = 'application/octet-stream';
 const JSON_TYPE = 'application/json';
 
-// --- the pipes -----------------------------------------------------------
-// Taken before any user code runs. Node cannot re-point fd 1 the way the
-// Python shim does, so the stdout stream object is kept for frames and its
-// `write` (used by console.log too) is sent to stderr instead; stdin is
-// replaced by an empty stream so user code cannot swallow frames.
+// --- the channel ---------------------------------------------------------
+// sedge passes a connected Unix socket at the descriptor SEDGE_CHANNEL_FD
+// names (3 when unset); frames go both ways on it. It is opened before any
+// user code runs, and the open socket keeps the process alive. JavaScript
+// cannot mark the descriptor close-on-exec, so child processes may inherit
+// it and must leave it alone. stdout and stderr stay the function's own,
+// for its log; stdin is replaced by an empty stream.
 
-const frameIn = process.stdin;
-const frameOut = process.stdout;
-const writeFrameBytes = frameOut.write.bind(frameOut);
-frameOut.write = process.stderr.write.bind(process.stderr);
+const channel = openChannel();
 Object.defineProperty(process, 'stdin', { value: Readable.from([]), configurable: true, enumerable: true });
 
-// Resolves once every frame written so far has reached the pipe; process.exit
-// would otherwise drop what is still queued.
+function openChannel() {
+  const text = process.env.SEDGE_CHANNEL_FD || '3';
+  if (!/^\d+$/.test(text)) failEarly(`SEDGE_CHANNEL_FD must be a descriptor number, not ${JSON.stringify(text)}`);
+  try {
+    // allowHalfOpen: answers still in flight go out after sedge ends its side.
+    return new net.Socket({ fd: Number(text), readable: true, writable: true, allowHalfOpen: true });
+  } catch (err) {
+    return failEarly(`no channel from sedge at descriptor ${text} (SEDGE_CHANNEL_FD): ${err.message}`);
+  }
+}
+
+function failEarly(message) {
+  process.stderr.write(`sedge worker: ${message}\n`);
+  process.exit(2);
+}
+
+// Resolves once every frame written so far has reached the socket;
+// process.exit would otherwise drop what is still queued.
 let framesFlushed = Promise.resolve();
 
 function sendFrame(header, body = EMPTY) {
@@ -51,14 +68,17 @@ function sendFrame(header, body = EMPTY) {
   prefix.writeUInt32BE(raw.length, 0);
   prefix.writeUInt32BE(body.length, 4);
   // One write for the usual small answer (one wake-up on sedge's side); a
-  // large body follows its head rather than being copied. The stream keeps
-  // writes in call order and nothing runs between the two calls, so frames
-  // from concurrent invocations cannot interleave.
+  // large body follows its head rather than being copied, both corked into
+  // one writev. The socket keeps writes in call order and nothing runs
+  // between the calls, so frames from concurrent invocations cannot
+  // interleave.
   if (body.length <= COALESCE) {
-    framesFlushed = new Promise((resolve) => writeFrameBytes(Buffer.concat([prefix, raw, body]), resolve));
+    framesFlushed = new Promise((resolve) => channel.write(Buffer.concat([prefix, raw, body]), resolve));
   } else {
-    writeFrameBytes(Buffer.concat([prefix, raw]));
-    framesFlushed = new Promise((resolve) => writeFrameBytes(body, resolve));
+    channel.cork();
+    channel.write(Buffer.concat([prefix, raw]));
+    framesFlushed = new Promise((resolve) => channel.write(body, resolve));
+    channel.uncork();
   }
 }
 
@@ -69,9 +89,9 @@ function exitAfterFlush(code, message) {
   Promise.all([framesFlushed, logged]).then(() => process.exit(code));
 }
 
-frameOut.on('error', (err) => {
+channel.on('error', (err) => {
   // sedge no longer listens: nothing this worker does can be seen.
-  process.stderr.write(`sedge worker: cannot write to sedge: ${err.message}\n`, () => process.exit(1));
+  process.stderr.write(`sedge worker: cannot talk to sedge: ${err.message}\n`, () => process.exit(1));
 });
 
 class ProtocolError extends Error {}
@@ -1114,6 +1134,17 @@ function pickStyle() {
   return STYLES[name]();
 }
 
+/** The largest answer body the function may give, in bytes
+ * (SEDGE_MAX_ANSWER; the protocol's own limit when unset). */
+function readMaxAnswer() {
+  const text = process.env.SEDGE_MAX_ANSWER || '';
+  if (text === '') return MAX_BODY;
+  if (!/^\d+$/.test(text) || Number(text) < 1) {
+    throw new LoadError(`SEDGE_MAX_ANSWER must be a whole number of bytes, at least 1, not ${JSON.stringify(text)}`);
+  }
+  return Math.min(Number(text), MAX_BODY);
+}
+
 function loadHandler(functionDir, handlerName, style) {
   const dot = handlerName.lastIndexOf('.');
   if (dot <= 0 || dot === handlerName.length - 1) {
@@ -1163,9 +1194,15 @@ function parseInvoke(header, body) {
   return [header.id, { method: header.method, path: header.path, query: header.query, headers: pairs, body }];
 }
 
-async function runInvocation(style, handler, id, invocation) {
+async function runInvocation({ style, handler, maxAnswer }, id, invocation) {
   try {
     const [status, headers, body] = await style.run(handler, invocation);
+    if (body.length > maxAnswer) {
+      // Not sent: sedge would end a worker that announced it.
+      const message = `answer of ${body.length} bytes is over the function's max_answer of ${maxAnswer} bytes`;
+      sendFrame({ type: 'error', id, error: message, trace: message });
+      return;
+    }
     sendFrame({ type: 'response', id, status, headers }, body);
   } catch (err) {
     const { summary, trace } = describe(err);
@@ -1178,7 +1215,8 @@ async function runInvocation(style, handler, id, invocation) {
 function start(functionDir, handlerName) {
   try {
     const style = pickStyle();
-    return { style, handler: loadHandler(functionDir, handlerName, style) };
+    const maxAnswer = readMaxAnswer();
+    return { style, handler: loadHandler(functionDir, handlerName, style), maxAnswer };
   } catch (err) {
     if (!(err instanceof LoadError)) throw err;
     sendFrame({ type: 'load_error', error: clipped(err.message) });
@@ -1221,7 +1259,7 @@ function serve(loaded) {
       loaded = assign(header);
       if (loaded === null) {
         failed = true;
-        frameIn.pause();
+        channel.pause();
       } else {
         sendFrame({ type: 'ready' });
       }
@@ -1229,23 +1267,23 @@ function serve(loaded) {
     }
     const [id, invocation] = parseInvoke(header, body);
     inFlight += 1;
-    runInvocation(loaded.style, loaded.handler, id, invocation).finally(() => {
+    runInvocation(loaded, id, invocation).finally(() => {
       inFlight -= 1;
       exitWhenIdle();
     });
   });
-  frameIn.on('data', (chunk) => {
+  channel.on('data', (chunk) => {
     if (failed) return;
     try {
       reader.push(chunk);
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
       failed = true;
-      frameIn.pause();
+      channel.pause();
       exitAfterFlush(2, `bad frame from sedge: ${err.message}`);
     }
   });
-  frameIn.on('end', () => {
+  channel.on('end', () => {
     if (failed) return;
     if (reader.buffered > 0) {
       failed = true;

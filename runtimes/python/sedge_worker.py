@@ -231,7 +231,7 @@ class Channel:
         sys.stdout.reconfigure(line_buffering=True)
 
     def read(self):
-        """The next (header, body), or None when sedge closed the pipe
+        """The next (header, body), or None when sedge ended the channel
         between frames."""
         prefix = self._in.read(PREFIX.size)
         if not prefix:

@@ -51,7 +51,8 @@ class Worker:
         with child_end:
             fd = child_end.fileno()
             if channel_fd is None:
-                env = dict(env, SEDGE_CHANNEL_FD=str(fd))
+                # A test may name another descriptor, to see it refused.
+                env = {"SEDGE_CHANNEL_FD": str(fd), **env}
             else:
                 env = {name: value for name, value in env.items() if name != "SEDGE_CHANNEL_FD"}
                 # As sedge does: the channel at a fixed descriptor number.
@@ -64,8 +65,11 @@ class Worker:
         self._output = {"stdout": [], "stderr": []}
         self._output_lock = threading.Lock()
         threading.Thread(target=self._read_frames, daemon=True).start()
-        for name in self._output:
-            threading.Thread(target=self._read_output, args=(name,), daemon=True).start()
+        self._output_readers = [
+            threading.Thread(target=self._read_output, args=(name,), daemon=True) for name in self._output
+        ]
+        for reader in self._output_readers:
+            reader.start()
 
     def _read_frames(self):
         with self.channel.makefile("rb") as out:
@@ -166,6 +170,11 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        # The readers end at the pipes' end of file; closing a pipe under a
+        # reader instead would fail in its thread. A child process the
+        # worker left behind may hold the pipes open, hence the timeout.
+        for reader in self._output_readers:
+            reader.join(timeout=1)
         for stream in (self.channel, self.proc.stdout, self.proc.stderr):
             try:
                 stream.close()
@@ -189,12 +198,12 @@ class ShimContract:
         self.dir = Path(tempfile.mkdtemp(prefix="sedge-shim-test-"))
         self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
 
-    def start(self, source=None, handler="handler.handle", **env):
+    def start(self, source=None, handler="handler.handle", channel_fd=None, **env):
         if source is not None:
             (self.dir / self.HANDLER_FILE).write_text(textwrap.dedent(self.SOURCES[source]))
         full_env = dict(os.environ, SEDGE_FUNCTION="test-fn", SEDGE_STYLE="sedge", SEDGE_CONCURRENCY="1")
         full_env.update(env)
-        worker = Worker(self.command(handler), self.dir, full_env)
+        worker = Worker(self.command(handler), self.dir, full_env, channel_fd=channel_fd)
         self.addCleanup(worker.kill)
         return worker
 
@@ -366,6 +375,55 @@ class ShimContract:
         second, _ = worker.frame()
         self.assertEqual((first["id"], second["id"]), (2, 1))
 
+    # --- the channel ---
+
+    def test_output_through_descriptor_one_reaches_stdout_not_the_channel(self):
+        worker = self.start_ready("writes_fd1")
+        for _ in range(2):  # the second call finds the stream still in step
+            header, body = worker.call("/")
+            self.assertEqual((header["type"], header["status"], body), ("response", 200, b"answered"), worker.stderr())
+        for text in self.FD1_TEXTS:
+            worker.wait_stdout(text)
+        worker.wait_stderr("to stderr")
+        self.assertNotIn("to stderr", worker.stdout())
+
+    def test_channel_at_descriptor_three_when_unnamed(self):
+        worker = self.start_ready("kinds", channel_fd=3)
+        header, body = worker.call("/text")
+        self.assertEqual((header["status"], body), (200, "héllo".encode()))
+        worker.end_channel()
+        self.assertEqual(worker.wait(), 0)
+
+    def test_channel_closed_both_ways_exits_zero(self):
+        worker = self.start_ready("kinds")
+        worker.channel.shutdown(socket.SHUT_RDWR)
+        self.assertEqual(worker.wait(), 0)
+
+    def test_no_channel_exits_two(self):
+        worker = self.start("kinds", SEDGE_CHANNEL_FD="99")
+        self.assertEqual(worker.wait(), 2)
+        self.assertIn("SEDGE_CHANNEL_FD", worker.stderr())
+
+    # --- max_answer ---
+
+    def test_answer_over_max_answer_is_an_error_frame(self):
+        for limit, over in ((1000, 1001), (100_000, 300_000)):  # one small, one past the coalescing size
+            with self.subTest(limit=limit):
+                worker = self.start_ready("sized", SEDGE_MAX_ANSWER=str(limit))
+                header, body = worker.call("/", query=f"n={limit}")
+                self.assertEqual((header["type"], len(body)), ("response", limit))
+                header, body = worker.call("/", query=f"n={over}")
+                message = f"answer of {over} bytes is over the function's max_answer of {limit} bytes"
+                self.assertEqual((header["type"], header["id"], header["error"], body), ("error", 1, message, b""))
+                # The worker serves on.
+                header, body = worker.call("/", query="n=10")
+                self.assertEqual((header["type"], body), ("response", b"x" * 10))
+
+    def test_bad_max_answer_is_a_load_error(self):
+        for bad in ("ten", "-5", "0", "1.5"):
+            with self.subTest(bad=bad):
+                self.expect_load_error(self.start("sized", SEDGE_MAX_ANSWER=bad), "SEDGE_MAX_ANSWER")
+
 
 class PythonShimTests(ShimContract, unittest.TestCase):
     HANDLER_FILE = "handler.py"
@@ -449,7 +507,44 @@ class PythonShimTests(ShimContract, unittest.TestCase):
                 time.sleep(int(req.query["ms"]) / 1000)
                 return req.query["ms"]
         """,
+        "writes_fd1": """
+            import os, subprocess, sys
+
+            def handle(req):
+                print("printed x")
+                os.write(1, b"raw write\\n")
+                os.system("echo hi from os.system")
+                subprocess.run(["echo", "hi from subprocess.run"], check=True)
+                print("to stderr", file=sys.stderr)
+                return "answered"
+        """,
+        "sized": """
+            def handle(req):
+                return b"x" * int(req.query["n"])
+        """,
+        "fds": """
+            import os
+
+            def handle(req):
+                channel = int(os.environ["SEDGE_CHANNEL_FD"])
+                try:
+                    os.fstat(channel)
+                    original = "open"
+                except OSError:
+                    original = "closed"
+                fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+                inheritable = [fd for fd in fds if fd > 2 and _inheritable(fd)]
+                return {"original": original, "inheritable": inheritable}
+
+            def _inheritable(fd):
+                try:
+                    return os.get_inheritable(fd)
+                except OSError:  # the listing's own descriptor, gone by now
+                    return False
+        """,
     }
+
+    FD1_TEXTS = ["printed x", "raw write", "hi from os.system", "hi from subprocess.run"]
 
     RETURN_CASES = [
         ("/text", 200, [["content-type", TEXT]], "héllo".encode()),
@@ -490,6 +585,11 @@ class PythonShimTests(ShimContract, unittest.TestCase):
         header, body = worker.frame()
         self.assertEqual((header["id"], body), (1, b"300"))
         self.assertEqual(worker.wait(), 0)
+
+    def test_channel_is_not_left_for_user_code(self):
+        worker = self.start_ready("fds")
+        header, body = worker.call("/")
+        self.assertEqual(json.loads(body), {"original": "closed", "inheritable": []}, worker.stderr())
 
     def test_bad_concurrency_is_a_load_error(self):
         self.expect_load_error(self.start("kinds", SEDGE_CONCURRENCY="zero"), "SEDGE_CONCURRENCY")
@@ -574,7 +674,24 @@ class NodeShimTests(ShimContract, unittest.TestCase):
               return req.query.ms;
             };
         """,
+        "writes_fd1": """
+            const fs = require('fs');
+            const { execSync } = require('child_process');
+
+            exports.handle = () => {
+              console.log('logged x');
+              fs.writeSync(1, 'raw write\\n');
+              execSync('echo hi from execSync', { stdio: 'inherit' });
+              console.error('to stderr');
+              return Buffer.from('answered');
+            };
+        """,
+        "sized": """
+            exports.handle = (req) => Buffer.alloc(Number(req.query.n), 'x');
+        """,
     }
+
+    FD1_TEXTS = ["logged x", "raw write", "hi from execSync"]
 
     RETURN_CASES = [
         ("/text", 200, [["content-type", TEXT]], "héllo".encode()),

@@ -49,6 +49,12 @@ class SpareContract:
         self.assertEqual(header["status"], 200)
         self.assertEqual(json.loads(body), {"greeting": "hi", "cwd": str(self.dir), "function": "fn"})
 
+    def test_max_answer_comes_with_the_load_frame(self):
+        self.assertEqual(self.load(env={"SEDGE_MAX_ANSWER": "5"}), {"type": "ready"})
+        header, body = self.worker.call("/")
+        self.assertEqual(header["type"], "error", header)
+        self.assertRegex(header["error"], r"^answer of \d+ bytes is over the function's max_answer of 5 bytes$")
+
     def test_a_module_that_does_not_load_is_reported(self):
         header = self.load(handler="missing.handle")
         self.assertEqual(header["type"], "load_error")
