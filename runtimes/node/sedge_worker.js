@@ -1198,9 +1198,9 @@ async function runInvocation({ style, handler, maxAnswer }, id, invocation) {
   try {
     const [status, headers, body] = await style.run(handler, invocation);
     if (body.length > maxAnswer) {
-      // Not sent: sedge would end a worker that announced it.
+      // Not sent: sedge would only skip it. answer_size tells sedge why.
       const message = `answer of ${body.length} bytes is over the function's max_answer of ${maxAnswer} bytes`;
-      sendFrame({ type: 'error', id, error: message, trace: message });
+      sendFrame({ type: 'error', id, error: message, trace: message, answer_size: body.length });
       return;
     }
     sendFrame({ type: 'response', id, status, headers }, body);

@@ -427,9 +427,11 @@ def run_invocation(channel, loaded, invocation_id, request):
                 raise
             status, headers, body = style.fail(e, request)
         if len(body) > loaded.max_answer:
-            # Not sent: sedge would end a worker that announced it.
+            # Not sent: sedge would only skip it. answer_size tells sedge why.
             message = f"answer of {len(body)} bytes is over the function's max_answer of {loaded.max_answer} bytes"
-            channel.send({"type": "error", "id": invocation_id, "error": message, "trace": message})
+            channel.send(
+                {"type": "error", "id": invocation_id, "error": message, "trace": message, "answer_size": len(body)}
+            )
             return
         channel.send({"type": "response", "id": invocation_id, "status": status, "headers": headers}, body)
     except BaseException as e:  # whatever the handler does, sedge gets an answer

@@ -13,6 +13,7 @@
 //!   samples the node's and its workers' CPU and memory from `/proc`.
 //! - [`record`]: the raw results on disk; [`report`] turns them into
 //!   `summary.json`, `summary.md`, `report.html` and SVG charts.
+//! - [`hangup`]: clients hanging up mid-request beside clients that stay.
 //! - [`trivial`] and [`ceiling`]: a trivial server and `wrk`, to measure the
 //!   generator's own ceiling.
 //!
@@ -23,6 +24,7 @@
 pub mod ceiling;
 pub mod error;
 pub mod experiment;
+pub mod hangup;
 pub mod http;
 pub mod load;
 pub mod node;

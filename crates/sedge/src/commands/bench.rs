@@ -25,6 +25,7 @@ enum BenchCommand {
     Run(RunArgs),
     Report(ReportArgs),
     Ceiling(CeilingArgs),
+    Hangups(HangupArgs),
     /// A trivial HTTP server for `ceiling` (prints its address, serves until killed).
     #[command(hide = true)]
     TrivialServer,
@@ -108,6 +109,44 @@ struct CeilingArgs {
     no_wrk: bool,
 }
 
+/// Clients hanging up mid-request beside clients that stay: counts the
+/// staying clients' answers and, on a sedge node, the function's restarts.
+#[derive(clap::Args)]
+struct HangupArgs {
+    /// A function's URL, e.g. http://127.0.0.1:8080/function/NAME.
+    url: String,
+    /// Request body: text, or @FILE.
+    #[arg(long)]
+    data: Option<String>,
+    #[arg(long, default_value_t = 30)]
+    rounds: u32,
+    /// Clients per round that hang up (every other one after its whole body).
+    #[arg(long, default_value_t = 16)]
+    leavers: u32,
+    /// Clients per round that wait for their answers.
+    #[arg(long, default_value_t = 2)]
+    stayers: u32,
+    /// A leaver closes its socket after a delay in this range, as MIN..MAX.
+    #[arg(long, default_value = "5ms..60ms", value_parser = parse_range)]
+    leave_after: (Duration, Duration),
+    /// Calls made one by one after the rounds.
+    #[arg(long, default_value_t = 4)]
+    steady: u32,
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    timeout: Duration,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn parse_range(text: &str) -> Result<(Duration, Duration), String> {
+    let (lo, hi) = text.split_once("..").ok_or_else(|| format!("{text:?} is not a range like 5ms..60ms"))?;
+    let (lo, hi) = (parse_duration(lo)?, parse_duration(hi)?);
+    if lo > hi {
+        return Err(format!("{text:?}: the start is after the end"));
+    }
+    Ok((lo, hi))
+}
+
 /// `gateway`: the global `--gateway` when it was given explicitly.
 pub fn run(args: Args, gateway: Option<&str>) -> Result<()> {
     match args.command {
@@ -115,6 +154,7 @@ pub fn run(args: Args, gateway: Option<&str>) -> Result<()> {
         BenchCommand::Run(a) => run_command(a, gateway),
         BenchCommand::Report(a) => report_command(&a.dir),
         BenchCommand::Ceiling(a) => ceiling_command(a),
+        BenchCommand::Hangups(a) => hangups_command(a),
         BenchCommand::TrivialServer => trivial_server(),
     }
 }
@@ -133,6 +173,52 @@ fn body(data: Option<&str>) -> Result<Vec<u8>> {
         Some(d) if d.starts_with('@') => std::fs::read(&d[1..]).with_context(|| format!("cannot read {}", &d[1..]))?,
         Some(d) => d.as_bytes().to_vec(),
     })
+}
+
+/// The function's cold starts, when `url` is a function on a sedge node.
+async fn cold_starts(url: &str) -> Option<u64> {
+    let (base, name) = url.split_once("/function/")?;
+    let name = name.split(['/', '?']).next()?;
+    let describe = format!("{base}/system/function/{name}");
+    let answer =
+        sedge_bench::http::once(&describe, "GET", &[], Vec::new().into(), Duration::from_secs(10)).await.ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    json["sedge"]["coldStarts"].as_u64()
+}
+
+fn hangups_command(a: HangupArgs) -> Result<()> {
+    let plan = sedge_bench::hangup::HangupPlan {
+        url: a.url.clone(),
+        body: body(a.data.as_deref())?.into(),
+        rounds: a.rounds,
+        leavers: a.leavers,
+        stayers: a.stayers,
+        leave_after: a.leave_after,
+        steady: a.steady,
+        timeout: a.timeout,
+        seed: a.seed,
+    };
+    let rt = runtime(0)?;
+    let (before, result, after) = rt.block_on(async {
+        let before = cold_starts(&a.url).await;
+        let result = sedge_bench::hangup::run(&plan).await;
+        let after = cold_starts(&a.url).await;
+        (before, result, after)
+    });
+    let r = result?;
+    println!("{} rounds, {} clients hung up, {} stayed", a.rounds, r.leavers, r.stayed.total());
+    println!("{:<16} {:>6} {:>6} {:>6} {:>8}", "", "2xx", "4xx", "5xx", "no answer");
+    for (what, c) in [("staying clients", &r.stayed), ("steady after", &r.steady)] {
+        println!("{what:<16} {:>6} {:>6} {:>6} {:>8}", c.ok, c.client_error, c.server_error, c.failed);
+    }
+    match (before, after) {
+        (Some(b), Some(a)) => println!("worker starts during the run: {}", a.saturating_sub(b)),
+        _ => println!("worker starts during the run: unknown (not a sedge function URL)"),
+    }
+    if r.stayed.server_error + r.stayed.failed + r.steady.server_error + r.steady.failed > 0 {
+        bail!("clients that stayed got 5xx or no answer");
+    }
+    Ok(())
 }
 
 fn load_command(a: LoadArgs) -> Result<()> {
