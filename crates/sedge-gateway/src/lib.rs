@@ -11,6 +11,7 @@
 pub mod error;
 pub mod metrics;
 mod routes;
+pub mod server;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use sedge_runtime::Runtime;
 use sedge_store::{FunctionRecord, Store};
 
 pub use error::ApiError;
+pub use routes::body::BodyMemory;
+pub use server::ServerConfig;
 
 /// Everything a request may touch.
 pub struct Node {
@@ -32,6 +35,8 @@ pub struct Node {
     pub max_bundle: usize,
     /// Deploys and removals run one at a time; invocations never wait on it.
     pub deploy_lock: tokio::sync::Mutex<()>,
+    /// Bytes of invocation bodies held in memory at once, node-wide.
+    pub body_memory: BodyMemory,
 }
 
 impl Node {
@@ -42,6 +47,7 @@ impl Node {
             metrics: metrics::Metrics::default(),
             max_bundle: 512 * 1024 * 1024,
             deploy_lock: tokio::sync::Mutex::new(()),
+            body_memory: BodyMemory::new(BodyMemory::DEFAULT),
         }
     }
 }
@@ -50,14 +56,15 @@ pub fn router(node: Arc<Node>) -> Router {
     routes::router().with_state(node)
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then stops
-/// accepting and lets open requests finish.
+/// Serves the API on `listener` within `config`'s limits until `shutdown`
+/// completes, then stops accepting and lets open requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
+    config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await
+    server::run(listener, router(node), config, shutdown).await
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {

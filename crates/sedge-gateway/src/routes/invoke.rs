@@ -4,14 +4,14 @@
 
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sedge_core::{Invocation, InvokeError, Reply};
 use sedge_runtime::Pool;
 
-use super::body::{read_capped, Capped};
+use super::body::{read_body, BodyError, Held};
 use super::Shared;
 use crate::ApiError;
 
@@ -34,7 +34,7 @@ async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Respo
     // Unknown names get no metrics series: clients must not be able to
     // grow the metrics without bound.
     let Some(pool) = node.runtime.get(name) else { return ApiError::not_found(name).into_response() };
-    let mut response = match call(&pool, name, path, req).await {
+    let mut response = match call(node, &pool, name, path, req).await {
         Ok(reply) => reply_response(reply),
         Err(e) => e.into_response(),
     };
@@ -45,17 +45,55 @@ async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Respo
     response
 }
 
-async fn call(pool: &Pool, name: &str, path: String, req: Request) -> Result<Reply, ApiError> {
+/// A refusal; `unread` when the request's body was not read to its end.
+struct Refused {
+    error: ApiError,
+    unread: bool,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut response = self.error.into_response();
+        if self.unread {
+            // The rest of the body is still on the wire: it must not be
+            // parsed as the connection's next request.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// Refuses what can be refused before a byte of the body is read (too
+/// large by its declared length, no room in the function's queue), then
+/// reads the body within `max_body` and the node's body memory.
+async fn call(node: &crate::Node, pool: &Pool, name: &str, path: String, req: Request) -> Result<Reply, Refused> {
     let (parts, body) = req.into_parts();
+    let unread = !body.is_end_stream();
+    let refuse = |error: ApiError| Refused { error, unread };
     let limit = pool.spec().limits.max_body;
-    let too_large = |size: u64| InvokeError::PayloadTooLarge { function: name.to_owned(), size, limit };
-    let body = read_capped(body, limit)
-        .await
-        .map_err(|e| match e {
-            Capped::Over(size) => ApiError::from(too_large(size)),
-            Capped::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
-        })?
-        .into();
+    let too_large = |size: u64| ApiError::from(InvokeError::PayloadTooLarge { function: name.to_owned(), size, limit });
+    if let Some(size) = body.size_hint().exact().filter(|n| *n > limit) {
+        return Err(refuse(too_large(size)));
+    }
+    let admission = pool.admit().map_err(|e| refuse(e.into()))?;
+    let mut held = Held::default();
+    let body = read_body(body, limit, &node.body_memory, &mut held).await.map_err(|e| {
+        refuse(match e {
+            BodyError::Over(size) => too_large(size),
+            BodyError::NoMemory => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the node holds its limit of {} bytes of request bodies in memory; try again shortly",
+                    node.body_memory.budget()
+                ),
+            ),
+            BodyError::Stalled(after) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body sent nothing for {}", humantime::format_duration(after)),
+            ),
+            BodyError::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
+        })
+    })?;
     let headers =
         parts.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
     let inv = Invocation {
@@ -63,9 +101,13 @@ async fn call(pool: &Pool, name: &str, path: String, req: Request) -> Result<Rep
         path,
         query: parts.uri.query().unwrap_or_default().to_owned(),
         headers,
-        body,
+        body: body.into(),
     };
-    Ok(pool.invoke(inv).await?)
+    let reply = admission.invoke(inv).await;
+    // The body's bytes count against the node's memory until the
+    // invocation that holds them has ended.
+    drop(held);
+    reply.map_err(|e| Refused { error: e.into(), unread: false })
 }
 
 fn reply_response(reply: Reply) -> Response {

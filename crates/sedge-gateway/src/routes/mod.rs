@@ -1,6 +1,6 @@
 //! The route table.
 
-mod body;
+pub(crate) mod body;
 mod functions;
 mod invoke;
 mod logs;

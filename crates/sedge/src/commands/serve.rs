@@ -21,6 +21,8 @@ pub struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "SEDGE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    #[command(flatten)]
+    gateway: GatewayLimits,
     /// Where the node keeps its database and bundles.
     #[arg(long, env = "SEDGE_DATA")]
     data: Option<PathBuf>,
@@ -40,6 +42,101 @@ pub struct Args {
     /// Node.js executable for node functions.
     #[arg(long, env = "SEDGE_NODE", default_value = "node")]
     node: String,
+}
+
+/// The gateway's limits on clients: each bounds what one client, or many,
+/// can hold of the node (descriptors, memory, time).
+#[derive(clap::Args)]
+struct GatewayLimits {
+    /// A request's headers must arrive whole within this.
+    #[arg(long, env = "SEDGE_HEADER_READ_TIMEOUT", value_parser = duration, default_value = "10s")]
+    header_read_timeout: Duration,
+    /// A connection that moves no byte for this long, with no request running, is closed.
+    #[arg(long, env = "SEDGE_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
+    idle_timeout: Duration,
+    /// A request body that sends nothing for this long is cut off (408).
+    #[arg(long, env = "SEDGE_BODY_TIMEOUT", value_parser = duration, default_value = "30s")]
+    body_timeout: Duration,
+    /// Open client connections at most; more are closed as they arrive.
+    #[arg(long, env = "SEDGE_MAX_CONNECTIONS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Bytes of a request's line and headers at most (at least 8KiB).
+    #[arg(long, env = "SEDGE_MAX_HEADER_SIZE", value_parser = header_size, default_value = "64KiB")]
+    max_header_size: u64,
+    /// Headers per request at most.
+    #[arg(long, env = "SEDGE_MAX_HEADERS", default_value_t = 100,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_headers: u16,
+    /// Bytes of invocation bodies held in memory at once, all functions
+    /// together; past it requests get 503 with Retry-After.
+    #[arg(long, env = "SEDGE_MAX_BODY_MEMORY", value_parser = size, default_value = "256MiB")]
+    max_body_memory: u64,
+}
+
+impl GatewayLimits {
+    fn server_config(&self) -> sedge_gateway::ServerConfig {
+        sedge_gateway::ServerConfig {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections as usize,
+            max_header_bytes: usize::try_from(self.max_header_size).unwrap_or(usize::MAX),
+            max_headers: self.max_headers.into(),
+        }
+    }
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("expected a duration longer than zero like \"500ms\", \"10s\" or \"1m\", found {text:?}")),
+    }
+}
+
+fn size(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<bytesize::ByteSize>() {
+        Ok(s) if s.as_u64() > 0 => Ok(s.as_u64()),
+        _ => Err(format!("expected a size larger than zero like \"64KiB\" or \"256MiB\", found {text:?}")),
+    }
+}
+
+fn header_size(text: &str) -> Result<u64, String> {
+    let min = sedge_gateway::server::MIN_HEADER_BYTES as u64;
+    let n = size(text)?;
+    if n < min {
+        return Err(format!("must be at least {min} bytes (8KiB), found {text:?}"));
+    }
+    Ok(n)
+}
+
+/// Raises the soft limit on open descriptors to the hard one, so the
+/// connection cap, not the default 1,024, decides how many clients fit;
+/// the limit is logged, with a warning when the cap cannot fit under it.
+fn raise_descriptor_limit(max_connections: u32) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => return tracing::warn!("cannot read the open-descriptor limit: {e}"),
+    };
+    let now = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("cannot raise the open-descriptor limit from {soft} to {hard}: {e}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    tracing::info!("open-descriptor limit: {now}");
+    // Workers, their channels, the store and the listener need descriptors too.
+    if u64::from(max_connections) + 256 > now {
+        tracing::warn!(
+            "--max-connections {max_connections} leaves little room under the open-descriptor limit of {now}"
+        );
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -65,6 +162,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 async fn serve(args: Args) -> Result<()> {
+    raise_descriptor_limit(args.gateway.max_connections);
     let data = args.data.clone().unwrap_or_else(default_data_dir);
     let store = match Store::open(&data) {
         Ok(s) => s,
@@ -80,7 +178,9 @@ async fn serve(args: Args) -> Result<()> {
     let config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js, args.spares)
         .with_context(|| format!("writing the runtime shims under {}", data.display()))?;
     let runtime = Arc::new(Runtime::new(config));
-    let node = Arc::new(Node::new(Arc::new(store), runtime.clone()));
+    let mut node = Node::new(Arc::new(store), runtime.clone());
+    node.body_memory = sedge_gateway::BodyMemory::new(args.gateway.max_body_memory);
+    let node = Arc::new(node);
     let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -112,7 +212,7 @@ async fn serve(args: Args) -> Result<()> {
             }
         })
     };
-    let server = tokio::spawn(sedge_gateway::serve(listener, node, async move {
+    let server = tokio::spawn(sedge_gateway::serve(listener, node, args.gateway.server_config(), async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
     crate::signals::stop_signal().await;

@@ -1,0 +1,351 @@
+//! The node's own HTTP/1 server loop: every connection is bounded in time
+//! and number, so idle sockets, slow clients and floods of connections
+//! cannot hold the node's descriptors or memory.
+//!
+//! - a connection cap: past it, new connections are accepted and closed at
+//!   once (a log line says so, at most once per [`CAP_LOG_EVERY`]);
+//! - a header-read timeout and header size / count caps (hyper's own);
+//! - an idle timeout: a connection with no request running that moves no
+//!   byte for that long is closed (this also ends clients that stop reading
+//!   their answer);
+//! - a body progress timeout: a request body that sends nothing for that
+//!   long fails with [`BodyStalled`], which the invoke route answers 408.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::Router;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tower_service::Service as _;
+
+/// hyper refuses a read buffer smaller than this (its own minimum).
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+/// How often the "connection cap reached" line may be logged.
+pub const CAP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The server's limits. The defaults suit a 1 GiB board serving a few
+/// hundred clients; `sedge serve` exposes each as a flag.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// A request's headers must arrive whole within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request running that moves no byte for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_timeout: Duration,
+    /// Open connections at most; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Bytes of a request's line and headers at most (at least [`MIN_HEADER_BYTES`]).
+    pub max_header_bytes: usize,
+    /// Headers per request at most.
+    pub max_headers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1000,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// The error a request body gives when its client sent nothing for too long.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body sent nothing for {}", humantime::format_duration(*.after))]
+pub struct BodyStalled {
+    pub after: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` completes; then stops
+/// accepting, lets requests in flight finish and closes idle connections.
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
+        .max_headers(config.max_headers);
+    let http = Arc::new(http);
+    let slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+    let refusals = CapLog::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Dropping the stream closes it: the client learns at once
+            // instead of waiting in the kernel's backlog.
+            drop(stream);
+            refusals.refused(config.max_connections);
+            continue;
+        };
+        let conn = Connection { http: http.clone(), router: router.clone(), config: config.clone() };
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            conn.serve(stream, stop).await;
+            drop(slot);
+        });
+    }
+    let _ = stop_tx.send(true);
+    drop(listener);
+    // Every connection holds a slot until it ends: all back means all closed.
+    let all = u32::try_from(config.max_connections.min(Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
+    Ok(())
+}
+
+/// Accept errors are mostly a full descriptor table or a connection reset
+/// before it was taken; either passes, so wait a little rather than spin.
+async fn accept_failed(e: io::Error) {
+    tracing::warn!("accepting a connection failed: {e}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Rate-limits the log line for refused connections, counting those not logged.
+#[derive(Default)]
+struct CapLog {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl CapLog {
+    fn refused(&self, cap: usize) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1 += 1;
+        let now = Instant::now();
+        if st.0.is_none_or(|last| now.duration_since(last) >= CAP_LOG_EVERY) {
+            tracing::warn!("connection cap reached ({cap} open): closed {} new connection(s)", st.1);
+            *st = (Some(now), 0);
+        }
+    }
+}
+
+struct Connection {
+    http: Arc<hyper::server::conn::http1::Builder>,
+    router: Router,
+    config: ServerConfig,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
+        let service = {
+            let activity = activity.clone();
+            let body_timeout = self.config.body_timeout;
+            let router = self.router;
+            hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                let busy = activity.busy();
+                let mut router = router.clone();
+                let req = req.map(|b| axum::body::Body::new(Watched::new(b, body_timeout)));
+                async move {
+                    let resp = router.call(req).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(resp.unwrap_or_else(|never| match never {}))
+                }
+            })
+        };
+        let conn = self.http.serve_connection(io, service);
+        let mut conn = std::pin::pin!(conn);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|s| *s), if !stopping => {
+                    // Finishes the request in flight, then closes.
+                    conn.as_mut().graceful_shutdown();
+                    stopping = true;
+                }
+                () = activity.idle_for(self.config.idle_timeout) => {
+                    tracing::debug!("closing a connection idle for {:?}", self.config.idle_timeout);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte, and how many of its requests are
+/// being handled (a running invocation moves no byte but is not idle).
+struct Activity {
+    origin: Instant,
+    last_ms: AtomicU64,
+    busy: AtomicUsize,
+}
+
+/// A request being handled; its end counts as activity.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { origin: Instant::now(), last_ms: AtomicU64::new(0), busy: AtomicUsize::new(0) }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Completes once the connection has been idle for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let due = last + limit;
+            if Instant::now() >= due {
+                if self.busy.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                // A request is being handled; its end restarts the clock.
+                tokio::time::sleep(limit).await;
+            } else {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+    }
+}
+
+/// The connection's socket, noting each byte that moves.
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl Tracked {
+    fn note<T>(&self, r: &Poll<io::Result<T>>) {
+        if matches!(r, Poll::Ready(Ok(_))) {
+            self.activity.touch();
+        }
+    }
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.note(&r);
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.note(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.note(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A request body that fails with [`BodyStalled`] when its client sends
+/// nothing for `timeout`. The clock starts when the body is first read,
+/// so a request refused before its body is read never waits on it.
+struct Watched {
+    inner: Incoming,
+    timeout: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl Watched {
+    fn new(inner: Incoming, timeout: Duration) -> Self {
+        Self { inner, timeout, deadline: None }
+    }
+}
+
+impl hyper::body::Body for Watched {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let timeout = this.timeout;
+        let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                deadline.as_mut().reset(Instant::now() + timeout);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled { after: timeout })))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
