@@ -11,6 +11,7 @@ mod failures;
 mod hostile;
 mod http_runtime;
 mod lifecycle;
+mod limits;
 mod openfaas_api;
 mod persistence;
 mod scaling;
