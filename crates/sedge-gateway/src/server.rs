@@ -168,10 +168,11 @@ impl Connection {
                 let busy = activity.busy();
                 let mut router = router.clone();
                 let req = req.map(|b| axum::body::Body::new(Watched::new(b, body_timeout)));
+                let activity = activity.clone();
                 async move {
-                    let resp = router.call(req).await;
+                    let resp = router.call(req).await.unwrap_or_else(|never| match never {});
                     drop(busy);
-                    Ok::<_, Infallible>(resp.unwrap_or_else(|never| match never {}))
+                    Ok::<_, Infallible>(resp.map(|b| axum::body::Body::new(Answer::new(b, activity))))
                 }
             })
         };
@@ -303,6 +304,48 @@ impl AsyncWrite for Tracked {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// An answer's body that counts as busy while it waits on its source (a
+/// followed log), but not while the client is slow to take it: a client
+/// that stops reading its answer is idle.
+struct Answer {
+    inner: axum::body::Body,
+    activity: Arc<Activity>,
+    waiting: Option<Busy>,
+}
+
+impl Answer {
+    fn new(inner: axum::body::Body, activity: Arc<Activity>) -> Self {
+        Self { inner, activity, waiting: None }
+    }
+}
+
+impl hyper::body::Body for Answer {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match r {
+            Poll::Pending => {
+                if this.waiting.is_none() {
+                    this.waiting = Some(this.activity.busy());
+                }
+            }
+            Poll::Ready(_) => this.waiting = None,
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

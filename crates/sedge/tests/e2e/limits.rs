@@ -309,3 +309,27 @@ fn past_the_connection_cap_new_connections_are_closed_and_it_is_logged() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_followed_log_is_not_an_idle_connection() {
+    let (node, _tmp) = node_with(&["--idle-timeout", "1s"]);
+    let f = FnDir::python("talk", "", "def handle(req):\n    print('said so', flush=True)\n    return 'ok'\n");
+    node.deploy(f.path());
+    let mut s = connect(&addr(&node));
+    s.write_all(b"GET /system/logs?name=talk&follow=true HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = s.read(&mut buf).expect("read the head");
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Several idle timeouts pass with the stream open and quiet.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(node.post("/function/talk", b"").status, 200);
+    while !String::from_utf8_lossy(&got).contains("said so") {
+        let n = s.read(&mut buf).expect("read the log");
+        assert!(n > 0, "the followed log was closed as idle: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
