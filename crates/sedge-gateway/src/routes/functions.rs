@@ -19,7 +19,6 @@ use crate::{blocking, ApiError, Node};
 
 /// The one namespace a node has, named as OpenFaaS names its default.
 pub const NAMESPACE: &str = "openfaas-fn";
-const MAX_REPLICAS: u32 = 1024;
 
 async fn records(node: &Arc<Node>) -> Result<Vec<FunctionRecord>, ApiError> {
     let store = node.store.clone();
@@ -119,11 +118,28 @@ pub struct ScaleRequest {
     replicas: i64,
 }
 
+/// A JSON route refuses other content types: a browser sends
+/// `text/plain` or form bodies cross-origin without asking first, but
+/// `application/json` only after a preflight this node never grants.
+fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let given = headers.get(axum::http::header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
+    let essence = given.map(|t| t.split(';').next().unwrap_or_default().trim());
+    if essence.is_some_and(|e| e.eq_ignore_ascii_case("application/json")) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("expected Content-Type: application/json, found {}", given.unwrap_or("none")),
+    ))
+}
+
 pub async fn scale(
     State(node): Shared,
     Path(raw): Path<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
+    require_json(&headers)?;
     let req: ScaleRequest = json_body(&body, r#"{"serviceName": "NAME", "replicas": N}"#)?;
     let name = parse_name(&raw)?;
     if let Some(s) = &req.service_name {
@@ -133,10 +149,16 @@ pub async fn scale(
             )));
         }
     }
-    let replicas = u32::try_from(req.replicas).ok().filter(|n| *n <= MAX_REPLICAS).ok_or_else(|| {
-        ApiError::bad_request(format!("replicas must be from 0 to {MAX_REPLICAS}, found {}", req.replicas))
-    })?;
     let pool = node.runtime.get(name.as_str()).ok_or_else(|| ApiError::not_found(name.as_str()))?;
+    // A pin past [scale] max would start workers the function's author
+    // never budgeted memory for.
+    let max = pool.spec().scale.max;
+    let replicas = u32::try_from(req.replicas).ok().filter(|n| *n <= max).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "replicas must be from 0 to {max} (function {name}'s [scale] max), found {}",
+            req.replicas
+        ))
+    })?;
     pool.set_replicas(replicas);
     Ok(StatusCode::ACCEPTED)
 }

@@ -4,6 +4,7 @@ pub(crate) mod body;
 mod functions;
 mod invoke;
 mod logs;
+mod origin;
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ pub fn router() -> Router<Arc<Node>> {
         // on invoke, the node's bundle limit on deploy.
         .layer(DefaultBodyLimit::disable())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn(origin::same_origin_only))
 }
 
 /// `faas-cli invoke --async` posts here; say plainly that it is not there

@@ -333,3 +333,38 @@ fn a_followed_log_is_not_an_idle_connection() {
         got.extend_from_slice(&buf[..n]);
     }
 }
+
+#[test]
+fn the_management_api_refuses_other_origins_other_content_types_and_pins_past_max() {
+    let node = Node::start();
+    let f = FnDir::python("pinned", "[scale]\nmax = 2\n", ECHO);
+    node.deploy(f.path());
+    let json = ("content-type", "application/json");
+    let body = br#"{"serviceName":"pinned","replicas":1}"#;
+    let path = "/system/scale-function/pinned";
+    let evil = node.request("POST", path, &[json, ("origin", "http://evil.example")], body);
+    assert_eq!(evil.status, 403, "{}", evil.text());
+    assert!(evil.error().contains("cross-origin"), "{}", evil.error());
+    let site = node.request("POST", path, &[json, ("sec-fetch-site", "cross-site")], body);
+    assert_eq!(site.status, 403, "{}", site.text());
+    // Reads are refused too: a page must not learn what the node runs.
+    let list = node.request("GET", "/system/functions", &[("origin", "http://evil.example")], b"");
+    assert_eq!(list.status, 403);
+    let text = node.request("POST", path, &[("content-type", "text/plain")], body);
+    assert_eq!(text.status, 415, "{}", text.text());
+    assert!(text.error().contains("application/json"), "{}", text.error());
+    assert_eq!(node.request("POST", path, &[], body).status, 415);
+    let past = node.request("POST", path, &[json], br#"{"serviceName":"pinned","replicas":60}"#);
+    assert_eq!(past.status, 400, "{}", past.text());
+    assert!(past.error().contains("from 0 to 2") && past.error().contains("[scale] max"), "{}", past.error());
+    // The node's own page (same origin) and plain clients still scale.
+    let own = node.url.clone();
+    let ok = node.request("POST", path, &[("content-type", "application/json; charset=utf-8"), ("origin", &own)], body);
+    assert_eq!(ok.status, 202, "{}", ok.text());
+    let out = node.cli(&["scale", "pinned", "--replicas", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    node.wait_for("two workers", PATIENCE, |n| n.describe("pinned")["availableReplicas"] == 2);
+    // Invocations are not the management API: any origin may call a function.
+    let call = node.request("POST", "/function/pinned", &[("origin", "http://evil.example")], b"abc");
+    assert_eq!((call.status, call.text()), (200, "got 3".to_owned()));
+}

@@ -76,15 +76,18 @@ fn info_has_what_faas_cli_version_reads() {
     assert_eq!(node.get("/healthz").status, 200);
 }
 
+/// What faas-cli sends with every body.
+const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
 #[test]
 fn remove_and_scale_bodies() {
     let (node, _f) = deployed();
-    let s = node.request("POST", "/system/scale-function/faas", &[], br#"{"serviceName":"faas","replicas":2}"#);
+    let s = node.request("POST", "/system/scale-function/faas", JSON, br#"{"serviceName":"faas","replicas":2}"#);
     assert_eq!(s.status, 202, "{}", s.text());
-    let bad = node.request("POST", "/system/scale-function/faas", &[], br#"{"replicas":-1}"#);
+    let bad = node.request("POST", "/system/scale-function/faas", JSON, br#"{"replicas":-1}"#);
     assert_eq!(bad.status, 400);
     assert!(bad.error().contains("replicas"));
-    assert_eq!(node.request("POST", "/system/scale-function/ghost", &[], br#"{"replicas":1}"#).status, 404);
+    assert_eq!(node.request("POST", "/system/scale-function/ghost", JSON, br#"{"replicas":1}"#).status, 404);
     let garbled = node.request("DELETE", "/system/functions", &[], b"{oops");
     assert_eq!(garbled.status, 400);
     assert!(garbled.error().contains("functionName"));
