@@ -169,36 +169,70 @@ impl Connection {
                 let mut router = router.clone();
                 let req = req.map(|b| axum::body::Body::new(Watched::new(b, body_timeout)));
                 let activity = activity.clone();
-                async move {
+                // Boxed, so the connection can be polled without being
+                // pinned and its socket taken back at the end (see `linger`).
+                let answer: AnswerFuture = Box::pin(async move {
                     let resp = router.call(req).await.unwrap_or_else(|never| match never {});
                     drop(busy);
-                    Ok::<_, Infallible>(resp.map(|b| axum::body::Body::new(Answer::new(b, activity))))
-                }
+                    Ok(resp.map(|b| axum::body::Body::new(Answer::new(b, activity))))
+                });
+                answer
             })
         };
-        let conn = self.http.serve_connection(io, service);
-        let mut conn = std::pin::pin!(conn);
+        let mut conn = self.http.serve_connection(io, service);
         let mut stopping = false;
         loop {
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!("connection ended: {e}");
-                    }
+            let event = tokio::select! {
+                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => Event::Ended(r),
+                _ = stop.wait_for(|s| *s), if !stopping => Event::Stop,
+                () = activity.idle_for(self.config.idle_timeout) => Event::Idle,
+            };
+            match event {
+                Event::Ended(Ok(())) => break,
+                Event::Ended(Err(e)) => {
+                    tracing::debug!("connection ended: {e}");
                     return;
                 }
-                _ = stop.wait_for(|s| *s), if !stopping => {
+                Event::Stop => {
                     // Finishes the request in flight, then closes.
-                    conn.as_mut().graceful_shutdown();
+                    Pin::new(&mut conn).graceful_shutdown();
                     stopping = true;
                 }
-                () = activity.idle_for(self.config.idle_timeout) => {
+                Event::Idle => {
                     tracing::debug!("closing a connection idle for {:?}", self.config.idle_timeout);
                     return;
                 }
             }
         }
+        linger(conn.into_parts().io.into_inner().inner).await;
     }
+}
+
+type AnswerFuture = Pin<Box<dyn Future<Output = Result<hyper::Response<axum::body::Body>, Infallible>> + Send>>;
+
+enum Event {
+    Ended(hyper::Result<()>),
+    Stop,
+    Idle,
+}
+
+/// How long a closing connection's unread bytes are drained.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Closes a connection whose answer is written: the write side first, so
+/// the client sees the answer end; then what the client still sends (the
+/// rest of a refused body) is read and dropped for up to [`LINGER`].
+/// Closing with bytes unread would reset the connection, and a client
+/// still sending its body would fail on the reset instead of reading the
+/// answer (a 413 or 429).
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 16 * 1024];
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// When a connection last moved a byte, and how many of its requests are

@@ -167,7 +167,7 @@ fn a_full_queue_refuses_a_large_body_before_it_is_sent() {
     let node = Node::start();
     let tmp = tempfile::tempdir().expect("tempdir");
     let release = tmp.path().join("release");
-    let _f = holding(&node, "one", "queue = 0\nmax_body = \"16MiB\"\n[scale]\nmin = 1\nmax = 1", &release);
+    let _f = holding(&node, "one", "queue = 0\nmax_body = \"64MiB\"\n[scale]\nmin = 1\nmax = 1", &release);
     std::thread::scope(|s| {
         let held = s.spawn(|| node.post("/function/one", b"first"));
         node.wait_for("the worker to be busy", PATIENCE, |n| busy(n, "one") == 1);
@@ -181,6 +181,14 @@ fn a_full_queue_refuses_a_large_body_before_it_is_sent() {
             assert_eq!(a.header("connection").as_deref(), Some("close"));
             assert!(closed(&mut c));
         }
+        // A client that sends its whole body before reading (as most HTTP
+        // libraries do) gets the refusal, not a reset: the node drains what
+        // it will not read before closing.
+        let body = vec![b'x'; 32 * 1024 * 1024];
+        let mut c = connect(&addr(&node));
+        c.write_all(post_head("/function/one", body.len() as u64, "").as_bytes()).expect("head");
+        c.write_all(&body).expect("the whole body is taken");
+        assert_eq!(read_answer(&mut c).status, 429);
         std::fs::write(&release, "").expect("release");
         let first = held.join().expect("held request");
         assert_eq!((first.status, first.text()), (200, "released 5".to_owned()));
