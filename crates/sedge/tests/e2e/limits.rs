@@ -376,3 +376,52 @@ fn the_management_api_refuses_other_origins_other_content_types_and_pins_past_ma
     let call = node.request("POST", "/function/pinned", &[("origin", "http://evil.example")], b"abc");
     assert_eq!((call.status, call.text()), (200, "got 3".to_owned()));
 }
+
+#[test]
+fn bodies_past_the_node_body_memory_get_503_until_it_is_given_back() {
+    let (node, _tmp) = node_with(&["--max-body-memory", "1MiB"]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let release = tmp.path().join("release");
+    let _f = holding(&node, "mem", "queue = 4\nmax_body = \"4MiB\"\n[scale]\nmin = 1\nmax = 1", &release);
+    let big = 600 * 1024;
+    std::thread::scope(|s| {
+        let held = s.spawn(|| node.post("/function/mem", &vec![1u8; big]));
+        node.wait_for("the worker to be busy", PATIENCE, |n| busy(n, "mem") == 1);
+        // By declared length: refused before the body is sent.
+        let mut c = connect(&addr(&node));
+        c.write_all(post_head("/function/mem", big as u64, "").as_bytes()).expect("head");
+        let a = read_answer(&mut c);
+        assert_eq!(a.status, 503, "{}", a.body);
+        assert!(a.error().contains("1048576 bytes of request bodies"), "{}", a.error());
+        assert_eq!(a.header("retry-after").as_deref(), Some("1"));
+        assert_eq!(a.header("connection").as_deref(), Some("close"));
+        // Chunked: refused once the chunks pass what is left.
+        let mut c = connect(&addr(&node));
+        let head = "POST /function/mem HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        c.write_all(format!("{head}{big:x}\r\n").as_bytes()).expect("head");
+        c.write_all(&vec![2u8; big]).expect("chunk");
+        assert_eq!(read_answer(&mut c).status, 503);
+        std::fs::write(&release, "").expect("release");
+        let first = held.join().expect("held request");
+        assert_eq!((first.status, first.text()), (200, format!("released {big}")));
+    });
+    // The held body's memory came back with the end of its invocation.
+    let a = node.post("/function/mem", &vec![3u8; 900 * 1024]);
+    assert_eq!((a.status, a.text()), (200, format!("released {}", 900 * 1024)));
+}
+
+#[test]
+fn oversized_or_too_many_headers_are_refused() {
+    let (node, _tmp) = node_with(&["--max-header-size", "8KiB", "--max-headers", "20"]);
+    let mut s = connect(&addr(&node));
+    let long = "a".repeat(20 * 1024);
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: {long}\r\n\r\n").as_bytes()).expect("request");
+    assert_eq!(read_answer(&mut s).status, 431);
+    assert!(closed(&mut s));
+    let mut s = connect(&addr(&node));
+    let many: String = (0..30).map(|i| format!("X-H{i}: 1\r\n")).collect();
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()).expect("request");
+    assert_eq!(read_answer(&mut s).status, 431);
+    // Within both, the same node answers.
+    assert_eq!(node.get("/healthz").status, 200);
+}
