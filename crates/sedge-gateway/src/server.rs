@@ -426,3 +426,45 @@ impl hyper::body::Body for Watched {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    /// Whether `idle_for(LIMIT)` completes once `after` has passed.
+    async fn idle_after(activity: &Activity, after: Duration) -> bool {
+        tokio::time::timeout(after, activity.idle_for(LIMIT)).await.is_ok()
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_quiet_connection_is_idle_once_the_limit_passes() {
+        let activity = Activity::new();
+        assert!(!idle_after(&activity, LIMIT - Duration::from_secs(1)).await);
+        activity.touch();
+        assert!(!idle_after(&activity, LIMIT - Duration::from_secs(1)).await, "a byte restarts the clock");
+        assert!(idle_after(&activity, Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_request_being_handled_is_never_idle() {
+        let activity = Arc::new(Activity::new());
+        let busy = activity.busy();
+        assert!(!idle_after(&activity, LIMIT * 10).await);
+        drop(busy);
+        assert!(!idle_after(&activity, LIMIT - Duration::from_secs(1)).await, "its end restarts the clock");
+        assert!(idle_after(&activity, Duration::from_secs(2)).await);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_cap_log_says_how_many_were_closed_since_it_last_spoke() {
+        let log = CapLog::default();
+        log.refused(2);
+        log.refused(2);
+        assert_eq!(log.state.lock().map(|s| s.1).unwrap_or_default(), 1, "the second waits");
+        tokio::time::advance(CAP_LOG_EVERY).await;
+        log.refused(2);
+        assert_eq!(log.state.lock().map(|s| s.1).unwrap_or_default(), 0, "logged with the count");
+    }
+}
