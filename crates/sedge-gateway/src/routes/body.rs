@@ -19,8 +19,12 @@ pub enum Capped {
     Broken(String),
 }
 
-/// Reads at most `limit` bytes; a larger body is refused without buffering it.
+/// Reads at most `limit` bytes; a larger body is refused without buffering
+/// it, and without reading a byte when its declared length is larger.
 pub async fn read_capped(body: Body, limit: u64) -> Result<Vec<u8>, Capped> {
+    if let Some(len) = body.size_hint().exact().filter(|n| *n > limit) {
+        return Err(Capped::Over(len));
+    }
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {

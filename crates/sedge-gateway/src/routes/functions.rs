@@ -91,12 +91,22 @@ pub struct RemoveRequest {
     function_name: String,
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8], shape: &str) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("expected a JSON body like {shape}: {e}")))
+/// The management API's JSON bodies are a few dozen bytes; anything much
+/// larger is refused before it is buffered.
+const MAX_JSON: u64 = 64 * 1024;
+
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body, shape: &str) -> Result<T, ApiError> {
+    let bytes = read_capped(body, MAX_JSON).await.map_err(|e| match e {
+        Capped::Over(_) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("a JSON body is at most {MAX_JSON} bytes here"))
+        }
+        Capped::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("expected a JSON body like {shape}: {e}")))
 }
 
-pub async fn remove(State(node): Shared, body: axum::body::Bytes) -> Result<StatusCode, ApiError> {
-    let req: RemoveRequest = json_body(&body, r#"{"functionName": "NAME"}"#)?;
+pub async fn remove(State(node): Shared, body: Body) -> Result<StatusCode, ApiError> {
+    let req: RemoveRequest = json_body(body, r#"{"functionName": "NAME"}"#).await?;
     let name = parse_name(&req.function_name)?;
     let _guard = node.deploy_lock.lock().await;
     let store = node.store.clone();
@@ -137,10 +147,10 @@ pub async fn scale(
     State(node): Shared,
     Path(raw): Path<String>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
     require_json(&headers)?;
-    let req: ScaleRequest = json_body(&body, r#"{"serviceName": "NAME", "replicas": N}"#)?;
+    let req: ScaleRequest = json_body(body, r#"{"serviceName": "NAME", "replicas": N}"#).await?;
     let name = parse_name(&raw)?;
     if let Some(s) = &req.service_name {
         if !s.is_empty() && parse_name(s)? != name {

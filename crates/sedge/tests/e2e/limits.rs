@@ -362,6 +362,15 @@ fn the_management_api_refuses_other_origins_other_content_types_and_pins_past_ma
     assert_eq!(text.status, 415, "{}", text.text());
     assert!(text.error().contains("application/json"), "{}", text.error());
     assert_eq!(node.request("POST", path, &[], body).status, 415);
+    // JSON bodies are small: a large one is refused by its declared length.
+    let mut s = connect(&addr(&node));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    let huge = read_answer(&mut s);
+    assert_eq!(huge.status, 413, "{}", huge.body);
+    assert!(huge.error().contains("JSON body is at most"), "{}", huge.error());
     let past = node.request("POST", path, &[json], br#"{"serviceName":"pinned","replicas":60}"#);
     assert_eq!(past.status, 400, "{}", past.text());
     assert!(past.error().contains("from 0 to 2") && past.error().contains("[scale] max"), "{}", past.error());
