@@ -434,3 +434,29 @@ fn oversized_or_too_many_headers_are_refused() {
     // Within both, the same node answers.
     assert_eq!(node.get("/healthz").status, 200);
 }
+
+#[test]
+fn on_stop_requests_in_flight_finish_and_idle_connections_close() {
+    let node = Node::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let release = tmp.path().join("release");
+    let _f = holding(&node, "slow", "[scale]\nmin = 1\nmax = 1", &release);
+    let addr = addr(&node);
+    let mut held = connect(&addr);
+    held.write_all(format!("{}first", post_head("/function/slow", 5, "")).as_bytes()).expect("held request");
+    node.wait_for("the worker to be busy", PATIENCE, |n| busy(n, "slow") == 1);
+    let mut idle = connect(&addr);
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    assert_eq!(read_answer(&mut idle).status, 200);
+    let stopper = std::thread::spawn(move || node.terminate());
+    assert!(closed(&mut idle), "an idle connection outlived the stop");
+    let start = Instant::now();
+    while TcpStream::connect(&addr).is_ok() {
+        assert!(start.elapsed() < PATIENCE, "the node still accepts after the stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&release, "").expect("release");
+    let a = read_answer(&mut held);
+    assert_eq!((a.status, a.body.as_str()), (200, "released 5"));
+    assert!(stopper.join().expect("stopper").success());
+}
