@@ -251,3 +251,33 @@ fn resolve_interpreter(program: &str, probe: &[&str]) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_flags_take_units_and_refuse_zero_or_too_small() {
+        assert_eq!(duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert!(duration("0s").is_err_and(|e| e.contains("longer than zero")));
+        assert!(duration("soon").is_err());
+        assert_eq!(size("256MiB"), Ok(256 * 1024 * 1024));
+        assert!(size("0").is_err());
+        assert_eq!(header_size("8KiB"), Ok(8192));
+        assert!(header_size("4KiB").is_err_and(|e| e.contains("at least 8192")));
+    }
+
+    #[test]
+    fn the_defaults_are_the_gateway_defaults() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            limits: GatewayLimits,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(["serve"]).expect("defaults parse");
+        let ours = cli.limits.server_config();
+        let theirs = sedge_gateway::ServerConfig::default();
+        assert_eq!(format!("{ours:?}"), format!("{theirs:?}"));
+        assert_eq!(cli.limits.max_body_memory, sedge_gateway::BodyMemory::DEFAULT);
+    }
+}
