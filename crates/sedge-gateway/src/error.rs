@@ -27,6 +27,22 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, format!("function {name} not found"))
     }
 
+    /// The node's memory for request bodies is taken by other requests.
+    pub fn body_memory_full(budget: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the node holds its limit of {budget} bytes of request bodies in memory; try again shortly"),
+        )
+    }
+
+    /// The client stopped sending its request body.
+    pub fn body_stalled(after: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body sent nothing for {}", humantime::format_duration(after)),
+        )
+    }
+
     /// A failure the caller cannot fix: logged in full, answered briefly.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         tracing::error!("{context}: {err}");
@@ -98,5 +114,15 @@ mod tests {
         for (e, code) in cases {
             assert_eq!(invoke_status(&e).as_u16(), code, "{e}");
         }
+    }
+
+    #[test]
+    fn body_refusals_have_their_status_and_retry_after_when_it_helps() {
+        let full = ApiError::body_memory_full(10).into_response();
+        assert_eq!(full.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(full.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
+        let stalled = ApiError::body_stalled(std::time::Duration::from_secs(30));
+        assert_eq!(stalled.status, StatusCode::REQUEST_TIMEOUT);
+        assert!(stalled.message.contains("30s"), "{}", stalled.message);
     }
 }

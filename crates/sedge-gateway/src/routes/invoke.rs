@@ -80,17 +80,8 @@ async fn call(node: &crate::Node, pool: &Pool, name: &str, path: String, req: Re
     let body = read_body(body, limit, &node.body_memory, &mut held).await.map_err(|e| {
         refuse(match e {
             BodyError::Over(size) => too_large(size),
-            BodyError::NoMemory => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "the node holds its limit of {} bytes of request bodies in memory; try again shortly",
-                    node.body_memory.budget()
-                ),
-            ),
-            BodyError::Stalled(after) => ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!("the request body sent nothing for {}", humantime::format_duration(after)),
-            ),
+            BodyError::NoMemory => ApiError::body_memory_full(node.body_memory.budget()),
+            BodyError::Stalled(after) => ApiError::body_stalled(after),
             BodyError::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
         })
     })?;
