@@ -33,7 +33,7 @@ use tower_service::Service as _;
 /// hyper refuses a read buffer smaller than this (its own minimum).
 pub const MIN_HEADER_BYTES: usize = 8192;
 
-/// How often the "connection cap reached" line may be logged.
+/// How often the "connection cap reached" and accept-error lines may be logged.
 pub const CAP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The server's limits. The defaults suit a 1 GiB board serving a few
@@ -89,7 +89,8 @@ pub async fn run(
         .max_headers(config.max_headers);
     let http = Arc::new(http);
     let slots = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
-    let refusals = CapLog::default();
+    let refusals = Every::default();
+    let accept_errors = Every::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -98,7 +99,7 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    accept_failed(e).await;
+                    accept_failed(e, &accept_errors).await;
                     continue;
                 }
             },
@@ -107,7 +108,12 @@ pub async fn run(
             // Dropping the stream closes it: the client learns at once
             // instead of waiting in the kernel's backlog.
             drop(stream);
-            refusals.refused(config.max_connections);
+            if let Some(n) = refusals.tick() {
+                tracing::warn!(
+                    "connection cap reached ({} open): closed {n} new connection(s)",
+                    config.max_connections
+                );
+            }
             continue;
         };
         let conn = Connection { http: http.clone(), router: router.clone(), config: config.clone() };
@@ -125,28 +131,38 @@ pub async fn run(
     Ok(())
 }
 
-/// Accept errors are mostly a full descriptor table or a connection reset
-/// before it was taken; either passes, so wait a little rather than spin.
-async fn accept_failed(e: io::Error) {
-    tracing::warn!("accepting a connection failed: {e}");
+/// A client that reset its connection before it was taken is no error of
+/// the node's. Others are mostly a full descriptor table, which passes as
+/// connections close: wait a little rather than spin.
+async fn accept_failed(e: io::Error, log: &Every) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset) {
+        return;
+    }
+    if let Some(n) = log.tick() {
+        tracing::warn!("accepting connections failed {n} time(s): {e}");
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-/// Rate-limits the log line for refused connections, counting those not logged.
+/// Rate-limits a log line: says when it may be logged (at most once per
+/// [`CAP_LOG_EVERY`]) and how many times it happened since it last was.
 #[derive(Default)]
-struct CapLog {
+struct Every {
     state: Mutex<(Option<Instant>, u64)>,
 }
 
-impl CapLog {
-    fn refused(&self, cap: usize) {
+impl Every {
+    fn tick(&self) -> Option<u64> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.1 += 1;
         let now = Instant::now();
-        if st.0.is_none_or(|last| now.duration_since(last) >= CAP_LOG_EVERY) {
-            tracing::warn!("connection cap reached ({cap} open): closed {} new connection(s)", st.1);
-            *st = (Some(now), 0);
+        if st.0.is_some_and(|last| now.duration_since(last) < CAP_LOG_EVERY) {
+            return None;
         }
+        let n = st.1;
+        *st = (Some(now), 0);
+        Some(n)
     }
 }
 
@@ -458,13 +474,13 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn the_cap_log_says_how_many_were_closed_since_it_last_spoke() {
-        let log = CapLog::default();
-        log.refused(2);
-        log.refused(2);
-        assert_eq!(log.state.lock().map(|s| s.1).unwrap_or_default(), 1, "the second waits");
+    async fn a_rate_limited_line_says_how_many_times_since_it_was_last_logged() {
+        let log = Every::default();
+        assert_eq!(log.tick(), Some(1));
+        assert_eq!(log.tick(), None);
+        assert_eq!(log.tick(), None);
         tokio::time::advance(CAP_LOG_EVERY).await;
-        log.refused(2);
-        assert_eq!(log.state.lock().map(|s| s.1).unwrap_or_default(), 0, "logged with the count");
+        assert_eq!(log.tick(), Some(3));
+        assert_eq!(log.tick(), None);
     }
 }
