@@ -8,9 +8,11 @@
 //! Neighbours: `sedge-store` (registry, bundles), `sedge-runtime` (pools,
 //! invocation), `sedge-core` (specs, error kinds).
 
+pub mod auth;
 pub mod error;
 pub mod metrics;
 mod routes;
+mod secrets;
 pub mod server;
 
 use std::future::Future;
@@ -20,8 +22,9 @@ use axum::http::StatusCode;
 use axum::Router;
 use sedge_core::FunctionName;
 use sedge_runtime::Runtime;
-use sedge_store::{FunctionRecord, Store};
+use sedge_store::{FunctionRecord, SecretStore, Store};
 
+pub use auth::Access;
 pub use error::ApiError;
 pub use routes::body::BodyMemory;
 pub use server::ServerConfig;
@@ -37,10 +40,16 @@ pub struct Node {
     pub deploy_lock: tokio::sync::Mutex<()>,
     /// Bytes of invocation bodies held in memory at once, node-wide.
     pub body_memory: BodyMemory,
+    /// Whether `/system/` asks for the admin credential.
+    pub access: Access,
+    /// Whether `/metrics` is served without credentials.
+    pub metrics_open: bool,
+    pub secrets: Arc<SecretStore>,
+    pub tokens: auth::Tokens,
 }
 
 impl Node {
-    pub fn new(store: Arc<Store>, runtime: Arc<Runtime>) -> Self {
+    pub fn new(store: Arc<Store>, runtime: Arc<Runtime>, secrets: Arc<SecretStore>, access: Access) -> Self {
         Self {
             store,
             runtime,
@@ -48,12 +57,16 @@ impl Node {
             max_bundle: 512 * 1024 * 1024,
             deploy_lock: tokio::sync::Mutex::new(()),
             body_memory: BodyMemory::new(BodyMemory::DEFAULT),
+            access,
+            metrics_open: true,
+            secrets,
+            tokens: auth::Tokens::default(),
         }
     }
 }
 
 pub fn router(node: Arc<Node>) -> Router {
-    routes::router().with_state(node)
+    routes::router(node.clone()).with_state(node)
 }
 
 /// Serves the API on `listener` within `config`'s limits until `shutdown`
@@ -86,6 +99,7 @@ pub async fn deploy(
     let existed = node.runtime.get(name.as_str()).is_some();
     let store = node.store.clone();
     let staged = blocking(move || Ok(store.stage(&name, archive)?)).await?;
+    secrets::prepare(node, &staged.record.spec).await?;
     let pool = node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone());
     if wait {
         if let Err(e) = pool.warm().await {
@@ -111,6 +125,10 @@ pub async fn restore(node: &Arc<Node>) -> Result<usize, ApiError> {
     })
     .await?;
     for r in &records {
+        if let Err(e) = secrets::prepare(node, &r.spec).await {
+            // One function's missing secret must not keep the others down.
+            tracing::error!("function {}: {}", r.spec.name, e.message);
+        }
         let pool = node.runtime.prepare(r.spec.clone(), r.dir.clone());
         node.runtime.install(pool);
     }

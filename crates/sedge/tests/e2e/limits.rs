@@ -324,7 +324,11 @@ fn a_followed_log_is_not_an_idle_connection() {
     let f = FnDir::python("talk", "", "def handle(req):\n    print('said so', flush=True)\n    return 'ok'\n");
     node.deploy(f.path());
     let mut s = connect(&addr(&node));
-    s.write_all(b"GET /system/logs?name=talk&follow=true HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let head = format!(
+        "GET /system/logs?name=talk&follow=true HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+        node.basic_auth()
+    );
+    s.write_all(head.as_bytes()).expect("request");
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
@@ -350,6 +354,8 @@ fn the_management_api_refuses_other_origins_other_content_types_and_pins_past_ma
     let json = ("content-type", "application/json");
     let body = br#"{"serviceName":"pinned","replicas":1}"#;
     let path = "/system/scale-function/pinned";
+    // Refused even with the admin credential (added by `request`): a
+    // browser may hold it.
     let evil = node.request("POST", path, &[json, ("origin", "http://evil.example")], body);
     assert_eq!(evil.status, 403, "{}", evil.text());
     assert!(evil.error().contains("cross-origin"), "{}", evil.error());
@@ -365,7 +371,8 @@ fn the_management_api_refuses_other_origins_other_content_types_and_pins_past_ma
     // JSON bodies are small: a large one is refused by its declared length.
     let mut s = connect(&addr(&node));
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n",
+        node.basic_auth()
     );
     s.write_all(head.as_bytes()).expect("head");
     let huge = read_answer(&mut s);
