@@ -14,9 +14,11 @@ SEDGE_PYTHON is the functions' interpreter (default .venv/bin/python).
 """
 
 import argparse
+import base64
 import collections
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -64,21 +66,26 @@ def main():
             '[limits]\ntimeout = "300s"\nqueue = 0\nmax_body = "64MiB"\n'
             f'[scale]\nmin = 1\nmax = 1\n[env]\nRELEASE = "{release}"\n'
         )
+    # A password for this run's node; the CLI and the describe calls use it.
+    password = "bench-" + secrets.token_hex(8)
+    auth = {"Authorization": "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()}
     node = subprocess.Popen(
         [args.bin, "serve", "--listen", "127.0.0.1:0", "--data", os.path.join(tmp, "data"), "--python", python],
         stdout=subprocess.PIPE,
         stderr=open(os.path.join(tmp, "node.log"), "w"),
         text=True,
+        env=dict(os.environ, SEDGE_ADMIN_PASSWORD=password),
     )
     try:
         url = node.stdout.readline().strip().removeprefix("sedge listening on ")
         host, port = url.removeprefix("http://").split(":")
-        env = dict(os.environ, SEDGE_GATEWAY=url)
+        env = dict(os.environ, SEDGE_GATEWAY=url, SEDGE_PASSWORD=password)
         subprocess.run([args.bin, "deploy", "--wait", fn], env=env, check=True, stdout=subprocess.DEVNULL)
         held = threading.Thread(target=lambda: urllib.request.urlopen(url + "/function/hold", b"x", timeout=600).read())
         held.start()
         while True:
-            d = json.load(urllib.request.urlopen(url + "/system/function/hold"))
+            describe = urllib.request.Request(url + "/system/function/hold", headers=auth)
+            d = json.load(urllib.request.urlopen(describe))
             if d["sedge"]["workers"]["busy"] == 1:
                 break
             time.sleep(0.05)
