@@ -33,10 +33,13 @@ async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Respo
     let started = Instant::now();
     // Unknown names get no metrics series: clients must not be able to
     // grow the metrics without bound.
-    let Some(pool) = node.runtime.get(name) else { return ApiError::not_found(name).into_response() };
+    let unread = !req.body().is_end_stream();
+    let Some(pool) = node.runtime.get(name) else {
+        return Refused { error: ApiError::not_found(name), unread }.into_response();
+    };
     let mut req = req;
     if let Some(refused) = crate::auth::gate_invoke(node, name, pool.spec().auth.invoke, req.headers_mut()) {
-        return refused;
+        return close_if(unread, refused);
     }
     let mut response = match call(node, &pool, name, path, req).await {
         Ok(reply) => reply_response(reply),
@@ -57,14 +60,17 @@ struct Refused {
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let mut response = self.error.into_response();
-        if self.unread {
-            // The rest of the body is still on the wire: it must not be
-            // parsed as the connection's next request.
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
+        close_if(self.unread, self.error.into_response())
     }
+}
+
+/// A refusal with the body still on the wire closes the connection, so the
+/// rest is never parsed as the connection's next request.
+fn close_if(unread: bool, mut response: Response) -> Response {
+    if unread {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Refuses what can be refused before a byte of the body is read (too

@@ -136,7 +136,9 @@ fn a_declared_length_over_max_body_is_refused_before_the_body_is_sent() {
     // An unknown function is still a 404, whatever its body.
     let mut s = connect(&addr(&node));
     s.write_all(post_head("/function/nope", 1_000_000_000_000, "").as_bytes()).expect("head");
-    assert_eq!(read_answer(&mut s).status, 404);
+    let missing = read_answer(&mut s);
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.header("connection").as_deref(), Some("close"));
     // Within the limit, the same function answers.
     let ok = node.post("/function/small", &[1u8; 1000]);
     assert_eq!((ok.status, ok.text()), (200, "got 1000".to_owned()));
