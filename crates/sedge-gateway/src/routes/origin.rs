@@ -80,4 +80,29 @@ mod tests {
             assert!(why.as_deref().is_some_and(|w| w.contains("cross-origin")), "{case:?}: {why:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Any header bytes a client sends are judged without a panic, and
+        /// an origin naming the Host it came with always passes.
+        #[test]
+        fn any_headers_are_judged_and_the_own_origin_passes(
+            origin in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            host in "[a-z0-9.-]{1,20}(:[0-9]{1,5})?",
+            https in proptest::bool::ANY,
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, host.parse().expect("host header"));
+            if let Ok(v) = axum::http::HeaderValue::from_bytes(&origin) {
+                h.insert(header::ORIGIN, v);
+                let _ = cross_origin(&h);
+            }
+            let scheme = if https { "https" } else { "http" };
+            if let Ok(v) = format!("{scheme}://{host}").parse() {
+                h.insert(header::ORIGIN, v);
+                if format!("{scheme}://{host}").parse::<Uri>().is_ok_and(|u| u.authority().is_some()) {
+                    proptest::prop_assert_eq!(cross_origin(&h), None);
+                }
+            }
+        }
+    }
 }
