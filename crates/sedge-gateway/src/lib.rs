@@ -3,7 +3,9 @@
 //!
 //! Routes only: each handler parses, calls the store or the runtime, and maps
 //! the outcome through [`error`], the one error-to-status map. Metrics live
-//! in [`metrics`]. The binary builds the tokio runtime and calls [`serve`].
+//! in [`metrics`]. The binary builds the tokio runtime and calls [`serve`],
+//! which runs the routes in [`server`], the HTTP/1 loop that bounds every
+//! connection (timeouts, header caps, the connection cap).
 //!
 //! Neighbours: `sedge-store` (registry, bundles), `sedge-runtime` (pools,
 //! invocation), `sedge-core` (specs, error kinds).
