@@ -13,10 +13,9 @@ use std::sync::Arc;
 
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
-use crate::group::ProcessGroups;
 use crate::pool::FunctionShared;
+use crate::RuntimeConfig;
 
 /// Bytes of stderr quoted in a failure's message.
 const STDERR_QUOTE: usize = 2000;
@@ -29,7 +28,7 @@ pub struct ExecWorker {
     dir: PathBuf,
     instance: String,
     shared: Arc<FunctionShared>,
-    groups: Arc<ProcessGroups>,
+    config: Arc<RuntimeConfig>,
 }
 
 /// The watchdog's header variables: `Content-Type` → `Http_Content_Type`.
@@ -56,9 +55,9 @@ impl ExecWorker {
         dir: PathBuf,
         instance: String,
         shared: Arc<FunctionShared>,
-        groups: Arc<ProcessGroups>,
+        config: Arc<RuntimeConfig>,
     ) -> Self {
-        Self { spec, dir, instance, shared, groups }
+        Self { spec, dir, instance, shared, config }
     }
 
     /// Runs the command once. Dropping the future (a timeout) kills it.
@@ -68,7 +67,9 @@ impl ExecWorker {
         let Some((program, args)) = words.split_first() else {
             return Err(InvokeError::StartFailed { function, message: "empty command".to_owned() });
         };
-        let mut cmd = Command::new(program);
+        let start_failed = |message: String| InvokeError::StartFailed { function: function.clone(), message };
+        let (mut cmd, cgroup) =
+            self.config.command(program, &self.spec.limits, &self.dir, self.shared.oom_kills.clone()).map_err(start_failed)?;
         cmd.args(args)
             .current_dir(&self.dir)
             .envs(&self.spec.env)
@@ -82,7 +83,7 @@ impl ExecWorker {
         for (k, v) in &inv.headers {
             cmd.env(header_var(k), v);
         }
-        let (mut child, group) = self.groups.spawn(&mut cmd).map_err(|e| InvokeError::StartFailed {
+        let (mut child, group) = self.config.groups.spawn_in(&mut cmd, cgroup).map_err(|e| InvokeError::StartFailed {
             function: function.clone(),
             message: format!("cannot run {program:?}: {e}"),
         })?;
@@ -122,6 +123,9 @@ impl ExecWorker {
             status
         };
         let ((_, out_read, err_read), status) = tokio::join!(async { tokio::join!(feed, read_out, read_err) }, wait);
+        if group.oom_killed() {
+            return Err(InvokeError::OutOfMemory { function, limit: self.spec.limits.memory.unwrap_or_default() });
+        }
         if out.len() as u64 > max_answer {
             return Err(InvokeError::AnswerTooLarge { function, size: None, limit: max_answer });
         }

@@ -70,6 +70,8 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
             "queued": stats.queued,
             "coldStarts": shared.cold_starts.load(std::sync::atomic::Ordering::Relaxed),
             "spareStarts": shared.spare_starts.load(std::sync::atomic::Ordering::Relaxed),
+            "oomKills": shared.oom_kills.load(std::sync::atomic::Ordering::Relaxed),
+            "isolation": node.runtime.isolation(&spec.limits),
         },
     })
 }

@@ -5,5 +5,6 @@ pub mod invoke;
 pub mod logs;
 pub mod ls;
 pub mod rm;
+pub mod sandbox_exec;
 pub mod scale;
 pub mod serve;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sedge_gateway::Node;
+use sedge_runtime::sandbox::{Sandbox, SandboxSetup};
 use sedge_runtime::{Runtime, RuntimeConfig};
 use sedge_store::{Store, StoreError};
 use tokio::sync::watch;
@@ -37,6 +38,10 @@ pub struct Args {
     /// Threads for the gateway's async runtime (0: one per core).
     #[arg(long, env = "SEDGE_THREADS", default_value_t = 0)]
     threads: usize,
+    /// Run workers unsandboxed: as the node's own user, seeing its files,
+    /// with no memory or process limits. For development only.
+    #[arg(long, env = "SEDGE_NO_SANDBOX")]
+    no_sandbox: bool,
     /// Node.js executable for node functions.
     #[arg(long, env = "SEDGE_NODE", default_value = "node")]
     node: String,
@@ -77,8 +82,13 @@ async fn serve(args: Args) -> Result<()> {
         let python = resolve_interpreter(&args.python, &["-c", "import sys; print(sys.executable)"]);
         (python, node.join().unwrap_or_else(|_| args.node.clone()))
     });
-    let config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js, args.spares)
+    let mut config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js, args.spares)
         .with_context(|| format!("writing the runtime shims under {}", data.display()))?;
+    if args.no_sandbox {
+        tracing::warn!("--no-sandbox: workers run as the node's own user, see its files and have no limits");
+    } else {
+        config = sandboxed(config, &data)?;
+    }
     let runtime = Arc::new(Runtime::new(config));
     let node = Arc::new(Node::new(Arc::new(store), runtime.clone()));
     let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
@@ -128,6 +138,17 @@ async fn serve(args: Args) -> Result<()> {
     runtime.shutdown(Duration::from_secs(1)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn sandboxed(config: RuntimeConfig, data: &std::path::Path) -> Result<RuntimeConfig> {
+    let interpreters = [config.python.as_str(), config.node.as_str()];
+    let setup = SandboxSetup { data_dir: data, shim_dir: &config.shim_dir, interpreters: &interpreters };
+    let sandbox = Sandbox::new(&setup).map_err(|e| anyhow::anyhow!("setting up the worker sandbox: {e}"))?;
+    tracing::info!("{}", sandbox.summary());
+    if config.spares && sandbox.isolates_files() {
+        tracing::info!("spare interpreters are kept per function, each in its function's sandbox");
+    }
+    Ok(config.with_sandbox(sandbox))
 }
 
 /// The interpreter's own executable path. Version managers (pyenv, nvm, asdf)
