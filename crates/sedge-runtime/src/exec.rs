@@ -68,8 +68,10 @@ impl ExecWorker {
             return Err(InvokeError::StartFailed { function, message: "empty command".to_owned() });
         };
         let start_failed = |message: String| InvokeError::StartFailed { function: function.clone(), message };
-        let (mut cmd, cgroup) =
-            self.config.command(program, &self.spec.limits, &self.dir, self.shared.oom_kills.clone()).map_err(start_failed)?;
+        let (mut cmd, cgroup) = self
+            .config
+            .command(program, &self.spec.limits, &self.dir, self.shared.oom_kills.clone())
+            .map_err(start_failed)?;
         cmd.args(args)
             .current_dir(&self.dir)
             .envs(&self.spec.env)
@@ -83,9 +85,8 @@ impl ExecWorker {
         for (k, v) in &inv.headers {
             cmd.env(header_var(k), v);
         }
-        let (mut child, group) = self.config.groups.spawn_in(&mut cmd, cgroup).map_err(|e| InvokeError::StartFailed {
-            function: function.clone(),
-            message: format!("cannot run {program:?}: {e}"),
+        let (mut child, group) = self.config.groups.spawn_in(&mut cmd, cgroup).map_err(|e| {
+            InvokeError::StartFailed { function: function.clone(), message: format!("cannot run {program:?}: {e}") }
         })?;
         let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())

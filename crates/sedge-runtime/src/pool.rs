@@ -206,7 +206,11 @@ impl Pool {
 
     /// What a spare for this version is started with, when spares are per function.
     pub(crate) fn spare_target(&self) -> SpareTarget {
-        SpareTarget { limits: self.spec.limits.clone(), dir: self.dir.clone(), oom_kills: self.shared.oom_kills.clone() }
+        SpareTarget {
+            limits: self.spec.limits.clone(),
+            dir: self.dir.clone(),
+            oom_kills: self.shared.oom_kills.clone(),
+        }
     }
 
     pub fn spec(&self) -> &FunctionSpec {
@@ -444,15 +448,9 @@ impl Pool {
                         pool.on_worker_exit(id);
                     }
                 });
-                let http = HttpWorker::start(
-                    &self.spec,
-                    &self.dir,
-                    instance,
-                    self.shared.clone(),
-                    &self.config,
-                    on_exit,
-                )
-                .await?;
+                let http =
+                    HttpWorker::start(&self.spec, &self.dir, instance, self.shared.clone(), &self.config, on_exit)
+                        .await?;
                 return Ok(Worker { id, engine: Engine::Http(http) });
             }
         };
@@ -471,7 +469,11 @@ impl Pool {
                 }
             }),
         };
-        let spare = if Spare::suits(&self.spec) { self.spares.take(self.spec.runtime, &self.spare_target()).await } else { None };
+        let spare = if Spare::suits(&self.spec) {
+            self.spares.take(self.spec.runtime, &self.spare_target()).await
+        } else {
+            None
+        };
         let spare = spare.and_then(|mut s| s.is_alive().then_some(s));
         let process = match spare {
             Some(spare) => {

@@ -31,10 +31,10 @@ use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::group::ProcessGroup;
-use crate::sandbox::WorkerCgroup;
-use crate::RuntimeConfig;
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::pool::FunctionShared;
+use crate::sandbox::WorkerCgroup;
+use crate::RuntimeConfig;
 
 /// How long a worker may take to load the user's module.
 const START_TIMEOUT: Duration = Duration::from_secs(60);

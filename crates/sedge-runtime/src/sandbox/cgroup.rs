@@ -238,9 +238,7 @@ impl WorkerCgroup {
             CgroupVersion::V2 => "memory.events",
         };
         let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
-            .unwrap_or(0)
+        text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())).unwrap_or(0)
     }
 
     /// Whether the kernel has killed a process of this worker for memory.

@@ -76,9 +76,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let inner = args.first().is_some_and(|a| a == INNER);
     let args = if inner { &args[1..] } else { &args[..] };
     let result = match args.split_first() {
-        Some((plan, command)) if !command.is_empty() => serde_json::from_slice::<LaunchPlan>(plan.as_bytes())
-            .map_err(|e| format!("bad plan: {e}"))
-            .and_then(|plan| if inner { run_inner(&plan, command) } else { run_outer(&plan, args[0].clone(), command) }),
+        Some((plan, command)) if !command.is_empty() => {
+            serde_json::from_slice::<LaunchPlan>(plan.as_bytes()).map_err(|e| format!("bad plan: {e}")).and_then(
+                |plan| if inner { run_inner(&plan, command) } else { run_outer(&plan, args[0].clone(), command) },
+            )
+        }
         _ => Err(format!("usage: sedge {SUBCOMMAND} PLAN PROGRAM [ARGS...]")),
     };
     match result {
@@ -125,7 +127,8 @@ fn run_outer(plan: &LaunchPlan, plan_arg: OsString, command: &[OsString]) -> Res
 fn make_view(view: &View) -> Result<(), String> {
     let none: Option<&str> = None;
     // Nothing mounted here may leak back to the node's namespace.
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).map_err(|e| format!("making / private: {e}"))?;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(|e| format!("making / private: {e}"))?;
     // Held open before anything is covered: covers may hide their paths.
     let sources: Vec<(OwnedFd, &Path)> = view
         .read_only

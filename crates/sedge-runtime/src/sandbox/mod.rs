@@ -23,8 +23,8 @@ use sedge_core::Limits;
 use serde_json::{json, Value};
 use tokio::process::Command;
 
-pub use cgroup::WorkerCgroup;
 use cgroup::CgroupHost;
+pub use cgroup::WorkerCgroup;
 use launch::{Cover, LaunchPlan, View};
 use policy::{plan_limits, CgroupVersion, DirMode, Enforcement};
 
@@ -214,13 +214,14 @@ impl Sandbox {
         let caps = self.cgroups.as_ref().map(|c| c.caps);
         let plan = plan_limits(limits, caps);
         let cgroup = match &self.cgroups {
-            Some(host) => {
-                Some(host.create(&plan.writes, oom_kills).map_err(|e| format!("cannot make the worker's cgroup: {e}"))?)
-            }
+            Some(host) => Some(
+                host.create(&plan.writes, oom_kills).map_err(|e| format!("cannot make the worker's cgroup: {e}"))?,
+            ),
             None => None,
         };
         let user = self.user.as_ref().map(|u| (u.uid, u.gid));
-        let nproc = plan.rlimit_nproc.map(|n| n + processes_of(user.map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.0)));
+        let nproc =
+            plan.rlimit_nproc.map(|n| n + processes_of(user.map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.0)));
         let view = self.user.as_ref().map(|_| self.view(limits, bundle));
         let launch = LaunchPlan {
             cgroup_procs: cgroup.as_ref().map(WorkerCgroup::procs_files).unwrap_or_default(),
@@ -326,9 +327,11 @@ fn sandbox_user() -> SandboxUser {
         ),
         Err(e) => tracing::warn!("cannot run useradd ({e}): workers run as nobody"),
     }
-    lookup(USER_NAME)
-        .or_else(|| lookup("nobody"))
-        .unwrap_or(SandboxUser { name: "nobody".into(), uid: FALLBACK_ID, gid: FALLBACK_ID })
+    lookup(USER_NAME).or_else(|| lookup("nobody")).unwrap_or(SandboxUser {
+        name: "nobody".into(),
+        uid: FALLBACK_ID,
+        gid: FALLBACK_ID,
+    })
 }
 
 fn lookup(name: &str) -> Option<SandboxUser> {

@@ -167,15 +167,7 @@ mod tests {
     use std::time::Duration;
 
     fn limits(memory: Option<u64>, pids: u32, cpu_millis: Option<u32>) -> Limits {
-        Limits {
-            timeout: Duration::from_secs(1),
-            max_body: 1,
-            max_answer: 1,
-            memory,
-            queue: 1,
-            pids,
-            cpu_millis,
-        }
+        Limits { timeout: Duration::from_secs(1), max_body: 1, max_answer: 1, memory, queue: 1, pids, cpu_millis }
     }
 
     fn caps(version: CgroupVersion) -> CgroupCaps {

@@ -13,5 +13,6 @@ mod http_runtime;
 mod lifecycle;
 mod openfaas_api;
 mod persistence;
+mod sandbox;
 mod scaling;
 mod styles;
