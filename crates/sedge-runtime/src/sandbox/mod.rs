@@ -108,21 +108,31 @@ impl Sandbox {
 
     /// Makes `path` reachable by the sandbox user: a closed directory above
     /// it is replaced in workers' views by a passable one, and (for `bind`)
-    /// `path` itself bound back.
+    /// what holds `path` bound back read-only: the whole folder just inside
+    /// the closed directory, since version managers (pyenv, nvm, asdf) keep
+    /// their shims, tools and every installed version together there.
     fn reach(&mut self, path: &Path, user: &SandboxUser, bind: bool) {
         let blocked = policy::first_blocked(path, (user.uid, user.gid), dir_mode);
-        let covered = blocked.is_some() || self.is_covered(path);
-        if let Some(dir) = blocked {
+        let mut exposed = path.to_owned();
+        if let Some(dir) = &blocked {
+            if let Some(first) = path.strip_prefix(dir).ok().and_then(|rest| rest.components().next()) {
+                exposed = dir.join(first);
+            }
             tracing::info!(
-                "{} is under {}, which {} cannot enter: workers see a passable copy",
+                "{} is under {}, which {} cannot enter: workers see {} read-only in an otherwise empty {}",
                 path.display(),
                 dir.display(),
-                user.name
+                user.name,
+                exposed.display(),
+                dir.display()
             );
+        }
+        let covered = blocked.is_some() || self.is_covered(path);
+        if let Some(dir) = blocked {
             self.covers.push(dir);
         }
-        if bind && covered && !self.read_only.iter().any(|p| path.starts_with(p)) {
-            self.read_only.push(path.to_owned());
+        if bind && covered && !self.read_only.iter().any(|p| exposed.starts_with(p)) {
+            self.read_only.push(exposed);
         }
     }
 
