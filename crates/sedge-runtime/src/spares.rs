@@ -3,9 +3,10 @@
 //! for loading the user's module, not for the interpreter's own start-up.
 //! A spare is taken by the first pool that needs one and replaced at once.
 //!
-//! Sandboxed workers see only their own function's bundle, so a spare
-//! cannot be shared between functions: then spares are kept per function
-//! (started in that function's sandbox, with its limits) instead of per
+//! A sandboxed worker sees only its own function's bundle and carries its
+//! function's limits from its first instruction, so a spare cannot be
+//! shared between functions: with a sandbox, spares are kept per function
+//! version (started in its sandbox, with its limits) instead of per
 //! language, and dropped with the version they were started for.
 
 use std::collections::{HashMap, HashSet};
@@ -55,8 +56,8 @@ impl Spares {
     /// The key for spares of `kind` that a function with bundle `target`
     /// may take.
     fn key(&self, kind: RuntimeKind, target: Option<&SpareTarget>) -> SpareKey {
-        let isolated = self.config.sandbox.as_ref().is_some_and(|s| s.isolates_files());
-        SpareKey { kind, dir: target.filter(|_| isolated).map(|t| t.dir.clone()) }
+        let sandboxed = self.config.sandbox.is_some();
+        SpareKey { kind, dir: target.filter(|_| sandboxed).map(|t| t.dir.clone()) }
     }
 
     pub async fn take(self: &Arc<Self>, kind: RuntimeKind, target: &SpareTarget) -> Option<Spare> {

@@ -272,12 +272,6 @@ impl Sandbox {
         View { covers, read_only, cwd: bundle }
     }
 
-    /// Whether workers can be given a function's own bundle only (not the
-    /// data directory), so spares must be started per function.
-    pub fn isolates_files(&self) -> bool {
-        self.user.is_some()
-    }
-
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

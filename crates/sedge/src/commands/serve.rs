@@ -145,7 +145,7 @@ fn sandboxed(config: RuntimeConfig, data: &std::path::Path) -> Result<RuntimeCon
     let setup = SandboxSetup { data_dir: data, shim_dir: &config.shim_dir, interpreters: &interpreters };
     let sandbox = Sandbox::new(&setup).map_err(|e| anyhow::anyhow!("setting up the worker sandbox: {e}"))?;
     tracing::info!("{}", sandbox.summary());
-    if config.spares && sandbox.isolates_files() {
+    if config.spares {
         tracing::info!("spare interpreters are kept per function, each in its function's sandbox");
     }
     Ok(config.with_sandbox(sandbox))
