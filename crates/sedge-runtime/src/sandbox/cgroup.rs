@@ -198,11 +198,17 @@ impl CgroupHost {
         Ok(group)
     }
 
-    /// Removes the node's parent groups (at stop; workers' groups are gone).
+    /// Removes the node's parent groups at stop, giving the workers' own
+    /// groups (removed in the background) a moment to go first.
     pub fn remove(&self) {
-        for dir in self.parents.values() {
-            let _ = std::fs::remove_dir(dir);
+        for _ in 0..100 {
+            let left = self.parents.values().filter(|d| d.exists() && std::fs::remove_dir(d).is_err()).count();
+            if left == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
+        tracing::warn!("could not remove the node's cgroups {:?}", self.parents.values().collect::<Vec<_>>());
     }
 }
 
