@@ -33,6 +33,9 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// may have at once: room for an interpreter's own threads and a few
 /// helpers, too few for a fork bomb to hurt the node.
 pub const DEFAULT_PIDS: u32 = 64;
+/// Processes beyond one thread per concurrent call, when the concurrency
+/// sets the default.
+const PIDS_HEADROOM: u32 = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
@@ -268,13 +271,14 @@ impl FunctionSpec {
                 format!("style {:?} is not available for runtime {:?}", style.as_str(), runtime.as_str()),
             );
         }
-        let limits = Limits {
+        let mut limits = Limits {
             timeout: c.duration("limits.timeout", raw.limits.timeout.as_deref(), DEFAULT_TIMEOUT)?,
             max_body: c.size("limits.max_body", raw.limits.max_body.as_deref())?.unwrap_or(DEFAULT_MAX_BODY),
             max_answer: c.size("limits.max_answer", raw.limits.max_answer.as_deref())?.unwrap_or(DEFAULT_MAX_ANSWER),
             memory: c.size("limits.memory", raw.limits.memory.as_deref())?,
             queue: c.count("limits.queue", raw.limits.queue, DEFAULT_QUEUE, (0, 1_000_000))?,
-            pids: c.count("limits.pids", raw.limits.pids, DEFAULT_PIDS, (4, 1_000_000))?,
+            // Given a default below, once the concurrency is known.
+            pids: c.count("limits.pids", raw.limits.pids, 0, (4, 1_000_000))?,
             cpu_millis: c.cores("limits.cpu", raw.limits.cpu)?,
         };
         if limits.timeout > MAX_TIMEOUT {
@@ -290,6 +294,10 @@ impl FunctionSpec {
             concurrency: c.count("scale.concurrency", raw.scale.concurrency, 1, (1, 1024))?,
             idle: c.duration("scale.idle", raw.scale.idle.as_deref(), DEFAULT_IDLE)?,
         };
+        if limits.pids == 0 {
+            // A worker serving many calls at once runs a thread for each.
+            limits.pids = DEFAULT_PIDS.max(scale.concurrency.saturating_add(PIDS_HEADROOM));
+        }
         for key in raw.env.keys() {
             let ok = !key.is_empty()
                 && !key.starts_with(|ch: char| ch.is_ascii_digit())
@@ -376,6 +384,8 @@ mod tests {
         assert_eq!(spec.limits.queue, DEFAULT_QUEUE);
         assert_eq!(spec.limits.pids, DEFAULT_PIDS);
         assert_eq!(spec.limits.cpu_millis, None);
+        let busy = parse(&format!("{MINIMAL}[scale]\nconcurrency = 100\n")).expect("valid");
+        assert_eq!(busy.limits.pids, 132, "a thread per concurrent call, and room besides");
         assert_eq!(spec.scale, Scale { min: 0, max: 4, concurrency: 1, idle: DEFAULT_IDLE });
     }
 
