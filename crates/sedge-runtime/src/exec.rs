@@ -7,6 +7,7 @@
 //! background child outlives its request. The answer is read up to the
 //! function's `max_answer`; past it the run is killed.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::pool::FunctionShared;
+use crate::sandbox::WorkerCgroup;
 use crate::RuntimeConfig;
 
 /// Bytes of stderr quoted in a failure's message.
@@ -29,6 +31,8 @@ pub struct ExecWorker {
     instance: String,
     shared: Arc<FunctionShared>,
     config: Arc<RuntimeConfig>,
+    /// Shared by this worker's runs (sandboxed); removed with the worker.
+    cgroup: Option<WorkerCgroup>,
 }
 
 /// The watchdog's header variables: `Content-Type` → `Http_Content_Type`.
@@ -56,8 +60,9 @@ impl ExecWorker {
         instance: String,
         shared: Arc<FunctionShared>,
         config: Arc<RuntimeConfig>,
-    ) -> Self {
-        Self { spec, dir, instance, shared, config }
+    ) -> Result<Self, String> {
+        let cgroup = config.exec_cgroup(&spec.limits, shared.oom_kills.clone())?;
+        Ok(Self { spec, dir, instance, shared, config, cgroup })
     }
 
     /// Runs the command once. Dropping the future (a timeout) kills it.
@@ -68,9 +73,9 @@ impl ExecWorker {
             return Err(InvokeError::StartFailed { function, message: "empty command".to_owned() });
         };
         let start_failed = |message: String| InvokeError::StartFailed { function: function.clone(), message };
-        let (mut cmd, cgroup) = self
+        let mut cmd = self
             .config
-            .command(program, &self.spec.limits, &self.dir, self.shared.oom_kills.clone())
+            .command_in(program, &self.spec.limits, &self.dir, self.cgroup.as_ref())
             .map_err(start_failed)?;
         cmd.args(args)
             .current_dir(&self.dir)
@@ -85,8 +90,9 @@ impl ExecWorker {
         for (k, v) in &inv.headers {
             cmd.env(header_var(k), v);
         }
-        let (mut child, group) = self.config.groups.spawn_in(&mut cmd, cgroup).map_err(|e| {
-            InvokeError::StartFailed { function: function.clone(), message: format!("cannot run {program:?}: {e}") }
+        let (mut child, group) = self.config.groups.spawn_in(&mut cmd, None).map_err(|e| InvokeError::StartFailed {
+            function: function.clone(),
+            message: format!("cannot run {program:?}: {e}"),
         })?;
         let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -124,7 +130,8 @@ impl ExecWorker {
             status
         };
         let ((_, out_read, err_read), status) = tokio::join!(async { tokio::join!(feed, read_out, read_err) }, wait);
-        if group.oom_killed() {
+        let killed = status.as_ref().is_ok_and(|s| s.signal() == Some(nix::sys::signal::Signal::SIGKILL as i32));
+        if killed && self.cgroup.as_ref().is_some_and(WorkerCgroup::take_oom_kill) {
             return Err(InvokeError::OutOfMemory { function, limit: self.spec.limits.memory.unwrap_or_default() });
         }
         if out.len() as u64 > max_answer {

@@ -77,6 +77,33 @@ impl RuntimeConfig {
         }
     }
 
+    /// A cgroup for an `exec` worker, shared by its runs: making and first
+    /// joining a fresh cgroup costs milliseconds, too much for every call.
+    pub(crate) fn exec_cgroup(
+        &self,
+        limits: &sedge_core::Limits,
+        oom_kills: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<Option<sandbox::WorkerCgroup>, String> {
+        match &self.sandbox {
+            Some(s) => s.cgroup(limits, oom_kills),
+            None => Ok(None),
+        }
+    }
+
+    /// The command for one run of an `exec` worker in `cgroup`.
+    pub(crate) fn command_in(
+        &self,
+        program: &str,
+        limits: &sedge_core::Limits,
+        dir: &Path,
+        cgroup: Option<&sandbox::WorkerCgroup>,
+    ) -> Result<tokio::process::Command, String> {
+        match &self.sandbox {
+            Some(s) => s.command_in(program, limits, dir, cgroup),
+            None => Ok(tokio::process::Command::new(program)),
+        }
+    }
+
     /// What `describe` shows about the isolation of a function with `limits`.
     pub fn isolation(&self, limits: &sedge_core::Limits) -> serde_json::Value {
         match &self.sandbox {

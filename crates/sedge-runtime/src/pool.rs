@@ -438,7 +438,7 @@ impl Pool {
                     instance,
                     self.shared.clone(),
                     self.config.clone(),
-                );
+                )?;
                 return Ok(Worker { id, engine: Engine::Exec(exec) });
             }
             RuntimeKind::Http => {

@@ -177,6 +177,7 @@ impl CgroupHost {
             oom_kills,
             finished: AtomicBool::new(false),
             oom: AtomicBool::new(false),
+            reported: AtomicU64::new(0),
         };
         for (c, parent) in &self.parents {
             let dir = parent.join(format!("w{n}"));
@@ -228,9 +229,24 @@ pub struct WorkerCgroup {
     oom_kills: Arc<AtomicU64>,
     finished: AtomicBool,
     oom: AtomicBool,
+    /// OOM kills already reported (by [`Self::take_oom_kill`]).
+    reported: AtomicU64,
 }
 
 impl WorkerCgroup {
+    /// For a group that outlives its processes (an `exec` function's runs):
+    /// whether the kernel killed for memory since the last call, counting
+    /// it once if so.
+    pub fn take_oom_kill(&self) -> bool {
+        let now = self.oom_kill_count();
+        let before = self.reported.swap(now, Ordering::AcqRel);
+        let new = now > before;
+        if new {
+            self.oom_kills.fetch_add(1, Ordering::Relaxed);
+        }
+        new
+    }
+
     /// The files a process writes its pid into to join every part of the group.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
@@ -273,8 +289,11 @@ impl WorkerCgroup {
         if self.finished.swap(true, Ordering::AcqRel) {
             return;
         }
-        if self.oom_kill_count() > 0 {
+        let count = self.oom_kill_count();
+        if count > 0 {
             self.oom.store(true, Ordering::Release);
+        }
+        if count > self.reported.load(Ordering::Acquire) {
             self.oom_kills.fetch_add(1, Ordering::Relaxed);
         }
         let dirs = self.dirs.clone();
@@ -285,6 +304,7 @@ impl WorkerCgroup {
             oom_kills: self.oom_kills.clone(),
             finished: AtomicBool::new(true),
             oom: AtomicBool::new(false),
+            reported: AtomicU64::new(0),
         };
         std::thread::spawn(move || {
             for _ in 0..500 {

@@ -221,20 +221,33 @@ impl Sandbox {
         bundle: &Path,
         oom_kills: Arc<AtomicU64>,
     ) -> Result<(Command, Option<WorkerCgroup>), String> {
-        let caps = self.cgroups.as_ref().map(|c| c.caps);
-        let plan = plan_limits(limits, caps);
-        let cgroup = match &self.cgroups {
-            Some(host) => Some(
-                host.create(&plan.writes, oom_kills).map_err(|e| format!("cannot make the worker's cgroup: {e}"))?,
-            ),
-            None => None,
-        };
+        let cgroup = self.cgroup(limits, oom_kills)?;
+        let cmd = self.command_in(program, limits, bundle, cgroup.as_ref())?;
+        Ok((cmd, cgroup))
+    }
+
+    /// A new cgroup with `limits` applied, if cgroups are in use.
+    pub(crate) fn cgroup(&self, limits: &Limits, oom_kills: Arc<AtomicU64>) -> Result<Option<WorkerCgroup>, String> {
+        let Some(host) = &self.cgroups else { return Ok(None) };
+        let plan = plan_limits(limits, Some(host.caps));
+        host.create(&plan.writes, oom_kills).map(Some).map_err(|e| format!("cannot make the worker's cgroup: {e}"))
+    }
+
+    /// The command that starts `program` in `cgroup` (made by [`Self::cgroup`]).
+    pub(crate) fn command_in(
+        &self,
+        program: &str,
+        limits: &Limits,
+        bundle: &Path,
+        cgroup: Option<&WorkerCgroup>,
+    ) -> Result<Command, String> {
+        let plan = plan_limits(limits, self.cgroups.as_ref().map(|c| c.caps));
         let user = self.user.as_ref().map(|u| (u.uid, u.gid));
         let nproc =
             plan.rlimit_nproc.map(|n| n + processes_of(user.map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.0)));
         let view = self.user.as_ref().map(|_| self.view(limits, bundle));
         let launch = LaunchPlan {
-            cgroup_procs: cgroup.as_ref().map(WorkerCgroup::procs_files).unwrap_or_default(),
+            cgroup_procs: cgroup.map(WorkerCgroup::procs_files).unwrap_or_default(),
             rlimit_as: plan.rlimit_as,
             rlimit_nproc: nproc,
             user,
@@ -250,7 +263,7 @@ impl Sandbox {
             }
             cmd.env("HOME", "/tmp").env("TMPDIR", "/tmp");
         }
-        Ok((cmd, cgroup))
+        Ok(cmd)
     }
 
     fn view(&self, limits: &Limits, bundle: &Path) -> View {

@@ -227,3 +227,43 @@ fn nix_uid() -> u32 {
     let out = std::process::Command::new("id").arg("-u").output().expect("id");
     String::from_utf8_lossy(&out.stdout).trim().parse().expect("uid")
 }
+
+const HTTP_HOG: &str = r#"
+from http.server import BaseHTTPRequestHandler, HTTPServer
+import os
+
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path == "/hog":
+            chunks = [bytearray(32 * 1024 * 1024) for _ in range(64)]
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def do_GET(self):
+        self.do_POST()
+
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[test]
+fn exec_and_http_workers_past_their_memory_limit_answer_502_too() {
+    let node = sandboxed_node();
+    let limits = "[limits]\nmemory = \"64MiB\"\n";
+    let exec = FnDir::new(
+        &manifest("exechog", "exec", "python3 -c 'x = [bytearray(32 << 20) for _ in range(64)]'", limits),
+        &[],
+    );
+    let http = FnDir::new(&manifest("httphog", "http", "python3 server.py", limits), &[("server.py", HTTP_HOG)]);
+    node.deploy(exec.path());
+    node.deploy(http.path());
+    for (name, path) in [("exechog", "/function/exechog"), ("httphog", "/function/httphog/hog")] {
+        let a = node.post(path, b"");
+        assert_eq!(a.status, 502, "{name}: {}", a.text());
+        assert_eq!(a.error(), format!("function {name} exceeded its memory limit of 64 MiB"));
+        assert_eq!(node.describe(name)["sedge"]["oomKills"], 1, "{name}");
+    }
+    let again = node.post("/function/httphog", b"");
+    assert_eq!((again.status, again.text()), (200, "ok".to_owned()), "a new server answers");
+}
