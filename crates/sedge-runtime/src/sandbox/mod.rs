@@ -28,6 +28,8 @@ pub use cgroup::WorkerCgroup;
 use launch::{Cover, LaunchPlan, View};
 use policy::{plan_limits, CgroupVersion, DirMode, Enforcement};
 
+/// How long the start-up check of an interpreter may take.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The dedicated user workers run as when the node is root.
 pub const USER_NAME: &str = "sedge-fn";
 /// nobody/nogroup, when the dedicated user cannot be made.
@@ -147,7 +149,14 @@ impl Sandbox {
         let Some(named) = named else { return };
         let real = named.canonicalize().unwrap_or_else(|_| named.clone());
         for path in [&named, &real] {
-            let install = path.parent().and_then(Path::parent).unwrap_or(path);
+            let bin = path.parent().unwrap_or(path);
+            let mut install = bin.parent().unwrap_or(bin);
+            // Never bind back over a place workers must get empty (their
+            // private /tmp, the data directory): take the folder itself.
+            let hides = |p: &Path| p.starts_with(install);
+            if PRIVATE_TMP.iter().map(Path::new).any(hides) || self.covers.iter().any(|c| hides(c)) {
+                install = bin;
+            }
             self.reach(install, user, true);
         }
         match std::fs::metadata(&real) {
@@ -160,6 +169,34 @@ impl Sandbox {
             )),
             Err(e) => self.warnings.push(format!("{}: {e}", real.display())),
         }
+    }
+
+    /// Starts `program` once with `args` the way workers start (same user,
+    /// namespaces and view), so that an interpreter the sandbox user cannot
+    /// run is reported when the node starts rather than at the first call.
+    pub async fn check(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        let limits = Limits {
+            timeout: CHECK_TIMEOUT,
+            max_body: 0,
+            max_answer: 0,
+            memory: None,
+            queue: 0,
+            pids: sedge_core::manifest::DEFAULT_PIDS,
+            cpu_millis: None,
+        };
+        let dir = self.read_only.first().cloned().unwrap_or_else(|| PathBuf::from("/"));
+        let mut cmd = self.command_in(program, &limits, &dir, None)?;
+        cmd.args(args).current_dir(&dir).stdin(std::process::Stdio::null()).kill_on_drop(true);
+        let out = match tokio::time::timeout(CHECK_TIMEOUT, cmd.output()).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => return Err(format!("cannot start the launcher: {e}")),
+            Err(_) => return Err(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
+        };
+        if out.status.success() {
+            return Ok(());
+        }
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        Err(format!("{}{}", out.status, if said.is_empty() { String::new() } else { format!(": {said}") }))
     }
 
     /// One line for the node's log saying what isolation is in force.

@@ -88,6 +88,7 @@ async fn serve(args: Args) -> Result<()> {
         tracing::warn!("--no-sandbox: workers run as the node's own user, see its files and have no limits");
     } else {
         config = sandboxed(config, &data)?;
+        check_interpreters(&config).await;
     }
     let runtime = Arc::new(Runtime::new(config));
     let node = Arc::new(Node::new(Arc::new(store), runtime.clone()));
@@ -149,6 +150,20 @@ fn sandboxed(config: RuntimeConfig, data: &std::path::Path) -> Result<RuntimeCon
         tracing::info!("spare interpreters are kept per function, each in its function's sandbox");
     }
     Ok(config.with_sandbox(sandbox))
+}
+
+/// Says at start, not at the first call, if an interpreter cannot run
+/// inside the sandbox (e.g. installed where the sandbox user cannot read).
+async fn check_interpreters(config: &RuntimeConfig) {
+    let Some(sandbox) = &config.sandbox else { return };
+    for (language, program) in [("python", &config.python), ("node", &config.node)] {
+        if let Err(e) = sandbox.check(program, &["--version"]).await {
+            tracing::error!(
+                "{language} ({program}) does not start in the worker sandbox: {e}; {language} functions will fail \
+                 to start (docs/security.md says what workers can reach; --no-sandbox is for development)"
+            );
+        }
+    }
 }
 
 /// The interpreter's own executable path. Version managers (pyenv, nvm, asdf)
