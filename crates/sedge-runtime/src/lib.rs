@@ -168,9 +168,13 @@ impl Runtime {
     pub fn install(&self, pool: Arc<Pool>) {
         let name = pool.spec().name.to_string();
         pool.tick();
+        let dir = pool.dir().clone();
         let old = self.write().insert(name, pool);
         if let Some(old) = old {
-            self.spares.forget(old.dir());
+            // The same bundle deployed again keeps its spare.
+            if *old.dir() != dir {
+                self.spares.forget(old.dir());
+            }
             let grace = old.spec().limits.timeout + Duration::from_secs(1);
             tokio::spawn(async move { old.drain(grace).await });
         }

@@ -38,6 +38,8 @@ pub struct SpareKey {
 struct State {
     ready: HashMap<SpareKey, Spare>,
     starting: HashSet<SpareKey>,
+    /// Versions gone while their spare was starting: it is dropped on arrival.
+    forgotten: HashSet<PathBuf>,
     closed: bool,
 }
 
@@ -88,6 +90,9 @@ impl Spares {
         let key = self.key(kind, Some(target));
         {
             let mut st = self.lock();
+            if let Some(dir) = &key.dir {
+                st.forgotten.remove(dir);
+            }
             if st.closed || st.ready.contains_key(&key) || !st.starting.insert(key.clone()) {
                 return;
             }
@@ -103,9 +108,10 @@ impl Spares {
             {
                 let mut st = me.lock();
                 st.starting.remove(&key);
+                let gone = key.dir.as_ref().is_some_and(|d| st.forgotten.remove(d));
                 match started {
                     // Dropping a spare (closed meanwhile) ends its process.
-                    Ok(spare) if !st.closed => {
+                    Ok(spare) if !st.closed && !gone => {
                         st.ready.insert(key, spare);
                     }
                     Ok(_) => {}
@@ -119,7 +125,11 @@ impl Spares {
     /// Ends the spares kept for one version's bundle (it is being replaced
     /// or removed). One still starting is dropped when it arrives unused.
     pub fn forget(&self, dir: &std::path::Path) {
-        self.lock().ready.retain(|k, _| k.dir.as_deref() != Some(dir));
+        let mut st = self.lock();
+        st.ready.retain(|k, _| k.dir.as_deref() != Some(dir));
+        if st.starting.iter().any(|k| k.dir.as_deref() == Some(dir)) {
+            st.forgotten.insert(dir.to_owned());
+        }
     }
 
     /// Ends every spare and starts no more.

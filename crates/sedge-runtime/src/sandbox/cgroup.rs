@@ -121,6 +121,7 @@ impl CgroupHost {
             std::fs::write(dir.join("cgroup.subtree_control"), &enable)
                 .map_err(|e| format!("enabling {enable} in {}: {e}", dir.display()))?;
         }
+        remove_stale(&dir);
         let parent = dir.join(name);
         mkdir(&parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
         std::fs::write(parent.join("cgroup.subtree_control"), &enable)
@@ -145,7 +146,9 @@ impl CgroupHost {
                 continue;
             };
             let path = own.iter().find(|(cs, _)| cs.iter().any(|x| x == cname)).map_or("/", |(_, p)| p.as_str());
-            let parent = own_dir(mount, path).join(name);
+            let own = own_dir(mount, path);
+            remove_stale(&own);
+            let parent = own.join(name);
             match mkdir(&parent) {
                 Ok(()) => {
                     parents.insert(c, parent);
@@ -210,6 +213,39 @@ impl CgroupHost {
             std::thread::sleep(Duration::from_millis(10));
         }
         tracing::warn!("could not remove the node's cgroups {:?}", self.parents.values().collect::<Vec<_>>());
+    }
+}
+
+/// Removes the groups of nodes that are gone (killed before they could
+/// clean up) from `dir`, ending any worker still in them.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("sedge-")).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let parent = entry.path();
+        let workers: Vec<PathBuf> = std::fs::read_dir(&parent)
+            .map(|es| es.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        for w in &workers {
+            for pid in std::fs::read_to_string(w.join("cgroup.procs")).unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+        for _ in 0..50 {
+            let busy = workers.iter().filter(|w| w.exists() && std::fs::remove_dir(w).is_err()).count();
+            if busy == 0 && std::fs::remove_dir(&parent).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

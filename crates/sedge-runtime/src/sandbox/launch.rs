@@ -92,7 +92,19 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
 }
 
+/// Ends this process when its parent does: a node killed outright (no
+/// chance to stop its workers) takes its workers with it.
+fn die_with_parent() -> Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    // The parent may have gone before the setting took.
+    if nix::unistd::getppid().as_raw() == 1 {
+        return Err("the node is gone".to_owned());
+    }
+    Ok(())
+}
+
 fn run_outer(plan: &LaunchPlan, plan_arg: OsString, command: &[OsString]) -> Result<i32, String> {
+    die_with_parent()?;
     let me = std::process::id().to_string();
     for procs in &plan.cgroup_procs {
         std::fs::write(procs, &me).map_err(|e| format!("joining {}: {e}", procs.display()))?;
@@ -185,6 +197,11 @@ fn run_inner(plan: &LaunchPlan, command: &[OsString]) -> Result<i32, String> {
     }
     // setuid programs (su, sudo) cannot give the worker back what it lost.
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+    // Set after the user change, which clears it. As pid 1 of its
+    // namespace, the worker takes all it started along when it goes.
+    if plan.view.is_some() {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    }
     let argv: Vec<CString> = command
         .iter()
         .map(|a| CString::new(a.as_bytes()).map_err(|_| "an argument holds a NUL byte".to_owned()))
