@@ -267,3 +267,37 @@ fn exec_and_http_workers_past_their_memory_limit_answer_502_too() {
     let again = node.post("/function/httphog", b"");
     assert_eq!((again.status, again.text()), (200, "ok".to_owned()), "a new server answers");
 }
+
+const HTTP_WITH_CHILD: &str = r#"
+import os, subprocess
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+subprocess.Popen(["sleep", "300"])
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        ns = os.readlink("/proc/self/ns/pid").encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(ns)))
+        self.end_headers()
+        self.wfile.write(ns)
+
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[test]
+fn a_node_killed_outright_takes_its_workers_along() {
+    let node = sandboxed_node();
+    let f = FnDir::new(&manifest("server", "http", "python3 server.py", ""), &[("server.py", HTTP_WITH_CHILD)]);
+    node.deploy(f.path());
+    let ns = node.get("/function/server").text();
+    assert!(ns.starts_with("pid:["), "{ns}");
+    assert!(processes_in(&ns) >= 2, "the server and its child run");
+    // Dropping the node SIGKILLs it: no chance to stop its workers itself.
+    drop(node);
+    let start = std::time::Instant::now();
+    while processes_in(&ns) > 0 {
+        assert!(start.elapsed() < Duration::from_secs(20), "workers outlived their node");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
