@@ -110,28 +110,30 @@ impl CgroupHost {
             return Err(format!("no memory controller in {}", dir.display()));
         }
         let wanted: Vec<&str> = ["memory", "pids", "cpu"].into_iter().filter(|c| has(c)).collect();
-        let enable = wanted.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(" ");
         // A group holding processes cannot hand controllers down (v2's "no
         // internal processes" rule): move the node into a leaf of its own first.
-        if std::fs::write(dir.join("cgroup.subtree_control"), &enable).is_err() {
+        if !enable(&dir, &wanted).contains(&"memory") {
             let leaf = dir.join(format!("{name}-node"));
             mkdir(&leaf).map_err(|e| format!("creating {}: {e}", leaf.display()))?;
             std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
                 .map_err(|e| format!("moving the node into {}: {e}", leaf.display()))?;
-            std::fs::write(dir.join("cgroup.subtree_control"), &enable)
-                .map_err(|e| format!("enabling {enable} in {}: {e}", dir.display()))?;
+            if !enable(&dir, &wanted).contains(&"memory") {
+                return Err(format!("cannot enable the memory controller in {}", dir.display()));
+            }
         }
         remove_stale(&dir);
         let parent = dir.join(name);
         mkdir(&parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-        std::fs::write(parent.join("cgroup.subtree_control"), &enable)
-            .map_err(|e| format!("enabling {enable} in {}: {e}", parent.display()))?;
+        let enabled = enable(&parent, &wanted);
+        if !enabled.contains(&"memory") {
+            return Err(format!("cannot enable the memory controller in {}", parent.display()));
+        }
         let caps = CgroupCaps {
             version: CgroupVersion::V2,
             memory: true,
-            swap: parent.join("memory.swap.max").exists() || dir.join("memory.swap.max").exists(),
-            pids: has("pids"),
-            cpu: has("cpu"),
+            swap: parent.join("memory.swap.max").exists(),
+            pids: enabled.contains(&"pids"),
+            cpu: enabled.contains(&"cpu"),
         };
         let parents =
             [Controller::Memory, Controller::Pids, Controller::Cpu].into_iter().map(|c| (c, parent.clone())).collect();
@@ -247,6 +249,19 @@ fn remove_stale(dir: &Path) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Hands each of `controllers` down to `dir`'s children, one at a time so
+/// that one refused (cpu, with real-time threads about) costs only itself;
+/// says which are on.
+fn enable<'a>(dir: &Path, controllers: &[&'a str]) -> Vec<&'a str> {
+    let file = dir.join("cgroup.subtree_control");
+    let on = std::fs::read_to_string(&file).unwrap_or_default();
+    controllers
+        .iter()
+        .copied()
+        .filter(|c| on.split_whitespace().any(|x| x == *c) || std::fs::write(&file, format!("+{c}")).is_ok())
+        .collect()
 }
 
 fn mkdir(dir: &Path) -> io::Result<()> {
@@ -392,5 +407,45 @@ mod tests {
         // A mount of a sub-tree (a container's view) strips its root.
         let sub = CgroupMount { root: "/job".into(), ..mounts[0].clone() };
         assert_eq!(own_dir(&sub, "/job/42"), PathBuf::from("/sys/fs/cgroup/memory/42"));
+    }
+
+    #[test]
+    fn v2_makes_the_node_s_group_hands_controllers_down_and_writes_limits() {
+        // A stand-in v2 tree: plain files where the kernel has its own.
+        let root = tempfile::tempdir().expect("tempdir");
+        let own = root.path().join("system.slice/sedge.service");
+        std::fs::create_dir_all(&own).expect("mkdir");
+        std::fs::write(own.join("cgroup.controllers"), "cpuset cpu io memory pids\n").expect("write");
+        let mounts = vec![CgroupMount {
+            v2: true,
+            root: "/".into(),
+            mount_point: root.path().to_owned(),
+            controllers: Vec::new(),
+        }];
+        let paths = parse_proc_cgroup("0::/system.slice/sedge.service\n");
+        let host = CgroupHost::detect_v2(&mounts, &paths, "sedge-7").expect("v2 host");
+        assert_eq!(host.caps.version, CgroupVersion::V2);
+        assert!(host.caps.memory && host.caps.pids && host.caps.cpu);
+        let parent = own.join("sedge-7");
+        assert!(parent.is_dir());
+        assert!(std::fs::read_to_string(parent.join("cgroup.subtree_control")).expect("enabled").starts_with('+'));
+        let limits = sedge_core::Limits {
+            timeout: Duration::from_secs(1),
+            max_body: 1,
+            max_answer: 1,
+            memory: Some(1 << 26),
+            queue: 1,
+            pids: 64,
+            cpu_millis: Some(250),
+        };
+        let plan = super::super::policy::plan_limits(&limits, Some(host.caps));
+        let group = host.create(&plan.writes, Arc::default()).expect("worker group");
+        let w = parent.join("w1");
+        assert_eq!(group.procs_files(), [w.join("cgroup.procs")], "one group for every controller");
+        assert_eq!(std::fs::read_to_string(w.join("memory.max")).expect("memory.max"), "67108864");
+        assert_eq!(std::fs::read_to_string(w.join("pids.max")).expect("pids.max"), "64");
+        assert_eq!(std::fs::read_to_string(w.join("cpu.max")).expect("cpu.max"), "25000 100000");
+        std::fs::write(w.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").expect("write");
+        assert!(group.oom_killed());
     }
 }
