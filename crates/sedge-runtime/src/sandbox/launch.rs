@@ -220,3 +220,37 @@ pub fn command(launcher: &Path, plan: &LaunchPlan, program: &str) -> Result<toki
     cmd.arg(SUBCOMMAND).arg(json).arg(program);
     Ok(cmd)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_survives_the_command_line() {
+        let plan = LaunchPlan {
+            cgroup_procs: vec!["/sys/fs/cgroup/pids/sedge-1/w1/cgroup.procs".into()],
+            rlimit_as: None,
+            rlimit_nproc: Some(64),
+            user: Some((999, 995)),
+            view: Some(View {
+                covers: vec![Cover { path: "/tmp".into(), mode: 0o1777, size: 1 << 20 }],
+                read_only: vec!["/data/bundles/b".into()],
+                cwd: "/data/bundles/b".into(),
+            }),
+        };
+        let cmd = command(Path::new("/bin/sedge"), &plan, "python3").expect("command");
+        let args: Vec<OsString> = cmd.as_std().get_args().map(OsString::from).collect();
+        assert_eq!(args[0], SUBCOMMAND);
+        assert_eq!(args[2], "python3");
+        let back: LaunchPlan = serde_json::from_slice(args[1].as_bytes()).expect("plan");
+        assert_eq!(back.user, Some((999, 995)));
+        assert_eq!(back.view.map(|v| v.covers[0].mode), Some(0o1777));
+    }
+
+    #[test]
+    fn a_bad_plan_or_no_program_fails_without_running_anything() {
+        assert_eq!(main(vec!["{not json".into(), "true".into()]), LAUNCH_FAILED);
+        assert_eq!(main(vec!["{}".into()]), LAUNCH_FAILED);
+        assert_eq!(main(vec![INNER.into()]), LAUNCH_FAILED);
+    }
+}
