@@ -43,6 +43,32 @@ pub enum InvokeError {
     PayloadTooLarge { function: String, size: u64, limit: u64 },
     #[error("function {function}'s answer{} is over its max_answer of {limit} bytes", size.map(|s| format!(" of {s} bytes")).unwrap_or_default())]
     AnswerTooLarge { function: String, size: Option<u64>, limit: u64 },
+    /// The worker was killed by the kernel for going past `[limits] memory`.
+    #[error("function {function} exceeded its memory limit of {}", mebibytes(*limit))]
+    OutOfMemory { function: String, limit: u64 },
     #[error("function {0} is shutting down")]
     ShuttingDown(String),
+}
+
+/// A size as people write it in a manifest: whole MiB when it is one.
+pub fn mebibytes(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_names_the_limit() {
+        let e = InvokeError::OutOfMemory { function: "f".into(), limit: 128 * 1024 * 1024 };
+        assert_eq!(e.to_string(), "function f exceeded its memory limit of 128 MiB");
+        let e = InvokeError::OutOfMemory { function: "f".into(), limit: 1000 };
+        assert!(e.to_string().ends_with("limit of 1000 bytes"));
+    }
 }

@@ -29,6 +29,13 @@ const DEFAULT_QUEUE: u32 = 256;
 const DEFAULT_MAX_WORKERS: u32 = 4;
 const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Processes (threads included: that is what the kernel counts) a worker
+/// may have at once: room for an interpreter's own threads and a few
+/// helpers, too few for a fork bomb to hurt the node.
+pub const DEFAULT_PIDS: u32 = 64;
+/// Processes beyond one thread per concurrent call, when the concurrency
+/// sets the default.
+const PIDS_HEADROOM: u32 = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
@@ -102,8 +109,13 @@ pub struct Limits {
     pub max_body: u64,
     /// Largest answer body taken from a worker; past it the call answers 502.
     pub max_answer: u64,
-    /// Recorded and shown; not yet enforced on workers.
+    /// Memory a worker (with all it started) may use; enforced by the
+    /// node's sandbox where the host allows it.
     pub memory: Option<u64>,
+    /// Processes and threads a worker may have at once.
+    pub pids: u32,
+    /// CPU time a worker may use, in thousandths of a core.
+    pub cpu_millis: Option<u32>,
     /// Requests allowed to wait for a worker before the answer is 429.
     pub queue: u32,
 }
@@ -180,6 +192,8 @@ struct RawLimits {
     max_answer: Option<String>,
     memory: Option<String>,
     queue: Option<i64>,
+    pids: Option<i64>,
+    cpu: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +235,15 @@ impl Checker<'_> {
                 self.fail(field, format!("expected a size like \"512KiB\", \"8MiB\" or \"1GiB\", found {text:?}"))
             }
         }
+    }
+
+    fn cores(&self, field: &str, value: Option<f64>) -> Result<Option<u32>, ManifestError> {
+        let Some(cores) = value else { return Ok(None) };
+        if !(0.01..=1024.0).contains(&cores) {
+            return self.fail(field, format!("expected a number of cores from 0.01 to 1024, like 0.5, found {cores}"));
+        }
+        // In range, so the rounded value fits.
+        Ok(Some((cores * 1000.0).round() as u32))
     }
 
     fn count(&self, field: &str, value: Option<i64>, default: u32, range: (u32, u32)) -> Result<u32, ManifestError> {
@@ -269,12 +292,15 @@ impl FunctionSpec {
                 format!("style {:?} is not available for runtime {:?}", style.as_str(), runtime.as_str()),
             );
         }
-        let limits = Limits {
+        let mut limits = Limits {
             timeout: c.duration("limits.timeout", raw.limits.timeout.as_deref(), DEFAULT_TIMEOUT)?,
             max_body: c.size("limits.max_body", raw.limits.max_body.as_deref())?.unwrap_or(DEFAULT_MAX_BODY),
             max_answer: c.size("limits.max_answer", raw.limits.max_answer.as_deref())?.unwrap_or(DEFAULT_MAX_ANSWER),
             memory: c.size("limits.memory", raw.limits.memory.as_deref())?,
             queue: c.count("limits.queue", raw.limits.queue, DEFAULT_QUEUE, (0, 1_000_000))?,
+            // Given a default below, once the concurrency is known.
+            pids: c.count("limits.pids", raw.limits.pids, 0, (4, 1_000_000))?,
+            cpu_millis: c.cores("limits.cpu", raw.limits.cpu)?,
         };
         if limits.timeout > MAX_TIMEOUT {
             return c.fail("limits.timeout", "must be at most 1h");
@@ -289,6 +315,10 @@ impl FunctionSpec {
             concurrency: c.count("scale.concurrency", raw.scale.concurrency, 1, (1, 1024))?,
             idle: c.duration("scale.idle", raw.scale.idle.as_deref(), DEFAULT_IDLE)?,
         };
+        if limits.pids == 0 {
+            // A worker serving many calls at once runs a thread for each.
+            limits.pids = DEFAULT_PIDS.max(scale.concurrency.saturating_add(PIDS_HEADROOM));
+        }
         for key in raw.env.keys() {
             let ok = !key.is_empty()
                 && !key.starts_with(|ch: char| ch.is_ascii_digit())
@@ -386,13 +416,17 @@ mod tests {
         assert_eq!(spec.limits.max_body, DEFAULT_MAX_BODY);
         assert_eq!(spec.limits.max_answer, DEFAULT_MAX_ANSWER);
         assert_eq!(spec.limits.queue, DEFAULT_QUEUE);
+        assert_eq!(spec.limits.pids, DEFAULT_PIDS);
+        assert_eq!(spec.limits.cpu_millis, None);
+        let busy = parse(&format!("{MINIMAL}[scale]\nconcurrency = 100\n")).expect("valid");
+        assert_eq!(busy.limits.pids, 132, "a thread per concurrent call, and room besides");
         assert_eq!(spec.scale, Scale { min: 0, max: 4, concurrency: 1, idle: DEFAULT_IDLE });
     }
 
     #[test]
     fn full_manifest() {
         let spec = parse(&format!(
-            "{MINIMAL}style = \"sedge\"\n[limits]\ntimeout = \"500ms\"\nmax_body = \"1MiB\"\nmax_answer = \"2MiB\"\nmemory = \"512MiB\"\nqueue = 3\n\
+            "{MINIMAL}style = \"sedge\"\n[limits]\ntimeout = \"500ms\"\nmax_body = \"1MiB\"\nmax_answer = \"2MiB\"\nmemory = \"512MiB\"\nqueue = 3\npids = 16\ncpu = 0.5\n\
              [scale]\nmin = 1\nmax = 2\nconcurrency = 4\nidle = \"5m\"\n[env]\nMODEL = \"x\"\n"
         ))
         .expect("valid");
@@ -401,6 +435,8 @@ mod tests {
         assert_eq!(spec.limits.max_answer, 2 * 1024 * 1024);
         assert_eq!(spec.limits.memory, Some(512 * 1024 * 1024));
         assert_eq!(spec.limits.queue, 3);
+        assert_eq!(spec.limits.pids, 16);
+        assert_eq!(spec.limits.cpu_millis, Some(500));
         assert_eq!(spec.scale, Scale { min: 1, max: 2, concurrency: 4, idle: Duration::from_secs(300) });
         assert_eq!(spec.env.get("MODEL").map(String::as_str), Some("x"));
         assert!(spec.secrets.is_empty() && !spec.auth.invoke);
@@ -428,6 +464,8 @@ mod tests {
             (&format!("{MINIMAL}[limits]\ntimeout = \"0s\""), "limits.timeout", "zero"),
             (&format!("{MINIMAL}[limits]\nmax_body = \"lots\""), "limits.max_body", "size"),
             (&format!("{MINIMAL}[limits]\nmax_answer = \"2GiB\""), "limits.max_answer", "1GiB"),
+            (&format!("{MINIMAL}[limits]\npids = 1"), "limits.pids", "from 4"),
+            (&format!("{MINIMAL}[limits]\ncpu = 0"), "limits.cpu", "cores"),
             (&format!("{MINIMAL}[scale]\nmax = 0"), "scale.max", "from 1"),
             (&format!("{MINIMAL}[scale]\nmin = 5\nmax = 2"), "scale.min", "from 0 to 2"),
             (&format!("{MINIMAL}[scale]\nconcurrency = -1"), "scale.concurrency", "whole number"),

@@ -65,9 +65,10 @@ pub fn invoke_status(e: &InvokeError) -> StatusCode {
         InvokeError::NotFound(_) => StatusCode::NOT_FOUND,
         InvokeError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
         InvokeError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        InvokeError::Crashed { .. } | InvokeError::StartFailed { .. } | InvokeError::AnswerTooLarge { .. } => {
-            StatusCode::BAD_GATEWAY
-        }
+        InvokeError::Crashed { .. }
+        | InvokeError::StartFailed { .. }
+        | InvokeError::AnswerTooLarge { .. }
+        | InvokeError::OutOfMemory { .. } => StatusCode::BAD_GATEWAY,
         InvokeError::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         InvokeError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         InvokeError::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -122,6 +123,7 @@ mod tests {
             (InvokeError::Failed { function: f(), message: "x".into() }, 500),
             (InvokeError::PayloadTooLarge { function: f(), size: 2, limit: 1 }, 413),
             (InvokeError::AnswerTooLarge { function: f(), size: Some(2), limit: 1 }, 502),
+            (InvokeError::OutOfMemory { function: f(), limit: 1 }, 502),
             (InvokeError::ShuttingDown(f()), 503),
         ];
         for (e, code) in cases {

@@ -39,6 +39,7 @@ pub struct Metrics {
     workers: Family<WorkerLabels, Gauge>,
     cold_starts: Family<FnLabels, Counter>,
     spare_starts: Family<FnLabels, Counter>,
+    oom_kills: Family<FnLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,6 +56,7 @@ impl Default for Metrics {
         let workers = Family::<WorkerLabels, Gauge>::default();
         let cold_starts = Family::<FnLabels, Counter>::default();
         let spare_starts = Family::<FnLabels, Counter>::default();
+        let oom_kills = Family::<FnLabels, Counter>::default();
         registry.register("gateway_function_invocation", "Function invocations by status code", invocations.clone());
         registry.register("gateway_functions_seconds", "Function invocation time, seconds", seconds.clone());
         registry.register("gateway_service_count", "Workers (replicas) per function", services.clone());
@@ -66,6 +68,11 @@ impl Default for Metrics {
             "Cold starts served by a waiting spare interpreter",
             spare_starts.clone(),
         );
+        registry.register(
+            "sedge_oom_kills",
+            "Workers the kernel killed for going past their memory limit",
+            oom_kills.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             invocations,
@@ -75,6 +82,7 @@ impl Default for Metrics {
             workers,
             cold_starts,
             spare_starts,
+            oom_kills,
         }
     }
 }
@@ -103,9 +111,11 @@ impl Metrics {
                 self.workers.get_or_create(&WorkerLabels { function_name: name.clone(), state }).set(i64::from(n));
             }
             let shared = runtime.shared(name);
-            for (family, total) in
-                [(&self.cold_starts, &shared.cold_starts), (&self.spare_starts, &shared.spare_starts)]
-            {
+            for (family, total) in [
+                (&self.cold_starts, &shared.cold_starts),
+                (&self.spare_starts, &shared.spare_starts),
+                (&self.oom_kills, &*shared.oom_kills),
+            ] {
                 let total = total.load(std::sync::atomic::Ordering::Relaxed);
                 family.get_or_create(&f).inner().store(total, std::sync::atomic::Ordering::Relaxed);
             }

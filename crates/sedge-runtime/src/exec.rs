@@ -7,16 +7,17 @@
 //! background child outlives its request. The answer is read up to the
 //! function's `max_answer`; past it the run is killed.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
-use crate::group::ProcessGroups;
 use crate::pool::FunctionShared;
+use crate::sandbox::WorkerCgroup;
+use crate::RuntimeConfig;
 
 /// Bytes of stderr quoted in a failure's message.
 const STDERR_QUOTE: usize = 2000;
@@ -29,7 +30,9 @@ pub struct ExecWorker {
     dir: PathBuf,
     instance: String,
     shared: Arc<FunctionShared>,
-    groups: Arc<ProcessGroups>,
+    config: Arc<RuntimeConfig>,
+    /// Shared by this worker's runs (sandboxed); removed with the worker.
+    cgroup: Option<WorkerCgroup>,
 }
 
 /// The watchdog's header variables: `Content-Type` → `Http_Content_Type`.
@@ -56,9 +59,10 @@ impl ExecWorker {
         dir: PathBuf,
         instance: String,
         shared: Arc<FunctionShared>,
-        groups: Arc<ProcessGroups>,
-    ) -> Self {
-        Self { spec, dir, instance, shared, groups }
+        config: Arc<RuntimeConfig>,
+    ) -> Result<Self, String> {
+        let cgroup = config.exec_cgroup(&spec.limits, shared.oom_kills.clone())?;
+        Ok(Self { spec, dir, instance, shared, config, cgroup })
     }
 
     /// Runs the command once. Dropping the future (a timeout) kills it.
@@ -68,7 +72,11 @@ impl ExecWorker {
         let Some((program, args)) = words.split_first() else {
             return Err(InvokeError::StartFailed { function, message: "empty command".to_owned() });
         };
-        let mut cmd = Command::new(program);
+        let start_failed = |message: String| InvokeError::StartFailed { function: function.clone(), message };
+        let mut cmd = self
+            .config
+            .command_in(program, &self.spec.limits, &self.dir, self.cgroup.as_ref())
+            .map_err(start_failed)?;
         cmd.args(args)
             .current_dir(&self.dir)
             .envs(&self.spec.env)
@@ -82,7 +90,7 @@ impl ExecWorker {
         for (k, v) in &inv.headers {
             cmd.env(header_var(k), v);
         }
-        let (mut child, group) = self.groups.spawn(&mut cmd).map_err(|e| InvokeError::StartFailed {
+        let (mut child, group) = self.config.groups.spawn_in(&mut cmd, None).map_err(|e| InvokeError::StartFailed {
             function: function.clone(),
             message: format!("cannot run {program:?}: {e}"),
         })?;
@@ -122,6 +130,10 @@ impl ExecWorker {
             status
         };
         let ((_, out_read, err_read), status) = tokio::join!(async { tokio::join!(feed, read_out, read_err) }, wait);
+        let killed = status.as_ref().is_ok_and(|s| s.signal() == Some(nix::sys::signal::Signal::SIGKILL as i32));
+        if killed && self.cgroup.as_ref().is_some_and(WorkerCgroup::take_oom_kill) {
+            return Err(InvokeError::OutOfMemory { function, limit: self.spec.limits.memory.unwrap_or_default() });
+        }
         if out.len() as u64 > max_answer {
             return Err(InvokeError::AnswerTooLarge { function, size: None, limit: max_answer });
         }

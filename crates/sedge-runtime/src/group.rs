@@ -2,7 +2,8 @@
 //! its own, so whatever it forks (a shell, a helper, a runaway child) is
 //! ended together with it — on a timeout, a removal, a crash or the node's
 //! stop. A process that leaves the group on purpose (`setsid`) is out of
-//! reach here; cgroups are what catch those.
+//! reach here by its group; a sandboxed worker's cgroup and pid namespace
+//! catch those.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+
+use crate::sandbox::WorkerCgroup;
 
 /// The groups of every worker process a runtime has started and not yet
 /// seen ended, so that a stopping node can end them all.
@@ -23,14 +26,25 @@ impl ProcessGroups {
     }
 
     /// Spawns `cmd` as the leader of a new process group.
+    #[cfg(test)]
     pub fn spawn(self: &Arc<Self>, cmd: &mut Command) -> std::io::Result<(Child, ProcessGroup)> {
+        self.spawn_in(cmd, None)
+    }
+
+    /// Spawns `cmd` as the leader of a new process group, which `cgroup`
+    /// (the worker's, joined by its launcher) also holds.
+    pub fn spawn_in(
+        self: &Arc<Self>,
+        cmd: &mut Command,
+        cgroup: Option<WorkerCgroup>,
+    ) -> std::io::Result<(Child, ProcessGroup)> {
         cmd.process_group(0).kill_on_drop(true);
         let child = cmd.spawn()?;
         let pgid = child.id().and_then(|id| i32::try_from(id).ok()).unwrap_or(0);
         if pgid > 0 {
             self.lock().insert(pgid);
         }
-        Ok((child, ProcessGroup { pgid, ended: AtomicBool::new(pgid <= 0), groups: self.clone() }))
+        Ok((child, ProcessGroup { pgid, ended: AtomicBool::new(pgid <= 0), groups: self.clone(), cgroup }))
     }
 
     /// Kills every group still running.
@@ -56,6 +70,7 @@ pub struct ProcessGroup {
     pgid: i32,
     ended: AtomicBool,
     groups: Arc<ProcessGroups>,
+    cgroup: Option<WorkerCgroup>,
 }
 
 impl ProcessGroup {
@@ -69,12 +84,24 @@ impl ProcessGroup {
         // ESRCH (nothing left) is the common, harmless case.
         let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
         self.groups.lock().remove(&self.pgid);
+        if let Some(c) = &self.cgroup {
+            c.finish();
+        }
+    }
+
+    /// Whether the kernel killed a process of this worker for going past
+    /// its memory limit.
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(WorkerCgroup::oom_killed)
     }
 
     /// Signals the group without forgetting it (the leader is still there).
     pub fn kill_now(&self) {
         if !self.ended.load(Ordering::Acquire) {
             let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+            if let Some(c) = &self.cgroup {
+                c.kill_all();
+            }
         }
     }
 }

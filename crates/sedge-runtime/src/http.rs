@@ -22,12 +22,12 @@ use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
-use tokio::process::Command;
 use tokio::sync::Notify;
 
-use crate::group::ProcessGroups;
+use crate::group::ProcessGroup;
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::pool::FunctionShared;
+use crate::RuntimeConfig;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const READY_POLL: Duration = Duration::from_millis(10);
@@ -42,6 +42,13 @@ pub struct HttpWorker {
     alive: Arc<AtomicBool>,
     kill: Arc<Notify>,
     max_answer: u64,
+    memory: Option<u64>,
+    group: Arc<ProcessGroup>,
+}
+
+/// A start failure caused by the memory limit, said as the invocation error is.
+pub(crate) fn oom_message(limit: u64) -> String {
+    format!("it exceeded its memory limit of {} while starting", sedge_core::invocation::mebibytes(limit))
 }
 
 /// A port free right now. The server binds it moments later; losing that
@@ -57,13 +64,13 @@ impl HttpWorker {
         dir: &Path,
         instance: String,
         shared: Arc<FunctionShared>,
-        groups: &Arc<ProcessGroups>,
+        config: &RuntimeConfig,
         on_exit: Box<dyn FnOnce() + Send>,
     ) -> Result<Self, String> {
         let words = spec.command_words();
         let Some((program, args)) = words.split_first() else { return Err("empty command".to_owned()) };
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let mut cmd = Command::new(program);
+        let (mut cmd, cgroup) = config.command(program, &spec.limits, dir, shared.oom_kills.clone())?;
         cmd.args(args)
             .current_dir(dir)
             .envs(&spec.env)
@@ -72,7 +79,9 @@ impl HttpWorker {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let (mut child, group) = groups.spawn(&mut cmd).map_err(|e| format!("cannot run {program:?}: {e}"))?;
+        let (mut child, group) =
+            config.groups.spawn_in(&mut cmd, cgroup).map_err(|e| format!("cannot run {program:?}: {e}"))?;
+        let group = Arc::new(group);
         let function = spec.name.to_string();
         let recent = Arc::new(RecentLines::default());
         let target = Arc::new(LogTarget::new(function.clone(), instance, shared));
@@ -87,7 +96,7 @@ impl HttpWorker {
         let kill = Arc::new(Notify::new());
         let exited = Arc::new(Notify::new());
         {
-            let (alive, kill, exited) = (alive.clone(), kill.clone(), exited.clone());
+            let (alive, kill, exited, group) = (alive.clone(), kill.clone(), exited.clone(), group.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = child.wait() => {}
@@ -103,14 +112,26 @@ impl HttpWorker {
                 on_exit();
             });
         }
-        let worker = Self { function, port, client, alive, kill, max_answer: spec.limits.max_answer };
+        let worker = Self {
+            function,
+            port,
+            client,
+            alive,
+            kill,
+            max_answer: spec.limits.max_answer,
+            memory: spec.limits.memory,
+            group,
+        };
         let ready = tokio::time::timeout(START_TIMEOUT, worker.wait_ready());
         let failure = tokio::select! {
             r = ready => match r {
                 Ok(()) => None,
                 Err(_) => Some(format!("the server did not answer on port {port} within {}s", START_TIMEOUT.as_secs())),
             },
-            () = exited.notified() => Some("the server exited before it answered".to_owned()),
+            () = exited.notified() => Some(match worker.memory.filter(|_| worker.group.oom_killed()) {
+                Some(limit) => oom_message(limit),
+                None => "the server exited before it answered".to_owned(),
+            }),
         };
         if let Some(mut msg) = failure {
             worker.kill();
@@ -173,6 +194,10 @@ impl HttpWorker {
                 let deadline = tokio::time::Instant::now() + EXIT_GRACE;
                 while self.is_alive() && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if !self.is_alive() && self.group.oom_killed() {
+                    let limit = self.memory.unwrap_or_default();
+                    return Err(InvokeError::OutOfMemory { function: self.function.clone(), limit });
                 }
                 let status = if self.is_alive() {
                     format!("its server dropped the request: {e}")

@@ -12,6 +12,7 @@ mod http;
 pub mod logs;
 mod pool;
 mod process;
+pub mod sandbox;
 mod spares;
 
 use std::collections::HashMap;
@@ -20,6 +21,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply, RuntimeKind};
+
+use process::Spare;
 
 pub use logs::{FunctionLogs, LogLine};
 pub use pool::FunctionShared;
@@ -39,6 +42,8 @@ pub struct RuntimeConfig {
     pub spares: bool,
     /// Every worker process group started, so a stopping node ends them all.
     pub(crate) groups: Arc<group::ProcessGroups>,
+    /// How workers are isolated; `None` runs them as the node's own children.
+    pub sandbox: Option<Arc<sandbox::Sandbox>>,
 }
 
 impl RuntimeConfig {
@@ -48,7 +53,74 @@ impl RuntimeConfig {
         std::fs::write(dir.join("sedge_worker.py"), PYTHON_SHIM)?;
         std::fs::write(dir.join("sedge_styles.py"), PYTHON_STYLES)?;
         std::fs::write(dir.join("sedge_worker.js"), NODE_SHIM)?;
-        Ok(Self { python, node, shim_dir: dir.to_owned(), spares, groups: Arc::default() })
+        Ok(Self { python, node, shim_dir: dir.to_owned(), spares, groups: Arc::default(), sandbox: None })
+    }
+
+    /// Runs every worker in `sandbox`.
+    pub fn with_sandbox(mut self, sandbox: sandbox::Sandbox) -> Self {
+        self.sandbox = Some(Arc::new(sandbox));
+        self
+    }
+
+    /// The command that starts `program` as a worker of a function with
+    /// `limits` and bundle `dir`, and the cgroup it joins (if sandboxed).
+    pub(crate) fn command(
+        &self,
+        program: &str,
+        limits: &sedge_core::Limits,
+        dir: &Path,
+        oom_kills: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<(tokio::process::Command, Option<sandbox::WorkerCgroup>), String> {
+        match &self.sandbox {
+            Some(s) => s.command(program, limits, dir, oom_kills),
+            None => Ok((tokio::process::Command::new(program), None)),
+        }
+    }
+
+    /// A cgroup for an `exec` worker, shared by its runs: making and first
+    /// joining a fresh cgroup costs milliseconds, too much for every call.
+    pub(crate) fn exec_cgroup(
+        &self,
+        limits: &sedge_core::Limits,
+        oom_kills: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Result<Option<sandbox::WorkerCgroup>, String> {
+        match &self.sandbox {
+            Some(s) => s.cgroup(limits, oom_kills),
+            None => Ok(None),
+        }
+    }
+
+    /// The command for one run of an `exec` worker in `cgroup`.
+    pub(crate) fn command_in(
+        &self,
+        program: &str,
+        limits: &sedge_core::Limits,
+        dir: &Path,
+        cgroup: Option<&sandbox::WorkerCgroup>,
+    ) -> Result<tokio::process::Command, String> {
+        match &self.sandbox {
+            Some(s) => s.command_in(program, limits, dir, cgroup),
+            None => Ok(tokio::process::Command::new(program)),
+        }
+    }
+
+    /// What `describe` shows about the isolation of a function with `limits`.
+    pub fn isolation(&self, limits: &sedge_core::Limits) -> serde_json::Value {
+        match &self.sandbox {
+            Some(s) => s.isolation(limits),
+            None => serde_json::json!({
+                "sandboxed": false,
+                "user": null,
+                "namespaces": [],
+                "cgroup": "none",
+                "memory": limits.memory,
+                "memoryBy": "none",
+                "pids": limits.pids,
+                "pidsBy": "none",
+                "cpu": limits.cpu_millis.map(|m| f64::from(m) / 1000.0),
+                "cpuBy": "none",
+            }),
+        }
     }
 
     pub(crate) fn shim(&self, kind: RuntimeKind) -> PathBuf {
@@ -83,8 +155,12 @@ impl Runtime {
     /// A pool for a new version, not yet serving: warm it, then [`Self::install`] it.
     pub fn prepare(&self, spec: FunctionSpec, dir: PathBuf) -> Arc<Pool> {
         let shared = self.shared(spec.name.as_str());
-        self.spares.fill(spec.runtime);
-        Pool::new(spec, dir, self.config.clone(), self.spares.clone(), shared)
+        let kind = spec.runtime;
+        let pool = Pool::new(spec, dir, self.config.clone(), self.spares.clone(), shared);
+        if Spare::suits(pool.spec()) {
+            self.spares.fill(kind, &pool.spare_target());
+        }
+        pool
     }
 
     /// Makes `pool` serve its function; the version it replaces finishes
@@ -92,8 +168,13 @@ impl Runtime {
     pub fn install(&self, pool: Arc<Pool>) {
         let name = pool.spec().name.to_string();
         pool.tick();
+        let dir = pool.dir().clone();
         let old = self.write().insert(name, pool);
         if let Some(old) = old {
+            // The same bundle deployed again keeps its spare.
+            if *old.dir() != dir {
+                self.spares.forget(old.dir());
+            }
             let grace = old.spec().limits.timeout + Duration::from_secs(1);
             tokio::spawn(async move { old.drain(grace).await });
         }
@@ -113,6 +194,7 @@ impl Runtime {
         let old = self.write().remove(name);
         match old {
             Some(pool) => {
+                self.spares.forget(pool.dir());
                 let grace = pool.spec().limits.timeout + Duration::from_secs(1);
                 tokio::spawn(async move { pool.drain(grace).await });
                 true
@@ -136,6 +218,7 @@ impl Runtime {
 
     /// Lets in-flight work finish (up to `grace`) and stops every worker.
     pub async fn shutdown(&self, grace: Duration) {
+        let _close_sandbox = CloseSandbox(self.config.sandbox.clone());
         self.spares.close();
         let pools: Vec<Arc<Pool>> = self.write().drain().map(|(_, p)| p).collect();
         let drains: Vec<_> = pools.into_iter().map(|p| tokio::spawn(async move { p.drain(grace).await })).collect();
@@ -151,6 +234,11 @@ impl Runtime {
         self.config.groups.kill_all();
     }
 
+    /// What `describe` shows about the isolation of a function with `limits`.
+    pub fn isolation(&self, limits: &sedge_core::Limits) -> serde_json::Value {
+        self.config.isolation(limits)
+    }
+
     /// Worker process groups running now (spares included).
     pub fn process_groups(&self) -> usize {
         self.config.groups.len()
@@ -158,5 +246,16 @@ impl Runtime {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Pool>>> {
         self.pools.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes the node's cgroups once the workers are gone.
+struct CloseSandbox(Option<Arc<sandbox::Sandbox>>);
+
+impl Drop for CloseSandbox {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.close();
+        }
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::exec::ExecWorker;
 use crate::http::HttpWorker;
 use crate::logs::FunctionLogs;
-use crate::process::{Launch, ProcessWorker, Spare};
+use crate::process::{Launch, ProcessWorker, Spare, SpareTarget};
 use crate::spares::Spares;
 use crate::RuntimeConfig;
 
@@ -87,6 +87,8 @@ pub struct FunctionShared {
     /// Cold starts that took a spare interpreter instead of starting one.
     pub spare_starts: AtomicU64,
     pub invocations: AtomicU64,
+    /// Workers the kernel killed for going past `[limits] memory`.
+    pub oom_kills: Arc<AtomicU64>,
 }
 
 /// Counters and gauges the gateway exports.
@@ -200,6 +202,15 @@ impl Pool {
             next_worker: AtomicU64::new(1),
             me: me.clone(),
         })
+    }
+
+    /// What a spare for this version is started with, when spares are per function.
+    pub(crate) fn spare_target(&self) -> SpareTarget {
+        SpareTarget {
+            limits: self.spec.limits.clone(),
+            dir: self.dir.clone(),
+            oom_kills: self.shared.oom_kills.clone(),
+        }
     }
 
     pub fn spec(&self) -> &FunctionSpec {
@@ -426,8 +437,8 @@ impl Pool {
                     self.dir.clone(),
                     instance,
                     self.shared.clone(),
-                    self.config.groups.clone(),
-                );
+                    self.config.clone(),
+                )?;
                 return Ok(Worker { id, engine: Engine::Exec(exec) });
             }
             RuntimeKind::Http => {
@@ -437,15 +448,9 @@ impl Pool {
                         pool.on_worker_exit(id);
                     }
                 });
-                let http = HttpWorker::start(
-                    &self.spec,
-                    &self.dir,
-                    instance,
-                    self.shared.clone(),
-                    &self.config.groups,
-                    on_exit,
-                )
-                .await?;
+                let http =
+                    HttpWorker::start(&self.spec, &self.dir, instance, self.shared.clone(), &self.config, on_exit)
+                        .await?;
                 return Ok(Worker { id, engine: Engine::Http(http) });
             }
         };
@@ -457,14 +462,18 @@ impl Pool {
             dir: &self.dir,
             instance,
             shared: self.shared.clone(),
-            groups: &self.config.groups,
+            config: &self.config,
             on_exit: Box::new(move || {
                 if let Some(pool) = me.upgrade() {
                     pool.on_worker_exit(id);
                 }
             }),
         };
-        let spare = if Spare::suits(&self.spec) { self.spares.take(self.spec.runtime).await } else { None };
+        let spare = if Spare::suits(&self.spec) {
+            self.spares.take(self.spec.runtime, &self.spare_target()).await
+        } else {
+            None
+        };
         let spare = spare.and_then(|mut s| s.is_alive().then_some(s));
         let process = match spare {
             Some(spare) => {

@@ -27,12 +27,14 @@ use sedge_protocol::{encode_head, Decoded, Decoder, Header, MAX_BODY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::group::{ProcessGroup, ProcessGroups};
+use crate::group::ProcessGroup;
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::pool::FunctionShared;
+use crate::sandbox::WorkerCgroup;
+use crate::RuntimeConfig;
 
 /// How long a worker may take to load the user's module.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,7 +54,7 @@ pub struct Launch<'a> {
     pub instance: String,
     /// The function's log and counters.
     pub shared: Arc<FunctionShared>,
-    pub groups: &'a Arc<ProcessGroups>,
+    pub config: &'a RuntimeConfig,
     /// Called once when the process has gone, whatever the reason.
     pub on_exit: Box<dyn FnOnce() + Send>,
 }
@@ -83,14 +85,17 @@ struct Spawned {
     decoder: Decoder,
     recent: Arc<RecentLines>,
     target: Arc<LogTarget>,
+    /// The memory limit, named when the kernel kills the worker for it.
+    memory: Option<u64>,
 }
 
 impl Spawned {
     fn spawn(
-        mut cmd: Command,
+        (mut cmd, cgroup): (tokio::process::Command, Option<WorkerCgroup>),
         program: &str,
         target: Arc<LogTarget>,
-        groups: &Arc<ProcessGroups>,
+        config: &RuntimeConfig,
+        memory: Option<u64>,
     ) -> Result<Self, String> {
         let (ours, theirs) =
             std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot make a worker channel: {e}"))?;
@@ -98,7 +103,8 @@ impl Spawned {
             .map_err(|e| format!("cannot pass the worker channel: {e}"))?;
         cmd.env("SEDGE_CHANNEL_FD", CHANNEL_FD.to_string());
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let (mut child, group) = groups.spawn(&mut cmd).map_err(|e| format!("cannot run {program}: {e}"))?;
+        let (mut child, group) =
+            config.groups.spawn_in(&mut cmd, cgroup).map_err(|e| format!("cannot run {program}: {e}"))?;
         // The child's end must close here, or the worker's exit would never
         // be seen as the end of the channel.
         drop(cmd);
@@ -113,7 +119,7 @@ impl Spawned {
         let recent = Arc::new(RecentLines::default());
         logs::pump(stdout, target.clone(), recent.clone());
         logs::pump(stderr, target.clone(), recent.clone());
-        Ok(Self { child, group: Arc::new(group), reader, writer, decoder: Decoder::default(), recent, target })
+        Ok(Self { child, group: Arc::new(group), reader, writer, decoder: Decoder::default(), recent, target, memory })
     }
 
     /// The first frame the shim sends, or why there is none.
@@ -130,7 +136,11 @@ impl Spawned {
 
     /// Ends a process that failed to start and says how, quoting its output.
     async fn failed(self, why: String) -> String {
-        let mut msg = format!("{why} ({})", reap(self.child, &self.group).await);
+        let status = reap(self.child, &self.group).await;
+        let mut msg = match self.memory.filter(|_| self.group.oom_killed()) {
+            Some(limit) => format!("{why}: {}", crate::http::oom_message(limit)),
+            None => format!("{why} ({status})"),
+        };
         let tail = self.recent.joined();
         if !tail.is_empty() {
             msg.push_str(&format!("; output: {tail}"));
@@ -157,7 +167,12 @@ impl Spawned {
         let max_answer = u32::try_from(spec.limits.max_answer).unwrap_or(MAX_BODY);
         self.decoder.set_max_body(max_answer);
         tokio::spawn(read_answers(
-            Answers { reader: self.reader, decoder: self.decoder, max_answer: spec.limits.max_answer },
+            Answers {
+                reader: self.reader,
+                decoder: self.decoder,
+                max_answer: spec.limits.max_answer,
+                memory: spec.limits.memory,
+            },
             function.clone(),
             pending.clone(),
             alive.clone(),
@@ -187,6 +202,14 @@ pub fn function_env(spec: &FunctionSpec) -> BTreeMap<String, String> {
     env
 }
 
+/// The function a sandboxed spare is started for.
+#[derive(Debug, Clone)]
+pub struct SpareTarget {
+    pub limits: sedge_core::Limits,
+    pub dir: std::path::PathBuf,
+    pub oom_kills: Arc<AtomicU64>,
+}
+
 /// A shim started ahead of need (`--spare`): the interpreter's start-up is
 /// already paid when a function needs a worker, which then only loads the
 /// user's module.
@@ -195,10 +218,21 @@ pub struct Spare {
 }
 
 impl Spare {
-    pub async fn start(program: &str, shim: &Path, groups: &Arc<ProcessGroups>) -> Result<Self, String> {
-        let mut cmd = Command::new(program);
+    /// Starts a spare; `target` is the one function it may serve, when
+    /// workers are sandboxed (a sandbox holds one function's bundle).
+    pub async fn start(
+        program: &str,
+        shim: &Path,
+        config: &RuntimeConfig,
+        target: Option<&SpareTarget>,
+    ) -> Result<Self, String> {
+        let (mut cmd, cgroup) = match target {
+            Some(t) => config.command(program, &t.limits, &t.dir, t.oom_kills.clone())?,
+            None => (tokio::process::Command::new(program), None),
+        };
         cmd.arg(shim).arg("--spare").env("PYTHONUNBUFFERED", "1");
-        let mut spawned = Spawned::spawn(cmd, program, Arc::new(LogTarget::default()), groups)?;
+        let memory = target.and_then(|t| t.limits.memory);
+        let mut spawned = Spawned::spawn((cmd, cgroup), program, Arc::new(LogTarget::default()), config, memory)?;
         match spawned.first_frame().await {
             Ok(Header::Spare) => Ok(Self { spawned }),
             Ok(other) => Err(spawned.failed(format!("spare worker spoke out of turn: {other:?}")).await),
@@ -242,11 +276,14 @@ impl Spare {
 impl ProcessWorker {
     /// Starts a fresh process and waits until the user's module has loaded.
     pub async fn start(spec: &FunctionSpec, launch: Launch<'_>) -> Result<Self, String> {
-        let mut cmd = Command::new(launch.program);
+        let (mut cmd, cgroup) =
+            launch.config.command(launch.program, &spec.limits, launch.dir, launch.shared.oom_kills.clone())?;
         cmd.arg(launch.shim).arg(launch.dir).arg(&spec.handler).current_dir(launch.dir).envs(function_env(spec));
         cmd.env("PYTHONUNBUFFERED", "1");
         let target = Arc::new(LogTarget::new(spec.name.to_string(), launch.instance, launch.shared));
-        Spawned::spawn(cmd, launch.program, target, launch.groups)?.finish(spec, launch.on_exit).await
+        Spawned::spawn((cmd, cgroup), launch.program, target, launch.config, spec.limits.memory)?
+            .finish(spec, launch.on_exit)
+            .await
     }
 
     pub fn is_alive(&self) -> bool {
@@ -388,6 +425,7 @@ struct Answers {
     reader: OwnedReadHalf,
     decoder: Decoder,
     max_answer: u64,
+    memory: Option<u64>,
 }
 
 async fn read_answers(
@@ -398,7 +436,7 @@ async fn read_answers(
     (child, group): (Child, Arc<ProcessGroup>),
     on_exit: Box<dyn FnOnce() + Send>,
 ) {
-    let Answers { mut reader, mut decoder, max_answer } = answers;
+    let Answers { mut reader, mut decoder, max_answer, memory } = answers;
     let answer = |id: u64, result: Result<Reply, InvokeError>| {
         if let Some(tx) = lock(&pending).remove(&id) {
             let _ = tx.send(result);
@@ -443,8 +481,13 @@ async fn read_answers(
     alive.store(false, Ordering::Release);
     let status = reap(child, &group).await;
     let status = if why.is_empty() { status } else { format!("{why}; {status}") };
+    let oom = memory.filter(|_| group.oom_killed());
     for (_, tx) in lock(&pending).drain() {
-        let _ = tx.send(Err(InvokeError::Crashed { function: function.clone(), status: status.clone() }));
+        let error = match oom {
+            Some(limit) => InvokeError::OutOfMemory { function: function.clone(), limit },
+            None => InvokeError::Crashed { function: function.clone(), status: status.clone() },
+        };
+        let _ = tx.send(Err(error));
     }
     on_exit();
 }

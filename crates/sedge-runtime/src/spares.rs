@@ -2,14 +2,21 @@
 //! that a cold start (a request at zero workers, a pool growing) pays only
 //! for loading the user's module, not for the interpreter's own start-up.
 //! A spare is taken by the first pool that needs one and replaced at once.
+//!
+//! A sandboxed worker sees only its own function's bundle and carries its
+//! function's limits from its first instruction, so a spare cannot be
+//! shared between functions: with a sandbox, spares are kept per function
+//! version (started in its sandbox, with its limits) instead of per
+//! language, and dropped with the version they were started for.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sedge_core::RuntimeKind;
 use tokio::sync::Notify;
 
-use crate::process::Spare;
+use crate::process::{Spare, SpareTarget};
 use crate::RuntimeConfig;
 
 pub struct Spares {
@@ -19,10 +26,20 @@ pub struct Spares {
     started: Notify,
 }
 
+/// Which spares are interchangeable: one language, and (sandboxed) one
+/// function version's bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SpareKey {
+    kind: RuntimeKind,
+    dir: Option<PathBuf>,
+}
+
 #[derive(Default)]
 struct State {
-    ready: HashMap<RuntimeKind, Spare>,
-    starting: HashSet<RuntimeKind>,
+    ready: HashMap<SpareKey, Spare>,
+    starting: HashSet<SpareKey>,
+    /// Versions gone while their spare was starting: it is dropped on arrival.
+    forgotten: HashSet<PathBuf>,
     closed: bool,
 }
 
@@ -38,49 +55,64 @@ impl Spares {
     /// The waiting spare for `kind`; if one is starting, it is awaited, since
     /// starting another process would cost the same and compete for the
     /// CPU. `None` when there is none. A replacement starts at once.
-    pub async fn take(self: &Arc<Self>, kind: RuntimeKind) -> Option<Spare> {
+    /// The key for spares of `kind` that a function with bundle `target`
+    /// may take.
+    fn key(&self, kind: RuntimeKind, target: Option<&SpareTarget>) -> SpareKey {
+        let sandboxed = self.config.sandbox.is_some();
+        SpareKey { kind, dir: target.filter(|_| sandboxed).map(|t| t.dir.clone()) }
+    }
+
+    pub async fn take(self: &Arc<Self>, kind: RuntimeKind, target: &SpareTarget) -> Option<Spare> {
+        let key = self.key(kind, Some(target));
         let spare = loop {
             let notified = self.started.notified();
             {
                 let mut st = self.lock();
-                if let Some(spare) = st.ready.remove(&kind) {
+                if let Some(spare) = st.ready.remove(&key) {
                     break Some(spare);
                 }
-                if !st.starting.contains(&kind) {
+                if !st.starting.contains(&key) {
                     break None;
                 }
             }
             notified.await;
         };
-        self.fill(kind);
+        self.fill(kind, target);
         spare
     }
 
-    /// Starts a spare for `kind` unless one is waiting or starting.
-    pub fn fill(self: &Arc<Self>, kind: RuntimeKind) {
+    /// Starts a spare for `kind` (and `target`'s version, when sandboxed)
+    /// unless one is waiting or starting.
+    pub fn fill(self: &Arc<Self>, kind: RuntimeKind, target: &SpareTarget) {
         if !self.config.spares || !matches!(kind, RuntimeKind::Python | RuntimeKind::Node) {
             return;
         }
+        let key = self.key(kind, Some(target));
         {
             let mut st = self.lock();
-            if st.closed || st.ready.contains_key(&kind) || !st.starting.insert(kind) {
+            if let Some(dir) = &key.dir {
+                st.forgotten.remove(dir);
+            }
+            if st.closed || st.ready.contains_key(&key) || !st.starting.insert(key.clone()) {
                 return;
             }
         }
         let me = self.clone();
+        let target = key.dir.is_some().then(|| target.clone());
         tokio::spawn(async move {
             let program = match kind {
                 RuntimeKind::Node => me.config.node.clone(),
                 _ => me.config.python.clone(),
             };
-            let started = Spare::start(&program, &me.config.shim(kind), &me.config.groups).await;
+            let started = Spare::start(&program, &me.config.shim(kind), &me.config, target.as_ref()).await;
             {
                 let mut st = me.lock();
-                st.starting.remove(&kind);
+                st.starting.remove(&key);
+                let gone = key.dir.as_ref().is_some_and(|d| st.forgotten.remove(d));
                 match started {
                     // Dropping a spare (closed meanwhile) ends its process.
-                    Ok(spare) if !st.closed => {
-                        st.ready.insert(kind, spare);
+                    Ok(spare) if !st.closed && !gone => {
+                        st.ready.insert(key, spare);
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!("could not start a spare {} worker: {e}", kind.as_str()),
@@ -88,6 +120,16 @@ impl Spares {
             }
             me.started.notify_waiters();
         });
+    }
+
+    /// Ends the spares kept for one version's bundle (it is being replaced
+    /// or removed). One still starting is dropped when it arrives unused.
+    pub fn forget(&self, dir: &std::path::Path) {
+        let mut st = self.lock();
+        st.ready.retain(|k, _| k.dir.as_deref() != Some(dir));
+        if st.starting.iter().any(|k| k.dir.as_deref() == Some(dir)) {
+            st.forgotten.insert(dir.to_owned());
+        }
     }
 
     /// Ends every spare and starts no more.

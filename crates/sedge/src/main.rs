@@ -44,6 +44,12 @@ enum Command {
 }
 
 fn main() {
+    // The sandbox launcher takes its arguments verbatim (a worker's own
+    // command line follows), so it is recognised before clap sees them.
+    let mut raw = std::env::args_os();
+    if raw.nth(1).is_some_and(|a| a == sedge_runtime::sandbox::launch::SUBCOMMAND) {
+        std::process::exit(commands::sandbox_exec::run(raw.collect()));
+    }
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The bench starts a node of its own unless one was named.

@@ -76,6 +76,8 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
                 // Describe is behind the admin credential, so the token may show here.
                 "token": node.tokens.get(name).as_deref(),
             },
+            "oomKills": shared.oom_kills.load(std::sync::atomic::Ordering::Relaxed),
+            "isolation": node.runtime.isolation(&spec.limits),
         },
     })
 }

@@ -6,6 +6,7 @@ pub mod login;
 pub mod logs;
 pub mod ls;
 pub mod rm;
+pub mod sandbox_exec;
 pub mod scale;
 pub mod secret;
 pub mod serve;

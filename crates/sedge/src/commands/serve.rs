@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sedge_gateway::{Access, Node};
+use sedge_runtime::sandbox::{Sandbox, SandboxSetup};
 use sedge_runtime::{Runtime, RuntimeConfig};
 use sedge_store::secrets::PasswordOrigin;
 use sedge_store::{SecretStore, Store, StoreError};
@@ -40,6 +41,10 @@ pub struct Args {
     /// Threads for the gateway's async runtime (0: one per core).
     #[arg(long, env = "SEDGE_THREADS", default_value_t = 0)]
     threads: usize,
+    /// Run workers unsandboxed: as the node's own user, seeing its files,
+    /// with no memory or process limits. For development only.
+    #[arg(long, env = "SEDGE_NO_SANDBOX")]
+    no_sandbox: bool,
     /// Node.js executable for node functions.
     #[arg(long, env = "SEDGE_NODE", default_value = "node")]
     node: String,
@@ -194,8 +199,14 @@ async fn serve(args: Args) -> Result<()> {
         let python = resolve_interpreter(&args.python, &["-c", "import sys; print(sys.executable)"]);
         (python, node.join().unwrap_or_else(|_| args.node.clone()))
     });
-    let config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js, args.spares)
+    let mut config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js, args.spares)
         .with_context(|| format!("writing the runtime shims under {}", data.display()))?;
+    if args.no_sandbox {
+        tracing::warn!("--no-sandbox: workers run as the node's own user, see its files and have no limits");
+    } else {
+        config = sandboxed(config, &data)?;
+        check_interpreters(&config).await;
+    }
     let runtime = Arc::new(Runtime::new(config));
     let secrets = SecretStore::open(&data.join("secrets"))
         .with_context(|| format!("opening the secrets folder in {}", data.display()))?;
@@ -293,6 +304,31 @@ fn access(args: &Args, secrets: &SecretStore) -> Result<Access> {
         }
     };
     Ok(Access::Password(password.into()))
+}
+
+fn sandboxed(config: RuntimeConfig, data: &std::path::Path) -> Result<RuntimeConfig> {
+    let interpreters = [config.python.as_str(), config.node.as_str()];
+    let setup = SandboxSetup { data_dir: data, shim_dir: &config.shim_dir, interpreters: &interpreters };
+    let sandbox = Sandbox::new(&setup).map_err(|e| anyhow::anyhow!("setting up the worker sandbox: {e}"))?;
+    tracing::info!("{}", sandbox.summary());
+    if config.spares {
+        tracing::info!("spare interpreters are kept per function, each in its function's sandbox");
+    }
+    Ok(config.with_sandbox(sandbox))
+}
+
+/// Says at start, not at the first call, if an interpreter cannot run
+/// inside the sandbox (e.g. installed where the sandbox user cannot read).
+async fn check_interpreters(config: &RuntimeConfig) {
+    let Some(sandbox) = &config.sandbox else { return };
+    for (language, program) in [("python", &config.python), ("node", &config.node)] {
+        if let Err(e) = sandbox.check(program, &["--version"]).await {
+            tracing::error!(
+                "{language} ({program}) does not start in the worker sandbox: {e}; {language} functions will fail \
+                 to start (docs/security.md says what workers can reach; --no-sandbox is for development)"
+            );
+        }
+    }
 }
 
 /// The interpreter's own executable path. Version managers (pyenv, nvm, asdf)

@@ -20,6 +20,7 @@ def handle(req):
     print("handling %s %s" % (req.method, req.path), flush=True)
     return json.dumps({
         "pid": os.getpid(),
+        "ns": os.readlink("/proc/self/ns/pid"),
         "method": req.method,
         "path": req.path,
         "len": len(req.body),
@@ -147,6 +148,29 @@ fn clients_hanging_up_mid_request_never_break_a_worker() {
     assert!(!log.contains("exited") && !log.contains("bad frame"), "{log}");
 }
 
+/// The host pid of the worker that gave `answer` (its `pid` and pid
+/// namespace `ns`): in a namespace of its own, the process there whose pid
+/// in that namespace is the one it saw.
+fn host_pid(answer: &serde_json::Value) -> u64 {
+    let (pid, ns) = (answer["pid"].as_u64().expect("pid"), answer["ns"].as_str().expect("ns"));
+    if std::fs::read_link("/proc/self/ns/pid").is_ok_and(|own| own.as_os_str() == ns) {
+        return pid;
+    }
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let host: u64 = e.file_name().to_str()?.parse().ok()?;
+            if std::fs::read_link(e.path().join("ns/pid")).ok()?.as_os_str() != ns {
+                return None;
+            }
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let inner = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?;
+            (inner.parse::<u64>().ok()? == pid).then_some(host)
+        })
+        .expect("the worker among the host's processes")
+}
+
 fn signal(pid: u64, sig: &str) {
     let ok = Command::new("kill").args([sig, &pid.to_string()]).status().expect("kill");
     assert!(ok.success());
@@ -169,7 +193,7 @@ fn a_body_that_holds_a_frame_is_only_ever_a_body() {
     node.deploy(f.path());
     let first = node.post("/function/victim", b"hello");
     assert_eq!(first.status, 200, "{}", first.text());
-    let pid = first.json()["pid"].as_u64().expect("pid");
+    let pid = host_pid(&first.json());
     let addr = host(&node);
     // B: a large body sent while the worker is stopped, then B hangs up.
     signal(pid, "-STOP");
@@ -208,18 +232,18 @@ fn a_body_that_holds_a_frame_is_only_ever_a_body() {
     assert_eq!(node.post("/function/victim", b"after").status, 200);
 }
 
-/// Starts a `sleep` that outlives the handler, reports its pid, and for
-/// `hang` then sleeps past the function's timeout.
+/// Starts a child that outlives the handler, named by the request's tag
+/// so the test finds it among the host's processes (a sandboxed worker's
+/// own pids mean nothing outside its namespace), and for `hang` then sleeps
+/// past the function's timeout.
 const FORKER: &str = r#"
 import subprocess, time
 
 def handle(req):
-    child = subprocess.Popen(["sleep", "300"])
-    with open("/tmp/sedge-test-child-%s" % req.text.split()[1], "w") as f:
-        f.write(str(child.pid))
+    child = subprocess.Popen(["sh", "-c", "sleep 300; : child-of-%s" % req.text.split()[1]])
     if req.text.startswith("hang"):
         time.sleep(60)
-    return str(child.pid)
+    return "started"
 "#;
 
 fn running(pid: u32) -> bool {
@@ -234,11 +258,22 @@ fn wait_gone(pid: u32, what: &str) {
     }
 }
 
-fn read_pid(tag: &str) -> u32 {
-    let path = format!("/tmp/sedge-test-child-{tag}");
-    let pid = std::fs::read_to_string(&path).expect("child pid file").trim().parse().expect("pid");
-    let _ = std::fs::remove_file(path);
-    pid
+/// The host pid of the child started for `tag`, once it runs.
+fn find_child(tag: &str) -> u32 {
+    let needle = format!("child-of-{tag}");
+    let start = Instant::now();
+    loop {
+        let found = std::fs::read_dir("/proc").expect("/proc").filter_map(Result::ok).find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline).contains(&needle).then_some(pid)
+        });
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no child process for {tag}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -248,13 +283,17 @@ fn a_workers_children_go_when_it_times_out_is_removed_or_the_node_stops() {
     let f = FnDir::python("forker", "[limits]\ntimeout = \"1s\"\n", FORKER);
     node.deploy(f.path());
 
-    let a = node.post("/function/forker", format!("hang {tag}-t").as_bytes());
-    assert_eq!(a.status, 504, "{}", a.text());
-    wait_gone(read_pid(&format!("{tag}-t")), "after a timeout");
+    let hang = std::thread::scope(|s| {
+        let call = s.spawn(|| node.post("/function/forker", format!("hang {tag}-t").as_bytes()));
+        let pid = find_child(&format!("{tag}-t"));
+        (call.join().expect("call"), pid)
+    });
+    assert_eq!(hang.0.status, 504, "{}", hang.0.text());
+    wait_gone(hang.1, "after a timeout");
 
     let a = node.post("/function/forker", format!("run {tag}-r").as_bytes());
     assert_eq!(a.status, 200, "{}", a.text());
-    let pid = read_pid(&format!("{tag}-r"));
+    let pid = find_child(&format!("{tag}-r"));
     assert!(running(pid), "the child runs while its worker does");
     let out = node.cli(&["rm", "forker"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -263,7 +302,7 @@ fn a_workers_children_go_when_it_times_out_is_removed_or_the_node_stops() {
     node.deploy(f.path());
     let a = node.post("/function/forker", format!("run {tag}-s").as_bytes());
     assert_eq!(a.status, 200, "{}", a.text());
-    let pid = read_pid(&format!("{tag}-s"));
+    let pid = find_child(&format!("{tag}-s"));
     assert!(running(pid));
     assert!(node.terminate().success());
     wait_gone(pid, "after the node stopped");
@@ -272,8 +311,12 @@ fn a_workers_children_go_when_it_times_out_is_removed_or_the_node_stops() {
 const BIG_ANSWER: &str = r#"
 import os, sedge
 
+# Sandboxed workers all have the same pid in namespaces of their own: a
+# token drawn at load tells them apart.
+WORKER = os.urandom(8).hex()
+
 def handle(req):
-    return sedge.Response(b"a" * int(req.text), headers={"x-pid": str(os.getpid())})
+    return sedge.Response(b"a" * int(req.text), headers={"x-pid": WORKER})
 "#;
 
 const BIG_SERVER: &str = r#"

@@ -15,5 +15,6 @@ mod lifecycle;
 mod limits;
 mod openfaas_api;
 mod persistence;
+mod sandbox;
 mod scaling;
 mod styles;
