@@ -75,7 +75,13 @@ impl ExecWorker {
         let start_failed = |message: String| InvokeError::StartFailed { function: function.clone(), message };
         let mut cmd = self
             .config
-            .command_in(program, &self.spec.limits, &self.dir, self.cgroup.as_ref())
+            .command_in(
+                program,
+                &self.spec.limits,
+                &self.dir,
+                self.config.secrets_of(&self.spec).as_deref(),
+                self.cgroup.as_ref(),
+            )
             .map_err(start_failed)?;
         cmd.args(args)
             .current_dir(&self.dir)

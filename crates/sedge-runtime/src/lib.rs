@@ -44,6 +44,9 @@ pub struct RuntimeConfig {
     pub(crate) groups: Arc<group::ProcessGroups>,
     /// How workers are isolated; `None` runs them as the node's own children.
     pub sandbox: Option<Arc<sandbox::Sandbox>>,
+    /// Where each function's secret files are (`ROOT/NAME/`), written by the
+    /// gateway before a version serves.
+    pub secrets_root: Option<PathBuf>,
 }
 
 impl RuntimeConfig {
@@ -53,7 +56,15 @@ impl RuntimeConfig {
         std::fs::write(dir.join("sedge_worker.py"), PYTHON_SHIM)?;
         std::fs::write(dir.join("sedge_styles.py"), PYTHON_STYLES)?;
         std::fs::write(dir.join("sedge_worker.js"), NODE_SHIM)?;
-        Ok(Self { python, node, shim_dir: dir.to_owned(), spares, groups: Arc::default(), sandbox: None })
+        Ok(Self {
+            python,
+            node,
+            shim_dir: dir.to_owned(),
+            spares,
+            groups: Arc::default(),
+            sandbox: None,
+            secrets_root: None,
+        })
     }
 
     /// Runs every worker in `sandbox`.
@@ -69,11 +80,37 @@ impl RuntimeConfig {
         program: &str,
         limits: &sedge_core::Limits,
         dir: &Path,
+        secrets: Option<&Path>,
         oom_kills: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<(tokio::process::Command, Option<sandbox::WorkerCgroup>), String> {
-        match &self.sandbox {
-            Some(s) => s.command(program, limits, dir, oom_kills),
-            None => Ok((tokio::process::Command::new(program), None)),
+        let (mut cmd, cgroup) = match &self.sandbox {
+            Some(s) => s.command(program, limits, dir, secrets, oom_kills)?,
+            None => (tokio::process::Command::new(program), None),
+        };
+        self.secrets_env(&mut cmd, secrets);
+        Ok((cmd, cgroup))
+    }
+
+    /// The folder of `spec`'s secret files, when it names any.
+    pub(crate) fn secrets_of(&self, spec: &sedge_core::FunctionSpec) -> Option<PathBuf> {
+        let root = self.secrets_root.as_ref()?;
+        (!spec.secrets.is_empty()).then(|| root.join(spec.name.as_str()))
+    }
+
+    /// Tells the worker where its secrets are: the OpenFaaS path inside a
+    /// sandbox, the folder itself without one.
+    fn secrets_env(&self, cmd: &mut tokio::process::Command, secrets: Option<&Path>) {
+        if let Some(dir) = secrets {
+            cmd.env("SEDGE_SECRETS_DIR", self.secrets_seen_at(dir));
+        }
+    }
+
+    /// Where a worker sees the secrets folder `dir`.
+    pub(crate) fn secrets_seen_at(&self, dir: &Path) -> PathBuf {
+        if self.sandbox.as_ref().is_some_and(|s| s.worker_gid().is_some()) {
+            PathBuf::from(sandbox::launch::SECRETS_AT)
+        } else {
+            dir.to_owned()
         }
     }
 
@@ -96,12 +133,15 @@ impl RuntimeConfig {
         program: &str,
         limits: &sedge_core::Limits,
         dir: &Path,
+        secrets: Option<&Path>,
         cgroup: Option<&sandbox::WorkerCgroup>,
     ) -> Result<tokio::process::Command, String> {
-        match &self.sandbox {
-            Some(s) => s.command_in(program, limits, dir, cgroup),
-            None => Ok(tokio::process::Command::new(program)),
-        }
+        let mut cmd = match &self.sandbox {
+            Some(s) => s.command_in(program, limits, dir, secrets, cgroup)?,
+            None => tokio::process::Command::new(program),
+        };
+        self.secrets_env(&mut cmd, secrets);
+        Ok(cmd)
     }
 
     /// What `describe` shows about the isolation of a function with `limits`.

@@ -209,6 +209,7 @@ impl Pool {
         SpareTarget {
             limits: self.spec.limits.clone(),
             dir: self.dir.clone(),
+            secrets: self.config.secrets_of(&self.spec),
             oom_kills: self.shared.oom_kills.clone(),
         }
     }

@@ -207,6 +207,8 @@ pub fn function_env(spec: &FunctionSpec) -> BTreeMap<String, String> {
 pub struct SpareTarget {
     pub limits: sedge_core::Limits,
     pub dir: std::path::PathBuf,
+    /// The function's secrets folder, bound into the spare's view.
+    pub secrets: Option<std::path::PathBuf>,
     pub oom_kills: Arc<AtomicU64>,
 }
 
@@ -227,7 +229,7 @@ impl Spare {
         target: Option<&SpareTarget>,
     ) -> Result<Self, String> {
         let (mut cmd, cgroup) = match target {
-            Some(t) => config.command(program, &t.limits, &t.dir, t.oom_kills.clone())?,
+            Some(t) => config.command(program, &t.limits, &t.dir, t.secrets.as_deref(), t.oom_kills.clone())?,
             None => (tokio::process::Command::new(program), None),
         };
         cmd.arg(shim).arg("--spare").env("PYTHONUNBUFFERED", "1");
@@ -258,11 +260,13 @@ impl Spare {
     /// Makes the spare a worker of `spec`, running in `launch.dir`.
     pub async fn assign(mut self, spec: &FunctionSpec, launch: Launch<'_>) -> Result<ProcessWorker, String> {
         self.spawned.target.set(spec.name.to_string(), launch.instance, launch.shared);
-        let load = Header::Load {
-            dir: launch.dir.to_string_lossy().into_owned(),
-            handler: spec.handler.clone(),
-            env: function_env(spec),
-        };
+        let mut env = function_env(spec);
+        // A spare was started before it knew its function (or, sandboxed,
+        // for it): the secrets' place comes with the function's variables.
+        if let Some(dir) = launch.config.secrets_of(spec) {
+            env.insert("SEDGE_SECRETS_DIR".into(), launch.config.secrets_seen_at(&dir).to_string_lossy().into_owned());
+        }
+        let load = Header::Load { dir: launch.dir.to_string_lossy().into_owned(), handler: spec.handler.clone(), env };
         let frame = encode_head(&load, 0).map_err(|e| e.to_string())?;
         // Dropped mid-write, the spare is dropped too (and killed): no one
         // else ever reads this channel.
@@ -276,8 +280,13 @@ impl Spare {
 impl ProcessWorker {
     /// Starts a fresh process and waits until the user's module has loaded.
     pub async fn start(spec: &FunctionSpec, launch: Launch<'_>) -> Result<Self, String> {
-        let (mut cmd, cgroup) =
-            launch.config.command(launch.program, &spec.limits, launch.dir, launch.shared.oom_kills.clone())?;
+        let (mut cmd, cgroup) = launch.config.command(
+            launch.program,
+            &spec.limits,
+            launch.dir,
+            launch.config.secrets_of(spec).as_deref(),
+            launch.shared.oom_kills.clone(),
+        )?;
         cmd.arg(launch.shim).arg(launch.dir).arg(&spec.handler).current_dir(launch.dir).envs(function_env(spec));
         cmd.env("PYTHONUNBUFFERED", "1");
         let target = Arc::new(LogTarget::new(spec.name.to_string(), launch.instance, launch.shared));

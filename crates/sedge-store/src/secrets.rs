@@ -46,6 +46,9 @@ pub enum PasswordOrigin {
 
 pub struct SecretStore {
     root: PathBuf,
+    /// The group that may read functions' secret files (sandboxed workers
+    /// run as another user than the node); `None`: only the node's user.
+    reader_gid: Option<u32>,
 }
 
 /// A fresh random credential: 32 bytes from the OS, URL-safe base64.
@@ -58,11 +61,18 @@ pub fn random_token() -> Result<String, SecretError> {
 impl SecretStore {
     /// Opens (creating) `root`, tightening its mode so only the node's user can enter it.
     pub fn open(root: &Path) -> Result<Self, SecretError> {
-        let store = Self { root: root.to_owned() };
+        let store = Self { root: root.to_owned(), reader_gid: None };
         for dir in [store.root.clone(), store.values_dir(), store.tokens_dir(), store.mounts_dir()] {
             private_dir(&dir)?;
         }
         Ok(store)
+    }
+
+    /// Gives functions' secret files to group `gid` (read-only), so workers
+    /// running as that group can read their own.
+    pub fn with_reader_group(mut self, gid: Option<u32>) -> Self {
+        self.reader_gid = gid;
+        self
     }
 
     pub fn admin_password_path(&self) -> PathBuf {
@@ -182,8 +192,11 @@ impl SecretStore {
         private_dir(&self.mounts_dir())?;
         private_dir(&dir)?;
         for name in names {
-            write_private(&dir.join(name.as_str()), &self.read(name)?)?;
+            let path = dir.join(name.as_str());
+            write_private(&path, &self.read(name)?)?;
+            self.share(&path, 0o440)?;
         }
+        self.share(&dir, 0o750)?;
         let io = |source| SecretError::Io { action: "listing", path: dir.clone(), source };
         for entry in fs::read_dir(&dir).map_err(io)? {
             let entry = entry.map_err(io)?;
@@ -194,6 +207,15 @@ impl SecretStore {
             }
         }
         Ok(dir)
+    }
+
+    /// Hands `path` to the reader group with `mode`, when there is one.
+    fn share(&self, path: &Path, mode: u32) -> Result<(), SecretError> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(gid) = self.reader_gid else { return Ok(()) };
+        let io = |action, source| SecretError::Io { action, path: path.to_owned(), source };
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| io("giving to the workers' group", e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| io("setting the mode of", e))
     }
 
     /// Removes `function`'s secret files (the function is gone).

@@ -59,7 +59,14 @@ pub struct View {
     pub read_only: Vec<PathBuf>,
     /// The worker's working directory, entered once the view is made.
     pub cwd: PathBuf,
+    /// The function's secrets folder, bound read-only at [`SECRETS_AT`].
+    #[serde(default)]
+    pub secrets: Option<PathBuf>,
 }
+
+/// Where a sandboxed worker finds its secrets: OpenFaaS's path, so code
+/// written for it reads them unchanged.
+pub const SECRETS_AT: &str = "/var/openfaas/secrets";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cover {
@@ -151,6 +158,13 @@ fn make_view(view: &View) -> Result<(), String> {
             Ok((fd, p.as_path()))
         })
         .collect::<Result<_, String>>()?;
+    let secrets = match &view.secrets {
+        Some(p) => Some(
+            open(p.as_path(), OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_DIRECTORY, Mode::empty())
+                .map_err(|e| format!("opening {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     for cover in &view.covers {
         std::fs::create_dir_all(&cover.path).map_err(|e| format!("making {}: {e}", cover.path.display()))?;
@@ -172,6 +186,21 @@ fn make_view(view: &View) -> Result<(), String> {
             .map_err(|e| format!("binding {}: {e}", path.display()))?;
         let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hardened;
         mount(none, *path, none, ro, none).map_err(|e| format!("making {} read-only: {e}", path.display()))?;
+    }
+    if let Some(fd) = &secrets {
+        // An empty tmpfs at the secrets' parent, so the mount point is made
+        // there and not on the host's disk.
+        let at = Path::new(SECRETS_AT);
+        let parent = at.parent().unwrap_or(Path::new("/var"));
+        std::fs::create_dir_all(parent).map_err(|e| format!("making {}: {e}", parent.display()))?;
+        mount(Some("tmpfs"), parent, Some("tmpfs"), hardened, Some("mode=755,size=65536"))
+            .map_err(|e| format!("covering {}: {e}", parent.display()))?;
+        std::fs::create_dir_all(at).map_err(|e| format!("making {SECRETS_AT}: {e}"))?;
+        let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        mount(Some(source.as_str()), at, none, MsFlags::MS_BIND, none)
+            .map_err(|e| format!("binding {SECRETS_AT}: {e}"))?;
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hardened | MsFlags::MS_NOEXEC;
+        mount(none, at, none, ro, none).map_err(|e| format!("making {SECRETS_AT} read-only: {e}"))?;
     }
     // The old working directory may be a covered one: enter it anew.
     std::env::set_current_dir(&view.cwd).map_err(|e| format!("entering {}: {e}", view.cwd.display()))
@@ -236,6 +265,7 @@ mod tests {
                 covers: vec![Cover { path: "/tmp".into(), mode: 0o1777, size: 1 << 20 }],
                 read_only: vec!["/data/bundles/b".into()],
                 cwd: "/data/bundles/b".into(),
+                secrets: Some("/data/secrets/mounts/f".into()),
             }),
         };
         let cmd = command(Path::new("/bin/sedge"), &plan, "python3").expect("command");

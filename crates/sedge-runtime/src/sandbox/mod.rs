@@ -185,7 +185,7 @@ impl Sandbox {
             cpu_millis: None,
         };
         let dir = self.read_only.first().cloned().unwrap_or_else(|| PathBuf::from("/"));
-        let mut cmd = self.command_in(program, &limits, &dir, None)?;
+        let mut cmd = self.command_in(program, &limits, &dir, None, None)?;
         cmd.args(args).current_dir(&dir).stdin(std::process::Stdio::null()).kill_on_drop(true);
         let out = match tokio::time::timeout(CHECK_TIMEOUT, cmd.output()).await {
             Ok(Ok(out)) => out,
@@ -256,10 +256,11 @@ impl Sandbox {
         program: &str,
         limits: &Limits,
         bundle: &Path,
+        secrets: Option<&Path>,
         oom_kills: Arc<AtomicU64>,
     ) -> Result<(Command, Option<WorkerCgroup>), String> {
         let cgroup = self.cgroup(limits, oom_kills)?;
-        let cmd = self.command_in(program, limits, bundle, cgroup.as_ref())?;
+        let cmd = self.command_in(program, limits, bundle, secrets, cgroup.as_ref())?;
         Ok((cmd, cgroup))
     }
 
@@ -276,13 +277,14 @@ impl Sandbox {
         program: &str,
         limits: &Limits,
         bundle: &Path,
+        secrets: Option<&Path>,
         cgroup: Option<&WorkerCgroup>,
     ) -> Result<Command, String> {
         let plan = plan_limits(limits, self.cgroups.as_ref().map(|c| c.caps));
         let user = self.user.as_ref().map(|u| (u.uid, u.gid));
         let nproc =
             plan.rlimit_nproc.map(|n| n + processes_of(user.map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.0)));
-        let view = self.user.as_ref().map(|_| self.view(limits, bundle));
+        let view = self.user.as_ref().map(|_| self.view(limits, bundle, secrets));
         let launch = LaunchPlan {
             cgroup_procs: cgroup.map(WorkerCgroup::procs_files).unwrap_or_default(),
             rlimit_as: plan.rlimit_as,
@@ -303,7 +305,7 @@ impl Sandbox {
         Ok(cmd)
     }
 
-    fn view(&self, limits: &Limits, bundle: &Path) -> View {
+    fn view(&self, limits: &Limits, bundle: &Path, secrets: Option<&Path>) -> View {
         let tmp_size = limits.memory.unwrap_or(DEFAULT_TMP_SIZE);
         let mut covers: Vec<PathBuf> = self.covers.clone();
         covers.extend(PRIVATE_TMP.iter().map(PathBuf::from).filter(|p| p.is_dir()));
@@ -319,7 +321,13 @@ impl Sandbox {
         let bundle = bundle.canonicalize().unwrap_or_else(|_| bundle.to_owned());
         let mut read_only = self.read_only.clone();
         read_only.push(bundle.clone());
-        View { covers, read_only, cwd: bundle }
+        View { covers, read_only, cwd: bundle, secrets: secrets.map(Path::to_owned) }
+    }
+
+    /// The group of the user workers run as, when the node drops to one:
+    /// files workers must read (their secrets) are given to it.
+    pub fn worker_gid(&self) -> Option<u32> {
+        self.user.as_ref().map(|u| u.gid)
     }
 
     pub fn data_dir(&self) -> &Path {

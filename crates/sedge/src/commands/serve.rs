@@ -207,10 +207,12 @@ async fn serve(args: Args) -> Result<()> {
         config = sandboxed(config, &data)?;
         check_interpreters(&config).await;
     }
-    let runtime = Arc::new(Runtime::new(config));
+    config.secrets_root = Some(data.join("secrets").join("mounts"));
     let secrets = SecretStore::open(&data.join("secrets"))
-        .with_context(|| format!("opening the secrets folder in {}", data.display()))?;
+        .with_context(|| format!("opening the secrets folder in {}", data.display()))?
+        .with_reader_group(config.sandbox.as_ref().and_then(|s| s.worker_gid()));
     let access = access(&args, &secrets)?;
+    let runtime = Arc::new(Runtime::new(config));
     let mut node = Node::new(Arc::new(store), runtime.clone(), Arc::new(secrets), access);
     node.metrics_open = !args.metrics_auth;
     node.body_memory = sedge_gateway::BodyMemory::new(args.gateway.max_body_memory);

@@ -276,3 +276,60 @@ fn a_function_naming_a_missing_secret_is_not_deployed() {
     assert!(err.contains("absent") && err.contains("does not exist"), "{err}");
     assert_eq!(node.get("/system/function/needy").status, 404);
 }
+
+const READ_SECRET: &str = r#"import os
+
+def handle(req):
+    out = []
+    for path in [os.path.join(os.environ.get('SEDGE_SECRETS_DIR', '/nowhere'), 'db-password'), '/var/openfaas/secrets/db-password']:
+        try:
+            with open(path) as f:
+                out.append(f.read())
+        except OSError as e:
+            out.append(type(e).__name__)
+    return ' '.join(out)
+"#;
+
+#[test]
+fn a_function_reads_the_secrets_it_names_and_no_other() {
+    let node = Node::start();
+    let json = [("content-type", "application/json")];
+    let a = node.request("POST", "/system/secrets", &json, br#"{"name": "db-password", "value": "hunter2"}"#);
+    assert_eq!(a.status, 201, "{}", a.text());
+    let named = FnDir::python("named", "secrets = [\"db-password\"]\n", READ_SECRET);
+    let other = FnDir::python("other", "", READ_SECRET);
+    node.deploy(named.path());
+    node.deploy(other.path());
+    // Sandboxed (the node runs as root): at OpenFaaS's path, which is also SEDGE_SECRETS_DIR.
+    assert_eq!(node.post("/function/named", b"").text(), "hunter2 hunter2");
+    let seen = node.post("/function/other", b"").text();
+    assert!(!seen.contains("hunter2"), "another function read the secret: {seen}");
+    assert_eq!(node.describe("named")["sedge"]["secrets"], serde_json::json!(["db-password"]));
+    assert!(!node.describe("named").to_string().contains("hunter2"));
+
+    // An update reaches the function's files; a secret in use cannot be removed.
+    let a = node.request("PUT", "/system/secrets", &json, br#"{"name": "db-password", "value": "changed"}"#);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(node.post("/function/named", b"").text(), "changed changed");
+    let a = node.request("DELETE", "/system/secrets", &json, br#"{"name": "db-password"}"#);
+    assert_eq!(a.status, 409, "{}", a.text());
+    assert!(a.error().contains("named"), "{}", a.error());
+    let out = node.cli(&["rm", "named"]);
+    assert!(out.status.success());
+    assert!(!node.data.join("secrets/mounts/named").exists());
+    let a = node.request("DELETE", "/system/secrets", &json, br#"{"name": "db-password"}"#);
+    assert_eq!(a.status, 200, "{}", a.text());
+}
+
+#[test]
+fn without_the_sandbox_secrets_are_in_sedge_secrets_dir() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = Node::start_with(&tmp.path().join("data"), &["--no-sandbox"]);
+    let json = [("content-type", "application/json")];
+    let a = node.request("POST", "/system/secrets", &json, br#"{"name": "db-password", "value": "plain"}"#);
+    assert_eq!(a.status, 201, "{}", a.text());
+    let named = FnDir::python("named", "secrets = [\"db-password\"]\n", READ_SECRET);
+    node.deploy(named.path());
+    let text = node.post("/function/named", b"").text();
+    assert!(text.starts_with("plain "), "{text}");
+}
