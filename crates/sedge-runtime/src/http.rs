@@ -74,7 +74,7 @@ impl HttpWorker {
             program,
             &spec.limits,
             dir,
-            config.secrets_of(&spec).as_deref(),
+            config.secrets_of(spec).as_deref(),
             shared.oom_kills.clone(),
         )?;
         cmd.args(args)
