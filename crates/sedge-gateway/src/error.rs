@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sedge_core::InvokeError;
-use sedge_store::StoreError;
+use sedge_store::{BundleError, StoreError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -67,6 +67,8 @@ impl From<InvokeError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
+            StoreError::Bundle(BundleError::TooLarge(_)) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            StoreError::Bundle(BundleError::Io(_)) => Self::internal("unpacking the bundle", e),
             StoreError::Bundle(_) | StoreError::Manifest(_) | StoreError::NameMismatch { .. } => {
                 Self::bad_request(e.to_string())
             }

@@ -14,5 +14,6 @@ pub mod bundle;
 pub mod pack;
 mod sqlite;
 
-pub use bundle::BundleError;
+pub use bundle::{BundleError, UnpackLimits};
 pub use sqlite::{FunctionRecord, StagedBundle, Store, StoreError};
+pub use tempfile::TempPath;

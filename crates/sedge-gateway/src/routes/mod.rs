@@ -4,6 +4,7 @@ mod body;
 mod functions;
 mod invoke;
 mod logs;
+mod upload;
 
 use std::sync::Arc;
 

@@ -40,6 +40,8 @@ pub struct Args {
     /// Node.js executable for node functions.
     #[arg(long, env = "SEDGE_NODE", default_value = "node")]
     node: String,
+    #[command(flatten)]
+    bundles: super::bundle_flags::BundleFlags,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -67,7 +69,7 @@ pub fn run(args: Args) -> Result<()> {
 async fn serve(args: Args) -> Result<()> {
     let data = args.data.clone().unwrap_or_else(default_data_dir);
     let store = match Store::open(&data) {
-        Ok(s) => s,
+        Ok(s) => s.with_limits(args.bundles.limits()),
         Err(e @ StoreError::Locked(_)) => anyhow::bail!("{e}: stop it first, or pass another --data directory"),
         Err(e) => return Err(e).with_context(|| format!("opening the store in {}", data.display())),
     };
@@ -80,7 +82,7 @@ async fn serve(args: Args) -> Result<()> {
     let config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js, args.spares)
         .with_context(|| format!("writing the runtime shims under {}", data.display()))?;
     let runtime = Arc::new(Runtime::new(config));
-    let node = Arc::new(Node::new(Arc::new(store), runtime.clone()));
+    let node = Arc::new(args.bundles.configure(Node::new(Arc::new(store), runtime.clone())));
     let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
