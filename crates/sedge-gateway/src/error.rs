@@ -101,4 +101,21 @@ mod tests {
             assert_eq!(invoke_status(&e).as_u16(), code, "{e}");
         }
     }
+
+    #[test]
+    fn bundle_errors_name_the_problem_with_their_status() {
+        let unsafe_entry = BundleError::UnsafeEntry { path: "x/y".into(), reason: "its folder x is a link".into() };
+        let cases = [
+            (StoreError::Bundle(unsafe_entry), 400, "\"x/y\""),
+            (StoreError::Bundle(BundleError::TooLarge("it unpacks to more than 5 bytes".into())), 413, "5 bytes"),
+            (StoreError::Bundle(BundleError::NotAnArchive("bad gzip".into())), 400, "tar.gz"),
+            (StoreError::Bundle(BundleError::NoManifest), 400, "sedge.toml"),
+            (StoreError::Bundle(BundleError::Io(std::io::Error::other("disk full"))), 500, "internal"),
+        ];
+        for (e, code, says) in cases {
+            let a = ApiError::from(e);
+            assert_eq!(a.status.as_u16(), code, "{}", a.message);
+            assert!(a.message.contains(says), "{:?} should say {says:?}", a.message);
+        }
+    }
 }

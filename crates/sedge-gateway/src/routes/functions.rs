@@ -168,9 +168,18 @@ pub async fn deploy_bundle(
 ) -> Result<Response, ApiError> {
     let name = FunctionName::parse(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let wait = matches!(q.wait.as_deref(), Some("" | "1" | "true" | "yes"));
-    let _slot = upload::admit(&node)?;
+    let slot = upload::admit(&node)?;
     let archive = upload::receive(&node, &headers, body).await?;
-    let done = crate::deploy_file(&node, name, archive, wait).await?;
+    // Once received, the deploy runs to its end even if the client hangs
+    // up, so a half-done stage never leaves a folder behind.
+    let task = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            crate::deploy_file(&node, name, archive, wait).await
+        })
+    };
+    let done = task.await.map_err(|e| ApiError::internal("deploy task", e))??;
     let code = match (done.pending, done.existed) {
         (true, _) => StatusCode::ACCEPTED,
         (false, true) => StatusCode::OK,

@@ -254,3 +254,32 @@ fn a_broken_redeploy_without_wait_keeps_the_old_version_serving() {
     let again = Node::start_on(&data);
     assert_eq!(again.post("/function/steady", b"").text(), "v2");
 }
+
+#[test]
+fn uploads_in_flight_are_capped_and_aborted_ones_leave_nothing() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = Node::start_with(&tmp.path().join("data"), &["--max-uploads", "2"]);
+    let before = tree(tmp.path());
+    let addr = node.url.strip_prefix("http://").expect("http url").to_owned();
+    let uploads = |n: &Node| std::fs::read_dir(n.data.join("uploads")).expect("uploads").count();
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        let head = "PUT /system/bundles/target HTTP/1.1\r\nHost: sedge\r\nContent-Length: 100000000\r\n\r\n";
+        s.write_all(head.as_bytes()).expect("head");
+        s.write_all(&[0u8; 4096]).expect("some body");
+        slow.push(s);
+    }
+    node.wait_for("both uploads to be admitted", std::time::Duration::from_secs(10), |n| uploads(n) == 2);
+    let m = ("sedge.toml", tar::EntryType::Regular, "", OK_MANIFEST);
+    let a = put(&node, "target", &forge(&[m]));
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert!(a.header("retry-after").is_some());
+    assert!(a.error().contains("2 bundle uploads"), "{}", a.error());
+
+    drop(slow);
+    node.wait_for("the aborted uploads' files to go", std::time::Duration::from_secs(10), |n| uploads(n) == 0);
+    assert_untouched(&node, &before);
+    assert_eq!(put(&node, "target", &forge(&[m])).status, 201);
+}
