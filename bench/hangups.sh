@@ -24,6 +24,9 @@ trap cleanup EXIT
 cp -r bench/functions/effnet-tensor "$tmp/effnet"
 cp "$models/efficientnet-lite0.onnx" "$tmp/effnet/"
 "$SEDGE_PYTHON" -c 'import numpy as np, sys; np.random.default_rng(1).standard_normal((1, 3, 224, 224), dtype=np.float32).tofile(sys.argv[1])' "$tmp/tensor.bin"
+# A password for this run's node; the CLI and curl use it too.
+export SEDGE_ADMIN_PASSWORD="bench-$RANDOM$RANDOM$RANDOM" SEDGE_PASSWORD
+SEDGE_PASSWORD=$SEDGE_ADMIN_PASSWORD
 "$bin" serve --listen 127.0.0.1:0 --data "$tmp/data" --deploy "$tmp/effnet" >"$tmp/out" 2>"$tmp/node.log" &
 node_pid=$!
 for _ in $(seq 300); do grep -q '^sedge listening on ' "$tmp/out" 2>/dev/null && break; sleep 0.1; done
@@ -32,7 +35,7 @@ url=$(sed -n 's/^sedge listening on //p' "$tmp/out" | head -1)
 # Both workers up before the run, so that any start during it is a restart.
 "$bin" --gateway "$url" scale effnet --replicas 2 >/dev/null
 for _ in $(seq 600); do
-  curl -fsS "$url/system/function/effnet" | grep -q '"availableReplicas":2' && break
+  curl -fsS -u "admin:$SEDGE_PASSWORD" "$url/system/function/effnet" | grep -q '"availableReplicas":2' && break
   sleep 0.1
 done
 "$bin" bench hangups "$url/function/effnet" --data "@$tmp/tensor.bin" "$@"

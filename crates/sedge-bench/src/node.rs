@@ -28,6 +28,8 @@ pub struct LocalNode {
     child: Child,
     pub url: String,
     pub pid: u32,
+    /// `Authorization` for the node's admin password, made for this run.
+    pub auth: String,
     _data: tempfile::TempDir,
 }
 
@@ -44,9 +46,12 @@ impl LocalNode {
             .append(true)
             .open(log)
             .map_err(BenchError::io(format!("creating {}", log.display())))?;
+        let password = sedge_store::secrets::random_token()
+            .map_err(|e| BenchError::Node(format!("making the local node's password: {e}")))?;
         let mut child = Command::new(exe)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data.path().join("data"))
+            .env("SEDGE_ADMIN_PASSWORD", &password)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -80,7 +85,7 @@ impl LocalNode {
                 let _ = tail.write_all(format!("{line}\n").as_bytes()).await;
             }
         });
-        Ok(Self { child, url, pid, _data: data })
+        Ok(Self { child, url, pid, auth: basic_auth(&password), _data: data })
     }
 
     /// SIGTERM, a grace period, then SIGKILL.
@@ -99,6 +104,20 @@ impl LocalNode {
     }
 }
 
+/// `Authorization` for a node's admin password, HTTP Basic as faas-cli sends it.
+pub fn basic_auth(password: &str) -> String {
+    use base64::Engine;
+    let pair = format!("{}:{password}", sedge_store::secrets::ADMIN_USER);
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+}
+
+fn with_auth(mut headers: Vec<(String, String)>, auth: Option<&str>) -> Vec<(String, String)> {
+    if let Some(a) = auth {
+        headers.push(("authorization".to_owned(), a.to_owned()));
+    }
+    headers
+}
+
 fn refused(what: &str, answer: &http::Answer) -> BenchError {
     let text = String::from_utf8_lossy(&answer.body);
     let message = serde_json::from_str::<serde_json::Value>(&text)
@@ -113,9 +132,9 @@ fn ok(answer: &http::Answer) -> bool {
 }
 
 /// Uploads a function bundle and waits until a worker has loaded it.
-pub async fn deploy(gateway: &str, name: &str, archive: Vec<u8>) -> Result<(), BenchError> {
+pub async fn deploy(gateway: &str, auth: Option<&str>, name: &str, archive: Vec<u8>) -> Result<(), BenchError> {
     let url = format!("{gateway}/system/bundles/{name}?wait=true");
-    let headers = [("content-type".to_owned(), "application/gzip".to_owned())];
+    let headers = with_auth(vec![("content-type".to_owned(), "application/gzip".to_owned())], auth);
     let answer = http::once(&url, "PUT", &headers, Bytes::from(archive), DEPLOY_TIMEOUT).await?;
     if ok(&answer) {
         Ok(())
@@ -125,17 +144,17 @@ pub async fn deploy(gateway: &str, name: &str, archive: Vec<u8>) -> Result<(), B
 }
 
 /// Stops the function's workers and waits until none is left.
-pub async fn scale_to_zero(gateway: &str, name: &str, within: Duration) -> Result<(), BenchError> {
+pub async fn scale_to_zero(gateway: &str, auth: Option<&str>, name: &str, within: Duration) -> Result<(), BenchError> {
     let url = format!("{gateway}/system/scale-function/{name}");
     let body = serde_json::json!({ "serviceName": name, "replicas": 0 }).to_string();
-    let headers = [("content-type".to_owned(), "application/json".to_owned())];
+    let headers = with_auth(vec![("content-type".to_owned(), "application/json".to_owned())], auth);
     let answer = http::once(&url, "POST", &headers, Bytes::from(body), API_TIMEOUT).await?;
     if !ok(&answer) {
         return Err(refused(&format!("scaling {name} to zero"), &answer));
     }
     let deadline = Instant::now() + within;
     loop {
-        if available_replicas(gateway, name).await? == 0 {
+        if available_replicas(gateway, auth, name).await? == 0 {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -146,9 +165,9 @@ pub async fn scale_to_zero(gateway: &str, name: &str, within: Duration) -> Resul
 }
 
 /// `availableReplicas` of `GET /system/function/NAME`.
-pub async fn available_replicas(gateway: &str, name: &str) -> Result<u64, BenchError> {
+pub async fn available_replicas(gateway: &str, auth: Option<&str>, name: &str) -> Result<u64, BenchError> {
     let url = format!("{gateway}/system/function/{name}");
-    let answer = http::once(&url, "GET", &[], Bytes::new(), API_TIMEOUT).await?;
+    let answer = http::once(&url, "GET", &with_auth(Vec::new(), auth), Bytes::new(), API_TIMEOUT).await?;
     if !ok(&answer) {
         return Err(refused(&format!("describing {name}"), &answer));
     }

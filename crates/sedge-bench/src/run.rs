@@ -32,6 +32,9 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Replaces the gateway of every sedge target.
     pub gateway: Option<String>,
+    /// `Authorization` values for sedge gateways the bench did not start
+    /// itself, by gateway URL (without a trailing '/').
+    pub auth: Vec<(String, String)>,
     /// The `sedge` executable, to start a local node with.
     pub sedge_exe: Option<PathBuf>,
 }
@@ -42,6 +45,8 @@ struct Ready {
     record: ScenarioRecord,
     /// Sedge targets: the gateway, for cold starts.
     gateway: Option<String>,
+    /// The gateway's `Authorization` value.
+    auth: Option<String>,
     /// Runs on the local node, whose resources are sampled.
     local: bool,
 }
@@ -165,7 +170,9 @@ async fn run_with(
         let Some(gateway) = &r.gateway else { continue };
         let mut latencies = Vec::new();
         for n in 1..=settings.cold_starts {
-            if let Err(e) = node::scale_to_zero(gateway, &r.record.function, SCALE_DOWN_TIMEOUT).await {
+            if let Err(e) =
+                node::scale_to_zero(gateway, r.auth.as_deref(), &r.record.function, SCALE_DOWN_TIMEOUT).await
+            {
                 let note = format!("cold starts of {} stopped: {e}", r.record.name);
                 progress(&note);
                 record.notes.push(note);
@@ -208,7 +215,7 @@ async fn run_with(
 /// Scales a sedge scenario's function to zero; a failure is only noted.
 async fn idle(r: &Ready, record: &mut RunRecord, progress: &mut (dyn FnMut(&str) + Send)) {
     let Some(gateway) = &r.gateway else { return };
-    if let Err(e) = node::scale_to_zero(gateway, &r.record.function, SCALE_DOWN_TIMEOUT).await {
+    if let Err(e) = node::scale_to_zero(gateway, r.auth.as_deref(), &r.record.function, SCALE_DOWN_TIMEOUT).await {
         let note = format!("{}: could not scale to zero between scenarios: {e}", r.record.name);
         progress(&note);
         record.notes.push(note);
@@ -242,14 +249,21 @@ async fn prepare(
     for scenario in exp.scenarios() {
         let target = &exp.targets[scenario.target];
         let function = &exp.functions[scenario.function];
-        let (url, gateway, is_local, kind) = match &target.kind {
-            TargetKind::Url { template } => (template.replace("{name}", &function.name), None, false, "url"),
+        let (url, gateway, auth, is_local, kind) = match &target.kind {
+            TargetKind::Url { template } => (template.replace("{name}", &function.name), None, None, false, "url"),
             TargetKind::Sedge { gateway } => {
-                let (gateway, is_local) = match opts.gateway.clone().or_else(|| gateway.clone()) {
-                    Some(g) => (g.trim_end_matches('/').to_owned(), false),
-                    None => (start_local(opts, local, progress).await?, true),
+                let (gateway, auth, is_local) = match opts.gateway.clone().or_else(|| gateway.clone()) {
+                    Some(g) => {
+                        let g = g.trim_end_matches('/').to_owned();
+                        let auth = opts.auth.iter().find(|(url, _)| *url == g).map(|(_, a)| a.clone());
+                        (g, auth, false)
+                    }
+                    None => {
+                        let (url, auth) = start_local(opts, local, progress).await?;
+                        (url, Some(auth), true)
+                    }
                 };
-                (format!("{gateway}/function/{}", function.name), Some(gateway), is_local, "sedge")
+                (format!("{gateway}/function/{}", function.name), Some(gateway), auth, is_local, "sedge")
             }
         };
         if let (Some(gw), Some(dir)) = (&gateway, &function.dir) {
@@ -260,7 +274,7 @@ async fn prepare(
                     let t0 = Instant::now();
                     let result = match sedge_store::pack::pack(dir) {
                         Ok((spec, archive)) if spec.name.as_str() == function.name => {
-                            node::deploy(gw, &function.name, archive).await
+                            node::deploy(gw, auth.as_deref(), &function.name, archive).await
                         }
                         Ok((spec, _)) => Err(BenchError::Node(format!(
                             "{}/sedge.toml names the function {:?}, the experiment {:?}",
@@ -304,7 +318,7 @@ async fn prepare(
             labels: function.labels.clone(),
         };
         record.scenarios.push(rec.clone());
-        ready.push(Ready { scenario, record: rec, gateway, local: is_local });
+        ready.push(Ready { scenario, record: rec, gateway, auth, local: is_local });
     }
     if ready.is_empty() {
         return Err(BenchError::Node("no scenario is left to run; see the notes above".into()));
@@ -316,18 +330,18 @@ async fn start_local(
     opts: &RunOptions,
     local: &mut Option<LocalNode>,
     progress: &mut (dyn FnMut(&str) + Send),
-) -> Result<String, BenchError> {
+) -> Result<(String, String), BenchError> {
     if let Some(node) = local {
-        return Ok(node.url.clone());
+        return Ok((node.url.clone(), node.auth.clone()));
     }
     let exe = opts.sedge_exe.as_ref().ok_or_else(|| {
         BenchError::Node("a sedge target has no gateway and no sedge executable was given to start a node".into())
     })?;
     let node = LocalNode::start(exe, &opts.out.join("node.log")).await?;
     progress(&format!("started a local node at {} (pid {}, log in node.log)", node.url, node.pid));
-    let url = node.url.clone();
+    let found = (node.url.clone(), node.auth.clone());
     *local = Some(node);
-    Ok(url)
+    Ok(found)
 }
 
 fn plan_for(exp: &Experiment, r: &Ready, users: u32, stop: Stop) -> LoadPlan {

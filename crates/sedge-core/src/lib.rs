@@ -16,4 +16,4 @@ pub mod name;
 
 pub use invocation::{Invocation, InvokeError, Reply};
 pub use manifest::{FunctionSpec, Limits, ManifestError, RuntimeKind, Scale, Style};
-pub use name::{FunctionName, NameError};
+pub use name::{FunctionName, NameError, SecretName};

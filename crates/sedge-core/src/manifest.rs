@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::name::FunctionName;
+use crate::name::{FunctionName, SecretName};
 
 /// The file name a function folder must contain.
 pub const MANIFEST_FILE: &str = "sedge.toml";
@@ -130,6 +130,16 @@ pub struct FunctionSpec {
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// Secrets the node gives this function as files, by name.
+    pub secrets: Vec<SecretName>,
+    pub auth: Auth,
+}
+
+/// Who may call the function.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    /// Callers need the admin credential or the function's own token.
+    pub invoke: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +159,17 @@ struct RawManifest {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    auth: RawAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    invoke: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -279,6 +300,17 @@ impl FunctionSpec {
                 );
             }
         }
+        let mut secrets = Vec::with_capacity(raw.secrets.len());
+        for (i, text) in raw.secrets.iter().enumerate() {
+            let secret = match SecretName::parse(text) {
+                Ok(n) => n,
+                Err(e) => return c.fail(&format!("secrets[{i}]"), e.to_string()),
+            };
+            if secrets.contains(&secret) {
+                return c.fail(&format!("secrets[{i}]"), format!("{text:?} is listed twice"));
+            }
+            secrets.push(secret);
+        }
         Ok(Self {
             name,
             runtime,
@@ -289,6 +321,8 @@ impl FunctionSpec {
             env: raw.env,
             labels: raw.labels,
             annotations: raw.annotations,
+            secrets,
+            auth: Auth { invoke: raw.auth.invoke },
         })
     }
 
@@ -369,6 +403,16 @@ mod tests {
         assert_eq!(spec.limits.queue, 3);
         assert_eq!(spec.scale, Scale { min: 1, max: 2, concurrency: 4, idle: Duration::from_secs(300) });
         assert_eq!(spec.env.get("MODEL").map(String::as_str), Some("x"));
+        assert!(spec.secrets.is_empty() && !spec.auth.invoke);
+    }
+
+    #[test]
+    fn secrets_and_invoke_auth() {
+        let spec = parse(&format!("{MINIMAL}secrets = [\"db-password\", \"api.key\"]\n[auth]\ninvoke = true\n"))
+            .expect("valid");
+        let names: Vec<&str> = spec.secrets.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names, ["db-password", "api.key"]);
+        assert!(spec.auth.invoke);
     }
 
     #[test]
@@ -388,6 +432,8 @@ mod tests {
             (&format!("{MINIMAL}[scale]\nmin = 5\nmax = 2"), "scale.min", "from 0 to 2"),
             (&format!("{MINIMAL}[scale]\nconcurrency = -1"), "scale.concurrency", "whole number"),
             (&format!("{MINIMAL}[env]\n\"A-B\" = \"x\""), "env.A-B", "letters"),
+            (&format!("{MINIMAL}secrets = [\"ok\", \"../etc\"]"), "secrets[1]", "lower-case"),
+            (&format!("{MINIMAL}secrets = [\"a\", \"a\"]"), "secrets[1]", "twice"),
         ];
         for (text, field, expect) in cases {
             let (got_field, problem) = field_error(text);

@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sedge_core::InvokeError;
-use sedge_store::{BundleError, StoreError};
+use sedge_store::{BundleError, SecretError, StoreError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -74,6 +74,19 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Locked(_) | StoreError::Dir { .. } | StoreError::Db(_) | StoreError::Corrupt { .. } => {
                 Self::internal("store", e)
+            }
+        }
+    }
+}
+
+impl From<SecretError> for ApiError {
+    fn from(e: SecretError) -> Self {
+        match e {
+            SecretError::Exists(_) => Self::new(StatusCode::CONFLICT, e.to_string()),
+            SecretError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, e.to_string()),
+            SecretError::TooLarge { .. } => Self::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            SecretError::EmptyPassword(_) | SecretError::Io { .. } | SecretError::Random(_) => {
+                Self::internal("secret store", e)
             }
         }
     }

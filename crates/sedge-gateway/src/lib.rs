@@ -8,9 +8,11 @@
 //! Neighbours: `sedge-store` (registry, bundles), `sedge-runtime` (pools,
 //! invocation), `sedge-core` (specs, error kinds).
 
+pub mod auth;
 pub mod error;
 pub mod metrics;
 mod routes;
+mod secrets;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,8 +22,9 @@ use axum::http::StatusCode;
 use axum::Router;
 use sedge_core::FunctionName;
 use sedge_runtime::{Pool, Runtime};
-use sedge_store::{FunctionRecord, StagedBundle, Store, TempPath};
+use sedge_store::{FunctionRecord, SecretStore, StagedBundle, Store, TempPath};
 
+pub use auth::Access;
 pub use error::ApiError;
 
 /// Everything a request may touch.
@@ -39,10 +42,16 @@ pub struct Node {
     pub max_uploads: usize,
     /// Why the last redeploy of a function did not replace it, by name.
     pub deploy_errors: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Whether `/system/` asks for the admin credential.
+    pub access: Access,
+    /// Whether `/metrics` is served without credentials.
+    pub metrics_open: bool,
+    pub secrets: Arc<SecretStore>,
+    pub tokens: auth::Tokens,
 }
 
 impl Node {
-    pub fn new(store: Arc<Store>, runtime: Arc<Runtime>) -> Self {
+    pub fn new(store: Arc<Store>, runtime: Arc<Runtime>, secrets: Arc<SecretStore>, access: Access) -> Self {
         Self {
             store,
             runtime,
@@ -52,6 +61,10 @@ impl Node {
             uploads: Arc::new(tokio::sync::Semaphore::new(2)),
             max_uploads: 2,
             deploy_errors: std::sync::Mutex::default(),
+            access,
+            metrics_open: true,
+            secrets,
+            tokens: auth::Tokens::default(),
         }
     }
 
@@ -78,7 +91,7 @@ impl Node {
 }
 
 pub fn router(node: Arc<Node>) -> Router {
-    routes::router().with_state(node)
+    routes::router(node.clone()).with_state(node)
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then stops
@@ -137,6 +150,11 @@ pub async fn deploy_file(
     let old = node.runtime.get(name.as_str());
     let store = node.store.clone();
     let staged = blocking(move || Ok(store.stage(&name, archive)?)).await?;
+    if let Err(e) = secrets::prepare(node, &staged.record.spec).await {
+        let store = node.store.clone();
+        let _ = blocking(move || Ok(store.discard(staged)?)).await;
+        return Err(e);
+    }
     let pool = node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone());
     let existed = old.is_some();
     if old.is_none() && !wait {
@@ -238,6 +256,10 @@ pub async fn restore(node: &Arc<Node>) -> Result<usize, ApiError> {
     })
     .await?;
     for r in &records {
+        if let Err(e) = secrets::prepare(node, &r.spec).await {
+            // One function's missing secret must not keep the others down.
+            tracing::error!("function {}: {}", r.spec.name, e.message);
+        }
         let pool = node.runtime.prepare(r.spec.clone(), r.dir.clone());
         node.runtime.install(pool);
     }

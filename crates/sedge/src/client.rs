@@ -2,12 +2,15 @@
 //! `{"error": ...}` answers into readable messages.
 
 use anyhow::{anyhow, Context, Result};
+use base64::Engine;
 use ureq::http::{Method, Request};
 use ureq::Agent;
 
 pub struct Client {
     base: String,
     agent: Agent,
+    /// `Authorization` value for the node's admin credential, when known.
+    auth: Option<String>,
 }
 
 /// A node's answer: status and body, whatever the status.
@@ -37,6 +40,11 @@ impl Answer {
     pub fn check(self, what: &str) -> Result<Self> {
         if self.ok() {
             Ok(self)
+        } else if self.status == 401 {
+            Err(anyhow!(
+                "{what}: the node answered 401: {}\nlog in with `sedge login`, or set SEDGE_PASSWORD",
+                self.error_message()
+            ))
         } else {
             Err(anyhow!("{what}: the node answered {}: {}", self.status, self.error_message()))
         }
@@ -50,7 +58,20 @@ impl Answer {
 impl Client {
     pub fn new(base: &str) -> Self {
         let agent: Agent = Agent::config_builder().http_status_as_error(false).build().into();
-        Self { base: base.trim_end_matches('/').to_owned(), agent }
+        Self { base: base.trim_end_matches('/').to_owned(), agent, auth: None }
+    }
+
+    /// Sends the admin credential with every request.
+    pub fn with_password(mut self, password: Option<&str>) -> Self {
+        self.auth = password.map(|p| {
+            let pair = format!("{}:{p}", sedge_store::secrets::ADMIN_USER);
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+        });
+        self
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -62,6 +83,11 @@ impl Client {
         let mut req = Request::builder().method(method).uri(self.url(path));
         for (k, v) in headers {
             req = req.header(k.as_str(), v.as_str());
+        }
+        if let Some(auth) = &self.auth {
+            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+                req = req.header("authorization", auth.as_str());
+            }
         }
         let req = req.body(body).context("invalid request")?;
         let mut resp = self.agent.run(req).with_context(|| format!("cannot reach the node at {}", self.base))?;
@@ -82,12 +108,15 @@ impl Client {
     /// GET whose body is read as it arrives, line by line (log following).
     pub fn get_lines(&self, path: &str, mut each: impl FnMut(&str) -> Result<()>) -> Result<()> {
         use std::io::BufRead;
-        let resp =
-            self.agent.get(self.url(path)).call().with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let mut req = self.agent.get(self.url(path));
+        if let Some(auth) = &self.auth {
+            req = req.header("authorization", auth.as_str());
+        }
+        let resp = req.call().with_context(|| format!("cannot reach the node at {}", self.base))?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let body = resp.into_body().read_to_vec().unwrap_or_default();
-            return Err(anyhow!("the node answered {status}: {}", Answer { status, body }.error_message()));
+            return Answer { status, body }.check("reading").map(|_| ());
         }
         let reader = std::io::BufReader::new(resp.into_body().into_reader());
         for line in reader.lines() {

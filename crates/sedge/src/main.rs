@@ -5,6 +5,7 @@
 
 mod client;
 mod commands;
+mod credentials;
 mod signals;
 
 use clap::parser::ValueSource;
@@ -34,6 +35,12 @@ enum Command {
     Rm(commands::rm::Args),
     Scale(commands::scale::Args),
     Bench(commands::bench::Args),
+    Login(commands::login::Args),
+    /// Forget the stored credentials for the gateway.
+    Logout,
+    Secret(commands::secret::Args),
+    /// Make a new invoke token for a function with `[auth] invoke = true`.
+    RotateToken(commands::secret::RotateArgs),
 }
 
 fn main() {
@@ -41,7 +48,14 @@ fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // The bench starts a node of its own unless one was named.
     let gateway_given = matches.value_source("gateway").is_some_and(|s| s != ValueSource::DefaultValue);
-    let gateway = client::Client::new(&cli.gateway);
+    let password = match credentials::find(&cli.gateway) {
+        Ok(found) => found.map(|(p, _)| p),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    let gateway = client::Client::new(&cli.gateway).with_password(password.as_deref());
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(args),
         Command::Deploy(args) => commands::deploy::run(&gateway, args),
@@ -51,6 +65,10 @@ fn main() {
         Command::Logs(args) => commands::logs::run(&gateway, args),
         Command::Rm(args) => commands::rm::run(&gateway, args),
         Command::Scale(args) => commands::scale::run(&gateway, args),
+        Command::Login(args) => commands::login::run(&gateway, args),
+        Command::Logout => commands::login::logout(&gateway),
+        Command::Secret(args) => commands::secret::run(&gateway, args),
+        Command::RotateToken(args) => commands::secret::rotate(&gateway, args),
         Command::Bench(args) => commands::bench::run(args, gateway_given.then_some(cli.gateway.as_str())),
     };
     if let Err(e) = result {

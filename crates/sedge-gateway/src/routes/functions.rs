@@ -58,6 +58,7 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
             "handler": spec.handler,
             "timeout": humantime::format_duration(spec.limits.timeout).to_string(),
             "maxBody": spec.limits.max_body,
+            "maxAnswer": spec.limits.max_answer,
             "memory": spec.limits.memory,
             "queue": spec.limits.queue,
             "scale": {
@@ -70,6 +71,12 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
             "queued": stats.queued,
             "coldStarts": shared.cold_starts.load(std::sync::atomic::Ordering::Relaxed),
             "spareStarts": shared.spare_starts.load(std::sync::atomic::Ordering::Relaxed),
+            "secrets": spec.secrets.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "auth": {
+                "invoke": spec.auth.invoke,
+                // Describe is behind the admin credential, so the token may show here.
+                "token": node.tokens.get(name).as_deref(),
+            },
         },
     })
 }
@@ -104,6 +111,7 @@ pub async fn remove(State(node): Shared, body: axum::body::Bytes) -> Result<Stat
     let n = name.clone();
     let existed = blocking(move || Ok(store.remove(&n)?)).await?;
     node.runtime.remove(name.as_str());
+    crate::secrets::forget(&node, &name).await?;
     if existed {
         Ok(StatusCode::OK)
     } else {
@@ -139,6 +147,15 @@ pub async fn scale(
     let pool = node.runtime.get(name.as_str()).ok_or_else(|| ApiError::not_found(name.as_str()))?;
     pool.set_replicas(replicas);
     Ok(StatusCode::ACCEPTED)
+}
+
+/// `POST /system/function/{name}/token`: a new invoke token; the old one stops working.
+pub async fn rotate_token(State(node): Shared, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+    let name = parse_name(&raw)?;
+    let pool = node.runtime.get(name.as_str()).ok_or_else(|| ApiError::not_found(name.as_str()))?;
+    let requires = pool.spec().auth.invoke;
+    let token = crate::secrets::rotate(&node, &name, requires).await?;
+    Ok(Json(json!({ "name": name.as_str(), "token": token })))
 }
 
 pub async fn deploy_image() -> ApiError {

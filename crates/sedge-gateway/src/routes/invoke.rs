@@ -34,6 +34,10 @@ async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Respo
     // Unknown names get no metrics series: clients must not be able to
     // grow the metrics without bound.
     let Some(pool) = node.runtime.get(name) else { return ApiError::not_found(name).into_response() };
+    let mut req = req;
+    if let Some(refused) = crate::auth::gate_invoke(node, name, pool.spec().auth.invoke, req.headers_mut()) {
+        return refused;
+    }
     let mut response = match call(&pool, name, path, req).await {
         Ok(reply) => reply_response(reply),
         Err(e) => e.into_response(),

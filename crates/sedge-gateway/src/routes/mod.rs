@@ -4,6 +4,7 @@ mod body;
 mod functions;
 mod invoke;
 mod logs;
+mod secrets;
 mod upload;
 
 use std::sync::Arc;
@@ -18,11 +19,11 @@ use crate::{ApiError, Node};
 
 pub type Shared = State<Arc<Node>>;
 
-pub fn router() -> Router<Arc<Node>> {
-    Router::new()
-        .route("/healthz", get(|| async { "OK" }))
+pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
+    let admin = || axum::middleware::from_fn_with_state(node.clone(), crate::auth::require_admin);
+    // Everything under /system/ needs the admin credential, loopback included.
+    let system = Router::new()
         .route("/system/info", get(info))
-        .route("/metrics", get(metrics))
         .route(
             "/system/functions",
             get(functions::list).delete(functions::remove).post(functions::deploy_image).put(functions::deploy_image),
@@ -30,7 +31,19 @@ pub fn router() -> Router<Arc<Node>> {
         .route("/system/function/{name}", get(functions::describe))
         .route("/system/scale-function/{name}", post(functions::scale))
         .route("/system/bundles/{name}", put(functions::deploy_bundle))
+        .route("/system/function/{name}/token", post(functions::rotate_token))
+        .route("/system/secrets", get(secrets::list).post(secrets::create).put(secrets::update).delete(secrets::remove))
         .route("/system/logs", get(logs::logs))
+        .route_layer(admin());
+    let metrics_route = if node.metrics_open {
+        Router::new().route("/metrics", get(metrics))
+    } else {
+        Router::new().route("/metrics", get(metrics)).route_layer(admin())
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "OK" }))
+        .merge(system)
+        .merge(metrics_route)
         .route("/function/{name}", any(invoke::invoke_root))
         .route("/function/{name}/", any(invoke::invoke_root))
         .route("/function/{name}/{*path}", any(invoke::invoke_path))

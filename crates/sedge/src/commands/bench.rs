@@ -180,8 +180,14 @@ async fn cold_starts(url: &str) -> Option<u64> {
     let (base, name) = url.split_once("/function/")?;
     let name = name.split(['/', '?']).next()?;
     let describe = format!("{base}/system/function/{name}");
+    let headers: Vec<(String, String)> = crate::credentials::find(base)
+        .ok()
+        .flatten()
+        .map(|(p, _)| ("authorization".to_owned(), sedge_bench::node::basic_auth(&p)))
+        .into_iter()
+        .collect();
     let answer =
-        sedge_bench::http::once(&describe, "GET", &[], Vec::new().into(), Duration::from_secs(10)).await.ok()?;
+        sedge_bench::http::once(&describe, "GET", &headers, Vec::new().into(), Duration::from_secs(10)).await.ok()?;
     let json: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
     json["sedge"]["coldStarts"].as_u64()
 }
@@ -273,12 +279,29 @@ fn write_csv(path: &std::path::Path, samples: &[sedge_bench::Sample]) -> Result<
     out.flush().with_context(|| format!("writing {}", path.display()))
 }
 
+/// The CLI's credentials for every gateway the experiment names.
+fn gateway_credentials(exp: &Experiment, gateway: Option<&str>) -> Result<Vec<(String, String)>> {
+    let named = exp.targets.iter().filter_map(|t| match &t.kind {
+        sedge_bench::experiment::TargetKind::Sedge { gateway } => gateway.as_deref(),
+        sedge_bench::experiment::TargetKind::Url { .. } => None,
+    });
+    let mut found = Vec::new();
+    for g in gateway.into_iter().chain(named) {
+        let g = g.trim_end_matches('/').to_owned();
+        if let Some((password, _)) = crate::credentials::find(&g)? {
+            found.push((g, sedge_bench::node::basic_auth(&password)));
+        }
+    }
+    Ok(found)
+}
+
 fn run_command(a: RunArgs, gateway: Option<&str>) -> Result<()> {
     let exp = Experiment::load(&a.experiment, a.quick)?;
     let out = a.out.unwrap_or_else(|| run::default_out_dir(&exp.name));
     let opts = RunOptions {
         out: out.clone(),
         gateway: gateway.map(str::to_owned),
+        auth: gateway_credentials(&exp, gateway)?,
         sedge_exe: Some(std::env::current_exe().context("finding the sedge executable")?),
     };
     eprintln!("results in {}", out.display());

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sedge_gateway::Node;
+use sedge_gateway::{Access, Node};
 use sedge_runtime::{Runtime, RuntimeConfig};
-use sedge_store::{Store, StoreError};
+use sedge_store::secrets::PasswordOrigin;
+use sedge_store::{SecretStore, Store, StoreError};
 use tokio::sync::watch;
 
 /// How long requests in flight get to finish after a stop signal.
@@ -42,9 +43,21 @@ pub struct Args {
     node: String,
     #[command(flatten)]
     bundles: super::bundle_flags::BundleFlags,
+    /// File holding the admin password for /system/ (user `admin`). Without
+    /// it (or SEDGE_ADMIN_PASSWORD) the node generates one on first start
+    /// and keeps it in DATA/secrets/admin-password.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_auth")]
+    admin_password_file: Option<PathBuf>,
+    /// No credentials anywhere: for tests on this machine only; refused on
+    /// any address but loopback.
+    #[arg(long)]
+    no_auth: bool,
+    /// Ask for the admin credential on /metrics too.
+    #[arg(long)]
+    metrics_auth: bool,
 }
 
-fn default_data_dir() -> PathBuf {
+pub fn default_data_dir() -> PathBuf {
     dirs::data_local_dir().map_or_else(|| PathBuf::from(".sedge"), |d| d.join("sedge"))
 }
 
@@ -67,6 +80,12 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 async fn serve(args: Args) -> Result<()> {
+    if args.no_auth && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--no-auth is for tests on this machine: it is refused on {}, which is not a loopback address",
+            args.listen
+        );
+    }
     let data = args.data.clone().unwrap_or_else(default_data_dir);
     let store = match Store::open(&data) {
         Ok(s) => s.with_limits(args.bundles.limits()),
@@ -82,7 +101,12 @@ async fn serve(args: Args) -> Result<()> {
     let config = RuntimeConfig::install_shims(&data.join("runtimes"), python, node_js, args.spares)
         .with_context(|| format!("writing the runtime shims under {}", data.display()))?;
     let runtime = Arc::new(Runtime::new(config));
-    let node = Arc::new(args.bundles.configure(Node::new(Arc::new(store), runtime.clone())));
+    let secrets = SecretStore::open(&data.join("secrets"))
+        .with_context(|| format!("opening the secrets folder in {}", data.display()))?;
+    let access = access(&args, &secrets)?;
+    let mut node = args.bundles.configure(Node::new(Arc::new(store), runtime.clone(), Arc::new(secrets), access));
+    node.metrics_open = !args.metrics_auth;
+    let node = Arc::new(node);
     let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -130,6 +154,48 @@ async fn serve(args: Args) -> Result<()> {
     runtime.shutdown(Duration::from_secs(1)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The admin password: from --admin-password-file, SEDGE_ADMIN_PASSWORD, or
+/// the secrets folder (generated there on first start). A supplied one is
+/// also written there (0600), so the CLI on this machine finds it.
+fn access(args: &Args, secrets: &SecretStore) -> Result<Access> {
+    if args.no_auth {
+        tracing::warn!("--no-auth: /system/ is open to anyone who can reach {}", args.listen);
+        return Ok(Access::Open);
+    }
+    let supplied = match (&args.admin_password_file, std::env::var("SEDGE_ADMIN_PASSWORD")) {
+        (Some(file), _) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--admin-password-file: cannot read {}", file.display()))?;
+            let password = text.trim().to_owned();
+            anyhow::ensure!(!password.is_empty(), "--admin-password-file: {} is empty", file.display());
+            Some(password)
+        }
+        (None, Ok(p)) if !p.trim().is_empty() => Some(p.trim().to_owned()),
+        (None, Ok(_)) => anyhow::bail!("SEDGE_ADMIN_PASSWORD is set but empty"),
+        (None, Err(_)) => None,
+    };
+    let password = match supplied {
+        Some(p) => {
+            secrets.set_admin_password(&p).context("storing the admin password")?;
+            p
+        }
+        None => {
+            let (p, origin) = secrets.admin_password().context("reading the admin password")?;
+            match origin {
+                PasswordOrigin::Generated(path) => tracing::info!(
+                    "generated an admin password for /system/ (user admin) in {}; `sedge login` or the CLI on this machine use it",
+                    path.display()
+                ),
+                PasswordOrigin::Stored(path) => {
+                    tracing::info!("admin password for /system/ (user admin) is in {}", path.display())
+                }
+            }
+            p
+        }
+    };
+    Ok(Access::Password(password.into()))
 }
 
 /// The interpreter's own executable path. Version managers (pyenv, nvm, asdf)

@@ -6,6 +6,7 @@ mod support;
 
 mod bench;
 mod bundles;
+mod credentials;
 mod examples;
 mod failures;
 mod hostile;

@@ -19,9 +19,9 @@ fn deployed() -> (Node, FnDir) {
 #[test]
 fn list_and_describe_have_the_openfaas_fields() {
     let (node, _f) = deployed();
-    // faas-cli always sends an Authorization header; both kinds are accepted.
-    for auth in ["Bearer ", "Basic YWRtaW46c2VjcmV0"] {
-        let a = node.request("GET", "/system/functions?namespace=openfaas-fn", &[("Authorization", auth)], b"");
+    // faas-cli sends Basic after `faas-cli login`; Bearer is accepted too.
+    for auth in [format!("Bearer {}", node.password), node.basic_auth()] {
+        let a = node.request("GET", "/system/functions?namespace=openfaas-fn", &[("Authorization", &auth)], b"");
         assert_eq!(a.status, 200);
         let list = a.json();
         let f = &list.as_array().expect("array")[0];
@@ -141,7 +141,11 @@ fn followed_logs_stream_new_lines_as_they_come() {
     use std::io::BufRead;
     let (node, _f) = deployed();
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let resp = agent.get(format!("{}/system/logs?name=faas&follow=true&tail=0", node.url)).call().expect("stream");
+    let resp = agent
+        .get(format!("{}/system/logs?name=faas&follow=true&tail=0", node.url))
+        .header("authorization", node.basic_auth())
+        .call()
+        .expect("stream");
     assert_eq!(resp.status().as_u16(), 200);
     // The line is printed only after the stream is open, so it must arrive live.
     assert_eq!(node.post("/function/faas", b"").status, 200);

@@ -20,6 +20,8 @@ pub struct Node {
     child: Child,
     pub url: String,
     pub data: PathBuf,
+    /// The admin password the node was started with (empty with --no-auth).
+    pub password: String,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -64,15 +66,32 @@ impl Node {
 
     /// A node started with extra `serve` arguments.
     pub fn start_with(data: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .args(extra)
-            .env("SEDGE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start sedge serve");
+        let password = if extra.contains(&"--no-auth") { String::new() } else { test_password() };
+        let env: &[(&str, &str)] = if password.is_empty() { &[] } else { &[("SEDGE_ADMIN_PASSWORD", &password)] };
+        let mut node = Self::spawn(data, extra, env);
+        node.password = password;
+        node
+    }
+
+    /// A node that finds its own password (generated, or from a file given
+    /// in `extra`); the password is read from the node's secrets folder.
+    pub fn start_unattended(data: &Path, extra: &[&str]) -> Self {
+        let mut node = Self::spawn(data, extra, &[]);
+        node.password = std::fs::read_to_string(data.join("secrets/admin-password"))
+            .expect("the node's password file")
+            .trim()
+            .to_owned();
+        node
+    }
+
+    fn spawn(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data).args(extra).env("SEDGE_LOG", "warn");
+        cmd.env_remove("SEDGE_ADMIN_PASSWORD");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start sedge serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read listening line");
@@ -81,10 +100,29 @@ impl Node {
             .strip_prefix("sedge listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
             .to_owned();
-        Self { child, url, data: data.to_owned(), _tmp: None }
+        Self { child, url, data: data.to_owned(), password: String::new(), _tmp: None }
     }
 
+    /// `Authorization` for the admin credential, HTTP Basic as faas-cli sends it.
+    pub fn basic_auth(&self) -> String {
+        use base64::Engine;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{}", self.password)))
+    }
+
+    /// A request with the admin credential on `/system/` paths (unless the
+    /// caller gives its own `Authorization`).
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+        let auth = self.basic_auth();
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        let given = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if path.starts_with("/system/") && !given && !self.password.is_empty() {
+            all.push(("authorization", &auth));
+        }
+        self.request_raw(method, path, &all, body)
+    }
+
+    /// A request exactly as given: no credentials added.
+    pub fn request_raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -115,7 +153,14 @@ impl Node {
 
     /// Runs the CLI against this node.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).args(args).env("SEDGE_GATEWAY", &self.url).output().expect("run sedge CLI")
+        self.cli_command(args).output().expect("run sedge CLI")
+    }
+
+    /// The CLI as a command, with this node's gateway and credential.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).env("SEDGE_GATEWAY", &self.url).env("SEDGE_PASSWORD", &self.password);
+        cmd
     }
 
     /// `sedge deploy DIR --wait`, which must succeed.
@@ -159,6 +204,14 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A password unique to this test process and call.
+fn test_password() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("test-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A function folder written into a temp dir: `files` are (path, contents).

@@ -1,0 +1,114 @@
+//! `/system/secrets`: OpenFaaS's secrets API (what `faas-cli secret
+//! create|list|update|remove` call). Values go to the secret store and to
+//! the functions that name them; no answer ever carries a value.
+
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::Json;
+use base64::Engine;
+use sedge_core::SecretName;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::functions::NAMESPACE;
+use super::Shared;
+use crate::{blocking, ApiError};
+
+/// OpenFaaS's `types.Secret`: a text `value` or a base64 `rawValue`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretBody {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    raw_value: Option<String>,
+}
+
+const SHAPE: &str = r#"{"name": "NAME", "value": "TEXT"} or {"name": "NAME", "rawValue": "BASE64"}"#;
+
+fn parse(body: &[u8]) -> Result<SecretBody, ApiError> {
+    let b: SecretBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("expected a JSON body like {SHAPE}: {e}")))?;
+    check_namespace(b.namespace.as_deref())?;
+    Ok(b)
+}
+
+fn check_namespace(ns: Option<&str>) -> Result<(), ApiError> {
+    match ns {
+        None | Some("") => Ok(()),
+        Some(ns) if ns == NAMESPACE => Ok(()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "namespace {other:?} does not exist: a node has one namespace, {NAMESPACE}"
+        ))),
+    }
+}
+
+fn name(raw: &str) -> Result<SecretName, ApiError> {
+    SecretName::parse(raw).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn value(b: &SecretBody) -> Result<Vec<u8>, ApiError> {
+    match (&b.value, &b.raw_value) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("give either value or rawValue, not both")),
+        (Some(text), None) => Ok(text.clone().into_bytes()),
+        (None, Some(raw)) => base64::engine::general_purpose::STANDARD
+            .decode(raw.trim())
+            .map_err(|e| ApiError::bad_request(format!("rawValue is not base64: {e}"))),
+        (None, None) => Err(ApiError::bad_request(format!("the secret has no value: expected {SHAPE}"))),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+pub async fn list(
+    axum::extract::State(node): Shared,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    check_namespace(q.namespace.as_deref())?;
+    let secrets = node.secrets.clone();
+    let names = blocking(move || Ok(secrets.list()?)).await?;
+    Ok(Json(names.iter().map(|n| json!({ "name": n.as_str(), "namespace": NAMESPACE })).collect()))
+}
+
+pub async fn create(axum::extract::State(node): Shared, body: Bytes) -> Result<StatusCode, ApiError> {
+    let b = parse(&body)?;
+    let (name, value) = (name(&b.name)?, value(&b)?);
+    let secrets = node.secrets.clone();
+    blocking(move || Ok(secrets.create(&name, &value)?)).await?;
+    Ok(StatusCode::CREATED)
+}
+
+pub async fn update(axum::extract::State(node): Shared, body: Bytes) -> Result<StatusCode, ApiError> {
+    let b = parse(&body)?;
+    let (name, value) = (name(&b.name)?, value(&b)?);
+    let _guard = node.deploy_lock.lock().await;
+    let secrets = node.secrets.clone();
+    let n = name.clone();
+    blocking(move || Ok(secrets.update(&n, &value)?)).await?;
+    crate::secrets::refresh_users(&node, &name).await?;
+    Ok(StatusCode::OK)
+}
+
+pub async fn remove(axum::extract::State(node): Shared, body: Bytes) -> Result<StatusCode, ApiError> {
+    let b = parse(&body)?;
+    let name = name(&b.name)?;
+    // Under the deploy lock, so no deploy can start using it meanwhile.
+    let _guard = node.deploy_lock.lock().await;
+    let users = crate::secrets::users(&node, &name).await?;
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("secret {name} is used by {}: remove those functions or their use of it first", users.join(", ")),
+        ));
+    }
+    let secrets = node.secrets.clone();
+    blocking(move || Ok(secrets.remove(&name)?)).await?;
+    Ok(StatusCode::OK)
+}

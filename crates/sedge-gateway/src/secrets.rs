@@ -1,0 +1,79 @@
+//! Functions and their secrets and tokens: what a deploy, a restore and a
+//! removal must do so that a function finds the secrets it names and, when
+//! it asks for invoke auth, has a token.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use sedge_core::{FunctionSpec, SecretName};
+
+use crate::{blocking, ApiError, Node};
+
+/// Checks that every secret `spec` names exists, writes its secret files
+/// and makes its invoke token if it needs one. Run before a version serves.
+pub async fn prepare(node: &Arc<Node>, spec: &FunctionSpec) -> Result<(), ApiError> {
+    let secrets = node.secrets.clone();
+    let (name, names, wants_token) = (spec.name.clone(), spec.secrets.clone(), spec.auth.invoke);
+    if let Some(missing) = names.iter().find(|n| !secrets.exists(n)) {
+        return Err(ApiError::bad_request(format!(
+            "function {name} names secret {missing}, which does not exist: create it first (faas-cli secret create {missing})"
+        )));
+    }
+    let n = name.clone();
+    let token = blocking(move || {
+        secrets.materialize(&n, &names)?;
+        Ok(if wants_token { Some(secrets.ensure_token(&n)?) } else { None })
+    })
+    .await?;
+    match token {
+        Some(t) => node.tokens.set(name, t),
+        None => node.tokens.remove(&name),
+    }
+    Ok(())
+}
+
+/// Forgets a removed function's secret files and token.
+pub async fn forget(node: &Arc<Node>, name: &sedge_core::FunctionName) -> Result<(), ApiError> {
+    node.tokens.remove(name);
+    let secrets = node.secrets.clone();
+    let n = name.clone();
+    blocking(move || {
+        secrets.unmount(&n)?;
+        Ok(secrets.remove_token(&n)?)
+    })
+    .await
+}
+
+/// Names of the deployed functions that use secret `secret`.
+pub async fn users(node: &Arc<Node>, secret: &SecretName) -> Result<Vec<String>, ApiError> {
+    let store = node.store.clone();
+    let records = blocking(move || Ok(store.list()?)).await?;
+    Ok(records.into_iter().filter(|r| r.spec.secrets.contains(secret)).map(|r| r.spec.name.to_string()).collect())
+}
+
+/// Rewrites the secret files of every function using `secret` after its
+/// value changed, so their workers read the new value.
+pub async fn refresh_users(node: &Arc<Node>, secret: &SecretName) -> Result<(), ApiError> {
+    let store = node.store.clone();
+    let records = blocking(move || Ok(store.list()?)).await?;
+    for r in records.into_iter().filter(|r| r.spec.secrets.contains(secret)) {
+        let secrets = node.secrets.clone();
+        blocking(move || Ok(secrets.materialize(&r.spec.name, &r.spec.secrets).map(|_| ())?)).await?;
+    }
+    Ok(())
+}
+
+/// A new invoke token for `name`; the old one stops working at once.
+pub async fn rotate(node: &Arc<Node>, name: &sedge_core::FunctionName, requires: bool) -> Result<String, ApiError> {
+    if !requires {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("function {name} does not ask for invoke auth: set [auth] invoke = true in its sedge.toml"),
+        ));
+    }
+    let secrets = node.secrets.clone();
+    let n = name.clone();
+    let token = blocking(move || Ok(secrets.rotate_token(&n)?)).await?;
+    node.tokens.set(name.clone(), token.clone());
+    Ok(token)
+}
