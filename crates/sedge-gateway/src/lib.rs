@@ -228,7 +228,7 @@ async fn switch(
 
 /// Waits for a replaced pool to finish what it accepted, then removes its
 /// folder unless the current version uses the same bundle.
-fn retire(node: Arc<Node>, old: Arc<Pool>) {
+pub(crate) fn retire(node: Arc<Node>, old: Arc<Pool>) {
     tokio::spawn(async move {
         old.drain(old.spec().limits.timeout + Duration::from_secs(1)).await;
         // Deploys stage into content-addressed folders; holding the lock

@@ -110,6 +110,10 @@ pub async fn remove(State(node): Shared, body: axum::body::Bytes) -> Result<Stat
     let store = node.store.clone();
     let n = name.clone();
     let existed = blocking(move || Ok(store.remove(&n)?)).await?;
+    if let Some(old) = node.runtime.get(name.as_str()) {
+        // Its folder goes once its workers are done, not at the next start.
+        crate::retire(node.clone(), old);
+    }
     node.runtime.remove(name.as_str());
     crate::secrets::forget(&node, &name).await?;
     if existed {

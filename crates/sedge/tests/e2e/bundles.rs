@@ -288,6 +288,11 @@ fn a_broken_redeploy_without_wait_keeps_the_old_version_serving() {
     assert!(node.terminate().success());
     let again = Node::start_on(&data);
     assert_eq!(again.post("/function/steady", b"").text(), "v2");
+    let a = again.request("DELETE", "/system/functions", &[], br#"{"functionName": "steady"}"#);
+    assert_eq!(a.status, 200, "{}", a.text());
+    again.wait_for("the removed function's folder to go", std::time::Duration::from_secs(30), |n| {
+        std::fs::read_dir(n.data.join("bundles")).expect("bundles").count() == 0
+    });
 }
 
 #[test]
