@@ -6,7 +6,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sedge_core::InvokeError;
-use sedge_store::{SecretError, StoreError};
+use sedge_store::{BundleError, SecretError, StoreError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -84,6 +84,8 @@ impl From<InvokeError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
+            StoreError::Bundle(BundleError::TooLarge(_)) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+            StoreError::Bundle(BundleError::Io(_)) => Self::internal("unpacking the bundle", e),
             StoreError::Bundle(_) | StoreError::Manifest(_) | StoreError::NameMismatch { .. } => {
                 Self::bad_request(e.to_string())
             }
@@ -139,5 +141,22 @@ mod tests {
         let stalled = ApiError::body_stalled(std::time::Duration::from_secs(30));
         assert_eq!(stalled.status, StatusCode::REQUEST_TIMEOUT);
         assert!(stalled.message.contains("30s"), "{}", stalled.message);
+    }
+
+    #[test]
+    fn bundle_errors_name_the_problem_with_their_status() {
+        let unsafe_entry = BundleError::UnsafeEntry { path: "x/y".into(), reason: "its folder x is a link".into() };
+        let cases = [
+            (StoreError::Bundle(unsafe_entry), 400, "\"x/y\""),
+            (StoreError::Bundle(BundleError::TooLarge("it unpacks to more than 5 bytes".into())), 413, "5 bytes"),
+            (StoreError::Bundle(BundleError::NotAnArchive("bad gzip".into())), 400, "tar.gz"),
+            (StoreError::Bundle(BundleError::NoManifest), 400, "sedge.toml"),
+            (StoreError::Bundle(BundleError::Io(std::io::Error::other("disk full"))), 500, "internal"),
+        ];
+        for (e, code, says) in cases {
+            let a = ApiError::from(e);
+            assert_eq!(a.status.as_u16(), code, "{}", a.message);
+            assert!(a.message.contains(says), "{:?} should say {says:?}", a.message);
+        }
     }
 }

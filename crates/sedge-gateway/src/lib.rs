@@ -19,12 +19,13 @@ pub mod server;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::Router;
 use sedge_core::FunctionName;
-use sedge_runtime::Runtime;
-use sedge_store::{FunctionRecord, SecretStore, Store};
+use sedge_runtime::{Pool, Runtime};
+use sedge_store::{FunctionRecord, SecretStore, StagedBundle, Store, TempPath};
 
 pub use auth::Access;
 pub use error::ApiError;
@@ -39,7 +40,13 @@ pub struct Node {
     /// Largest bundle upload accepted.
     pub max_bundle: usize,
     /// Deploys and removals run one at a time; invocations never wait on it.
-    pub deploy_lock: tokio::sync::Mutex<()>,
+    /// Shared so a redeploy warming in the background keeps holding it.
+    pub deploy_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Bundle uploads being received or unpacked, node-wide.
+    pub uploads: Arc<tokio::sync::Semaphore>,
+    pub max_uploads: usize,
+    /// Why the last redeploy of a function did not replace it, by name.
+    pub deploy_errors: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Bytes of invocation bodies held in memory at once, node-wide.
     pub body_memory: BodyMemory,
     /// Whether `/system/` asks for the admin credential.
@@ -57,13 +64,37 @@ impl Node {
             runtime,
             metrics: metrics::Metrics::default(),
             max_bundle: 512 * 1024 * 1024,
-            deploy_lock: tokio::sync::Mutex::new(()),
+            deploy_lock: Arc::default(),
+            uploads: Arc::new(tokio::sync::Semaphore::new(2)),
+            max_uploads: 2,
+            deploy_errors: std::sync::Mutex::default(),
             body_memory: BodyMemory::new(BodyMemory::DEFAULT),
             access,
             metrics_open: true,
             secrets,
             tokens: auth::Tokens::default(),
         }
+    }
+
+    /// The largest archive accepted and how many are received at once.
+    pub fn with_upload_limits(mut self, max_bundle: u64, max_uploads: usize) -> Self {
+        self.max_bundle = usize::try_from(max_bundle).unwrap_or(usize::MAX);
+        self.max_uploads = max_uploads.max(1);
+        self.uploads = Arc::new(tokio::sync::Semaphore::new(self.max_uploads));
+        self
+    }
+
+    /// Why the last redeploy of `name` was not installed, if it failed.
+    pub fn last_deploy_error(&self, name: &str) -> Option<String> {
+        self.deploy_errors.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    fn set_deploy_error(&self, name: &str, error: Option<String>) {
+        let mut errors = self.deploy_errors.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            Some(e) => errors.insert(name.to_owned(), e),
+            None => errors.remove(name),
+        };
     }
 }
 
@@ -86,33 +117,140 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal("store task", e))?
 }
 
-/// Deploys a bundle (a tar.gz of a function folder) as function `name`.
+/// How a deploy ended.
+pub struct Deployed {
+    /// Whether the function existed before.
+    pub existed: bool,
+    pub record: FunctionRecord,
+    /// The new version is warming in the background and replaces the old
+    /// one only once a worker of it has loaded.
+    pub pending: bool,
+}
+
+/// Deploys a bundle held in memory (`sedge serve --deploy`); see [`deploy_file`].
+pub async fn deploy(node: &Arc<Node>, name: FunctionName, archive: Vec<u8>, wait: bool) -> Result<Deployed, ApiError> {
+    let store = node.store.clone();
+    let file = blocking(move || {
+        let mut file = store.upload_file()?;
+        std::io::Write::write_all(&mut file, &archive).map_err(|e| ApiError::internal("writing the upload", e))?;
+        Ok(file.into_temp_path())
+    })
+    .await?;
+    deploy_file(node, name, file, wait).await
+}
+
+/// Deploys the bundle (a tar.gz of a function folder) in `archive` as
+/// function `name`.
 ///
-/// The new version replaces the old only once it is stored (and, with
-/// `wait`, once a worker has loaded it), so a failed deploy leaves the
-/// previous version serving. Returns whether the function existed before.
-pub async fn deploy(
+/// A new function is stored and serves at once (with `wait`, only once a
+/// worker has loaded it). A new version of an existing function replaces
+/// the old only once a worker of it has loaded: with `wait` the caller
+/// learns the outcome; without, it warms in the background and on failure
+/// the old version keeps serving and the error is kept for describe. The
+/// store is committed only when the new version serves, so a restart
+/// serves what served before it.
+pub async fn deploy_file(
     node: &Arc<Node>,
     name: FunctionName,
-    archive: Vec<u8>,
+    archive: TempPath,
     wait: bool,
-) -> Result<(bool, FunctionRecord), ApiError> {
-    let _guard = node.deploy_lock.lock().await;
-    let existed = node.runtime.get(name.as_str()).is_some();
+) -> Result<Deployed, ApiError> {
+    let guard = node.deploy_lock.clone().lock_owned().await;
+    let old = node.runtime.get(name.as_str());
     let store = node.store.clone();
     let staged = blocking(move || Ok(store.stage(&name, archive)?)).await?;
-    secrets::prepare(node, &staged.record.spec).await?;
-    let pool = node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone());
-    if wait {
-        if let Err(e) = pool.warm().await {
-            pool.drain(std::time::Duration::ZERO).await;
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
-        }
+    if let Err(e) = secrets::prepare(node, &staged.record.spec).await {
+        let store = node.store.clone();
+        let _ = blocking(move || Ok(store.discard(staged)?)).await;
+        return Err(e);
     }
+    let pool = node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone());
+    let existed = old.is_some();
+    if old.is_none() && !wait {
+        let record = switch(node, staged, pool, None).await?;
+        return Ok(Deployed { existed, record, pending: false });
+    }
+    if wait {
+        let record = warm_and_switch(node, staged, pool, old).await?;
+        return Ok(Deployed { existed, record, pending: false });
+    }
+    let record = staged.record.clone();
+    let node = node.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let name = staged.record.spec.name.to_string();
+        if let Err(e) = warm_and_switch(&node, staged, pool, old).await {
+            tracing::warn!(
+                "the new version of {name} was not installed, the previous one keeps serving: {}",
+                e.message
+            );
+        }
+    });
+    Ok(Deployed { existed, record, pending: true })
+}
+
+/// Starts a worker of the new version; only if it loads does it replace the
+/// old one. Either way the outcome is kept for describe.
+async fn warm_and_switch(
+    node: &Arc<Node>,
+    staged: StagedBundle,
+    pool: Arc<Pool>,
+    old: Option<Arc<Pool>>,
+) -> Result<FunctionRecord, ApiError> {
+    let name = staged.record.spec.name.to_string();
+    if let Err(e) = pool.warm().await {
+        pool.drain(Duration::ZERO).await;
+        let store = node.store.clone();
+        if let Err(d) = blocking(move || Ok(store.discard(staged)?)).await {
+            tracing::warn!("removing the refused version of {name}: {}", d.message);
+        }
+        let message = e.to_string();
+        node.set_deploy_error(&name, Some(message.clone()));
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message));
+    }
+    switch(node, staged, pool, old).await
+}
+
+/// Commits the staged version and makes it serve; the old version's folder
+/// goes once its workers have finished.
+async fn switch(
+    node: &Arc<Node>,
+    staged: StagedBundle,
+    pool: Arc<Pool>,
+    old: Option<Arc<Pool>>,
+) -> Result<FunctionRecord, ApiError> {
     let store = node.store.clone();
-    let record = blocking(move || Ok(store.commit(staged)?)).await?;
+    let record = match blocking(move || Ok(store.commit(staged)?)).await {
+        Ok(r) => r,
+        Err(e) => {
+            pool.drain(Duration::ZERO).await;
+            return Err(e);
+        }
+    };
     node.runtime.install(pool);
-    Ok((existed, record))
+    node.set_deploy_error(record.spec.name.as_str(), None);
+    if let Some(old) = old {
+        retire(node.clone(), old);
+    }
+    Ok(record)
+}
+
+/// Waits for a replaced pool to finish what it accepted, then removes its
+/// folder unless the current version uses the same bundle.
+pub(crate) fn retire(node: Arc<Node>, old: Arc<Pool>) {
+    tokio::spawn(async move {
+        old.drain(old.spec().limits.timeout + Duration::from_secs(1)).await;
+        // Deploys stage into content-addressed folders; holding the lock
+        // keeps one from reusing this folder while it is removed.
+        let _guard = node.deploy_lock.lock().await;
+        let store = node.store.clone();
+        let dir = old.dir().clone();
+        match blocking(move || Ok(store.release(&dir)?)).await {
+            Ok(true) => tracing::debug!("removed the folder of a replaced version of {}", old.spec().name),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("removing the folder of a replaced version of {}: {}", old.spec().name, e.message),
+        }
+    });
 }
 
 /// Starts serving every function the store holds, as after a restart.

@@ -70,13 +70,8 @@ impl HttpWorker {
         let words = spec.command_words();
         let Some((program, args)) = words.split_first() else { return Err("empty command".to_owned()) };
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let (mut cmd, cgroup) = config.command(
-            program,
-            &spec.limits,
-            dir,
-            config.secrets_of(spec).as_deref(),
-            shared.oom_kills.clone(),
-        )?;
+        let (mut cmd, cgroup) =
+            config.command(program, &spec.limits, dir, config.secrets_of(spec).as_deref(), shared.oom_kills.clone())?;
         cmd.args(args)
             .current_dir(dir)
             .envs(&spec.env)

@@ -18,6 +18,7 @@ pub mod pack;
 pub mod secrets;
 mod sqlite;
 
-pub use bundle::BundleError;
+pub use bundle::{BundleError, UnpackLimits};
 pub use secrets::{SecretError, SecretStore};
 pub use sqlite::{FunctionRecord, StagedBundle, Store, StoreError};
+pub use tempfile::TempPath;

@@ -74,7 +74,7 @@ mod tests {
         let (spec, archive) = pack(src.path()).expect("pack");
         assert_eq!(spec.name.as_str(), "f");
         let out = tempfile::tempdir().expect("tempdir");
-        crate::bundle::unpack(&archive, &out.path().join("u")).expect("unpack");
+        crate::bundle::unpack(&archive[..], &out.path().join("u"), &Default::default()).expect("unpack");
         assert_eq!(std::fs::read_to_string(out.path().join("u/lib/a.py")).expect("read"), "x = 1");
         assert!(!out.path().join("u/lib/__pycache__").exists());
     }

@@ -1,16 +1,19 @@
 //! The registry in SQLite: one row per function, one per bundle archive.
 
 use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, MAIN_DB};
 use sedge_core::manifest::MANIFEST_FILE;
 use sedge_core::{FunctionName, FunctionSpec, ManifestError};
 use sha2::{Digest, Sha256};
 
-use crate::bundle::{self, BundleError};
+use tempfile::{NamedTempFile, TempPath};
+
+use crate::bundle::{self, BundleError, UnpackLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,16 +45,20 @@ pub struct FunctionRecord {
 }
 
 /// A checked, unpacked bundle not yet registered: [`Store::commit`] makes it
-/// the function's current version, dropping it leaves the registry unchanged.
+/// the function's current version; [`Store::discard`] (or dropping it, which
+/// leaves the folder for the next sweep) leaves the registry unchanged. The
+/// uploaded archive file is removed when it is dropped.
 #[derive(Debug)]
 pub struct StagedBundle {
     pub record: FunctionRecord,
-    archive: Vec<u8>,
+    archive: TempPath,
 }
 
 pub struct Store {
     conn: Mutex<Connection>,
     bundles: PathBuf,
+    uploads: PathBuf,
+    limits: UnpackLimits,
     _lock: File,
 }
 
@@ -70,18 +77,43 @@ CREATE TABLE IF NOT EXISTS functions (
 
 impl Store {
     /// Opens (creating if needed) the store under `dir`, taking its lock.
+    /// Uploads a previous run left half-received are removed.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let io = |source| StoreError::Dir { path: dir.to_owned(), source };
         let bundles = dir.join("bundles");
+        let uploads = dir.join("uploads");
         fs::create_dir_all(&bundles).map_err(io)?;
         let lock = File::create(dir.join("lock")).map_err(io)?;
         if lock.try_lock().is_err() {
             return Err(StoreError::Locked(dir.to_owned()));
         }
+        if uploads.exists() {
+            fs::remove_dir_all(&uploads).map_err(io)?;
+        }
+        fs::create_dir_all(&uploads).map_err(io)?;
         let conn = Connection::open(dir.join("sedge.db"))?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn: Mutex::new(conn), bundles, _lock: lock })
+        Ok(Self { conn: Mutex::new(conn), bundles, uploads, limits: UnpackLimits::default(), _lock: lock })
+    }
+
+    /// Replaces the default bounds on what one bundle may unpack to.
+    pub fn with_limits(mut self, limits: UnpackLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &UnpackLimits {
+        &self.limits
+    }
+
+    /// A new empty file in the store's upload folder (on the same disk as
+    /// the bundles), removed when dropped unless staged.
+    pub fn upload_file(&self) -> Result<NamedTempFile, StoreError> {
+        tempfile::Builder::new()
+            .prefix("upload-")
+            .tempfile_in(&self.uploads)
+            .map_err(|source| StoreError::Dir { path: self.uploads.clone(), source })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -90,30 +122,69 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks and unpacks an upload for function `name`.
-    pub fn stage(&self, name: &FunctionName, archive: Vec<u8>) -> Result<StagedBundle, StoreError> {
-        let digest = format!("sha256:{:x}", Sha256::digest(&archive));
-        let dir = self.unpacked(&digest, &archive)?;
-        let manifest_path = dir.join(MANIFEST_FILE);
-        let text = fs::read_to_string(&manifest_path).map_err(BundleError::Io)?;
+    /// Checks and unpacks an upload held in memory (the CLI's `--deploy`).
+    pub fn stage_bytes(&self, name: &FunctionName, archive: &[u8]) -> Result<StagedBundle, StoreError> {
+        let mut file = self.upload_file()?;
+        file.write_all(archive).map_err(BundleError::Io)?;
+        self.stage(name, file.into_temp_path())
+    }
+
+    /// Checks and unpacks the upload at `archive` for function `name`. On
+    /// error nothing of it is left on disk.
+    pub fn stage(&self, name: &FunctionName, archive: TempPath) -> Result<StagedBundle, StoreError> {
+        let digest = {
+            let mut file = File::open(&archive).map_err(BundleError::Io)?;
+            let mut hash = Sha256::new();
+            io::copy(&mut file, &mut hash).map_err(BundleError::Io)?;
+            format!("sha256:{:x}", hash.finalize())
+        };
+        let existed = self.bundles.join(folder_name(&digest)).join(MANIFEST_FILE).is_file();
+        let file = File::open(&archive).map_err(BundleError::Io)?;
+        let dir = self.unpacked(&digest, file)?;
+        let checked = self.read_spec(&dir, name);
+        match checked {
+            Ok(spec) => {
+                let record = FunctionRecord { spec, digest, dir, created_at: SystemTime::now() };
+                Ok(StagedBundle { record, archive })
+            }
+            Err(e) => {
+                if !existed {
+                    let _ = fs::remove_dir_all(&dir);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn read_spec(&self, dir: &Path, name: &FunctionName) -> Result<FunctionSpec, StoreError> {
+        let text = fs::read_to_string(dir.join(MANIFEST_FILE)).map_err(BundleError::Io)?;
         let spec = FunctionSpec::parse(MANIFEST_FILE, &text)?;
         if spec.name != *name {
             return Err(StoreError::NameMismatch { expected: name.to_string(), found: spec.name.to_string() });
         }
-        let record = FunctionRecord { spec, digest, dir, created_at: SystemTime::now() };
-        Ok(StagedBundle { record, archive })
+        Ok(spec)
     }
 
-    /// Makes a staged bundle the function's current version, in one transaction.
+    /// Makes a staged bundle the function's current version, in one
+    /// transaction. The archive is streamed into the database, never held
+    /// whole in memory.
     pub fn commit(&self, staged: StagedBundle) -> Result<FunctionRecord, StoreError> {
         let r = &staged.record;
         let text = fs::read_to_string(r.dir.join(MANIFEST_FILE)).map_err(BundleError::Io)?;
+        let mut file = File::open(&staged.archive).map_err(BundleError::Io)?;
+        let size = file.metadata().map_err(BundleError::Io)?.len();
+        let size = i64::try_from(size).map_err(|_| BundleError::TooLarge("archive too large to store".into()))?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO bundles (digest, archive) VALUES (?1, ?2)",
-            params![r.digest, staged.archive],
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO bundles (digest, archive) VALUES (?1, zeroblob(?2))",
+            params![r.digest, size],
         )?;
+        if inserted == 1 {
+            let row = tx.last_insert_rowid();
+            let mut blob = tx.blob_open(MAIN_DB, "bundles", "archive", row, false)?;
+            io::copy(&mut file, &mut blob).map_err(BundleError::Io)?;
+        }
         tx.execute(
             "INSERT INTO functions (name, digest, manifest, created_at_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET digest = excluded.digest, manifest = excluded.manifest,
@@ -123,6 +194,36 @@ impl Store {
         tx.execute("DELETE FROM bundles WHERE digest NOT IN (SELECT digest FROM functions)", [])?;
         tx.commit()?;
         Ok(staged.record)
+    }
+
+    /// Drops a staged bundle that will not be committed: its archive and,
+    /// unless a deployed function uses the same bundle, its folder.
+    pub fn discard(&self, staged: StagedBundle) -> Result<(), StoreError> {
+        let dir = staged.record.dir.clone();
+        drop(staged);
+        self.release(&dir).map(|_| ())
+    }
+
+    /// Removes the unpacked folder `dir` if no deployed function uses it
+    /// (an old version once its workers are gone). Returns whether it did.
+    /// The caller keeps deploys out meanwhile, so no staging reuses it.
+    pub fn release(&self, dir: &Path) -> Result<bool, StoreError> {
+        let Some(folder) = dir.file_name().map(|f| f.to_string_lossy().into_owned()) else { return Ok(false) };
+        if dir.parent() != Some(self.bundles.as_path()) || !dir.exists() {
+            return Ok(false);
+        }
+        if self.used_folders()?.contains(&folder) {
+            return Ok(false);
+        }
+        fs::remove_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
+        Ok(true)
+    }
+
+    fn used_folders(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT digest FROM functions")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.map(|d| d.map(|d| folder_name(&d))).collect::<Result<_, _>>()?)
     }
 
     /// Every deployed function, by name; re-unpacks any bundle whose folder went missing.
@@ -150,12 +251,14 @@ impl Store {
         let spec = FunctionSpec::parse(MANIFEST_FILE, manifest).map_err(|e| corrupt(e.to_string()))?;
         let dir = self.bundles.join(folder_name(&digest));
         if !dir.join(MANIFEST_FILE).is_file() {
-            let archive: Option<Vec<u8>> = self
-                .conn()
-                .query_row("SELECT archive FROM bundles WHERE digest = ?1", params![digest], |r| r.get(0))
+            // Streamed from the database: the archive is never whole in memory.
+            let conn = self.conn();
+            let row: Option<i64> = conn
+                .query_row("SELECT rowid FROM bundles WHERE digest = ?1", params![digest], |r| r.get(0))
                 .optional()?;
-            let archive = archive.ok_or_else(|| corrupt(format!("bundle {digest} is missing")))?;
-            self.unpacked(&digest, &archive)?;
+            let row = row.ok_or_else(|| corrupt(format!("bundle {digest} is missing")))?;
+            let blob = conn.blob_open(MAIN_DB, "bundles", "archive", row, true)?;
+            self.unpacked(&digest, blob)?;
         }
         let created_at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         Ok(FunctionRecord { spec, digest, dir, created_at })
@@ -165,12 +268,7 @@ impl Store {
     /// deploys, interrupted unpacks). Call when no worker runs, at start-up:
     /// a draining old version may still be reading its folder.
     pub fn sweep(&self) -> Result<usize, StoreError> {
-        let keep: std::collections::HashSet<String> = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare("SELECT digest FROM functions")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.map(|d| d.map(|d| folder_name(&d))).collect::<Result<_, _>>()?
-        };
+        let keep = self.used_folders()?;
         let io = |source| StoreError::Dir { path: self.bundles.clone(), source };
         let mut removed = 0;
         for entry in fs::read_dir(&self.bundles).map_err(io)? {
@@ -186,13 +284,13 @@ impl Store {
 
     /// The unpacked folder of a bundle, unpacking it first when needed. The
     /// folder appears whole or not at all (unpack beside it, then rename).
-    fn unpacked(&self, digest: &str, archive: &[u8]) -> Result<PathBuf, StoreError> {
+    fn unpacked(&self, digest: &str, archive: impl Read) -> Result<PathBuf, StoreError> {
         let dir = self.bundles.join(folder_name(digest));
         if dir.join(MANIFEST_FILE).is_file() {
             return Ok(dir);
         }
         let tmp = self.bundles.join(format!(".tmp-{}-{}", folder_name(digest), unique()));
-        let result = bundle::unpack(archive, &tmp).and_then(|()| {
+        let result = bundle::unpack(archive, &tmp, &self.limits).and_then(|()| {
             if dir.exists() {
                 fs::remove_dir_all(&dir)?;
             }
@@ -249,7 +347,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let store = Store::open(dir.path()).expect("open");
-            let staged = store.stage(&name("f"), bundle(&manifest("f", "a.b"))).expect("stage");
+            let staged = store.stage_bytes(&name("f"), &bundle(&manifest("f", "a.b"))).expect("stage");
             store.commit(staged).expect("commit");
         }
         fs::remove_dir_all(dir.path().join("bundles")).expect("rm");
@@ -271,21 +369,55 @@ mod tests {
     fn staging_without_commit_changes_nothing_and_redeploy_replaces() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        store.commit(store.stage(&name("f"), bundle(&manifest("f", "a.b"))).expect("stage")).expect("commit");
-        let _dropped = store.stage(&name("f"), bundle(&manifest("f", "c.d"))).expect("stage");
+        store.commit(store.stage_bytes(&name("f"), &bundle(&manifest("f", "a.b"))).expect("stage")).expect("commit");
+        let _dropped = store.stage_bytes(&name("f"), &bundle(&manifest("f", "c.d"))).expect("stage");
         assert_eq!(store.list().expect("list")[0].spec.handler, "a.b");
-        assert!(matches!(store.stage(&name("f"), bundle(&manifest("g", "a.b"))), Err(StoreError::NameMismatch { .. })));
-        assert!(matches!(store.stage(&name("f"), bundle("name = 1")), Err(StoreError::Manifest(_))));
-        store.commit(store.stage(&name("f"), bundle(&manifest("f", "c.d"))).expect("stage")).expect("commit");
+        assert!(matches!(
+            store.stage_bytes(&name("f"), &bundle(&manifest("g", "a.b"))),
+            Err(StoreError::NameMismatch { .. })
+        ));
+        assert!(matches!(store.stage_bytes(&name("f"), &bundle("name = 1")), Err(StoreError::Manifest(_))));
+        store.commit(store.stage_bytes(&name("f"), &bundle(&manifest("f", "c.d"))).expect("stage")).expect("commit");
         assert_eq!(store.list().expect("list")[0].spec.handler, "c.d");
         let dirs = || fs::read_dir(dir.path().join("bundles")).expect("bundles").count();
-        let before = dirs();
-        assert!(before >= 3, "old version, refused uploads and current version are all unpacked");
-        assert_eq!(store.sweep().expect("sweep"), before - 1);
+        assert_eq!(dirs(), 2, "refused uploads leave no folder; the old version waits for its workers");
+        assert_eq!(store.sweep().expect("sweep"), 1);
         assert_eq!(dirs(), 1);
         assert!(store.list().expect("list")[0].dir.is_dir());
         assert!(store.remove(&name("f")).expect("remove"));
         assert!(!store.remove(&name("f")).expect("remove"));
         assert!(store.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn release_and_discard_remove_only_unused_folders() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let v1 =
+            store.commit(store.stage_bytes(&name("f"), &bundle(&manifest("f", "a.b"))).expect("stage")).expect("v1");
+        assert!(!store.release(&v1.dir).expect("release"), "v1 serves");
+        let same = store.stage_bytes(&name("f"), &bundle(&manifest("f", "a.b"))).expect("stage");
+        store.discard(same).expect("discard");
+        assert!(v1.dir.is_dir(), "discarding a copy of the serving bundle keeps its folder");
+        let v2 = store.stage_bytes(&name("f"), &bundle(&manifest("f", "c.d"))).expect("stage");
+        let v2_dir = v2.record.dir.clone();
+        store.discard(v2).expect("discard");
+        assert!(!v2_dir.exists());
+        store.commit(store.stage_bytes(&name("f"), &bundle(&manifest("f", "c.d"))).expect("stage")).expect("v2");
+        assert!(store.release(&v1.dir).expect("release"));
+        assert!(!v1.dir.exists());
+        assert_eq!(fs::read_dir(dir.path().join("uploads")).expect("uploads").count(), 0);
+    }
+
+    #[test]
+    fn leftover_uploads_are_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.upload_file().expect("upload").keep().expect("keep");
+        }
+        assert_eq!(fs::read_dir(dir.path().join("uploads")).expect("uploads").count(), 1);
+        let _store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(fs::read_dir(dir.path().join("uploads")).expect("uploads").count(), 0);
     }
 }

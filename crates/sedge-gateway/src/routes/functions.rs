@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sedge_core::FunctionName;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::body::{read_capped, Capped};
-use super::Shared;
+use super::{upload, Shared};
 use crate::{blocking, ApiError, Node};
 
 /// The one namespace a node has, named as OpenFaaS names its default.
@@ -51,6 +51,7 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
         "availableReplicas": stats.ready,
         "invocationCount": invocations,
         "createdAt": humantime::format_rfc3339_seconds(r.created_at).to_string(),
+        "lastDeployError": node.last_deploy_error(name),
         "sedge": {
             "runtime": spec.runtime.as_str(),
             "style": spec.style.as_str(),
@@ -121,6 +122,10 @@ pub async fn remove(State(node): Shared, body: Body) -> Result<StatusCode, ApiEr
     let store = node.store.clone();
     let n = name.clone();
     let existed = blocking(move || Ok(store.remove(&n)?)).await?;
+    if let Some(old) = node.runtime.get(name.as_str()) {
+        // Its folder goes once its workers are done, not at the next start.
+        crate::retire(node.clone(), old);
+    }
     node.runtime.remove(name.as_str());
     crate::secrets::forget(&node, &name).await?;
     if existed {
@@ -206,28 +211,37 @@ pub struct DeployQuery {
 }
 
 /// `PUT /system/bundles/{name}[?wait=true]`: the body is a tar.gz of the
-/// function's folder. The new version replaces the old only once it is
-/// stored (and, with `wait`, once a worker has loaded it), so a failed
-/// deploy leaves the previous version serving.
+/// function's folder. A new version of an existing function replaces the
+/// old only once a worker of it has loaded (without `wait` that happens in
+/// the background and the answer is 202), so a failed deploy leaves the
+/// previous version serving.
 pub async fn deploy_bundle(
     State(node): Shared,
     Path(raw): Path<String>,
     Query(q): Query<DeployQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = FunctionName::parse(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let wait = matches!(q.wait.as_deref(), Some("" | "1" | "true" | "yes"));
-    let limit = node.max_bundle as u64;
-    let archive = read_capped(body, limit).await.map_err(|e| match e {
-        Capped::Over(_) => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("bundle is over the node's limit of {limit} bytes"))
-        }
-        Capped::Broken(msg) => ApiError::bad_request(format!("could not read the bundle: {msg}")),
-    })?;
-    if archive.is_empty() {
-        return Err(ApiError::bad_request("empty body: expected a tar.gz of the function's folder"));
-    }
-    let (existed, record) = crate::deploy(&node, name, archive, wait).await?;
-    let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((code, Json(status(&node, &record))).into_response())
+    let slot = upload::admit(&node)?;
+    let archive = upload::receive(&node, &headers, body).await?;
+    // Once received, the deploy runs to its end even if the client hangs
+    // up, so a half-done stage never leaves a folder behind.
+    let task = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            crate::deploy_file(&node, name, archive, wait).await
+        })
+    };
+    let done = task.await.map_err(|e| ApiError::internal("deploy task", e))??;
+    let code = match (done.pending, done.existed) {
+        (true, _) => StatusCode::ACCEPTED,
+        (false, true) => StatusCode::OK,
+        (false, false) => StatusCode::CREATED,
+    };
+    let mut answer = status(&node, &done.record);
+    answer["pending"] = json!(done.pending);
+    Ok((code, Json(answer)).into_response())
 }

@@ -6,6 +6,7 @@ mod invoke;
 mod logs;
 mod origin;
 mod secrets;
+mod upload;
 
 use std::sync::Arc;
 

@@ -21,8 +21,13 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
     let headers = [("content-type".to_owned(), "application/gzip".to_owned())];
     let answer = client.send("PUT", &path, &headers, archive)?.check(&format!("deploying {}", spec.name))?;
     let image = answer.json()?.get("image").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-    let verb = if answer.status == 201 { "deployed" } else { "updated" };
-    println!("{verb} {} ({image})", spec.name);
+    if answer.status == 202 {
+        println!("updating {} ({image}): the new version serves once a worker of it has loaded;", spec.name);
+        println!("until then the previous one does (`sedge describe {}` shows a failure)", spec.name);
+    } else {
+        let verb = if answer.status == 201 { "deployed" } else { "updated" };
+        println!("{verb} {} ({image})", spec.name);
+    }
     println!("invoke it: {}", client.url(&format!("/function/{}", spec.name)));
     Ok(())
 }

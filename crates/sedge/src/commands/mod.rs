@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bundle_flags;
 pub mod deploy;
 pub mod describe;
 pub mod invoke;

@@ -48,6 +48,8 @@ pub struct Args {
     /// Node.js executable for node functions.
     #[arg(long, env = "SEDGE_NODE", default_value = "node")]
     node: String,
+    #[command(flatten)]
+    bundles: super::bundle_flags::BundleFlags,
     /// File holding the admin password for /system/ (user `admin`). Without
     /// it (or SEDGE_ADMIN_PASSWORD) the node generates one on first start
     /// and keeps it in DATA/secrets/admin-password.
@@ -189,7 +191,7 @@ async fn serve(args: Args) -> Result<()> {
     raise_descriptor_limit(args.gateway.max_connections);
     let data = args.data.clone().unwrap_or_else(default_data_dir);
     let store = match Store::open(&data) {
-        Ok(s) => s,
+        Ok(s) => s.with_limits(args.bundles.limits()),
         Err(e @ StoreError::Locked(_)) => anyhow::bail!("{e}: stop it first, or pass another --data directory"),
         Err(e) => return Err(e).with_context(|| format!("opening the store in {}", data.display())),
     };
@@ -213,7 +215,7 @@ async fn serve(args: Args) -> Result<()> {
         .with_reader_group(config.sandbox.as_ref().and_then(|s| s.worker_gid()));
     let access = access(&args, &secrets)?;
     let runtime = Arc::new(Runtime::new(config));
-    let mut node = Node::new(Arc::new(store), runtime.clone(), Arc::new(secrets), access);
+    let mut node = args.bundles.configure(Node::new(Arc::new(store), runtime.clone(), Arc::new(secrets), access));
     node.metrics_open = !args.metrics_auth;
     node.body_memory = sedge_gateway::BodyMemory::new(args.gateway.max_body_memory);
     let node = Arc::new(node);
