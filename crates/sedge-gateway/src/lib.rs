@@ -199,7 +199,7 @@ async fn warm_and_switch(
 ) -> Result<FunctionRecord, ApiError> {
     let name = staged.record.spec.name.to_string();
     if let Err(e) = pool.warm().await {
-        pool.drain(Duration::ZERO).await;
+        node.runtime.discard(&pool).await;
         let store = node.store.clone();
         if let Err(d) = blocking(move || Ok(store.discard(staged)?)).await {
             tracing::warn!("removing the refused version of {name}: {}", d.message);
@@ -223,7 +223,7 @@ async fn switch(
     let record = match blocking(move || Ok(store.commit(staged)?)).await {
         Ok(r) => r,
         Err(e) => {
-            pool.drain(Duration::ZERO).await;
+            node.runtime.discard(&pool).await;
             return Err(e);
         }
     };

@@ -203,6 +203,13 @@ impl Runtime {
         pool
     }
 
+    /// Ends a prepared pool that will not serve (its version was refused),
+    /// with the spares started for it: its folder is about to go.
+    pub async fn discard(&self, pool: &Arc<Pool>) {
+        self.spares.forget(pool.dir());
+        pool.drain(Duration::ZERO).await;
+    }
+
     /// Makes `pool` serve its function; the version it replaces finishes
     /// what it already accepted and then stops.
     pub fn install(&self, pool: Arc<Pool>) {

@@ -90,9 +90,9 @@ impl Spares {
         let key = self.key(kind, Some(target));
         {
             let mut st = self.lock();
-            if let Some(dir) = &key.dir {
-                st.forgotten.remove(dir);
-            }
+            // A forgotten spare still starting stays forgotten: its folder
+            // may have been removed and unpacked again since it started, and
+            // it would see the old one.
             if st.closed || st.ready.contains_key(&key) || !st.starting.insert(key.clone()) {
                 return;
             }

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use crate::support::{FnDir, Node, BIN};
 
-/// Blocks until the file named by `RELEASE` exists, so a test decides when
-/// the worker is free again, without guessing at durations.
+/// Blocks until a file named `release` exists in the function's own folder
+/// (the one place a sandboxed worker shares with the test), so a test
+/// decides when the worker is free again, without guessing at durations.
 const HOLD: &str = r#"
 import os, time
 
 def handle(req):
-    while not os.path.exists(os.environ["RELEASE"]):
+    while not os.path.exists("release"):
         time.sleep(0.02)
     return "released %d" % len(req.body)
 "#;
@@ -105,15 +106,22 @@ fn node_with(extra: &[&str]) -> (Node, tempfile::TempDir) {
     (node, tmp)
 }
 
-/// A function whose one worker can be held busy until `release` exists.
-fn holding(node: &Node, name: &str, extra: &str, release: &Path) -> FnDir {
-    let manifest = format!(
-        "[limits]\ntimeout = \"120s\"\n{extra}\n[env]\nRELEASE = \"{}\"\n",
-        release.to_str().expect("utf-8 path")
-    );
+/// A function whose one worker can be held busy until [`release`].
+fn holding(node: &Node, name: &str, extra: &str) -> FnDir {
+    let manifest = format!("[limits]\ntimeout = \"120s\"\n{extra}\n");
     let f = FnDir::python(name, &manifest, HOLD);
     node.deploy(f.path());
     f
+}
+
+/// Lets every held worker of the node whose data directory is `data` go.
+fn release(data: &Path) {
+    for entry in std::fs::read_dir(data.join("bundles")).expect("bundle folders") {
+        let dir = entry.expect("entry").path();
+        if dir.is_dir() {
+            std::fs::write(dir.join("release"), "").expect("release");
+        }
+    }
 }
 
 fn busy(node: &Node, name: &str) -> u64 {
@@ -167,9 +175,7 @@ fn expect_continue_is_never_answered_100_for_a_body_that_is_refused() {
 #[test]
 fn a_full_queue_refuses_a_large_body_before_it_is_sent() {
     let node = Node::start();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let release = tmp.path().join("release");
-    let _f = holding(&node, "one", "queue = 0\nmax_body = \"64MiB\"\n[scale]\nmin = 1\nmax = 1", &release);
+    let _f = holding(&node, "one", "queue = 0\nmax_body = \"64MiB\"\n[scale]\nmin = 1\nmax = 1");
     std::thread::scope(|s| {
         let held = s.spawn(|| node.post("/function/one", b"first"));
         node.wait_for("the worker to be busy", PATIENCE, |n| busy(n, "one") == 1);
@@ -191,7 +197,7 @@ fn a_full_queue_refuses_a_large_body_before_it_is_sent() {
         c.write_all(post_head("/function/one", body.len() as u64, "").as_bytes()).expect("head");
         c.write_all(&body).expect("the whole body is taken");
         assert_eq!(read_answer(&mut c).status, 429);
-        std::fs::write(&release, "").expect("release");
+        release(&node.data);
         let first = held.join().expect("held request");
         assert_eq!((first.status, first.text()), (200, "released 5".to_owned()));
     });
@@ -398,9 +404,7 @@ fn the_management_api_refuses_other_origins_other_content_types_and_pins_past_ma
 #[test]
 fn bodies_past_the_node_body_memory_get_503_until_it_is_given_back() {
     let (node, _tmp) = node_with(&["--max-body-memory", "1MiB"]);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let release = tmp.path().join("release");
-    let _f = holding(&node, "mem", "queue = 4\nmax_body = \"4MiB\"\n[scale]\nmin = 1\nmax = 1", &release);
+    let _f = holding(&node, "mem", "queue = 4\nmax_body = \"4MiB\"\n[scale]\nmin = 1\nmax = 1");
     let big = 600 * 1024;
     std::thread::scope(|s| {
         let held = s.spawn(|| node.post("/function/mem", &vec![1u8; big]));
@@ -419,7 +423,7 @@ fn bodies_past_the_node_body_memory_get_503_until_it_is_given_back() {
         c.write_all(format!("{head}{big:x}\r\n").as_bytes()).expect("head");
         c.write_all(&vec![2u8; big]).expect("chunk");
         assert_eq!(read_answer(&mut c).status, 503);
-        std::fs::write(&release, "").expect("release");
+        release(&node.data);
         let first = held.join().expect("held request");
         assert_eq!((first.status, first.text()), (200, format!("released {big}")));
     });
@@ -447,9 +451,8 @@ fn oversized_or_too_many_headers_are_refused() {
 #[test]
 fn on_stop_requests_in_flight_finish_and_idle_connections_close() {
     let node = Node::start();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let release = tmp.path().join("release");
-    let _f = holding(&node, "slow", "[scale]\nmin = 1\nmax = 1", &release);
+    let _f = holding(&node, "slow", "[scale]\nmin = 1\nmax = 1");
+    let data = node.data.clone();
     let addr = addr(&node);
     let mut held = connect(&addr);
     held.write_all(format!("{}first", post_head("/function/slow", 5, "")).as_bytes()).expect("held request");
@@ -464,7 +467,7 @@ fn on_stop_requests_in_flight_finish_and_idle_connections_close() {
         assert!(start.elapsed() < PATIENCE, "the node still accepts after the stop");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::fs::write(&release, "").expect("release");
+    release(&data);
     let a = read_answer(&mut held);
     assert_eq!((a.status, a.body.as_str()), (200, "released 5"));
     assert!(stopper.join().expect("stopper").success());
