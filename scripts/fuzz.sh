@@ -27,7 +27,10 @@ for t in "${targets[@]}"; do
     -max_total_time="$seconds" -max_len=65536 -timeout=20 -rss_limit_mb=1024 -print_final_stats=1 >"$log" 2>&1 || rc=$?
   grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)|Done [0-9]+ runs" "$log" || true
   if [ "$rc" -ne 0 ]; then
-    tail -n 40 "$log" >&2
+    # The panic message and the saved input; libFuzzer's dump of the input
+    # bytes is left out.
+    grep -E -A2 "panicked at|^==[0-9]+==|SUMMARY" "$log" >&2 || tail -n 20 "$log" >&2
+    grep -E "artifacts/$t/" "$log" | head -n 2 >&2 || true
     echo "$t found a failure (exit $rc); the input is in fuzz/artifacts/$t/" >&2
     exit 1
   fi
