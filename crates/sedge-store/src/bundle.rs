@@ -38,6 +38,19 @@ pub struct UnpackLimits {
     pub max_manifest: u64,
 }
 
+impl UnpackLimits {
+    /// Each bound the larger of `self`'s and `other`'s.
+    pub fn at_least(&self, other: &Self) -> Self {
+        Self {
+            max_unpacked: self.max_unpacked.max(other.max_unpacked),
+            max_entries: self.max_entries.max(other.max_entries),
+            max_depth: self.max_depth.max(other.max_depth),
+            max_path_len: self.max_path_len.max(other.max_path_len),
+            max_manifest: self.max_manifest.max(other.max_manifest),
+        }
+    }
+}
+
 impl Default for UnpackLimits {
     fn default() -> Self {
         Self {

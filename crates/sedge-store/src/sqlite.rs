@@ -258,7 +258,10 @@ impl Store {
                 .optional()?;
             let row = row.ok_or_else(|| corrupt(format!("bundle {digest} is missing")))?;
             let blob = conn.blob_open(MAIN_DB, "bundles", "archive", row, true)?;
-            self.unpacked(&digest, blob)?;
+            // The archive passed the checks once; limits lowered since then
+            // must not keep an accepted function from coming back. Every
+            // path check still applies.
+            self.unpacked_within(&digest, blob, &self.limits.at_least(&UnpackLimits::default()))?;
         }
         let created_at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         Ok(FunctionRecord { spec, digest, dir, created_at })
@@ -285,12 +288,16 @@ impl Store {
     /// The unpacked folder of a bundle, unpacking it first when needed. The
     /// folder appears whole or not at all (unpack beside it, then rename).
     fn unpacked(&self, digest: &str, archive: impl Read) -> Result<PathBuf, StoreError> {
+        self.unpacked_within(digest, archive, &self.limits)
+    }
+
+    fn unpacked_within(&self, digest: &str, archive: impl Read, limits: &UnpackLimits) -> Result<PathBuf, StoreError> {
         let dir = self.bundles.join(folder_name(digest));
         if dir.join(MANIFEST_FILE).is_file() {
             return Ok(dir);
         }
         let tmp = self.bundles.join(format!(".tmp-{}-{}", folder_name(digest), unique()));
-        let result = bundle::unpack(archive, &tmp, &self.limits).and_then(|()| {
+        let result = bundle::unpack(archive, &tmp, limits).and_then(|()| {
             if dir.exists() {
                 fs::remove_dir_all(&dir)?;
             }
