@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Runs every test suite: the runtime shims' own tests (Python unittest) and
-# the Rust workspace (unit, property and end-to-end tests), after installing
-# what they need. Ends with one line adding up all suites.
+# Runs every test suite: formatting and lints, the runtime shims' own tests
+# (Python unittest) and the Rust workspace (unit, property and end-to-end
+# tests), after installing what they need. Ends with one line adding up all suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 # Python functions run on the environment setup.sh filled.
 export SEDGE_PYTHON="${SEDGE_PYTHON:-$PWD/.venv/bin/python}"
+# The workspace's formatting and lints are part of the tests.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 "$SEDGE_PYTHON" -m unittest discover -s runtimes/tests 2>&1 | tee "$log"

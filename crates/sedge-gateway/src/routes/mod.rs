@@ -25,6 +25,8 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
     // Everything under /system/ needs the admin credential, loopback included.
     let system = Router::new()
         .route("/system/info", get(info))
+        // `faas-cli namespace list`: a node has one namespace.
+        .route("/system/namespaces", get(|| async { Json([functions::NAMESPACE]) }))
         .route(
             "/system/functions",
             get(functions::list).delete(functions::remove).post(functions::deploy_image).put(functions::deploy_image),

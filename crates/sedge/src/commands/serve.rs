@@ -189,7 +189,10 @@ async fn serve(args: Args) -> Result<()> {
         );
     }
     raise_descriptor_limit(args.gateway.max_connections);
-    let data = args.data.clone().unwrap_or_else(default_data_dir);
+    // Workers run from folders under it with other working directories, so
+    // a relative path would point somewhere else for them: resolve it once.
+    let data = std::path::absolute(args.data.clone().unwrap_or_else(default_data_dir))
+        .context("resolving the data directory")?;
     let store = match Store::open(&data) {
         Ok(s) => s.with_limits(args.bundles.limits()),
         Err(e @ StoreError::Locked(_)) => anyhow::bail!("{e}: stop it first, or pass another --data directory"),

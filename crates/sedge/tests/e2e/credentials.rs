@@ -10,6 +10,7 @@ use crate::support::{FnDir, Node};
 /// Every management route, with a body each accepts.
 const SYSTEM_ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/system/info", ""),
+    ("GET", "/system/namespaces", ""),
     ("GET", "/system/functions", ""),
     ("DELETE", "/system/functions", r#"{"functionName": "hello"}"#),
     ("POST", "/system/functions", "{}"),

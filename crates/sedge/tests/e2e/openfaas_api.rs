@@ -157,3 +157,11 @@ fn followed_logs_stream_new_lines_as_they_come() {
     let v: serde_json::Value = serde_json::from_str(&first).expect("JSON object");
     assert_eq!(v["text"], "hello log");
 }
+
+#[test]
+fn the_one_namespace_is_listed() {
+    let node = Node::start();
+    let a = node.get("/system/namespaces");
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json(), serde_json::json!(["openfaas-fn"]));
+}

@@ -58,3 +58,14 @@ fn sigterm_lets_requests_in_flight_finish() {
     let out = std::process::Command::new("pgrep").args(["-P", &pid.to_string()]).output().expect("pgrep");
     assert!(out.stdout.is_empty(), "children left: {}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn a_relative_data_directory_works() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = Node::start_in(tmp.path(), std::path::Path::new("rel/data"));
+    let f = FnDir::python("relative", "", "def handle(req):\n    return 'found'\n");
+    node.deploy(f.path());
+    let a = node.post("/function/relative", b"");
+    assert_eq!((a.status, a.text().as_str()), (200, "found"));
+    assert!(tmp.path().join("rel/data/sedge.db").is_file());
+}

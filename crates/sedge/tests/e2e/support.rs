@@ -68,7 +68,15 @@ impl Node {
     pub fn start_with(data: &Path, extra: &[&str]) -> Self {
         let password = if extra.contains(&"--no-auth") { String::new() } else { test_password() };
         let env: &[(&str, &str)] = if password.is_empty() { &[] } else { &[("SEDGE_ADMIN_PASSWORD", &password)] };
-        let mut node = Self::spawn(data, extra, env);
+        let mut node = Self::spawn(data, extra, env, None);
+        node.password = password;
+        node
+    }
+
+    /// A node started from the folder `cwd`, `data` possibly relative to it.
+    pub fn start_in(cwd: &Path, data: &Path) -> Self {
+        let password = test_password();
+        let mut node = Self::spawn(data, &[], &[("SEDGE_ADMIN_PASSWORD", &password)], Some(cwd));
         node.password = password;
         node
     }
@@ -76,7 +84,7 @@ impl Node {
     /// A node that finds its own password (generated, or from a file given
     /// in `extra`); the password is read from the node's secrets folder.
     pub fn start_unattended(data: &Path, extra: &[&str]) -> Self {
-        let mut node = Self::spawn(data, extra, &[]);
+        let mut node = Self::spawn(data, extra, &[], None);
         node.password = std::fs::read_to_string(data.join("secrets/admin-password"))
             .expect("the node's password file")
             .trim()
@@ -84,8 +92,11 @@ impl Node {
         node
     }
 
-    fn spawn(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+    fn spawn(data: &Path, extra: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> Self {
         let mut cmd = Command::new(BIN);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data).args(extra).env("SEDGE_LOG", "warn");
         cmd.env_remove("SEDGE_ADMIN_PASSWORD");
         for (k, v) in env {
