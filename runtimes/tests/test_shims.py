@@ -164,7 +164,12 @@ class Worker:
         self.channel.shutdown(socket.SHUT_WR)
 
     def wait(self, timeout=WAIT):
-        return self.proc.wait(timeout=timeout)
+        code = self.proc.wait(timeout=timeout)
+        # The output readers may not have read the last lines yet; they end at
+        # the pipes' end of file, which follows the exit.
+        for reader in self._output_readers:
+            reader.join(timeout)
+        return code
 
     def kill(self):
         if self.proc.poll() is None:
