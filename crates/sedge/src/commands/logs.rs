@@ -16,10 +16,11 @@ pub struct Args {
     follow: bool,
 }
 
-fn print_line(line: &str) -> Result<()> {
+fn print_line(line: &str, printed: &mut bool) -> Result<()> {
     if line.trim().is_empty() {
         return Ok(());
     }
+    *printed = true;
     let v: serde_json::Value = serde_json::from_str(line).context("the node sent a malformed log line")?;
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_owned();
     println!("{} {} {}", s("timestamp"), s("instance"), s("text"));
@@ -29,5 +30,11 @@ fn print_line(line: &str) -> Result<()> {
 pub fn run(client: &Client, args: Args) -> Result<()> {
     let tail = args.tail.map_or(-1, i64::from);
     let path = format!("/system/logs?name={}&tail={tail}&follow={}", args.name, args.follow);
-    client.get_lines(&path, print_line)
+    let mut printed = false;
+    client.get_lines(&path, |line| print_line(line, &mut printed))?;
+    if !printed && !args.follow {
+        // Said on stderr, so a script reading the lines gets none.
+        eprintln!("{} has printed nothing yet", args.name);
+    }
+    Ok(())
 }

@@ -170,6 +170,8 @@ pub fn run(args: Args) -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in files and pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match args.threads {
         0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
@@ -237,7 +239,7 @@ async fn serve(args: Args) -> Result<()> {
         tracing::info!("deployed {name} from {}", dir.display());
     }
 
-    tracing::info!(data = %data.display(), restored, "sedge listening on http://{addr}");
+    tracing::info!(data = %data.display(), restored, %addr, "serving");
     // Tests and scripts read this line to learn the port; it comes once the
     // --deploy folders are deployed, so the node is ready when it appears.
     println!("sedge listening on http://{addr}");

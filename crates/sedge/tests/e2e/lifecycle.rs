@@ -119,3 +119,39 @@ fn exec_functions_follow_the_watchdog() {
     let e = a.error();
     assert!(e.contains("fail") && e.contains("broken pipe dream") && e.contains('3'), "{e}");
 }
+
+#[test]
+fn logs_of_a_quiet_function_say_so() {
+    let node = Node::start();
+    let f = FnDir::python("quiet", "", "def handle(req):\n    return 'x'\n");
+    node.deploy(f.path());
+    let out = node.cli(&["logs", "quiet"]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quiet has printed nothing yet"));
+}
+
+#[test]
+fn the_node_log_has_no_colour_codes_in_a_file_and_says_listening_once() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = tmp.path().join("node.log");
+    let mut child = std::process::Command::new(crate::support::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(tmp.path().join("data"))
+        .env("SEDGE_LOG", "info")
+        .env("SEDGE_ADMIN_PASSWORD", "pw")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+    assert!(line.starts_with("sedge listening on http://"), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("serving"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
+    assert!(!text.contains("listening on"), "the address line belongs to stdout only: {text}");
+}
