@@ -125,6 +125,8 @@ pub struct Deployed {
     /// The new version is warming in the background and replaces the old
     /// one only once a worker of it has loaded.
     pub pending: bool,
+    /// The bundle is the one already serving: nothing was replaced.
+    pub unchanged: bool,
 }
 
 /// Deploys a bundle held in memory (`sedge serve --deploy`); see [`deploy_file`].
@@ -164,15 +166,29 @@ pub async fn deploy_file(
         let _ = blocking(move || Ok(store.discard(staged)?)).await;
         return Err(e);
     }
+    if let Some(serving) = old.as_ref().filter(|o| *o.dir() == staged.record.dir) {
+        // Content-addressed: the same folder is the same bundle. Its workers
+        // keep serving; the staged copy is the serving one, so only the
+        // upload goes.
+        let name = serving.spec().name.clone();
+        drop(staged);
+        node.set_deploy_error(name.as_str(), None);
+        let store = node.store.clone();
+        let n = name.clone();
+        let record = blocking(move || Ok(store.list()?.into_iter().find(|r| r.spec.name == n)))
+            .await?
+            .ok_or_else(|| ApiError::internal("deploy", format!("{name} serves but is not in the store")))?;
+        return Ok(Deployed { existed: true, record, pending: false, unchanged: true });
+    }
     let pool = node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone());
     let existed = old.is_some();
     if old.is_none() && !wait {
         let record = switch(node, staged, pool, None).await?;
-        return Ok(Deployed { existed, record, pending: false });
+        return Ok(Deployed { existed, record, pending: false, unchanged: false });
     }
     if wait {
         let record = warm_and_switch(node, staged, pool, old).await?;
-        return Ok(Deployed { existed, record, pending: false });
+        return Ok(Deployed { existed, record, pending: false, unchanged: false });
     }
     let record = staged.record.clone();
     let node = node.clone();
@@ -186,7 +202,7 @@ pub async fn deploy_file(
             );
         }
     });
-    Ok(Deployed { existed, record, pending: true })
+    Ok(Deployed { existed, record, pending: true, unchanged: false })
 }
 
 /// Starts a worker of the new version; only if it loads does it replace the

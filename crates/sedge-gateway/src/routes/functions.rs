@@ -243,5 +243,6 @@ pub async fn deploy_bundle(
     };
     let mut answer = status(&node, &done.record);
     answer["pending"] = json!(done.pending);
+    answer["unchanged"] = json!(done.unchanged);
     Ok((code, Json(answer)).into_response())
 }

@@ -20,8 +20,11 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
     let path = format!("/system/bundles/{}{}", spec.name, if args.wait { "?wait=true" } else { "" });
     let headers = [("content-type".to_owned(), "application/gzip".to_owned())];
     let answer = client.send("PUT", &path, &headers, archive)?.check(&format!("deploying {}", spec.name))?;
-    let image = answer.json()?.get("image").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-    if answer.status == 202 {
+    let json = answer.json()?;
+    let image = json.get("image").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    if json.get("unchanged").and_then(|v| v.as_bool()) == Some(true) {
+        println!("unchanged {} ({image}): the same bundle already serves; its workers keep running", spec.name);
+    } else if answer.status == 202 {
         println!("updating {} ({image}): the new version serves once a worker of it has loaded;", spec.name);
         println!("until then the previous one does (`sedge describe {}` shows a failure)", spec.name);
     } else {

@@ -155,3 +155,32 @@ fn the_node_log_has_no_colour_codes_in_a_file_and_says_listening_once() {
     assert!(!text.contains('\u{1b}'), "colour codes in a file: {text:?}");
     assert!(!text.contains("listening on"), "the address line belongs to stdout only: {text}");
 }
+
+#[test]
+fn redeploying_the_same_bundle_keeps_its_workers() {
+    let node = Node::start();
+    let f = FnDir::python("same", "[scale]\nmin = 1\n", "def handle(req):\n    return 'same'\n");
+    node.deploy(f.path());
+    assert_eq!(node.post("/function/same", b"").text(), "same");
+    let starts = |n: &Node| n.describe("same")["sedge"]["coldStarts"].as_u64().expect("coldStarts");
+    let before = starts(&node);
+    for args in
+        [&["deploy", f.path().to_str().expect("utf-8")][..], &["deploy", "--wait", f.path().to_str().expect("utf-8")]]
+    {
+        let out = node.cli(args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.starts_with("unchanged same"), "{said}");
+    }
+    assert_eq!(node.post("/function/same", b"").text(), "same");
+    assert_eq!(starts(&node), before, "no worker was started for an unchanged bundle");
+    // A real change still replaces the version.
+    std::fs::write(f.path().join("handler.py"), "def handle(req):\n    return 'changed'\n").expect("edit");
+    let out = node.cli(&["deploy", "--wait", f.path().to_str().expect("utf-8")]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("updated same"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(node.post("/function/same", b"").text(), "changed");
+}
