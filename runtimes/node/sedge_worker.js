@@ -1145,7 +1145,15 @@ function readMaxAnswer() {
   return Math.min(Number(text), MAX_BODY);
 }
 
+/** Whether `handlerName` names a module alone ("handler", "handler.js"),
+ * whose module.exports (or default export) is the function, rather than
+ * file.export. */
+function namesModuleOnly(handlerName) {
+  return !handlerName.includes('.') || /\.c?js$/.test(handlerName);
+}
+
 function loadHandler(functionDir, handlerName, style) {
+  if (namesModuleOnly(handlerName)) return loadModuleHandler(functionDir, handlerName);
   const dot = handlerName.lastIndexOf('.');
   if (dot <= 0 || dot === handlerName.length - 1) {
     throw new LoadError(`handler ${JSON.stringify(handlerName)} is not of the form file.export`);
@@ -1171,6 +1179,27 @@ function loadHandler(functionDir, handlerName, style) {
     throw new LoadError(`${handlerName} is a ${typeof handler}, not a function`);
   }
   return handler;
+}
+
+function requireFunctionModule(file) {
+  try {
+    return require(file);
+  } catch (err) {
+    const { summary, trace } = describe(err);
+    throw new LoadError(trace.trim() === summary.trim() ? summary : `${summary}\n\n${trace}`);
+  }
+}
+
+/** A module that is itself the handler, as OpenFaaS's node templates and
+ * Fission write them (`module.exports = async (event, context) => ...`). */
+function loadModuleHandler(functionDir, handlerName) {
+  const file = path.resolve(functionDir, handlerName);
+  const module = requireFunctionModule(file);
+  if (typeof module === 'function') return module;
+  if (module != null && typeof module.default === 'function') return module.default;
+  const names = module != null && typeof module === 'object' ? Object.keys(module).filter((k) => typeof module[k] === 'function') : [];
+  const hint = names.length > 0 ? `; name an export as file.export, e.g. "${handlerName.replace(/\.c?js$/, '')}.${names[0]}"` : '';
+  throw new LoadError(`module.exports of ${require.resolve(file)} is not a function${hint}`);
 }
 
 // --- serving -------------------------------------------------------------

@@ -372,15 +372,19 @@ fn check_handler(c: &Checker<'_>, runtime: RuntimeKind, handler: &str) -> Result
             let shape = if runtime == RuntimeKind::Python {
                 "module.function, e.g. \"handler.handle\""
             } else {
-                "file.export, e.g. \"handler.handle\""
+                "file.export, e.g. \"handler.handle\", or a module whose module.exports is the function, e.g. \"handler.js\""
             };
-            let ok = handler.rsplit_once('.').is_some_and(|(module, func)| {
-                !module.is_empty()
-                    && !func.is_empty()
-                    && !handler.contains("..")
-                    && !handler.starts_with('/')
-                    && handler.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-' | '/' | '$'))
-            });
+            let safe = !handler.is_empty()
+                && !handler.contains("..")
+                && !handler.starts_with(['/', '.'])
+                && handler.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-' | '/' | '$'));
+            // Node.js also takes a module alone ("handler", "handler.js"), the
+            // way OpenFaaS's and Fission's node functions are written.
+            let module_only = runtime == RuntimeKind::Node
+                && (!handler.contains('.') || handler.ends_with(".js") || handler.ends_with(".cjs"));
+            let ok = safe
+                && (module_only
+                    || handler.rsplit_once('.').is_some_and(|(module, func)| !module.is_empty() && !func.is_empty()));
             if ok {
                 Ok(())
             } else {
@@ -489,6 +493,20 @@ mod tests {
         }
         let msg = parse(&format!("{MINIMAL}colour = 1")).expect_err("invalid").to_string();
         assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn node_takes_a_module_alone() {
+        for handler in ["handler.js", "hello", "lib/fn.cjs", "handler.handle"] {
+            let text = format!("name = \"n\"\nruntime = \"node\"\nhandler = \"{handler}\"");
+            assert!(parse(&text).is_ok(), "{handler}");
+        }
+        for handler in ["../x.js", "/abs.js", ".js", "a."] {
+            let text = format!("name = \"n\"\nruntime = \"node\"\nhandler = \"{handler}\"");
+            assert!(parse(&text).is_err(), "{handler}");
+        }
+        // Python still needs module.function.
+        assert!(parse("name = \"p\"\nruntime = \"python\"\nhandler = \"handler\"").is_err());
     }
 
     #[test]

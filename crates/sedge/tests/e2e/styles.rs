@@ -195,3 +195,32 @@ module.exports = async function (context) {
     let a = node.get("/function/fcb");
     assert_eq!((a.status, a.text().as_str()), (202, "accepted GET"));
 }
+
+#[test]
+fn a_node_module_that_is_its_own_handler_is_named_by_its_file() {
+    let node = Node::start();
+    let openfaas = FnDir::new(
+        &manifest("of-node", "node", "handler.js", "style = \"openfaas\"\n"),
+        &[("handler.js", "module.exports = async (event, context) => context.status(200).succeed('module itself');\n")],
+    );
+    node.deploy(openfaas.path());
+    let a = node.post("/function/of-node", b"");
+    assert_eq!((a.status, a.text().as_str()), (200, "module itself"));
+
+    let bare = FnDir::new(
+        &manifest("bare-node", "node", "hello", ""),
+        &[("hello.js", "module.exports = async (req) => 'bare ' + req.text();\n")],
+    );
+    node.deploy(bare.path());
+    assert_eq!(node.post("/function/bare-node", b"x").text(), "bare x");
+
+    // A module whose exports are not a function says which export to name.
+    let named = FnDir::new(
+        &manifest("named-node", "node", "handler.js", ""),
+        &[("handler.js", "exports.handle = async () => 'x';\n")],
+    );
+    let out = node.cli(&["deploy", "--wait", named.path().to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a function") && err.contains("handler.handle"), "{err}");
+}
