@@ -1160,14 +1160,7 @@ function loadHandler(functionDir, handlerName, style) {
   }
   const file = path.resolve(functionDir, handlerName.slice(0, dot));
   const exportName = handlerName.slice(dot + 1);
-  let module;
-  try {
-    module = require(file);
-  } catch (err) {
-    const { summary, trace } = describe(err);
-    // A stack with no frames left (a missing module) only repeats the summary.
-    throw new LoadError(trace.trim() === summary.trim() ? summary : `${summary}\n\n${trace}`);
-  }
+  const module = requireFunctionModule(file);
   let handler;
   if (style.pick) handler = style.pick(module, exportName);
   else handler = module == null ? undefined : module[exportName];
@@ -1186,6 +1179,7 @@ function requireFunctionModule(file) {
     return require(file);
   } catch (err) {
     const { summary, trace } = describe(err);
+    // A stack with no frames left (a missing module) only repeats the summary.
     throw new LoadError(trace.trim() === summary.trim() ? summary : `${summary}\n\n${trace}`);
   }
 }
