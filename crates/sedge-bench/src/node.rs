@@ -85,7 +85,7 @@ impl LocalNode {
                 let _ = tail.write_all(format!("{line}\n").as_bytes()).await;
             }
         });
-        Ok(Self { child, url, pid, auth: basic_auth(&password), _data: data })
+        Ok(Self { child, url, pid, auth: sedge_store::secrets::admin_basic_auth(&password), _data: data })
     }
 
     /// SIGTERM, a grace period, then SIGKILL.
@@ -102,13 +102,6 @@ impl LocalNode {
         }
         let _ = self.child.kill().await;
     }
-}
-
-/// `Authorization` for a node's admin password, HTTP Basic as faas-cli sends it.
-pub fn basic_auth(password: &str) -> String {
-    use base64::Engine;
-    let pair = format!("{}:{password}", sedge_store::secrets::ADMIN_USER);
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
 }
 
 fn with_auth(mut headers: Vec<(String, String)>, auth: Option<&str>) -> Vec<(String, String)> {

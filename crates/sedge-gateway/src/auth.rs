@@ -123,21 +123,20 @@ pub async fn require_admin(State(node): State<Arc<Node>>, req: Request, next: Ne
 /// store so a call does not read a file.
 #[derive(Default)]
 pub struct Tokens {
-    by_function: RwLock<HashMap<FunctionName, Arc<str>>>,
+    by_function: RwLock<HashMap<String, Arc<str>>>,
 }
 
 impl Tokens {
     pub fn get(&self, name: &str) -> Option<Arc<str>> {
-        let map = self.by_function.read().unwrap_or_else(|p| p.into_inner());
-        map.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v.clone())
+        self.by_function.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
-    pub fn set(&self, name: FunctionName, token: String) {
-        self.by_function.write().unwrap_or_else(|p| p.into_inner()).insert(name, token.into());
+    pub fn set(&self, name: &FunctionName, token: String) {
+        self.by_function.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), token.into());
     }
 
     pub fn remove(&self, name: &FunctionName) {
-        self.by_function.write().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.by_function.write().unwrap_or_else(|p| p.into_inner()).remove(name.as_str());
     }
 }
 

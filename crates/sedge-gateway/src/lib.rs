@@ -245,6 +245,10 @@ async fn switch(
     };
     node.runtime.install(pool);
     node.set_deploy_error(record.spec.name.as_str(), None);
+    if let Err(e) = secrets::settle(node, &record.spec).await {
+        // The new version serves with what it needs; only leftovers remain.
+        tracing::warn!("removing secrets {} no longer names: {}", record.spec.name, e.message);
+    }
     if let Some(old) = old {
         retire(node.clone(), old);
     }
@@ -281,8 +285,12 @@ pub async fn restore(node: &Arc<Node>) -> Result<usize, ApiError> {
     })
     .await?;
     for r in &records {
-        if let Err(e) = secrets::prepare(node, &r.spec).await {
-            // One function's missing secret must not keep the others down.
+        // One function's missing secret must not keep the others down.
+        let prepared = match secrets::prepare(node, &r.spec).await {
+            Ok(()) => secrets::settle(node, &r.spec).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = prepared {
             tracing::error!("function {}: {}", r.spec.name, e.message);
         }
         let pool = node.runtime.prepare(r.spec.clone(), r.dir.clone());

@@ -1,11 +1,16 @@
 //! Functions and their secrets and tokens: what a deploy, a restore and a
 //! removal must do so that a function finds the secrets it names and, when
 //! it asks for invoke auth, has a token.
+//!
+//! Two steps, because a new version may still be refused after it is
+//! prepared: [`prepare`] only adds (files, a token) and so cannot break the
+//! version still serving; [`settle`] takes away what the version that now
+//! serves no longer names.
 
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use sedge_core::{FunctionSpec, SecretName};
+use sedge_core::{FunctionName, FunctionSpec, SecretName};
 
 use crate::{blocking, ApiError, Node};
 
@@ -25,15 +30,32 @@ pub async fn prepare(node: &Arc<Node>, spec: &FunctionSpec) -> Result<(), ApiErr
         Ok(if wants_token { Some(secrets.ensure_token(&n)?) } else { None })
     })
     .await?;
-    match token {
-        Some(t) => node.tokens.set(name, t),
-        None => node.tokens.remove(&name),
+    if let Some(t) = token {
+        node.tokens.set(&name, t);
     }
     Ok(())
 }
 
+/// Once `spec`'s version serves: removes the secret files and the token it
+/// no longer asks for.
+pub async fn settle(node: &Arc<Node>, spec: &FunctionSpec) -> Result<(), ApiError> {
+    let secrets = node.secrets.clone();
+    let (name, names, wants_token) = (spec.name.clone(), spec.secrets.clone(), spec.auth.invoke);
+    if !wants_token {
+        node.tokens.remove(&name);
+    }
+    blocking(move || {
+        secrets.prune(&name, &names)?;
+        if !wants_token {
+            secrets.remove_token(&name)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Forgets a removed function's secret files and token.
-pub async fn forget(node: &Arc<Node>, name: &sedge_core::FunctionName) -> Result<(), ApiError> {
+pub async fn forget(node: &Arc<Node>, name: &FunctionName) -> Result<(), ApiError> {
     node.tokens.remove(name);
     let secrets = node.secrets.clone();
     let n = name.clone();
@@ -54,17 +76,18 @@ pub async fn users(node: &Arc<Node>, secret: &SecretName) -> Result<Vec<String>,
 /// Rewrites the secret files of every function using `secret` after its
 /// value changed, so their workers read the new value.
 pub async fn refresh_users(node: &Arc<Node>, secret: &SecretName) -> Result<(), ApiError> {
-    let store = node.store.clone();
-    let records = blocking(move || Ok(store.list()?)).await?;
-    for r in records.into_iter().filter(|r| r.spec.secrets.contains(secret)) {
-        let secrets = node.secrets.clone();
-        blocking(move || Ok(secrets.materialize(&r.spec.name, &r.spec.secrets).map(|_| ())?)).await?;
-    }
-    Ok(())
+    let (store, secrets, secret) = (node.store.clone(), node.secrets.clone(), secret.clone());
+    blocking(move || {
+        for r in store.list()?.into_iter().filter(|r| r.spec.secrets.contains(&secret)) {
+            secrets.materialize(&r.spec.name, &r.spec.secrets)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// A new invoke token for `name`; the old one stops working at once.
-pub async fn rotate(node: &Arc<Node>, name: &sedge_core::FunctionName, requires: bool) -> Result<String, ApiError> {
+pub async fn rotate(node: &Arc<Node>, name: &FunctionName, requires: bool) -> Result<String, ApiError> {
     if !requires {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -74,6 +97,6 @@ pub async fn rotate(node: &Arc<Node>, name: &sedge_core::FunctionName, requires:
     let secrets = node.secrets.clone();
     let n = name.clone();
     let token = blocking(move || Ok(secrets.rotate_token(&n)?)).await?;
-    node.tokens.set(name.clone(), token.clone());
+    node.tokens.set(name, token.clone());
     Ok(token)
 }

@@ -19,6 +19,13 @@ pub const MAX_SECRET: usize = 1024 * 1024;
 /// The user name the admin password belongs to (faas-cli's default).
 pub const ADMIN_USER: &str = "admin";
 
+/// The `Authorization` value for the admin password, HTTP Basic as
+/// faas-cli sends it.
+pub fn admin_basic_auth(password: &str) -> String {
+    let pair = format!("{ADMIN_USER}:{password}");
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("secret {0:?} already exists: update it instead")]
@@ -185,8 +192,9 @@ impl SecretStore {
     }
 
     /// Writes `function`'s secret files (the values of `names`) into its
-    /// folder and removes any it no longer names. Each file is replaced by a
-    /// rename, so a worker reading one sees the old value or the new.
+    /// folder. Each file is replaced by a rename, so a worker reading one
+    /// sees the old value or the new. Files of other names stay until
+    /// [`Self::prune`]: the version still serving may need them.
     pub fn materialize(&self, function: &FunctionName, names: &[SecretName]) -> Result<PathBuf, SecretError> {
         let dir = self.mount_dir(function);
         private_dir(&self.mounts_dir())?;
@@ -197,6 +205,16 @@ impl SecretStore {
             self.share(&path, 0o440)?;
         }
         self.share(&dir, 0o750)?;
+        Ok(dir)
+    }
+
+    /// Removes `function`'s secret files that `names` (its serving version's
+    /// list) no longer holds.
+    pub fn prune(&self, function: &FunctionName, names: &[SecretName]) -> Result<(), SecretError> {
+        let dir = self.mount_dir(function);
+        if !dir.is_dir() {
+            return Ok(());
+        }
         let io = |source| SecretError::Io { action: "listing", path: dir.clone(), source };
         for entry in fs::read_dir(&dir).map_err(io)? {
             let entry = entry.map_err(io)?;
@@ -206,7 +224,7 @@ impl SecretStore {
                 fs::remove_file(&path).map_err(|source| SecretError::Io { action: "removing", path, source })?;
             }
         }
-        Ok(dir)
+        Ok(())
     }
 
     /// Hands `path` to the reader group with `mode`, when there is one.
@@ -283,7 +301,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), SecretError> {
     let io = |action, source| SecretError::Io { action, path: path.to_owned(), source };
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("secret");
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    // Unique per write: two requests writing one secret must not share a file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.{}.{n}.tmp", std::process::id()));
     let written = (|| {
         let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         f.write_all(bytes)?;
@@ -354,6 +375,8 @@ mod tests {
         store.update(&a, b"uno").expect("update");
         store.materialize(&f, std::slice::from_ref(&a)).expect("one");
         assert_eq!(fs::read(mount.join("a")).expect("a"), b"uno");
+        assert!(mount.join("b").exists(), "kept until the new list serves");
+        store.prune(&f, std::slice::from_ref(&a)).expect("prune");
         assert!(!mount.join("b").exists());
         let missing = SecretName::parse("missing").expect("name");
         assert!(matches!(store.materialize(&f, &[missing]), Err(SecretError::NotFound(_))));

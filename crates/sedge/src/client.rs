@@ -2,7 +2,6 @@
 //! `{"error": ...}` answers into readable messages.
 
 use anyhow::{anyhow, Context, Result};
-use base64::Engine;
 use ureq::http::{Method, Request};
 use ureq::Agent;
 
@@ -63,10 +62,7 @@ impl Client {
 
     /// Sends the admin credential with every request.
     pub fn with_password(mut self, password: Option<&str>) -> Self {
-        self.auth = password.map(|p| {
-            let pair = format!("{}:{p}", sedge_store::secrets::ADMIN_USER);
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
-        });
+        self.auth = password.map(sedge_store::secrets::admin_basic_auth);
         self
     }
 

@@ -9,14 +9,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-/// Where the password came from, for `sedge login` to report.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Source {
-    Env,
-    Login(PathBuf),
-    NodeFile(PathBuf),
-}
-
 fn key(gateway: &str) -> String {
     gateway.trim_end_matches('/').to_owned()
 }
@@ -93,21 +85,21 @@ fn node_file() -> PathBuf {
     data.join("secrets").join("admin-password")
 }
 
-pub fn find(gateway: &str) -> Result<Option<(String, Source)>> {
+pub fn find(gateway: &str) -> Result<Option<String>> {
     if let Ok(p) = std::env::var("SEDGE_PASSWORD") {
         if !p.trim().is_empty() {
-            return Ok(Some((p.trim().to_owned(), Source::Env)));
+            return Ok(Some(p.trim().to_owned()));
         }
     }
     if let Some(p) = read_logins()?.get(&key(gateway)) {
-        return Ok(Some((p.clone(), Source::Login(config_file().unwrap_or_default()))));
+        return Ok(Some(p.clone()));
     }
     if is_local(gateway) {
         let path = node_file();
         if let Ok(text) = std::fs::read_to_string(&path) {
             let p = text.trim().to_owned();
             if !p.is_empty() {
-                return Ok(Some((p, Source::NodeFile(path))));
+                return Ok(Some(p));
             }
         }
     }

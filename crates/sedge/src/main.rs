@@ -55,7 +55,7 @@ fn main() {
     // The bench starts a node of its own unless one was named.
     let gateway_given = matches.value_source("gateway").is_some_and(|s| s != ValueSource::DefaultValue);
     let password = match credentials::find(&cli.gateway) {
-        Ok(found) => found.map(|(p, _)| p),
+        Ok(found) => found,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::exit(1);

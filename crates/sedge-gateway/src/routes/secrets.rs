@@ -80,6 +80,8 @@ pub async fn list(
 pub async fn create(axum::extract::State(node): Shared, body: Bytes) -> Result<StatusCode, ApiError> {
     let b = parse(&body)?;
     let (name, value) = (name(&b.name)?, value(&b)?);
+    // Held so two creates of one name cannot both pass the existence check.
+    let _guard = node.deploy_lock.lock().await;
     let secrets = node.secrets.clone();
     blocking(move || Ok(secrets.create(&name, &value)?)).await?;
     Ok(StatusCode::CREATED)

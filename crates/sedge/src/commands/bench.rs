@@ -183,7 +183,7 @@ async fn cold_starts(url: &str) -> Option<u64> {
     let headers: Vec<(String, String)> = crate::credentials::find(base)
         .ok()
         .flatten()
-        .map(|(p, _)| ("authorization".to_owned(), sedge_bench::node::basic_auth(&p)))
+        .map(|p| ("authorization".to_owned(), sedge_store::secrets::admin_basic_auth(&p)))
         .into_iter()
         .collect();
     let answer =
@@ -288,8 +288,8 @@ fn gateway_credentials(exp: &Experiment, gateway: Option<&str>) -> Result<Vec<(S
     let mut found = Vec::new();
     for g in gateway.into_iter().chain(named) {
         let g = g.trim_end_matches('/').to_owned();
-        if let Some((password, _)) = crate::credentials::find(&g)? {
-            found.push((g, sedge_bench::node::basic_auth(&password)));
+        if let Some(password) = crate::credentials::find(&g)? {
+            found.push((g, sedge_store::secrets::admin_basic_auth(&password)));
         }
     }
     Ok(found)

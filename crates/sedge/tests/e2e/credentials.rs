@@ -334,3 +334,23 @@ fn without_the_sandbox_secrets_are_in_sedge_secrets_dir() {
     let text = node.post("/function/named", b"").text();
     assert!(text.starts_with("plain "), "{text}");
 }
+
+#[test]
+fn a_refused_redeploy_leaves_the_serving_versions_secrets_and_token() {
+    let node = Node::start();
+    let json = [("content-type", "application/json")];
+    for body in [&br#"{"name": "db-password", "value": "v1"}"#[..], br#"{"name": "other", "value": "v2"}"#] {
+        assert_eq!(node.request("POST", "/system/secrets", &json, body).status, 201);
+    }
+    let v1 = FnDir::python("keeper", "secrets = [\"db-password\"]\n[auth]\ninvoke = true\n", READ_SECRET);
+    node.deploy(v1.path());
+    let token = node.describe("keeper")["sedge"]["auth"]["token"].as_str().expect("token").to_owned();
+    let bearer = format!("Bearer {token}");
+    // A new version naming another secret, without invoke auth, that does not load.
+    let v2 = FnDir::python("keeper", "secrets = [\"other\"]\n", "import no_such_module\n");
+    let out = node.cli(&["deploy", "--wait", v2.path().to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let a = node.request_raw("POST", "/function/keeper", &[("authorization", &bearer)], b"");
+    assert_eq!((a.status, a.text().as_str()), (200, "v1 v1"), "the serving version lost its secret or token");
+    assert_eq!(node.request_raw("POST", "/function/keeper", &[], b"").status, 401);
+}

@@ -116,8 +116,7 @@ impl Node {
 
     /// `Authorization` for the admin credential, HTTP Basic as faas-cli sends it.
     pub fn basic_auth(&self) -> String {
-        use base64::Engine;
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("admin:{}", self.password)))
+        sedge_store::secrets::admin_basic_auth(&self.password)
     }
 
     /// A request with the admin credential on `/system/` paths (unless the
