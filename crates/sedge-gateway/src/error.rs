@@ -43,6 +43,14 @@ impl ApiError {
         )
     }
 
+    /// A body that kept trickling in but did not arrive whole in time.
+    pub fn body_late(within: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive whole within {}", humantime::format_duration(within)),
+        )
+    }
+
     /// A failure the caller cannot fix: logged in full, answered briefly.
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         tracing::error!("{context}: {err}");

@@ -170,14 +170,9 @@ pub async fn deploy_file(
         // Content-addressed: the same folder is the same bundle. Its workers
         // keep serving; the staged copy is the serving one, so only the
         // upload goes.
-        let name = serving.spec().name.clone();
+        node.set_deploy_error(serving.spec().name.as_str(), None);
+        let record = staged.record.clone();
         drop(staged);
-        node.set_deploy_error(name.as_str(), None);
-        let store = node.store.clone();
-        let n = name.clone();
-        let record = blocking(move || Ok(store.list()?.into_iter().find(|r| r.spec.name == n)))
-            .await?
-            .ok_or_else(|| ApiError::internal("deploy", format!("{name} serves but is not in the store")))?;
         return Ok(Deployed { existed: true, record, pending: false, unchanged: true });
     }
     let pool = node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone());

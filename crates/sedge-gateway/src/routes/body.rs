@@ -115,9 +115,14 @@ pub async fn read_body(body: Body, limit: u64, memory: &BodyMemory, held: &mut H
         if size > limit {
             return Err(BodyError::Over(size));
         }
-        if !memory.grow(held, size) {
+        // What the buffer holds is its capacity, not its length: take the
+        // doubled capacity from the budget first, then allocate exactly it.
+        let need = buf.len() + chunk.len();
+        let capacity = if need > buf.capacity() { need.max(buf.capacity() * 2) } else { buf.capacity() };
+        if !memory.grow(held, capacity as u64) {
             return Err(BodyError::NoMemory);
         }
+        buf.reserve_exact(capacity - buf.len());
         buf.extend_from_slice(&chunk);
     }
     Ok(buf)

@@ -87,7 +87,14 @@ async fn call(node: &crate::Node, pool: &Pool, name: &str, path: String, req: Re
     }
     let admission = pool.admit().map_err(|e| refuse(e.into()))?;
     let mut held = Held::default();
-    let body = read_body(body, limit, &node.body_memory, &mut held).await.map_err(|e| {
+    // The body's progress timeout restarts at every byte; this bounds the
+    // whole read, so a client trickling a byte at a time cannot hold the
+    // queue place it was admitted to beyond the function's own timeout.
+    let within = pool.spec().limits.timeout;
+    let read = tokio::time::timeout(within, read_body(body, limit, &node.body_memory, &mut held))
+        .await
+        .map_err(|_| refuse(ApiError::body_late(within)))?;
+    let body = read.map_err(|e| {
         refuse(match e {
             BodyError::Over(size) => too_large(size),
             BodyError::NoMemory => ApiError::body_memory_full(node.body_memory.budget()),

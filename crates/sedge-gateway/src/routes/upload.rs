@@ -24,6 +24,9 @@ pub fn admit(node: &Node) -> Result<OwnedSemaphorePermit, ApiError> {
     })
 }
 
+/// How long an upload may take in all: a 512 MiB bundle at 1 MB/s, with room.
+const UPLOAD_WITHIN: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 fn too_large(limit: u64) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("bundle is over the node's limit of {limit} bytes"))
 }
@@ -41,15 +44,20 @@ pub async fn receive(node: &Arc<Node>, headers: &HeaderMap, body: Body) -> Resul
     let mut file = tokio::fs::File::from_std(file);
     let mut stream = body.into_data_stream();
     let mut size: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the bundle: {e}")))?;
-        size += chunk.len() as u64;
-        if size > limit {
-            return Err(too_large(limit));
+    let copy = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("could not read the bundle: {e}")))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(too_large(limit));
+            }
+            file.write_all(&chunk).await.map_err(|e| ApiError::internal("writing the upload", e))?;
         }
-        file.write_all(&chunk).await.map_err(|e| ApiError::internal("writing the upload", e))?;
-    }
-    file.flush().await.map_err(|e| ApiError::internal("writing the upload", e))?;
+        file.flush().await.map_err(|e| ApiError::internal("writing the upload", e))
+    };
+    // Bounds the whole upload, as the progress timeout alone would let a
+    // trickling client hold one of the few upload slots for ever.
+    tokio::time::timeout(UPLOAD_WITHIN, copy).await.map_err(|_| ApiError::body_late(UPLOAD_WITHIN))??;
     if size == 0 {
         return Err(ApiError::bad_request("empty body: expected a tar.gz of the function's folder"));
     }

@@ -224,10 +224,26 @@ fn remove_stale(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("sedge-")).and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("sedge-")) else { continue };
+        let (digits, node_leaf) = match rest.strip_suffix("-node") {
+            Some(d) => (d, true),
+            None => (rest, false),
         };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        let Ok(pid) = digits.parse::<u32>() else { continue };
+        let own = pid == std::process::id();
+        if node_leaf {
+            // Where a v2 node moved itself: empty once that node is gone;
+            // this node's own may hold it right now.
+            if !own && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+            continue;
+        }
+        // This node has made no group yet, so one named with its own pid
+        // was left by an earlier process with the same pid (a container's
+        // pid 1 restarted): stale too, or its workers' counters would be
+        // taken for this node's.
+        if !own && Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
         let parent = entry.path();

@@ -472,3 +472,30 @@ fn on_stop_requests_in_flight_finish_and_idle_connections_close() {
     assert_eq!((a.status, a.body.as_str()), (200, "released 5"));
     assert!(stopper.join().expect("stopper").success());
 }
+
+#[test]
+fn a_body_trickled_in_is_cut_off_at_the_functions_timeout() {
+    // Each byte comes well within the progress timeout; the whole body does
+    // not come within the function's timeout.
+    let (node, _tmp) = node_with(&["--body-timeout", "10m"]);
+    let f = FnDir::python("trickled", "[limits]\ntimeout = \"1s\"\n", ECHO);
+    node.deploy(f.path());
+    let mut s = connect(&addr(&node));
+    s.write_all(post_head("/function/trickled", 100, "").as_bytes()).expect("head");
+    let writer = {
+        let mut s = s.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            for _ in 0..100 {
+                if s.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let a = read_answer(&mut s);
+    assert_eq!(a.status, 408, "{}", a.body);
+    assert!(a.error().contains("did not arrive whole within 1s"), "{}", a.error());
+    drop(s);
+    let _ = writer.join();
+}
