@@ -1174,7 +1174,19 @@ function loadHandler(functionDir, handlerName, style) {
   return handler;
 }
 
+/** Makes the node_modules sedge installed from the function's package.json
+ * visible to require() from the function's folder, as NODE_PATH would for a
+ * process started with it (a spare was started before it knew). */
+function addFunctionModules() {
+  const folder = process.env.SEDGE_MODULES_DIR;
+  if (!folder) return;
+  const Module = require('module');
+  process.env.NODE_PATH = [folder, process.env.NODE_PATH].filter(Boolean).join(path.delimiter);
+  Module._initPaths();
+}
+
 function requireFunctionModule(file) {
+  addFunctionModules();
   try {
     return require(file);
   } catch (err) {

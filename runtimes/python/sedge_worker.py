@@ -343,10 +343,26 @@ def read_max_answer():
     return min(int(text), MAX_BODY)
 
 
+def add_function_packages():
+    """Puts the packages sedge installed from the function's requirements.txt
+    ahead of the node's own, so a pinned version wins over the one the
+    node's interpreter happens to have; their .pth files are honoured."""
+    folder = os.environ.get("SEDGE_MODULES_DIR", "")
+    if not folder:
+        return
+    import site
+
+    before = list(sys.path)
+    site.addsitedir(folder)
+    added = [p for p in sys.path if p not in before]
+    sys.path[:] = added + before
+
+
 def load_handler(function_dir, handler_name):
     module_name, _, func_name = handler_name.rpartition(".")
     if not module_name or not func_name:
         raise LoadError(f"handler {handler_name!r} is not of the form module.function")
+    add_function_packages()
     sys.path.insert(0, function_dir)
     try:
         module = importlib.import_module(module_name)

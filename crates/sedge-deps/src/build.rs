@@ -81,7 +81,12 @@ impl Builder {
 
     /// The environment `recipe` describes, built if it does not exist yet;
     /// every output line of the installer goes to `log`.
-    pub async fn ensure(&self, recipe: &Recipe, bundle: &Path, log: &(dyn Fn(&str) + Send + Sync)) -> Result<Env, DepsError> {
+    pub async fn ensure(
+        &self,
+        recipe: &Recipe,
+        bundle: &Path,
+        log: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<Env, DepsError> {
         let tool = self.tool_id(recipe).await?;
         let key = recipe.key(&tool);
         let root = self.envs.join(&key);
@@ -169,7 +174,12 @@ impl Builder {
         cmd
     }
 
-    async fn run(&self, mut cmd: Command, file: &'static str, log: &(dyn Fn(&str) + Send + Sync)) -> Result<(), DepsError> {
+    async fn run(
+        &self,
+        mut cmd: Command,
+        file: &'static str,
+        log: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), DepsError> {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).process_group(0);
         let program = cmd.as_std().get_program().to_string_lossy().into_owned();
         let mut child = cmd.spawn().map_err(|e| DepsError::ToolMissing {

@@ -89,12 +89,8 @@ pub fn check_requirements(text: &str) -> Result<Vec<String>, DepsError> {
         if line.is_empty() {
             continue;
         }
-        let refuse = |why: &str| DepsError::Refused {
-            file: REQUIREMENTS,
-            line: n,
-            text: line.clone(),
-            why: why.to_owned(),
-        };
+        let refuse =
+            |why: &str| DepsError::Refused { file: REQUIREMENTS, line: n, text: line.clone(), why: why.to_owned() };
         if line.contains("${") {
             return Err(refuse("environment variables are not expanded in a function's requirements"));
         }

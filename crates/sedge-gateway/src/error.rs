@@ -104,6 +104,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<sedge_deps::DepsError> for ApiError {
+    fn from(e: sedge_deps::DepsError) -> Self {
+        if e.is_users() {
+            Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        } else {
+            Self::internal("installing the function's dependencies", e)
+        }
+    }
+}
+
 impl From<SecretError> for ApiError {
     fn from(e: SecretError) -> Self {
         match e {

@@ -11,6 +11,7 @@
 //! invocation), `sedge-core` (specs, error kinds).
 
 pub mod auth;
+pub mod deps;
 pub mod error;
 pub mod metrics;
 mod routes;
@@ -55,6 +56,9 @@ pub struct Node {
     pub metrics_open: bool,
     pub secrets: Arc<SecretStore>,
     pub tokens: auth::Tokens,
+    /// Installs functions' requirements.txt / package.json; without it a
+    /// folder that has one is refused.
+    pub deps: Option<Arc<sedge_deps::Builder>>,
 }
 
 impl Node {
@@ -73,7 +77,14 @@ impl Node {
             metrics_open: true,
             secrets,
             tokens: auth::Tokens::default(),
+            deps: None,
         }
+    }
+
+    /// Installs functions' own dependencies with `builder`.
+    pub fn with_deps(mut self, builder: Arc<sedge_deps::Builder>) -> Self {
+        self.deps = Some(builder);
+        self
     }
 
     /// The largest archive accepted and how many are received at once.
@@ -138,7 +149,7 @@ pub async fn deploy(node: &Arc<Node>, name: FunctionName, archive: Vec<u8>, wait
         Ok(file.into_temp_path())
     })
     .await?;
-    deploy_file(node, name, file, wait).await
+    deploy_file(node, name, file, wait, None).await
 }
 
 /// Deploys the bundle (a tar.gz of a function folder) in `archive` as
@@ -150,12 +161,15 @@ pub async fn deploy(node: &Arc<Node>, name: FunctionName, archive: Vec<u8>, wait
 /// learns the outcome; without, it warms in the background and on failure
 /// the old version keeps serving and the error is kept for describe. The
 /// store is committed only when the new version serves, so a restart
-/// serves what served before it.
+/// serves what served before it. The folder's own dependencies are
+/// installed first (their output also goes to `progress`); a failed install
+/// refuses the version.
 pub async fn deploy_file(
     node: &Arc<Node>,
     name: FunctionName,
     archive: TempPath,
     wait: bool,
+    progress: Option<deps::Progress>,
 ) -> Result<Deployed, ApiError> {
     let guard = node.deploy_lock.clone().lock_owned().await;
     let old = node.runtime.get(name.as_str());
@@ -175,7 +189,20 @@ pub async fn deploy_file(
         drop(staged);
         return Ok(Deployed { existed: true, record, pending: false, unchanged: true });
     }
-    let pool = node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone());
+    let env = match deps::install(node, &staged.record.spec, &staged.record.dir, progress.as_ref()).await {
+        Ok(env) => env,
+        Err(e) => {
+            let name = staged.record.spec.name.to_string();
+            let store = node.store.clone();
+            let _ = blocking(move || Ok(store.discard(staged)?)).await;
+            if old.is_some() {
+                node.set_deploy_error(&name, Some(e.message.clone()));
+            }
+            return Err(e);
+        }
+    };
+    let deps = env.map(|e| e.modules);
+    let pool = node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone(), deps);
     let existed = old.is_some();
     if old.is_none() && !wait {
         let record = switch(node, staged, pool, None).await?;
@@ -265,6 +292,7 @@ pub(crate) fn retire(node: Arc<Node>, old: Arc<Pool>) {
             Ok(false) => {}
             Err(e) => tracing::warn!("removing the folder of a replaced version of {}: {}", old.spec().name, e.message),
         }
+        deps::release(&node, old.deps().cloned()).await;
     });
 }
 
@@ -288,8 +316,18 @@ pub async fn restore(node: &Arc<Node>) -> Result<usize, ApiError> {
         if let Err(e) = prepared {
             tracing::error!("function {}: {}", r.spec.name, e.message);
         }
-        let pool = node.runtime.prepare(r.spec.clone(), r.dir.clone());
+        let deps = match deps::install(node, &r.spec, &r.dir, None).await {
+            Ok(env) => env.map(|e| e.modules),
+            Err(e) => {
+                // Served anyway, so the failure shows where the function is looked at.
+                tracing::error!("function {}: {}", r.spec.name, e.message);
+                node.set_deploy_error(r.spec.name.as_str(), Some(e.message));
+                None
+            }
+        };
+        let pool = node.runtime.prepare(r.spec.clone(), r.dir.clone(), deps);
         node.runtime.install(pool);
     }
+    deps::sweep(node).await;
     Ok(records.len())
 }

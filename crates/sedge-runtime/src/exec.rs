@@ -8,7 +8,6 @@
 //! function's `max_answer`; past it the run is killed.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::pool::FunctionShared;
 use crate::sandbox::WorkerCgroup;
-use crate::RuntimeConfig;
+use crate::{RuntimeConfig, WorkerFiles};
 
 /// Bytes of stderr quoted in a failure's message.
 const STDERR_QUOTE: usize = 2000;
@@ -27,7 +26,7 @@ const MAX_STDERR: u64 = 1024 * 1024;
 
 pub struct ExecWorker {
     spec: FunctionSpec,
-    dir: PathBuf,
+    files: WorkerFiles,
     instance: String,
     shared: Arc<FunctionShared>,
     config: Arc<RuntimeConfig>,
@@ -56,13 +55,13 @@ fn header_var(name: &str) -> String {
 impl ExecWorker {
     pub fn new(
         spec: FunctionSpec,
-        dir: PathBuf,
+        files: WorkerFiles,
         instance: String,
         shared: Arc<FunctionShared>,
         config: Arc<RuntimeConfig>,
     ) -> Result<Self, String> {
         let cgroup = config.exec_cgroup(&spec.limits, shared.oom_kills.clone())?;
-        Ok(Self { spec, dir, instance, shared, config, cgroup })
+        Ok(Self { spec, files, instance, shared, config, cgroup })
     }
 
     /// Runs the command once. Dropping the future (a timeout) kills it.
@@ -75,16 +74,10 @@ impl ExecWorker {
         let start_failed = |message: String| InvokeError::StartFailed { function: function.clone(), message };
         let mut cmd = self
             .config
-            .command_in(
-                program,
-                &self.spec.limits,
-                &self.dir,
-                self.config.secrets_of(&self.spec).as_deref(),
-                self.cgroup.as_ref(),
-            )
+            .command_in(program, &self.spec.limits, &self.files, self.cgroup.as_ref())
             .map_err(start_failed)?;
         cmd.args(args)
-            .current_dir(&self.dir)
+            .current_dir(&self.files.bundle)
             .envs(&self.spec.env)
             .env("SEDGE_FUNCTION", &function)
             .env("Http_Method", &inv.method)

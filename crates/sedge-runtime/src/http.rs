@@ -10,7 +10,6 @@
 //! `max_answer` and no further.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use tokio::sync::Notify;
 use crate::group::ProcessGroup;
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::pool::FunctionShared;
-use crate::RuntimeConfig;
+use crate::{RuntimeConfig, WorkerFiles};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const READY_POLL: Duration = Duration::from_millis(10);
@@ -61,7 +60,7 @@ fn free_port() -> std::io::Result<u16> {
 impl HttpWorker {
     pub async fn start(
         spec: &FunctionSpec,
-        dir: &Path,
+        files: &WorkerFiles,
         instance: String,
         shared: Arc<FunctionShared>,
         config: &RuntimeConfig,
@@ -70,10 +69,9 @@ impl HttpWorker {
         let words = spec.command_words();
         let Some((program, args)) = words.split_first() else { return Err("empty command".to_owned()) };
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let (mut cmd, cgroup) =
-            config.command(program, &spec.limits, dir, config.secrets_of(spec).as_deref(), shared.oom_kills.clone())?;
+        let (mut cmd, cgroup) = config.command(program, &spec.limits, files, shared.oom_kills.clone())?;
         cmd.args(args)
-            .current_dir(dir)
+            .current_dir(&files.bundle)
             .envs(&spec.env)
             .env("PORT", port.to_string())
             .env("SEDGE_FUNCTION", spec.name.as_str())

@@ -79,15 +79,14 @@ impl RuntimeConfig {
         &self,
         program: &str,
         limits: &sedge_core::Limits,
-        dir: &Path,
-        secrets: Option<&Path>,
+        files: &WorkerFiles,
         oom_kills: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<(tokio::process::Command, Option<sandbox::WorkerCgroup>), String> {
         let (mut cmd, cgroup) = match &self.sandbox {
-            Some(s) => s.command(program, limits, dir, secrets, oom_kills)?,
+            Some(s) => s.command(program, limits, files, oom_kills)?,
             None => (tokio::process::Command::new(program), None),
         };
-        self.secrets_env(&mut cmd, secrets);
+        cmd.envs(self.files_env(files));
         Ok((cmd, cgroup))
     }
 
@@ -97,12 +96,18 @@ impl RuntimeConfig {
         (!spec.secrets.is_empty()).then(|| root.join(spec.name.as_str()))
     }
 
-    /// Tells the worker where its secrets are: the OpenFaaS path inside a
-    /// sandbox, the folder itself without one.
-    fn secrets_env(&self, cmd: &mut tokio::process::Command, secrets: Option<&Path>) {
-        if let Some(dir) = secrets {
-            cmd.env("SEDGE_SECRETS_DIR", self.secrets_seen_at(dir));
+    /// Tells the worker where its secrets are (the OpenFaaS path inside a
+    /// sandbox, the folder itself without one) and where its installed
+    /// dependencies are (the same path everywhere).
+    pub(crate) fn files_env(&self, files: &WorkerFiles) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(dir) = &files.secrets {
+            env.push(("SEDGE_SECRETS_DIR".to_owned(), self.secrets_seen_at(dir).to_string_lossy().into_owned()));
         }
+        if let Some(dir) = &files.deps {
+            env.push(("SEDGE_MODULES_DIR".to_owned(), dir.to_string_lossy().into_owned()));
+        }
+        env
     }
 
     /// Where a worker sees the secrets folder `dir`.
@@ -132,15 +137,14 @@ impl RuntimeConfig {
         &self,
         program: &str,
         limits: &sedge_core::Limits,
-        dir: &Path,
-        secrets: Option<&Path>,
+        files: &WorkerFiles,
         cgroup: Option<&sandbox::WorkerCgroup>,
     ) -> Result<tokio::process::Command, String> {
         let mut cmd = match &self.sandbox {
-            Some(s) => s.command_in(program, limits, dir, secrets, cgroup)?,
+            Some(s) => s.command_in(program, limits, files, cgroup)?,
             None => tokio::process::Command::new(program),
         };
-        self.secrets_env(&mut cmd, secrets);
+        cmd.envs(self.files_env(files));
         Ok(cmd)
     }
 
@@ -171,6 +175,18 @@ impl RuntimeConfig {
     }
 }
 
+/// What a worker of one version reads besides the node's own files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerFiles {
+    /// The unpacked bundle: the worker's working directory.
+    pub bundle: PathBuf,
+    /// The function's secret files, when it names any.
+    pub secrets: Option<PathBuf>,
+    /// Its installed dependencies (`sedge-deps`): a Python packages folder
+    /// or a `node_modules`, put on the module search path.
+    pub deps: Option<PathBuf>,
+}
+
 /// Every deployed function's pool, by name.
 pub struct Runtime {
     config: Arc<RuntimeConfig>,
@@ -192,11 +208,13 @@ impl Runtime {
         shared.entry(name.to_owned()).or_default().clone()
     }
 
-    /// A pool for a new version, not yet serving: warm it, then [`Self::install`] it.
-    pub fn prepare(&self, spec: FunctionSpec, dir: PathBuf) -> Arc<Pool> {
+    /// A pool for a new version, not yet serving: warm it, then
+    /// [`Self::install`] it. `deps` is the folder of its installed
+    /// dependencies, if it has any.
+    pub fn prepare(&self, spec: FunctionSpec, dir: PathBuf, deps: Option<PathBuf>) -> Arc<Pool> {
         let shared = self.shared(spec.name.as_str());
         let kind = spec.runtime;
-        let pool = Pool::new(spec, dir, self.config.clone(), self.spares.clone(), shared);
+        let pool = Pool::new(spec, dir, deps, self.config.clone(), self.spares.clone(), shared);
         if Spare::suits(pool.spec()) {
             self.spares.fill(kind, &pool.spare_target());
         }

@@ -22,7 +22,7 @@ use crate::http::HttpWorker;
 use crate::logs::FunctionLogs;
 use crate::process::{Launch, ProcessWorker, Spare, SpareTarget};
 use crate::spares::Spares;
-use crate::RuntimeConfig;
+use crate::{RuntimeConfig, WorkerFiles};
 
 /// After a worker fails to start, requests fail fast with that error for
 /// this long instead of starting a doomed worker each.
@@ -105,6 +105,7 @@ pub struct PoolStats {
 pub struct Pool {
     spec: FunctionSpec,
     dir: PathBuf,
+    deps: Option<PathBuf>,
     config: Arc<RuntimeConfig>,
     spares: Arc<Spares>,
     shared: Arc<FunctionShared>,
@@ -177,6 +178,7 @@ impl Pool {
     pub fn new(
         spec: FunctionSpec,
         dir: PathBuf,
+        deps: Option<PathBuf>,
         config: Arc<RuntimeConfig>,
         spares: Arc<Spares>,
         shared: Arc<FunctionShared>,
@@ -195,6 +197,7 @@ impl Pool {
             }),
             spec,
             dir,
+            deps,
             config,
             spares,
             shared,
@@ -206,12 +209,17 @@ impl Pool {
 
     /// What a spare for this version is started with, when spares are per function.
     pub(crate) fn spare_target(&self) -> SpareTarget {
-        SpareTarget {
-            limits: self.spec.limits.clone(),
-            dir: self.dir.clone(),
-            secrets: self.config.secrets_of(&self.spec),
-            oom_kills: self.shared.oom_kills.clone(),
-        }
+        SpareTarget { limits: self.spec.limits.clone(), files: self.files(), oom_kills: self.shared.oom_kills.clone() }
+    }
+
+    /// What this version's workers read besides the node's own files.
+    pub fn files(&self) -> WorkerFiles {
+        WorkerFiles { bundle: self.dir.clone(), secrets: self.config.secrets_of(&self.spec), deps: self.deps.clone() }
+    }
+
+    /// The folder of this version's installed dependencies, if any.
+    pub fn deps(&self) -> Option<&PathBuf> {
+        self.deps.as_ref()
     }
 
     pub fn spec(&self) -> &FunctionSpec {
@@ -435,7 +443,7 @@ impl Pool {
             RuntimeKind::Exec => {
                 let exec = ExecWorker::new(
                     self.spec.clone(),
-                    self.dir.clone(),
+                    self.files(),
                     instance,
                     self.shared.clone(),
                     self.config.clone(),
@@ -450,17 +458,18 @@ impl Pool {
                     }
                 });
                 let http =
-                    HttpWorker::start(&self.spec, &self.dir, instance, self.shared.clone(), &self.config, on_exit)
+                    HttpWorker::start(&self.spec, &self.files(), instance, self.shared.clone(), &self.config, on_exit)
                         .await?;
                 return Ok(Worker { id, engine: Engine::Http(http) });
             }
         };
         let shim = self.config.shim(self.spec.runtime);
         let me = self.me.clone();
+        let files = self.files();
         let launch = Launch {
             program,
             shim: &shim,
-            dir: &self.dir,
+            files: &files,
             instance,
             shared: self.shared.clone(),
             config: &self.config,

@@ -50,7 +50,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, InvokeError>
 pub struct Launch<'a> {
     pub program: &'a str,
     pub shim: &'a Path,
-    pub dir: &'a Path,
+    pub files: &'a crate::WorkerFiles,
     pub instance: String,
     /// The function's log and counters.
     pub shared: Arc<FunctionShared>,
@@ -206,9 +206,8 @@ pub fn function_env(spec: &FunctionSpec) -> BTreeMap<String, String> {
 #[derive(Debug, Clone)]
 pub struct SpareTarget {
     pub limits: sedge_core::Limits,
-    pub dir: std::path::PathBuf,
-    /// The function's secrets folder, bound into the spare's view.
-    pub secrets: Option<std::path::PathBuf>,
+    /// Bound into the spare's view.
+    pub files: crate::WorkerFiles,
     pub oom_kills: Arc<AtomicU64>,
 }
 
@@ -229,7 +228,7 @@ impl Spare {
         target: Option<&SpareTarget>,
     ) -> Result<Self, String> {
         let (mut cmd, cgroup) = match target {
-            Some(t) => config.command(program, &t.limits, &t.dir, t.secrets.as_deref(), t.oom_kills.clone())?,
+            Some(t) => config.command(program, &t.limits, &t.files, t.oom_kills.clone())?,
             None => (tokio::process::Command::new(program), None),
         };
         cmd.arg(shim).arg("--spare").env("PYTHONUNBUFFERED", "1");
@@ -257,16 +256,16 @@ impl Spare {
         matches!(self.spawned.child.try_wait(), Ok(None))
     }
 
-    /// Makes the spare a worker of `spec`, running in `launch.dir`.
+    /// Makes the spare a worker of `spec`, running in its bundle folder.
     pub async fn assign(mut self, spec: &FunctionSpec, launch: Launch<'_>) -> Result<ProcessWorker, String> {
         self.spawned.target.set(spec.name.to_string(), launch.instance, launch.shared);
         let mut env = function_env(spec);
         // A spare was started before it knew its function (or, sandboxed,
-        // for it): the secrets' place comes with the function's variables.
-        if let Some(dir) = launch.config.secrets_of(spec) {
-            env.insert("SEDGE_SECRETS_DIR".into(), launch.config.secrets_seen_at(&dir).to_string_lossy().into_owned());
-        }
-        let load = Header::Load { dir: launch.dir.to_string_lossy().into_owned(), handler: spec.handler.clone(), env };
+        // for it): the places of its secrets and dependencies come with the
+        // function's variables.
+        env.extend(launch.config.files_env(launch.files));
+        let dir = &launch.files.bundle;
+        let load = Header::Load { dir: dir.to_string_lossy().into_owned(), handler: spec.handler.clone(), env };
         let frame = encode_head(&load, 0).map_err(|e| e.to_string())?;
         // Dropped mid-write, the spare is dropped too (and killed): no one
         // else ever reads this channel.
@@ -280,14 +279,10 @@ impl Spare {
 impl ProcessWorker {
     /// Starts a fresh process and waits until the user's module has loaded.
     pub async fn start(spec: &FunctionSpec, launch: Launch<'_>) -> Result<Self, String> {
-        let (mut cmd, cgroup) = launch.config.command(
-            launch.program,
-            &spec.limits,
-            launch.dir,
-            launch.config.secrets_of(spec).as_deref(),
-            launch.shared.oom_kills.clone(),
-        )?;
-        cmd.arg(launch.shim).arg(launch.dir).arg(&spec.handler).current_dir(launch.dir).envs(function_env(spec));
+        let (mut cmd, cgroup) =
+            launch.config.command(launch.program, &spec.limits, launch.files, launch.shared.oom_kills.clone())?;
+        let dir = &launch.files.bundle;
+        cmd.arg(launch.shim).arg(dir).arg(&spec.handler).current_dir(dir).envs(function_env(spec));
         cmd.env("PYTHONUNBUFFERED", "1");
         let target = Arc::new(LogTarget::new(spec.name.to_string(), launch.instance, launch.shared));
         Spawned::spawn((cmd, cgroup), launch.program, target, launch.config, spec.limits.memory)?

@@ -59,7 +59,7 @@ impl Spares {
     /// may take.
     fn key(&self, kind: RuntimeKind, target: Option<&SpareTarget>) -> SpareKey {
         let sandboxed = self.config.sandbox.is_some();
-        SpareKey { kind, dir: target.filter(|_| sandboxed).map(|t| t.dir.clone()) }
+        SpareKey { kind, dir: target.filter(|_| sandboxed).map(|t| t.files.bundle.clone()) }
     }
 
     pub async fn take(self: &Arc<Self>, kind: RuntimeKind, target: &SpareTarget) -> Option<Spare> {

@@ -75,6 +75,24 @@ impl Client {
     }
 
     pub fn send(&self, method: &str, path: &str, headers: &[(String, String)], body: Vec<u8>) -> Result<Answer> {
+        let mut resp = self.run(method, path, headers, body)?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .with_context(|| format!("reading the answer from {}", self.base))?;
+        Ok(Answer { status, body })
+    }
+
+    fn run(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
         let method = Method::from_bytes(method.as_bytes()).map_err(|_| anyhow!("invalid HTTP method {method:?}"))?;
         let mut req = Request::builder().method(method).uri(self.url(path));
         for (k, v) in headers {
@@ -86,15 +104,7 @@ impl Client {
             }
         }
         let req = req.body(body).context("invalid request")?;
-        let mut resp = self.agent.run(req).with_context(|| format!("cannot reach the node at {}", self.base))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(u64::MAX)
-            .read_to_vec()
-            .with_context(|| format!("reading the answer from {}", self.base))?;
-        Ok(Answer { status, body })
+        self.agent.run(req).with_context(|| format!("cannot reach the node at {}", self.base))
     }
 
     pub fn get(&self, path: &str) -> Result<Answer> {
@@ -102,17 +112,27 @@ impl Client {
     }
 
     /// GET whose body is read as it arrives, line by line (log following).
-    pub fn get_lines(&self, path: &str, mut each: impl FnMut(&str) -> Result<()>) -> Result<()> {
+    pub fn get_lines(&self, path: &str, each: impl FnMut(&str) -> Result<()>) -> Result<()> {
+        self.send_lines("GET", path, &[], Vec::new(), "reading", each)
+    }
+
+    /// A request whose answer is read as it arrives, line by line; an
+    /// error status is an error.
+    pub fn send_lines(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+        what: &str,
+        mut each: impl FnMut(&str) -> Result<()>,
+    ) -> Result<()> {
         use std::io::BufRead;
-        let mut req = self.agent.get(self.url(path));
-        if let Some(auth) = &self.auth {
-            req = req.header("authorization", auth.as_str());
-        }
-        let resp = req.call().with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let resp = self.run(method, path, headers, body)?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let body = resp.into_body().read_to_vec().unwrap_or_default();
-            return Answer { status, body }.check("reading").map(|_| ());
+            return Answer { status, body }.check(what).map(|_| ());
         }
         let reader = std::io::BufReader::new(resp.into_body().into_reader());
         for line in reader.lines() {

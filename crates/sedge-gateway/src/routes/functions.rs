@@ -79,6 +79,8 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
             },
             "oomKills": shared.oom_kills.load(std::sync::atomic::Ordering::Relaxed),
             "isolation": node.runtime.isolation(&spec.limits),
+            // The environment its requirements.txt / package.json were installed into.
+            "environment": node.runtime.get(name).and_then(|p| p.deps().and_then(|d| crate::deps::key_of(d))),
         },
     })
 }
@@ -208,6 +210,13 @@ pub async fn deploy_image() -> ApiError {
 pub struct DeployQuery {
     #[serde(default)]
     wait: Option<String>,
+    /// Stream the deploy's progress as JSON lines (see [`deploy_bundle`]).
+    #[serde(default)]
+    progress: Option<String>,
+}
+
+fn flag(v: Option<&str>) -> bool {
+    matches!(v, Some("" | "1" | "true" | "yes"))
 }
 
 /// `PUT /system/bundles/{name}[?wait=true]`: the body is a tar.gz of the
@@ -215,6 +224,11 @@ pub struct DeployQuery {
 /// old only once a worker of it has loaded (without `wait` that happens in
 /// the background and the answer is 202), so a failed deploy leaves the
 /// previous version serving.
+///
+/// With `progress=true` the answer is `200` with JSON lines: `{"log": LINE}`
+/// for each line of the dependency install as it happens, then one
+/// `{"status": CODE, "function": {...}}` or `{"status": CODE, "error": ...}`
+/// carrying what the plain answer's status and body would have been.
 pub async fn deploy_bundle(
     State(node): Shared,
     Path(raw): Path<String>,
@@ -223,26 +237,67 @@ pub async fn deploy_bundle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let name = FunctionName::parse(&raw).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let wait = matches!(q.wait.as_deref(), Some("" | "1" | "true" | "yes"));
+    let wait = flag(q.wait.as_deref());
     let slot = upload::admit(&node)?;
     let archive = upload::receive(&node, &headers, body).await?;
+    let (progress, lines) = if flag(q.progress.as_deref()) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<String>(256);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     // Once received, the deploy runs to its end even if the client hangs
     // up, so a half-done stage never leaves a folder behind.
     let task = {
         let node = node.clone();
+        let progress = progress.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            crate::deploy_file(&node, name, archive, wait).await
+            let done = crate::deploy_file(&node, name, archive, wait, progress).await;
+            done.map(|d| deployed_answer(&node, &d))
         })
     };
-    let done = task.await.map_err(|e| ApiError::internal("deploy task", e))??;
+    let Some(mut lines) = lines else {
+        let (code, answer) = task.await.map_err(|e| ApiError::internal("deploy task", e))??;
+        return Ok((code, Json(answer)).into_response());
+    };
+    drop(progress);
+    let (body, chunks) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::convert::Infallible>>(64);
+    tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            // A watcher that hung up stops receiving; the deploy goes on
+            // and its lines are still drained here.
+            let _ = body.send(Ok(json_line(&json!({ "log": line })))).await;
+        }
+        let last = match task.await {
+            Ok(Ok((code, answer))) => json!({ "status": code.as_u16(), "function": answer }),
+            Ok(Err(e)) => json!({ "status": e.status.as_u16(), "error": e.message }),
+            Err(e) => {
+                let e = ApiError::internal("deploy task", e);
+                json!({ "status": e.status.as_u16(), "error": e.message })
+            }
+        };
+        let _ = body.send(Ok(json_line(&last))).await;
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(chunks);
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response())
+}
+
+fn json_line(v: &Value) -> bytes::Bytes {
+    let mut line = v.to_string().into_bytes();
+    line.push(b'\n');
+    bytes::Bytes::from(line)
+}
+
+/// The status and body a finished deploy answers with.
+fn deployed_answer(node: &Node, done: &crate::Deployed) -> (StatusCode, Value) {
     let code = match (done.pending, done.existed) {
         (true, _) => StatusCode::ACCEPTED,
         (false, true) => StatusCode::OK,
         (false, false) => StatusCode::CREATED,
     };
-    let mut answer = status(&node, &done.record);
+    let mut answer = status(node, &done.record);
     answer["pending"] = json!(done.pending);
     answer["unchanged"] = json!(done.unchanged);
-    Ok((code, Json(answer)).into_response())
+    (code, answer)
 }

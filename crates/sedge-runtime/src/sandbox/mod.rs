@@ -26,6 +26,8 @@ use tokio::process::Command;
 use cgroup::CgroupHost;
 pub use cgroup::WorkerCgroup;
 use launch::{Cover, LaunchPlan, View};
+
+use crate::WorkerFiles;
 use policy::{plan_limits, CgroupVersion, DirMode, Enforcement};
 
 /// How long the start-up check of an interpreter may take.
@@ -185,7 +187,8 @@ impl Sandbox {
             cpu_millis: None,
         };
         let dir = self.read_only.first().cloned().unwrap_or_else(|| PathBuf::from("/"));
-        let mut cmd = self.command_in(program, &limits, &dir, None, None)?;
+        let files = WorkerFiles { bundle: dir.clone(), secrets: None, deps: None };
+        let mut cmd = self.command_in(program, &limits, &files, None)?;
         cmd.args(args).current_dir(&dir).stdin(std::process::Stdio::null()).kill_on_drop(true);
         let out = match tokio::time::timeout(CHECK_TIMEOUT, cmd.output()).await {
             Ok(Ok(out)) => out,
@@ -255,12 +258,11 @@ impl Sandbox {
         &self,
         program: &str,
         limits: &Limits,
-        bundle: &Path,
-        secrets: Option<&Path>,
+        files: &WorkerFiles,
         oom_kills: Arc<AtomicU64>,
     ) -> Result<(Command, Option<WorkerCgroup>), String> {
         let cgroup = self.cgroup(limits, oom_kills)?;
-        let cmd = self.command_in(program, limits, bundle, secrets, cgroup.as_ref())?;
+        let cmd = self.command_in(program, limits, files, cgroup.as_ref())?;
         Ok((cmd, cgroup))
     }
 
@@ -276,15 +278,14 @@ impl Sandbox {
         &self,
         program: &str,
         limits: &Limits,
-        bundle: &Path,
-        secrets: Option<&Path>,
+        files: &WorkerFiles,
         cgroup: Option<&WorkerCgroup>,
     ) -> Result<Command, String> {
         let plan = plan_limits(limits, self.cgroups.as_ref().map(|c| c.caps));
         let user = self.user.as_ref().map(|u| (u.uid, u.gid));
         let nproc =
             plan.rlimit_nproc.map(|n| n + processes_of(user.map_or_else(|| nix::unistd::getuid().as_raw(), |u| u.0)));
-        let view = self.user.as_ref().map(|_| self.view(limits, bundle, secrets));
+        let view = self.user.as_ref().map(|_| self.view(limits, files));
         let launch = LaunchPlan {
             cgroup_procs: cgroup.map(WorkerCgroup::procs_files).unwrap_or_default(),
             rlimit_as: plan.rlimit_as,
@@ -305,7 +306,7 @@ impl Sandbox {
         Ok(cmd)
     }
 
-    fn view(&self, limits: &Limits, bundle: &Path, secrets: Option<&Path>) -> View {
+    fn view(&self, limits: &Limits, files: &WorkerFiles) -> View {
         let tmp_size = limits.memory.unwrap_or(DEFAULT_TMP_SIZE);
         let mut covers: Vec<PathBuf> = self.covers.clone();
         covers.extend(PRIVATE_TMP.iter().map(PathBuf::from).filter(|p| p.is_dir()));
@@ -318,10 +319,11 @@ impl Sandbox {
                 Cover { path, mode, size }
             })
             .collect();
-        let bundle = bundle.canonicalize().unwrap_or_else(|_| bundle.to_owned());
+        let bundle = files.bundle.canonicalize().unwrap_or_else(|_| files.bundle.clone());
         let mut read_only = self.read_only.clone();
         read_only.push(bundle.clone());
-        View { covers, read_only, cwd: bundle, secrets: secrets.map(Path::to_owned) }
+        read_only.extend(files.deps.iter().map(|d| d.canonicalize().unwrap_or_else(|_| d.clone())));
+        View { covers, read_only, cwd: bundle, secrets: files.secrets.clone() }
     }
 
     /// The group of the user workers run as, when the node drops to one:

@@ -1,5 +1,6 @@
 //! `sedge serve` flags bounding what one upload may cost the node: the
-//! archive's size, what it unpacks to, and how many are received at once.
+//! archive's size, what it unpacks to, how many are received at once, and
+//! how long installing its dependencies may take.
 
 use sedge_gateway::Node;
 use sedge_store::UnpackLimits;
@@ -35,6 +36,10 @@ pub struct BundleFlags {
     /// Bundle uploads received at once, node-wide; more are answered 503.
     #[arg(long, env = "SEDGE_MAX_UPLOADS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
     max_uploads: u32,
+    /// Longest a function's dependency install (pip for requirements.txt,
+    /// npm for package.json) may take before the deploy fails.
+    #[arg(long, env = "SEDGE_BUILD_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    build_timeout: std::time::Duration,
 }
 
 impl BundleFlags {
@@ -48,7 +53,10 @@ impl BundleFlags {
         }
     }
 
-    pub fn configure(&self, node: Node) -> Node {
-        node.with_upload_limits(self.max_bundle, self.max_uploads as usize)
+    /// Applies the upload limits, and installs functions' dependencies
+    /// into environments under `data` with these interpreters.
+    pub fn configure(&self, node: Node, data: &std::path::Path, python: &str, node_js: &str) -> Node {
+        let builder = sedge_gateway::deps::builder(data, python.to_owned(), node_js.to_owned(), self.build_timeout);
+        node.with_upload_limits(self.max_bundle, self.max_uploads as usize).with_deps(builder)
     }
 }

@@ -219,8 +219,10 @@ async fn serve(args: Args) -> Result<()> {
         .with_context(|| format!("opening the secrets folder in {}", data.display()))?
         .with_reader_group(config.sandbox.as_ref().and_then(|s| s.worker_gid()));
     let access = access(&args, &secrets)?;
+    let (config_python, config_node) = (config.python.clone(), config.node.clone());
     let runtime = Arc::new(Runtime::new(config));
-    let mut node = args.bundles.configure(Node::new(Arc::new(store), runtime.clone(), Arc::new(secrets), access));
+    let node = Node::new(Arc::new(store), runtime.clone(), Arc::new(secrets), access);
+    let mut node = args.bundles.configure(node, &data, &config_python, &config_node);
     node.metrics_open = !args.metrics_auth;
     node.body_memory = sedge_gateway::BodyMemory::new(args.gateway.max_body_memory);
     let node = Arc::new(node);
