@@ -36,19 +36,20 @@ pub async fn install(
     };
     let name = spec.name.to_string();
     let logs = node.runtime.shared(&name);
+    let log = |line: &str| logs.logs.push(&name, BUILD, line.to_owned());
     let say = {
         let progress = progress.cloned();
-        let name = name.clone();
         move |line: &str| {
-            logs.logs.push(&name, BUILD, line.to_owned());
-            if let Some(p) = &progress {
+            log(line);
+            if let Some(p) = progress.as_ref().filter(|_| !line.trim().is_empty()) {
                 // A slow watcher misses lines rather than slowing the build.
                 let _ = p.try_send(line.to_owned());
             }
         }
     };
     say(&format!("installing {} of {name}", recipe.source_file()));
-    let env = builder.ensure(&recipe, dir, &say).await.inspect_err(|e| say(&format!("{e}")))?;
+    // The watcher gets the failure as the deploy's answer; the log keeps it too.
+    let env = builder.ensure(&recipe, dir, &say).await.inspect_err(|e| log(&e.to_string()))?;
     if env.reused {
         say(&format!("{} unchanged: reusing environment {}", recipe.source_file(), env.key));
     } else {

@@ -7,6 +7,7 @@ mod support;
 mod bench;
 mod bundles;
 mod credentials;
+mod dependencies;
 mod examples;
 mod failures;
 mod hostile;

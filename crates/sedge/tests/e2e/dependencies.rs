@@ -1,0 +1,208 @@
+//! Functions that bring their own dependencies: a requirements.txt is
+//! installed with the node's pip (wheels made here, so no index is needed),
+//! a package.json with npm (from the npm registry), each into an environment
+//! reused by every deploy with the same inputs; a failed install refuses the
+//! version and the previous one keeps serving.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{manifest, FnDir, Node};
+
+fn python() -> String {
+    std::env::var("SEDGE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Writes a pure-Python wheel of `name` `version` whose module holds
+/// `VERSION = version` into `dir`; returns its file name.
+fn make_wheel(dir: &Path, name: &str, version: &str) -> String {
+    let file = format!("{name}-{version}-py3-none-any.whl");
+    let script = r#"
+import base64, hashlib, sys, zipfile
+out, name, version = sys.argv[1:4]
+info = f"{name}-{version}.dist-info"
+files = {
+    f"{name}/__init__.py": f"VERSION = {version!r}\n",
+    f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: sedge-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(out, "w") as z:
+    for path, text in files.items():
+        z.writestr(path, text)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text)}")
+    record.append(f"{info}/RECORD,,")
+    z.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+"#;
+    let status = Command::new(python())
+        .args(["-c", script])
+        .arg(dir.join(&file))
+        .args([name, version])
+        .status()
+        .expect("run python");
+    assert!(status.success(), "making the wheel failed");
+    file
+}
+
+/// A python function importing `module` and answering its VERSION, with
+/// a requirements.txt naming `wheel` under wheels/.
+fn versioned(name: &str, module: &str, version: &str) -> FnDir {
+    let code = format!("import {module}\n\ndef handle(req):\n    return {module}.VERSION\n");
+    let dir = FnDir::new(&manifest(name, "python", "handler.handle", ""), &[("handler.py", &code)]);
+    std::fs::create_dir_all(dir.path().join("wheels")).expect("mkdir");
+    let wheel = make_wheel(&dir.path().join("wheels"), module, version);
+    std::fs::write(dir.path().join("requirements.txt"), format!("./wheels/{wheel}\n")).expect("write");
+    dir
+}
+
+fn deploy_cli(node: &Node, dir: &Path) -> (bool, String) {
+    let out = node.cli(&["deploy", "--wait", dir.to_str().expect("utf-8")]);
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn leftovers(node: &Node) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(node.data.join("envs")) else { return vec![] };
+    entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".tmp")).collect()
+}
+
+#[test]
+fn requirements_are_installed_once_and_shared_by_equal_requirements() {
+    let node = Node::start();
+    let first = versioned("first", "sedgedemo", "1.0");
+    let (ok, stderr) = deploy_cli(&node, first.path());
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("Successfully installed sedgedemo-1.0"), "deploy shows the install: {stderr}");
+    assert_eq!(node.post("/function/first", b"").text(), "1.0");
+    let env = node.describe("first")["sedge"]["environment"].as_str().expect("an environment").to_owned();
+    assert!(node.data.join("envs").join(&env).join("sedgedemo").is_dir());
+
+    // Same requirements and wheel bytes in another function: reused, not reinstalled.
+    let second = FnDir::new(
+        &manifest("second", "python", "handler.handle", ""),
+        &[("handler.py", "import sedgedemo\n\ndef handle(req):\n    return 'second ' + sedgedemo.VERSION\n")],
+    );
+    copy_dir(&first.path().join("wheels"), &second.path().join("wheels"));
+    std::fs::copy(first.path().join("requirements.txt"), second.path().join("requirements.txt")).expect("copy");
+    let (ok, stderr) = deploy_cli(&node, second.path());
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains(&format!("reusing environment {env}")), "{stderr}");
+    assert!(!stderr.contains("Successfully installed"), "{stderr}");
+    assert_eq!(node.post("/function/second", b"").text(), "second 1.0");
+
+    // The build's lines are in the function's log.
+    let logs = node.get("/system/logs?name=first").text();
+    assert!(logs.contains("Successfully installed sedgedemo-1.0"), "{logs}");
+    assert!(leftovers(&node).is_empty());
+}
+
+#[test]
+fn installed_packages_come_before_the_nodes_own() {
+    // The node's environment has bottle (the tests' requirements.txt); the
+    // function pins a different one of its own.
+    let node = Node::start();
+    let dir = versioned("pinned", "bottle", "0.0.1");
+    let (ok, stderr) = deploy_cli(&node, dir.path());
+    assert!(ok, "{stderr}");
+    assert_eq!(node.post("/function/pinned", b"").text(), "0.0.1");
+}
+
+#[test]
+fn a_failed_install_refuses_the_version_and_the_previous_one_serves() {
+    let node = Node::start();
+    let dir = FnDir::python("keeper", "", "def handle(req):\n    return 'v1'\n");
+    node.deploy(dir.path());
+    std::fs::write(dir.path().join("handler.py"), "import broken\n\ndef handle(req):\n    return 'v2'\n").expect("write");
+    std::fs::write(dir.path().join("broken-1.0-py3-none-any.whl"), "not a zip file").expect("write");
+    std::fs::write(dir.path().join("requirements.txt"), "./broken-1.0-py3-none-any.whl\n").expect("write");
+    let (ok, stderr) = deploy_cli(&node, dir.path());
+    assert!(!ok, "the deploy must fail: {stderr}");
+    assert!(stderr.contains("422") && stderr.contains("installing requirements.txt failed"), "{stderr}");
+    assert_eq!(stderr.matches("its last lines").count(), 1, "the failure is said once: {stderr}");
+    assert_eq!(node.post("/function/keeper", b"").text(), "v1");
+    let error = node.describe("keeper")["lastDeployError"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("installing requirements.txt failed"), "{error}");
+    assert!(leftovers(&node).is_empty(), "a failed build leaves no folder: {:?}", leftovers(&node));
+
+    // Without the CLI: the plain answer is 422 with the installer's lines.
+    let archive = sedge_store::pack::pack(dir.path()).expect("pack").1;
+    let a = node.request("PUT", "/system/bundles/keeper?wait=true", &[], &archive);
+    assert_eq!(a.status, 422, "{}", a.text());
+    assert!(a.error().to_lowercase().contains("wheel") || a.error().contains("zip"), "{}", a.error());
+}
+
+#[test]
+fn requirements_that_reach_outside_the_folder_are_refused_naming_the_line() {
+    let node = Node::start();
+    let dir = FnDir::python("reacher", "", "def handle(req):\n    return 'x'\n");
+    std::fs::write(dir.path().join("requirements.txt"), "six\n-r /etc/shadow\n").expect("write");
+    let archive = sedge_store::pack::pack(dir.path()).expect("pack").1;
+    let a = node.request("PUT", "/system/bundles/reacher?wait=true", &[], &archive);
+    assert_eq!(a.status, 422, "{}", a.text());
+    assert!(a.error().contains("requirements.txt line 2: option -r is not allowed"), "{}", a.error());
+    assert_eq!(node.post("/function/reacher", b"").status, 404);
+}
+
+#[test]
+fn an_environment_survives_a_restart_and_goes_with_its_last_function() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let node = Node::start_on(&data);
+    let dir = versioned("lasting", "sedgedemo", "2.0");
+    assert!(deploy_cli(&node, dir.path()).0);
+    let env = node.describe("lasting")["sedge"]["environment"].as_str().expect("env").to_owned();
+    node.terminate();
+
+    let node = Node::start_on(&data);
+    assert_eq!(node.post("/function/lasting", b"").text(), "2.0");
+    let logs = node.get("/system/logs?name=lasting").text();
+    assert!(logs.contains(&format!("reusing environment {env}")), "not rebuilt at start: {logs}");
+
+    let out = node.cli(&["rm", "lasting"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    node.wait_for("the environment to go", Duration::from_secs(30), |n| !n.data.join("envs").join(&env).exists());
+}
+
+#[test]
+fn package_json_is_installed_with_npm() {
+    let node = Node::start();
+    let code = "const isNumber = require('is-number');\n\
+                module.exports = async (event) => String(isNumber(event.body.toString()));\n";
+    let dir = FnDir::new(
+        &manifest("numeric", "node", "handler.js", "style = \"openfaas\"\n"),
+        &[("handler.js", code), ("package.json", "{\"name\": \"numeric\", \"dependencies\": {\"is-number\": \"7.0.0\"}}\n")],
+    );
+    let (ok, stderr) = deploy_cli(&node, dir.path());
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("added 1 package"), "{stderr}");
+    assert_eq!(node.post("/function/numeric", b"42").text(), "true");
+    assert_eq!(node.post("/function/numeric", b"forty-two").text(), "false");
+    let env = node.describe("numeric")["sedge"]["environment"].as_str().expect("env").to_owned();
+    assert!(env.starts_with("npm-"), "{env}");
+}
+
+#[test]
+fn ignored_paths_stay_out_of_the_bundle() {
+    let node = Node::start();
+    let code = "import os\n\ndef handle(req):\n    return ' '.join(sorted(os.listdir('.')))\n";
+    let dir = FnDir::new(
+        &manifest("lister", "python", "handler.handle", ""),
+        &[
+            ("handler.py", code),
+            (".sedgeignore", "data/\n"),
+            ("data/big.bin", "large"),
+            (".venv/bin/python", "local"),
+            ("kept.txt", "x"),
+        ],
+    );
+    node.deploy(dir.path());
+    assert_eq!(node.post("/function/lister", b"").text(), ".sedgeignore handler.py kept.txt sedge.toml");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
