@@ -41,6 +41,13 @@ const PASSED_ENV: &[&str] = &[
     "REQUESTS_CA_BUNDLE",
 ];
 
+enum PipStep<'a> {
+    /// Every wheel the requirements need, into a folder of this build's.
+    Download(&'a Path),
+    /// From those and the node's wheel folder only.
+    Install { target: &'a Path, fetched: &'a Path },
+}
+
 /// An environment ready for workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Env {
@@ -101,17 +108,43 @@ impl Builder {
         std::fs::create_dir_all(&self.envs).map_err(io(&self.envs))?;
         let tmp = TempDir::new(self.envs.join(format!(".tmp-{key}-{}", unique())));
         std::fs::create_dir(&tmp.0).map_err(io(&tmp.0))?;
-        let cmd = match recipe {
-            Recipe::Python { .. } => self.pip(bundle, &tmp.0),
+        let file = recipe.source_file();
+        match recipe {
+            Recipe::Python { wheels, private_sources, .. } => {
+                // From the node's wheel folder alone when it has every wheel
+                // needed (no network); else fetched first, then installed
+                // from what was fetched.
+                // Its output is only worth showing if it worked.
+                let held = std::sync::Mutex::new(Vec::new());
+                let hold = |line: &str| held.lock().unwrap_or_else(|p| p.into_inner()).push(line.to_owned());
+                let offline = PipStep::Install { target: &tmp.0, fetched: &self.cache.join("wheels") };
+                if !private_sources && self.run(self.pip(bundle, offline), file, &hold).await.is_ok() {
+                    held.into_inner().unwrap_or_else(|p| p.into_inner()).iter().for_each(|l| log(l));
+                    log("every wheel needed was already on the node: installed without fetching");
+                } else {
+                    self.fetch_and_install(bundle, &tmp.0, wheels, *private_sources, log).await?;
+                }
+            }
             Recipe::Node { package, lock } => {
                 std::fs::write(tmp.0.join(crate::recipe::PACKAGE_JSON), package).map_err(io(&tmp.0))?;
                 if let Some((name, bytes)) = lock {
                     std::fs::write(tmp.0.join(name), bytes).map_err(io(&tmp.0))?;
                 }
-                self.npm(&tmp.0, lock.is_some())
+                self.run(self.npm(&tmp.0, lock.is_some()), file, log).await?;
             }
-        };
-        self.run(cmd, recipe.source_file(), log).await?;
+        }
+        let (store, built) = (self.cache.join("files"), tmp.0.clone());
+        let shared = tokio::task::spawn_blocking(move || crate::share::share_files(&built, &store))
+            .await
+            .map_err(|e| DepsError::Io { path: tmp.0.clone(), source: std::io::Error::other(e) })?
+            .map_err(io(&tmp.0))?;
+        if shared.files > 0 {
+            log(&format!(
+                "{} files ({} MiB) are shared with other environments, not stored again",
+                shared.files,
+                shared.bytes >> 20
+            ));
+        }
         match std::fs::rename(&tmp.0, &root) {
             Ok(()) => tmp.keep(),
             // Built meanwhile by someone else: theirs is as good.
@@ -137,19 +170,79 @@ impl Builder {
         }
     }
 
-    fn pip(&self, bundle: &Path, target: &Path) -> Command {
+    fn pip(&self, bundle: &Path, step: PipStep<'_>) -> Command {
+        let wheels = self.cache.join("wheels");
         let mut cmd = Command::new(&self.python);
         self.installer_env(&mut cmd, Path::new(&self.python).parent());
-        cmd.args(["-m", "pip", "install", "--target"])
-            .arg(target)
+        cmd.args(["-m", "pip"]);
+        match step {
+            PipStep::Download(dest) => cmd.args(["download", "--dest"]).arg(dest),
+            PipStep::Install { target, fetched } => cmd
+                .args(["install", "--no-index", "--no-warn-script-location", "--root-user-action=ignore", "--target"])
+                .arg(target)
+                .arg("--find-links")
+                .arg(fetched),
+        };
+        cmd.arg("--find-links")
+            .arg(&wheels)
             // Installing a wheel runs none of the package's code; building
             // an sdist would, as the node's user.
             .args(["--only-binary=:all:", "--no-input", "--disable-pip-version-check", "--progress-bar", "off"])
-            .args(["--no-warn-script-location", "--cache-dir"])
+            .arg("--cache-dir")
             .arg(self.cache.join("pip"))
             .args(["-r", crate::recipe::REQUIREMENTS])
             .current_dir(bundle);
         cmd
+    }
+
+    /// Fetches every wheel `bundle`'s requirements need into a folder of
+    /// this build's (keeping index wheels for the next build unless the
+    /// function chose its own sources), then installs from it into `target`.
+    async fn fetch_and_install(
+        &self,
+        bundle: &Path,
+        target: &Path,
+        own: &[(String, [u8; 32])],
+        private_sources: bool,
+        log: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(), DepsError> {
+        let file = crate::recipe::REQUIREMENTS;
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| DepsError::Io { path, source }
+        };
+        // The offline attempt may have left part of an install behind.
+        std::fs::remove_dir_all(target).map_err(io(target))?;
+        std::fs::create_dir(target).map_err(io(target))?;
+        let fetched = TempDir::new(self.cache.join(format!(".tmp-download-{}", unique())));
+        std::fs::create_dir_all(&fetched.0).map_err(io(&fetched.0))?;
+        // pip fetches only what its destination lacks: the node's wheels are
+        // linked there first (links, not copies: the same file system).
+        for entry in std::fs::read_dir(self.cache.join("wheels")).into_iter().flatten().flatten() {
+            let _ = std::fs::hard_link(entry.path(), fetched.0.join(entry.file_name()));
+        }
+        self.run(self.pip(bundle, PipStep::Download(&fetched.0)), file, log).await?;
+        if !private_sources {
+            let own: HashSet<&str> = own.iter().filter_map(|(p, _)| p.rsplit('/').next()).collect();
+            self.keep_wheels(&fetched.0, &own).map_err(io(&fetched.0))?;
+        }
+        self.run(self.pip(bundle, PipStep::Install { target, fetched: &fetched.0 }), file, log).await
+    }
+
+    /// Moves wheels fetched from the node's index into its wheel folder for
+    /// the next build; the function's own files (`own`) stay out of it.
+    fn keep_wheels(&self, fetched: &Path, own: &HashSet<&str>) -> std::io::Result<()> {
+        let wheels = self.cache.join("wheels");
+        std::fs::create_dir_all(&wheels)?;
+        for entry in std::fs::read_dir(fetched)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".whl") || own.contains(name.as_str()) || wheels.join(&name).exists() {
+                continue;
+            }
+            std::fs::rename(entry.path(), wheels.join(&name))?;
+        }
+        Ok(())
     }
 
     fn npm_program(&self) -> PathBuf {
@@ -271,6 +364,12 @@ impl Builder {
         }
     }
 
+    /// Removes shared files no environment holds any more.
+    pub fn sweep_files(&self) -> Result<usize, DepsError> {
+        let store = self.cache.join("files");
+        crate::share::sweep(&store).map_err(|source| DepsError::Io { path: store, source })
+    }
+
     /// Removes half-built environments and those no function in `keep`
     /// uses; returns how many went.
     pub fn sweep(&self, keep: &HashSet<String>) -> Result<usize, DepsError> {
@@ -285,6 +384,12 @@ impl Builder {
             if !keep.contains(&name) {
                 self.remove(&name)?;
                 removed += 1;
+            }
+        }
+        // Downloads of builds cut short.
+        for entry in std::fs::read_dir(&self.cache).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
         Ok(removed)

@@ -11,6 +11,7 @@
 
 pub mod build;
 pub mod recipe;
+mod share;
 
 use std::path::{Path, PathBuf};
 
@@ -72,12 +73,12 @@ fn text(file: &'static str, bytes: &[u8]) -> Result<String, DepsError> {
 
 fn python(bundle: &Path) -> Result<Option<Recipe>, DepsError> {
     let Some(requirements) = read(&bundle.join(recipe::REQUIREMENTS))? else { return Ok(None) };
-    let wheel_paths = recipe::check_requirements(&text(recipe::REQUIREMENTS, &requirements)?)?;
+    let checked = recipe::check_requirements(&text(recipe::REQUIREMENTS, &requirements)?)?;
     if requirements.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
     let mut wheels = Vec::new();
-    for rel in wheel_paths {
+    for rel in checked.wheels {
         let path = bundle.join(&rel);
         // A link could name a file outside the folder; bundles hold none
         // (unpacking refuses them) but a wheel must be a plain file anyway.
@@ -91,7 +92,7 @@ fn python(bundle: &Path) -> Result<Option<Recipe>, DepsError> {
         let bytes = std::fs::read(&path).map_err(|source| DepsError::Read { path: path.clone(), source })?;
         wheels.push((rel, sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into()));
     }
-    Ok(Some(Recipe::Python { requirements, wheels }))
+    Ok(Some(Recipe::Python { requirements, wheels, private_sources: checked.private_sources }))
 }
 
 fn node(bundle: &Path) -> Result<Option<Recipe>, DepsError> {

@@ -26,6 +26,10 @@ pub enum Recipe {
         /// Wheel files inside the bundle that requirements.txt names, with
         /// their digests: the environment changes when one does.
         wheels: Vec<(String, [u8; 32])>,
+        /// Packages come from an index or URL the function chose: what is
+        /// downloaded is not put in the node's shared wheel folder, where
+        /// another function asking for the same name would find it.
+        private_sources: bool,
     },
     /// `npm ci` with a lock file, else `npm install`; no install scripts.
     Node { package: Vec<u8>, lock: Option<(&'static str, Vec<u8>)> },
@@ -59,7 +63,7 @@ impl Recipe {
         part(self.kind().as_bytes());
         part(tool.as_bytes());
         match self {
-            Self::Python { requirements, wheels } => {
+            Self::Python { requirements, wheels, .. } => {
                 part(requirements);
                 for (path, digest) in wheels {
                     part(path.as_bytes());
@@ -80,10 +84,19 @@ impl Recipe {
     }
 }
 
-/// The wheel files a requirements file names, checked; everything else in
-/// it is refused or passed to pip as is.
-pub fn check_requirements(text: &str) -> Result<Vec<String>, DepsError> {
-    let mut wheels = Vec::new();
+/// What a checked requirements file asks for besides plain names.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Requirements {
+    /// Wheel files in the folder, relative to it.
+    pub wheels: Vec<String>,
+    /// It names an index or a URL of its own.
+    pub private_sources: bool,
+}
+
+/// Checks a requirements file: what it may not do is refused, naming the
+/// line; the rest is passed to pip as is.
+pub fn check_requirements(text: &str) -> Result<Requirements, DepsError> {
+    let mut found = Requirements::default();
     for (n, raw) in logical_lines(text) {
         let line = strip_comment(&raw).trim().to_owned();
         if line.is_empty() {
@@ -98,7 +111,7 @@ pub fn check_requirements(text: &str) -> Result<Vec<String>, DepsError> {
             return Err(refuse("file: references are not installed; put the wheel in the folder and name its path"));
         }
         if line.starts_with('-') {
-            check_option(&line).map_err(|why| refuse(&why))?;
+            found.private_sources |= check_option(&line).map_err(|why| refuse(&why))?;
             continue;
         }
         if let Some((_, url)) = line.split_once(" @ ") {
@@ -106,13 +119,16 @@ pub fn check_requirements(text: &str) -> Result<Vec<String>, DepsError> {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(refuse("a direct reference must be an http(s) URL"));
             }
+            found.private_sources = true;
             continue;
         }
-        if looks_like_path(&line) {
-            wheels.push(check_wheel_path(&line).map_err(|why| refuse(&why))?);
+        if line.contains("://") {
+            found.private_sources = true;
+        } else if looks_like_path(&line) {
+            found.wheels.push(check_wheel_path(&line).map_err(|why| refuse(&why))?);
         }
     }
-    Ok(wheels)
+    Ok(found)
 }
 
 /// pip joins a line ending in a backslash with the next one.
@@ -147,10 +163,10 @@ fn strip_comment(line: &str) -> &str {
     line
 }
 
-/// Only options that choose where packages come from; the rest would read
-/// other files, build from source (running a package's code as the node's
-/// user) or install editable copies.
-fn check_option(line: &str) -> Result<(), String> {
+/// Only options that choose where packages come from (true: a source of
+/// the function's own); the rest would read other files, build from source
+/// (running a package's code as the node's user) or install editable copies.
+fn check_option(line: &str) -> Result<bool, String> {
     let (name, value) = match line.split_once(['=', ' ', '\t']) {
         Some((n, v)) => (n, v.trim()),
         None => (line, ""),
@@ -158,12 +174,12 @@ fn check_option(line: &str) -> Result<(), String> {
     match name {
         "-i" | "--index-url" | "--extra-index-url" => {
             if value.starts_with("https://") || value.starts_with("http://") {
-                Ok(())
+                Ok(true)
             } else {
                 Err(format!("{name} needs an http(s) URL"))
             }
         }
-        "--prefer-binary" => Ok(()),
+        "--prefer-binary" => Ok(false),
         _ => Err(format!(
             "option {name} is not allowed here (only --index-url and --extra-index-url: packages are installed from wheels, \
              from the index or from files in the folder)"
@@ -231,13 +247,16 @@ mod tests {
         let text = "# models\nnumpy>=1.24  # arrays\n\nPillow==10.*; python_version >= '3.8'\n\
                     --index-url https://pypi.org/simple\n--extra-index-url=https://example.org/simple\n\
                     requests[socks] @ https://example.org/r.whl\n";
-        assert_eq!(check_requirements(text).expect("passes"), Vec::<String>::new());
+        let found = check_requirements(text).expect("passes");
+        assert!(found.wheels.is_empty() && found.private_sources);
+        assert!(!check_requirements("numpy\nsix==1\n").expect("passes").private_sources);
     }
 
     #[test]
     fn wheels_in_the_folder_are_named_and_normalised() {
         let got = check_requirements("./wheels/a-1.0-py3-none-any.whl\nb-2.0-py3-none-any.whl\n").expect("ok");
-        assert_eq!(got, ["wheels/a-1.0-py3-none-any.whl", "b-2.0-py3-none-any.whl"]);
+        assert_eq!(got.wheels, ["wheels/a-1.0-py3-none-any.whl", "b-2.0-py3-none-any.whl"]);
+        assert!(!got.private_sources, "files in the folder never enter the shared wheels");
     }
 
     #[test]
@@ -271,13 +290,18 @@ mod tests {
 
     #[test]
     fn keys_change_with_inputs_and_tool_only() {
-        let py = |r: &str| Recipe::Python { requirements: r.as_bytes().to_vec(), wheels: vec![] };
+        let py =
+            |r: &str| Recipe::Python { requirements: r.as_bytes().to_vec(), wheels: vec![], private_sources: false };
         let a = py("numpy\n").key("3.11.7");
         assert_eq!(a, py("numpy\n").key("3.11.7"));
         assert_ne!(a, py("numpy\n").key("3.12.1"));
         assert_ne!(a, py("numpy==2\n").key("3.11.7"));
         assert!(a.starts_with("py-") && a.len() == 3 + 32, "{a}");
-        let wheel = Recipe::Python { requirements: b"numpy\n".to_vec(), wheels: vec![("w.whl".into(), [1; 32])] };
+        let wheel = Recipe::Python {
+            requirements: b"numpy\n".to_vec(),
+            wheels: vec![("w.whl".into(), [1; 32])],
+            private_sources: false,
+        };
         assert_ne!(a, wheel.key("3.11.7"));
         let node = Recipe::Node { package: b"{}".to_vec(), lock: None };
         let locked = Recipe::Node { package: b"{}".to_vec(), lock: Some(("package-lock.json", b"{}".to_vec())) };

@@ -76,8 +76,8 @@ pub async fn release(node: &Arc<Node>, deps: Option<PathBuf>) {
         return;
     }
     let gone = key.clone();
-    match tokio::task::spawn_blocking(move || builder.remove(&gone)).await {
-        Ok(Ok(())) => tracing::debug!("removed environment {key}: no function uses it"),
+    match tokio::task::spawn_blocking(move || builder.remove(&gone).and_then(|()| builder.sweep_files())).await {
+        Ok(Ok(_)) => tracing::debug!("removed environment {key}: no function uses it"),
         Ok(Err(e)) => tracing::warn!("removing environment {key}: {e}"),
         Err(e) => tracing::warn!("removing environment {key}: {e}"),
     }
@@ -88,7 +88,8 @@ pub async fn release(node: &Arc<Node>, deps: Option<PathBuf>) {
 pub async fn sweep(node: &Arc<Node>) {
     let Some(builder) = node.deps.clone() else { return };
     let keep = keys_in_use(node);
-    match tokio::task::spawn_blocking(move || builder.sweep(&keep)).await {
+    match tokio::task::spawn_blocking(move || builder.sweep(&keep).and_then(|n| builder.sweep_files().map(|_| n))).await
+    {
         Ok(Ok(0)) => {}
         Ok(Ok(n)) => tracing::info!("removed {n} unused environments"),
         Ok(Err(e)) => tracing::warn!("removing unused environments: {e}"),

@@ -30,7 +30,7 @@ const START_BACKOFF: Duration = Duration::from_secs(2);
 
 enum Engine {
     Process(ProcessWorker),
-    Exec(ExecWorker),
+    Exec(Box<ExecWorker>),
     Http(HttpWorker),
 }
 
@@ -448,7 +448,7 @@ impl Pool {
                     self.shared.clone(),
                     self.config.clone(),
                 )?;
-                return Ok(Worker { id, engine: Engine::Exec(exec) });
+                return Ok(Worker { id, engine: Engine::Exec(Box::new(exec)) });
             }
             RuntimeKind::Http => {
                 let me = self.me.clone();

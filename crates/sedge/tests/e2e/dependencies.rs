@@ -109,11 +109,32 @@ fn installed_packages_come_before_the_nodes_own() {
 }
 
 #[test]
+fn a_debian_managed_python_installs_requirements_too() {
+    // PEP 668 forbids pip into the system interpreter; an environment of
+    // the function's own is not the system's, and is allowed.
+    let debian = Path::new("/usr/bin/python3");
+    if !debian.exists()
+        || std::fs::read_dir("/usr/lib")
+            .map_or(true, |mut d| !d.any(|e| e.is_ok_and(|e| e.path().join("EXTERNALLY-MANAGED").exists())))
+    {
+        eprintln!("skipped: no externally managed /usr/bin/python3 on this machine");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = Node::start_with(&tmp.path().join("data"), &["--python", "/usr/bin/python3"]);
+    let dir = versioned("debian", "sedgedemo", "3.0");
+    let (ok, stderr) = deploy_cli(&node, dir.path());
+    assert!(ok, "{stderr}");
+    assert_eq!(node.post("/function/debian", b"").text(), "3.0");
+}
+
+#[test]
 fn a_failed_install_refuses_the_version_and_the_previous_one_serves() {
     let node = Node::start();
     let dir = FnDir::python("keeper", "", "def handle(req):\n    return 'v1'\n");
     node.deploy(dir.path());
-    std::fs::write(dir.path().join("handler.py"), "import broken\n\ndef handle(req):\n    return 'v2'\n").expect("write");
+    std::fs::write(dir.path().join("handler.py"), "import broken\n\ndef handle(req):\n    return 'v2'\n")
+        .expect("write");
     std::fs::write(dir.path().join("broken-1.0-py3-none-any.whl"), "not a zip file").expect("write");
     std::fs::write(dir.path().join("requirements.txt"), "./broken-1.0-py3-none-any.whl\n").expect("write");
     let (ok, stderr) = deploy_cli(&node, dir.path());
@@ -171,7 +192,10 @@ fn package_json_is_installed_with_npm() {
                 module.exports = async (event) => String(isNumber(event.body.toString()));\n";
     let dir = FnDir::new(
         &manifest("numeric", "node", "handler.js", "style = \"openfaas\"\n"),
-        &[("handler.js", code), ("package.json", "{\"name\": \"numeric\", \"dependencies\": {\"is-number\": \"7.0.0\"}}\n")],
+        &[
+            ("handler.js", code),
+            ("package.json", "{\"name\": \"numeric\", \"dependencies\": {\"is-number\": \"7.0.0\"}}\n"),
+        ],
     );
     let (ok, stderr) = deploy_cli(&node, dir.path());
     assert!(ok, "{stderr}");
@@ -198,6 +222,88 @@ fn ignored_paths_stay_out_of_the_bundle() {
     );
     node.deploy(dir.path());
     assert_eq!(node.post("/function/lister", b"").text(), ".sedgeignore handler.py kept.txt sedge.toml");
+}
+
+/// A package index (PEP 503 "simple" pages) served by Python's http.server
+/// from a folder holding one wheel; its request log says what was fetched.
+struct Index {
+    server: std::process::Child,
+    url: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Index {
+    fn start(module: &str, version: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wheel = make_wheel(dir.path(), module, version);
+        let page = dir.path().join("simple").join(module);
+        std::fs::create_dir_all(&page).expect("mkdir");
+        std::fs::write(page.join("index.html"), format!("<a href=\"../../{wheel}\">{wheel}</a>\n")).expect("write");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let log = dir.path().join("requests.log");
+        let server = Command::new(python())
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+            .current_dir(dir.path())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start http.server");
+        let url = format!("http://127.0.0.1:{port}/simple/");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(20), "the index did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { server, url, log, _dir: dir }
+    }
+
+    fn fetches_of(&self, suffix: &str) -> usize {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().filter(|l| l.contains("GET ") && l.contains(suffix)).count()
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+#[test]
+fn a_wheel_from_the_index_is_fetched_once_and_its_files_kept_once() {
+    let index = Index::start("sedgeshared", "1.0");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = Node::start_with_env(&tmp.path().join("data"), &[], &[("PIP_INDEX_URL", &index.url)]);
+    let code = "import sedgeshared\n\ndef handle(req):\n    return sedgeshared.VERSION\n";
+    let one = FnDir::new(
+        &manifest("one", "python", "handler.handle", ""),
+        &[("handler.py", code), ("requirements.txt", "sedgeshared==1.0\n")],
+    );
+    let (ok, stderr) = deploy_cli(&node, one.path());
+    assert!(ok, "{stderr}");
+    assert_eq!(index.fetches_of(".whl"), 1, "{stderr}");
+    // Other requirements (another environment) needing the same wheel.
+    let two = FnDir::new(
+        &manifest("two", "python", "handler.handle", ""),
+        &[("handler.py", code), ("requirements.txt", "# the same package\nsedgeshared>=1.0\n")],
+    );
+    let (ok, stderr) = deploy_cli(&node, two.path());
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("already on the node: installed without fetching"), "{stderr}");
+    assert!(stderr.contains("shared with other environments"), "{stderr}");
+    assert_eq!(index.fetches_of(".whl"), 1, "fetched once for both");
+    assert_eq!(node.post("/function/two", b"").text(), "1.0");
+    let (a, b) =
+        (node.describe("one")["sedge"]["environment"].clone(), node.describe("two")["sedge"]["environment"].clone());
+    assert_ne!(a, b, "two environments");
+    use std::os::unix::fs::MetadataExt;
+    let file = |env: &serde_json::Value| {
+        let path = node.data.join("envs").join(env.as_str().expect("env")).join("sedgeshared/__init__.py");
+        std::fs::metadata(path).expect("installed").ino()
+    };
+    assert_eq!(file(&a), file(&b), "one copy on disk");
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -73,6 +73,16 @@ impl Node {
         node
     }
 
+    /// A node started with extra `serve` arguments and environment variables.
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let password = test_password();
+        let mut all = env.to_vec();
+        all.push(("SEDGE_ADMIN_PASSWORD", &password));
+        let mut node = Self::spawn(data, extra, &all, None);
+        node.password = password;
+        node
+    }
+
     /// A node started from the folder `cwd`, `data` possibly relative to it.
     pub fn start_in(cwd: &Path, data: &Path) -> Self {
         let password = test_password();
