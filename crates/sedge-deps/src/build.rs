@@ -17,6 +17,30 @@ use tokio::process::Command;
 
 use crate::{DepsError, Recipe};
 
+/// Prints `yes` when every requirement in argv is met by an installed
+/// distribution (markers that do not apply are skipped).
+const SATISFIED: &str = r#"
+import sys
+import importlib.metadata as md
+try:
+    from packaging.requirements import Requirement
+except ImportError:
+    from pip._vendor.packaging.requirements import Requirement
+for line in sys.argv[1:]:
+    r = Requirement(line)
+    if r.marker is not None and not r.marker.evaluate():
+        continue
+    try:
+        version = md.version(r.name)
+    except md.PackageNotFoundError:
+        print("no")
+        sys.exit(0)
+    if r.extras or r.url or not r.specifier.contains(version, prereleases=True):
+        print("no")
+        sys.exit(0)
+print("yes")
+"#;
+
 /// Lines of installer output quoted when an install fails.
 const TAIL: usize = 20;
 /// Longer output lines are cut in the failure message.
@@ -352,6 +376,21 @@ impl Builder {
         let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         tools.insert(name, id.clone());
         Ok(id)
+    }
+
+    /// Whether the node's own Python already has every package `recipe`
+    /// names, at an allowed version: then its workers use those, as a
+    /// virtual environment with the system's packages would, and nothing is
+    /// installed. Anything unclear (extras, a parse error) says no.
+    pub async fn satisfied_by_node(&self, recipe: &Recipe) -> bool {
+        let Recipe::Python { specifiers: Some(lines), .. } = recipe else { return false };
+        let mut cmd = Command::new(&self.python);
+        self.installer_env(&mut cmd, None);
+        cmd.args(["-c", SATISFIED]).args(lines).stdin(Stdio::null()).kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+            Ok(Ok(out)) => out.status.success() && out.stdout.trim_ascii() == b"yes",
+            _ => false,
+        }
     }
 
     /// Removes the environment `key` (when no function uses it any more).

@@ -78,7 +78,7 @@ fn python(bundle: &Path) -> Result<Option<Recipe>, DepsError> {
         return Ok(None);
     }
     let mut wheels = Vec::new();
-    for rel in checked.wheels {
+    for rel in checked.wheels.clone() {
         let path = bundle.join(&rel);
         // A link could name a file outside the folder; bundles hold none
         // (unpacking refuses them) but a wheel must be a plain file anyway.
@@ -92,7 +92,9 @@ fn python(bundle: &Path) -> Result<Option<Recipe>, DepsError> {
         let bytes = std::fs::read(&path).map_err(|source| DepsError::Read { path: path.clone(), source })?;
         wheels.push((rel, sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into()));
     }
-    Ok(Some(Recipe::Python { requirements, wheels, private_sources: checked.private_sources }))
+    let private_sources = checked.private_sources;
+    let specifiers = checked.only_specifiers();
+    Ok(Some(Recipe::Python { requirements, wheels, private_sources, specifiers }))
 }
 
 fn node(bundle: &Path) -> Result<Option<Recipe>, DepsError> {

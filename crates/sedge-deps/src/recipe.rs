@@ -30,6 +30,9 @@ pub enum Recipe {
         /// downloaded is not put in the node's shared wheel folder, where
         /// another function asking for the same name would find it.
         private_sources: bool,
+        /// Its lines, when all are plain requirement specifiers (`numpy>=2`):
+        /// the node's own packages may already satisfy them.
+        specifiers: Option<Vec<String>>,
     },
     /// `npm ci` with a lock file, else `npm install`; no install scripts.
     Node { package: Vec<u8>, lock: Option<(&'static str, Vec<u8>)> },
@@ -91,6 +94,17 @@ pub struct Requirements {
     pub wheels: Vec<String>,
     /// It names an index or a URL of its own.
     pub private_sources: bool,
+    /// Every line that is a plain requirement specifier.
+    pub specifiers: Vec<String>,
+    /// Some line is something else (an option, a file, a URL).
+    pub other_lines: bool,
+}
+
+impl Requirements {
+    /// The specifiers, when they are all the file holds.
+    pub fn only_specifiers(self) -> Option<Vec<String>> {
+        (!self.other_lines && self.wheels.is_empty() && !self.private_sources).then_some(self.specifiers)
+    }
 }
 
 /// Checks a requirements file: what it may not do is refused, naming the
@@ -112,6 +126,7 @@ pub fn check_requirements(text: &str) -> Result<Requirements, DepsError> {
         }
         if line.starts_with('-') {
             found.private_sources |= check_option(&line).map_err(|why| refuse(&why))?;
+            found.other_lines = true;
             continue;
         }
         if let Some((_, url)) = line.split_once(" @ ") {
@@ -120,12 +135,15 @@ pub fn check_requirements(text: &str) -> Result<Requirements, DepsError> {
                 return Err(refuse("a direct reference must be an http(s) URL"));
             }
             found.private_sources = true;
+            found.other_lines = true;
             continue;
         }
         if line.contains("://") {
             found.private_sources = true;
         } else if looks_like_path(&line) {
             found.wheels.push(check_wheel_path(&line).map_err(|why| refuse(&why))?);
+        } else {
+            found.specifiers.push(line);
         }
     }
     Ok(found)
@@ -249,7 +267,9 @@ mod tests {
                     requests[socks] @ https://example.org/r.whl\n";
         let found = check_requirements(text).expect("passes");
         assert!(found.wheels.is_empty() && found.private_sources);
-        assert!(!check_requirements("numpy\nsix==1\n").expect("passes").private_sources);
+        let plain = check_requirements("numpy  # arrays\nsix==1; python_version > '3'\n").expect("passes");
+        assert_eq!(plain.only_specifiers().expect("plain"), ["numpy", "six==1; python_version > '3'"]);
+        assert_eq!(check_requirements("-i https://x/simple\nnumpy\n").expect("passes").only_specifiers(), None);
     }
 
     #[test]
@@ -290,8 +310,12 @@ mod tests {
 
     #[test]
     fn keys_change_with_inputs_and_tool_only() {
-        let py =
-            |r: &str| Recipe::Python { requirements: r.as_bytes().to_vec(), wheels: vec![], private_sources: false };
+        let py = |r: &str| Recipe::Python {
+            requirements: r.as_bytes().to_vec(),
+            wheels: vec![],
+            private_sources: false,
+            specifiers: None,
+        };
         let a = py("numpy\n").key("3.11.7");
         assert_eq!(a, py("numpy\n").key("3.11.7"));
         assert_ne!(a, py("numpy\n").key("3.12.1"));
@@ -301,6 +325,7 @@ mod tests {
             requirements: b"numpy\n".to_vec(),
             wheels: vec![("w.whl".into(), [1; 32])],
             private_sources: false,
+            specifiers: None,
         };
         assert_ne!(a, wheel.key("3.11.7"));
         let node = Recipe::Node { package: b"{}".to_vec(), lock: None };

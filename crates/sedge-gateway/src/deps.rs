@@ -47,6 +47,10 @@ pub async fn install(
             }
         }
     };
+    if builder.satisfied_by_node(&recipe).await {
+        say(&format!("{} is met by the node's own Python packages: nothing to install", recipe.source_file()));
+        return Ok(None);
+    }
     say(&format!("installing {} of {name}", recipe.source_file()));
     // The watcher gets the failure as the deploy's answer; the log keeps it too.
     let env = builder.ensure(&recipe, dir, &say).await.inspect_err(|e| log(&e.to_string()))?;

@@ -98,6 +98,24 @@ fn requirements_are_installed_once_and_shared_by_equal_requirements() {
 }
 
 #[test]
+fn requirements_the_node_already_meets_install_nothing() {
+    let node = Node::start();
+    let code = "import bottle\n\ndef handle(req):\n    return 'bottle ' + bottle.__version__\n";
+    let dir = FnDir::new(
+        &manifest("met", "python", "handler.handle", ""),
+        &[
+            ("handler.py", code),
+            ("requirements.txt", "bottle>=0.12\nnot-on-this-platform==1; sys_platform == 'win32'\n"),
+        ],
+    );
+    let (ok, stderr) = deploy_cli(&node, dir.path());
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("met by the node's own Python packages"), "{stderr}");
+    assert!(node.describe("met")["sedge"]["environment"].is_null());
+    assert!(node.post("/function/met", b"").text().starts_with("bottle 0."));
+}
+
+#[test]
 fn installed_packages_come_before_the_nodes_own() {
     // The node's environment has bottle (the tests' requirements.txt); the
     // function pins a different one of its own.
