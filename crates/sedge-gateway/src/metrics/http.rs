@@ -57,7 +57,8 @@ impl HttpFigures {
 /// dropped: a request whose client went away counts with status 499).
 pub async fn track(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let path = req.extensions().get::<MatchedPath>().map_or(UNMATCHED, |p| p.as_str()).to_owned();
-    let mut seen = Seen { node: node.clone(), method: method_label(req.method()), path, began: Instant::now(), done: false };
+    let mut seen =
+        Seen { node: node.clone(), method: method_label(req.method()), path, began: Instant::now(), done: false };
     let response = next.run(req).await;
     seen.record(response.status().as_u16());
     response

@@ -123,7 +123,8 @@ mod tests {
         let started = r#"gateway_function_invocation_started{function_name="hello.openfaas-fn"} 2"#;
         assert!(text.contains(started), "{text}");
         for code in ["200", "499"] {
-            let line = format!(r#"gateway_function_invocation_total{{code="{code}",function_name="hello.openfaas-fn"}} 1"#);
+            let line =
+                format!(r#"gateway_function_invocation_total{{code="{code}",function_name="hello.openfaas-fn"}} 1"#);
             assert!(text.contains(&line), "missing {line} in {text}");
         }
     }

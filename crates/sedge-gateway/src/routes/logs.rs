@@ -113,7 +113,8 @@ pub async fn logs(State(node): Shared, Query(q): Query<LogQuery>) -> Result<Resp
     let past = pick.past(past);
     let past = tokio_stream::iter(past.into_iter().map(|l| Ok::<_, std::convert::Infallible>(line_json(&l))));
     // A follower that falls behind skips lines rather than stalling writers.
-    let live = BroadcastStream::new(rx).filter_map(move |r| r.ok().filter(|l| pick.wants(l))).map(|l| Ok(line_json(&l)));
+    let live =
+        BroadcastStream::new(rx).filter_map(move |r| r.ok().filter(|l| pick.wants(l))).map(|l| Ok(line_json(&l)));
     Ok((ndjson, Body::from_stream(past.chain(live))).into_response())
 }
 
@@ -125,7 +126,13 @@ mod tests {
 
     fn query(pairs: &[(&str, &str)]) -> LogQuery {
         let get = |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
-        LogQuery { name: get("name"), tail: get("tail"), follow: get("follow"), since: get("since"), instance: get("instance") }
+        LogQuery {
+            name: get("name"),
+            tail: get("tail"),
+            follow: get("follow"),
+            since: get("since"),
+            instance: get("instance"),
+        }
     }
 
     fn line(instance: &str, at: SystemTime) -> LogLine {
@@ -138,7 +145,10 @@ mod tests {
         let p = Pick::parse(&q).expect("parses");
         let want = humantime::parse_rfc3339("2024-05-01T12:00:00Z").expect("time");
         assert_eq!(p, Pick { since: Some(want), tail: usize::MAX, instance: None, follow: false });
-        assert_eq!(Pick::parse(&query(&[("tail", "5"), ("follow", "true")])).map(|p| (p.tail, p.follow)).ok(), Some((5, true)));
+        assert_eq!(
+            Pick::parse(&query(&[("tail", "5"), ("follow", "true")])).map(|p| (p.tail, p.follow)).ok(),
+            Some((5, true))
+        );
     }
 
     #[test]
