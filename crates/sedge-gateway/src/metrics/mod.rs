@@ -36,6 +36,7 @@ pub fn series_name(function: &str) -> String {
     format!("{function}.{NAMESPACE}")
 }
 
+#[derive(Default)]
 pub struct Metrics {
     invocations: invocations::Invocations,
     http: http::HttpFigures,
@@ -43,17 +44,6 @@ pub struct Metrics {
     /// A scrape refreshes the runtime figures in place: one at a time, so
     /// none reads another's half-refreshed families.
     scrape: Mutex<()>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self {
-            invocations: invocations::Invocations::default(),
-            http: http::HttpFigures::default(),
-            runtime: runtime::RuntimeFigures::default(),
-            scrape: Mutex::new(()),
-        }
-    }
 }
 
 impl Metrics {
@@ -67,17 +57,23 @@ impl Metrics {
     pub fn render(&self, runtime: &Runtime) -> Result<String, prometheus::Error> {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.runtime.refresh(runtime);
-        let mut families: Vec<MetricFamily> = Vec::new();
-        families.extend(self.invocations.collect());
-        families.extend(self.http.collect());
-        families.extend(self.runtime.collect());
+        encode(&self.families())
+    }
+
+    /// Every family with at least one series, in a fixed order.
+    fn families(&self) -> Vec<MetricFamily> {
+        let mut all = [self.invocations.collect(), self.http.collect(), self.runtime.collect()].concat();
         // A family with no series yet has nothing to say (and the encoder
         // refuses it).
-        families.retain(|f| !f.get_metric().is_empty());
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&families, &mut out)?;
-        String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        all.retain(|f| !f.get_metric().is_empty());
+        all
     }
+}
+
+fn encode(families: &[MetricFamily]) -> Result<String, prometheus::Error> {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(families, &mut out)?;
+    String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
 }
 
 // The names and labels below are constants, so building a family can fail
@@ -104,17 +100,7 @@ mod tests {
         let m = Metrics::default();
         m.start("hello").finish(200);
         drop(m.start("hello"));
-        let families = {
-            let mut all = m.invocations.collect();
-            all.extend(m.http.collect());
-            all.extend(m.runtime.collect());
-            all
-        };
-        assert!(families.len() >= 9, "{} families", families.len());
-        let mut out = Vec::new();
-        let listed: Vec<_> = families.into_iter().filter(|f| !f.get_metric().is_empty()).collect();
-        TextEncoder::new().encode(&listed, &mut out).expect("encodes");
-        let text = String::from_utf8(out).expect("utf-8");
+        let text = encode(&m.families()).expect("encodes");
         assert!(text.contains("# TYPE gateway_function_invocation_total counter\n"), "{text}");
         assert!(text.contains("# HELP gateway_function_invocation_total "), "{text}");
         assert!(text.contains("# TYPE gateway_function_invocation_started counter\n"), "{text}");
