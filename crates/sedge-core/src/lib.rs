@@ -6,6 +6,7 @@
 //! - [`invocation`]: one call of a function and its answer, as the gateway
 //!   hands it to the runtime, and the [`InvokeError`] kinds the gateway maps
 //!   to HTTP statuses.
+//! - [`timestamp`]: RFC 3339 times with their offsets, as clients send them.
 //!
 //! Neighbours: `sedge-store` persists manifests, `sedge-runtime` runs specs,
 //! `sedge-gateway` turns HTTP into [`Invocation`]s.
@@ -13,6 +14,7 @@
 pub mod invocation;
 pub mod manifest;
 pub mod name;
+pub mod timestamp;
 
 pub use invocation::{Invocation, InvokeError, Reply};
 pub use manifest::{FunctionSpec, Limits, ManifestError, RuntimeKind, Scale, Style};

@@ -3,7 +3,7 @@
 //!
 //! Routes only: each handler parses, calls the store or the runtime, and maps
 //! the outcome through [`error`], the one error-to-status map. Metrics live
-//! in [`metrics`]. The binary builds the tokio runtime and calls [`serve`],
+//! in [`metrics`]; the one namespace a node has, in [`namespace`]. The binary builds the tokio runtime and calls [`serve`],
 //! which runs the routes in [`server`], the HTTP/1 loop that bounds every
 //! connection (timeouts, header caps, the connection cap).
 //!
@@ -14,6 +14,7 @@ pub mod auth;
 pub mod deps;
 pub mod error;
 pub mod metrics;
+pub mod namespace;
 mod routes;
 mod secrets;
 pub mod server;

@@ -15,19 +15,17 @@ use serde_json::{json, Value};
 
 use super::body::{read_capped, Capped};
 use super::{upload, Shared};
+use crate::namespace::{self, NAMESPACE};
 use crate::{blocking, ApiError, Node};
-
-/// The one namespace a node has, named as OpenFaaS names its default.
-pub const NAMESPACE: &str = "openfaas-fn";
 
 async fn records(node: &Arc<Node>) -> Result<Vec<FunctionRecord>, ApiError> {
     let store = node.store.clone();
     blocking(move || Ok(store.list()?)).await
 }
 
+/// `NAME` or `NAME.openfaas-fn`; another namespace is not found.
 fn parse_name(raw: &str) -> Result<FunctionName, ApiError> {
-    let bare = raw.split_once('.').map_or(raw, |(n, _)| n);
-    FunctionName::parse(bare).map_err(|e| ApiError::bad_request(e.to_string()))
+    FunctionName::parse(namespace::strip(raw)?).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// A function as OpenFaaS's `FunctionStatus`, with sedge's details under `sedge`.
@@ -101,6 +99,8 @@ pub async fn describe(State(node): Shared, Path(raw): Path<String>) -> Result<Js
 #[serde(rename_all = "camelCase")]
 pub struct RemoveRequest {
     function_name: String,
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 /// The management API's JSON bodies are a few dozen bytes; anything much
@@ -119,6 +119,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: Body, shape: &str) -> R
 
 pub async fn remove(State(node): Shared, body: Body) -> Result<StatusCode, ApiError> {
     let req: RemoveRequest = json_body(body, r#"{"functionName": "NAME"}"#).await?;
+    namespace::check(req.namespace.as_deref())?;
     let name = parse_name(&req.function_name)?;
     let _guard = node.deploy_lock.lock().await;
     let store = node.store.clone();
@@ -143,6 +144,8 @@ pub struct ScaleRequest {
     #[serde(default)]
     service_name: Option<String>,
     replicas: i64,
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 /// A JSON route refuses other content types: a browser sends
@@ -168,6 +171,7 @@ pub async fn scale(
 ) -> Result<StatusCode, ApiError> {
     require_json(&headers)?;
     let req: ScaleRequest = json_body(body, r#"{"serviceName": "NAME", "replicas": N}"#).await?;
+    namespace::check(req.namespace.as_deref())?;
     let name = parse_name(&raw)?;
     if let Some(s) = &req.service_name {
         if !s.is_empty() && parse_name(s)? != name {

@@ -1,6 +1,6 @@
 //! `/function/{name}[/{path..}]`: any method; the method, path, query and
-//! headers reach the function. `name.namespace` (what faas-cli sends)
-//! resolves to `name`: a node has one namespace.
+//! headers reach the function. `name.openfaas-fn` (what faas-cli sends)
+//! resolves to `name`: a node has one namespace, and another is not found.
 
 use std::time::Instant;
 
@@ -23,17 +23,15 @@ pub async fn invoke_path(State(node): Shared, Path((name, path)): Path<(String, 
     run(&node, &name, format!("/{path}"), req).await
 }
 
-/// `hello.openfaas-fn` → `hello`.
-fn function_name(raw: &str) -> &str {
-    raw.split_once('.').map_or(raw, |(name, _namespace)| name)
-}
-
 async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Response {
-    let name = function_name(raw);
     let started = Instant::now();
+    let unread = !req.body().is_end_stream();
+    let name = match crate::namespace::strip(raw) {
+        Ok(name) => name,
+        Err(error) => return Refused { error, unread }.into_response(),
+    };
     // Unknown names get no metrics series: clients must not be able to
     // grow the metrics without bound.
-    let unread = !req.body().is_end_stream();
     let Some(pool) = node.runtime.get(name) else {
         return Refused { error: ApiError::not_found(name), unread }.into_response();
     };
@@ -41,11 +39,14 @@ async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Respo
     if let Some(refused) = crate::auth::gate_invoke(node, name, pool.spec().auth.invoke, req.headers_mut()) {
         return close_if(unread, refused);
     }
+    // Counted from here on, and ended exactly once: with the answer's
+    // status, or as abandoned if the caller goes away first.
+    let flight = node.metrics.start(name);
     let mut response = match call(node, &pool, name, path, req).await {
         Ok(reply) => reply_response(reply),
         Err(e) => e.into_response(),
     };
-    node.metrics.observe(name, response.status().as_u16(), started.elapsed());
+    flight.finish(response.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&format!("{:.6}", started.elapsed().as_secs_f64())) {
         response.headers_mut().insert("x-duration-seconds", v);
     }
@@ -134,15 +135,4 @@ fn reply_response(reply: Reply) -> Response {
         }
     }
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn namespace_suffix_is_dropped() {
-        assert_eq!(function_name("hello.openfaas-fn"), "hello");
-        assert_eq!(function_name("hello"), "hello");
-    }
 }

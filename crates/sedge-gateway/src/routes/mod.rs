@@ -6,6 +6,7 @@ mod invoke;
 mod logs;
 mod origin;
 mod secrets;
+mod unserved;
 mod upload;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use axum::response::IntoResponse;
 use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 
+use crate::namespace::NAMESPACE;
 use crate::{ApiError, Node};
 
 pub type Shared = State<Arc<Node>>;
@@ -23,10 +25,10 @@ pub type Shared = State<Arc<Node>>;
 pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
     let admin = || axum::middleware::from_fn_with_state(node.clone(), crate::auth::require_admin);
     // Everything under /system/ needs the admin credential, loopback included.
-    let system = Router::new()
+    let mut system = Router::new()
         .route("/system/info", get(info))
         // `faas-cli namespace list`: a node has one namespace.
-        .route("/system/namespaces", get(|| async { Json([functions::NAMESPACE]) }))
+        .route("/system/namespaces", get(|| async { Json([NAMESPACE]) }))
         .route(
             "/system/functions",
             get(functions::list).delete(functions::remove).post(functions::deploy_image).put(functions::deploy_image),
@@ -36,14 +38,24 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/system/bundles/{name}", put(functions::deploy_bundle))
         .route("/system/function/{name}/token", post(functions::rotate_token))
         .route("/system/secrets", get(secrets::list).post(secrets::create).put(secrets::update).delete(secrets::remove))
-        .route("/system/logs", get(logs::logs))
+        .route("/system/logs", get(logs::logs));
+    for path in unserved::OPENFAAS_ONLY.iter().filter(|p| p.starts_with("/system/")) {
+        system = system.route(path, unserved::openfaas_only());
+    }
+    let system = system
+        // A namespace other than the one there is fails before the route runs.
+        .route_layer(axum::middleware::from_fn(crate::namespace::query_namespace))
         .route_layer(admin());
     let metrics_route = if node.metrics_open {
         Router::new().route("/metrics", get(metrics))
     } else {
         Router::new().route("/metrics", get(metrics)).route_layer(admin())
     };
-    Router::new()
+    let mut router = Router::new();
+    for path in unserved::OPENFAAS_ONLY.iter().filter(|p| !p.starts_with("/system/")) {
+        router = router.route(path, unserved::openfaas_only());
+    }
+    router
         .route("/healthz", get(|| async { "OK" }))
         .merge(system)
         .merge(metrics_route)
@@ -55,8 +67,11 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         // Body limits are enforced per route: each function's own max_body
         // on invoke, the node's bundle limit on deploy.
         .layer(DefaultBodyLimit::disable())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(unserved::method_not_allowed)
+        .fallback(unserved::no_such_route)
         .layer(axum::middleware::from_fn(origin::same_origin_only))
+        // Outermost, so refusals by the layers above are counted too.
+        .layer(axum::middleware::from_fn_with_state(node, crate::metrics::track))
 }
 
 /// `faas-cli invoke --async` posts here; say plainly that it is not there
@@ -85,5 +100,5 @@ async fn info() -> impl IntoResponse {
 
 async fn metrics(State(node): Shared) -> Result<impl IntoResponse, ApiError> {
     let text = node.metrics.render(&node.runtime).map_err(|e| ApiError::internal("metrics", e))?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
 }

@@ -10,8 +10,8 @@ use sedge_core::SecretName;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::functions::NAMESPACE;
 use super::Shared;
+use crate::namespace::{self, NAMESPACE};
 use crate::{blocking, ApiError};
 
 /// OpenFaaS's `types.Secret`: a text `value` or a base64 `rawValue`.
@@ -32,18 +32,8 @@ const SHAPE: &str = r#"{"name": "NAME", "value": "TEXT"} or {"name": "NAME", "ra
 fn parse(body: &[u8]) -> Result<SecretBody, ApiError> {
     let b: SecretBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("expected a JSON body like {SHAPE}: {e}")))?;
-    check_namespace(b.namespace.as_deref())?;
+    namespace::check(b.namespace.as_deref())?;
     Ok(b)
-}
-
-fn check_namespace(ns: Option<&str>) -> Result<(), ApiError> {
-    match ns {
-        None | Some("") => Ok(()),
-        Some(ns) if ns == NAMESPACE => Ok(()),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "namespace {other:?} does not exist: a node has one namespace, {NAMESPACE}"
-        ))),
-    }
 }
 
 fn name(raw: &str) -> Result<SecretName, ApiError> {
@@ -71,7 +61,7 @@ pub async fn list(
     axum::extract::State(node): Shared,
     axum::extract::Query(q): axum::extract::Query<ListQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    check_namespace(q.namespace.as_deref())?;
+    namespace::check(q.namespace.as_deref())?;
     let secrets = node.secrets.clone();
     let names = blocking(move || Ok(secrets.list()?)).await?;
     Ok(Json(names.iter().map(|n| json!({ "name": n.as_str(), "namespace": NAMESPACE })).collect()))

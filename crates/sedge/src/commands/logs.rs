@@ -1,6 +1,8 @@
-//! `sedge logs NAME [--tail N] [--follow]`
+//! `sedge logs NAME [--tail N] [--since DURATION|TIME] [--follow]`
 
-use anyhow::{Context, Result};
+use std::time::SystemTime;
+
+use anyhow::{anyhow, Context, Result};
 
 use crate::client::Client;
 
@@ -11,6 +13,10 @@ pub struct Args {
     /// Only the last N lines.
     #[arg(long)]
     tail: Option<u32>,
+    /// Only lines written since then: a duration back from now (`10m`,
+    /// `2h`) or an RFC 3339 time (`2024-05-01T12:00:00Z`).
+    #[arg(long, value_name = "DURATION|TIME")]
+    since: Option<String>,
     /// Keep printing new lines as they come.
     #[arg(long, short = 'f')]
     follow: bool,
@@ -29,7 +35,10 @@ fn print_line(line: &str, printed: &mut bool) -> Result<()> {
 
 pub fn run(client: &Client, args: Args) -> Result<()> {
     let tail = args.tail.map_or(-1, i64::from);
-    let path = format!("/system/logs?name={}&tail={tail}&follow={}", args.name, args.follow);
+    let mut path = format!("/system/logs?name={}&tail={tail}&follow={}", args.name, args.follow);
+    if let Some(given) = &args.since {
+        path.push_str(&format!("&since={}", since(given, SystemTime::now())?));
+    }
     let mut printed = false;
     client.get_lines(&path, |line| print_line(line, &mut printed))?;
     if !printed && !args.follow {
@@ -37,4 +46,34 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
         eprintln!("{} has printed nothing yet", args.name);
     }
     Ok(())
+}
+
+/// `--since` as the node takes it: a UTC time (no `+` to escape in a URL).
+fn since(given: &str, now: SystemTime) -> Result<String> {
+    let at = match humantime::parse_duration(given) {
+        Ok(back) => now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH),
+        Err(_) => sedge_core::timestamp::parse_rfc3339(given).map_err(|_| {
+            anyhow!(
+                "--since {given:?}: expected a duration back from now (10m, 2h) or an RFC 3339 time (2024-05-01T12:00:00Z)"
+            )
+        })?,
+    };
+    // No line is older than 1970; the format cannot say earlier times.
+    Ok(humantime::format_rfc3339_nanos(at.max(SystemTime::UNIX_EPOCH)).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_a_duration_back_or_a_time() {
+        let now = humantime::parse_rfc3339("2024-05-01T12:00:00Z").expect("time");
+        let at = |s: &str| since(s, now).expect(s);
+        assert_eq!(at("10m"), "2024-05-01T11:50:00.000000000Z");
+        assert_eq!(at("2024-05-01T14:00:00+02:00"), "2024-05-01T12:00:00.000000000Z");
+        assert_eq!(since("100y", now).ok().as_deref(), Some("1970-01-01T00:00:00.000000000Z"));
+        let e = since("soon", now).expect_err("not a time").to_string();
+        assert!(e.contains("--since \"soon\""), "{e}");
+    }
 }

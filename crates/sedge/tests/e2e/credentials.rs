@@ -236,7 +236,8 @@ fn secrets_are_managed_without_showing_values() {
     assert_eq!(a.status, 400, "{}", a.text());
     assert!(a.error().contains("../escape"), "{}", a.error());
     let a = node.request("POST", "/system/secrets", &json, br#"{"name": "x", "namespace": "other", "value": "x"}"#);
-    assert_eq!(a.status, 400);
+    assert_eq!(a.status, 404, "{}", a.text());
+    assert_eq!(a.error(), "no such namespace: other (sedge has one: openfaas-fn)");
     let a = node.request("PUT", "/system/secrets", &json, br#"{"name": "missing", "value": "x"}"#);
     assert_eq!(a.status, 404, "{}", a.text());
 

@@ -5,23 +5,11 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{FnDir, Node, BIN};
-
-/// Blocks until a file named `release` exists in the function's own folder
-/// (the one place a sandboxed worker shares with the test), so a test
-/// decides when the worker is free again, without guessing at durations.
-const HOLD: &str = r#"
-import os, time
-
-def handle(req):
-    while not os.path.exists("release"):
-        time.sleep(0.02)
-    return "released %d" % len(req.body)
-"#;
+use crate::support::{holding, release, FnDir, Node, BIN};
 
 const ECHO: &str = "def handle(req):\n    return 'got %d' % len(req.body)\n";
 
@@ -104,24 +92,6 @@ fn node_with(extra: &[&str]) -> (Node, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let node = Node::start_with(&tmp.path().join("data"), extra);
     (node, tmp)
-}
-
-/// A function whose one worker can be held busy until [`release`].
-fn holding(node: &Node, name: &str, extra: &str) -> FnDir {
-    let manifest = format!("[limits]\ntimeout = \"120s\"\n{extra}\n");
-    let f = FnDir::python(name, &manifest, HOLD);
-    node.deploy(f.path());
-    f
-}
-
-/// Lets every held worker of the node whose data directory is `data` go.
-fn release(data: &Path) {
-    for entry in std::fs::read_dir(data.join("bundles")).expect("bundle folders") {
-        let dir = entry.expect("entry").path();
-        if dir.is_dir() {
-            std::fs::write(dir.join("release"), "").expect("release");
-        }
-    }
 }
 
 fn busy(node: &Node, name: &str) -> u64 {

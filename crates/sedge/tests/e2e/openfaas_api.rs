@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{FnDir, Node};
+use crate::support::{sample, FnDir, Node};
 
 fn deployed() -> (Node, FnDir) {
     let node = Node::start();
@@ -126,17 +126,24 @@ fn metrics_have_the_gateway_names() {
     let (node, _f) = deployed();
     node.post("/function/faas", b"");
     let m = node.get("/metrics").text();
-    for needle in [
-        "gateway_function_invocation_total{function_name=\"faas\",code=\"200\"} 1",
-        "gateway_functions_seconds_count{function_name=\"faas\",code=\"200\"} 1",
-        "gateway_service_count{function_name=\"faas\"}",
-        "sedge_queue_depth{function_name=\"faas\"} 0",
-        "sedge_workers{function_name=\"faas\",state=\"ready\"}",
-        "sedge_cold_starts_total{function_name=\"faas\"} 1",
-        "sedge_spare_starts_total{function_name=\"faas\"}",
+    let f = ("function_name", "faas.openfaas-fn");
+    let ok = ("code", "200");
+    for (name, labels) in [
+        ("gateway_function_invocation_started", &[f][..]),
+        ("gateway_function_invocation_total", &[f, ok]),
+        ("gateway_functions_seconds_count", &[f, ok]),
+        ("sedge_cold_starts_total", &[f]),
     ] {
-        assert!(m.contains(needle), "missing {needle} in\n{m}");
+        assert_eq!(sample(&m, name, labels), Some(1.0), "{name} {labels:?} in\n{m}");
     }
+    for (name, labels) in [
+        ("gateway_service_count", &[f][..]),
+        ("sedge_workers", &[f, ("state", "ready")]),
+        ("sedge_spare_starts_total", &[f]),
+    ] {
+        assert!(sample(&m, name, labels).is_some(), "missing {name} {labels:?} in\n{m}");
+    }
+    assert_eq!(sample(&m, "sedge_queue_depth", &[f]), Some(0.0), "{m}");
 }
 
 #[test]

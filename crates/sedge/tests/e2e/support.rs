@@ -268,3 +268,44 @@ impl FnDir {
 pub fn manifest(name: &str, runtime: &str, handler: &str, extra: &str) -> String {
     format!("name = \"{name}\"\nruntime = \"{runtime}\"\nhandler = \"{handler}\"\n{extra}")
 }
+
+/// The value of the sample `name{labels..}` in a Prometheus text scrape:
+/// the line of that name whose labels include every one of `labels`.
+pub fn sample(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        let has = |(k, v): &(&str, &str)| rest.contains(&format!("{k}=\"{v}\""));
+        (metric == name && labels.iter().all(has)).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// Blocks until a file named `release` exists in the function's own folder
+/// (the one place a sandboxed worker shares with the test), so a test
+/// decides when the worker is free again, without guessing at durations.
+const HOLD: &str = r#"
+import os, time
+
+def handle(req):
+    while not os.path.exists("release"):
+        time.sleep(0.02)
+    return "released %d" % len(req.body)
+"#;
+
+/// A function whose one worker can be held busy until [`release`].
+pub fn holding(node: &Node, name: &str, extra: &str) -> FnDir {
+    let manifest = format!("[limits]\ntimeout = \"120s\"\n{extra}\n");
+    let f = FnDir::python(name, &manifest, HOLD);
+    node.deploy(f.path());
+    f
+}
+
+/// Lets every held worker of the node whose data directory is `data` go.
+pub fn release(data: &Path) {
+    for entry in std::fs::read_dir(data.join("bundles")).expect("bundle folders") {
+        let dir = entry.expect("entry").path();
+        if dir.is_dir() {
+            std::fs::write(dir.join("release"), "").expect("release");
+        }
+    }
+}

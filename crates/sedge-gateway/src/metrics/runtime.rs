@@ -1,0 +1,89 @@
+//! Per-function figures the runtime keeps, read at scrape time: replicas
+//! (OpenFaaS's `gateway_service_count`), queue depth, workers by state, and
+//! the node-lifetime totals of cold starts, spare starts and OOM kills.
+
+use std::sync::atomic::Ordering;
+
+use prometheus::core::Collector;
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, IntGaugeVec};
+use sedge_runtime::Runtime;
+
+use super::{counters, gauges, series_name};
+
+pub struct RuntimeFigures {
+    services: IntGaugeVec,
+    queued: IntGaugeVec,
+    workers: IntGaugeVec,
+    cold_starts: IntCounterVec,
+    spare_starts: IntCounterVec,
+    oom_kills: IntCounterVec,
+}
+
+impl Default for RuntimeFigures {
+    fn default() -> Self {
+        let f = &["function_name"];
+        Self {
+            // OpenFaaS's name, `_count` and all: dashboards query it so.
+            services: gauges("gateway_service_count", "Workers (replicas) per function, ready or starting", f),
+            queued: gauges("sedge_queue_depth", "Requests waiting for a worker", f),
+            workers: gauges("sedge_workers", "Workers by state (ready, starting, busy)", &["function_name", "state"]),
+            cold_starts: counters("sedge_cold_starts_total", "Workers started since the node began", f),
+            spare_starts: counters(
+                "sedge_spare_starts_total",
+                "Cold starts served by a waiting spare interpreter since the node began",
+                f,
+            ),
+            oom_kills: counters(
+                "sedge_oom_kills_total",
+                "Workers the kernel killed for going past their memory limit since the node began",
+                f,
+            ),
+        }
+    }
+}
+
+impl RuntimeFigures {
+    /// Sets every family from the runtime. The totals are the runtime's own
+    /// node-lifetime counts, so they only grow.
+    pub fn refresh(&self, runtime: &Runtime) {
+        // Functions removed since the last scrape must not linger.
+        for family in [&self.services, &self.queued, &self.workers] {
+            family.reset();
+        }
+        for family in [&self.cold_starts, &self.spare_starts, &self.oom_kills] {
+            family.reset();
+        }
+        for name in runtime.names() {
+            let Some(pool) = runtime.get(&name) else { continue };
+            let stats = pool.stats();
+            let label = series_name(&name);
+            let f = [label.as_str()];
+            self.services.with_label_values(&f).set(i64::from(stats.ready + stats.starting));
+            self.queued.with_label_values(&f).set(i64::from(stats.queued));
+            for (state, n) in [("ready", stats.ready), ("starting", stats.starting), ("busy", stats.busy)] {
+                self.workers.with_label_values(&[label.as_str(), state]).set(i64::from(n));
+            }
+            let shared = runtime.shared(&name);
+            for (family, total) in [
+                (&self.cold_starts, &shared.cold_starts),
+                (&self.spare_starts, &shared.spare_starts),
+                (&self.oom_kills, &*shared.oom_kills),
+            ] {
+                family.with_label_values(&f).inc_by(total.load(Ordering::Relaxed));
+            }
+        }
+    }
+
+    pub fn collect(&self) -> Vec<MetricFamily> {
+        [
+            self.services.collect(),
+            self.queued.collect(),
+            self.workers.collect(),
+            self.cold_starts.collect(),
+            self.spare_starts.collect(),
+            self.oom_kills.collect(),
+        ]
+        .concat()
+    }
+}
