@@ -362,7 +362,6 @@ def load_handler(function_dir, handler_name):
     module_name, _, func_name = handler_name.rpartition(".")
     if not module_name or not func_name:
         raise LoadError(f"handler {handler_name!r} is not of the form module.function")
-    add_function_packages()
     sys.path.insert(0, function_dir)
     try:
         module = importlib.import_module(module_name)
@@ -532,6 +531,8 @@ def main(argv):
             die(f"bad frame from sedge: {e}", 2)
     else:
         function_dir, handler_name = argv[1], argv[2]
+    # Before the style: fission's needs Flask, which may be the function's own.
+    add_function_packages()
     try:
         make_style = pick_style()
         concurrency = read_concurrency()
