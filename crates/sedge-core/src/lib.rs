@@ -7,12 +7,14 @@
 //!   hands it to the runtime, and the [`InvokeError`] kinds the gateway maps
 //!   to HTTP statuses.
 //! - [`timestamp`]: RFC 3339 times with their offsets, as clients send them.
+//! - [`model`]: a model function's `[model]` and `[batching]` tables.
 //!
 //! Neighbours: `sedge-store` persists manifests, `sedge-runtime` runs specs,
 //! `sedge-gateway` turns HTTP into [`Invocation`]s.
 
 pub mod invocation;
 pub mod manifest;
+pub mod model;
 pub mod name;
 pub mod timestamp;
 

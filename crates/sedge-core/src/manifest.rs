@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::model::{ModelSpec, RawBatching, RawModel};
 use crate::name::{FunctionName, SecretName};
 
 /// The file name a function folder must contain.
@@ -56,6 +57,11 @@ pub enum RuntimeKind {
 }
 
 impl RuntimeKind {
+    /// Whether functions of this kind are a model the node serves itself.
+    pub fn serves_models(self) -> bool {
+        false
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Python => "python",
@@ -145,6 +151,8 @@ pub struct FunctionSpec {
     /// Secrets the node gives this function as files, by name.
     pub secrets: Vec<SecretName>,
     pub auth: Auth,
+    /// A model function's `[model]` and `[batching]`.
+    pub model: Option<ModelSpec>,
 }
 
 /// Who may call the function.
@@ -175,6 +183,8 @@ struct RawManifest {
     secrets: Vec<String>,
     #[serde(default)]
     auth: RawAuth,
+    model: Option<RawModel>,
+    batching: Option<RawBatching>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -341,7 +351,24 @@ impl FunctionSpec {
             }
             secrets.push(secret);
         }
+        let model = match (raw.model, raw.batching) {
+            (None, None) => None,
+            (model, batching) if runtime.serves_models() => {
+                match ModelSpec::from_raw(model.unwrap_or_default(), batching) {
+                    Ok(m) => Some(m),
+                    Err((field, problem)) => return c.fail(&field, problem),
+                }
+            }
+            (model, _) => {
+                let table = if model.is_some() { "model" } else { "batching" };
+                return c.fail(
+                    table,
+                    format!("[{table}] is for model functions (runtime = \"onnx\"), not {}", runtime.as_str()),
+                );
+            }
+        };
         Ok(Self {
+            model,
             name,
             runtime,
             handler: raw.handler,

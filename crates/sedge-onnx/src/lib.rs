@@ -1,0 +1,36 @@
+//! ONNX models served by the node itself (`runtime = "onnx"`): one loaded
+//! model shared by every request, run by ONNX Runtime (loaded at run time,
+//! so the node works without it), with dynamic batching.
+//!
+//! - [`model`]: finding ONNX Runtime, loading sessions, running tensors.
+//! - [`tensor`]: tensors in JSON and bytes, checked against the model (pure).
+//! - [`prep`]: a JPEG or PNG to an input tensor; scores to top classes.
+//! - [`batch`]: the batching policy over a queue (pure, simulated time).
+//! - [`serve`]: a served model — requests to tensors, the dispatcher that
+//!   batches them onto free sessions, answers.
+//!
+//! Neighbours: `sedge-core` (the `[model]` spec, invocations); the runtime
+//! wraps a [`serve::Served`] as its onnx engine.
+
+pub mod batch;
+pub mod model;
+pub mod prep;
+pub mod serve;
+pub mod tensor;
+
+pub use model::Model;
+pub use serve::Served;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OnnxError {
+    /// ONNX Runtime itself cannot be found or loaded.
+    #[error("ONNX Runtime is not available: {0}")]
+    NoRuntime(String),
+    #[error("{0}")]
+    Load(String),
+    #[error("{0}")]
+    Unsupported(String),
+    /// The manifest asks for something this model cannot do.
+    #[error("{0}")]
+    Config(String),
+}

@@ -1,0 +1,187 @@
+//! A loaded model: its sessions (instances that run side by side, each
+//! with its own intra-op threads) and what it declares for inputs and
+//! outputs. ONNX Runtime is found at run time: `ORT_DYLIB_PATH`, else the
+//! `onnxruntime` package of the node's Python.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ort::session::Session;
+use ort::value::{DynValue, TensorElementType, ValueType};
+
+use crate::tensor::{DType, Data, Tensor, TensorInfo};
+use crate::OnnxError;
+
+/// The ONNX Runtime environment, made once the library is found; a failure
+/// is not kept, so installing the library later works without a restart.
+static ENVIRONMENT: Mutex<Option<ort::environment::Environment>> = Mutex::new(None);
+
+const HOW_TO_GET_IT: &str = "install it into the node's Python (`pip install onnxruntime`, \
+     as scripts/setup.sh does) or set ORT_DYLIB_PATH to a libonnxruntime.so";
+
+/// Where libonnxruntime is: `ORT_DYLIB_PATH`, else inside the `onnxruntime`
+/// package that `python` imports.
+pub fn find_library(python: &str) -> Result<PathBuf, OnnxError> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(OnnxError::NoRuntime(format!("ORT_DYLIB_PATH names {}, which is not a file", path.display())))
+        };
+    }
+    let script = "import os, onnxruntime; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))";
+    let out =
+        std::process::Command::new(python).args(["-c", script]).stdin(std::process::Stdio::null()).output().map_err(
+            |e| OnnxError::NoRuntime(format!("cannot run {python} to find onnxruntime ({e}); {HOW_TO_GET_IT}")),
+        )?;
+    if !out.status.success() {
+        return Err(OnnxError::NoRuntime(format!("{python} has no onnxruntime package; {HOW_TO_GET_IT}")));
+    }
+    let capi = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&capi)
+        .map_err(|e| OnnxError::NoRuntime(format!("cannot read {}: {e}", capi.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so")))
+        .collect();
+    // The versioned file is the library itself; the bare name may be a link.
+    found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    found
+        .into_iter()
+        .next()
+        .ok_or_else(|| OnnxError::NoRuntime(format!("no libonnxruntime.so in {}; {HOW_TO_GET_IT}", capi.display())))
+}
+
+fn environment(python: &str) -> Result<ort::environment::Environment, OnnxError> {
+    let mut env = ENVIRONMENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = env.as_ref() {
+        return Ok(e.clone());
+    }
+    let library = find_library(python)?;
+    let built = ort::init_from(&library)
+        .map_err(|e| OnnxError::NoRuntime(format!("cannot load {}: {e}", library.display())))?
+        .with_name("sedge")
+        .build()
+        .map_err(|e| OnnxError::NoRuntime(format!("cannot start ONNX Runtime from {}: {e}", library.display())))?;
+    *env = Some(built.clone());
+    Ok(built)
+}
+
+fn dtype_of(t: TensorElementType) -> Option<DType> {
+    Some(match t {
+        TensorElementType::Float32 => DType::F32,
+        TensorElementType::Float64 => DType::F64,
+        TensorElementType::Int64 => DType::I64,
+        TensorElementType::Int32 => DType::I32,
+        TensorElementType::Uint8 => DType::U8,
+        TensorElementType::Int8 => DType::I8,
+        TensorElementType::Bool => DType::Bool,
+        _ => return None,
+    })
+}
+
+fn info(name: &str, ty: &ValueType) -> Result<TensorInfo, OnnxError> {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => {
+            let dtype = dtype_of(*ty).ok_or_else(|| {
+                OnnxError::Unsupported(format!("{name} is a tensor of {ty:?}, which sedge does not carry"))
+            })?;
+            Ok(TensorInfo { name: name.to_owned(), dtype, shape: shape.iter().copied().collect() })
+        }
+        other => Err(OnnxError::Unsupported(format!("{name} is a {other:?}, not a tensor"))),
+    }
+}
+
+/// A model with its sessions.
+pub struct Model {
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
+    sessions: Vec<Mutex<Session>>,
+    pub threads: usize,
+}
+
+impl Model {
+    /// Loads `path` into `instances` sessions of `threads` intra-op threads
+    /// each, with ONNX Runtime found through `python`. Blocking.
+    pub fn load(path: &Path, python: &str, instances: usize, threads: usize) -> Result<Self, OnnxError> {
+        let env = environment(python)?;
+        let bytes = std::fs::read(path).map_err(|e| OnnxError::Load(format!("cannot read {}: {e}", path.display())))?;
+        let mut sessions = Vec::with_capacity(instances.max(1));
+        for _ in 0..instances.max(1) {
+            let session = Session::builder(&env)
+                .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(ort::Error::from))
+                .and_then(|b| b.with_inter_threads(1).map_err(ort::Error::from))
+                .and_then(|mut b| b.commit_from_memory(&bytes))
+                .map_err(|e| {
+                    OnnxError::Load(format!("{} is not a model ONNX Runtime can load: {e}", path.display()))
+                })?;
+            sessions.push(Mutex::new(session));
+        }
+        let first = sessions[0].lock().unwrap_or_else(|p| p.into_inner());
+        let inputs = first.inputs().iter().map(|o| info(o.name(), o.dtype())).collect::<Result<Vec<_>, _>>()?;
+        let outputs = first.outputs().iter().map(|o| info(o.name(), o.dtype())).collect::<Result<Vec<_>, _>>()?;
+        drop(first);
+        Ok(Self { inputs, outputs, sessions, threads: threads.max(1) })
+    }
+
+    pub fn instances(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether every input and output has a first dimension of any size.
+    pub fn batches(&self) -> bool {
+        self.inputs.iter().chain(&self.outputs).all(TensorInfo::batches)
+    }
+
+    /// Runs `inputs` (already checked) on session `instance`. Blocking.
+    pub fn run(&self, instance: usize, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        let mut values = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            values.push((t.name.clone(), to_value(t).map_err(|e| format!("input {:?}: {e}", t.name))?));
+        }
+        let slot = self.sessions.get(instance % self.sessions.len()).ok_or("no session")?;
+        let mut session = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session.run(values).map_err(|e| format!("the model failed: {e}"))?;
+        self.outputs
+            .iter()
+            .map(|o| {
+                let value = outputs.get(&o.name).ok_or_else(|| format!("the model gave no output {:?}", o.name))?;
+                from_value(&o.name, o.dtype, value)
+            })
+            .collect()
+    }
+}
+
+fn to_value(t: &Tensor) -> Result<DynValue, ort::Error> {
+    let shape = t.shape.clone();
+    Ok(match &t.data {
+        Data::F32(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
+        Data::F64(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
+        Data::I64(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
+        Data::I32(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
+        Data::U8(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
+        Data::I8(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
+        Data::Bool(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
+    })
+}
+
+fn from_value(name: &str, dtype: DType, value: &DynValue) -> Result<Tensor, String> {
+    let bad = |e: ort::Error| format!("reading output {name:?}: {e}");
+    macro_rules! take {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(bad)?;
+            let shape = shape.iter().map(|d| usize::try_from(*d).unwrap_or(0)).collect();
+            Tensor::new(name, shape, Data::$variant(data.to_vec()))
+        }};
+    }
+    match dtype {
+        DType::F32 => take!(f32, F32),
+        DType::F64 => take!(f64, F64),
+        DType::I64 => take!(i64, I64),
+        DType::I32 => take!(i32, I32),
+        DType::U8 => take!(u8, U8),
+        DType::I8 => take!(i8, I8),
+        DType::Bool => take!(bool, Bool),
+    }
+}

@@ -1,0 +1,472 @@
+//! Tensors as requests carry them: JSON (the Open Inference Protocol's
+//! `{"name", "shape", "datatype", "data"}`, or a name mapped to nested
+//! arrays) and raw little-endian bytes; checked against what the model
+//! declares, so a wrong shape is a 400 naming the input and the shape it
+//! must have. Pure: no ONNX Runtime here.
+
+use serde_json::{json, Value};
+
+/// Element types, named as the inference protocol names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+    I64,
+    I32,
+    U8,
+    I8,
+    Bool,
+}
+
+impl DType {
+    pub const ALL: [DType; 7] = [Self::F32, Self::F64, Self::I64, Self::I32, Self::U8, Self::I8, Self::Bool];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "FP32",
+            Self::F64 => "FP64",
+            Self::I64 => "INT64",
+            Self::I32 => "INT32",
+            Self::U8 => "UINT8",
+            Self::I8 => "INT8",
+            Self::Bool => "BOOL",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Bytes per element in the binary form.
+    pub fn size(self) -> usize {
+        match self {
+            Self::F64 | Self::I64 => 8,
+            Self::F32 | Self::I32 => 4,
+            Self::U8 | Self::I8 | Self::Bool => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    Bool(Vec<bool>),
+}
+
+macro_rules! each {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            Data::F32($v) => $body,
+            Data::F64($v) => $body,
+            Data::I64($v) => $body,
+            Data::I32($v) => $body,
+            Data::U8($v) => $body,
+            Data::I8($v) => $body,
+            Data::Bool($v) => $body,
+        }
+    };
+}
+
+impl Data {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::F32(_) => DType::F32,
+            Self::F64(_) => DType::F64,
+            Self::I64(_) => DType::I64,
+            Self::I32(_) => DType::I32,
+            Self::U8(_) => DType::U8,
+            Self::I8(_) => DType::I8,
+            Self::Bool(_) => DType::Bool,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        each!(self, v => v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn empty(dtype: DType) -> Self {
+        match dtype {
+            DType::F32 => Self::F32(Vec::new()),
+            DType::F64 => Self::F64(Vec::new()),
+            DType::I64 => Self::I64(Vec::new()),
+            DType::I32 => Self::I32(Vec::new()),
+            DType::U8 => Self::U8(Vec::new()),
+            DType::I8 => Self::I8(Vec::new()),
+            DType::Bool => Self::Bool(Vec::new()),
+        }
+    }
+
+    /// Appends `other`'s elements (same type).
+    fn extend(&mut self, other: &Data) -> bool {
+        match (self, other) {
+            (Self::F32(a), Self::F32(b)) => a.extend_from_slice(b),
+            (Self::F64(a), Self::F64(b)) => a.extend_from_slice(b),
+            (Self::I64(a), Self::I64(b)) => a.extend_from_slice(b),
+            (Self::I32(a), Self::I32(b)) => a.extend_from_slice(b),
+            (Self::U8(a), Self::U8(b)) => a.extend_from_slice(b),
+            (Self::I8(a), Self::I8(b)) => a.extend_from_slice(b),
+            (Self::Bool(a), Self::Bool(b)) => a.extend_from_slice(b),
+            _ => return false,
+        }
+        true
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Data {
+        match self {
+            Self::F32(v) => Self::F32(v[start..end].to_vec()),
+            Self::F64(v) => Self::F64(v[start..end].to_vec()),
+            Self::I64(v) => Self::I64(v[start..end].to_vec()),
+            Self::I32(v) => Self::I32(v[start..end].to_vec()),
+            Self::U8(v) => Self::U8(v[start..end].to_vec()),
+            Self::I8(v) => Self::I8(v[start..end].to_vec()),
+            Self::Bool(v) => Self::Bool(v[start..end].to_vec()),
+        }
+    }
+
+    /// Elements from numbers (or booleans) in JSON, as `dtype`.
+    fn from_numbers(dtype: DType, values: &[&Value]) -> Result<Data, String> {
+        let bad = |v: &Value| format!("{v} is not a {} value", dtype.name());
+        let mut data = Data::empty(dtype);
+        macro_rules! fill {
+            ($vec:ident, $conv:expr) => {{
+                $vec.reserve(values.len());
+                for v in values {
+                    $vec.push($conv(v).ok_or_else(|| bad(v))?);
+                }
+            }};
+        }
+        match &mut data {
+            Data::F32(out) => fill!(out, |v: &Value| v.as_f64().map(|x| x as f32)),
+            Data::F64(out) => fill!(out, |v: &Value| v.as_f64()),
+            Data::I64(out) => fill!(out, |v: &Value| v.as_i64()),
+            Data::I32(out) => fill!(out, |v: &Value| v.as_i64().and_then(|x| i32::try_from(x).ok())),
+            Data::U8(out) => fill!(out, |v: &Value| v.as_u64().and_then(|x| u8::try_from(x).ok())),
+            Data::I8(out) => fill!(out, |v: &Value| v.as_i64().and_then(|x| i8::try_from(x).ok())),
+            Data::Bool(out) => fill!(out, |v: &Value| v.as_bool()),
+        }
+        Ok(data)
+    }
+
+    fn to_json(&self) -> Value {
+        each!(self, v => json!(v))
+    }
+
+    /// Little-endian bytes, as the inference protocol's binary extension sends them.
+    pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Result<Data, String> {
+        if !bytes.len().is_multiple_of(dtype.size()) {
+            return Err(format!("{} bytes are not a whole number of {} values", bytes.len(), dtype.name()));
+        }
+        macro_rules! read {
+            ($t:ty, $variant:ident) => {
+                Data::$variant(
+                    bytes
+                        .chunks_exact(std::mem::size_of::<$t>())
+                        .map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or_default()))
+                        .collect(),
+                )
+            };
+        }
+        Ok(match dtype {
+            DType::F32 => read!(f32, F32),
+            DType::F64 => read!(f64, F64),
+            DType::I64 => read!(i64, I64),
+            DType::I32 => read!(i32, I32),
+            DType::U8 => Data::U8(bytes.to_vec()),
+            DType::I8 => Data::I8(bytes.iter().map(|b| *b as i8).collect()),
+            DType::Bool => Data::Bool(bytes.iter().map(|b| *b != 0).collect()),
+        })
+    }
+
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::U8(v) => v.clone(),
+            Self::I8(v) => v.iter().map(|x| *x as u8).collect(),
+            Self::Bool(v) => v.iter().map(|x| u8::from(*x)).collect(),
+        }
+    }
+}
+
+/// One named tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Data,
+}
+
+/// What a model declares for one of its inputs or outputs; `-1` is a
+/// dimension of any size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<i64>,
+}
+
+impl TensorInfo {
+    /// The shape as people read it: `[-1, 64]` becomes `[N, 64]`.
+    pub fn shape_text(&self) -> String {
+        let dims: Vec<String> =
+            self.shape.iter().map(|d| if *d < 0 { "N".to_owned() } else { d.to_string() }).collect();
+        format!("[{}]", dims.join(", "))
+    }
+
+    /// Whether the first dimension is of any size: requests can be stacked.
+    pub fn batches(&self) -> bool {
+        self.shape.first().is_some_and(|d| *d < 0)
+    }
+
+    fn fits(&self, shape: &[usize]) -> bool {
+        shape.len() == self.shape.len()
+            && self.shape.iter().zip(shape).all(|(want, got)| *want < 0 || usize::try_from(*want).ok() == Some(*got))
+    }
+}
+
+impl Tensor {
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, data: Data) -> Result<Self, String> {
+        let name = name.into();
+        let count: usize = shape.iter().product();
+        if count != data.len() {
+            return Err(format!("input {name:?}: shape {shape:?} holds {count} values, but {} were given", data.len()));
+        }
+        Ok(Self { name, shape, data })
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({ "name": self.name, "datatype": self.data.dtype().name(), "shape": self.shape, "data": self.data.to_json() })
+    }
+
+    /// Stacks tensors of the same name along the first axis.
+    pub fn stack(parts: &[&Tensor]) -> Option<Tensor> {
+        let first = parts.first()?;
+        let mut data = Data::empty(first.data.dtype());
+        let mut rows = 0;
+        for p in parts {
+            if p.shape.get(1..) != first.shape.get(1..) || !data.extend(&p.data) {
+                return None;
+            }
+            rows += p.shape.first().copied().unwrap_or(1);
+        }
+        let mut shape = first.shape.clone();
+        if let Some(d) = shape.first_mut() {
+            *d = rows;
+        }
+        Some(Tensor { name: first.name.clone(), shape, data })
+    }
+
+    /// Splits along the first axis into pieces of `rows` rows each.
+    pub fn split(&self, rows: &[usize]) -> Option<Vec<Tensor>> {
+        let total: usize = rows.iter().sum();
+        if self.shape.first() != Some(&total) {
+            return None;
+        }
+        let per_row: usize = self.shape[1..].iter().product();
+        let mut start = 0;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let end = start + r * per_row;
+            let mut shape = self.shape.clone();
+            shape[0] = *r;
+            out.push(Tensor { name: self.name.clone(), shape, data: self.data.slice(start, end) });
+            start = end;
+        }
+        Some(out)
+    }
+}
+
+/// Checks `given` against the model's inputs: every one present, none
+/// unknown, each of the declared type and shape. The message names the
+/// input and the shape it must have.
+pub fn check_inputs(given: &[Tensor], declared: &[TensorInfo]) -> Result<(), String> {
+    for t in given {
+        let Some(info) = declared.iter().find(|i| i.name == t.name) else {
+            let names: Vec<&str> = declared.iter().map(|i| i.name.as_str()).collect();
+            return Err(format!("the model has no input {:?}; its inputs are {names:?}", t.name));
+        };
+        if t.data.dtype() != info.dtype {
+            return Err(format!(
+                "input {:?} must be {}, found {}",
+                info.name,
+                info.dtype.name(),
+                t.data.dtype().name()
+            ));
+        }
+        if !info.fits(&t.shape) {
+            return Err(format!(
+                "input {:?} must have shape {} ({}), found {:?}",
+                info.name,
+                info.shape_text(),
+                info.dtype.name(),
+                t.shape
+            ));
+        }
+    }
+    for info in declared {
+        if !given.iter().any(|t| t.name == info.name) {
+            return Err(format!(
+                "input {:?} is missing: shape {} ({})",
+                info.name,
+                info.shape_text(),
+                info.dtype.name()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The tensors of a JSON request body: `{"inputs": [{"name", "shape",
+/// "datatype"?, "data"}...]}` or `{"inputs": {"NAME": nested arrays}}`.
+/// Element types come from the model's declaration.
+pub fn from_json(body: &Value, declared: &[TensorInfo]) -> Result<Vec<Tensor>, String> {
+    let inputs = body.get("inputs").ok_or("expected a JSON object with \"inputs\"")?;
+    let dtype_of = |name: &str| -> Result<DType, String> {
+        declared.iter().find(|i| i.name == name).map(|i| i.dtype).ok_or_else(|| {
+            let names: Vec<&str> = declared.iter().map(|i| i.name.as_str()).collect();
+            format!("the model has no input {name:?}; its inputs are {names:?}")
+        })
+    };
+    match inputs {
+        Value::Array(list) => list
+            .iter()
+            .map(|item| {
+                let name = item.get("name").and_then(Value::as_str).ok_or("each input needs a \"name\"")?;
+                let dtype = dtype_of(name)?;
+                if let Some(given) = item.get("datatype").and_then(Value::as_str) {
+                    if DType::parse(given) != Some(dtype) {
+                        return Err(format!("input {name:?} must be {}, found {given}", dtype.name()));
+                    }
+                }
+                let (nested_shape, values) =
+                    flatten(item.get("data").ok_or_else(|| format!("input {name:?} has no \"data\""))?)
+                        .map_err(|e| format!("input {name:?}: {e}"))?;
+                let shape = match item.get("shape") {
+                    Some(s) => shape_of(s).map_err(|e| format!("input {name:?}: {e}"))?,
+                    None => nested_shape,
+                };
+                let data = Data::from_numbers(dtype, &values).map_err(|e| format!("input {name:?}: {e}"))?;
+                Tensor::new(name, shape, data)
+            })
+            .collect(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(name, nested)| {
+                let dtype = dtype_of(name)?;
+                let (shape, values) = flatten(nested).map_err(|e| format!("input {name:?}: {e}"))?;
+                let data = Data::from_numbers(dtype, &values).map_err(|e| format!("input {name:?}: {e}"))?;
+                Tensor::new(name.clone(), shape, data)
+            })
+            .collect(),
+        _ => Err("\"inputs\" must be a list of tensors or an object of name: nested arrays".to_owned()),
+    }
+}
+
+/// A shape given as a list of non-negative whole numbers.
+pub fn shape_of(v: &Value) -> Result<Vec<usize>, String> {
+    let dims = v.as_array().ok_or("\"shape\" must be a list of whole numbers")?;
+    dims.iter()
+        .map(|d| d.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| format!("bad dimension {d} in shape")))
+        .collect()
+}
+
+/// Nested arrays to their shape and elements in row-major order; a flat
+/// list is shape `[len]`. Ragged nesting is refused.
+fn flatten(v: &Value) -> Result<(Vec<usize>, Vec<&Value>), String> {
+    let mut shape = Vec::new();
+    let mut probe = v;
+    while let Value::Array(items) = probe {
+        shape.push(items.len());
+        match items.first() {
+            Some(first) => probe = first,
+            None => break,
+        }
+    }
+    let mut out = Vec::with_capacity(shape.iter().product());
+    collect(v, &shape, &mut out)?;
+    Ok((shape, out))
+}
+
+fn collect<'a>(v: &'a Value, shape: &[usize], out: &mut Vec<&'a Value>) -> Result<(), String> {
+    match (v, shape.split_first()) {
+        (Value::Array(items), Some((len, rest))) if items.len() == *len => {
+            items.iter().try_for_each(|item| collect(item, rest, out))
+        }
+        (Value::Array(_), _) => Err("nested lists are not all of the same length".to_owned()),
+        (scalar, None) => {
+            out.push(scalar);
+            Ok(())
+        }
+        (_, Some(_)) => Err("nested lists are not all of the same depth".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digits() -> Vec<TensorInfo> {
+        vec![TensorInfo { name: "X".into(), dtype: DType::F32, shape: vec![-1, 4] }]
+    }
+
+    #[test]
+    fn both_json_forms_give_the_same_tensor() {
+        let v2 =
+            json!({"inputs": [{"name": "X", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6, 7, 8]}]});
+        let nested = json!({"inputs": {"X": [[1, 2, 3, 4], [5, 6, 7, 8]]}});
+        let a = from_json(&v2, &digits()).expect("v2");
+        let b = from_json(&nested, &digits()).expect("nested");
+        assert_eq!(a, b);
+        assert_eq!(a[0].shape, [2, 4]);
+        check_inputs(&a, &digits()).expect("fits");
+    }
+
+    #[test]
+    fn wrong_shapes_and_types_name_the_input_and_the_shape_it_needs() {
+        let t = from_json(&json!({"inputs": {"X": [[1, 2, 3]]}}), &digits()).expect("parses");
+        let e = check_inputs(&t, &digits()).expect_err("3 is not 4");
+        assert_eq!(e, "input \"X\" must have shape [N, 4] (FP32), found [1, 3]");
+        let e = from_json(&json!({"inputs": [{"name": "X", "datatype": "INT64", "data": [1]}]}), &digits())
+            .expect_err("type");
+        assert!(e.contains("must be FP32"), "{e}");
+        let e = from_json(&json!({"inputs": {"Y": [1]}}), &digits()).expect_err("name");
+        assert!(e.contains("no input \"Y\"") && e.contains("[\"X\"]"), "{e}");
+        assert!(check_inputs(&[], &digits()).expect_err("missing").contains("missing: shape [N, 4]"));
+        let e = from_json(&json!({"inputs": {"X": [[1, 2], [3]]}}), &digits()).expect_err("ragged");
+        assert!(e.contains("same length"), "{e}");
+        let e = from_json(&json!({"inputs": [{"name": "X", "shape": [1, 4], "data": [1, 2]}]}), &digits())
+            .expect_err("count");
+        assert!(e.contains("holds 4 values"), "{e}");
+    }
+
+    #[test]
+    fn stacking_and_splitting_on_the_first_axis_round_trip() {
+        let a = Tensor::new("X", vec![1, 2], Data::F32(vec![1.0, 2.0])).expect("a");
+        let b = Tensor::new("X", vec![2, 2], Data::F32(vec![3.0, 4.0, 5.0, 6.0])).expect("b");
+        let both = Tensor::stack(&[&a, &b]).expect("stack");
+        assert_eq!(both.shape, [3, 2]);
+        assert_eq!(both.split(&[1, 2]).expect("split"), [a, b]);
+        let other = Tensor::new("X", vec![1, 3], Data::F32(vec![0.0; 3])).expect("c");
+        assert!(Tensor::stack(&[&both, &other]).is_none(), "rows of another width");
+    }
+
+    #[test]
+    fn binary_data_is_little_endian() {
+        let d = Data::F32(vec![1.5, -2.0]);
+        let bytes = d.to_le_bytes();
+        assert_eq!(bytes.len(), 8);
+        assert_eq!(Data::from_le_bytes(DType::F32, &bytes).expect("decode"), d);
+        assert!(Data::from_le_bytes(DType::I64, &bytes[..7]).is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! The served model against real networks and the real ONNX Runtime (from
+//! the node's Python, as a node finds it): the digits MLP shipped in the
+//! examples, and EfficientNet-Lite0 from the shared models when present.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sedge_core::model::{Batching, ImagePrep, ModelInput, ModelSpec, OutputSpec};
+use sedge_core::Invocation;
+use sedge_onnx::serve::RunError;
+use sedge_onnx::tensor::{Data, Tensor};
+use sedge_onnx::{Model, Served};
+use tokio::time::Instant;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python() -> String {
+    std::env::var("SEDGE_PYTHON").unwrap_or_else(|_| repo().join(".venv/bin/python").to_string_lossy().into_owned())
+}
+
+fn tensor_spec(batching: Option<Batching>) -> ModelSpec {
+    ModelSpec {
+        input: ModelInput::Tensor,
+        labels: None,
+        output: OutputSpec { softmax: false, top_k: 5 },
+        batching,
+        instances: None,
+        threads: None,
+    }
+}
+
+/// The example's sample digit, 64 pixel values.
+fn digit() -> Vec<f32> {
+    let text = std::fs::read_to_string(repo().join("examples/functions/digits-python/sample.json")).expect("sample");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["pixels"].as_array().expect("pixels").iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()
+}
+
+fn invocation(content_type: &str, body: Vec<u8>) -> Invocation {
+    Invocation {
+        method: "POST".into(),
+        path: "/".into(),
+        query: String::new(),
+        headers: vec![("content-type".into(), content_type.into())],
+        body: body.into(),
+    }
+}
+
+#[tokio::test]
+async fn digits_are_recognised_one_by_one_and_batched() {
+    let path = repo().join("examples/functions/digits-python/model.onnx");
+    let model = Model::load(&path, &python(), 1, 1).expect("load digits");
+    assert!(model.batches(), "the digits MLP takes any number of rows");
+    let batching = Batching { max_batch: 8, max_delay: Duration::from_millis(20) };
+    let served =
+        std::sync::Arc::new(Served::start("digits", model, tensor_spec(Some(batching)), None, 64).expect("serve"));
+    served.warm().await.expect("warm");
+    let flat = digit();
+    assert_eq!(flat.len(), 64);
+    // Eight callers at once, one row each: stacked into a batch, split back.
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let row: Vec<f32> = flat.iter().map(|p| p + i as f32 * 0.0).collect();
+        let served = served.clone();
+        calls.push(tokio::spawn(async move {
+            let t = Tensor::new("pixels", vec![1, 64], Data::F32(row)).expect("tensor");
+            served.infer(vec![t], Instant::now() + Duration::from_secs(10)).await
+        }));
+    }
+    for c in calls {
+        let outputs = c.await.expect("join").expect("infer");
+        let label = outputs.iter().find(|t| t.name == "label").expect("label output");
+        assert_eq!(label.shape, [1], "one row back per caller");
+    }
+    // Over HTTP-shaped input: JSON in, JSON tensors out.
+    let body = serde_json::json!({"inputs": {"pixels": [flat[..64].to_vec()]}}).to_string().into_bytes();
+    let reply = served
+        .answer(&invocation("application/json", body), Instant::now() + Duration::from_secs(10))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+    assert_eq!(v["outputs"][0]["name"], "label");
+    // A wrong shape names the input and the shape it needs.
+    let bad = serde_json::json!({"inputs": {"pixels": [[1.0, 2.0]]}}).to_string().into_bytes();
+    let reply = served
+        .answer(&invocation("application/json", bad), Instant::now() + Duration::from_secs(10))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, 400);
+    assert!(String::from_utf8_lossy(&reply.body).contains("must have shape [N, 64] (FP32)"));
+}
+
+#[tokio::test]
+async fn a_caller_past_its_deadline_is_not_run() {
+    let path = repo().join("examples/functions/digits-python/model.onnx");
+    let model = Model::load(&path, &python(), 1, 1).expect("load digits");
+    let served = Served::start("digits", model, tensor_spec(None), None, 4).expect("serve");
+    let t = Tensor::new("pixels", vec![1, 64], Data::F32(vec![0.0; 64])).expect("tensor");
+    let gone = Instant::now() - Duration::from_millis(1);
+    assert_eq!(served.infer(vec![t], gone).await, Err(RunError::Late));
+}
+
+#[tokio::test]
+async fn batching_a_model_with_a_fixed_batch_is_refused_at_start() {
+    let Some(effnet) = shared("efficientnet-lite0.onnx") else { return };
+    let model = Model::load(&effnet, &python(), 1, 1).expect("load");
+    let batching = Batching { max_batch: 4, max_delay: Duration::from_millis(2) };
+    let err = Served::start("effnet", model, tensor_spec(Some(batching)), None, 4).err().expect("refused").to_string();
+    assert!(err.contains("[batching] needs a model") && err.contains("[1, 3, 224, 224]"), "{err}");
+}
+
+fn shared(name: &str) -> Option<PathBuf> {
+    let path = repo().join("../shared/models").join(name);
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!("skipped: {} is not on this machine", path.display());
+        None
+    }
+}
+
+#[tokio::test]
+async fn efficientnet_names_the_cat_in_a_png() {
+    let (Some(effnet), Some(labels), Some(cat)) =
+        (shared("efficientnet-lite0.onnx"), shared("imagenet-labels.json"), shared("samples/chelsea.png"))
+    else {
+        return;
+    };
+    let model = Model::load(&effnet, &python(), 1, 1).expect("load");
+    let spec = ModelSpec {
+        input: ModelInput::Image(ImagePrep {
+            resize: Some(256),
+            crop: Some(224),
+            mean: [127.0; 3],
+            std: [128.0; 3],
+            layout: None,
+            bgr: false,
+        }),
+        labels: Some("imagenet-labels.json".into()),
+        output: OutputSpec { softmax: true, top_k: 3 },
+        batching: None,
+        instances: None,
+        threads: None,
+    };
+    let text = std::fs::read_to_string(labels).expect("labels");
+    let served = Served::start("effnet", model, spec, Some(&text), 8).expect("serve");
+    let reply = served
+        .answer(&invocation("image/png", std::fs::read(cat).expect("png")), Instant::now() + Duration::from_secs(30))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let best: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+    let top: Vec<i64> = best.as_array().expect("list").iter().filter_map(|c| c["index"].as_i64()).collect();
+    assert_eq!(top.len(), 3);
+    assert_eq!(top[0], 282, "tiger cat first: {best}");
+    assert!(top.contains(&285) || top.contains(&281), "another cat next: {best}");
+    assert_eq!(best[0]["label"], "a cat having a striped coat", "the label file names class 282 so");
+}
