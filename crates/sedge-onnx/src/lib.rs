@@ -5,7 +5,9 @@
 //! - [`model`]: finding ONNX Runtime, loading sessions, running tensors.
 //! - [`tensor`]: tensors in JSON and bytes, checked against the model (pure).
 //! - [`prep`]: a JPEG or PNG to an input tensor; scores to top classes.
+//! - [`cores`]: the node's cores shared among loaded models.
 //! - [`batch`]: the batching policy over a queue (pure, simulated time).
+//! - [`oip`]: the Open Inference Protocol's infer messages, binary data included (pure).
 //! - [`serve`]: a served model — requests to tensors, the dispatcher that
 //!   batches them onto free sessions, answers.
 //!
@@ -13,7 +15,9 @@
 //! wraps a [`serve::Served`] as its onnx engine.
 
 pub mod batch;
+pub mod cores;
 pub mod model;
+pub mod oip;
 pub mod prep;
 pub mod serve;
 pub mod tensor;

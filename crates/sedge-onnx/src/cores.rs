@@ -1,0 +1,113 @@
+//! The node's cores shared by its models: each loaded model holds
+//! `instances × threads` of them, so all models together never run more
+//! inference threads than there are cores (past that they only slow each
+//! other down). A manifest may ask for more explicitly; it is told what it
+//! got.
+
+use std::sync::{Arc, Mutex};
+
+/// Sessions and threads per session a model runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub instances: usize,
+    pub threads: usize,
+}
+
+impl Plan {
+    pub fn cores(self) -> usize {
+        self.instances * self.threads
+    }
+}
+
+/// Chooses a plan with `free` of `total` cores left: what the manifest asks
+/// for is honoured as given; unset, one thread per session and as many
+/// sessions as free cores (at least one), which serves concurrent callers
+/// best on small CPUs.
+pub fn plan(instances: Option<u32>, threads: Option<u32>, free: usize, total: usize) -> Plan {
+    let room = free.max(1);
+    let as_usize = |v: u32| usize::try_from(v).unwrap_or(usize::MAX).max(1);
+    match (instances.map(as_usize), threads.map(as_usize)) {
+        (Some(i), Some(t)) => Plan { instances: i, threads: t },
+        (Some(i), None) => Plan { instances: i, threads: (room / i).max(1) },
+        (None, Some(t)) => Plan { instances: (room / t).max(1), threads: t },
+        (None, None) => Plan { instances: room.min(total.max(1)), threads: 1 },
+    }
+}
+
+/// The node's cores and how many loaded models hold.
+#[derive(Debug, Clone)]
+pub struct Cores {
+    total: usize,
+    held: Arc<Mutex<usize>>,
+}
+
+impl Cores {
+    pub fn new(total: usize) -> Self {
+        Self { total: total.max(1), held: Arc::default() }
+    }
+
+    /// All the machine's cores (or those this process may use).
+    pub fn of_machine() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Takes a plan for a model that asked for `instances` and `threads`;
+    /// the cores go back when the guard is dropped (the model unloaded).
+    pub fn reserve(&self, instances: Option<u32>, threads: Option<u32>) -> (Plan, Held) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let free = self.total.saturating_sub(*held);
+        let chosen = plan(instances, threads, free, self.total);
+        *held += chosen.cores();
+        (chosen, Held { cores: chosen.cores(), held: self.held.clone() })
+    }
+
+    pub fn held(&self) -> usize {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Cores a loaded model holds.
+#[derive(Debug)]
+pub struct Held {
+    cores: usize,
+    held: Arc<Mutex<usize>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        *held = held.saturating_sub(self.cores);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_a_model_takes_one_single_thread_session_per_free_core() {
+        assert_eq!(plan(None, None, 2, 2), Plan { instances: 2, threads: 1 });
+        assert_eq!(plan(None, Some(2), 4, 4), Plan { instances: 2, threads: 2 });
+        assert_eq!(plan(Some(1), None, 4, 4), Plan { instances: 1, threads: 4 });
+        assert_eq!(plan(Some(3), Some(3), 1, 2), Plan { instances: 3, threads: 3 }, "asked for is given");
+    }
+
+    #[test]
+    fn models_share_the_cores_and_give_them_back() {
+        let cores = Cores::new(2);
+        let (first, held_first) = cores.reserve(None, None);
+        assert_eq!(first, Plan { instances: 2, threads: 1 });
+        // Nothing left: the next model still gets one session of one thread.
+        let (second, held_second) = cores.reserve(None, None);
+        assert_eq!(second, Plan { instances: 1, threads: 1 });
+        assert_eq!(cores.held(), 3);
+        drop(held_first);
+        drop(held_second);
+        assert_eq!(cores.held(), 0);
+        assert_eq!(cores.reserve(None, None).0.instances, 2);
+    }
+}
