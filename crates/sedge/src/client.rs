@@ -2,6 +2,8 @@
 //! `{"error": ...}` answers into readable messages.
 
 use anyhow::{anyhow, Context, Result};
+
+use crate::failure::hinted;
 use ureq::http::{Method, Request};
 use ureq::Agent;
 
@@ -35,18 +37,19 @@ impl Answer {
             .unwrap_or_else(|| self.text())
     }
 
-    /// Fails with the status and the node's message unless 2xx.
+    /// Fails with the status and the node's message unless 2xx, with
+    /// what to do for the statuses a user can fix.
     pub fn check(self, what: &str) -> Result<Self> {
         if self.ok() {
-            Ok(self)
-        } else if self.status == 401 {
-            Err(anyhow!(
-                "{what}: the node answered 401: {}\nlog in with `sedge login`, or set SEDGE_PASSWORD",
-                self.error_message()
-            ))
-        } else {
-            Err(anyhow!("{what}: the node answered {}: {}", self.status, self.error_message()))
+            return Ok(self);
         }
+        let error = anyhow!("{what}: the node answered {}: {}", self.status, self.error_message());
+        Err(match self.status {
+            401 => hinted(error, "log in with `sedge login` (or set SEDGE_PASSWORD) with the node's admin password"),
+            404 if what.starts_with("deploying") => error,
+            404 => hinted(error, "`sedge ls` lists the functions the node has"),
+            _ => error,
+        })
     }
 
     pub fn json(&self) -> Result<serde_json::Value> {
@@ -86,7 +89,7 @@ impl Client {
             }
         }
         let req = req.body(body).context("invalid request")?;
-        let mut resp = self.agent.run(req).with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let mut resp = self.agent.run(req).map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()
@@ -95,6 +98,14 @@ impl Client {
             .read_to_vec()
             .with_context(|| format!("reading the answer from {}", self.base))?;
         Ok(Answer { status, body })
+    }
+
+    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        let what = anyhow!("cannot reach the node at {}", self.base);
+        hinted(
+            anyhow::Error::new(e).context(what),
+            "is `sedge serve` running there? Name another node with --gateway URL or SEDGE_GATEWAY",
+        )
     }
 
     pub fn get(&self, path: &str) -> Result<Answer> {
@@ -108,7 +119,7 @@ impl Client {
         if let Some(auth) = &self.auth {
             req = req.header("authorization", auth.as_str());
         }
-        let resp = req.call().with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let resp = req.call().map_err(|e| self.unreachable(e))?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let body = resp.into_body().read_to_vec().unwrap_or_default();

@@ -2,12 +2,16 @@
 
 use anyhow::Result;
 
+use super::gateway::Gateway;
 use crate::client::Client;
 
 /// Show a function's spec and state.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The function to show.
     name: String,
+    #[command(flatten)]
+    pub gateway: Gateway,
 }
 
 pub fn run(client: &Client, args: Args) -> Result<()> {

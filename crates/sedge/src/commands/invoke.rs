@@ -4,24 +4,28 @@ use std::io::{Read, Write};
 
 use anyhow::{anyhow, Context, Result};
 
+use super::gateway::Gateway;
 use crate::client::Client;
 
 /// Call a function and print its answer.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The function to call.
     name: String,
     /// Request body: text, @FILE to read a file, or - for stdin.
-    #[arg(long, short = 'd')]
+    #[arg(long, short = 'd', value_name = "TEXT|@FILE|-")]
     data: Option<String>,
     /// Extra header, as K:V (repeatable).
     #[arg(long = "header", short = 'H', value_name = "K:V")]
     headers: Vec<String>,
     /// HTTP method (default: POST with data, GET without).
-    #[arg(long, short = 'X')]
+    #[arg(long, short = 'X', value_name = "METHOD")]
     method: Option<String>,
     /// Sub-path after /function/NAME, e.g. /v1/predict.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true, value_name = "PATH")]
     path: String,
+    #[command(flatten)]
+    pub gateway: Gateway,
 }
 
 fn body(data: Option<&str>) -> Result<Option<Vec<u8>>> {

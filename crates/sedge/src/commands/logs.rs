@@ -2,18 +2,22 @@
 
 use anyhow::{Context, Result};
 
+use super::gateway::Gateway;
 use crate::client::Client;
 
 /// Print a function's log.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The function whose log to print.
     name: String,
-    /// Only the last N lines.
-    #[arg(long)]
+    /// Only the last N lines [default: all]
+    #[arg(long, value_name = "N")]
     tail: Option<u32>,
     /// Keep printing new lines as they come.
     #[arg(long, short = 'f')]
     follow: bool,
+    #[command(flatten)]
+    pub gateway: Gateway,
 }
 
 fn print_line(line: &str, printed: &mut bool) -> Result<()> {

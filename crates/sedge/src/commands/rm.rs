@@ -2,12 +2,16 @@
 
 use anyhow::Result;
 
+use super::gateway::Gateway;
 use crate::client::Client;
 
 /// Remove a function.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The function to remove (its workers stop, its bundle and logs go).
     name: String,
+    #[command(flatten)]
+    pub gateway: Gateway,
 }
 
 pub fn run(client: &Client, args: Args) -> Result<()> {

@@ -2,14 +2,19 @@
 
 use anyhow::Result;
 
+use super::gateway::Gateway;
 use crate::client::Client;
 
 /// Hold a function at N workers (0: stop them now; requests wake it again).
 #[derive(clap::Args)]
 pub struct Args {
+    /// The function to scale.
     name: String,
-    #[arg(long)]
+    /// Workers to hold from now on, whatever the load (0: none until a request comes).
+    #[arg(long, value_name = "N")]
     replicas: u32,
+    #[command(flatten)]
+    pub gateway: Gateway,
 }
 
 pub fn run(client: &Client, args: Args) -> Result<()> {
