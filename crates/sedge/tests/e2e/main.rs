@@ -13,6 +13,7 @@ mod hostile;
 mod http_runtime;
 mod lifecycle;
 mod limits;
+mod messages;
 mod openfaas_api;
 mod persistence;
 mod sandbox;
