@@ -19,3 +19,4 @@ mod persistence;
 mod sandbox;
 mod scaling;
 mod styles;
+mod titles;
