@@ -488,6 +488,40 @@ pub(crate) fn fmt_ms(v: f64) -> String {
 mod tests {
     use super::*;
 
+    fn cold(scenario: &str, count: u64) -> ColdSummary {
+        let latencies_ms: Vec<f64> = (0..count).map(|i| 10.0 + i as f64).collect();
+        ColdSummary {
+            scenario: scenario.into(),
+            count,
+            successes: count,
+            mean_ms: None,
+            min_ms: None,
+            median_ms: None,
+            max_ms: None,
+            latencies_ms,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn few_cold_starts_are_called_single_samples() {
+        let one = cold_caveat(&[cold("a", 1), cold("b", 5)]).expect("a caveat");
+        assert!(one.starts_with("one cold start per scenario"), "{one}");
+        assert!(cold_caveat(&[cold("a", 3)]).expect("a caveat").starts_with("as few as 3 cold starts"));
+        assert_eq!(cold_caveat(&[cold("a", 5), cold("b", 7)]), None);
+        assert_eq!(cold_caveat(&[]), None);
+    }
+
+    #[test]
+    fn the_cold_start_chart_has_a_row_per_scenario_with_samples() {
+        let c = cold_chart(&[cold("sedge/a", 5), cold("sedge/b", 0)], Formats { png: false }).expect("draws");
+        let c = c.expect("a chart");
+        assert_eq!(c.file, "charts/cold-starts.svg");
+        assert!(c.svg.contains("sedge/a") && !c.svg.contains("sedge/b"));
+        assert!(cold_chart(&[], Formats { png: false }).expect("draws").is_none());
+        assert_eq!((users(1), users(10)), ("1 user".to_owned(), "10 users".to_owned()));
+    }
+
     #[test]
     fn slugs_and_spread() {
         assert_eq!(slug("ML inference"), "ml-inference");
