@@ -46,9 +46,20 @@ impl Answer {
         let error = anyhow!("{what}: the node answered {}: {}", self.status, self.error_message());
         Err(match self.status {
             401 => hinted(error, "log in with `sedge login` (or set SEDGE_PASSWORD) with the node's admin password"),
-            404 if what.starts_with("deploying") => error,
-            404 => hinted(error, "`sedge ls` lists the functions the node has"),
             _ => error,
+        })
+    }
+
+    /// As `check`, for a request about one function: a 404 says to look
+    /// the name up.
+    pub fn check_function(self, what: &str) -> Result<Self> {
+        let status = self.status;
+        self.check(what).map_err(|e| {
+            if status == 404 {
+                hinted(e, "`sedge ls` lists the functions the node has")
+            } else {
+                e
+            }
         })
     }
 
@@ -113,7 +124,8 @@ impl Client {
     }
 
     /// GET whose body is read as it arrives, line by line (log following).
-    pub fn get_lines(&self, path: &str, mut each: impl FnMut(&str) -> Result<()>) -> Result<()> {
+    /// `what` names the request in an error.
+    pub fn get_lines(&self, path: &str, what: &str, mut each: impl FnMut(&str) -> Result<()>) -> Result<()> {
         use std::io::BufRead;
         let mut req = self.agent.get(self.url(path));
         if let Some(auth) = &self.auth {
@@ -123,7 +135,7 @@ impl Client {
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let body = resp.into_body().read_to_vec().unwrap_or_default();
-            return Answer { status, body }.check("reading").map(|_| ());
+            return Answer { status, body }.check_function(what).map(|_| ());
         }
         let reader = std::io::BufReader::new(resp.into_body().into_reader());
         for line in reader.lines() {

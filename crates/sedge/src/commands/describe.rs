@@ -15,7 +15,8 @@ pub struct Args {
 }
 
 pub fn run(client: &Client, args: Args) -> Result<()> {
-    let answer = client.get(&format!("/system/function/{}", args.name))?.check(&format!("describing {}", args.name))?;
+    let answer =
+        client.get(&format!("/system/function/{}", args.name))?.check_function(&format!("describing {}", args.name))?;
     println!("{}", serde_json::to_string_pretty(&answer.json()?)?);
     Ok(())
 }

@@ -55,7 +55,12 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
         if args.path.is_empty() || args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
     let answer = client.send(&method, &format!("/function/{}{sub}", args.name), &headers, body.unwrap_or_default())?;
     if !answer.ok() {
-        return Err(anyhow!("function {} answered {}: {}", args.name, answer.status, answer.error_message()));
+        let error = anyhow!("function {} answered {}: {}", args.name, answer.status, answer.error_message());
+        // The node's own 404, not one the function sent for a path of its own.
+        if answer.status == 404 && answer.error_message() == format!("function {} not found", args.name) {
+            return Err(crate::failure::hinted(error, "`sedge ls` lists the functions the node has"));
+        }
+        return Err(error);
     }
     let mut out = std::io::stdout().lock();
     out.write_all(&answer.body)?;

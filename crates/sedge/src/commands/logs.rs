@@ -35,7 +35,7 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
     let tail = args.tail.map_or(-1, i64::from);
     let path = format!("/system/logs?name={}&tail={tail}&follow={}", args.name, args.follow);
     let mut printed = false;
-    client.get_lines(&path, |line| print_line(line, &mut printed))?;
+    client.get_lines(&path, &format!("reading the log of {}", args.name), |line| print_line(line, &mut printed))?;
     if !printed && !args.follow {
         // Said on stderr, so a script reading the lines gets none.
         eprintln!("{} has printed nothing yet", args.name);

@@ -17,7 +17,7 @@ pub struct Args {
 pub fn run(client: &Client, args: Args) -> Result<()> {
     let body = serde_json::to_vec(&serde_json::json!({ "functionName": args.name }))?;
     let headers = [("content-type".to_owned(), "application/json".to_owned())];
-    client.send("DELETE", "/system/functions", &headers, body)?.check(&format!("removing {}", args.name))?;
+    client.send("DELETE", "/system/functions", &headers, body)?.check_function(&format!("removing {}", args.name))?;
     println!("removed {}", args.name);
     Ok(())
 }

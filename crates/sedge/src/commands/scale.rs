@@ -22,7 +22,7 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
     let headers = [("content-type".to_owned(), "application/json".to_owned())];
     client
         .send("POST", &format!("/system/scale-function/{}", args.name), &headers, body)?
-        .check(&format!("scaling {}", args.name))?;
+        .check_function(&format!("scaling {}", args.name))?;
     println!("scaled {} to {} replicas", args.name, args.replicas);
     Ok(())
 }

@@ -115,7 +115,7 @@ pub fn rotate(client: &Client, args: RotateArgs) -> Result<()> {
     let path = format!("/system/function/{}/token", args.name);
     let answer = client
         .send("POST", &path, &json_headers(), Vec::new())?
-        .check(&format!("rotating the token of {}", args.name))?;
+        .check_function(&format!("rotating the token of {}", args.name))?;
     let token = answer.json()?["token"].as_str().unwrap_or_default().to_owned();
     println!("{token}");
     Ok(())

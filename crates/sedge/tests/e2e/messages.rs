@@ -88,9 +88,14 @@ fn a_wrong_password_says_to_log_in() {
     once(&err, "401");
     once(&err, "sedge login");
 
-    let err = stderr(&node.cli(&["describe", "ghost"]));
-    once(&err, "404");
-    once(&err, "`sedge ls`");
+    for args in [&["describe", "ghost"][..], &["invoke", "ghost"], &["logs", "ghost"], &["rm", "ghost"]] {
+        let err = stderr(&node.cli(args));
+        once(&err, "404");
+        once(&err, "ghost not found");
+        once(&err, "`sedge ls`");
+    }
+    let err = stderr(&node.cli(&["secret", "rm", "ghost"]));
+    assert!(!err.contains("sedge ls"), "a secret is not a function: {err}");
 }
 
 fn help(args: &[&str]) -> String {
