@@ -120,7 +120,7 @@ mod tests {
     #[test]
     fn causes_and_hint_each_get_a_line() {
         let e: anyhow::Result<()> = Err(missing()).context("reading d/sedge.toml");
-        let e = e.hint("d must contain a sedge.toml").context("d has no sedge.toml").unwrap_err();
+        let e = e.hint("d must contain a sedge.toml").context("d has no sedge.toml").expect_err("an error");
         assert_eq!(
             render(&e),
             "error: d has no sedge.toml\n  caused by: reading d/sedge.toml\n  caused by: No such file or directory\n  \
