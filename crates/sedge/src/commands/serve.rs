@@ -19,7 +19,7 @@ use crate::failure::HintExt;
 /// How long requests in flight get to finish after a stop signal.
 const GRACE: Duration = Duration::from_secs(10);
 
-/// Run a node.
+/// Run a node: the HTTP gateway, the function workers and the store, until Ctrl-C or SIGTERM.
 #[derive(clap::Args)]
 pub struct Args {
     /// Address to listen on (port 0 picks a free port).
