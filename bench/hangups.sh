@@ -33,7 +33,7 @@ for _ in $(seq 300); do grep -q '^sedge listening on ' "$tmp/out" 2>/dev/null &&
 url=$(sed -n 's/^sedge listening on //p' "$tmp/out" | head -1)
 [ -n "$url" ] || { cat "$tmp/node.log" >&2; exit 1; }
 # Both workers up before the run, so that any start during it is a restart.
-"$bin" --gateway "$url" scale effnet --replicas 2 >/dev/null
+"$bin" scale effnet --replicas 2 --gateway "$url" >/dev/null
 for _ in $(seq 600); do
   curl -fsS -u "admin:$SEDGE_PASSWORD" "$url/system/function/effnet" | grep -q '"availableReplicas":2' && break
   sleep 0.1

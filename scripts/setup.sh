@@ -14,6 +14,6 @@ if [ ! -x .venv/bin/python ]; then
     exit 1
   }
 fi
-if ! .venv/bin/python -c 'import numpy, onnxruntime, flask, bottle' 2>/dev/null; then
+if ! .venv/bin/python -c 'import numpy, onnxruntime, flask, bottle, setproctitle' 2>/dev/null; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 fi

@@ -7,6 +7,7 @@
 // docs/protocol.md describes.
 // No dependencies: it must run with nothing but Node.js 20 installed.
 
+const fs = require('fs');
 const net = require('net');
 const path = require('path');
 const util = require('util');
@@ -1246,8 +1247,29 @@ async function runInvocation({ style, handler, maxAnswer }, id, invocation) {
   }
 }
 
+// The kernel keeps a process's short name (comm: what `ps -o comm`, top and
+// pgrep show) in 16 bytes, its terminating zero included.
+const COMM_BYTES = 15;
+
+/**
+ * Names the worker after its function: every spare starts as
+ * `sedge_worker.js --spare`, and a page of those in `ps` says nothing about
+ * which process serves what. The command line becomes `sedge-fn NAME`
+ * (process.title: as long as the original command line allows); the short
+ * name, which process.title cuts to `sedge-fn …`, becomes the name itself.
+ */
+function setTitle(name) {
+  process.title = `sedge-fn ${name}`;
+  try {
+    fs.writeFileSync('/proc/self/comm', Buffer.from(name).subarray(0, COMM_BYTES));
+  } catch {
+    // Not Linux, or /proc not mounted in this sandbox: the title stays.
+  }
+}
+
 /** Loads the function; on failure reports it and exits, returning null. */
 function start(functionDir, handlerName) {
+  setTitle(process.env.SEDGE_FUNCTION || path.basename(path.resolve(functionDir)));
   try {
     const style = pickStyle();
     const maxAnswer = readMaxAnswer();

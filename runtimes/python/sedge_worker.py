@@ -7,7 +7,8 @@ docs/protocol.md describes.
 SEDGE_STYLE says how to call the handler: sedge's own way, or the way of the
 framework the code was written for (docs/styles-python.md).
 Standard library only (but for the fission style, whose functions bring
-Flask): it must run in whatever Python the function brings.
+Flask, and setproctitle, used when importable): it must run in whatever
+Python the function brings.
 """
 
 import importlib
@@ -491,6 +492,43 @@ def serve(channel, loaded):
         pool.shutdown(wait=True)
 
 
+# --- process title ------------------------------------------------------------
+
+# The kernel keeps a process's short name (comm: what `ps -o comm`, top and
+# pgrep show) in 16 bytes, its terminating zero included.
+COMM_BYTES = 15
+
+
+def title_setter():
+    """setproctitle's function when that package is importable (it rewrites
+    the command line `ps` shows, which the standard library cannot), else
+    None. A spare imports it before its function is known, so that the cold
+    start does not pay for the import."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return None
+    return setproctitle
+
+
+def set_title(name, setter):
+    """Names the worker after its function: every spare starts as
+    `sedge_worker.py --spare`, and a page of those in `ps` says nothing
+    about which process serves what. The command line becomes `sedge-fn
+    NAME` where setproctitle is installed; the short name is always set."""
+    if setter is not None:
+        try:
+            setter(f"sedge-fn {name}")
+        except Exception:  # a title is never worth failing a load for
+            pass
+    try:
+        with open("/proc/self/comm", "wb") as comm:
+            comm.write(name.encode("utf-8", "replace")[:COMM_BYTES])
+    except OSError:
+        # Not Linux, or /proc not mounted in this sandbox: the title stays.
+        pass
+
+
 def await_assignment(channel):
     """A spare worker is started before any function needs it, so that the
     interpreter's and the shim's start-up are paid before a request waits.
@@ -524,6 +562,7 @@ def main(argv):
         return 2
     channel = Channel()
     install_sedge_module()
+    setter = title_setter()
     if spare:
         try:
             function_dir, handler_name = await_assignment(channel)
@@ -531,6 +570,7 @@ def main(argv):
             die(f"bad frame from sedge: {e}", 2)
     else:
         function_dir, handler_name = argv[1], argv[2]
+    set_title(os.environ.get("SEDGE_FUNCTION") or os.path.basename(os.path.abspath(function_dir)), setter)
     # Before the style: fission's needs Flask, which may be the function's own.
     add_function_packages()
     try:

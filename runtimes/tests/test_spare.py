@@ -1,6 +1,7 @@
 """Spare workers: a shim started with `--spare` waits, already warm, for a
 `load` frame naming the function it becomes, then serves like any worker."""
 
+import importlib.util
 import json
 import os
 import sys
@@ -49,6 +50,15 @@ class SpareContract:
         self.assertEqual(header["status"], 200)
         self.assertEqual(json.loads(body), {"greeting": "hi", "cwd": str(self.dir), "function": "fn"})
 
+    def test_takes_its_function_s_name_as_its_process_title(self):
+        pid = self.worker.proc.pid
+        self.assertEqual(self.load(env={"SEDGE_FUNCTION": "a-function-with-a-long-name"}), {"type": "ready"})
+        # The short name holds 15 bytes; the kernel cuts it there.
+        self.assertEqual(Path(f"/proc/{pid}/comm").read_text().strip(), "a-function-with")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if self.rewrites_cmdline():
+            self.assertTrue(cmdline.startswith(b"sedge-fn a-function-with-a-long-name"), cmdline)
+
     def test_max_answer_comes_with_the_load_frame(self):
         self.assertEqual(self.load(env={"SEDGE_MAX_ANSWER": "5"}), {"type": "ready"})
         header, body = self.worker.call("/")
@@ -76,11 +86,20 @@ class PythonSpareTests(SpareContract, unittest.TestCase):
     FILE = "handler.py"
     CODE = PY_HANDLER
 
+    @staticmethod
+    def rewrites_cmdline():
+        """Only with setproctitle, which this interpreter may lack."""
+        return importlib.util.find_spec("setproctitle") is not None
+
 
 class NodeSpareTests(SpareContract, unittest.TestCase):
     COMMAND = ["node", str(NODE_SHIM), "--spare"]
     FILE = "handler.js"
     CODE = NODE_HANDLER
+
+    @staticmethod
+    def rewrites_cmdline():
+        return True
 
 
 if __name__ == "__main__":

@@ -270,7 +270,8 @@ impl FunctionSpec {
     pub fn parse(file: &str, text: &str) -> Result<Self, ManifestError> {
         let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Syntax {
             file: file.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            // Kept on several lines: the caret excerpt points at the column.
+            message: e.to_string().trim_end().to_owned(),
         })?;
         Self::from_raw(file, raw)
     }

@@ -2,6 +2,8 @@
 //! `{"error": ...}` answers into readable messages.
 
 use anyhow::{anyhow, Context, Result};
+
+use crate::failure::hinted;
 use ureq::http::{Method, Request};
 use ureq::Agent;
 
@@ -35,18 +37,30 @@ impl Answer {
             .unwrap_or_else(|| self.text())
     }
 
-    /// Fails with the status and the node's message unless 2xx.
+    /// Fails with the status and the node's message unless 2xx, with
+    /// what to do for the statuses a user can fix.
     pub fn check(self, what: &str) -> Result<Self> {
         if self.ok() {
-            Ok(self)
-        } else if self.status == 401 {
-            Err(anyhow!(
-                "{what}: the node answered 401: {}\nlog in with `sedge login`, or set SEDGE_PASSWORD",
-                self.error_message()
-            ))
-        } else {
-            Err(anyhow!("{what}: the node answered {}: {}", self.status, self.error_message()))
+            return Ok(self);
         }
+        let error = anyhow!("{what}: the node answered {}: {}", self.status, self.error_message());
+        Err(match self.status {
+            401 => hinted(error, "log in with `sedge login` (or set SEDGE_PASSWORD) with the node's admin password"),
+            _ => error,
+        })
+    }
+
+    /// As `check`, for a request about one function: a 404 says to look
+    /// the name up.
+    pub fn check_function(self, what: &str) -> Result<Self> {
+        let status = self.status;
+        self.check(what).map_err(|e| {
+            if status == 404 {
+                hinted(e, "`sedge ls` lists the functions the node has")
+            } else {
+                e
+            }
+        })
     }
 
     pub fn json(&self) -> Result<serde_json::Value> {
@@ -104,7 +118,15 @@ impl Client {
             }
         }
         let req = req.body(body).context("invalid request")?;
-        self.agent.run(req).with_context(|| format!("cannot reach the node at {}", self.base))
+        self.agent.run(req).map_err(|e| self.unreachable(e))
+    }
+
+    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        let what = anyhow!("cannot reach the node at {}", self.base);
+        hinted(
+            anyhow::Error::new(e).context(what),
+            "is `sedge serve` running there? Name another node with --gateway URL or SEDGE_GATEWAY",
+        )
     }
 
     pub fn get(&self, path: &str) -> Result<Answer> {
@@ -112,12 +134,13 @@ impl Client {
     }
 
     /// GET whose body is read as it arrives, line by line (log following).
-    pub fn get_lines(&self, path: &str, each: impl FnMut(&str) -> Result<()>) -> Result<()> {
-        self.send_lines("GET", path, &[], Vec::new(), "reading", each)
+    /// `what` names the request in an error.
+    pub fn get_lines(&self, path: &str, what: &str, each: impl FnMut(&str) -> Result<()>) -> Result<()> {
+        self.send_lines("GET", path, &[], Vec::new(), what, each)
     }
 
     /// A request whose answer is read as it arrives, line by line; an
-    /// error status is an error.
+    /// error status is an error (`what` names the request in it).
     pub fn send_lines(
         &self,
         method: &str,
@@ -132,7 +155,7 @@ impl Client {
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let body = resp.into_body().read_to_vec().unwrap_or_default();
-            return Answer { status, body }.check(what).map(|_| ());
+            return Answer { status, body }.check_function(what).map(|_| ());
         }
         let reader = std::io::BufReader::new(resp.into_body().into_reader());
         for line in reader.lines() {

@@ -6,17 +6,14 @@
 mod client;
 mod commands;
 mod credentials;
+mod failure;
 mod signals;
 
-use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "sedge", version, about = "A serverless platform for machine learning at the edge")]
 struct Cli {
-    /// The node to talk to (client commands).
-    #[arg(long, global = true, env = "SEDGE_GATEWAY", default_value = "http://127.0.0.1:8080")]
-    gateway: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -26,9 +23,8 @@ enum Command {
     Serve(commands::serve::Args),
     Deploy(commands::deploy::Args),
     Invoke(commands::invoke::Args),
-    /// List deployed functions.
     #[command(alias = "list")]
-    Ls,
+    Ls(commands::ls::Args),
     Describe(commands::describe::Args),
     Logs(commands::logs::Args),
     #[command(alias = "remove")]
@@ -36,11 +32,28 @@ enum Command {
     Scale(commands::scale::Args),
     Bench(commands::bench::Args),
     Login(commands::login::Args),
-    /// Forget the stored credentials for the gateway.
-    Logout,
+    Logout(commands::login::LogoutArgs),
     Secret(commands::secret::Args),
-    /// Make a new invoke token for a function with `[auth] invoke = true`.
     RotateToken(commands::secret::RotateArgs),
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    use commands::*;
+    match command {
+        Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Deploy(args) => deploy::run(&args.gateway.client()?, args),
+        Command::Invoke(args) => invoke::run(&args.gateway.client()?, args),
+        Command::Ls(args) => ls::run(&args.gateway.client()?),
+        Command::Describe(args) => describe::run(&args.gateway.client()?, args),
+        Command::Logs(args) => logs::run(&args.gateway.client()?, args),
+        Command::Rm(args) => rm::run(&args.gateway.client()?, args),
+        Command::Scale(args) => scale::run(&args.gateway.client()?, args),
+        Command::Login(args) => login::run(&args.gateway.client()?, args),
+        Command::Logout(args) => login::logout(&args.gateway.client()?),
+        Command::Secret(args) => secret::run(&args.gateway.client()?, args),
+        Command::RotateToken(args) => secret::rotate(&args.gateway.client()?, args),
+    }
 }
 
 fn main() {
@@ -50,35 +63,83 @@ fn main() {
     if raw.nth(1).is_some_and(|a| a == sedge_runtime::sandbox::launch::SUBCOMMAND) {
         std::process::exit(commands::sandbox_exec::run(raw.collect()));
     }
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    // The bench starts a node of its own unless one was named.
-    let gateway_given = matches.value_source("gateway").is_some_and(|s| s != ValueSource::DefaultValue);
-    let password = match credentials::find(&cli.gateway) {
-        Ok(found) => found,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
-        }
-    };
-    let gateway = client::Client::new(&cli.gateway).with_password(password.as_deref());
-    let result = match cli.command {
-        Command::Serve(args) => commands::serve::run(args),
-        Command::Deploy(args) => commands::deploy::run(&gateway, args),
-        Command::Invoke(args) => commands::invoke::run(&gateway, args),
-        Command::Ls => commands::ls::run(&gateway),
-        Command::Describe(args) => commands::describe::run(&gateway, args),
-        Command::Logs(args) => commands::logs::run(&gateway, args),
-        Command::Rm(args) => commands::rm::run(&gateway, args),
-        Command::Scale(args) => commands::scale::run(&gateway, args),
-        Command::Login(args) => commands::login::run(&gateway, args),
-        Command::Logout => commands::login::logout(&gateway),
-        Command::Secret(args) => commands::secret::run(&gateway, args),
-        Command::RotateToken(args) => commands::secret::rotate(&gateway, args),
-        Command::Bench(args) => commands::bench::run(args, gateway_given.then_some(cli.gateway.as_str())),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
+    let cli = Cli::parse();
+    if let Err(e) = run(cli.command) {
+        eprint!("{}", failure::render(&e));
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand, nested ones included, with its path of names.
+    fn all(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            let name = format!("{path} {}", sub.get_name());
+            all(sub, name.clone(), out);
+            out.push((name, sub.clone()));
+        }
+    }
+
+    fn commands() -> Vec<(String, clap::Command)> {
+        let mut root = Cli::command();
+        root.build();
+        let mut out = Vec::new();
+        all(&root, "sedge".into(), &mut out);
+        out
+    }
+
+    #[test]
+    fn every_argument_and_command_is_described() {
+        let mut missing = Vec::new();
+        for (path, cmd) in commands() {
+            if cmd.is_hide_set() {
+                continue;
+            }
+            if cmd.get_about().is_none() {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+        }
+        assert!(commands().len() > 15, "the tree was walked");
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn only_client_commands_take_a_gateway() {
+        let takes = |cmd: &clap::Command| cmd.get_arguments().any(|a| a.get_id() == "gateway");
+        for (path, cmd) in commands() {
+            match path.as_str() {
+                "sedge serve" | "sedge bench load" | "sedge bench ceiling" | "sedge bench report" => {
+                    assert!(!takes(&cmd), "{path} lists --gateway")
+                }
+                "sedge ls" | "sedge deploy" | "sedge secret ls" | "sedge bench run" => {
+                    assert!(takes(&cmd), "{path} has no --gateway")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_flag_means_one_thing_everywhere() {
+        let mut seen: std::collections::HashMap<char, (String, String)> = std::collections::HashMap::new();
+        for (path, cmd) in commands() {
+            for arg in cmd.get_arguments() {
+                let (Some(short), Some(long)) = (arg.get_short(), arg.get_long()) else { continue };
+                if let Some((other_path, other_long)) = seen.get(&short) {
+                    assert_eq!(other_long, long, "-{short} is --{other_long} in {other_path} but --{long} in {path}");
+                } else {
+                    seen.insert(short, (path.clone(), long.to_owned()));
+                }
+            }
+        }
     }
 }

@@ -1,21 +1,29 @@
-//! Line charts, as SVG and as PNG. Text is laid out (and, in PNGs, drawn)
-//! with a small font embedded in the binary, so charts come out the same on
-//! a machine without any font installed.
+//! Charts, as SVG and as PNG: lines (a figure against users, a latency
+//! CDF) and strips (every cold start of each scenario, one row each). The
+//! legend sits right of the plot, never over a line. Text is laid out (and,
+//! in PNGs, drawn) with a small font embedded in the binary, so charts come
+//! out the same on a machine without any font installed.
 
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::ranged1d::{AsRangedCoord, DefaultFormatting, KeyPointHint, Ranged, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-pub use plotters::chart::SeriesLabelPosition;
-
-const SIZE: (u32, u32) = (820, 500);
+use super::axes::{self, tick};
 
 /// DejaVu Sans cut down to the characters labels use (see
 /// `assets/LICENSE-DejaVu.txt`).
 const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans-subset.ttf");
+
+const WIDTH: u32 = 960;
+const LINE_HEIGHT: u32 = 500;
+/// Strip charts grow with their rows.
+const STRIP_ROW: u32 = 34;
+const LEGEND_FONT: u32 = 13;
+const LEGEND_ROW: i32 = 22;
 
 /// Registers the embedded font under the family the charts ask for.
 fn font() -> Result<(), String> {
@@ -49,6 +57,20 @@ pub struct Line {
     pub points: Vec<(f64, f64)>,
 }
 
+/// One row of dots: every value of a named scenario, its median marked.
+#[derive(Debug, Clone)]
+pub struct Strip {
+    pub name: String,
+    pub values: Vec<f64>,
+}
+
+/// What a chart draws.
+#[derive(Debug, Clone, Copy)]
+pub enum Data<'a> {
+    Lines(&'a [Line]),
+    Strips(&'a [Strip]),
+}
+
 /// What a chart shows.
 #[derive(Debug, Clone)]
 pub struct Spec<'a> {
@@ -60,40 +82,35 @@ pub struct Spec<'a> {
     pub x_log: bool,
     /// Fixed y range (success rate, CDF); `None`: from zero to the data.
     pub y_range: Option<Range<f64>>,
-    /// Where the legend sits, away from where the lines crowd.
-    pub legend: SeriesLabelPosition,
 }
 
-/// Axis numbers without trailing zeros: "10", "2.5", "0.01".
-fn tick(v: &f64) -> String {
-    let text = if v.abs() >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") };
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        text
+fn size(data: Data<'_>) -> (u32, u32) {
+    match data {
+        Data::Lines(_) => (WIDTH, LINE_HEIGHT),
+        Data::Strips(rows) => (WIDTH, (130 + STRIP_ROW * rows.len() as u32).max(260)),
     }
 }
 
 /// The chart as an SVG document.
-pub fn svg(spec: &Spec<'_>, lines: &[Line]) -> Result<String, String> {
+pub fn svg(spec: &Spec<'_>, data: Data<'_>) -> Result<String, String> {
     font()?;
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
-        draw(&root, spec, lines)?;
+        let root = SVGBackend::with_string(&mut out, size(data)).into_drawing_area();
+        draw(&root, spec, data)?;
         root.present().map_err(|e| e.to_string())?;
     }
     Ok(out)
 }
 
 /// The chart as a PNG image.
-pub fn png(spec: &Spec<'_>, lines: &[Line]) -> Result<Vec<u8>, String> {
+pub fn png(spec: &Spec<'_>, data: Data<'_>) -> Result<Vec<u8>, String> {
     font()?;
-    let (w, h) = SIZE;
+    let (w, h) = size(data);
     let mut rgb = vec![0u8; w as usize * h as usize * 3];
     {
-        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
-        draw(&root, spec, lines)?;
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        draw(&root, spec, data)?;
         root.present().map_err(|e| e.to_string())?;
     }
     let mut out = Vec::new();
@@ -108,8 +125,85 @@ pub fn png(spec: &Spec<'_>, lines: &[Line]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, spec: &Spec<'_>, lines: &[Line]) -> Result<(), String> {
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
+fn colour(i: usize) -> RGBColor {
+    let (r, g, b) = COLOURS[i % COLOURS.len()];
+    RGBColor(r, g, b)
+}
+
+/// How an entry of the legend is drawn.
+enum Mark {
+    Line(RGBColor),
+    Dot(RGBColor),
+    Tick,
+}
+
+fn legend(data: Data<'_>) -> Vec<(String, Mark)> {
+    match data {
+        Data::Lines(lines) => lines.iter().enumerate().map(|(i, l)| (l.name.clone(), Mark::Line(colour(i)))).collect(),
+        Data::Strips(_) => {
+            vec![("one cold start".to_owned(), Mark::Dot(RGBColor(90, 90, 90))), ("median".to_owned(), Mark::Tick)]
+        }
+    }
+}
+
+fn err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> String {
+    e.to_string()
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, spec: &Spec<'_>, data: Data<'_>) -> Result<(), String> {
+    root.fill(&WHITE).map_err(err)?;
+    let body = root.titled(spec.title, ("sans-serif", 20)).map_err(err)?;
+    let entries = legend(data);
+    let style = TextStyle::from(("sans-serif", LEGEND_FONT).into_font());
+    let widest = entries.iter().map(|(name, _)| body.estimate_text_size(name, &style).map_or(0, |(w, _)| w)).max();
+    // Room for the mark, the gap and the text; none without entries.
+    let legend_width = widest.map_or(0, |w| (w + 52).min(WIDTH / 3));
+    let (plot_area, legend_area) = body.split_horizontally(body.dim_in_pixel().0.saturating_sub(legend_width));
+    match data {
+        Data::Lines(lines) => lines_chart(&plot_area, spec, lines)?,
+        Data::Strips(rows) => strips_chart(&plot_area, spec, rows)?,
+    }
+    draw_legend(&legend_area, &entries, &style)
+}
+
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[(String, Mark)],
+    style: &TextStyle<'_>,
+) -> Result<(), String> {
+    let style = style.pos(Pos::new(HPos::Left, VPos::Center));
+    for (i, (name, mark)) in entries.iter().enumerate() {
+        // Level with the plot's top, below its margin.
+        let y = 24 + LEGEND_ROW * i as i32;
+        match mark {
+            Mark::Line(c) => area.draw(&PathElement::new(vec![(8, y), (30, y)], c.stroke_width(2))),
+            Mark::Dot(c) => area.draw(&Circle::new((19, y), 4, c.stroke_width(2))),
+            Mark::Tick => area.draw(&PathElement::new(vec![(19, y - 7), (19, y + 7)], BLACK.stroke_width(2))),
+        }
+        .map_err(err)?;
+        area.draw_text(name, &style, (38, y)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// A log range around the positive values, a little wider than they are.
+fn log_range(values: impl Iterator<Item = f64>) -> Range<f64> {
+    let (lo, hi) = values.filter(|v| *v > 0.0).fold((f64::INFINITY, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let range = if lo.is_finite() && hi > lo {
+        lo * 0.9..hi * 1.1
+    } else if lo.is_finite() {
+        lo * 0.5..lo * 2.0
+    } else {
+        0.1..10.0
+    };
+    axes::snap_log(range)
+}
+
+fn lines_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    spec: &Spec<'_>,
+    lines: &[Line],
+) -> Result<(), String> {
     let xs = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
     let ys = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1));
     let y = spec.y_range.clone().unwrap_or_else(|| {
@@ -117,18 +211,18 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, spec: &Spec<'_>, line
         0.0..if top > 0.0 { top * 1.1 } else { 1.0 }
     });
     if spec.x_log {
-        let lo = xs.clone().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
-        let hi = xs.fold(0.0f64, f64::max);
-        let (lo, hi) = if lo.is_finite() && hi > lo { (lo * 0.9, hi * 1.1) } else { (0.1, 10.0) };
-        plot(root, spec, lines, (lo..hi).log_scale(), y)
+        let range = log_range(xs);
+        let ticks = axes::log_ticks(&range);
+        let x = range.log_scale().with_key_points(ticks.labelled).with_light_points(ticks.light);
+        plot_lines(area, spec, lines, x, y)
     } else {
         let hi = xs.fold(0.0f64, f64::max);
-        plot(root, spec, lines, 0.0..if hi > 0.0 { hi * 1.05 } else { 1.0 }, y)
+        plot_lines(area, spec, lines, 0.0..if hi > 0.0 { hi * 1.05 } else { 1.0 }, y)
     }
 }
 
-fn plot<DB, X>(
-    root: &DrawingArea<DB, Shift>,
+fn plot_lines<DB, X>(
+    area: &DrawingArea<DB, Shift>,
     spec: &Spec<'_>,
     lines: &[Line],
     x: X,
@@ -139,9 +233,7 @@ where
     X: AsRangedCoord<Value = f64>,
     X::CoordDescType: ValueFormatter<f64>,
 {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    let mut chart = ChartBuilder::on(root)
-        .caption(spec.title, ("sans-serif", 20))
+    let mut chart = ChartBuilder::on(area)
         .margin(14)
         .x_label_area_size(44)
         .y_label_area_size(64)
@@ -157,74 +249,178 @@ where
         .draw()
         .map_err(err)?;
     for (i, line) in lines.iter().enumerate() {
-        let (r, g, b) = COLOURS[i % COLOURS.len()];
-        let color = RGBColor(r, g, b);
-        chart
-            .draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(line.name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        let color = colour(i);
+        chart.draw_series(LineSeries::new(line.points.iter().copied(), color.stroke_width(2))).map_err(err)?;
         if line.points.len() <= 40 {
             chart.draw_series(line.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
         }
     }
+    Ok(())
+}
+
+/// One row per strip, first at the top, on a log axis: values of one
+/// scenario can differ a hundredfold (a first import against a warm spare).
+fn strips_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    spec: &Spec<'_>,
+    rows: &[Strip],
+) -> Result<(), String> {
+    let range = log_range(rows.iter().flat_map(|r| r.values.iter().copied()));
+    let ticks = axes::log_ticks(&range);
+    let x = range.log_scale().with_key_points(ticks.labelled).with_light_points(ticks.light);
+    let n = rows.len();
+    let row_y = |i: usize| (n - i) as f64;
+    let y = Rows(n.max(1));
+    let label_style = TextStyle::from(("sans-serif", 12).into_font());
+    let widest = rows.iter().map(|r| area.estimate_text_size(&r.name, &label_style).map_or(0, |(w, _)| w)).max();
+    let label = |v: &f64| {
+        let i = n as f64 - v.round();
+        if i >= 0.0 && (i as usize) < n {
+            rows[i as usize].name.clone()
+        } else {
+            String::new()
+        }
+    };
+    let mut chart = ChartBuilder::on(area)
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(widest.unwrap_or(40) + 16)
+        .build_cartesian_2d(x, y)
+        .map_err(err)?;
     chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(160, 160, 160))
-        .position(spec.legend.clone())
+        .configure_mesh()
+        .x_desc(spec.x_desc)
+        .light_line_style(RGBColor(235, 235, 235))
+        .x_label_formatter(&tick)
+        .y_label_formatter(&label)
         .draw()
         .map_err(err)?;
+    for (i, row) in rows.iter().enumerate() {
+        let (color, y) = (colour(i), row_y(i));
+        chart.draw_series(row.values.iter().map(|&v| Circle::new((v, y), 4, color.stroke_width(2)))).map_err(err)?;
+        if let Some(m) = median(&row.values) {
+            chart
+                .draw_series(std::iter::once(PathElement::new(vec![(m, y - 0.3), (m, y + 0.3)], BLACK.stroke_width(2))))
+                .map_err(err)?;
+        }
+    }
     Ok(())
+}
+
+/// The rows of a strip chart: a continuous axis from 0.5 to n + 0.5 (so a
+/// mark can span part of a row) whose ticks are the rows' centres, 1 to n.
+struct Rows(usize);
+
+impl Ranged for Rows {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let share = (value - 0.5) / self.0 as f64;
+        limit.0 + (share * f64::from(limit.1 - limit.0)).round() as i32
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, _hint: Hint) -> Vec<f64> {
+        (1..=self.0).map(|i| i as f64).collect()
+    }
+
+    fn range(&self) -> Range<f64> {
+        0.5..self.0 as f64 + 0.5
+    }
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_chart_names_its_lines_and_axes() {
-        let lines = vec![
+    fn two_lines() -> Vec<Line> {
+        vec![
             Line { name: "python · sedge".into(), points: vec![(1.0, 2.0), (5.0, 3.0), (10.0, 8.0)] },
             Line { name: "node · sedge".into(), points: vec![(1.0, 1.0), (5.0, 1.5), (10.0, 2.0)] },
-        ];
-        let spec = Spec {
-            title: "hello",
-            x_desc: "users",
-            y_desc: "mean latency (ms)",
-            x_log: false,
-            y_range: None,
-            legend: SeriesLabelPosition::UpperLeft,
-        };
-        let text = svg(&spec, &lines).expect("draws");
+        ]
+    }
+
+    #[test]
+    fn a_chart_names_its_lines_and_axes() {
+        let lines = two_lines();
+        let spec = Spec { title: "hello", x_desc: "users", y_desc: "mean latency (ms)", x_log: false, y_range: None };
+        let text = svg(&spec, Data::Lines(&lines)).expect("draws");
         assert!(text.starts_with("<svg"), "{}", &text[..40.min(text.len())]);
         for needle in ["python · sedge", "node · sedge", "users", "mean latency (ms)", "<polyline"] {
             assert!(text.contains(needle), "missing {needle}");
         }
         let log = Spec { x_log: true, y_range: Some(0.0..1.0), ..spec };
-        assert!(svg(&log, &lines).expect("draws").contains("<polyline"));
-        let image = png(&log, &lines).expect("draws");
+        assert!(svg(&log, Data::Lines(&lines)).expect("draws").contains("<polyline"));
+        let image = png(&log, Data::Lines(&lines)).expect("draws");
         assert!(image.starts_with(b"\x89PNG"), "a PNG");
     }
 
+    /// The x of every text element whose content is exactly `text`.
+    fn text_x(svg: &str, text: &str) -> Vec<f64> {
+        svg.split("<text")
+            .filter(|el| {
+                el.split_once('>')
+                    .and_then(|(_, rest)| rest.split_once("</text>"))
+                    .is_some_and(|(t, _)| t.trim() == text)
+            })
+            .filter_map(|el| el.split("x=\"").nth(1)?.split('"').next()?.parse().ok())
+            .collect()
+    }
+
     #[test]
-    fn ticks_lose_trailing_zeros() {
-        assert_eq!(tick(&10.0), "10");
-        assert_eq!(tick(&2.5), "2.5");
-        assert_eq!(tick(&0.01), "0.01");
-        assert_eq!(tick(&1234.56), "1235");
+    fn the_legend_sits_right_of_the_plot() {
+        let lines = two_lines();
+        let spec = Spec { title: "t", x_desc: "users", y_desc: "%", x_log: false, y_range: Some(0.0..105.0) };
+        let text = svg(&spec, Data::Lines(&lines)).expect("draws");
+        let legend = text_x(&text, "python · sedge");
+        let axis_end = text_x(&text, "10");
+        assert_eq!(legend.len(), 1, "{text}");
+        assert!(!axis_end.is_empty());
+        assert!(axis_end.iter().all(|x| *x < legend[0]), "legend at {legend:?}, axis labels at {axis_end:?}");
+    }
+
+    #[test]
+    fn a_log_axis_has_labels_within_each_decade() {
+        let lines = vec![Line { name: "1 user".into(), points: vec![(0.15, 0.0), (0.4, 50.0), (3.0, 100.0)] }];
+        let spec = Spec { title: "cdf", x_desc: "ms", y_desc: "%", x_log: true, y_range: Some(0.0..100.0) };
+        let text = svg(&spec, Data::Lines(&lines)).expect("draws");
+        for label in ["0.2", "0.5", "1", "2"] {
+            assert_eq!(text_x(&text, label).len(), 1, "one {label} label");
+        }
+    }
+
+    #[test]
+    fn strips_show_every_value_and_name_their_rows() {
+        let rows = vec![
+            Strip { name: "sedge/hello-python".into(), values: vec![2.0, 3.0, 2.5, 40.0, 2.2] },
+            Strip { name: "sedge/digits-python".into(), values: vec![300.0, 320.0] },
+        ];
+        let spec = Spec { title: "cold starts", x_desc: "ms", y_desc: "", x_log: true, y_range: None };
+        let text = svg(&spec, Data::Strips(&rows)).expect("draws");
+        for needle in ["sedge/hello-python", "sedge/digits-python", "one cold start", "median"] {
+            assert!(text.contains(needle), "missing {needle}");
+        }
+        assert!(text.matches("<circle").count() >= 7, "a dot per value");
+        assert!(png(&spec, Data::Strips(&rows)).expect("draws").starts_with(b"\x89PNG"));
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0]), Some(2.5));
     }
 
     #[test]
     fn empty_data_still_draws() {
-        let spec = Spec {
-            title: "none",
-            x_desc: "x",
-            y_desc: "y",
-            x_log: true,
-            y_range: None,
-            legend: SeriesLabelPosition::LowerRight,
-        };
-        assert!(svg(&spec, &[]).expect("draws").contains("<svg"));
+        let spec = Spec { title: "none", x_desc: "x", y_desc: "y", x_log: true, y_range: None };
+        assert!(svg(&spec, Data::Lines(&[])).expect("draws").contains("<svg"));
+        assert!(svg(&spec, Data::Strips(&[])).expect("draws").contains("<svg"));
     }
 }

@@ -56,6 +56,9 @@ pub(crate) fn render(r: &Report) -> String {
     out += &html_table(&table::levels(&r.levels, true));
     if !r.cold_starts.is_empty() {
         out += "<h2>Cold starts</h2>\n<p>One request to a function just scaled to zero.</p>\n";
+        if let Some(caveat) = super::cold_caveat(&r.cold_starts) {
+            out += &format!("<p><strong>Note:</strong> {}</p>\n", esc(&caveat));
+        }
         out += &html_table(&table::cold(&r.cold_starts));
     }
     if !r.notes.is_empty() {

@@ -24,6 +24,9 @@ pub(crate) fn render(r: &Report) -> String {
     out += &table::levels(&r.levels, true).markdown();
     if !r.cold_starts.is_empty() {
         out += "\n## Cold starts\n\nOne request to a function just scaled to zero.\n\n";
+        if let Some(caveat) = super::cold_caveat(&r.cold_starts) {
+            out += &format!("Note: {caveat}\n\n");
+        }
         out += &table::cold(&r.cold_starts).markdown();
     }
     if !r.notes.is_empty() {

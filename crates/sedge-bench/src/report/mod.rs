@@ -8,9 +8,10 @@
 //!   inline;
 //! - `charts/*.svg` and `charts/*.png`: response time, p99, throughput and success rate against
 //!   users (one chart per workload, one line per language and style, as in
-//!   the paper's figures) and a latency CDF per scenario (one line per user
-//!   count).
+//!   the paper's figures), a latency CDF per scenario (one line per user
+//!   count) and every cold start of every scenario.
 
+mod axes;
 pub mod charts;
 mod html;
 mod markdown;
@@ -375,9 +376,9 @@ fn make_charts(report: &Report, level_rows: &[Vec<&Sample>], formats: Formats) -
                 y_desc: m.y_desc,
                 x_log: false,
                 y_range: m.y_range.clone(),
-                legend: charts::SeriesLabelPosition::UpperLeft,
             };
-            out.push(chart(format!("charts/{}-{}.svg", m.key, slug(workload)), &title, &spec, &lines, formats)?);
+            let file = format!("charts/{}-{}.svg", m.key, slug(workload));
+            out.push(chart(file, &title, &spec, charts::Data::Lines(&lines), formats)?);
         }
     }
     for sc in &report.scenarios {
@@ -387,7 +388,7 @@ fn make_charts(report: &Report, level_rows: &[Vec<&Sample>], formats: Formats) -
             .zip(level_rows)
             .filter(|(l, _)| l.scenario == sc.name)
             .map(|(l, rows)| charts::Line {
-                name: format!("{} users", l.users),
+                name: users(l.users),
                 points: stats::cdf(rows.iter().copied(), 200).into_iter().map(|(x, f)| (x, f * 100.0)).collect(),
             })
             .filter(|l| !l.points.is_empty())
@@ -402,29 +403,73 @@ fn make_charts(report: &Report, level_rows: &[Vec<&Sample>], formats: Formats) -
             y_desc: "requests at or below (%)",
             x_log: true,
             y_range: Some(0.0..100.0),
-            legend: charts::SeriesLabelPosition::LowerRight,
         };
         out.push(chart(
             format!("charts/cdf-{}-{}.svg", slug(&sc.target), slug(&sc.function)),
             &title,
             &spec,
-            &lines,
+            charts::Data::Lines(&lines),
             formats,
         )?);
     }
+    if let Some(c) = cold_chart(&report.cold_starts, formats)? {
+        out.push(c);
+    }
     Ok(out)
+}
+
+/// "1 user", "10 users".
+fn users(n: u32) -> String {
+    if n == 1 {
+        "1 user".into()
+    } else {
+        format!("{n} users")
+    }
+}
+
+/// Every cold start of every scenario, a row each.
+fn cold_chart(cold: &[ColdSummary], formats: Formats) -> Result<Option<ChartFile>, BenchError> {
+    let rows: Vec<charts::Strip> = cold
+        .iter()
+        .filter(|c| !c.latencies_ms.is_empty())
+        .map(|c| charts::Strip { name: c.scenario.clone(), values: c.latencies_ms.clone() })
+        .collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let most = cold.iter().map(|c| c.count).max().unwrap_or(0);
+    let title = format!("cold starts: first request after scale to zero ({most} per scenario)");
+    let spec =
+        charts::Spec { title: &title, x_desc: "response time (ms, log scale)", y_desc: "", x_log: true, y_range: None };
+    chart("charts/cold-starts.svg".into(), &title, &spec, charts::Data::Strips(&rows), formats).map(Some)
+}
+
+/// Below this many cold starts per scenario, the report says the figures
+/// are single samples rather than a distribution.
+const FEW_COLD_STARTS: u64 = 5;
+
+/// What the report says about how many cold starts each scenario had.
+pub(crate) fn cold_caveat(cold: &[ColdSummary]) -> Option<String> {
+    let fewest = cold.iter().map(|c| c.count).min()?;
+    (fewest < FEW_COLD_STARTS).then(|| {
+        let each = if fewest == 1 { "one cold start".to_owned() } else { format!("as few as {fewest} cold starts") };
+        format!(
+            "{each} per scenario: single samples, not a distribution (a spare interpreter may or may not have \
+             been waiting). Set `cold_starts` to {FEW_COLD_STARTS} or more for figures to compare."
+        )
+    })
 }
 
 fn chart(
     file: String,
     title: &str,
     spec: &charts::Spec<'_>,
-    lines: &[charts::Line],
+    data: charts::Data<'_>,
     formats: Formats,
 ) -> Result<ChartFile, BenchError> {
     let fail = |message| BenchError::Chart { name: file.clone(), message };
-    let svg = charts::svg(spec, lines).map_err(fail)?;
-    let png = if formats.png { charts::png(spec, lines).map_err(fail)? } else { Vec::new() };
+    let svg = charts::svg(spec, data).map_err(fail)?;
+    let png = if formats.png { charts::png(spec, data).map_err(fail)? } else { Vec::new() };
     Ok(ChartFile { file, title: title.to_owned(), svg, png })
 }
 
@@ -442,6 +487,40 @@ pub(crate) fn fmt_ms(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cold(scenario: &str, count: u64) -> ColdSummary {
+        let latencies_ms: Vec<f64> = (0..count).map(|i| 10.0 + i as f64).collect();
+        ColdSummary {
+            scenario: scenario.into(),
+            count,
+            successes: count,
+            mean_ms: None,
+            min_ms: None,
+            median_ms: None,
+            max_ms: None,
+            latencies_ms,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn few_cold_starts_are_called_single_samples() {
+        let one = cold_caveat(&[cold("a", 1), cold("b", 5)]).expect("a caveat");
+        assert!(one.starts_with("one cold start per scenario"), "{one}");
+        assert!(cold_caveat(&[cold("a", 3)]).expect("a caveat").starts_with("as few as 3 cold starts"));
+        assert_eq!(cold_caveat(&[cold("a", 5), cold("b", 7)]), None);
+        assert_eq!(cold_caveat(&[]), None);
+    }
+
+    #[test]
+    fn the_cold_start_chart_has_a_row_per_scenario_with_samples() {
+        let c = cold_chart(&[cold("sedge/a", 5), cold("sedge/b", 0)], Formats { png: false }).expect("draws");
+        let c = c.expect("a chart");
+        assert_eq!(c.file, "charts/cold-starts.svg");
+        assert!(c.svg.contains("sedge/a") && !c.svg.contains("sedge/b"));
+        assert!(cold_chart(&[], Formats { png: false }).expect("draws").is_none());
+        assert_eq!((users(1), users(10)), ("1 user".to_owned(), "10 users".to_owned()));
+    }
 
     #[test]
     fn slugs_and_spread() {

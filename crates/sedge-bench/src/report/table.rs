@@ -175,6 +175,9 @@ pub fn terminal_table(report: &Report) -> String {
     if !report.cold_starts.is_empty() {
         out += "\n";
         out += &cold(&report.cold_starts).text();
+        if let Some(caveat) = super::cold_caveat(&report.cold_starts) {
+            out += &format!("note: {caveat}\n");
+        }
     }
     out
 }

@@ -34,33 +34,35 @@ enum BenchCommand {
 /// One load run against a URL, with a summary table (like oha or hey).
 #[derive(clap::Args)]
 struct LoadArgs {
+    /// What to load, e.g. http://127.0.0.1:8080/function/NAME.
+    #[arg(value_name = "URL")]
     url: String,
     /// Concurrent users, each with its own keep-alive connection.
-    #[arg(short = 'c', long = "users", default_value_t = 10)]
+    #[arg(short = 'c', long = "users", default_value_t = 10, value_name = "USERS")]
     users: u32,
-    /// How long to send requests (default 10s unless -n is given).
-    #[arg(short = 'd', long, value_parser = parse_duration, conflicts_with = "requests")]
+    /// How long to send requests, e.g. 10s or 1m (default 10s unless -n is given).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "requests", value_name = "DURATION")]
     duration: Option<Duration>,
     /// How many requests in all.
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, value_name = "N")]
     requests: Option<u64>,
     /// Open loop: requests per second in all, latency counted from when each was due.
-    #[arg(long)]
+    #[arg(long, value_name = "R")]
     rate: Option<f64>,
     /// Request body: text, or @FILE.
-    #[arg(long)]
+    #[arg(long, short = 'd', value_name = "TEXT|@FILE")]
     data: Option<String>,
     /// Extra header, as K:V (repeatable).
     #[arg(short = 'H', long = "header", value_name = "K:V")]
     headers: Vec<String>,
     /// HTTP method (default: POST with data, GET without).
-    #[arg(short = 'm', long)]
+    #[arg(short = 'm', long, value_name = "METHOD")]
     method: Option<String>,
     /// Per-request timeout.
-    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = parse_duration, default_value = "30s", value_name = "DURATION")]
     timeout: Duration,
     /// Closed loop: pause between an answer and the user's next request.
-    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = parse_duration, default_value = "0s", value_name = "DURATION")]
     think: Duration,
     /// Text a 2xx body must contain to count as a success.
     #[arg(long)]
@@ -75,13 +77,17 @@ struct LoadArgs {
 
 /// Run an experiment file and write its report.
 ///
-/// Sedge targets without a gateway run on a node started for the run;
-/// `--gateway URL` aims them at a running node instead.
+/// Sedge targets without a gateway of their own run on a node the bench
+/// starts for the run; `--gateway URL` aims them at a running node instead.
 #[derive(clap::Args)]
 struct RunArgs {
+    /// The experiment file, e.g. bench/experiments/paper.toml (docs/bench.md).
     experiment: PathBuf,
-    /// Results folder (default: a new folder under the system temp dir).
-    #[arg(long)]
+    /// A running node for the sedge targets that name no gateway; without it the bench starts a node of its own.
+    #[arg(long, env = "SEDGE_GATEWAY", value_name = "URL")]
+    gateway: Option<String>,
+    /// Results folder [default: a new folder under $TMPDIR/sedge-bench]
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Fewer users and repetitions, shorter steps (the file's [quick] table).
     #[arg(long)]
@@ -91,15 +97,19 @@ struct RunArgs {
 /// Regenerate a run's report from its raw results (run.json, raw.csv).
 #[derive(clap::Args)]
 struct ReportArgs {
+    /// A results folder written by `sedge bench run`.
+    #[arg(value_name = "DIR")]
     dir: PathBuf,
 }
 
 /// Measure the load generator's ceiling next to wrk's, on a trivial local server.
 #[derive(clap::Args)]
 struct CeilingArgs {
-    #[arg(short = 'c', long = "users", default_value_t = 50)]
+    /// Concurrent users, each with its own keep-alive connection.
+    #[arg(short = 'c', long = "users", default_value_t = 50, value_name = "USERS")]
     users: u32,
-    #[arg(short = 'd', long, value_parser = parse_duration, default_value = "5s")]
+    /// How long each tool loads the server.
+    #[arg(long, value_parser = parse_duration, default_value = "5s", value_name = "DURATION")]
     duration: Duration,
     /// Threads for the generator, and for wrk (-t).
     #[arg(long, default_value_t = 1)]
@@ -114,10 +124,12 @@ struct CeilingArgs {
 #[derive(clap::Args)]
 struct HangupArgs {
     /// A function's URL, e.g. http://127.0.0.1:8080/function/NAME.
+    #[arg(value_name = "URL")]
     url: String,
     /// Request body: text, or @FILE.
-    #[arg(long)]
+    #[arg(long, short = 'd', value_name = "TEXT|@FILE")]
     data: Option<String>,
+    /// Rounds of leaving and staying clients.
     #[arg(long, default_value_t = 30)]
     rounds: u32,
     /// Clients per round that hang up (every other one after its whole body).
@@ -127,13 +139,15 @@ struct HangupArgs {
     #[arg(long, default_value_t = 2)]
     stayers: u32,
     /// A leaver closes its socket after a delay in this range, as MIN..MAX.
-    #[arg(long, default_value = "5ms..60ms", value_parser = parse_range)]
+    #[arg(long, default_value = "5ms..60ms", value_parser = parse_range, value_name = "MIN..MAX")]
     leave_after: (Duration, Duration),
     /// Calls made one by one after the rounds.
     #[arg(long, default_value_t = 4)]
     steady: u32,
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    /// Longest wait for one answer.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
     timeout: Duration,
+    /// Seed of the schedule, so that a run can be repeated.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -147,11 +161,10 @@ fn parse_range(text: &str) -> Result<(Duration, Duration), String> {
     Ok((lo, hi))
 }
 
-/// `gateway`: the global `--gateway` when it was given explicitly.
-pub fn run(args: Args, gateway: Option<&str>) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
     match args.command {
         BenchCommand::Load(a) => load_command(a),
-        BenchCommand::Run(a) => run_command(a, gateway),
+        BenchCommand::Run(a) => run_command(a),
         BenchCommand::Report(a) => report_command(&a.dir),
         BenchCommand::Ceiling(a) => ceiling_command(a),
         BenchCommand::Hangups(a) => hangups_command(a),
@@ -295,7 +308,8 @@ fn gateway_credentials(exp: &Experiment, gateway: Option<&str>) -> Result<Vec<(S
     Ok(found)
 }
 
-fn run_command(a: RunArgs, gateway: Option<&str>) -> Result<()> {
+fn run_command(a: RunArgs) -> Result<()> {
+    let gateway = a.gateway.as_deref();
     let exp = Experiment::load(&a.experiment, a.quick)?;
     let out = a.out.unwrap_or_else(|| run::default_out_dir(&exp.name));
     let opts = RunOptions {

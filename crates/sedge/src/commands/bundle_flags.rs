@@ -16,25 +16,25 @@ fn size(text: &str) -> Result<u64, String> {
 #[derive(clap::Args)]
 pub struct BundleFlags {
     /// Largest bundle archive (tar.gz) accepted by PUT /system/bundles/NAME.
-    #[arg(long, env = "SEDGE_MAX_BUNDLE", default_value = "512MiB", value_parser = size)]
+    #[arg(long, env = "SEDGE_MAX_BUNDLE", default_value = "512MiB", value_parser = size, value_name = "SIZE")]
     max_bundle: u64,
     /// Most bytes one bundle may unpack to (a gzip bomb stops here: 413).
-    #[arg(long, env = "SEDGE_MAX_UNPACKED", default_value = "1GiB", value_parser = size)]
+    #[arg(long, env = "SEDGE_MAX_UNPACKED", default_value = "1GiB", value_parser = size, value_name = "SIZE")]
     max_unpacked: u64,
     /// Most entries (files, folders, links) in one bundle.
-    #[arg(long, env = "SEDGE_MAX_BUNDLE_ENTRIES", default_value_t = 10_000)]
+    #[arg(long, env = "SEDGE_MAX_BUNDLE_ENTRIES", default_value_t = 10_000, value_name = "N")]
     max_bundle_entries: usize,
     /// Deepest folder nesting of a bundle entry.
-    #[arg(long, env = "SEDGE_MAX_BUNDLE_DEPTH", default_value_t = 32)]
+    #[arg(long, env = "SEDGE_MAX_BUNDLE_DEPTH", default_value_t = 32, value_name = "N")]
     max_bundle_depth: usize,
     /// Longest path (and link target) of a bundle entry, in bytes.
-    #[arg(long, env = "SEDGE_MAX_BUNDLE_PATH", default_value_t = 1024)]
+    #[arg(long, env = "SEDGE_MAX_BUNDLE_PATH", default_value_t = 1024, value_name = "N")]
     max_bundle_path: usize,
     /// Largest sedge.toml in a bundle.
-    #[arg(long, env = "SEDGE_MAX_MANIFEST", default_value = "64KiB", value_parser = size)]
+    #[arg(long, env = "SEDGE_MAX_MANIFEST", default_value = "64KiB", value_parser = size, value_name = "SIZE")]
     max_manifest: u64,
     /// Bundle uploads received at once, node-wide; more are answered 503.
-    #[arg(long, env = "SEDGE_MAX_UPLOADS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "SEDGE_MAX_UPLOADS", default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_uploads: u32,
     /// Longest a function's dependency install (pip for requirements.txt,
     /// npm for package.json) may take before the deploy fails.

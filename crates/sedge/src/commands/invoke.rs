@@ -4,24 +4,28 @@ use std::io::{Read, Write};
 
 use anyhow::{anyhow, Context, Result};
 
+use super::gateway::Gateway;
 use crate::client::Client;
 
 /// Call a function and print its answer.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The function to call.
     name: String,
     /// Request body: text, @FILE to read a file, or - for stdin.
-    #[arg(long, short = 'd')]
+    #[arg(long, short = 'd', value_name = "TEXT|@FILE|-")]
     data: Option<String>,
     /// Extra header, as K:V (repeatable).
     #[arg(long = "header", short = 'H', value_name = "K:V")]
     headers: Vec<String>,
     /// HTTP method (default: POST with data, GET without).
-    #[arg(long, short = 'X')]
+    #[arg(long, short = 'X', value_name = "METHOD")]
     method: Option<String>,
     /// Sub-path after /function/NAME, e.g. /v1/predict.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true, value_name = "PATH")]
     path: String,
+    #[command(flatten)]
+    pub gateway: Gateway,
 }
 
 fn body(data: Option<&str>) -> Result<Option<Vec<u8>>> {
@@ -51,7 +55,12 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
         if args.path.is_empty() || args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
     let answer = client.send(&method, &format!("/function/{}{sub}", args.name), &headers, body.unwrap_or_default())?;
     if !answer.ok() {
-        return Err(anyhow!("function {} answered {}: {}", args.name, answer.status, answer.error_message()));
+        let error = anyhow!("function {} answered {}: {}", args.name, answer.status, answer.error_message());
+        // The node's own 404, not one the function sent for a path of its own.
+        if answer.status == 404 && answer.error_message() == format!("function {} not found", args.name) {
+            return Err(crate::failure::hinted(error, "`sedge ls` lists the functions the node has"));
+        }
+        return Err(error);
     }
     let mut out = std::io::stdout().lock();
     out.write_all(&answer.body)?;

@@ -4,6 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Context, Result};
 
+use super::gateway::Gateway;
 use crate::client::Client;
 use crate::credentials;
 
@@ -16,6 +17,15 @@ pub struct Args {
     /// User name; a node has one user, `admin`.
     #[arg(long, short = 'u', default_value = sedge_store::secrets::ADMIN_USER)]
     username: String,
+    #[command(flatten)]
+    pub gateway: Gateway,
+}
+
+/// Forget the stored credentials for the gateway.
+#[derive(clap::Args)]
+pub struct LogoutArgs {
+    #[command(flatten)]
+    pub gateway: Gateway,
 }
 
 pub fn run(gateway: &Client, args: Args) -> Result<()> {

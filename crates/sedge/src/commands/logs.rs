@@ -4,14 +4,16 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, Context, Result};
 
+use super::gateway::Gateway;
 use crate::client::Client;
 
 /// Print a function's log.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The function whose log to print.
     name: String,
-    /// Only the last N lines.
-    #[arg(long)]
+    /// Only the last N lines [default: all]
+    #[arg(long, value_name = "N")]
     tail: Option<u32>,
     /// Only lines written since then: a duration back from now (`10m`,
     /// `2h`) or an RFC 3339 time (`2024-05-01T12:00:00Z`).
@@ -20,6 +22,8 @@ pub struct Args {
     /// Keep printing new lines as they come.
     #[arg(long, short = 'f')]
     follow: bool,
+    #[command(flatten)]
+    pub gateway: Gateway,
 }
 
 fn print_line(line: &str, printed: &mut bool) -> Result<()> {
@@ -40,7 +44,7 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
         path.push_str(&format!("&since={}", since(given, SystemTime::now())?));
     }
     let mut printed = false;
-    client.get_lines(&path, |line| print_line(line, &mut printed))?;
+    client.get_lines(&path, &format!("reading the log of {}", args.name), |line| print_line(line, &mut printed))?;
     if !printed && !args.follow {
         // Said on stderr, so a script reading the lines gets none.
         eprintln!("{} has printed nothing yet", args.name);

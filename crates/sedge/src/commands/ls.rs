@@ -2,7 +2,15 @@
 
 use anyhow::Result;
 
+use super::gateway::Gateway;
 use crate::client::Client;
+
+/// List deployed functions.
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub gateway: Gateway,
+}
 
 pub fn run(client: &Client) -> Result<()> {
     let list = client.get("/system/functions")?.check("listing functions")?.json()?;

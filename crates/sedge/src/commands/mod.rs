@@ -2,6 +2,7 @@ pub mod bench;
 pub mod bundle_flags;
 pub mod deploy;
 pub mod describe;
+pub mod gateway;
 pub mod invoke;
 pub mod login;
 pub mod logs;

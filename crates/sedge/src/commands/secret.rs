@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 
+use super::gateway::Gateway;
 use crate::client::Client;
 
 /// Manage the secrets functions name in `secrets = [...]`.
@@ -14,6 +15,8 @@ use crate::client::Client;
 pub struct Args {
     #[command(subcommand)]
     command: SecretCommand,
+    #[command(flatten)]
+    pub gateway: Gateway,
 }
 
 #[derive(clap::Subcommand)]
@@ -27,14 +30,20 @@ enum SecretCommand {
     Ls,
     /// Remove a secret no function uses.
     #[command(alias = "remove")]
-    Rm { name: String },
+    Rm {
+        /// The secret to remove.
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
 struct Value {
+    /// The secret's name, as functions list it in `secrets = [...]`.
     name: String,
-    #[arg(long, conflicts_with = "from_file")]
+    /// The value, given on the command line (it shows in `ps` and shell history).
+    #[arg(long, value_name = "VALUE", conflicts_with = "from_file")]
     from_literal: Option<String>,
+    /// Read the value from this file, byte for byte.
     #[arg(long, value_name = "FILE")]
     from_file: Option<PathBuf>,
 }
@@ -93,16 +102,20 @@ fn send_value(client: &Client, method: &str, doing: &str, v: &Value, done: &str)
     Ok(())
 }
 
+/// Make a new invoke token for a function with `[auth] invoke = true`; the old one stops working.
 #[derive(clap::Args)]
 pub struct RotateArgs {
+    /// The function whose token to replace.
     name: String,
+    #[command(flatten)]
+    pub gateway: Gateway,
 }
 
 pub fn rotate(client: &Client, args: RotateArgs) -> Result<()> {
     let path = format!("/system/function/{}/token", args.name);
     let answer = client
         .send("POST", &path, &json_headers(), Vec::new())?
-        .check(&format!("rotating the token of {}", args.name))?;
+        .check_function(&format!("rotating the token of {}", args.name))?;
     let token = answer.json()?["token"].as_str().unwrap_or_default().to_owned();
     println!("{token}");
     Ok(())

@@ -14,39 +14,43 @@ use sedge_store::secrets::PasswordOrigin;
 use sedge_store::{SecretStore, Store, StoreError};
 use tokio::sync::watch;
 
+use crate::failure::HintExt;
+
 /// How long requests in flight get to finish after a stop signal.
 const GRACE: Duration = Duration::from_secs(10);
 
-/// Run a node.
+/// Run a node: the HTTP gateway, the function workers and the store, until Ctrl-C or SIGTERM.
 #[derive(clap::Args)]
 pub struct Args {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "SEDGE_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "SEDGE_LISTEN", default_value = "127.0.0.1:8080", value_name = "ADDR")]
     listen: SocketAddr,
     #[command(flatten)]
     gateway: GatewayLimits,
-    /// Where the node keeps its database and bundles.
-    #[arg(long, env = "SEDGE_DATA")]
+    /// Where the node keeps its database, bundles, logs and secrets; its
+    /// functions come back from there at the next start
+    /// [default: ~/.local/share/sedge, or $XDG_DATA_HOME/sedge]
+    #[arg(long, env = "SEDGE_DATA", value_name = "DIR")]
     data: Option<PathBuf>,
     /// Function folders to deploy once the node is up (after the stored ones).
     #[arg(long = "deploy", value_name = "DIR")]
     deploy: Vec<PathBuf>,
     /// Python interpreter for python functions.
-    #[arg(long, env = "SEDGE_PYTHON", default_value = "python3")]
+    #[arg(long, env = "SEDGE_PYTHON", default_value = "python3", value_name = "PROGRAM")]
     python: String,
     /// Keep one started Python and one Node.js interpreter waiting, so cold
     /// starts only load the function's module (costs their idle memory).
-    #[arg(long, env = "SEDGE_SPARES", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "SEDGE_SPARES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     spares: bool,
     /// Threads for the gateway's async runtime (0: one per core).
-    #[arg(long, env = "SEDGE_THREADS", default_value_t = 0)]
+    #[arg(long, env = "SEDGE_THREADS", default_value_t = 0, value_name = "N")]
     threads: usize,
     /// Run workers unsandboxed: as the node's own user, seeing its files,
     /// with no memory or process limits. For development only.
     #[arg(long, env = "SEDGE_NO_SANDBOX")]
     no_sandbox: bool,
     /// Node.js executable for node functions.
-    #[arg(long, env = "SEDGE_NODE", default_value = "node")]
+    #[arg(long, env = "SEDGE_NODE", default_value = "node", value_name = "PROGRAM")]
     node: String,
     #[command(flatten)]
     bundles: super::bundle_flags::BundleFlags,
@@ -69,28 +73,28 @@ pub struct Args {
 #[derive(clap::Args)]
 struct GatewayLimits {
     /// A request's headers must arrive whole within this.
-    #[arg(long, env = "SEDGE_HEADER_READ_TIMEOUT", value_parser = duration, default_value = "10s")]
+    #[arg(long, env = "SEDGE_HEADER_READ_TIMEOUT", value_parser = duration, default_value = "10s", value_name = "DURATION")]
     header_read_timeout: Duration,
     /// A connection that moves no byte for this long, with no request running, is closed.
-    #[arg(long, env = "SEDGE_IDLE_TIMEOUT", value_parser = duration, default_value = "60s")]
+    #[arg(long, env = "SEDGE_IDLE_TIMEOUT", value_parser = duration, default_value = "60s", value_name = "DURATION")]
     idle_timeout: Duration,
     /// A request body that sends nothing for this long is cut off (408).
-    #[arg(long, env = "SEDGE_BODY_TIMEOUT", value_parser = duration, default_value = "30s")]
+    #[arg(long, env = "SEDGE_BODY_TIMEOUT", value_parser = duration, default_value = "30s", value_name = "DURATION")]
     body_timeout: Duration,
     /// Open client connections at most; more are closed as they arrive.
-    #[arg(long, env = "SEDGE_MAX_CONNECTIONS", default_value_t = 1000,
+    #[arg(long, env = "SEDGE_MAX_CONNECTIONS", default_value_t = 1000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
     /// Bytes of a request's line and headers at most (at least 8KiB).
-    #[arg(long, env = "SEDGE_MAX_HEADER_SIZE", value_parser = header_size, default_value = "64KiB")]
+    #[arg(long, env = "SEDGE_MAX_HEADER_SIZE", value_parser = header_size, default_value = "64KiB", value_name = "SIZE")]
     max_header_size: u64,
     /// Headers per request at most.
-    #[arg(long, env = "SEDGE_MAX_HEADERS", default_value_t = 100,
+    #[arg(long, env = "SEDGE_MAX_HEADERS", default_value_t = 100, value_name = "N",
           value_parser = clap::value_parser!(u16).range(1..))]
     max_headers: u16,
     /// Bytes of invocation bodies held in memory at once, all functions
     /// together; past it requests get 503 with Retry-After.
-    #[arg(long, env = "SEDGE_MAX_BODY_MEMORY", value_parser = size, default_value = "256MiB")]
+    #[arg(long, env = "SEDGE_MAX_BODY_MEMORY", value_parser = size, default_value = "256MiB", value_name = "SIZE")]
     max_body_memory: u64,
 }
 
@@ -230,10 +234,11 @@ async fn serve(args: Args) -> Result<()> {
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {}", args.listen))
+        .hint("another program (another node?) may hold that address: choose another with --listen ADDR")?;
     let addr = listener.local_addr()?;
     for dir in &args.deploy {
-        let (spec, archive) = sedge_store::pack::pack(dir)?;
+        let (spec, archive) = super::deploy::pack(dir)?;
         let name = spec.name.clone();
         sedge_gateway::deploy(&node, spec.name, archive, false)
             .await

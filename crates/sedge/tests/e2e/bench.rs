@@ -50,6 +50,12 @@ fn bench_run_writes_the_report() {
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).expect("summary")).expect("json");
     assert!(summary.to_string().contains("hello-python"), "{summary}");
+    // One cold start per function: the chart shows it and the report says it is one sample.
+    assert!(out_dir.join("charts/cold-starts.svg").is_file());
+    let md = std::fs::read_to_string(out_dir.join("summary.md")).expect("summary.md");
+    assert!(md.contains("one cold start per scenario"), "{md}");
+    let cdf = std::fs::read_to_string(out_dir.join("charts/cdf-sedge-hello-python.svg")).expect("the CDF chart");
+    assert!(cdf.contains("1 user") && !cdf.contains("1 users"), "the legend says 1 user");
 
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, "name = \"bad\"\n[load]\nusers = [0]\n").expect("write");
