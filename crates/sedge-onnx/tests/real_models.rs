@@ -112,14 +112,16 @@ async fn batching_a_model_with_a_fixed_batch_is_refused_at_start() {
     assert!(err.contains("[batching] needs a model") && err.contains("[1, 3, 224, 224]"), "{err}");
 }
 
+/// A model from `scripts/fetch-models.sh`'s folder, or the team's shared one.
 fn shared(name: &str) -> Option<PathBuf> {
-    let path = repo().join("../shared/models").join(name);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!("skipped: {} is not on this machine", path.display());
-        None
+    let found = [repo().join("models"), repo().join("../shared/models")]
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("skipped: {name} is not on this machine (scripts/fetch-models.sh gets it)");
     }
+    found
 }
 
 #[tokio::test]
