@@ -595,3 +595,6 @@ fn stop(worker: Arc<dyn Worker>) {
         worker.kill();
     }
 }
+
+#[cfg(test)]
+mod tests;
