@@ -218,7 +218,6 @@ impl Runtime {
         Self { config, engines, pools: RwLock::default(), shared: Mutex::default() }
     }
 
-
     /// The function's log and counters, which outlive redeploys.
     pub fn shared(&self, name: &str) -> Arc<FunctionShared> {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());

@@ -147,10 +147,7 @@ impl Spawned {
             Ok(Ok(Some(Decoded::Oversized { header, .. }))) => Ok(header),
             Ok(Ok(None)) => Err("worker exited before it was ready".to_owned()),
             Ok(Err(e)) => Err(format!("worker sent a bad frame: {e}")),
-            Err(_) => Err(format!(
-                "worker was not ready within {}s",
-                ready.map_or(0, |r| r.within.as_secs())
-            )),
+            Err(_) => Err(format!("worker was not ready within {}s", ready.map_or(0, |r| r.within.as_secs()))),
         }
     }
 
@@ -341,7 +338,6 @@ impl ProcessWorker {
     fn crashed(&self) -> InvokeError {
         InvokeError::Crashed { function: self.function.clone(), status: "worker channel closed".to_owned() }
     }
-
 }
 
 impl Worker for ProcessWorker {

@@ -41,7 +41,10 @@ impl Engines {
             RuntimeKind::Python,
             Arc::new(LanguageEngine::new(config.clone(), "python", config.python.clone(), python)),
         );
-        engines.insert(RuntimeKind::Node, Arc::new(LanguageEngine::new(config.clone(), "node", config.node.clone(), node)));
+        engines.insert(
+            RuntimeKind::Node,
+            Arc::new(LanguageEngine::new(config.clone(), "node", config.node.clone(), node)),
+        );
         engines.insert(RuntimeKind::Exec, Arc::new(ExecEngine::new(config.clone())));
         engines.insert(RuntimeKind::Http, Arc::new(HttpEngine::new(config.clone())));
         engines

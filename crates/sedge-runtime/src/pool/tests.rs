@@ -49,8 +49,8 @@ struct Script {
 impl Script {
     fn with(starts: &[Start], answers: &[Answer]) -> Arc<Self> {
         let script = Self::default();
-        script.starts.lock().unwrap().extend(starts.iter().copied());
-        script.answers.lock().unwrap().extend(answers.iter().cloned());
+        held(&script.starts).extend(starts.iter().copied());
+        held(&script.answers).extend(answers.iter().cloned());
         Arc::new(script)
     }
 
@@ -59,12 +59,16 @@ impl Script {
     }
 
     fn killed(&self) -> Vec<String> {
-        self.killed.lock().unwrap().clone()
+        held(&self.killed).clone()
     }
 
     fn stopped(&self) -> Vec<String> {
-        self.stopped.lock().unwrap().clone()
+        held(&self.stopped).clone()
     }
+}
+
+fn held<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct ScriptedEngine(Arc<Script>);
@@ -85,7 +89,7 @@ impl Engine for ScriptedEngine {
         let script = self.0.clone();
         Box::pin(async move {
             script.attempts.fetch_add(1, Ordering::SeqCst);
-            let step = script.starts.lock().unwrap().pop_front().unwrap_or(Start::Ready);
+            let step = held(&script.starts).pop_front().unwrap_or(Start::Ready);
             let mut abandoned = Abandoned(Some(script.clone()));
             match step {
                 Start::Ready => {}
@@ -117,7 +121,7 @@ struct ScriptedWorker {
 impl Worker for ScriptedWorker {
     fn call<'a>(&'a self, _inv: &'a Invocation, _deadline: Instant) -> BoxFuture<'a, Result<Reply, InvokeError>> {
         Box::pin(async move {
-            let answer = self.script.answers.lock().unwrap().pop_front().unwrap_or(reply(0, "ok"));
+            let answer = held(&self.script.answers).pop_front().unwrap_or(reply(0, "ok"));
             match answer {
                 Answer::Reply { after, body } => {
                     tokio::time::sleep(after).await;
@@ -126,7 +130,7 @@ impl Worker for ScriptedWorker {
                 Answer::Crash { after } => {
                     tokio::time::sleep(after).await;
                     self.alive.store(false, Ordering::SeqCst);
-                    if let Some(exited) = self.exited.lock().unwrap().take() {
+                    if let Some(exited) = held(&self.exited).take() {
                         exited.notify();
                     }
                     Err(InvokeError::Crashed { function: "f".into(), status: "scripted crash".into() })
@@ -141,12 +145,12 @@ impl Worker for ScriptedWorker {
 
     fn kill(&self) {
         self.alive.store(false, Ordering::SeqCst);
-        self.script.killed.lock().unwrap().push(self.name.clone());
+        held(&self.script.killed).push(self.name.clone());
     }
 
     fn stop(self: Arc<Self>) {
         self.alive.store(false, Ordering::SeqCst);
-        self.script.stopped.lock().unwrap().push(self.name.clone());
+        held(&self.script.stopped).push(self.name.clone());
     }
 }
 
@@ -198,8 +202,8 @@ async fn a_full_queue_answers_429() {
         Err(InvokeError::QueueFull { limit: 1, .. }) => {}
         other => panic!("expected QueueFull, got {:?}", other.map(|r| r.status)),
     }
-    assert_eq!(body(first.await.unwrap()), "first");
-    assert_eq!(body(second.await.unwrap()), "second");
+    assert_eq!(body(first.await.expect("the task ends")), "first");
+    assert_eq!(body(second.await.expect("the task ends")), "second");
     assert_eq!(script.attempts(), 1);
 }
 
@@ -261,8 +265,8 @@ async fn drain_finishes_accepted_work_then_stops_the_workers() {
     };
     settle().await;
     assert!(!drain.is_finished(), "drain waits for the call in flight");
-    assert_eq!(body(accepted.await.unwrap()), "done");
-    drain.await.unwrap();
+    assert_eq!(body(accepted.await.expect("the task ends")), "done");
+    drain.await.expect("the task ends");
     assert!(began.elapsed() < grace, "drain ended when the work did, not at the end of its grace");
     assert_eq!(script.stopped(), ["f-1"]);
     assert!(script.killed().is_empty(), "an idle worker is stopped, not killed");
@@ -321,7 +325,7 @@ async fn a_pool_grown_by_load_shrinks_back_to_min() {
     let (a, b) = (call(&pool), call(&pool));
     settle().await;
     assert_eq!(pool.stats().ready, 2);
-    assert_eq!((body(a.await.unwrap()), body(b.await.unwrap())), ("a".into(), "b".into()));
+    assert_eq!((body(a.await.expect("the task ends")), body(b.await.expect("the task ends"))), ("a".into(), "b".into()));
     let took = tick_until(&pool, 1, Duration::from_secs(30)).await;
     assert!(took >= Duration::from_secs(3), "shrank after {took:?}, before idle");
     assert_eq!(script.stopped().len(), 1);
@@ -344,7 +348,7 @@ async fn a_queued_request_starts_another_worker_at_once() {
     assert!(began.elapsed() < Duration::from_secs(10), "served by a second worker, not after the first");
     assert_eq!(script.attempts(), 2);
     assert!(!slow.is_finished());
-    assert_eq!(body(slow.await.unwrap()), "slow");
+    assert_eq!(body(slow.await.expect("the task ends")), "slow");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
