@@ -109,6 +109,11 @@ impl ProcessGroups {
     }
 }
 
+/// A start failure caused by the memory limit, said as the invocation error is.
+pub(crate) fn oom_message(limit: u64) -> String {
+    format!("it exceeded its memory limit of {} while starting", sedge_core::invocation::mebibytes(limit))
+}
+
 /// One worker's process group; killed when dropped.
 #[derive(Debug)]
 pub struct ProcessGroup {

@@ -24,7 +24,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::engine::{BoxFuture, Engine, StartContext, Worker};
-use crate::group::ProcessGroup;
+use crate::group::{oom_message, ProcessGroup};
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::RuntimeConfig;
 
@@ -65,11 +65,6 @@ struct HttpWorker {
     max_answer: u64,
     memory: Option<u64>,
     group: Arc<ProcessGroup>,
-}
-
-/// A start failure caused by the memory limit, said as the invocation error is.
-pub(crate) fn oom_message(limit: u64) -> String {
-    format!("it exceeded its memory limit of {} while starting", sedge_core::invocation::mebibytes(limit))
 }
 
 /// A port free right now. The server binds it moments later; losing that

@@ -155,7 +155,7 @@ impl Spawned {
     async fn failed(self, why: String) -> String {
         let status = reap(self.child, &self.group).await;
         let mut msg = match self.memory.filter(|_| self.group.oom_killed()) {
-            Some(limit) => format!("{why}: {}", crate::http::oom_message(limit)),
+            Some(limit) => format!("{why}: {}", crate::group::oom_message(limit)),
             None => format!("{why} ({status})"),
         };
         let tail = self.recent.joined();

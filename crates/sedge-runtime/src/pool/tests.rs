@@ -325,7 +325,10 @@ async fn a_pool_grown_by_load_shrinks_back_to_min() {
     let (a, b) = (call(&pool), call(&pool));
     settle().await;
     assert_eq!(pool.stats().ready, 2);
-    assert_eq!((body(a.await.expect("the task ends")), body(b.await.expect("the task ends"))), ("a".into(), "b".into()));
+    assert_eq!(
+        (body(a.await.expect("the task ends")), body(b.await.expect("the task ends"))),
+        ("a".into(), "b".into())
+    );
     let took = tick_until(&pool, 1, Duration::from_secs(30)).await;
     assert!(took >= Duration::from_secs(3), "shrank after {took:?}, before idle");
     assert_eq!(script.stopped().len(), 1);
