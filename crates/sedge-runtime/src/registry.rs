@@ -78,3 +78,45 @@ impl Engines {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Runtime;
+
+    fn spec(runtime: &str) -> sedge_core::FunctionSpec {
+        let text = format!("name = \"f\"\nruntime = \"{runtime}\"\nhandler = \"handler.handle\"\n");
+        sedge_core::FunctionSpec::parse("sedge.toml", &text).expect("a valid manifest")
+    }
+
+    #[test]
+    fn a_kind_without_an_engine_is_refused_naming_it_and_why() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let config =
+            RuntimeConfig::install_shims(dir.path(), "python3".into(), "node".into(), false).expect("shims written");
+        let mut engines = Engines::default();
+        engines.unavailable(RuntimeKind::Node, "install Node.js 18 or later");
+        let runtime = Runtime::with_engines(Arc::new(config), engines);
+        let refused = |kind: &str| match runtime.prepare(spec(kind), dir.path().to_owned(), None) {
+            Ok(_) => panic!("{kind} has no engine, yet a pool was made"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            refused("python"),
+            "runtime \"python\" is not available on this node: no engine is registered for it"
+        );
+        assert_eq!(refused("node"), "runtime \"node\" is not available on this node: install Node.js 18 or later");
+        assert!(runtime.names().is_empty());
+    }
+
+    #[test]
+    fn the_standard_engines_run_every_kind_sedge_ships() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let config =
+            RuntimeConfig::install_shims(dir.path(), "python3".into(), "node".into(), false).expect("shims written");
+        let engines = Engines::standard(&Arc::new(config));
+        for kind in [RuntimeKind::Python, RuntimeKind::Node, RuntimeKind::Exec, RuntimeKind::Http] {
+            assert!(engines.get(kind).is_ok(), "no engine for {}", kind.as_str());
+        }
+    }
+}
