@@ -147,7 +147,12 @@ impl Spawned {
             Ok(Ok(Some(Decoded::Oversized { header, .. }))) => Ok(header),
             Ok(Ok(None)) => Err("worker exited before it was ready".to_owned()),
             Ok(Err(e)) => Err(format!("worker sent a bad frame: {e}")),
-            Err(_) => Err(format!("worker was not ready within {}s", ready.map_or(0, |r| r.within.as_secs()))),
+            Err(_) => {
+                // Stuck, not on its way out: end it now, so the report (with
+                // its output) comes before the pool gives up on the start.
+                self.group.kill_now();
+                Err(format!("worker was not ready within {}s", ready.map_or(0, |r| r.within.as_secs())))
+            }
         }
     }
 
