@@ -220,8 +220,12 @@ impl LogTarget {
 
 /// Copies a worker's output into the function's log, line by line, until
 /// the stream ends. A line longer than [`MAX_LINE`] is cut there; the rest
-/// of it is skipped without being buffered.
-pub fn pump<R: AsyncRead + Unpin + Send + 'static>(stream: R, target: Arc<LogTarget>, recent: Arc<RecentLines>) {
+/// of it is skipped without being buffered. The task ends with the stream.
+pub fn pump<R: AsyncRead + Unpin + Send + 'static>(
+    stream: R,
+    target: Arc<LogTarget>,
+    recent: Arc<RecentLines>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
@@ -260,7 +264,7 @@ pub fn pump<R: AsyncRead + Unpin + Send + 'static>(stream: R, target: Arc<LogTar
             recent.push(&text);
             target.write(text);
         }
-    });
+    })
 }
 
 #[cfg(test)]
@@ -287,13 +291,7 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', MAX_LINE * 3));
         input.extend(b"\nlast");
         let target = Arc::new(LogTarget::new(LogSink::new("f".into(), "f-1".into(), logs.clone())));
-        pump(std::io::Cursor::new(input), target, recent.clone());
-        for _ in 0..100 {
-            if logs.tail(10).len() == 4 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        pump(std::io::Cursor::new(input), target, recent.clone()).await.expect("the pump ends with its stream");
         let lines: Vec<String> = logs.tail(10).into_iter().map(|l| l.text).collect();
         assert_eq!(lines.len(), 4, "{:?}", lines.iter().map(|l| l.len()).collect::<Vec<_>>());
         assert_eq!((lines[0].as_str(), lines[1].as_str(), lines[3].as_str()), ("one", "two", "last"));
