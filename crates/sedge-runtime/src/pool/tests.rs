@@ -24,8 +24,15 @@ enum Start {
 /// How a scripted call goes: after `after`, an answer or a crash.
 #[derive(Clone)]
 enum Answer {
-    Reply { after: Duration, body: &'static str },
-    Crash { after: Duration },
+    Reply {
+        after: Duration,
+        body: &'static str,
+    },
+    Crash {
+        after: Duration,
+    },
+    /// Answers, then the worker goes by itself (as a process that exits).
+    ReplyThenExit,
 }
 
 fn reply(after_secs: u64, body: &'static str) -> Answer {
@@ -103,7 +110,7 @@ impl Engine for ScriptedEngine {
             let worker = ScriptedWorker {
                 name: ctx.instance,
                 script,
-                alive: AtomicBool::new(true),
+                alive: Arc::new(AtomicBool::new(true)),
                 exited: Mutex::new(Some(ctx.exited)),
             };
             Ok(Arc::new(worker) as Arc<dyn Worker>)
@@ -114,7 +121,7 @@ impl Engine for ScriptedEngine {
 struct ScriptedWorker {
     name: String,
     script: Arc<Script>,
-    alive: AtomicBool,
+    alive: Arc<AtomicBool>,
     exited: Mutex<Option<ExitNotice>>,
 }
 
@@ -134,6 +141,19 @@ impl Worker for ScriptedWorker {
                         exited.notify();
                     }
                     Err(InvokeError::Crashed { function: "f".into(), status: "scripted crash".into() })
+                }
+                Answer::ReplyThenExit => {
+                    let reply = Reply { status: 200, headers: Vec::new(), body: Bytes::from_static(b"bye") };
+                    // A moment after its answer, as a process would.
+                    let (alive, exited) = (self.alive.clone(), held(&self.exited).take());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        alive.store(false, Ordering::SeqCst);
+                        if let Some(exited) = exited {
+                            exited.notify();
+                        }
+                    });
+                    Ok(reply)
                 }
             }
         })
@@ -249,6 +269,20 @@ async fn a_crash_answers_502_and_the_worker_is_replaced() {
     assert_eq!(body(pool.invoke(inv()).await), "ok");
     assert_eq!(script.attempts(), 2);
     assert_eq!(pool.stats().ready, 1);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_worker_that_goes_by_itself_is_replaced_to_hold_min() {
+    let script = Script::with(&[], &[Answer::ReplyThenExit]);
+    let pool = pool("[scale]\nmin = 1\n", &script);
+    pool.tick();
+    settle().await;
+    assert_eq!(body(pool.invoke(inv()).await), "bye");
+    // No request and no tick: its exit notice alone makes the pool act.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(script.attempts(), 2);
+    assert_eq!(pool.stats().ready, 1);
+    assert!(pool.shared.logs.tail(10).iter().any(|l| l.text.contains("worker f-1 exited")));
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
