@@ -83,6 +83,13 @@ pub fn invoke_status(e: &InvokeError) -> StatusCode {
     }
 }
 
+/// A runtime kind this node has no engine for: the deploy is refused.
+impl From<sedge_runtime::NoEngine> for ApiError {
+    fn from(e: sedge_runtime::NoEngine) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+    }
+}
+
 impl From<InvokeError> for ApiError {
     fn from(e: InvokeError) -> Self {
         Self::new(invoke_status(&e), e.to_string())

@@ -203,7 +203,20 @@ pub async fn deploy_file(
         }
     };
     let deps = env.map(|e| e.modules);
-    let pool = node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone(), deps);
+    let pool = match node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone(), deps.clone()) {
+        Ok(pool) => pool,
+        Err(e) => {
+            let e = ApiError::from(e);
+            let name = staged.record.spec.name.to_string();
+            let store = node.store.clone();
+            let _ = blocking(move || Ok(store.discard(staged)?)).await;
+            if old.is_some() {
+                node.set_deploy_error(&name, Some(e.message.clone()));
+            }
+            deps::release(node, deps).await;
+            return Err(e);
+        }
+    };
     let existed = old.is_some();
     if old.is_none() && !wait {
         let record = switch(node, staged, pool, None).await?;
@@ -326,8 +339,14 @@ pub async fn restore(node: &Arc<Node>) -> Result<usize, ApiError> {
                 None
             }
         };
-        let pool = node.runtime.prepare(r.spec.clone(), r.dir.clone(), deps);
-        node.runtime.install(pool);
+        match node.runtime.prepare(r.spec.clone(), r.dir.clone(), deps) {
+            Ok(pool) => node.runtime.install(pool),
+            Err(e) => {
+                // Kept in the store: the node may run it again once it has the engine.
+                tracing::error!("function {}: {e}", r.spec.name);
+                node.set_deploy_error(r.spec.name.as_str(), Some(e.to_string()));
+            }
+        }
     }
     deps::sweep(node).await;
     Ok(records.len())

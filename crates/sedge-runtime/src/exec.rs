@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
-use crate::pool::FunctionShared;
+use crate::engine::{BoxFuture, Engine, LogSink, StartContext, Worker};
 use crate::sandbox::WorkerCgroup;
 use crate::{RuntimeConfig, WorkerFiles};
 
@@ -24,11 +25,33 @@ const STDERR_QUOTE: usize = 2000;
 /// node's memory without bound before its timeout.
 const MAX_STDERR: u64 = 1024 * 1024;
 
-pub struct ExecWorker {
-    spec: FunctionSpec,
+/// Starts exec workers: nothing runs until a call comes.
+pub struct ExecEngine {
+    config: Arc<RuntimeConfig>,
+}
+
+impl ExecEngine {
+    pub fn new(config: Arc<RuntimeConfig>) -> Self {
+        Self { config }
+    }
+}
+
+impl Engine for ExecEngine {
+    fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<Arc<dyn Worker>, String>> {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let v = ctx.version;
+            let cgroup = config.exec_cgroup(&v.spec.limits, v.counters.oom_kills.clone())?;
+            let worker = ExecWorker { spec: v.spec, files: v.files, log: ctx.log, config, cgroup };
+            Ok(Arc::new(worker) as Arc<dyn Worker>)
+        })
+    }
+}
+
+struct ExecWorker {
+    spec: Arc<FunctionSpec>,
     files: WorkerFiles,
-    instance: String,
-    shared: Arc<FunctionShared>,
+    log: LogSink,
     config: Arc<RuntimeConfig>,
     /// Shared by this worker's runs (sandboxed); removed with the worker.
     cgroup: Option<WorkerCgroup>,
@@ -52,20 +75,24 @@ fn header_var(name: &str) -> String {
     out
 }
 
-impl ExecWorker {
-    pub fn new(
-        spec: FunctionSpec,
-        files: WorkerFiles,
-        instance: String,
-        shared: Arc<FunctionShared>,
-        config: Arc<RuntimeConfig>,
-    ) -> Result<Self, String> {
-        let cgroup = config.exec_cgroup(&spec.limits, shared.oom_kills.clone())?;
-        Ok(Self { spec, files, instance, shared, config, cgroup })
+impl Worker for ExecWorker {
+    fn call<'a>(&'a self, inv: &'a Invocation, _deadline: Instant) -> BoxFuture<'a, Result<Reply, InvokeError>> {
+        Box::pin(self.run(inv))
     }
 
+    /// Each call is a process of its own, ended with its call.
+    fn is_alive(&self) -> bool {
+        true
+    }
+
+    fn kill(&self) {}
+
+    fn stop(self: Arc<Self>) {}
+}
+
+impl ExecWorker {
     /// Runs the command once. Dropping the future (a timeout) kills it.
-    pub async fn call(&self, inv: &Invocation) -> Result<Reply, InvokeError> {
+    async fn run(&self, inv: &Invocation) -> Result<Reply, InvokeError> {
         let function = self.spec.name.to_string();
         let words = self.spec.command_words();
         let Some((program, args)) = words.split_first() else {
@@ -138,7 +165,7 @@ impl ExecWorker {
         }
         let err_text = String::from_utf8_lossy(&err);
         for line in err_text.lines() {
-            self.shared.logs.push(&function, &self.instance, line.to_owned());
+            self.log.line(line.to_owned());
         }
         let status = status.map_err(|e| InvokeError::Crashed { function: function.clone(), status: e.to_string() })?;
         if let Err(e) = out_read.and(err_read) {

@@ -12,17 +12,61 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
 use crate::sandbox::WorkerCgroup;
 
 /// The groups of every worker process a runtime has started and not yet
 /// seen ended, so that a stopping node can end them all.
-#[derive(Debug, Default)]
-pub struct ProcessGroups(Mutex<BTreeSet<i32>>);
+#[derive(Debug)]
+pub struct ProcessGroups {
+    running: Mutex<BTreeSet<i32>>,
+    /// How many there are, for those waiting for none.
+    count: watch::Sender<usize>,
+}
+
+impl Default for ProcessGroups {
+    fn default() -> Self {
+        Self { running: Mutex::default(), count: watch::Sender::new(0) }
+    }
+}
+
+/// The set, held; the count follows it when the guard goes.
+struct Running<'a> {
+    set: MutexGuard<'a, BTreeSet<i32>>,
+    count: &'a watch::Sender<usize>,
+}
+
+impl std::ops::Deref for Running<'_> {
+    type Target = BTreeSet<i32>;
+    fn deref(&self) -> &Self::Target {
+        &self.set
+    }
+}
+
+impl std::ops::DerefMut for Running<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.set
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let n = self.set.len();
+        self.count.send_if_modified(|c| std::mem::replace(c, n) != n);
+    }
+}
 
 impl ProcessGroups {
-    fn lock(&self) -> MutexGuard<'_, BTreeSet<i32>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Running<'_> {
+        Running { set: self.running.lock().unwrap_or_else(|p| p.into_inner()), count: &self.count }
+    }
+
+    /// Resolves once every group has ended.
+    pub async fn all_ended(&self) {
+        let mut count = self.count.subscribe();
+        // The sender lives in `self`, so the channel cannot close here.
+        let _ = count.wait_for(|&n| n == 0).await;
     }
 
     /// Spawns `cmd` as the leader of a new process group.
@@ -59,9 +103,15 @@ impl ProcessGroups {
         self.lock().len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A start failure caused by the memory limit, said as the invocation error is.
+pub(crate) fn oom_message(limit: u64) -> String {
+    format!("it exceeded its memory limit of {} while starting", sedge_core::invocation::mebibytes(limit))
 }
 
 /// One worker's process group; killed when dropped.

@@ -11,7 +11,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,34 +19,52 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
-use tokio::sync::Notify;
+use sedge_core::{Invocation, InvokeError, Reply};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
-use crate::group::ProcessGroup;
+use crate::engine::{BoxFuture, Engine, StartContext, Worker};
+use crate::group::{oom_message, ProcessGroup};
 use crate::logs::{self, LogTarget, RecentLines};
-use crate::pool::FunctionShared;
-use crate::{RuntimeConfig, WorkerFiles};
+use crate::RuntimeConfig;
 
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a starting server is asked whether it answers yet: it says
+/// so only by answering.
 const READY_POLL: Duration = Duration::from_millis(10);
+/// How long a dropped connection waits for the server's exit to be seen.
 const EXIT_GRACE: Duration = Duration::from_millis(250);
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-pub struct HttpWorker {
+/// Starts http workers.
+pub struct HttpEngine {
+    config: Arc<RuntimeConfig>,
+}
+
+impl HttpEngine {
+    pub fn new(config: Arc<RuntimeConfig>) -> Self {
+        Self { config }
+    }
+}
+
+impl Engine for HttpEngine {
+    fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<Arc<dyn Worker>, String>> {
+        let config = self.config.clone();
+        Box::pin(async move { Ok(Arc::new(HttpWorker::start(ctx, &config).await?) as Arc<dyn Worker>) })
+    }
+}
+
+struct HttpWorker {
     function: String,
     port: u16,
     client: HttpClient,
-    alive: Arc<AtomicBool>,
+    /// `true` while the server runs; `false` once it has exited or been
+    /// told to die.
+    alive: watch::Sender<bool>,
     kill: Arc<Notify>,
     max_answer: u64,
     memory: Option<u64>,
     group: Arc<ProcessGroup>,
-}
-
-/// A start failure caused by the memory limit, said as the invocation error is.
-pub(crate) fn oom_message(limit: u64) -> String {
-    format!("it exceeded its memory limit of {} while starting", sedge_core::invocation::mebibytes(limit))
 }
 
 /// A port free right now. The server binds it moments later; losing that
@@ -58,18 +75,13 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 impl HttpWorker {
-    pub async fn start(
-        spec: &FunctionSpec,
-        files: &WorkerFiles,
-        instance: String,
-        shared: Arc<FunctionShared>,
-        config: &RuntimeConfig,
-        on_exit: Box<dyn FnOnce() + Send>,
-    ) -> Result<Self, String> {
+    async fn start(ctx: StartContext, config: &RuntimeConfig) -> Result<Self, String> {
+        let StartContext { version, log, ready_by, start_timeout, exited: on_exit, .. } = ctx;
+        let (spec, files) = (&version.spec, &version.files);
         let words = spec.command_words();
         let Some((program, args)) = words.split_first() else { return Err("empty command".to_owned()) };
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let (mut cmd, cgroup) = config.command(program, &spec.limits, files, shared.oom_kills.clone())?;
+        let (mut cmd, cgroup) = config.command(program, &spec.limits, files, version.counters.oom_kills.clone())?;
         cmd.args(args)
             .current_dir(&files.bundle)
             .envs(&spec.env)
@@ -83,7 +95,7 @@ impl HttpWorker {
         let group = Arc::new(group);
         let function = spec.name.to_string();
         let recent = Arc::new(RecentLines::default());
-        let target = Arc::new(LogTarget::new(function.clone(), instance, shared));
+        let target = Arc::new(LogTarget::new(log));
         if let Some(out) = child.stdout.take() {
             logs::pump(out, target.clone(), recent.clone());
         }
@@ -91,11 +103,11 @@ impl HttpWorker {
             logs::pump(err, target, recent.clone());
         }
         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-        let alive = Arc::new(AtomicBool::new(true));
+        let alive = watch::Sender::new(true);
         let kill = Arc::new(Notify::new());
-        let exited = Arc::new(Notify::new());
+        let mut exited = alive.subscribe();
         {
-            let (alive, kill, exited, group) = (alive.clone(), kill.clone(), exited.clone(), group.clone());
+            let (alive, kill, group) = (alive.clone(), kill.clone(), group.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = child.wait() => {}
@@ -106,9 +118,8 @@ impl HttpWorker {
                 }
                 // Whatever the server started goes with it.
                 group.kill();
-                alive.store(false, Ordering::Release);
-                exited.notify_waiters();
-                on_exit();
+                alive.send_replace(false);
+                on_exit.notify();
             });
         }
         let worker = Self {
@@ -121,13 +132,14 @@ impl HttpWorker {
             memory: spec.limits.memory,
             group,
         };
-        let ready = tokio::time::timeout(START_TIMEOUT, worker.wait_ready());
+        // Dropped before it is ready, the worker's Drop ends the server.
+        let ready = tokio::time::timeout_at(ready_by, worker.wait_ready());
         let failure = tokio::select! {
             r = ready => match r {
                 Ok(()) => None,
-                Err(_) => Some(format!("the server did not answer on port {port} within {}s", START_TIMEOUT.as_secs())),
+                Err(_) => Some(format!("the server did not answer on port {port} within {}s", start_timeout.as_secs())),
             },
-            () = exited.notified() => Some(match worker.memory.filter(|_| worker.group.oom_killed()) {
+            _ = exited.wait_for(|alive| !alive) => Some(match worker.memory.filter(|_| worker.group.oom_killed()) {
                 Some(limit) => oom_message(limit),
                 None => "the server exited before it answered".to_owned(),
             }),
@@ -161,16 +173,7 @@ impl HttpWorker {
         }
     }
 
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-
-    pub fn kill(&self) {
-        self.alive.store(false, Ordering::Release);
-        self.kill.notify_one();
-    }
-
-    pub async fn call(&self, inv: &Invocation) -> Result<Reply, InvokeError> {
+    async fn invoke(&self, inv: &Invocation) -> Result<Reply, InvokeError> {
         let failed = |message: String| InvokeError::Failed { function: self.function.clone(), message };
         let query = if inv.query.is_empty() { String::new() } else { format!("?{}", inv.query) };
         let mut req = Request::builder()
@@ -190,10 +193,8 @@ impl HttpWorker {
                 // A server that dies mid-request drops the connection a
                 // moment before its exit is seen; give the exit a moment so
                 // the worker is retired rather than used again.
-                let deadline = tokio::time::Instant::now() + EXIT_GRACE;
-                while self.is_alive() && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                let mut alive = self.alive.subscribe();
+                let _ = tokio::time::timeout(EXIT_GRACE, alive.wait_for(|alive| !alive)).await;
                 if !self.is_alive() && self.group.oom_killed() {
                     let limit = self.memory.unwrap_or_default();
                     return Err(InvokeError::OutOfMemory { function: self.function.clone(), limit });
@@ -228,5 +229,32 @@ impl HttpWorker {
             Err(e) => return Err(failed(format!("reading its answer: {e}"))),
         };
         Ok(Reply { status, headers, body })
+    }
+}
+
+impl Worker for HttpWorker {
+    fn call<'a>(&'a self, inv: &'a Invocation, _deadline: Instant) -> BoxFuture<'a, Result<Reply, InvokeError>> {
+        Box::pin(self.invoke(inv))
+    }
+
+    fn is_alive(&self) -> bool {
+        *self.alive.borrow()
+    }
+
+    fn kill(&self) {
+        self.alive.send_replace(false);
+        self.kill.notify_one();
+    }
+
+    fn stop(self: Arc<Self>) {
+        self.kill();
+    }
+}
+
+/// A worker nobody holds any more (or whose start was given up) must not
+/// leave its server running.
+impl Drop for HttpWorker {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -1,17 +1,31 @@
 //! Runs functions: one [`Pool`] of workers per deployed function, and the
 //! [`Runtime`] that holds the pools and dispatches invocations to them.
 //!
-//! Workers are python or node processes running the shims in `runtimes/`
-//! (compiled in here and written to disk by [`RuntimeConfig::install_shims`]),
-//! or `exec` commands run once per request. The gateway calls [`Runtime`];
-//! the scaling policy comes from `sedge-scaler`; specs from `sedge-core`.
+//! # Layout
+//!
+//! - [`engine`]: the contract every kind of worker meets (call with a
+//!   deadline, liveness, kill, stop) and the start of one.
+//! - [`registry`]: which engine runs each runtime kind.
+//! - `pool`: one function version's workers; depends on the contract only,
+//!   and enforces the deadline, answer-size cap and start timeout for all.
+//! - Engines: `language` (python and node: `process` workers running the
+//!   shims in `runtimes/`, compiled in here and written to disk by
+//!   [`RuntimeConfig::install_shims`], taken from `spares` when one waits),
+//!   `exec` (a process per call), `http` (a server on `$PORT`, proxied).
+//! - `group` (process groups), [`sandbox`], [`logs`].
+//!
+//! The gateway calls [`Runtime`]; the scaling policy comes from
+//! `sedge-scaler`; specs from `sedge-core`.
 
+pub mod engine;
 mod exec;
 mod group;
 mod http;
+mod language;
 pub mod logs;
 mod pool;
 mod process;
+pub mod registry;
 pub mod sandbox;
 mod spares;
 
@@ -20,17 +34,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply, RuntimeKind};
-
-use process::Spare;
+use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 
 pub use logs::{FunctionLogs, LogLine};
 pub use pool::FunctionShared;
 pub use pool::{Admission, Pool, PoolStats};
+pub use registry::{Engines, NoEngine};
 
 const PYTHON_SHIM: &str = include_str!("../../../runtimes/python/sedge_worker.py");
 const PYTHON_STYLES: &str = include_str!("../../../runtimes/python/sedge_styles.py");
 const NODE_SHIM: &str = include_str!("../../../runtimes/node/sedge_worker.js");
+/// Where [`RuntimeConfig::install_shims`] writes the shims, in its folder.
+pub(crate) const PYTHON_SHIM_FILE: &str = "sedge_worker.py";
+pub(crate) const NODE_SHIM_FILE: &str = "sedge_worker.js";
 
 /// Where the language runtimes are and how to start them.
 #[derive(Debug, Clone)]
@@ -53,9 +69,9 @@ impl RuntimeConfig {
     /// Writes the shims under `dir` (replacing older copies) and points at them.
     pub fn install_shims(dir: &Path, python: String, node: String, spares: bool) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("sedge_worker.py"), PYTHON_SHIM)?;
+        std::fs::write(dir.join(PYTHON_SHIM_FILE), PYTHON_SHIM)?;
         std::fs::write(dir.join("sedge_styles.py"), PYTHON_STYLES)?;
-        std::fs::write(dir.join("sedge_worker.js"), NODE_SHIM)?;
+        std::fs::write(dir.join(NODE_SHIM_FILE), NODE_SHIM)?;
         Ok(Self {
             python,
             node,
@@ -166,13 +182,6 @@ impl RuntimeConfig {
             }),
         }
     }
-
-    pub(crate) fn shim(&self, kind: RuntimeKind) -> PathBuf {
-        self.shim_dir.join(match kind {
-            RuntimeKind::Node => "sedge_worker.js",
-            _ => "sedge_worker.py",
-        })
-    }
 }
 
 /// What a worker of one version reads besides the node's own files.
@@ -190,16 +199,23 @@ pub struct WorkerFiles {
 /// Every deployed function's pool, by name.
 pub struct Runtime {
     config: Arc<RuntimeConfig>,
-    spares: Arc<spares::Spares>,
+    engines: Engines,
     pools: RwLock<HashMap<String, Arc<Pool>>>,
     shared: Mutex<HashMap<String, Arc<FunctionShared>>>,
 }
 
 impl Runtime {
+    /// A runtime with the engines built into sedge.
     pub fn new(config: RuntimeConfig) -> Self {
         let config = Arc::new(config);
-        let spares = spares::Spares::new(config.clone());
-        Self { config, spares, pools: RwLock::default(), shared: Mutex::default() }
+        let engines = Engines::standard(&config);
+        Self::with_engines(config, engines)
+    }
+
+    /// A runtime whose workers `engines` start (the standard ones and
+    /// whatever else the node was built with).
+    pub fn with_engines(config: Arc<RuntimeConfig>, engines: Engines) -> Self {
+        Self { config, engines, pools: RwLock::default(), shared: Mutex::default() }
     }
 
     /// The function's log and counters, which outlive redeploys.
@@ -210,21 +226,21 @@ impl Runtime {
 
     /// A pool for a new version, not yet serving: warm it, then
     /// [`Self::install`] it. `deps` is the folder of its installed
-    /// dependencies, if it has any.
-    pub fn prepare(&self, spec: FunctionSpec, dir: PathBuf, deps: Option<PathBuf>) -> Arc<Pool> {
+    /// dependencies, if it has any. Fails when no engine on this node runs
+    /// the function's runtime kind.
+    pub fn prepare(&self, spec: FunctionSpec, dir: PathBuf, deps: Option<PathBuf>) -> Result<Arc<Pool>, NoEngine> {
+        let engine = self.engines.get(spec.runtime)?;
         let shared = self.shared(spec.name.as_str());
-        let kind = spec.runtime;
-        let pool = Pool::new(spec, dir, deps, self.config.clone(), self.spares.clone(), shared);
-        if Spare::suits(pool.spec()) {
-            self.spares.fill(kind, &pool.spare_target());
-        }
-        pool
+        let files = WorkerFiles { bundle: dir, secrets: self.config.secrets_of(&spec), deps };
+        let pool = Pool::new(spec, files, engine, shared);
+        pool.engine().prepare(pool.version());
+        Ok(pool)
     }
 
     /// Ends a prepared pool that will not serve (its version was refused),
-    /// with the spares started for it: its folder is about to go.
+    /// with what its engine started ahead for it: its folder is about to go.
     pub async fn discard(&self, pool: &Arc<Pool>) {
-        self.spares.forget(pool.dir());
+        pool.engine().retire(pool.dir());
         pool.drain(Duration::ZERO).await;
     }
 
@@ -238,7 +254,7 @@ impl Runtime {
         if let Some(old) = old {
             // The same bundle deployed again keeps its spare.
             if *old.dir() != dir {
-                self.spares.forget(old.dir());
+                old.engine().retire(old.dir());
             }
             let grace = old.spec().limits.timeout + Duration::from_secs(1);
             tokio::spawn(async move { old.drain(grace).await });
@@ -259,7 +275,7 @@ impl Runtime {
         let old = self.write().remove(name);
         match old {
             Some(pool) => {
-                self.spares.forget(pool.dir());
+                pool.engine().retire(pool.dir());
                 let grace = pool.spec().limits.timeout + Duration::from_secs(1);
                 tokio::spawn(async move { pool.drain(grace).await });
                 true
@@ -284,7 +300,9 @@ impl Runtime {
     /// Lets in-flight work finish (up to `grace`) and stops every worker.
     pub async fn shutdown(&self, grace: Duration) {
         let _close_sandbox = CloseSandbox(self.config.sandbox.clone());
-        self.spares.close();
+        for engine in self.engines.all() {
+            engine.close();
+        }
         let pools: Vec<Arc<Pool>> = self.write().drain().map(|(_, p)| p).collect();
         let drains: Vec<_> = pools.into_iter().map(|p| tokio::spawn(async move { p.drain(grace).await })).collect();
         for d in drains {
@@ -292,10 +310,7 @@ impl Runtime {
         }
         // Give stopping workers their moment to exit on their closed
         // channel, then end whatever is left, children included.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-        while !self.config.groups.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.config.groups.all_ended()).await;
         self.config.groups.kill_all();
     }
 

@@ -12,8 +12,6 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::broadcast;
 
-use crate::pool::FunctionShared;
-
 /// Lines kept per function for `logs --tail`.
 const KEEP: usize = 2000;
 /// Longer lines are cut so one runaway write cannot eat the node's memory.
@@ -151,50 +149,70 @@ impl RateCap {
     }
 }
 
-/// Whose log a worker's output belongs to. A spare worker runs before it is
-/// any function's; its target is set when it is assigned.
-pub struct LogTarget {
-    owner: Mutex<Option<(String, String, Arc<FunctionShared>)>>,
+/// Where one worker's lines go: the function's log, under the worker's
+/// name, capped per second ([`RateCap`]). Clones share the cap.
+#[derive(Clone)]
+pub struct LogSink(Arc<SinkInner>);
+
+struct SinkInner {
+    function: String,
+    instance: String,
+    logs: Arc<FunctionLogs>,
     cap: Mutex<RateCap>,
     origin: tokio::time::Instant,
 }
 
-impl Default for LogTarget {
-    fn default() -> Self {
-        Self {
-            owner: Mutex::new(None),
+impl LogSink {
+    pub fn new(function: String, instance: String, logs: Arc<FunctionLogs>) -> Self {
+        Self(Arc::new(SinkInner {
+            function,
+            instance,
+            logs,
             cap: Mutex::new(RateCap::new(MAX_LINES_PER_SECOND, MAX_BYTES_PER_SECOND)),
             origin: tokio::time::Instant::now(),
+        }))
+    }
+
+    /// The worker's name, e.g. `hello-3`.
+    pub fn instance(&self) -> &str {
+        &self.0.instance
+    }
+
+    /// Writes one line, unless this second's share is used up.
+    pub fn line(&self, text: String) {
+        let s = &self.0;
+        let admit = s.cap.lock().unwrap_or_else(|p| p.into_inner()).admit(s.origin.elapsed(), text.len());
+        if let Admit::WriteAfterDropped(n) = admit {
+            let notice = format!(
+                "sedge: {n} lines dropped: over the cap of {MAX_LINES_PER_SECOND} lines or \
+                 {MAX_BYTES_PER_SECOND} bytes a second per worker"
+            );
+            s.logs.push(&s.function, &s.instance, notice);
+        }
+        if admit != Admit::Drop {
+            s.logs.push(&s.function, &s.instance, text);
         }
     }
 }
 
+/// Whose log a worker's output belongs to. A spare worker runs before it is
+/// any function's; its sink is set when it is assigned.
+#[derive(Default)]
+pub struct LogTarget(Mutex<Option<LogSink>>);
+
 impl LogTarget {
-    pub fn new(function: String, instance: String, shared: Arc<FunctionShared>) -> Self {
-        let target = Self::default();
-        target.set(function, instance, shared);
-        target
+    pub fn new(sink: LogSink) -> Self {
+        Self(Mutex::new(Some(sink)))
     }
 
-    pub fn set(&self, function: String, instance: String, shared: Arc<FunctionShared>) {
-        *self.owner.lock().unwrap_or_else(|p| p.into_inner()) = Some((function, instance, shared));
+    pub fn set(&self, sink: LogSink) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
     fn write(&self, text: String) {
-        let admit = self.cap.lock().unwrap_or_else(|p| p.into_inner()).admit(self.origin.elapsed(), text.len());
-        match &*self.owner.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((function, instance, shared)) => {
-                if let Admit::WriteAfterDropped(n) = admit {
-                    let notice = format!(
-                        "sedge: {n} lines dropped: over the cap of {MAX_LINES_PER_SECOND} lines or \
-                         {MAX_BYTES_PER_SECOND} bytes a second per worker"
-                    );
-                    shared.logs.push(function, instance, notice);
-                }
-                if admit != Admit::Drop {
-                    shared.logs.push(function, instance, text);
-                }
-            }
+        let sink = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match sink {
+            Some(sink) => sink.line(text),
             None => tracing::debug!("spare worker: {text}"),
         }
     }
@@ -202,8 +220,12 @@ impl LogTarget {
 
 /// Copies a worker's output into the function's log, line by line, until
 /// the stream ends. A line longer than [`MAX_LINE`] is cut there; the rest
-/// of it is skipped without being buffered.
-pub fn pump<R: AsyncRead + Unpin + Send + 'static>(stream: R, target: Arc<LogTarget>, recent: Arc<RecentLines>) {
+/// of it is skipped without being buffered. The task ends with the stream.
+pub fn pump<R: AsyncRead + Unpin + Send + 'static>(
+    stream: R,
+    target: Arc<LogTarget>,
+    recent: Arc<RecentLines>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
@@ -242,7 +264,7 @@ pub fn pump<R: AsyncRead + Unpin + Send + 'static>(stream: R, target: Arc<LogTar
             recent.push(&text);
             target.write(text);
         }
-    });
+    })
 }
 
 #[cfg(test)]
@@ -263,20 +285,14 @@ mod tests {
 
     #[tokio::test]
     async fn pump_splits_lines_and_bounds_long_ones() {
-        let shared = Arc::new(FunctionShared::default());
+        let logs = Arc::new(FunctionLogs::default());
         let recent = Arc::new(RecentLines::default());
         let mut input = b"one\ntwo\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', MAX_LINE * 3));
         input.extend(b"\nlast");
-        let target = Arc::new(LogTarget::new("f".into(), "f-1".into(), shared.clone()));
-        pump(std::io::Cursor::new(input), target, recent.clone());
-        for _ in 0..100 {
-            if shared.logs.tail(10).len() == 4 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        let lines: Vec<String> = shared.logs.tail(10).into_iter().map(|l| l.text).collect();
+        let target = Arc::new(LogTarget::new(LogSink::new("f".into(), "f-1".into(), logs.clone())));
+        pump(std::io::Cursor::new(input), target, recent.clone()).await.expect("the pump ends with its stream");
+        let lines: Vec<String> = logs.tail(10).into_iter().map(|l| l.text).collect();
         assert_eq!(lines.len(), 4, "{:?}", lines.iter().map(|l| l.len()).collect::<Vec<_>>());
         assert_eq!((lines[0].as_str(), lines[1].as_str(), lines[3].as_str()), ("one", "two", "last"));
         assert_eq!(lines[2].len(), MAX_LINE);

@@ -4,7 +4,13 @@
 //! `sedge-scaler` policy.
 //!
 //! All state sits behind one short-held lock that is never held across an
-//! await; slow work (starting and stopping processes) runs in spawned tasks.
+//! await; slow work (starting and stopping workers) runs in spawned tasks.
+//!
+//! Workers come from the function's [`Engine`]; whatever the engine, the
+//! pool enforces the same policy: the call's deadline (504, the worker
+//! killed), the answer's size (`max_answer`, 502) and the start timeout
+//! ([`crate::engine::start_timeout`]; a start past it is dropped and counts
+//! as failed).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -12,53 +18,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply, RuntimeKind};
+use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use sedge_scaler::{desired_workers, LoadWindow, Pin, ScaleConfig};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::exec::ExecWorker;
-use crate::http::HttpWorker;
+use crate::engine::{self, Engine, ExitNotice, LogSink, StartContext, Version, Worker, WorkerCounters};
 use crate::logs::FunctionLogs;
-use crate::process::{Launch, ProcessWorker, Spare, SpareTarget};
-use crate::spares::Spares;
-use crate::{RuntimeConfig, WorkerFiles};
+use crate::WorkerFiles;
 
 /// After a worker fails to start, requests fail fast with that error for
 /// this long instead of starting a doomed worker each.
 const START_BACKOFF: Duration = Duration::from_secs(2);
-
-enum Engine {
-    Process(ProcessWorker),
-    Exec(Box<ExecWorker>),
-    Http(HttpWorker),
-}
-
-struct Worker {
-    id: u64,
-    engine: Engine,
-}
-
-impl Worker {
-    fn is_alive(&self) -> bool {
-        match &self.engine {
-            Engine::Process(p) => p.is_alive(),
-            Engine::Http(h) => h.is_alive(),
-            Engine::Exec(_) => true,
-        }
-    }
-
-    fn kill(&self) {
-        match &self.engine {
-            Engine::Process(p) => p.kill(),
-            Engine::Http(h) => h.kill(),
-            Engine::Exec(_) => {}
-        }
-    }
-}
+/// How long past its start timeout an engine has to say why its worker is
+/// not ready (quoting its output, say) before the pool drops the start.
+const START_REPORT_GRACE: Duration = Duration::from_secs(1);
 
 struct Slot {
-    worker: Arc<Worker>,
+    id: u64,
+    worker: Arc<dyn Worker>,
     busy: u32,
 }
 
@@ -82,13 +60,20 @@ struct State {
 /// What belongs to a function rather than to one deployed version of it.
 #[derive(Debug, Default)]
 pub struct FunctionShared {
-    pub logs: FunctionLogs,
+    pub logs: Arc<FunctionLogs>,
     pub cold_starts: AtomicU64,
     /// Cold starts that took a spare interpreter instead of starting one.
-    pub spare_starts: AtomicU64,
+    pub spare_starts: Arc<AtomicU64>,
     pub invocations: AtomicU64,
     /// Workers the kernel killed for going past `[limits] memory`.
     pub oom_kills: Arc<AtomicU64>,
+}
+
+impl FunctionShared {
+    /// The counters its engines add to.
+    pub fn counters(&self) -> WorkerCounters {
+        WorkerCounters { oom_kills: self.oom_kills.clone(), spare_starts: self.spare_starts.clone() }
+    }
 }
 
 /// Counters and gauges the gateway exports.
@@ -103,15 +88,14 @@ pub struct PoolStats {
 }
 
 pub struct Pool {
-    spec: FunctionSpec,
-    dir: PathBuf,
-    deps: Option<PathBuf>,
-    config: Arc<RuntimeConfig>,
-    spares: Arc<Spares>,
+    version: Version,
+    engine: Arc<dyn Engine>,
     shared: Arc<FunctionShared>,
     origin: Instant,
     next_worker: AtomicU64,
     state: Mutex<State>,
+    /// Told whenever a call ends or a queued caller leaves, for [`Pool::drain`].
+    changed: Notify,
     me: Weak<Pool>,
 }
 
@@ -141,31 +125,26 @@ impl Drop for Admission {
 /// gives the capacity back (or retires the worker if it died).
 pub struct Lease {
     pool: Arc<Pool>,
-    worker: Arc<Worker>,
+    id: u64,
+    worker: Arc<dyn Worker>,
     armed: bool,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         if self.armed {
-            self.pool.release(&self.worker);
+            self.pool.release(self.id, &self.worker);
         }
     }
 }
 
 impl Lease {
-    /// Runs the invocation; a timeout kills the worker so it never serves again.
+    /// Runs the invocation; a timeout kills the worker so it never serves
+    /// again, and an answer past `max_answer` is refused.
     pub async fn call(&self, inv: &Invocation, deadline: Instant) -> Result<Reply, InvokeError> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let run = async {
-            match &self.worker.engine {
-                Engine::Process(p) => p.call(inv, timeout).await,
-                Engine::Exec(e) => e.call(inv).await,
-                Engine::Http(h) => h.call(inv).await,
-            }
-        };
-        match tokio::time::timeout_at(deadline, run).await {
-            Ok(r) => r,
+        match tokio::time::timeout_at(deadline, self.worker.call(inv, deadline)).await {
+            Ok(Ok(reply)) => self.pool.within_cap(reply),
+            Ok(Err(e)) => Err(e),
             Err(_) => {
                 self.worker.kill();
                 Err(self.pool.timeout_error())
@@ -174,13 +153,23 @@ impl Lease {
     }
 }
 
+/// A caller waiting in the queue; its leaving (answered or not) may be
+/// what a drain waits for.
+struct Queued<'a>(&'a Notify);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.notify_waiters();
+    }
+}
+
 impl Pool {
+    /// A pool for one version of a function (`spec`, reading `files`),
+    /// whose workers `engine` starts.
     pub fn new(
         spec: FunctionSpec,
-        dir: PathBuf,
-        deps: Option<PathBuf>,
-        config: Arc<RuntimeConfig>,
-        spares: Arc<Spares>,
+        files: WorkerFiles,
+        engine: Arc<dyn Engine>,
         shared: Arc<FunctionShared>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
@@ -195,39 +184,41 @@ impl Pool {
                 closed: false,
                 admitted: 0,
             }),
-            spec,
-            dir,
-            deps,
-            config,
-            spares,
+            version: Version { spec: Arc::new(spec), files, counters: shared.counters() },
+            engine,
             shared,
             origin: Instant::now(),
             next_worker: AtomicU64::new(1),
+            changed: Notify::new(),
             me: me.clone(),
         })
     }
 
-    /// What a spare for this version is started with, when spares are per function.
-    pub(crate) fn spare_target(&self) -> SpareTarget {
-        SpareTarget { limits: self.spec.limits.clone(), files: self.files(), oom_kills: self.shared.oom_kills.clone() }
+    /// What this version's workers are made from.
+    pub(crate) fn version(&self) -> &Version {
+        &self.version
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
     }
 
     /// What this version's workers read besides the node's own files.
-    pub fn files(&self) -> WorkerFiles {
-        WorkerFiles { bundle: self.dir.clone(), secrets: self.config.secrets_of(&self.spec), deps: self.deps.clone() }
+    pub fn files(&self) -> &WorkerFiles {
+        &self.version.files
     }
 
     /// The folder of this version's installed dependencies, if any.
     pub fn deps(&self) -> Option<&PathBuf> {
-        self.deps.as_ref()
+        self.version.files.deps.as_ref()
     }
 
     pub fn spec(&self) -> &FunctionSpec {
-        &self.spec
+        &self.version.spec
     }
 
     pub fn dir(&self) -> &PathBuf {
-        &self.dir
+        &self.version.files.bundle
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -235,18 +226,28 @@ impl Pool {
     }
 
     fn name(&self) -> String {
-        self.spec.name.to_string()
+        self.spec().name.to_string()
+    }
+
+    /// The one answer-size check every engine's answers pass.
+    fn within_cap(&self, reply: Reply) -> Result<Reply, InvokeError> {
+        let limit = self.spec().limits.max_answer;
+        let size = reply.body.len() as u64;
+        if size > limit {
+            return Err(InvokeError::AnswerTooLarge { function: self.name(), size: Some(size), limit });
+        }
+        Ok(reply)
     }
 
     fn timeout_error(&self) -> InvokeError {
         InvokeError::Timeout {
             function: self.name(),
-            timeout_ms: u64::try_from(self.spec.limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: u64::try_from(self.spec().limits.timeout.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
     fn scale_config(&self) -> ScaleConfig {
-        let s = &self.spec.scale;
+        let s = &self.spec().scale;
         ScaleConfig { min: s.min, max: s.max, concurrency: s.concurrency, idle: s.idle }
     }
 
@@ -273,11 +274,11 @@ impl Pool {
             return Err(InvokeError::ShuttingDown(self.name()));
         }
         st.waiters.retain(|w| !w.tx.is_closed());
-        let conc = self.spec.scale.concurrency;
+        let conc = self.spec().scale.concurrency;
         let free: u32 = st.slots.iter().filter(|s| s.worker.is_alive()).map(|s| conc.saturating_sub(s.busy)).sum();
-        let room = free.saturating_add(st.starting.saturating_mul(conc)).saturating_add(self.spec.limits.queue);
+        let room = free.saturating_add(st.starting.saturating_mul(conc)).saturating_add(self.spec().limits.queue);
         if st.waiters.len() as u32 + st.admitted >= room {
-            return Err(InvokeError::QueueFull { function: self.name(), limit: self.spec.limits.queue });
+            return Err(InvokeError::QueueFull { function: self.name(), limit: self.spec().limits.queue });
         }
         st.admitted += 1;
         Ok(Admission { pool })
@@ -291,12 +292,12 @@ impl Pool {
 
     async fn run_admitted(self: Arc<Self>, inv: Invocation) -> Result<Reply, InvokeError> {
         {
-            let limit = self.spec.limits.max_body;
+            let limit = self.spec().limits.max_body;
             if inv.body.len() as u64 > limit {
                 return Err(InvokeError::PayloadTooLarge { function: self.name(), size: inv.body.len() as u64, limit });
             }
             self.shared.invocations.fetch_add(1, Ordering::Relaxed);
-            let deadline = Instant::now() + self.spec.limits.timeout;
+            let deadline = Instant::now() + self.spec().limits.timeout;
             // Waiting for capacity may be abandoned: a waiter that went away is skipped.
             let lease = match tokio::time::timeout_at(deadline, self.acquire()).await {
                 Ok(lease) => lease?,
@@ -318,6 +319,7 @@ impl Pool {
 
     /// Capacity on a ready worker, now or when one frees up or starts.
     pub async fn acquire(&self) -> Result<Lease, InvokeError> {
+        let _queued = Queued(&self.changed);
         let rx = {
             let mut st = self.lock();
             if st.closed {
@@ -327,8 +329,8 @@ impl Pool {
                 return Ok(lease);
             }
             st.waiters.retain(|w| !w.tx.is_closed());
-            if st.waiters.len() >= self.spec.limits.queue as usize {
-                return Err(InvokeError::QueueFull { function: self.name(), limit: self.spec.limits.queue });
+            if st.waiters.len() >= self.spec().limits.queue as usize {
+                return Err(InvokeError::QueueFull { function: self.name(), limit: self.spec().limits.queue });
             }
             if let Some((at, msg)) = &st.last_start_error {
                 if at.elapsed() < START_BACKOFF && st.slots.is_empty() && st.starting == 0 {
@@ -346,14 +348,14 @@ impl Pool {
     /// Takes a unit of capacity on the least-busy ready worker, if any.
     fn take_free(&self, st: &mut State) -> Option<Lease> {
         let pool = self.me.upgrade()?;
-        let conc = self.spec.scale.concurrency;
+        let conc = self.spec().scale.concurrency;
         let slot = st.slots.iter_mut().filter(|s| s.busy < conc && s.worker.is_alive()).min_by_key(|s| s.busy)?;
         slot.busy += 1;
-        let worker = slot.worker.clone();
+        let (id, worker) = (slot.id, slot.worker.clone());
         st.in_flight += 1;
         let demand = st.in_flight + st.waiters.len() as u32;
         st.window.record(self.origin.elapsed(), demand);
-        Some(Lease { pool, worker, armed: true })
+        Some(Lease { pool, id, worker, armed: true })
     }
 
     /// Gives free capacity to waiters, oldest first.
@@ -370,28 +372,31 @@ impl Pool {
                 // The waiter gave up between the check and the send: undo
                 // here, under the lock, instead of in Drop (which locks).
                 back.armed = false;
-                self.undo_take(st, &back.worker);
+                self.undo_take(st, back.id);
             }
         }
     }
 
-    fn undo_take(&self, st: &mut State, worker: &Arc<Worker>) {
-        if let Some(slot) = st.slots.iter_mut().find(|s| Arc::ptr_eq(&s.worker, worker)) {
+    fn undo_take(&self, st: &mut State, id: u64) {
+        if let Some(slot) = st.slots.iter_mut().find(|s| s.id == id) {
             slot.busy = slot.busy.saturating_sub(1);
         }
         st.in_flight = st.in_flight.saturating_sub(1);
     }
 
-    fn release(&self, worker: &Arc<Worker>) {
-        let mut st = self.lock();
-        self.undo_take(&mut st, worker);
-        if !worker.is_alive() {
-            st.slots.retain(|s| !Arc::ptr_eq(&s.worker, worker));
+    fn release(&self, id: u64, worker: &Arc<dyn Worker>) {
+        {
+            let mut st = self.lock();
+            self.undo_take(&mut st, id);
+            if !worker.is_alive() {
+                st.slots.retain(|s| s.id != id);
+            }
+            self.hand_out(&mut st);
+            if !st.waiters.is_empty() || !worker.is_alive() {
+                self.rescale(&mut st);
+            }
         }
-        self.hand_out(&mut st);
-        if !st.waiters.is_empty() || !worker.is_alive() {
-            self.rescale(&mut st);
-        }
+        self.changed.notify_waiters();
     }
 
     /// Starts or stops workers to match the policy's desired count.
@@ -434,86 +439,50 @@ impl Pool {
         });
     }
 
-    async fn launch(&self) -> Result<Worker, String> {
+    /// Starts one worker through the engine, within the start timeout.
+    async fn launch(&self) -> Result<(u64, Arc<dyn Worker>), String> {
         let id = self.next_worker.fetch_add(1, Ordering::Relaxed);
-        let instance = format!("{}-{id}", self.spec.name);
-        let program = match self.spec.runtime {
-            RuntimeKind::Python => self.config.python.as_str(),
-            RuntimeKind::Node => self.config.node.as_str(),
-            RuntimeKind::Exec => {
-                let exec = ExecWorker::new(
-                    self.spec.clone(),
-                    self.files(),
-                    instance,
-                    self.shared.clone(),
-                    self.config.clone(),
-                )?;
-                return Ok(Worker { id, engine: Engine::Exec(Box::new(exec)) });
-            }
-            RuntimeKind::Http => {
-                let me = self.me.clone();
-                let on_exit = Box::new(move || {
-                    if let Some(pool) = me.upgrade() {
-                        pool.on_worker_exit(id);
-                    }
-                });
-                let http =
-                    HttpWorker::start(&self.spec, &self.files(), instance, self.shared.clone(), &self.config, on_exit)
-                        .await?;
-                return Ok(Worker { id, engine: Engine::Http(http) });
-            }
-        };
-        let shim = self.config.shim(self.spec.runtime);
+        let name = self.spec().name.to_string();
+        let instance = format!("{name}-{id}");
+        let within = engine::start_timeout(self.spec());
+        let ready_by = Instant::now() + within;
         let me = self.me.clone();
-        let files = self.files();
-        let launch = Launch {
-            program,
-            shim: &shim,
-            files: &files,
+        let ctx = StartContext {
+            version: self.version.clone(),
+            log: LogSink::new(name, instance.clone(), self.shared.logs.clone()),
             instance,
-            shared: self.shared.clone(),
-            config: &self.config,
-            on_exit: Box::new(move || {
+            ready_by,
+            start_timeout: within,
+            exited: ExitNotice::new(move || {
                 if let Some(pool) = me.upgrade() {
                     pool.on_worker_exit(id);
                 }
             }),
         };
-        let spare = if Spare::suits(&self.spec) {
-            self.spares.take(self.spec.runtime, &self.spare_target()).await
-        } else {
-            None
-        };
-        let spare = spare.and_then(|mut s| s.is_alive().then_some(s));
-        let process = match spare {
-            Some(spare) => {
-                let worker = spare.assign(&self.spec, launch).await?;
-                self.shared.spare_starts.fetch_add(1, Ordering::Relaxed);
-                worker
-            }
-            None => ProcessWorker::start(&self.spec, launch).await?,
-        };
-        Ok(Worker { id, engine: Engine::Process(process) })
+        // Dropping the start ends what it had begun (the contract asks it).
+        match tokio::time::timeout_at(ready_by + START_REPORT_GRACE, self.engine.start(ctx)).await {
+            Ok(started) => started.map(|worker| (id, worker)),
+            Err(_) => Err(format!("worker was not ready within {}s", within.as_secs())),
+        }
     }
 
-    fn on_started(&self, result: Result<Worker, String>) {
+    fn on_started(&self, result: Result<(u64, Arc<dyn Worker>), String>) {
         let mut st = self.lock();
         st.starting = st.starting.saturating_sub(1);
         match result {
-            Ok(worker) => {
-                let worker = Arc::new(worker);
+            Ok((id, worker)) => {
                 if st.closed {
                     stop(worker);
                     return;
                 }
                 self.shared.cold_starts.fetch_add(1, Ordering::Relaxed);
                 st.last_start_error = None;
-                st.slots.push(Slot { worker, busy: 0 });
+                st.slots.push(Slot { id, worker, busy: 0 });
                 self.hand_out(&mut st);
             }
             Err(message) => {
-                tracing::warn!(function = %self.spec.name, "worker failed to start: {message}");
-                self.shared.logs.push(self.spec.name.as_str(), "sedge", format!("worker failed to start: {message}"));
+                tracing::warn!(function = %self.spec().name, "worker failed to start: {message}");
+                self.shared.logs.push(self.spec().name.as_str(), "sedge", format!("worker failed to start: {message}"));
                 st.last_start_error = Some((Instant::now(), message.clone()));
                 if st.slots.is_empty() && st.starting == 0 {
                     for w in st.waiters.drain(..) {
@@ -529,12 +498,12 @@ impl Pool {
     fn on_worker_exit(&self, id: u64) {
         let mut st = self.lock();
         let before = st.slots.len();
-        st.slots.retain(|s| s.worker.id != id || s.busy > 0);
+        st.slots.retain(|s| s.id != id || s.busy > 0);
         if st.slots.len() != before {
             self.shared.logs.push(
-                self.spec.name.as_str(),
+                self.spec().name.as_str(),
                 "sedge",
-                format!("worker {}-{id} exited; replacing it as needed", self.spec.name),
+                format!("worker {}-{id} exited; replacing it as needed", self.spec().name),
             );
         }
         self.rescale(&mut st);
@@ -544,7 +513,7 @@ impl Pool {
     pub fn tick(&self) {
         let mut st = self.lock();
         let now = self.origin.elapsed();
-        st.window.forget_before(now.saturating_sub(self.spec.scale.idle + Duration::from_secs(1)));
+        st.window.forget_before(now.saturating_sub(self.spec().scale.idle + Duration::from_secs(1)));
         self.rescale(&mut st);
     }
 
@@ -573,13 +542,21 @@ impl Pool {
             st.window.record(now, 1);
             st.starting += 1;
         }
-        let result = self.launch().await;
-        let outcome = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|message| InvokeError::StartFailed { function: self.name(), message: message.clone() });
-        self.on_started(result);
-        outcome
+        let Some(pool) = self.me.upgrade() else { return Err(InvokeError::ShuttingDown(self.name())) };
+        // In a task of its own, so that a caller that stops waiting cannot
+        // leave the start counted forever.
+        let start = tokio::spawn(async move {
+            let result = pool.launch().await;
+            let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+            pool.on_started(result);
+            outcome
+        });
+        let message = match start.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(message)) => message,
+            Err(e) => format!("the start task ended: {e}"),
+        };
+        Err(InvokeError::StartFailed { function: self.name(), message })
     }
 
     /// Stops taking requests, lets those in flight or queued finish (up to
@@ -587,14 +564,15 @@ impl Pool {
     pub async fn drain(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         loop {
+            // Asked before looking, so a change in between is not missed.
+            let changed = self.changed.notified();
             let done = {
                 let st = self.lock();
                 st.in_flight == 0 && st.waiters.iter().all(|w| w.tx.is_closed())
             };
-            if done || Instant::now() >= deadline {
+            if done || tokio::time::timeout_at(deadline, changed).await.is_err() {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut st = self.lock();
         st.closed = true;
@@ -607,12 +585,16 @@ impl Pool {
     }
 }
 
-fn stop(worker: Arc<Worker>) {
-    match Arc::try_unwrap(worker) {
-        Ok(Worker { engine: Engine::Process(p), .. }) => Arc::new(p).stop(),
-        Ok(Worker { engine: Engine::Http(h), .. }) => h.kill(),
-        Ok(_) => {}
+/// Stops a worker taken out of the pool (under the pool's lock, so no new
+/// lease on it can appear).
+fn stop(worker: Arc<dyn Worker>) {
+    if Arc::strong_count(&worker) == 1 {
+        worker.stop();
+    } else {
         // Someone still holds a lease on it: kill, the holder sees a crash.
-        Err(shared) => shared.kill(),
+        worker.kill();
     }
 }
+
+#[cfg(test)]
+mod tests;

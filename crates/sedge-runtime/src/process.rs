@@ -30,14 +30,14 @@ use tokio::net::UnixStream;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot};
 
+use tokio::time::Instant;
+
+use crate::engine::{BoxFuture, ExitNotice, LogSink, Worker};
 use crate::group::ProcessGroup;
 use crate::logs::{self, LogTarget, RecentLines};
-use crate::pool::FunctionShared;
 use crate::sandbox::WorkerCgroup;
 use crate::RuntimeConfig;
 
-/// How long a worker may take to load the user's module.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request bodies up to this size are copied behind the frame head and sent
 /// in one write; larger ones are written separately rather than copied.
 const COALESCE: usize = 64 * 1024;
@@ -51,12 +51,21 @@ pub struct Launch<'a> {
     pub program: &'a str,
     pub shim: &'a Path,
     pub files: &'a crate::WorkerFiles,
-    pub instance: String,
-    /// The function's log and counters.
-    pub shared: Arc<FunctionShared>,
+    pub log: LogSink,
+    pub oom_kills: Arc<AtomicU64>,
     pub config: &'a RuntimeConfig,
-    /// Called once when the process has gone, whatever the reason.
-    pub on_exit: Box<dyn FnOnce() + Send>,
+    /// When the user's module must have loaded.
+    pub ready: Ready,
+    /// Given once when the process has gone, whatever the reason.
+    pub exited: ExitNotice,
+}
+
+/// When a starting worker must be ready, and the timeout that says, for
+/// the message.
+#[derive(Debug, Clone, Copy)]
+pub struct Ready {
+    pub by: Instant,
+    pub within: Duration,
 }
 
 /// One frame on its way to a worker.
@@ -122,15 +131,28 @@ impl Spawned {
         Ok(Self { child, group: Arc::new(group), reader, writer, decoder: Decoder::default(), recent, target, memory })
     }
 
-    /// The first frame the shim sends, or why there is none.
-    async fn first_frame(&mut self) -> Result<Header, String> {
+    /// The first frame the shim sends by `ready_by`, or why there is none.
+    async fn first_frame(&mut self, ready: Option<Ready>) -> Result<Header, String> {
         let read = read_decoded(&mut self.reader, &mut self.decoder);
-        match tokio::time::timeout(START_TIMEOUT, read).await {
+        let read = async {
+            match ready {
+                Some(r) => tokio::time::timeout_at(r.by, read).await,
+                // A spare waits for its first frame as long as it takes;
+                // dropping it (the node stopping) ends the process.
+                None => Ok(read.await),
+            }
+        };
+        match read.await {
             Ok(Ok(Some(Decoded::Frame(frame)))) => Ok(frame.header),
             Ok(Ok(Some(Decoded::Oversized { header, .. }))) => Ok(header),
             Ok(Ok(None)) => Err("worker exited before it was ready".to_owned()),
             Ok(Err(e)) => Err(format!("worker sent a bad frame: {e}")),
-            Err(_) => Err(format!("worker was not ready within {}s", START_TIMEOUT.as_secs())),
+            Err(_) => {
+                // Stuck, not on its way out: end it now, so the report (with
+                // its output) comes before the pool gives up on the start.
+                self.group.kill_now();
+                Err(format!("worker was not ready within {}s", ready.map_or(0, |r| r.within.as_secs())))
+            }
         }
     }
 
@@ -138,7 +160,7 @@ impl Spawned {
     async fn failed(self, why: String) -> String {
         let status = reap(self.child, &self.group).await;
         let mut msg = match self.memory.filter(|_| self.group.oom_killed()) {
-            Some(limit) => format!("{why}: {}", crate::http::oom_message(limit)),
+            Some(limit) => format!("{why}: {}", crate::group::oom_message(limit)),
             None => format!("{why} ({status})"),
         };
         let tail = self.recent.joined();
@@ -149,8 +171,8 @@ impl Spawned {
     }
 
     /// Waits for the user's module to load, then serves.
-    async fn finish(mut self, spec: &FunctionSpec, on_exit: Box<dyn FnOnce() + Send>) -> Result<ProcessWorker, String> {
-        let why = match self.first_frame().await {
+    async fn finish(mut self, spec: &FunctionSpec, ready: Ready, exited: ExitNotice) -> Result<ProcessWorker, String> {
+        let why = match self.first_frame(Some(ready)).await {
             Ok(Header::Ready) => None,
             Ok(Header::LoadError { error }) => Some(format!("loading {} failed: {error}", spec.handler)),
             Ok(other) => Some(format!("worker spoke out of turn: {other:?}")),
@@ -177,7 +199,7 @@ impl Spawned {
             pending.clone(),
             alive.clone(),
             (self.child, self.group.clone()),
-            on_exit,
+            exited,
         ));
         Ok(ProcessWorker {
             function,
@@ -234,7 +256,7 @@ impl Spare {
         cmd.arg(shim).arg("--spare").env("PYTHONUNBUFFERED", "1");
         let memory = target.and_then(|t| t.limits.memory);
         let mut spawned = Spawned::spawn((cmd, cgroup), program, Arc::new(LogTarget::default()), config, memory)?;
-        match spawned.first_frame().await {
+        match spawned.first_frame(None).await {
             Ok(Header::Spare) => Ok(Self { spawned }),
             Ok(other) => Err(spawned.failed(format!("spare worker spoke out of turn: {other:?}")).await),
             Err(e) => Err(spawned.failed(e).await),
@@ -258,7 +280,7 @@ impl Spare {
 
     /// Makes the spare a worker of `spec`, running in its bundle folder.
     pub async fn assign(mut self, spec: &FunctionSpec, launch: Launch<'_>) -> Result<ProcessWorker, String> {
-        self.spawned.target.set(spec.name.to_string(), launch.instance, launch.shared);
+        self.spawned.target.set(launch.log);
         let mut env = function_env(spec);
         // A spare was started before it knew its function (or, sandboxed,
         // for it): the places of its secrets and dependencies come with the
@@ -272,32 +294,28 @@ impl Spare {
         if let Err(e) = self.spawned.writer.write_all(&frame).await {
             return Err(self.spawned.failed(format!("spare worker is gone: {e}")).await);
         }
-        self.spawned.finish(spec, launch.on_exit).await
+        self.spawned.finish(spec, launch.ready, launch.exited).await
     }
 }
 
 impl ProcessWorker {
     /// Starts a fresh process and waits until the user's module has loaded.
     pub async fn start(spec: &FunctionSpec, launch: Launch<'_>) -> Result<Self, String> {
-        let (mut cmd, cgroup) =
-            launch.config.command(launch.program, &spec.limits, launch.files, launch.shared.oom_kills.clone())?;
+        let (mut cmd, cgroup) = launch.config.command(launch.program, &spec.limits, launch.files, launch.oom_kills)?;
         let dir = &launch.files.bundle;
         cmd.arg(launch.shim).arg(dir).arg(&spec.handler).current_dir(dir).envs(function_env(spec));
         cmd.env("PYTHONUNBUFFERED", "1");
-        let target = Arc::new(LogTarget::new(spec.name.to_string(), launch.instance, launch.shared));
+        let target = Arc::new(LogTarget::new(launch.log));
         Spawned::spawn((cmd, cgroup), launch.program, target, launch.config, spec.limits.memory)?
-            .finish(spec, launch.on_exit)
+            .finish(spec, launch.ready, launch.exited)
             .await
-    }
-
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
     }
 
     /// Sends one invocation and waits for its answer. Cancel-safe: once the
     /// frame is queued it is written whole by the writer task; if this
     /// future is dropped, the answer is discarded by id when it comes.
-    pub async fn call(&self, inv: &Invocation, timeout: Duration) -> Result<Reply, InvokeError> {
+    async fn invoke(&self, inv: &Invocation, deadline: Instant) -> Result<Reply, InvokeError> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let header = Header::Invoke {
             id,
@@ -325,17 +343,27 @@ impl ProcessWorker {
     fn crashed(&self) -> InvokeError {
         InvokeError::Crashed { function: self.function.clone(), status: "worker channel closed".to_owned() }
     }
+}
+
+impl Worker for ProcessWorker {
+    fn call<'a>(&'a self, inv: &'a Invocation, deadline: Instant) -> BoxFuture<'a, Result<Reply, InvokeError>> {
+        Box::pin(self.invoke(inv, deadline))
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
 
     /// Kills the process (and all it started) at once; its reader then
     /// fails any call in flight.
-    pub fn kill(&self) {
+    fn kill(&self) {
         self.alive.store(false, Ordering::Release);
         self.group.kill_now();
     }
 
     /// Asks the worker to finish: closing its channel makes the shim exit,
     /// and a worker that lingers is killed.
-    pub fn stop(self: Arc<Self>) {
+    fn stop(self: Arc<Self>) {
         self.alive.store(false, Ordering::Release);
         // The writer task finishes what is queued, then closes the channel.
         drop(lock(&self.frames).take());
@@ -438,7 +466,7 @@ async fn read_answers(
     pending: Pending,
     alive: Arc<AtomicBool>,
     (child, group): (Child, Arc<ProcessGroup>),
-    on_exit: Box<dyn FnOnce() + Send>,
+    exited: ExitNotice,
 ) {
     let Answers { mut reader, mut decoder, max_answer, memory } = answers;
     let answer = |id: u64, result: Result<Reply, InvokeError>| {
@@ -493,5 +521,5 @@ async fn read_answers(
         };
         let _ = tx.send(Err(error));
     }
-    on_exit();
+    exited.notify();
 }

@@ -1,4 +1,4 @@
-//! Spare workers: one interpreter per language kept started and waiting, so
+//! Spare workers: one interpreter of a language kept started and waiting, so
 //! that a cold start (a request at zero workers, a pool growing) pays only
 //! for loading the user's module, not for the interpreter's own start-up.
 //! A spare is taken by the first pool that needs one and replaced at once.
@@ -6,31 +6,34 @@
 //! A sandboxed worker sees only its own function's bundle and carries its
 //! function's limits from its first instruction, so a spare cannot be
 //! shared between functions: with a sandbox, spares are kept per function
-//! version (started in its sandbox, with its limits) instead of per
-//! language, and dropped with the version they were started for.
+//! version (started in its sandbox, with its limits) instead of one for
+//! the language, and dropped with the version they were started for.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sedge_core::RuntimeKind;
 use tokio::sync::Notify;
 
 use crate::process::{Spare, SpareTarget};
 use crate::RuntimeConfig;
 
+/// The spares of one language (one interpreter and shim).
 pub struct Spares {
     config: Arc<RuntimeConfig>,
+    /// Named in messages: `python`, `node`.
+    language: &'static str,
+    program: String,
+    shim: PathBuf,
     state: Mutex<State>,
     /// Wakes those waiting for a spare that is starting.
     started: Notify,
 }
 
-/// Which spares are interchangeable: one language, and (sandboxed) one
+/// Which spares are interchangeable: any (unsandboxed), or those of one
 /// function version's bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SpareKey {
-    kind: RuntimeKind,
     dir: Option<PathBuf>,
 }
 
@@ -44,26 +47,25 @@ struct State {
 }
 
 impl Spares {
-    pub fn new(config: Arc<RuntimeConfig>) -> Arc<Self> {
-        Arc::new(Self { config, state: Mutex::default(), started: Notify::new() })
+    pub fn new(config: Arc<RuntimeConfig>, language: &'static str, program: String, shim: PathBuf) -> Arc<Self> {
+        Arc::new(Self { config, language, program, shim, state: Mutex::default(), started: Notify::new() })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The waiting spare for `kind`; if one is starting, it is awaited, since
-    /// starting another process would cost the same and compete for the
-    /// CPU. `None` when there is none. A replacement starts at once.
-    /// The key for spares of `kind` that a function with bundle `target`
-    /// may take.
-    fn key(&self, kind: RuntimeKind, target: Option<&SpareTarget>) -> SpareKey {
+    /// The key for spares that a function with bundle `target` may take.
+    fn key(&self, target: &SpareTarget) -> SpareKey {
         let sandboxed = self.config.sandbox.is_some();
-        SpareKey { kind, dir: target.filter(|_| sandboxed).map(|t| t.files.bundle.clone()) }
+        SpareKey { dir: sandboxed.then(|| target.files.bundle.clone()) }
     }
 
-    pub async fn take(self: &Arc<Self>, kind: RuntimeKind, target: &SpareTarget) -> Option<Spare> {
-        let key = self.key(kind, Some(target));
+    /// The waiting spare for `target`; if one is starting, it is awaited,
+    /// since starting another process would cost the same and compete for
+    /// the CPU. `None` when there is none. A replacement starts at once.
+    pub async fn take(self: &Arc<Self>, target: &SpareTarget) -> Option<Spare> {
+        let key = self.key(target);
         let spare = loop {
             let notified = self.started.notified();
             {
@@ -77,17 +79,17 @@ impl Spares {
             }
             notified.await;
         };
-        self.fill(kind, target);
+        self.fill(target);
         spare
     }
 
-    /// Starts a spare for `kind` (and `target`'s version, when sandboxed)
-    /// unless one is waiting or starting.
-    pub fn fill(self: &Arc<Self>, kind: RuntimeKind, target: &SpareTarget) {
-        if !self.config.spares || !matches!(kind, RuntimeKind::Python | RuntimeKind::Node) {
+    /// Starts a spare (for `target`'s version, when sandboxed) unless one
+    /// is waiting or starting.
+    pub fn fill(self: &Arc<Self>, target: &SpareTarget) {
+        if !self.config.spares {
             return;
         }
-        let key = self.key(kind, Some(target));
+        let key = self.key(target);
         {
             let mut st = self.lock();
             // A forgotten spare still starting stays forgotten: its folder
@@ -100,11 +102,7 @@ impl Spares {
         let me = self.clone();
         let target = key.dir.is_some().then(|| target.clone());
         tokio::spawn(async move {
-            let program = match kind {
-                RuntimeKind::Node => me.config.node.clone(),
-                _ => me.config.python.clone(),
-            };
-            let started = Spare::start(&program, &me.config.shim(kind), &me.config, target.as_ref()).await;
+            let started = Spare::start(&me.program, &me.shim, &me.config, target.as_ref()).await;
             {
                 let mut st = me.lock();
                 st.starting.remove(&key);
@@ -115,7 +113,7 @@ impl Spares {
                         st.ready.insert(key, spare);
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!("could not start a spare {} worker: {e}", kind.as_str()),
+                    Err(e) => tracing::warn!("could not start a spare {} worker: {e}", me.language),
                 }
             }
             me.started.notify_waiters();

@@ -98,6 +98,19 @@ fn an_oversized_body_answers_413() {
 }
 
 #[test]
+fn a_module_still_loading_at_the_start_timeout_is_refused_quoting_its_output() {
+    let node = Node::start();
+    let code = "import time\nprint('warming the cache', flush=True)\ntime.sleep(300)\n\ndef handle(req):\n    return 'never'\n";
+    // The start timeout is the function's timeout, but never under 10 s.
+    let f = FnDir::python("stuck", "[limits]\ntimeout = \"1s\"\n", code);
+    let out = node.cli(&["deploy", "--wait", f.path().to_str().expect("path")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("422") && err.contains("not ready within 10s"), "{err}");
+    assert!(err.contains("warming the cache"), "the worker's output is quoted: {err}");
+}
+
+#[test]
 fn a_module_that_does_not_load_is_reported() {
     let node = Node::start();
     let f = FnDir::python("broken", "", "import no_such_module\n");

@@ -1,0 +1,125 @@
+//! The engine contract: what the pool asks of every kind of worker, and
+//! nothing more. An engine starts workers for one runtime kind; a worker
+//! answers calls with a deadline, says whether it is alive, and can be
+//! killed or stopped. Engines may be processes (python, node, exec, http)
+//! or live in the node itself: nothing here assumes a pid or a pipe.
+//!
+//! The pool, not the engine, is the guarantee for the policy every kind
+//! shares: the deadline of a call (504, and the worker killed), the size of
+//! an answer (`[limits] max_answer`, 502) and the time a worker may take to
+//! become ready ([`start_timeout`]). Engines may refuse earlier (a reader
+//! that stops at `max_answer` instead of buffering more), never later.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
+use tokio::time::Instant;
+
+pub use crate::logs::LogSink;
+use crate::WorkerFiles;
+
+/// A boxed future, so that [`Worker`] and [`Engine`] stay object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Shortest time a worker is given to become ready: loading a module is
+/// slow on a small board even for a function with a short timeout.
+pub const MIN_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest: a start that takes longer is stuck, not slow.
+pub const MAX_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a worker of `spec` may take to become ready: the function's
+/// timeout, bounded to [`MIN_START_TIMEOUT`]..=[`MAX_START_TIMEOUT`].
+pub fn start_timeout(spec: &FunctionSpec) -> Duration {
+    spec.limits.timeout.clamp(MIN_START_TIMEOUT, MAX_START_TIMEOUT)
+}
+
+/// One started worker of one function version.
+pub trait Worker: Send + Sync {
+    /// Runs one invocation. The pool stops waiting at `deadline` (the
+    /// future is dropped and the worker killed), so an engine needs no
+    /// timer of its own; it may pass the deadline on to its worker.
+    /// Dropping the future must leave the worker usable or dead, never
+    /// half-way through a request that the next call would see.
+    fn call<'a>(&'a self, inv: &'a Invocation, deadline: Instant) -> BoxFuture<'a, Result<Reply, InvokeError>>;
+
+    /// Whether it can take calls. A worker that is not alive is retired.
+    fn is_alive(&self) -> bool;
+
+    /// Ends it at once; calls in flight fail.
+    fn kill(&self);
+
+    /// Ends it gently, once no call holds it: the pool calls this when it
+    /// shrinks or drains.
+    fn stop(self: Arc<Self>);
+}
+
+/// Starts workers of one runtime kind.
+pub trait Engine: Send + Sync {
+    /// Starts one worker and resolves once it is ready to take calls.
+    /// The pool drops this future a moment after `ctx.ready_by`: dropping
+    /// it must end whatever it had started.
+    fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<Arc<dyn Worker>, String>>;
+
+    /// A version's pool was made: the engine may get ahead of its first
+    /// start (a spare interpreter, say).
+    fn prepare(&self, _version: &Version) {}
+
+    /// The version whose bundle is `bundle` will start no more workers,
+    /// and its folder is about to go.
+    fn retire(&self, _bundle: &Path) {}
+
+    /// The node is stopping: start nothing more, drop what is kept ahead.
+    fn close(&self) {}
+}
+
+/// What a worker of one function version is made from.
+#[derive(Clone)]
+pub struct Version {
+    pub spec: Arc<FunctionSpec>,
+    pub files: WorkerFiles,
+    pub counters: WorkerCounters,
+}
+
+/// The function's counters an engine adds to.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerCounters {
+    /// Workers the kernel killed for going past `[limits] memory`.
+    pub oom_kills: Arc<AtomicU64>,
+    /// Starts that took a worker kept ahead (a spare) instead of a fresh one.
+    pub spare_starts: Arc<AtomicU64>,
+}
+
+/// Everything one start is given.
+pub struct StartContext {
+    pub version: Version,
+    /// The worker's name in logs, e.g. `hello-3`.
+    pub instance: String,
+    /// Where the worker's output goes.
+    pub log: LogSink,
+    /// When the worker must be ready; the pool cuts the start off shortly
+    /// after, so an engine that notices first can say why (with output).
+    pub ready_by: Instant,
+    /// The whole start timeout, for messages.
+    pub start_timeout: Duration,
+    /// To be given once the worker has gone by itself (exited, crashed).
+    pub exited: ExitNotice,
+}
+
+/// Tells the pool a worker has gone without being asked to, so it is
+/// replaced at once rather than found dead by the next call.
+pub struct ExitNotice(Box<dyn FnOnce() + Send>);
+
+impl ExitNotice {
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        Self(Box::new(f))
+    }
+
+    pub fn notify(self) {
+        (self.0)();
+    }
+}
