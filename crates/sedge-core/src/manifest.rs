@@ -28,6 +28,8 @@ const MAX_MAX_ANSWER: u64 = 1024 * 1024 * 1024;
 /// answers "busy" instead of piling up memory.
 const DEFAULT_QUEUE: u32 = 256;
 const DEFAULT_MAX_WORKERS: u32 = 4;
+/// Calls a loaded model takes at once, queued and batched inside it.
+const MODEL_CONCURRENCY: u32 = 1024;
 const DEFAULT_IDLE: Duration = Duration::from_secs(300);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Processes (threads included: that is what the kernel counts) a worker
@@ -54,12 +56,14 @@ pub enum RuntimeKind {
     /// A long-running process serving HTTP itself on `$PORT` (of-watchdog's
     /// http mode, Knative's container contract).
     Http,
+    /// An ONNX model the node serves itself; the handler is the model file.
+    Onnx,
 }
 
 impl RuntimeKind {
     /// Whether functions of this kind are a model the node serves itself.
     pub fn serves_models(self) -> bool {
-        false
+        self == Self::Onnx
     }
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +72,7 @@ impl RuntimeKind {
             Self::Node => "node",
             Self::Exec => "exec",
             Self::Http => "http",
+            Self::Onnx => "onnx",
         }
     }
 }
@@ -104,6 +109,8 @@ impl Style {
             // A command or an HTTP server is called the same way whatever
             // it was written for.
             RuntimeKind::Exec | RuntimeKind::Http => matches!(self, Self::Sedge | Self::OpenFaas),
+            // A model is called as the node serves it, not as any framework's code.
+            RuntimeKind::Onnx => self == Self::Sedge,
         }
     }
 }
@@ -287,7 +294,10 @@ impl FunctionSpec {
             "node" => RuntimeKind::Node,
             "exec" => RuntimeKind::Exec,
             "http" => RuntimeKind::Http,
-            other => return c.fail("runtime", format!("expected one of python, node, exec, http; found {other:?}")),
+            "onnx" => RuntimeKind::Onnx,
+            other => {
+                return c.fail("runtime", format!("expected one of python, node, exec, http, onnx; found {other:?}"))
+            }
         };
         check_handler(&c, runtime, &raw.handler)?;
         let style_name = raw.style.as_deref().unwrap_or("sedge");
@@ -319,11 +329,15 @@ impl FunctionSpec {
         if limits.max_answer == 0 || limits.max_answer > MAX_MAX_ANSWER {
             return c.fail("limits.max_answer", "must be from 1B to 1GiB");
         }
-        let max = c.count("scale.max", raw.scale.max, DEFAULT_MAX_WORKERS, (1, 1024))?;
+        // A model's one worker is the loaded model, which takes many calls
+        // at once (its own queue batches them); a second would load it again.
+        let (default_max, default_concurrency) =
+            if runtime == RuntimeKind::Onnx { (1, MODEL_CONCURRENCY) } else { (DEFAULT_MAX_WORKERS, 1) };
+        let max = c.count("scale.max", raw.scale.max, default_max, (1, 1024))?;
         let scale = Scale {
             min: c.count("scale.min", raw.scale.min, 0, (0, max))?,
             max,
-            concurrency: c.count("scale.concurrency", raw.scale.concurrency, 1, (1, 1024))?,
+            concurrency: c.count("scale.concurrency", raw.scale.concurrency, default_concurrency, (1, 1024))?,
             idle: c.duration("scale.idle", raw.scale.idle.as_deref(), DEFAULT_IDLE)?,
         };
         if limits.pids == 0 {
@@ -392,6 +406,20 @@ impl FunctionSpec {
 
 fn check_handler(c: &Checker<'_>, runtime: RuntimeKind, handler: &str) -> Result<(), ManifestError> {
     match runtime {
+        RuntimeKind::Onnx => {
+            let safe = handler.ends_with(".onnx")
+                && !handler.starts_with('/')
+                && !handler.split('/').any(|part| part.is_empty() || part == "..")
+                && handler.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-' | '/'));
+            if safe {
+                Ok(())
+            } else {
+                c.fail(
+                    "handler",
+                    format!("expected the model file in the function's folder, e.g. \"model.onnx\", found {handler:?}"),
+                )
+            }
+        }
         RuntimeKind::Exec | RuntimeKind::Http => match shlex::split(handler) {
             Some(words) if !words.is_empty() => Ok(()),
             _ => c.fail("handler", format!("expected a command line such as \"python3 main.py\", found {handler:?}")),

@@ -27,7 +27,11 @@ pub fn find_library(python: &str) -> Result<PathBuf, OnnxError> {
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(OnnxError::NoRuntime(format!("ORT_DYLIB_PATH names {}, which is not a file", path.display())))
+            Err(OnnxError::NoRuntime(format!(
+                "ORT_DYLIB_PATH names {}, which is not a file: point it at a libonnxruntime.so, or unset it and \
+                 install onnxruntime into the node's Python (`pip install onnxruntime`, as scripts/setup.sh does)",
+                path.display()
+            )))
         };
     }
     let script = "import os, onnxruntime; print(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi'))";
@@ -106,7 +110,9 @@ impl Model {
     /// each, with ONNX Runtime found through `python`. Blocking.
     pub fn load(path: &Path, python: &str, instances: usize, threads: usize) -> Result<Self, OnnxError> {
         let env = environment(python)?;
-        let bytes = std::fs::read(path).map_err(|e| OnnxError::Load(format!("cannot read {}: {e}", path.display())))?;
+        // Named by file only: the folder is the node's, not the caller's business.
+        let shown = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let bytes = std::fs::read(path).map_err(|e| OnnxError::Load(format!("cannot read {shown}: {e}")))?;
         let mut sessions = Vec::with_capacity(instances.max(1));
         for _ in 0..instances.max(1) {
             let session = Session::builder(&env)

@@ -53,6 +53,14 @@ pub trait Worker: Send + Sync {
     /// Ends it at once; calls in flight fail.
     fn kill(&self);
 
+    /// A call ran past its deadline (its caller has had 504). A worker
+    /// that runs one call at a time cannot be trusted to be between calls,
+    /// so by default it is killed; one that keeps many callers apart (an
+    /// in-process model whose late runs are simply discarded) stays.
+    fn timed_out(&self) {
+        self.kill();
+    }
+
     /// Ends it gently, once no call holds it: the pool calls this when it
     /// shrinks or drains.
     fn stop(self: Arc<Self>);

@@ -23,6 +23,8 @@ mod group;
 mod http;
 mod language;
 pub mod logs;
+#[cfg(feature = "onnx")]
+mod onnx;
 mod pool;
 mod process;
 pub mod registry;

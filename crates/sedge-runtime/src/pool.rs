@@ -146,7 +146,7 @@ impl Lease {
             Ok(Ok(reply)) => self.pool.within_cap(reply),
             Ok(Err(e)) => Err(e),
             Err(_) => {
-                self.worker.kill();
+                self.worker.timed_out();
                 Err(self.pool.timeout_error())
             }
         }

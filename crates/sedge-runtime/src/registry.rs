@@ -47,6 +47,10 @@ impl Engines {
         );
         engines.insert(RuntimeKind::Exec, Arc::new(ExecEngine::new(config.clone())));
         engines.insert(RuntimeKind::Http, Arc::new(HttpEngine::new(config.clone())));
+        #[cfg(feature = "onnx")]
+        engines.insert(RuntimeKind::Onnx, Arc::new(crate::onnx::OnnxEngine::new(config.python.clone())));
+        #[cfg(not(feature = "onnx"))]
+        engines.unavailable(RuntimeKind::Onnx, "this sedge was built without its onnx feature");
         engines
     }
 
@@ -115,7 +119,7 @@ mod tests {
         let config =
             RuntimeConfig::install_shims(dir.path(), "python3".into(), "node".into(), false).expect("shims written");
         let engines = Engines::standard(&Arc::new(config));
-        for kind in [RuntimeKind::Python, RuntimeKind::Node, RuntimeKind::Exec, RuntimeKind::Http] {
+        for kind in [RuntimeKind::Python, RuntimeKind::Node, RuntimeKind::Exec, RuntimeKind::Http, RuntimeKind::Onnx] {
             assert!(engines.get(kind).is_ok(), "no engine for {}", kind.as_str());
         }
     }

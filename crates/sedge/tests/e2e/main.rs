@@ -15,6 +15,7 @@ mod http_runtime;
 mod lifecycle;
 mod limits;
 mod messages;
+mod models;
 mod openfaas_api;
 mod openfaas_compat;
 mod persistence;
