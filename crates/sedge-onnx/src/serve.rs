@@ -131,7 +131,12 @@ impl Served {
             .unwrap_or_default();
         let is_json =
             content_type == "application/json" || (content_type.is_empty() && inv.body.first() == Some(&b'{'));
-        let inputs = if is_json {
+        let inputs = if content_type == "application/octet-stream" {
+            match raw_tensor(&self.model.inputs, &inv.body) {
+                Ok(t) => vec![t],
+                Err(e) => return Ok(error_reply(400, &e)),
+            }
+        } else if is_json {
             let body: Value = match serde_json::from_slice(&inv.body) {
                 Ok(v) => v,
                 Err(e) => return Ok(error_reply(400, &format!("the body is not JSON: {e}"))),
@@ -247,6 +252,48 @@ fn image_input(inputs: &[TensorInfo], prep: &ImagePrep) -> Result<ImageInput, On
     };
     let sizes = prep.sizes(u32::try_from(height).ok());
     Ok(ImageInput { prep: prep.clone(), input: input.name.clone(), sizes, layout })
+}
+
+/// A body of raw little-endian elements for a model with one input whose
+/// shape is fixed past the first dimension (`[N, 3, 224, 224]` takes any
+/// multiple of 3 × 224 × 224 values): what a camera's gateway sends.
+fn raw_tensor(inputs: &[TensorInfo], body: &[u8]) -> Result<Tensor, String> {
+    let [input] = inputs else {
+        return Err(format!(
+            "a raw tensor body (application/octet-stream) needs a model with one input; this one has {}: send JSON",
+            inputs.len()
+        ));
+    };
+    let row: Option<usize> =
+        input.shape.get(1..).and_then(|dims| dims.iter().map(|d| usize::try_from(*d).ok()).product());
+    let Some(row) = row.filter(|r| *r > 0) else {
+        return Err(format!(
+            "input {:?} has shape {}: only the first dimension may vary in a raw body",
+            input.name,
+            input.shape_text()
+        ));
+    };
+    let values = body.len() / input.dtype.size();
+    let rows = values / row;
+    let fixed = usize::try_from(input.shape[0]).ok();
+    if !body.len().is_multiple_of(input.dtype.size())
+        || rows == 0
+        || !values.is_multiple_of(row)
+        || fixed.is_some_and(|n| n != rows)
+    {
+        return Err(format!(
+            "input {:?} must have shape {} ({}, {} bytes a row), the body has {} bytes",
+            input.name,
+            input.shape_text(),
+            input.dtype.name(),
+            row * input.dtype.size(),
+            body.len()
+        ));
+    }
+    let mut shape = vec![rows];
+    shape.extend(input.shape[1..].iter().map(|d| usize::try_from(*d).unwrap_or(0)));
+    let data = tensor::Data::from_le_bytes(input.dtype, body)?;
+    Tensor::new(input.name.clone(), shape, data)
 }
 
 fn zeros(info: &TensorInfo) -> Tensor {
@@ -386,5 +433,29 @@ fn run_batch(model: &Model, instance: usize, batch: Vec<Job>) {
                 let _ = job.reply.send(Err(RunError::Failed(e.clone())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DType;
+
+    fn effnet() -> Vec<TensorInfo> {
+        vec![TensorInfo { name: "input".into(), dtype: DType::F32, shape: vec![1, 3, 2, 2] }]
+    }
+
+    #[test]
+    fn a_raw_body_is_the_input_in_rows() {
+        let body: Vec<u8> = (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let t = raw_tensor(&effnet(), &body).expect("one row");
+        assert_eq!(t.shape, [1, 3, 2, 2]);
+        let e = raw_tensor(&effnet(), &body[..40]).expect_err("short");
+        assert!(e.contains("[1, 3, 2, 2] (FP32, 48 bytes a row), the body has 40 bytes"), "{e}");
+        let mut two = body.clone();
+        two.extend_from_slice(&body);
+        assert!(raw_tensor(&effnet(), &two).is_err(), "a fixed batch of 1 takes one row");
+        let dynamic = vec![TensorInfo { name: "x".into(), dtype: DType::F32, shape: vec![-1, 3, 2, 2] }];
+        assert_eq!(raw_tensor(&dynamic, &two).expect("two rows").shape, [2, 3, 2, 2]);
     }
 }
