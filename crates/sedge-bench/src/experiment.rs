@@ -87,6 +87,9 @@ struct FunctionFile {
     expect: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Files added to the folder's bundle (models kept out of the repository).
+    #[serde(default)]
+    files: Vec<PathBuf>,
 }
 
 /// How every load step of the experiment is run.
@@ -172,6 +175,8 @@ pub struct Function {
     pub expect: Option<String>,
     /// Grouping for charts: `workload`, `language`, `style` by convention.
     pub labels: BTreeMap<String, String>,
+    /// Files put into the bundle beside the folder's own (absolute).
+    pub files: Vec<PathBuf>,
 }
 
 impl Function {
@@ -381,11 +386,19 @@ fn functions(files: Vec<FunctionFile>, base: &Path) -> Result<Vec<Function>, Str
             }
             None => None,
         };
+        let fetch = |path: &Path| {
+            if path.components().any(|c| c.as_os_str() == "models") {
+                " (scripts/fetch-models.sh puts the models there)"
+            } else {
+                ""
+            }
+        };
         let payload = match f.payload.as_deref() {
             Some(p) if p.starts_with('@') => {
                 let path = base.join(&p[1..]);
                 Bytes::from(
-                    std::fs::read(&path).map_err(|e| format!("{at}.payload: cannot read {}: {e}", path.display()))?,
+                    std::fs::read(&path)
+                        .map_err(|e| format!("{at}.payload: cannot read {}: {e}{}", path.display(), fetch(&path)))?,
                 )
             }
             Some(p) => Bytes::from(p.to_owned()),
@@ -395,7 +408,19 @@ fn functions(files: Vec<FunctionFile>, base: &Path) -> Result<Vec<Function>, Str
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(format!("{at}.method: {method:?} is not an HTTP method"));
         }
+        if !f.files.is_empty() && dir.is_none() {
+            return Err(format!("{at}.files: only a function with a dir has a bundle to add them to"));
+        }
+        let mut files = Vec::with_capacity(f.files.len());
+        for file in &f.files {
+            let path = base.join(file);
+            if !path.is_file() {
+                return Err(format!("{at}.files: {} is not a file{}", path.display(), fetch(&path)));
+            }
+            files.push(path.canonicalize().map_err(|e| format!("{at}.files: {}: {e}", path.display()))?);
+        }
         out.push(Function {
+            files,
             name: f.name,
             dir,
             method: method.to_ascii_uppercase(),

@@ -272,7 +272,7 @@ async fn prepare(
                 Some((_, _, ok)) => *ok,
                 None => {
                     let t0 = Instant::now();
-                    let result = match sedge_store::pack::pack(dir) {
+                    let result = match bundle(dir, &function.files) {
                         Ok((spec, archive)) if spec.name.as_str() == function.name => {
                             node::deploy(gw, auth.as_deref(), &function.name, archive).await
                         }
@@ -386,4 +386,33 @@ fn estimate(exp: &Experiment, load_steps: usize, cold_steps: usize) -> String {
     // A cold start costs a scale-down and a worker start: about a second.
     let secs = load_steps as f64 * (s.warmup + d + s.pause).as_secs_f64() + cold_steps as f64;
     format!(", about {}", humantime::format_duration(Duration::from_secs(secs as u64)))
+}
+
+/// The folder's bundle, with `files` added beside its own: the folder is
+/// copied to a temporary one first, so the repository is never written.
+fn bundle(dir: &Path, files: &[PathBuf]) -> Result<(sedge_core::FunctionSpec, Vec<u8>), BenchError> {
+    if files.is_empty() {
+        return Ok(sedge_store::pack::pack(dir)?);
+    }
+    let staged = tempfile::tempdir().map_err(BenchError::io("making a staging folder".to_owned()))?;
+    copy_tree(dir, staged.path()).map_err(BenchError::io(format!("copying {}", dir.display())))?;
+    for file in files {
+        let name = file.file_name().unwrap_or_default();
+        std::fs::copy(file, staged.path().join(name)).map_err(BenchError::io(format!("copying {}", file.display())))?;
+    }
+    Ok(sedge_store::pack::pack(staged.path())?)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
