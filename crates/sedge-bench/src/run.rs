@@ -282,7 +282,7 @@ async fn prepare(
                             spec.name.as_str(),
                             function.name
                         ))),
-                        Err(e) => Err(e.into()),
+                        Err(e) => Err(e),
                     };
                     let ok = match result {
                         Ok(()) => {
