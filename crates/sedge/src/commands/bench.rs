@@ -26,6 +26,7 @@ enum BenchCommand {
     Report(ReportArgs),
     Ceiling(CeilingArgs),
     Hangups(HangupArgs),
+    Ort(super::bench_ort::OrtArgs),
     /// A trivial HTTP server for `ceiling` (prints its address, serves until killed).
     #[command(hide = true)]
     TrivialServer,
@@ -168,6 +169,7 @@ pub fn run(args: Args) -> Result<()> {
         BenchCommand::Report(a) => report_command(&a.dir),
         BenchCommand::Ceiling(a) => ceiling_command(a),
         BenchCommand::Hangups(a) => hangups_command(a),
+        BenchCommand::Ort(a) => super::bench_ort::ort_command(a),
         BenchCommand::TrivialServer => trivial_server(),
     }
 }

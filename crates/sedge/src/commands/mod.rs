@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_ort;
 pub mod bundle_flags;
 pub mod deploy;
 pub mod describe;
