@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The node's own memory (RSS of the sedge process, workers excluded) idle,
+# after a 64-user load of EfficientNet-Lite0 tensors (602,112-byte bodies) on
+# a Python function, and after the same on the onnx runtime: what a burst
+# leaves behind in the gateway. Needs scripts/fetch-models.sh first.
+#
+#   bench/node-memory.sh [SEDGE_BINARY]        # default target/release/sedge
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:-target/release/sedge}
+models=models
+[ -s "$models/efficientnet-lite0.onnx" ] || { echo "run scripts/fetch-models.sh first" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'kill "$node" 2>/dev/null; wait "$node" 2>/dev/null; rm -rf "$work"' EXIT
+export SEDGE_PYTHON=${SEDGE_PYTHON:-$PWD/.venv/bin/python} SEDGE_ADMIN_PASSWORD=bench-memory SEDGE_PASSWORD=bench-memory
+"$bin" serve --listen 127.0.0.1:0 --data "$work/data" > "$work/out" 2> "$work/err" &
+node=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done
+url=$(sed -n 's/^sedge listening on //p' "$work/out")
+export SEDGE_GATEWAY=$url
+rss() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$node/status"; }
+stage() { mkdir -p "$work/$2"; cp -r "bench/functions/$1/." "$work/$2/"; cp "$models/efficientnet-lite0.onnx" "$work/$2/"; }
+stage effnet-tensor py
+stage effnet-onnx onnx
+"$bin" deploy --wait "$work/py" > /dev/null 2>&1
+"$bin" deploy --wait "$work/onnx" > /dev/null 2>&1
+sleep 1
+echo "idle, both functions ready: node RSS $(rss) MiB"
+for fn in effnet effnet-onnx; do
+  "$bin" bench load "$url/function/$fn" -c 64 --duration 5s -d "@$models/samples/chelsea-224.f32" \
+    -H content-type:application/octet-stream > "$work/load-$fn" 2>&1
+  echo "after 64 users on $fn: node RSS $(rss) MiB; $(grep -E '^ *[0-9]+ +[0-9]+' "$work/load-$fn" | head -1 | awk '{print $4 " req/s"}')"
+  sleep 12
+  echo "  12 s later: node RSS $(rss) MiB"
+done
