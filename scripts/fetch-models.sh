@@ -22,7 +22,8 @@ mkdir -p "$dest/samples"
 want=(efficientnet-lite0.onnx efficientnet-lite0-dynamic.onnx imagenet-labels.json ocr-orientation-cls.onnx
   minilm-l6-v2-int8.onnx samples/chelsea.png samples/coffee.png samples/rocket.jpg samples/chelsea-224.f32)
 missing() { for f in "${want[@]}"; do [ -s "$dest/$f" ] || return 0; done; return 1; }
-missing || exit 0
+examples_have() { [ -s "$repo/examples/functions/effnet-onnx/efficientnet-lite0.onnx" ] && [ -s "$repo/examples/functions/effnet-onnx/imagenet-labels.json" ]; }
+if ! missing && examples_have; then exit 0; fi
 
 tools=$repo/.venv-models
 if [ ! -x "$tools/bin/python" ]; then
@@ -77,6 +78,10 @@ fi
   (cd "$repo/scripts/models" && "$py" dynamic_batch.py "$dest/efficientnet-lite0.onnx" "$dest/efficientnet-lite0-dynamic.onnx")
 [ -s "$dest/samples/chelsea-224.f32" ] ||
   (cd "$repo/scripts/models" && "$py" image_tensor.py "$dest/samples/chelsea.png" "$dest/samples/chelsea-224.f32")
+# The examples that serve a model hold a copy (git leaves them out).
+for f in efficientnet-lite0.onnx imagenet-labels.json; do
+  [ -s "$repo/examples/functions/effnet-onnx/$f" ] || cp "$dest/$f" "$repo/examples/functions/effnet-onnx/$f"
+done
 if missing; then
   echo "fetch-models: some files are still missing in $dest" >&2
   exit 1

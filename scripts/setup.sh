@@ -17,3 +17,5 @@ fi
 if ! .venv/bin/python -c 'import numpy, onnxruntime, flask, bottle, setproctitle' 2>/dev/null; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 fi
+# The real models the ONNX examples, tests and benchmarks use (quick when present).
+scripts/fetch-models.sh

@@ -69,7 +69,8 @@ pub fn ort_command(a: OrtArgs) -> Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     times.sort();
-    let at = |q: f64| times.get(((times.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    let at =
+        |q: f64| times.get(((times.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1e3);
     println!("model {}: {sessions} session(s) × {} thread(s), {:.1} s", a.model.display(), a.threads, elapsed);
     println!(
         "runs {}  runs/s {:.1}  run ms p50 {:.2}  p90 {:.2}  p99 {:.2}",

@@ -73,3 +73,23 @@ fn serve_deploys_folders_given_on_its_command_line() {
     assert_eq!(a.json()["message"], "Hello, edge!");
     assert_eq!(node.post("/function/echo-exec", b"x").text(), "x");
 }
+
+#[test]
+fn the_effnet_onnx_example_names_the_cat() {
+    let dir = example("effnet-onnx");
+    let picture = crate::support::repo_root().join("models/samples/chelsea.png");
+    if !dir.join("efficientnet-lite0.onnx").is_file() || !picture.is_file() {
+        eprintln!("skipped: scripts/fetch-models.sh has not put the model in {}", dir.display());
+        return;
+    }
+    let node = Node::start();
+    node.deploy(&dir);
+    let a = node.request(
+        "POST",
+        "/function/effnet-onnx",
+        &[("content-type", "image/png")],
+        &std::fs::read(picture).expect("png"),
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()[0]["index"], 282, "{}", a.text());
+}
