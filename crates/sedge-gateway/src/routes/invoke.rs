@@ -28,25 +28,28 @@ async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Respo
     let mut req = req;
     match find(node, raw, &mut req) {
         Ok((name, pool)) => forward(node, &name, &pool, path, req).await,
-        Err(refused) => refused,
+        Err(refused) => *refused,
     }
 }
 
+/// A request refused before it ran, answered as is (boxed: a response is large).
+pub(super) type Refusal = Box<Response>;
+
 /// The function `raw` names, if it exists and the caller may invoke it
 /// (the invoke credential is taken off the headers); else the refusal.
-pub(super) fn find(node: &crate::Node, raw: &str, req: &mut Request) -> Result<(String, Arc<Pool>), Response> {
+pub(super) fn find(node: &crate::Node, raw: &str, req: &mut Request) -> Result<(String, Arc<Pool>), Refusal> {
     let unread = !req.body().is_end_stream();
     let name = match crate::namespace::strip(raw) {
         Ok(name) => name,
-        Err(error) => return Err(Refused { error, unread }.into_response()),
+        Err(error) => return Err(Box::new(Refused { error, unread }.into_response())),
     };
     // Unknown names get no metrics series: clients must not be able to
     // grow the metrics without bound.
     let Some(pool) = node.runtime.get(name) else {
-        return Err(Refused { error: ApiError::not_found(name), unread }.into_response());
+        return Err(Box::new(Refused { error: ApiError::not_found(name), unread }.into_response()));
     };
     if let Some(refused) = crate::auth::gate_invoke(node, name, pool.spec().auth.invoke, req.headers_mut()) {
-        return Err(close_if(unread, refused));
+        return Err(Box::new(close_if(unread, refused)));
     }
     Ok((name.to_owned(), pool))
 }

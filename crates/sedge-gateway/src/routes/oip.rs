@@ -15,7 +15,7 @@ use axum::Json;
 use sedge_onnx::serve::{INFER_PATH, METADATA_PATH, VERSION};
 use sedge_runtime::Pool;
 
-use super::invoke::{self, Refused};
+use super::invoke::{self, Refusal, Refused};
 use super::Shared;
 use crate::ApiError;
 
@@ -63,7 +63,7 @@ async fn to_model(node: &crate::Node, raw: &str, version: Option<&str>, req: Req
     let mut req = req;
     let (name, pool) = match model(node, raw, version, &mut req) {
         Ok(found) => found,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     invoke::forward(node, &name, &pool, path.to_owned(), req).await
 }
@@ -74,7 +74,7 @@ async fn readiness(node: &crate::Node, raw: &str, version: Option<&str>, req: Re
     let mut req = req;
     let (name, pool) = match model(node, raw, version, &mut req) {
         Ok(found) => found,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     match pool.warm().await {
         Ok(()) => StatusCode::OK.into_response(),
@@ -89,7 +89,7 @@ fn model(
     raw: &str,
     version: Option<&str>,
     req: &mut Request,
-) -> Result<(String, std::sync::Arc<Pool>), Response> {
+) -> Result<(String, std::sync::Arc<Pool>), Refusal> {
     let (name, pool) = invoke::find(node, raw, req)?;
     let runtime = pool.spec().runtime;
     if !runtime.serves_models() {
@@ -97,14 +97,14 @@ fn model(
             "{name} is not a model function (runtime {}); the inference protocol serves runtime = \"onnx\" functions",
             runtime.as_str()
         ));
-        return Err(Refused::new(error, req).into_response());
+        return Err(Box::new(Refused::new(error, req).into_response()));
     }
     if let Some(v) = version.filter(|v| *v != VERSION) {
         let error = ApiError::new(
             StatusCode::NOT_FOUND,
             format!("model {name} has no version {v:?}; it has version {VERSION}"),
         );
-        return Err(Refused::new(error, req).into_response());
+        return Err(Box::new(Refused::new(error, req).into_response()));
     }
     Ok((name, pool))
 }
