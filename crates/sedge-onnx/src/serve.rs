@@ -192,6 +192,12 @@ impl Served {
     /// An inference protocol infer request: JSON, or a JSON header followed
     /// by binary tensors; the answer is binary when any output is.
     async fn answer_infer(&self, inv: &Invocation, deadline: Instant) -> Result<Reply, InvokeError> {
+        if let Some(coding) = header(inv, "content-encoding").filter(|c| !c.trim().eq_ignore_ascii_case("identity")) {
+            return Ok(error_reply(
+                415,
+                &format!("Content-Encoding {coding} is not taken here: send the infer request uncompressed"),
+            ));
+        }
         let header_len = match header(inv, oip::HEADER_LENGTH).map(|v| v.trim().parse::<usize>()) {
             None => None,
             Some(Ok(n)) => Some(n),

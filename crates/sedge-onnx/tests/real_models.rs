@@ -182,6 +182,11 @@ async fn the_inference_protocol_takes_and_gives_json_and_binary_tensors() {
         let error: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
         assert!(error["error"].as_str().is_some_and(|e| e.contains(says)), "{error} should say {says}");
     }
+    let gzip = [("content-encoding", "gzip".to_owned())];
+    let reply =
+        served.answer(&oip_invocation("POST", "/v2/infer", &gzip, b"\x1f\x8b".to_vec()), soon()).await.expect("answer");
+    assert_eq!(reply.status, 415);
+    assert!(String::from_utf8_lossy(&reply.body).contains("Content-Encoding gzip"));
     let bad_len = [("inference-header-content-length", "many".to_owned())];
     let reply =
         served.answer(&oip_invocation("POST", "/v2/infer", &bad_len, b"{}".to_vec()), soon()).await.expect("answer");
