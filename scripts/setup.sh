@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what sedge's runtimes, examples and tests need beyond Rust: the
-# Python packages in requirements.txt, into a virtual environment at .venv/
+# Python packages in requirements.txt (and the tests' own, in
+# requirements-test.txt), into a virtual environment at .venv/
 # (stock Debian, Ubuntu and Raspberry Pi OS refuse system-wide pip, PEP 668).
 # Python 3 (with its venv module) and Node.js 20 are expected on the machine.
 # Quick when everything is already there. Prints nothing else on success.
@@ -16,6 +17,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c 'import numpy, onnxruntime, flask, bottle, setproctitle' 2>/dev/null; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+fi
+if ! .venv/bin/python -c 'import tritonclient.http' 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 fi
 # The real models the ONNX examples, tests and benchmarks use (quick when present).
 scripts/fetch-models.sh

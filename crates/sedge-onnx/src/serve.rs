@@ -16,7 +16,15 @@ use tokio::time::Instant;
 use crate::batch::{Decision, Policy, Queue};
 use crate::model::Model;
 use crate::tensor::{self, Tensor, TensorInfo};
-use crate::{prep, OnnxError};
+use crate::{oip, prep, OnnxError};
+
+/// The path inside a model function where the inference protocol's infer
+/// requests arrive (the gateway's `/v2/models/NAME/infer` leads here).
+pub const INFER_PATH: &str = "/v2/infer";
+/// The path inside a model function that answers its metadata.
+pub const METADATA_PATH: &str = "/v2/metadata";
+/// The one version of a model a function serves.
+pub const VERSION: &str = "1";
 
 /// One caller's tensors on their way to a run.
 struct Job {
@@ -118,8 +126,16 @@ impl Served {
         }
     }
 
-    /// Answers one HTTP request to the function.
+    /// Answers one HTTP request to the function: the inference protocol's
+    /// infer at [`INFER_PATH`], its model metadata on any GET, else this
+    /// node's own JSON tensors or a picture.
     pub async fn answer(&self, inv: &Invocation, deadline: Instant) -> Result<Reply, InvokeError> {
+        if inv.path == INFER_PATH {
+            if inv.method != "POST" {
+                return Ok(error_reply(405, &format!("{INFER_PATH} takes POST, not {}", inv.method)));
+            }
+            return self.answer_infer(inv, deadline).await;
+        }
         if inv.method == "GET" {
             return Ok(json_reply(200, &self.metadata()));
         }
@@ -178,6 +194,52 @@ impl Served {
         Ok(json_reply(200, &json!({ "model_name": self.function, "outputs": list })))
     }
 
+    /// An inference protocol infer request: JSON, or a JSON header followed
+    /// by binary tensors; the answer is binary when any output is.
+    async fn answer_infer(&self, inv: &Invocation, deadline: Instant) -> Result<Reply, InvokeError> {
+        if let Some(coding) = header(inv, "content-encoding").filter(|c| !c.trim().eq_ignore_ascii_case("identity")) {
+            return Ok(error_reply(
+                415,
+                &format!("Content-Encoding {coding} is not taken here: send the infer request uncompressed"),
+            ));
+        }
+        let header_len = match header(inv, oip::HEADER_LENGTH).map(|v| v.trim().parse::<usize>()) {
+            None => None,
+            Some(Ok(n)) => Some(n),
+            Some(Err(_)) => {
+                return Ok(error_reply(400, &format!("{} must be a number of bytes", oip::HEADER_LENGTH)));
+            }
+        };
+        let mut req = match oip::parse_infer(&inv.body, header_len, &self.model.inputs) {
+            Ok(r) => r,
+            Err(e) => return Ok(error_reply(400, &e)),
+        };
+        // Checked before the run, so a misspelt output costs no inference.
+        if let Some(unknown) =
+            req.outputs.iter().flatten().find(|(name, _)| !self.model.outputs.iter().any(|o| &o.name == name))
+        {
+            let known: Vec<&str> = self.model.outputs.iter().map(|o| o.name.as_str()).collect();
+            return Ok(error_reply(
+                400,
+                &format!("the model has no output {:?}; its outputs are {}", unknown.0, known.join(", ")),
+            ));
+        }
+        let inputs = std::mem::take(&mut req.inputs);
+        let outputs = match self.infer(inputs, deadline).await {
+            Ok(o) => o,
+            Err(e) => return Err(self.run_error(e, deadline)),
+        };
+        let (body, json_len) = oip::encode_infer(&self.function, &req, outputs).map_err(|e| self.failed(e))?;
+        let headers = match json_len {
+            Some(n) => vec![
+                ("content-type".into(), "application/octet-stream".into()),
+                (oip::HEADER_LENGTH.into(), n.to_string()),
+            ],
+            None => vec![("content-type".into(), "application/json".into())],
+        };
+        Ok(Reply { status: 200, headers, body: Bytes::from(body) })
+    }
+
     /// The first output's best classes (of its first row).
     fn classes(&self, outputs: &[Tensor]) -> Value {
         let Some(first) = outputs.first() else { return json!([]) };
@@ -195,11 +257,16 @@ impl Served {
         )
     }
 
-    /// What the model takes and gives, as the inference protocol describes a model.
+    /// What the model takes and gives, as the inference protocol describes a
+    /// model (dimensions of any size as -1). A function has one version.
     pub fn metadata(&self) -> Value {
-        let describe = |t: &TensorInfo| json!({ "name": t.name, "datatype": t.dtype.name(), "shape": t.shape });
+        let describe = |t: &TensorInfo| {
+            let shape: Vec<i64> = t.shape.iter().map(|d| if *d < 0 { -1 } else { *d }).collect();
+            json!({ "name": t.name, "datatype": t.dtype.name(), "shape": shape })
+        };
         json!({
             "name": self.function,
+            "versions": [VERSION],
             "platform": "onnxruntime_onnx",
             "inputs": self.model.inputs.iter().map(describe).collect::<Vec<_>>(),
             "outputs": self.model.outputs.iter().map(describe).collect::<Vec<_>>(),
@@ -309,6 +376,10 @@ fn zeros(info: &TensorInfo) -> Tensor {
         tensor::DType::Bool => tensor::Data::Bool(vec![false; n]),
     };
     Tensor { name: info.name.clone(), shape, data }
+}
+
+fn header<'a>(inv: &'a Invocation, name: &str) -> Option<&'a str> {
+    inv.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn json_reply(status: u16, v: &Value) -> Reply {

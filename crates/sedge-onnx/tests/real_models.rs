@@ -93,6 +93,106 @@ async fn digits_are_recognised_one_by_one_and_batched() {
     assert!(String::from_utf8_lossy(&reply.body).contains("must have shape [N, 64] (FP32)"));
 }
 
+fn oip_invocation(method: &str, path: &str, headers: &[(&str, String)], body: Vec<u8>) -> Invocation {
+    Invocation {
+        method: method.into(),
+        path: path.into(),
+        query: String::new(),
+        headers: headers.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+        body: body.into(),
+    }
+}
+
+#[tokio::test]
+async fn the_inference_protocol_takes_and_gives_json_and_binary_tensors() {
+    let path = repo().join("examples/functions/digits-python/model.onnx");
+    let model = Model::load(&path, &python(), 1, 1).expect("load digits");
+    let served = Served::start("digits", model, tensor_spec(None), None, 8).expect("serve");
+    let soon = || Instant::now() + Duration::from_secs(10);
+    let meta = served.answer(&oip_invocation("GET", "/v2/metadata", &[], vec![]), soon()).await.expect("meta");
+    let meta: serde_json::Value = serde_json::from_slice(&meta.body).expect("json");
+    assert_eq!(meta["versions"], serde_json::json!(["1"]));
+    assert_eq!(meta["inputs"][0], serde_json::json!({"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}));
+    let flat = digit();
+    // JSON in, JSON out, only the output asked for.
+    let body = serde_json::json!({"id": "a", "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": flat}],
+                                  "outputs": [{"name": "label"}]});
+    let reply = served
+        .answer(&oip_invocation("POST", "/v2/infer", &[], body.to_string().into_bytes()), soon())
+        .await
+        .expect("infer");
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert!(reply.headers.iter().any(|(k, v)| k == "content-type" && v == "application/json"));
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+    assert_eq!(v["id"], "a");
+    assert_eq!(v["outputs"].as_array().map(Vec::len), Some(1));
+    let label = v["outputs"][0]["data"][0].as_i64().expect("label");
+    // Binary in, binary out: the same digit gets the same label.
+    let raw: Vec<u8> = flat.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let head = serde_json::json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
+                                              "parameters": {"binary_data_size": raw.len()}}],
+                                  "parameters": {"binary_data_output": true}})
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend_from_slice(&raw);
+    let reply = served
+        .answer(
+            &oip_invocation("POST", "/v2/infer", &[("inference-header-content-length", head.len().to_string())], body),
+            soon(),
+        )
+        .await
+        .expect("infer");
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let json_len: usize = reply
+        .headers
+        .iter()
+        .find(|(k, _)| k == "inference-header-content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("a binary answer says its JSON length");
+    let v: serde_json::Value = serde_json::from_slice(&reply.body[..json_len]).expect("head");
+    let names: Vec<&str> =
+        v["outputs"].as_array().expect("outputs").iter().filter_map(|o| o["name"].as_str()).collect();
+    assert_eq!(names, ["label", "probabilities"]);
+    assert_eq!(v["outputs"][0]["parameters"]["binary_data_size"], 8);
+    assert_eq!(v["outputs"][1]["parameters"]["binary_data_size"], 40);
+    let tail = &reply.body[json_len..];
+    assert_eq!(tail.len(), 48);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&tail[..8]);
+    assert_eq!(i64::from_le_bytes(first), label);
+    // What the caller got wrong is named, with 400.
+    let cases = [
+        (
+            serde_json::json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}),
+            "[N, 64]",
+        ),
+        (
+            serde_json::json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": flat}],
+                            "outputs": [{"name": "labels"}]}),
+            "no output \"labels\"",
+        ),
+        (serde_json::json!({"nothing": 1}), "\"inputs\""),
+    ];
+    for (body, says) in cases {
+        let reply = served
+            .answer(&oip_invocation("POST", "/v2/infer", &[], body.to_string().into_bytes()), soon())
+            .await
+            .expect("answer");
+        assert_eq!(reply.status, 400);
+        let error: serde_json::Value = serde_json::from_slice(&reply.body).expect("json");
+        assert!(error["error"].as_str().is_some_and(|e| e.contains(says)), "{error} should say {says}");
+    }
+    let gzip = [("content-encoding", "gzip".to_owned())];
+    let reply =
+        served.answer(&oip_invocation("POST", "/v2/infer", &gzip, b"\x1f\x8b".to_vec()), soon()).await.expect("answer");
+    assert_eq!(reply.status, 415);
+    assert!(String::from_utf8_lossy(&reply.body).contains("Content-Encoding gzip"));
+    let bad_len = [("inference-header-content-length", "many".to_owned())];
+    let reply =
+        served.answer(&oip_invocation("POST", "/v2/infer", &bad_len, b"{}".to_vec()), soon()).await.expect("answer");
+    assert_eq!(reply.status, 400);
+}
+
 #[tokio::test]
 async fn a_caller_past_its_deadline_is_not_run() {
     let path = repo().join("examples/functions/digits-python/model.onnx");

@@ -2,6 +2,7 @@
 //! headers reach the function. `name.openfaas-fn` (what faas-cli sends)
 //! resolves to `name`: a node has one namespace, and another is not found.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, HttpBody};
@@ -24,25 +25,43 @@ pub async fn invoke_path(State(node): Shared, Path((name, path)): Path<(String, 
 }
 
 async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Response {
-    let started = Instant::now();
+    let mut req = req;
+    match find(node, raw, &mut req) {
+        Ok((name, pool)) => forward(node, &name, &pool, path, req).await,
+        Err(refused) => *refused,
+    }
+}
+
+/// A request refused before it ran, answered as is (boxed: a response is large).
+pub(super) type Refusal = Box<Response>;
+
+/// The function `raw` names, if it exists and the caller may invoke it
+/// (the invoke credential is taken off the headers); else the refusal.
+pub(super) fn find(node: &crate::Node, raw: &str, req: &mut Request) -> Result<(String, Arc<Pool>), Refusal> {
     let unread = !req.body().is_end_stream();
     let name = match crate::namespace::strip(raw) {
         Ok(name) => name,
-        Err(error) => return Refused { error, unread }.into_response(),
+        Err(error) => return Err(Box::new(Refused { error, unread }.into_response())),
     };
     // Unknown names get no metrics series: clients must not be able to
     // grow the metrics without bound.
     let Some(pool) = node.runtime.get(name) else {
-        return Refused { error: ApiError::not_found(name), unread }.into_response();
+        return Err(Box::new(Refused { error: ApiError::not_found(name), unread }.into_response()));
     };
-    let mut req = req;
     if let Some(refused) = crate::auth::gate_invoke(node, name, pool.spec().auth.invoke, req.headers_mut()) {
-        return close_if(unread, refused);
+        return Err(Box::new(close_if(unread, refused)));
     }
+    Ok((name.to_owned(), pool))
+}
+
+/// Runs `req` on `pool` at `path` inside the function, counted in the
+/// function's metrics.
+pub(super) async fn forward(node: &crate::Node, name: &str, pool: &Pool, path: String, req: Request) -> Response {
+    let started = Instant::now();
     // Counted from here on, and ended exactly once: with the answer's
     // status, or as abandoned if the caller goes away first.
     let flight = node.metrics.start(name);
-    let mut response = match call(node, &pool, name, path, req).await {
+    let mut response = match call(node, pool, name, path, req).await {
         Ok(reply) => reply_response(reply),
         Err(e) => e.into_response(),
     };
@@ -54,9 +73,15 @@ async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Respo
 }
 
 /// A refusal; `unread` when the request's body was not read to its end.
-struct Refused {
+pub(super) struct Refused {
     error: ApiError,
     unread: bool,
+}
+
+impl Refused {
+    pub(super) fn new(error: ApiError, req: &Request) -> Self {
+        Self { error, unread: !req.body().is_end_stream() }
+    }
 }
 
 impl IntoResponse for Refused {

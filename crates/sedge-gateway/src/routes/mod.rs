@@ -4,6 +4,7 @@ pub(crate) mod body;
 mod functions;
 mod invoke;
 mod logs;
+mod oip;
 mod origin;
 mod secrets;
 mod unserved;
@@ -62,6 +63,16 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/function/{name}", any(invoke::invoke_root))
         .route("/function/{name}/", any(invoke::invoke_root))
         .route("/function/{name}/{*path}", any(invoke::invoke_path))
+        // The Open Inference Protocol (KServe v2) over model functions.
+        .route("/v2", get(oip::server))
+        .route("/v2/health/live", get(oip::health))
+        .route("/v2/health/ready", get(oip::health))
+        .route("/v2/models/{name}", get(oip::metadata))
+        .route("/v2/models/{name}/ready", get(oip::ready))
+        .route("/v2/models/{name}/infer", post(oip::infer))
+        .route("/v2/models/{name}/versions/{version}", get(oip::metadata_of))
+        .route("/v2/models/{name}/versions/{version}/ready", get(oip::ready_of))
+        .route("/v2/models/{name}/versions/{version}/infer", post(oip::infer_of))
         .route("/async-function/{name}", any(async_not_yet))
         .route("/async-function/{name}/{*path}", any(async_not_yet))
         // Body limits are enforced per route: each function's own max_body

@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod messages;
 mod models;
+mod oip;
 mod openfaas_api;
 mod openfaas_compat;
 mod persistence;

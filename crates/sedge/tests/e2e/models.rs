@@ -7,21 +7,21 @@ use std::path::{Path, PathBuf};
 
 use crate::support::{repo_root, FnDir, Node};
 
-fn digits_dir(extra: &str) -> FnDir {
+pub(crate) fn digits_dir(extra: &str) -> FnDir {
     let dir = FnDir::new(&format!("name = \"digits\"\nruntime = \"onnx\"\nhandler = \"model.onnx\"\n{extra}"), &[]);
     std::fs::copy(repo_root().join("examples/functions/digits-python/model.onnx"), dir.path().join("model.onnx"))
         .expect("copy model");
     dir
 }
 
-fn sample_digit() -> Vec<f64> {
+pub(crate) fn sample_digit() -> Vec<f64> {
     let text =
         std::fs::read_to_string(repo_root().join("examples/functions/digits-python/sample.json")).expect("sample");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
     v["pixels"].as_array().expect("pixels").iter().filter_map(|x| x.as_f64()).collect()
 }
 
-fn model_file(name: &str) -> Option<PathBuf> {
+pub(crate) fn model_file(name: &str) -> Option<PathBuf> {
     let found = [repo_root().join("models"), repo_root().join("../shared/models")]
         .into_iter()
         .map(|d| d.join(name))
