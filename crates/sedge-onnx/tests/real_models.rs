@@ -261,3 +261,38 @@ async fn efficientnet_names_the_cat_in_a_png() {
     assert!(top.contains(&285) || top.contains(&281), "another cat next: {best}");
     assert_eq!(best[0]["label"], "a cat having a striped coat", "the label file names class 282 so");
 }
+
+/// Not a test: `cargo test -p sedge-onnx --release --test real_models -- --ignored --nocapture batching_throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn batching_throughput() {
+    let Some(path) = shared("efficientnet-lite0-dynamic.onnx") else { return };
+    for batching in [None, Some(Batching { max_batch: 8, max_delay: Duration::from_millis(2) })] {
+        let model = Model::load(&path, &python(), 2, 1).expect("load");
+        let served = std::sync::Arc::new(Served::start("e", model, tensor_spec(batching), None, 256).expect("serve"));
+        served.warm().await.expect("warm");
+        let start = std::time::Instant::now();
+        let mut users = Vec::new();
+        for _ in 0..16 {
+            let served = served.clone();
+            users.push(tokio::spawn(async move {
+                let mut n = 0;
+                while start.elapsed() < Duration::from_secs(3) {
+                    let t = Tensor::new("input", vec![1, 3, 224, 224], Data::F32(vec![0.5; 3 * 224 * 224])).expect("t");
+                    served.infer(vec![t], Instant::now() + Duration::from_secs(30)).await.expect("infer");
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for u in users {
+            total += u.await.expect("join");
+        }
+        println!(
+            "batching {:?}: {:.1} req/s",
+            batching.map(|b| b.max_batch),
+            total as f64 / start.elapsed().as_secs_f64()
+        );
+    }
+}
