@@ -145,9 +145,16 @@ impl Model {
 
     /// Runs `inputs` (already checked) on session `instance`. Blocking.
     pub fn run(&self, instance: usize, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        self.run_owned(instance, inputs.to_vec())
+    }
+
+    /// [`Self::run`] on tensors it may keep: their data becomes ONNX
+    /// Runtime's input without a copy.
+    pub fn run_owned(&self, instance: usize, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
         let mut values = Vec::with_capacity(inputs.len());
         for t in inputs {
-            values.push((t.name.clone(), to_value(t).map_err(|e| format!("input {:?}: {e}", t.name))?));
+            let name = t.name.clone();
+            values.push((name.clone(), to_value(t).map_err(|e| format!("input {name:?}: {e}"))?));
         }
         let slot = self.sessions.get(instance % self.sessions.len()).ok_or("no session")?;
         let mut session = slot.lock().unwrap_or_else(|p| p.into_inner());
@@ -162,16 +169,16 @@ impl Model {
     }
 }
 
-fn to_value(t: &Tensor) -> Result<DynValue, ort::Error> {
-    let shape = t.shape.clone();
-    Ok(match &t.data {
-        Data::F32(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
-        Data::F64(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
-        Data::I64(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
-        Data::I32(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
-        Data::U8(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
-        Data::I8(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
-        Data::Bool(v) => ort::value::Tensor::from_array((shape, v.clone()))?.into_dyn(),
+fn to_value(t: Tensor) -> Result<DynValue, ort::Error> {
+    let shape = t.shape;
+    Ok(match t.data {
+        Data::F32(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        Data::F64(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        Data::I64(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        Data::I32(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        Data::U8(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        Data::I8(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        Data::Bool(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
     })
 }
 

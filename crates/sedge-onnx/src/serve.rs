@@ -459,7 +459,7 @@ fn run_batch(model: &Model, instance: usize, batch: Vec<Job>) {
     }
     if batch.len() == 1 {
         if let Some(job) = batch.into_iter().next() {
-            let result = model.run(instance, &job.inputs).map_err(RunError::Failed);
+            let result = model.run_owned(instance, job.inputs).map_err(RunError::Failed);
             let _ = job.reply.send(result);
         }
         return;
@@ -472,7 +472,7 @@ fn run_batch(model: &Model, instance: usize, batch: Vec<Job>) {
             _ => {
                 // Not stackable (shapes differ past the first axis): one by one.
                 for job in batch {
-                    let result = model.run(instance, &job.inputs).map_err(RunError::Failed);
+                    let result = model.run_owned(instance, job.inputs).map_err(RunError::Failed);
                     let _ = job.reply.send(result);
                 }
                 return;
@@ -480,7 +480,7 @@ fn run_batch(model: &Model, instance: usize, batch: Vec<Job>) {
         }
     }
     let rows: Vec<usize> = batch.iter().map(|j| j.rows).collect();
-    match model.run(instance, &stacked) {
+    match model.run_owned(instance, stacked) {
         Ok(outputs) => {
             let mut per_job: Vec<Vec<Tensor>> = batch.iter().map(|_| Vec::new()).collect();
             for out in outputs {
