@@ -23,7 +23,12 @@ mkdir -p "$dest/samples"
 want=(efficientnet-lite0.onnx efficientnet-lite0-dynamic.onnx imagenet-labels.json ocr-orientation-cls.onnx
   minilm-l6-v2-int8.onnx minilm-tokenizer.json samples/chelsea.png samples/coffee.png samples/rocket.jpg samples/chelsea-224.f32)
 missing() { for f in "${want[@]}"; do [ -s "$dest/$f" ] || return 0; done; return 1; }
-examples_have() { [ -s "$repo/examples/functions/effnet-onnx/efficientnet-lite0.onnx" ] && [ -s "$repo/examples/functions/effnet-onnx/imagenet-labels.json" ]; }
+examples_have() {
+  for f in effnet-onnx/efficientnet-lite0.onnx effnet-onnx/imagenet-labels.json minilm-onnx/minilm-l6-v2-int8.onnx \
+    embed-python/minilm-tokenizer.json; do
+    [ -s "$repo/examples/functions/$f" ] || return 1
+  done
+}
 if ! missing && examples_have; then exit 0; fi
 
 tools=$repo/.venv-models
@@ -81,9 +86,11 @@ fi
 [ -s "$dest/samples/chelsea-224.f32" ] ||
   (cd "$repo/scripts/models" && "$py" image_tensor.py "$dest/samples/chelsea.png" "$dest/samples/chelsea-224.f32")
 # The examples that serve a model hold a copy (git leaves them out).
-for f in efficientnet-lite0.onnx imagenet-labels.json; do
-  [ -s "$repo/examples/functions/effnet-onnx/$f" ] || cp "$dest/$f" "$repo/examples/functions/effnet-onnx/$f"
-done
+put() { [ -s "$repo/examples/functions/$1/$2" ] || cp "$dest/$2" "$repo/examples/functions/$1/$2"; }
+put effnet-onnx efficientnet-lite0.onnx
+put effnet-onnx imagenet-labels.json
+put minilm-onnx minilm-l6-v2-int8.onnx
+put embed-python minilm-tokenizer.json
 if missing; then
   echo "fetch-models: some files are still missing in $dest" >&2
   exit 1
