@@ -11,6 +11,7 @@ mod dependencies;
 mod examples;
 mod failures;
 mod hostile;
+mod infer;
 mod http_runtime;
 mod lifecycle;
 mod limits;
