@@ -130,3 +130,47 @@ fn a_model_scaled_to_zero_is_loaded_on_the_first_call() {
     assert_eq!(cold, Some(2.0), "{metrics}");
     assert_eq!(a.json()["label"], label_over_http(&node));
 }
+
+const NODE_CALLER: &str = r#"const sedge = require('sedge');
+
+exports.handle = async (req) => {
+  const pixels = Float32Array.from(req.json().pixels);
+  const out = await sedge.infer('digits', { data: pixels, shape: [1, 64] });
+  const named = await sedge.infer('digits', { pixels: { data: pixels, shape: [1, 64] } });
+  let undeclared = 'no error';
+  try {
+    await sedge.infer('effnet', { data: pixels, shape: [1, 64] });
+  } catch (err) {
+    undeclared = `${err.name}: ${err.message}`;
+  }
+  const probabilities = Array.from(out.probabilities.data);
+  return {
+    label: Number(out.label.data[0]),
+    labelType: out.label.data.constructor.name,
+    argmax: probabilities.indexOf(Math.max(...probabilities)),
+    shape: out.probabilities.shape,
+    same: Number(named.label.data[0]) === Number(out.label.data[0]),
+    undeclared,
+  };
+};
+"#;
+
+#[test]
+fn a_node_function_awaits_the_model() {
+    let node = Node::start();
+    node.deploy(digits_model("").path());
+    let manifest = "name = \"js-reader\"\nruntime = \"node\"\nhandler = \"handler.handle\"\nmodels = [\"digits\"]\n\
+                    [scale]\nconcurrency = 4\n";
+    let caller = FnDir::new(manifest, &[("handler.js", NODE_CALLER)]);
+    node.deploy(caller.path());
+    let expected = label_over_http(&node);
+    let a = node.post("/function/js-reader", &sample_body());
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v = a.json();
+    assert_eq!(v["label"], expected, "{v}");
+    assert_eq!(v["argmax"], expected, "{v}");
+    assert_eq!(v["labelType"], "BigInt64Array", "{v}");
+    assert_eq!(v["shape"], serde_json::json!([1, 10]), "{v}");
+    assert_eq!(v["same"], true, "{v}");
+    assert_eq!(v["undeclared"], "InferError: effnet is not in this function's models = [\"digits\"]", "{v}");
+}
