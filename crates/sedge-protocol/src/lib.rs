@@ -385,11 +385,17 @@ mod tests {
             panic!("not an infer frame")
         };
         assert_eq!((id, call, model.as_str(), image), (1, 7, "digits", false));
-        assert_eq!(inputs[0], TensorHead { name: "pixels".into(), datatype: "FP32".into(), shape: vec![1, 64], size: 256 });
+        assert_eq!(
+            inputs[0],
+            TensorHead { name: "pixels".into(), datatype: "FP32".into(), shape: vec![1, 64], size: 256 }
+        );
         let image = r#"{"type":"infer","id":2,"call":7,"model":"effnet","image":true}"#;
         assert!(matches!(parse_header(image.as_bytes()), Ok(Header::Infer { image: true, .. })));
         let done = Header::InferResult { id: 2, outputs: vec![], json: true };
-        assert_eq!(serde_json::to_string(&done).expect("encodes"), r#"{"type":"infer_result","id":2,"outputs":[],"json":true}"#);
+        assert_eq!(
+            serde_json::to_string(&done).expect("encodes"),
+            r#"{"type":"infer_result","id":2,"outputs":[],"json":true}"#
+        );
         let failed = Header::InferError { id: 3, error: "no".into() };
         assert_eq!(serde_json::to_string(&failed).expect("encodes"), r#"{"type":"infer_error","id":3,"error":"no"}"#);
     }

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use crate::engine::{BoxFuture, Engine, StartContext, Version, Worker};
-use crate::process::{Launch, ProcessWorker, Ready, Spare, SpareTarget};
 use crate::models::Models;
+use crate::process::{Launch, ProcessWorker, Ready, Spare, SpareTarget};
 use crate::spares::Spares;
 use crate::RuntimeConfig;
 

@@ -78,7 +78,12 @@ impl Engine for OnnxEngine {
             let served = Served::start(spec.name.as_str(), model, model_spec, labels.as_deref(), queue)
                 .map_err(|e| e.to_string())?;
             served.warm().await.map_err(|e| e.to_string())?;
-            Ok(Arc::new(OnnxWorker { function: spec.name.to_string(), served, alive: AtomicBool::new(true), _cores: held }) as Arc<dyn Worker>)
+            Ok(Arc::new(OnnxWorker {
+                function: spec.name.to_string(),
+                served,
+                alive: AtomicBool::new(true),
+                _cores: held,
+            }) as Arc<dyn Worker>)
         })
     }
 }

@@ -33,9 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::engine::{BoxFuture, ExitNotice, LogSink, Worker};
-use crate::models::Models;
 use crate::group::ProcessGroup;
 use crate::logs::{self, LogTarget, RecentLines};
+use crate::models::Models;
 use crate::sandbox::WorkerCgroup;
 use crate::RuntimeConfig;
 
