@@ -93,11 +93,14 @@ impl Models {
         }
         let run = async {
             match input {
-                ModelInput::Tensors(t) => Ok(ModelOutput::Tensors(pool.infer(t).await?)),
+                ModelInput::Tensors(t) => Ok(ModelOutput::Tensors(pool.infer(t, deadline).await?)),
                 ModelInput::Image(body) => image(&pool, model, body).await,
             }
         };
         match tokio::time::timeout_at(deadline, run).await {
+            Ok(Err(ModelError::Invoke(InvokeError::Timeout { .. }))) if Instant::now() >= deadline => {
+                Err(ModelError::Late(model.to_owned()))
+            }
             Ok(r) => r,
             Err(_) => Err(ModelError::Late(model.to_owned())),
         }

@@ -340,8 +340,14 @@ impl Pool {
     }
 
     /// Runs tensors through the model this pool serves (a function calling
-    /// it), admitted and queued like any call, within the function's timeout.
-    pub async fn infer(self: &Arc<Self>, inputs: Vec<RawTensor>) -> Result<Vec<RawTensor>, InvokeError> {
+    /// it), admitted and queued like any call, by `deadline` (the caller's)
+    /// or within the function's timeout, whichever comes first: a model's
+    /// queue drops a request whose caller can no longer use the answer.
+    pub async fn infer(
+        self: &Arc<Self>,
+        inputs: Vec<RawTensor>,
+        deadline: Instant,
+    ) -> Result<Vec<RawTensor>, InvokeError> {
         drop(self.admit()?);
         let size: u64 = inputs.iter().map(|t| t.data.len() as u64).sum();
         let limit = self.spec().limits.max_body;
@@ -349,7 +355,7 @@ impl Pool {
             return Err(InvokeError::PayloadTooLarge { function: self.name(), size, limit });
         }
         self.shared.invocations.fetch_add(1, Ordering::Relaxed);
-        let deadline = Instant::now() + self.spec().limits.timeout;
+        let deadline = deadline.min(Instant::now() + self.spec().limits.timeout);
         let lease = match tokio::time::timeout_at(deadline, self.acquire()).await {
             Ok(lease) => lease?,
             Err(_) => return Err(self.timeout_error()),
