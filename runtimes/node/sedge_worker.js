@@ -1247,6 +1247,168 @@ async function runInvocation({ style, handler, maxAnswer }, id, invocation) {
   }
 }
 
+// --- models --------------------------------------------------------------
+// `require('sedge').infer(model, inputs)` sends an `infer` frame on behalf
+// of the invocation it runs in (found through AsyncLocalStorage) and
+// resolves with the answer the frame reader hands back (docs/protocol.md,
+// "Models called from functions").
+
+class InferError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'InferError';
+  }
+}
+
+// Element types by the protocol's names, and the typed arrays that hold them.
+const TYPED = {
+  FP32: Float32Array,
+  FP64: Float64Array,
+  INT64: BigInt64Array,
+  INT32: Int32Array,
+  UINT8: Uint8Array,
+  INT8: Int8Array,
+  BOOL: Uint8Array,
+};
+const DATATYPE_OF = new Map([
+  [Float32Array, 'FP32'],
+  [Float64Array, 'FP64'],
+  [BigInt64Array, 'INT64'],
+  [Int32Array, 'INT32'],
+  [Uint8Array, 'UINT8'],
+  [Int8Array, 'INT8'],
+]);
+
+const models = {
+  declared: [],
+  /** The invocation an async call chain belongs to; set once models are declared. */
+  calls: null,
+  inFlight: new Set(),
+  nextId: 0,
+  waiting: new Map(),
+};
+
+function callId() {
+  const call = models.calls === null ? undefined : models.calls.getStore();
+  if (call !== undefined) return call;
+  if (models.inFlight.size === 1) return models.inFlight.values().next().value;
+  throw new InferError(
+    models.inFlight.size === 0
+      ? 'sedge.infer is for use while an invocation runs'
+      : 'sedge.infer could not tell which invocation it runs for; call it from the handler',
+  );
+}
+
+/** The header's tensors and the frame body for `inputs`. */
+function inferRequest(inputs) {
+  if (Buffer.isBuffer(inputs)) return [{ image: true }, inputs];
+  if (inputs === null || typeof inputs !== 'object') {
+    throw new TypeError('sedge.infer: inputs are {data, shape}, an object of them by input name, or a Buffer (a picture)');
+  }
+  const named = 'data' in inputs && 'shape' in inputs ? [['', inputs]] : Object.entries(inputs);
+  const heads = [];
+  const parts = [];
+  for (const [name, tensor] of named) {
+    const label = name ? `input ${JSON.stringify(name)}` : 'the input';
+    const data = tensor && tensor.data;
+    const datatype = (tensor && tensor.datatype) || (ArrayBuffer.isView(data) && DATATYPE_OF.get(data.constructor));
+    if (!ArrayBuffer.isView(data) || !datatype || !(datatype in TYPED)) {
+      throw new TypeError(`sedge.infer: ${label} needs data as a typed array (Float32Array, BigInt64Array, ...)`);
+    }
+    const shape = tensor.shape;
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+      throw new TypeError(`sedge.infer: ${label} needs a shape: a list of whole numbers`);
+    }
+    const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    heads.push({ name, datatype, shape, size: bytes.length });
+    parts.push(bytes);
+  }
+  return [{ inputs: heads }, parts.length === 1 ? parts[0] : Buffer.concat(parts)];
+}
+
+/** An infer_result's outputs: {data, shape, datatype}, or an object of them by name. */
+function inferOutputs(heads, body) {
+  if (!Array.isArray(heads)) throw new ProtocolError('an infer_result frame without outputs');
+  const outputs = {};
+  let at = 0;
+  for (const { name = '', datatype, shape, size } of heads) {
+    const Typed = TYPED[datatype];
+    if (!Typed || !Array.isArray(shape) || !Number.isSafeInteger(size)) {
+      throw new InferError(`the model answered an output sedge.infer cannot read: ${JSON.stringify({ name, datatype })}`);
+    }
+    // A copy of its own: aligned for the typed array, and not holding the frame.
+    const own = body.buffer.slice(body.byteOffset + at, body.byteOffset + at + size);
+    outputs[name] = { data: new Typed(own), shape, datatype };
+    at += size;
+  }
+  const all = Object.values(outputs);
+  return all.length === 1 ? all[0] : outputs;
+}
+
+/**
+ * Runs a model the node serves. `inputs`: {data: Float32Array, shape} for
+ * the model's only input, an object of those by input name, or a Buffer
+ * holding a picture for an image model (whose answer is its JSON, the best
+ * classes). Resolves with the output {data, shape, datatype}, or an object
+ * of them by output name when the model has several.
+ */
+async function infer(model, inputs) {
+  if (typeof model !== 'string') throw new TypeError('sedge.infer: the model is a function name');
+  if (!models.declared.includes(model)) {
+    const names = models.declared.map((n) => JSON.stringify(n)).join(', ');
+    throw new InferError(`${model} is not in this function's models = [${names}]`);
+  }
+  if (require('os').endianness() !== 'LE') throw new InferError('sedge.infer needs a little-endian machine');
+  const [header, body] = inferRequest(inputs);
+  const call = callId();
+  models.nextId += 1;
+  const id = models.nextId;
+  const answer = new Promise((resolve) => models.waiting.set(id, resolve));
+  sendFrame({ ...header, type: 'infer', id, call, model }, body);
+  const [reply, replyBody] = await answer;
+  if (reply.type === 'infer_error') throw new InferError(String(reply.error));
+  if (reply.json) return JSON.parse(replyBody.toString('utf8'));
+  return inferOutputs(reply.outputs, replyBody);
+}
+
+/** An infer_result or infer_error frame from sedge. */
+function inferAnswered(header, body) {
+  const resolve = models.waiting.get(header.id);
+  if (resolve === undefined) throw new ProtocolError(`an answer to inference ${header.id}, which is not waiting`);
+  models.waiting.delete(header.id);
+  resolve([header, body]);
+}
+
+/** Makes `require('sedge')` give the module above, whatever the function's folder holds. */
+function installSedgeModule() {
+  const Module = require('module');
+  const id = 'sedge';
+  const sedge = new Module(id);
+  sedge.exports = { infer, InferError };
+  sedge.loaded = true;
+  Module._cache[id] = sedge;
+  const resolve = Module._resolveFilename;
+  Module._resolveFilename = function resolveSedge(request, ...rest) {
+    return request === id ? id : resolve.call(this, request, ...rest);
+  };
+}
+
+/** Declared models (SEDGE_MODELS) and, when there are any, the tracking of calls. */
+function readModels() {
+  models.declared = (process.env.SEDGE_MODELS || '').split(',').filter(Boolean);
+  if (models.declared.length > 0) {
+    const { AsyncLocalStorage } = require('async_hooks');
+    models.calls = new AsyncLocalStorage();
+  }
+}
+
+/** Runs an invocation so that the models it calls know which it is. */
+function runTracked(loaded, id, invocation) {
+  if (models.calls === null) return runInvocation(loaded, id, invocation);
+  models.inFlight.add(id);
+  return models.calls.run(id, () => runInvocation(loaded, id, invocation)).finally(() => models.inFlight.delete(id));
+}
+
 // The kernel keeps a process's short name (comm: what `ps -o comm`, top and
 // pgrep show) in 16 bytes, its terminating zero included.
 const COMM_BYTES = 15;
@@ -1273,6 +1435,7 @@ function start(functionDir, handlerName) {
   try {
     const style = pickStyle();
     const maxAnswer = readMaxAnswer();
+    readModels();
     return { style, handler: loadHandler(functionDir, handlerName, style), maxAnswer };
   } catch (err) {
     if (!(err instanceof LoadError)) throw err;
@@ -1322,9 +1485,13 @@ function serve(loaded) {
       }
       return;
     }
+    if (header.type === 'infer_result' || header.type === 'infer_error') {
+      inferAnswered(header, body);
+      return;
+    }
     const [id, invocation] = parseInvoke(header, body);
     inFlight += 1;
-    runInvocation(loaded, id, invocation).finally(() => {
+    runTracked(loaded, id, invocation).finally(() => {
       inFlight -= 1;
       exitWhenIdle();
     });
@@ -1353,6 +1520,7 @@ function serve(loaded) {
 }
 
 function main(argv) {
+  installSedgeModule();
   if (argv.length === 1 && argv[0] === '--spare') {
     sendFrame({ type: 'spare' });
     serve(null);

@@ -108,9 +108,10 @@ class Response:
 def install_sedge_module():
     """Makes `import sedge` work in user code without anything installed."""
     module = types.ModuleType("sedge", "Types for sedge functions, provided by the runtime shim.")
-    for cls in (Request, Response):
+    for cls in (Request, Response, InferError):
         cls.__module__ = "sedge"
         setattr(module, cls.__name__, cls)
+    module.infer = infer
     sys.modules["sedge"] = module
 
 
@@ -379,6 +380,235 @@ def load_handler(function_dir, handler_name):
     return func
 
 
+# --- models -------------------------------------------------------------------
+#
+# sedge.infer sends an `infer` frame on behalf of the invocation running in
+# the calling thread and waits for its answer, which the serving loop reads
+# off the channel (docs/protocol.md, "Models called from functions").
+
+
+class InferError(Exception):
+    """A model call that did not happen: undeclared or missing model, bad
+    inputs, the model's queue full, the invocation's deadline passed."""
+
+
+# Element types by the protocol's names: numpy's little-endian dtype and the
+# array module's code, for functions without numpy.
+DTYPES = {
+    "FP32": ("<f4", "f"),
+    "FP64": ("<f8", "d"),
+    "INT64": ("<i8", "q"),
+    "INT32": ("<i4", "i"),
+    "UINT8": ("u1", "B"),
+    "INT8": ("i1", "b"),
+    "BOOL": ("?", "B"),
+}
+NUMPY_NAMES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32",
+               "uint8": "UINT8", "int8": "INT8", "bool": "BOOL"}
+
+
+class Models:
+    """The models this function may call (SEDGE_MODELS) and its calls in
+    flight, answered by the serving loop."""
+
+    def __init__(self, declared):
+        self.declared = declared
+        self.channel = None
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._waiting = {}
+        # Invocations running now, for a call made from a thread the
+        # handler started itself.
+        self.in_flight = set()
+
+    def call_id(self):
+        call = getattr(_thread_state, "call", None)
+        if call is not None:
+            return call
+        running = list(self.in_flight)
+        if len(running) == 1:
+            return running[0]
+        if not running:
+            raise InferError("sedge.infer is for use while an invocation runs")
+        raise InferError("sedge.infer from a thread of the handler's own needs one invocation at a time; "
+                         "call it from the handler's thread")
+
+    def infer(self, model, inputs):
+        if not isinstance(model, str):
+            raise TypeError(f"sedge.infer: the model is a function name, not {type(model).__name__}")
+        if model not in self.declared:
+            names = ", ".join(_encode_json(n) for n in self.declared)
+            raise InferError(f"{model} is not in this function's models = [{names}]")
+        header, body = infer_request(inputs)
+        call = self.call_id()
+        done = threading.Event()
+        with self._lock:
+            self._next_id += 1
+            infer_id = self._next_id
+            slot = self._waiting[infer_id] = [done, None, None]
+        header.update({"type": "infer", "id": infer_id, "call": call, "model": model})
+        try:
+            self.channel.send(header, body)
+            done.wait()
+        finally:
+            with self._lock:
+                self._waiting.pop(infer_id, None)
+        answer, answer_body = slot[1], slot[2]
+        if answer.get("type") == "infer_error":
+            raise InferError(str(answer.get("error")))
+        if answer.get("json"):
+            return _decode_json(answer_body.decode("utf-8"))
+        return infer_outputs(answer.get("outputs"), answer_body)
+
+    def answered(self, header, body):
+        """An infer_result or infer_error frame from sedge."""
+        with self._lock:
+            slot = self._waiting.get(header.get("id"))
+        if slot is None:
+            raise ProtocolError(f"an answer to inference {header.get('id')!r}, which is not waiting")
+        slot[1], slot[2] = header, body
+        slot[0].set()
+
+
+_models = Models(())
+
+
+def infer(model, inputs):
+    """Runs a model that the node serves and returns its outputs.
+
+    inputs: a numpy array (the model's only input), a dict of input name to
+    array, nested lists of numbers in place of arrays, or bytes (a picture,
+    for an image model, whose answer is its JSON: the best classes).
+    Returns the output array, or a dict of output name to array when the
+    model has several outputs (nested lists when numpy is not installed).
+    """
+    return _models.infer(model, inputs)
+
+
+def numpy_or_none():
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
+
+def infer_request(inputs):
+    """The `inputs` part of an infer header and the frame's body."""
+    if isinstance(inputs, (bytes, bytearray, memoryview)):
+        return {"image": True}, bytes(inputs)
+    named = inputs.items() if isinstance(inputs, dict) else [("", inputs)]
+    heads, parts = [], []
+    for name, value in named:
+        if not isinstance(name, str):
+            raise TypeError(f"sedge.infer: input names are strings, not {type(name).__name__}")
+        datatype, shape, data = tensor_bytes(name, value)
+        heads.append({"name": name, "datatype": datatype, "shape": shape, "size": len(data)})
+        parts.append(data)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    return {"inputs": heads}, body
+
+
+def tensor_bytes(name, value):
+    """The type, shape and raw little-endian bytes of one input."""
+    label = f"input {name!r}" if name else "the input"
+    if isinstance(value, (list, tuple)):
+        return list_bytes(label, value)
+    numpy = numpy_or_none()
+    if numpy is None or not isinstance(value, numpy.ndarray):
+        raise TypeError(f"sedge.infer: {label} must be a numpy array or nested lists of numbers, "
+                        f"not {type(value).__name__}")
+    datatype = NUMPY_NAMES.get(value.dtype.name)
+    if datatype is None:
+        raise TypeError(f"sedge.infer: {label} has dtype {value.dtype.name}; models here take "
+                        f"{', '.join(NUMPY_NAMES)}")
+    array = numpy.ascontiguousarray(value, dtype=numpy.dtype(DTYPES[datatype][0]))
+    return datatype, list(array.shape), memoryview(array).cast("B")
+
+
+def list_bytes(label, value):
+    """Nested lists as a tensor: FP32 when any value is a float, else INT64
+    (BOOL when all are booleans)."""
+    from array import array
+
+    shape, flat = [], value
+    while isinstance(flat, (list, tuple)):
+        shape.append(len(flat))
+        flat = flat[0] if flat else None
+    values = []
+
+    def walk(v, depth):
+        if depth == len(shape):
+            if isinstance(v, (list, tuple)) or not isinstance(v, (int, float)):
+                raise TypeError(f"sedge.infer: {label} is not nested lists of numbers of one shape")
+            values.append(v)
+            return
+        if not isinstance(v, (list, tuple)) or len(v) != shape[depth]:
+            raise TypeError(f"sedge.infer: {label} is not nested lists of one shape {shape}")
+        for item in v:
+            walk(item, depth + 1)
+
+    walk(value, 0)
+    if values and all(isinstance(v, bool) for v in values):
+        datatype = "BOOL"
+    elif any(isinstance(v, float) for v in values):
+        datatype = "FP32"
+    else:
+        datatype = "INT64"
+    data = array(DTYPES[datatype][1], values)
+    if sys.byteorder == "big":
+        data.byteswap()
+    return datatype, shape, data.tobytes()
+
+
+def infer_outputs(heads, body):
+    """The outputs of an infer_result frame: one array, or a dict by name."""
+    if not isinstance(heads, list):
+        raise ProtocolError("an infer_result frame without outputs")
+    numpy = numpy_or_none()
+    # One copy, so that the arrays are writable like any others.
+    data = bytearray(body) if numpy is not None else body
+    outputs, at = {}, 0
+    for head in heads:
+        datatype, shape, size = head.get("datatype"), head.get("shape"), head.get("size")
+        if datatype not in DTYPES or not isinstance(shape, list) or not isinstance(size, int):
+            raise InferError(f"the model answered an output sedge.infer cannot read: {head!r}")
+        if numpy is not None:
+            dtype = numpy.dtype(DTYPES[datatype][0])
+            value = numpy.frombuffer(data, dtype=dtype, count=size // dtype.itemsize, offset=at).reshape(shape)
+        else:
+            value = nested(list_of(datatype, body[at:at + size]), shape)
+        outputs[head.get("name", "")] = value
+        at += size
+    if len(outputs) == 1:
+        return next(iter(outputs.values()))
+    return outputs
+
+
+def list_of(datatype, raw):
+    from array import array
+
+    values = array(DTYPES[datatype][1])
+    values.frombytes(raw)
+    if sys.byteorder == "big":
+        values.byteswap()
+    if datatype == "BOOL":
+        return [bool(v) for v in values]
+    return values.tolist()
+
+
+def nested(flat, shape):
+    if len(shape) <= 1:
+        return flat
+    step = len(flat) // shape[0] if shape[0] else 0
+    return [nested(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def read_models():
+    text = os.environ.get("SEDGE_MODELS", "")
+    return tuple(name for name in text.split(",") if name)
+
+
 # --- serving ----------------------------------------------------------------
 
 _thread_state = threading.local()
@@ -457,6 +687,18 @@ def run_invocation(channel, loaded, invocation_id, request):
         channel.send({"type": "error", "id": invocation_id, "error": clipped(summary(e)), "trace": clipped(trace)})
 
 
+def run_calling_models(channel, loaded, invocation_id, request):
+    """An invocation whose code may call models: sedge.infer finds it by
+    its thread."""
+    _thread_state.call = invocation_id
+    _models.in_flight.add(invocation_id)
+    try:
+        run_invocation(channel, loaded, invocation_id, request)
+    finally:
+        _models.in_flight.discard(invocation_id)
+        _thread_state.call = None
+
+
 class Loaded:
     """A worker's loaded function and the limits it is served with."""
 
@@ -471,22 +713,32 @@ class Loaded:
 
 def serve(channel, loaded):
     pool = None
-    if loaded.concurrency > 1:
+    run = run_invocation
+    # A function that calls models runs its invocations off this thread,
+    # which must stay free to read the models' answers.
+    calls_models = bool(_models.declared)
+    if loaded.concurrency > 1 or calls_models:
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(loaded.concurrency, thread_name_prefix="sedge-handler")
+    if calls_models:
+        _models.channel = channel
+        run = run_calling_models
     while True:
         try:
             frame = channel.read()
             if frame is None:
                 break
+            if calls_models and frame[0].get("type") in ("infer_result", "infer_error"):
+                _models.answered(*frame)
+                continue
             invocation_id, request = parse_invoke(*frame)
         except ProtocolError as e:
             die(f"bad frame from sedge: {e}", 2)
         if pool is None:
-            run_invocation(channel, loaded, invocation_id, request)
+            run(channel, loaded, invocation_id, request)
         else:
-            pool.submit(run_invocation, channel, loaded, invocation_id, request)
+            pool.submit(run, channel, loaded, invocation_id, request)
     if pool is not None:
         # Invocations already received still get their answers.
         pool.shutdown(wait=True)
@@ -577,6 +829,7 @@ def main(argv):
         make_style = pick_style()
         concurrency = read_concurrency()
         max_answer = read_max_answer()
+        _models.declared = read_models()
         handler = load_handler(function_dir, handler_name)
         loaded = Loaded(make_style(handler), handler, concurrency, max_answer)
     except LoadError as e:

@@ -160,6 +160,8 @@ pub struct FunctionSpec {
     pub auth: Auth,
     /// A model function's `[model]` and `[batching]`.
     pub model: Option<ModelSpec>,
+    /// The model functions this function's code may call (`models = [...]`).
+    pub models: Vec<FunctionName>,
 }
 
 /// Who may call the function.
@@ -192,6 +194,8 @@ struct RawManifest {
     auth: RawAuth,
     model: Option<RawModel>,
     batching: Option<RawBatching>,
+    #[serde(default)]
+    models: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -382,8 +386,10 @@ impl FunctionSpec {
                 );
             }
         };
+        let models = check_models(&c, runtime, &name, &raw.models)?;
         Ok(Self {
             model,
+            models,
             name,
             runtime,
             handler: raw.handler,
@@ -402,6 +408,37 @@ impl FunctionSpec {
     pub fn command_words(&self) -> Vec<String> {
         shlex::split(&self.handler).unwrap_or_default()
     }
+}
+
+/// The models a function may call: named functions, each once; only code
+/// running in a language worker calls them.
+fn check_models(
+    c: &Checker<'_>,
+    runtime: RuntimeKind,
+    name: &FunctionName,
+    raw: &[String],
+) -> Result<Vec<FunctionName>, ManifestError> {
+    if !raw.is_empty() && !matches!(runtime, RuntimeKind::Python | RuntimeKind::Node) {
+        return c.fail(
+            "models",
+            format!("only python and node functions call models; this one is runtime {:?}", runtime.as_str()),
+        );
+    }
+    let mut models = Vec::with_capacity(raw.len());
+    for (i, text) in raw.iter().enumerate() {
+        let model = match FunctionName::parse(text) {
+            Ok(n) => n,
+            Err(e) => return c.fail(&format!("models[{i}]"), e.to_string()),
+        };
+        if models.contains(&model) {
+            return c.fail(&format!("models[{i}]"), format!("{text:?} is listed twice"));
+        }
+        if &model == name {
+            return c.fail(&format!("models[{i}]"), "a function cannot call itself as a model");
+        }
+        models.push(model);
+    }
+    Ok(models)
 }
 
 fn check_handler(c: &Checker<'_>, runtime: RuntimeKind, handler: &str) -> Result<(), ManifestError> {
@@ -512,6 +549,14 @@ mod tests {
     }
 
     #[test]
+    fn models_a_function_calls() {
+        let spec = parse(&format!("{MINIMAL}models = [\"digits\", \"effnet\"]\n")).expect("valid");
+        let names: Vec<&str> = spec.models.iter().map(|m| m.as_str()).collect();
+        assert_eq!(names, ["digits", "effnet"]);
+        assert!(parse(MINIMAL).expect("valid").models.is_empty());
+    }
+
+    #[test]
     fn errors_name_the_field_and_expectation() {
         let cases = [
             ("name = \"Bad_Name\"\nruntime = \"python\"\nhandler = \"a.b\"", "name", "DNS label"),
@@ -532,6 +577,10 @@ mod tests {
             (&format!("{MINIMAL}[env]\n\"A-B\" = \"x\""), "env.A-B", "letters"),
             (&format!("{MINIMAL}secrets = [\"ok\", \"../etc\"]"), "secrets[1]", "lower-case"),
             (&format!("{MINIMAL}secrets = [\"a\", \"a\"]"), "secrets[1]", "twice"),
+            (&format!("{MINIMAL}models = [\"digits\", \"Effnet\"]"), "models[1]", "DNS label"),
+            (&format!("{MINIMAL}models = [\"digits\", \"digits\"]"), "models[1]", "twice"),
+            (&format!("{MINIMAL}models = [\"hello\"]"), "models[0]", "itself"),
+            ("name = \"a\"\nruntime = \"exec\"\nhandler = \"true\"\nmodels = [\"m\"]", "models", "python and node"),
         ];
         for (text, field, expect) in cases {
             let (got_field, problem) = field_error(text);

@@ -8,6 +8,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
+mod tensors;
+pub use tensors::{join_tensors, split_tensors, TensorHead, TensorsError};
+
 pub const PREFIX_LEN: usize = 8;
 pub const MAX_HEADER: u32 = 1024 * 1024;
 pub const MAX_BODY: u32 = 1024 * 1024 * 1024;
@@ -45,6 +48,36 @@ pub enum Header {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         answer_size: Option<u64>,
     },
+    /// worker → sedge: run a model the node serves, on behalf of the
+    /// invocation `call` (whose deadline bounds it). `id` is the worker's
+    /// own, unique among its inferences in flight. The body is the inputs'
+    /// raw little-endian bytes, one after another in the order of
+    /// `inputs`; with `image`, it is a picture for an image model instead.
+    Infer {
+        id: u64,
+        call: u64,
+        model: String,
+        #[serde(default)]
+        inputs: Vec<TensorHead>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        image: bool,
+    },
+    /// sedge → worker: the model's outputs, their bytes in the body in the
+    /// order of `outputs`; with `json`, the body is the model's JSON answer
+    /// (what it answers a picture with) and `outputs` is empty.
+    InferResult {
+        id: u64,
+        #[serde(default)]
+        outputs: Vec<TensorHead>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        json: bool,
+    },
+    /// sedge → worker: the inference `id` did not happen, and why.
+    InferError { id: u64, error: String },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,7 +296,17 @@ mod tests {
                 .prop_map(|(id, status, headers)| Header::Response { id, status, headers }),
             (any::<u64>(), "\\PC*", "\\PC*", proptest::option::of(any::<u64>()))
                 .prop_map(|(id, error, trace, answer_size)| Header::Error { id, error, trace, answer_size }),
+            (any::<u64>(), any::<u64>(), "\\PC*", proptest::collection::vec(tensor_head(), 0..3), any::<bool>())
+                .prop_map(|(id, call, model, inputs, image)| Header::Infer { id, call, model, inputs, image }),
+            (any::<u64>(), proptest::collection::vec(tensor_head(), 0..3), any::<bool>())
+                .prop_map(|(id, outputs, json)| Header::InferResult { id, outputs, json }),
+            (any::<u64>(), "\\PC*").prop_map(|(id, error)| Header::InferError { id, error }),
         ]
+    }
+
+    fn tensor_head() -> impl Strategy<Value = TensorHead> {
+        ("\\PC*", "\\PC*", proptest::collection::vec(any::<u64>(), 0..4), any::<u64>())
+            .prop_map(|(name, datatype, shape, size)| TensorHead { name, datatype, shape, size })
     }
 
     proptest! {
@@ -333,6 +376,28 @@ mod tests {
         dec.push(&(MAX_HEADER + 1).to_be_bytes());
         dec.push(&0u32.to_be_bytes());
         assert!(matches!(dec.next_frame(), Err(FrameError::HeaderTooLarge(_))));
+    }
+
+    #[test]
+    fn infer_frames_read_as_documented() {
+        let text = r#"{"type":"infer","id":1,"call":7,"model":"digits","inputs":[{"name":"pixels","datatype":"FP32","shape":[1,64],"size":256}]}"#;
+        let Header::Infer { id, call, model, inputs, image } = parse_header(text.as_bytes()).expect("valid") else {
+            panic!("not an infer frame")
+        };
+        assert_eq!((id, call, model.as_str(), image), (1, 7, "digits", false));
+        assert_eq!(
+            inputs[0],
+            TensorHead { name: "pixels".into(), datatype: "FP32".into(), shape: vec![1, 64], size: 256 }
+        );
+        let image = r#"{"type":"infer","id":2,"call":7,"model":"effnet","image":true}"#;
+        assert!(matches!(parse_header(image.as_bytes()), Ok(Header::Infer { image: true, .. })));
+        let done = Header::InferResult { id: 2, outputs: vec![], json: true };
+        assert_eq!(
+            serde_json::to_string(&done).expect("encodes"),
+            r#"{"type":"infer_result","id":2,"outputs":[],"json":true}"#
+        );
+        let failed = Header::InferError { id: 3, error: "no".into() };
+        assert_eq!(serde_json::to_string(&failed).expect("encodes"), r#"{"type":"infer_error","id":3,"error":"no"}"#);
     }
 
     #[test]

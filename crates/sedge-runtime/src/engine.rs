@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use tokio::time::Instant;
 
@@ -64,6 +65,30 @@ pub trait Worker: Send + Sync {
     /// Ends it gently, once no call holds it: the pool calls this when it
     /// shrinks or drains.
     fn stop(self: Arc<Self>);
+
+    /// Runs tensors through the model this worker serves (a function's
+    /// code calling `sedge.infer`). Same deadline rules as [`Self::call`].
+    /// Only workers that are models answer; the others refuse.
+    fn infer<'a>(
+        &'a self,
+        inputs: Vec<RawTensor>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Vec<RawTensor>, InvokeError>> {
+        let _ = (inputs, deadline);
+        Box::pin(async { Err(InvokeError::Failed { function: String::new(), message: "not a model".to_owned() }) })
+    }
+}
+
+/// A tensor on its way between a function's worker and a model: what the
+/// worker protocol carries, raw little-endian bytes and their description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawTensor {
+    /// Empty for a model's only input, when the caller left it out.
+    pub name: String,
+    /// As the Open Inference Protocol names it: `FP32`, `INT64`, ...
+    pub datatype: String,
+    pub shape: Vec<u64>,
+    pub data: Bytes,
 }
 
 /// Starts workers of one runtime kind.
@@ -83,6 +108,10 @@ pub trait Engine: Send + Sync {
 
     /// The node is stopping: start nothing more, drop what is kept ahead.
     fn close(&self) {}
+
+    /// The node's models, given once the runtime is built, for engines
+    /// whose workers call them.
+    fn attach(&self, _models: crate::models::Models) {}
 }
 
 /// What a worker of one function version is made from.

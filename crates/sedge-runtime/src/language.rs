@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::engine::{BoxFuture, Engine, StartContext, Version, Worker};
+use crate::models::Models;
 use crate::process::{Launch, ProcessWorker, Ready, Spare, SpareTarget};
 use crate::spares::Spares;
 use crate::RuntimeConfig;
@@ -17,13 +18,15 @@ pub struct LanguageEngine {
     program: String,
     shim: PathBuf,
     spares: Arc<Spares>,
+    /// The node's models, for functions that call them.
+    models: OnceLock<Models>,
 }
 
 impl LanguageEngine {
     /// `language` names it in messages; `program` runs `shim`.
     pub fn new(config: Arc<RuntimeConfig>, language: &'static str, program: String, shim: PathBuf) -> Self {
         let spares = Spares::new(config.clone(), language, program.clone(), shim.clone());
-        Self { config, program, shim, spares }
+        Self { config, program, shim, spares, models: OnceLock::new() }
     }
 }
 
@@ -39,6 +42,7 @@ impl Engine for LanguageEngine {
     fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<Arc<dyn Worker>, String>> {
         let (config, program, shim, spares) =
             (self.config.clone(), self.program.clone(), self.shim.clone(), self.spares.clone());
+        let models = self.models.get().cloned();
         Box::pin(async move {
             let StartContext { version, log, ready_by, start_timeout, exited, .. } = ctx;
             let spec = &version.spec;
@@ -51,6 +55,7 @@ impl Engine for LanguageEngine {
                 config: &config,
                 ready: Ready { by: ready_by, within: start_timeout },
                 exited,
+                models,
             };
             let spare = if Spare::suits(spec) { spares.take(&spare_target(&version)).await } else { None };
             let worker = match spare.and_then(|mut s| s.is_alive().then_some(s)) {
@@ -77,5 +82,9 @@ impl Engine for LanguageEngine {
 
     fn close(&self) {
         self.spares.close();
+    }
+
+    fn attach(&self, models: Models) {
+        let _ = self.models.set(models);
     }
 }

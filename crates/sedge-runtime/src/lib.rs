@@ -12,6 +12,8 @@
 //!   shims in `runtimes/`, compiled in here and written to disk by
 //!   [`RuntimeConfig::install_shims`], taken from `spares` when one waits),
 //!   `exec` (a process per call), `http` (a server on `$PORT`, proxied).
+//! - [`models`]: a function's worker calling a model the node serves
+//!   (`sedge.infer`), through the model's own pool.
 //! - `group` (process groups), [`sandbox`], [`logs`].
 //!
 //! The gateway calls [`Runtime`]; the scaling policy comes from
@@ -23,6 +25,7 @@ mod group;
 mod http;
 mod language;
 pub mod logs;
+pub mod models;
 #[cfg(feature = "onnx")]
 mod onnx;
 mod pool;
@@ -33,7 +36,7 @@ mod spares;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
@@ -202,7 +205,7 @@ pub struct WorkerFiles {
 pub struct Runtime {
     config: Arc<RuntimeConfig>,
     engines: Engines,
-    pools: RwLock<HashMap<String, Arc<Pool>>>,
+    pools: Arc<models::PoolMap>,
     shared: Mutex<HashMap<String, Arc<FunctionShared>>>,
 }
 
@@ -217,7 +220,11 @@ impl Runtime {
     /// A runtime whose workers `engines` start (the standard ones and
     /// whatever else the node was built with).
     pub fn with_engines(config: Arc<RuntimeConfig>, engines: Engines) -> Self {
-        Self { config, engines, pools: RwLock::default(), shared: Mutex::default() }
+        let pools: Arc<models::PoolMap> = Arc::default();
+        for engine in engines.all() {
+            engine.attach(models::Models::new(&pools));
+        }
+        Self { config, engines, pools, shared: Mutex::default() }
     }
 
     /// The function's log and counters, which outlive redeploys.

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use sedge_core::model::ModelSpec;
 use sedge_core::{Invocation, InvokeError, Reply};
 use sedge_onnx::cores::{Cores, Held};
+use sedge_onnx::serve::RunError;
+use sedge_onnx::tensor::{self, DType, Data, Tensor};
 use sedge_onnx::{Model, Served};
 use tokio::time::Instant;
 
-use crate::engine::{BoxFuture, Engine, StartContext, Worker};
+use crate::engine::{BoxFuture, Engine, RawTensor, StartContext, Worker};
 
 /// Loads and serves ONNX models.
 pub struct OnnxEngine {
@@ -76,12 +78,18 @@ impl Engine for OnnxEngine {
             let served = Served::start(spec.name.as_str(), model, model_spec, labels.as_deref(), queue)
                 .map_err(|e| e.to_string())?;
             served.warm().await.map_err(|e| e.to_string())?;
-            Ok(Arc::new(OnnxWorker { served, alive: AtomicBool::new(true), _cores: held }) as Arc<dyn Worker>)
+            Ok(Arc::new(OnnxWorker {
+                function: spec.name.to_string(),
+                served,
+                alive: AtomicBool::new(true),
+                _cores: held,
+            }) as Arc<dyn Worker>)
         })
     }
 }
 
 struct OnnxWorker {
+    function: String,
     served: Served,
     alive: AtomicBool,
     /// Given back when the model is unloaded.
@@ -107,5 +115,65 @@ impl Worker for OnnxWorker {
 
     fn stop(self: Arc<Self>) {
         self.alive.store(false, Ordering::Release);
+    }
+
+    fn infer<'a>(
+        &'a self,
+        inputs: Vec<RawTensor>,
+        deadline: Instant,
+    ) -> BoxFuture<'a, Result<Vec<RawTensor>, InvokeError>> {
+        Box::pin(async move {
+            let failed = |message: String| InvokeError::Failed { function: self.function.clone(), message };
+            let inputs = tensors_in(inputs, self.served.model()).map_err(failed)?;
+            match self.served.infer(inputs, deadline).await {
+                Ok(outputs) => Ok(outputs.into_iter().map(tensor_out).collect()),
+                Err(RunError::Full(limit)) => Err(InvokeError::QueueFull {
+                    function: self.function.clone(),
+                    limit: u32::try_from(limit).unwrap_or(u32::MAX),
+                }),
+                Err(RunError::Late) => Err(InvokeError::Timeout {
+                    function: self.function.clone(),
+                    timeout_ms: deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
+                }),
+                Err(RunError::Failed(m)) => Err(failed(m)),
+                Err(RunError::Stopped) => Err(InvokeError::ShuttingDown(self.function.clone())),
+            }
+        })
+    }
+}
+
+/// A caller's raw tensors as the model's inputs, checked against what it
+/// declares; a nameless one is the model's only input.
+fn tensors_in(raw: Vec<RawTensor>, model: &Model) -> Result<Vec<Tensor>, String> {
+    let mut inputs = Vec::with_capacity(raw.len());
+    for t in raw {
+        let name = match (t.name.is_empty(), model.inputs.as_slice()) {
+            (false, _) => t.name,
+            (true, [only]) => only.name.clone(),
+            (true, all) => {
+                let names: Vec<&str> = all.iter().map(|i| i.name.as_str()).collect();
+                return Err(format!("the model has {} inputs {names:?}: name each one", all.len()));
+            }
+        };
+        let dtype = DType::parse(&t.datatype)
+            .ok_or_else(|| format!("input {name:?}: datatype {} is not served here", t.datatype))?;
+        let shape = t
+            .shape
+            .iter()
+            .map(|d| usize::try_from(*d).map_err(|_| format!("input {name:?}: dimension {d} is too large")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let data = Data::from_le_bytes(dtype, &t.data).map_err(|e| format!("input {name:?}: {e}"))?;
+        inputs.push(Tensor::new(name, shape, data)?);
+    }
+    tensor::check_inputs(&inputs, &model.inputs)?;
+    Ok(inputs)
+}
+
+fn tensor_out(t: Tensor) -> RawTensor {
+    RawTensor {
+        datatype: t.data.dtype().name().to_owned(),
+        shape: t.shape.iter().map(|d| *d as u64).collect(),
+        data: t.data.to_le_bytes().into(),
+        name: t.name,
     }
 }

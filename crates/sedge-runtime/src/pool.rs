@@ -23,7 +23,7 @@ use sedge_scaler::{desired_workers, LoadWindow, Pin, ScaleConfig};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::engine::{self, Engine, ExitNotice, LogSink, StartContext, Version, Worker, WorkerCounters};
+use crate::engine::{self, Engine, ExitNotice, LogSink, RawTensor, StartContext, Version, Worker, WorkerCounters};
 use crate::logs::FunctionLogs;
 use crate::WorkerFiles;
 
@@ -144,6 +144,28 @@ impl Lease {
     pub async fn call(&self, inv: &Invocation, deadline: Instant) -> Result<Reply, InvokeError> {
         match tokio::time::timeout_at(deadline, self.worker.call(inv, deadline)).await {
             Ok(Ok(reply)) => self.pool.within_cap(reply),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                self.worker.timed_out();
+                Err(self.pool.timeout_error())
+            }
+        }
+    }
+}
+
+impl Lease {
+    /// Runs tensors through a model worker, with the same deadline and
+    /// answer cap as [`Self::call`].
+    pub async fn infer(&self, inputs: Vec<RawTensor>, deadline: Instant) -> Result<Vec<RawTensor>, InvokeError> {
+        match tokio::time::timeout_at(deadline, self.worker.infer(inputs, deadline)).await {
+            Ok(Ok(outputs)) => {
+                let limit = self.pool.spec().limits.max_answer;
+                let size: u64 = outputs.iter().map(|t| t.data.len() as u64).sum();
+                if size > limit {
+                    return Err(InvokeError::AnswerTooLarge { function: self.pool.name(), size: Some(size), limit });
+                }
+                Ok(outputs)
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => {
                 self.worker.timed_out();
@@ -314,6 +336,36 @@ impl Pool {
                     Err(InvokeError::Failed { function: self.name(), message: format!("invocation task ended: {e}") })
                 }
             }
+        }
+    }
+
+    /// Runs tensors through the model this pool serves (a function calling
+    /// it), admitted and queued like any call, by `deadline` (the caller's)
+    /// or within the function's timeout, whichever comes first: a model's
+    /// queue drops a request whose caller can no longer use the answer.
+    pub async fn infer(
+        self: &Arc<Self>,
+        inputs: Vec<RawTensor>,
+        deadline: Instant,
+    ) -> Result<Vec<RawTensor>, InvokeError> {
+        drop(self.admit()?);
+        let size: u64 = inputs.iter().map(|t| t.data.len() as u64).sum();
+        let limit = self.spec().limits.max_body;
+        if size > limit {
+            return Err(InvokeError::PayloadTooLarge { function: self.name(), size, limit });
+        }
+        self.shared.invocations.fetch_add(1, Ordering::Relaxed);
+        let deadline = deadline.min(Instant::now() + self.spec().limits.timeout);
+        let lease = match tokio::time::timeout_at(deadline, self.acquire()).await {
+            Ok(lease) => lease?,
+            Err(_) => return Err(self.timeout_error()),
+        };
+        // As for calls: once a worker has it, it runs to its end in a task
+        // of its own and gives the capacity back only when done.
+        let call = tokio::spawn(async move { lease.infer(inputs, deadline).await });
+        match call.await {
+            Ok(r) => r,
+            Err(e) => Err(InvokeError::Failed { function: self.name(), message: format!("inference task ended: {e}") }),
         }
     }
 

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use crate::engine::{BoxFuture, ExitNotice, LogSink, Worker};
 use crate::group::ProcessGroup;
 use crate::logs::{self, LogTarget, RecentLines};
+use crate::models::Models;
 use crate::sandbox::WorkerCgroup;
 use crate::RuntimeConfig;
 
@@ -44,7 +45,18 @@ const COALESCE: usize = 64 * 1024;
 /// The worker's descriptor for the frame socket (also in `SEDGE_CHANNEL_FD`).
 pub const CHANNEL_FD: i32 = 3;
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Reply, InvokeError>>>>>;
+mod model_calls;
+
+use model_calls::ModelCalls;
+
+/// An invocation sent to the worker and not yet answered.
+struct Call {
+    tx: oneshot::Sender<Result<Reply, InvokeError>>,
+    /// Also bounds the models it calls.
+    deadline: Instant,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Call>>>;
 
 /// What a worker needs to start, beyond its spec.
 pub struct Launch<'a> {
@@ -58,6 +70,8 @@ pub struct Launch<'a> {
     pub ready: Ready,
     /// Given once when the process has gone, whatever the reason.
     pub exited: ExitNotice,
+    /// The node's models, which the function may call.
+    pub models: Option<Models>,
 }
 
 /// When a starting worker must be ready, and the timeout that says, for
@@ -171,7 +185,13 @@ impl Spawned {
     }
 
     /// Waits for the user's module to load, then serves.
-    async fn finish(mut self, spec: &FunctionSpec, ready: Ready, exited: ExitNotice) -> Result<ProcessWorker, String> {
+    async fn finish(
+        mut self,
+        spec: &FunctionSpec,
+        ready: Ready,
+        exited: ExitNotice,
+        models: Option<Models>,
+    ) -> Result<ProcessWorker, String> {
         let why = match self.first_frame(Some(ready)).await {
             Ok(Header::Ready) => None,
             Ok(Header::LoadError { error }) => Some(format!("loading {} failed: {error}", spec.handler)),
@@ -185,6 +205,7 @@ impl Spawned {
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let (tx, rx) = mpsc::unbounded_channel();
+        let calls = ModelCalls::new(models, &spec.models, tx.downgrade(), pending.clone());
         tokio::spawn(write_frames(rx, self.writer, alive.clone(), self.group.clone()));
         let max_answer = u32::try_from(spec.limits.max_answer).unwrap_or(MAX_BODY);
         self.decoder.set_max_body(max_answer);
@@ -196,7 +217,7 @@ impl Spawned {
                 memory: spec.limits.memory,
             },
             function.clone(),
-            pending.clone(),
+            (pending.clone(), calls),
             alive.clone(),
             (self.child, self.group.clone()),
             exited,
@@ -221,6 +242,8 @@ pub fn function_env(spec: &FunctionSpec) -> BTreeMap<String, String> {
     env.insert("SEDGE_TIMEOUT".into(), spec.limits.timeout.as_secs().max(1).to_string());
     env.insert("SEDGE_MEMORY_LIMIT".into(), spec.limits.memory.map(|m| m.to_string()).unwrap_or_default());
     env.insert("SEDGE_MAX_ANSWER".into(), spec.limits.max_answer.to_string());
+    let models: Vec<&str> = spec.models.iter().map(|m| m.as_str()).collect();
+    env.insert("SEDGE_MODELS".into(), models.join(","));
     env
 }
 
@@ -294,7 +317,7 @@ impl Spare {
         if let Err(e) = self.spawned.writer.write_all(&frame).await {
             return Err(self.spawned.failed(format!("spare worker is gone: {e}")).await);
         }
-        self.spawned.finish(spec, launch.ready, launch.exited).await
+        self.spawned.finish(spec, launch.ready, launch.exited, launch.models).await
     }
 }
 
@@ -307,7 +330,7 @@ impl ProcessWorker {
         cmd.env("PYTHONUNBUFFERED", "1");
         let target = Arc::new(LogTarget::new(launch.log));
         Spawned::spawn((cmd, cgroup), launch.program, target, launch.config, spec.limits.memory)?
-            .finish(spec, launch.ready, launch.exited)
+            .finish(spec, launch.ready, launch.exited, launch.models)
             .await
     }
 
@@ -328,7 +351,7 @@ impl ProcessWorker {
         let head = encode_head(&header, inv.body.len())
             .map_err(|e| InvokeError::Failed { function: self.function.clone(), message: e.to_string() })?;
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(id, tx);
+        lock(&self.pending).insert(id, Call { tx, deadline });
         let _forget = Forget { pending: &self.pending, id };
         let queued = match lock(&self.frames).as_ref() {
             Some(frames) => frames.send(Outgoing { head, body: inv.body.clone() }).is_ok(),
@@ -463,15 +486,15 @@ struct Answers {
 async fn read_answers(
     answers: Answers,
     function: String,
-    pending: Pending,
+    (pending, mut calls): (Pending, ModelCalls),
     alive: Arc<AtomicBool>,
     (child, group): (Child, Arc<ProcessGroup>),
     exited: ExitNotice,
 ) {
     let Answers { mut reader, mut decoder, max_answer, memory } = answers;
     let answer = |id: u64, result: Result<Reply, InvokeError>| {
-        if let Some(tx) = lock(&pending).remove(&id) {
-            let _ = tx.send(result);
+        if let Some(call) = lock(&pending).remove(&id) {
+            let _ = call.tx.send(result);
         }
     };
     let why = loop {
@@ -489,6 +512,9 @@ async fn read_answers(
                 Header::Error { id, error, .. } => {
                     answer(id, Err(InvokeError::Failed { function: function.clone(), message: error }))
                 }
+                Header::Infer { id, call, model, inputs, image } => {
+                    calls.start(model_calls::Request::read(id, call, model, inputs, image, frame.body))
+                }
                 other => break format!("protocol violation: unexpected {other:?}"),
             },
             Ok(Some(Decoded::Oversized { header, body_len })) => match header {
@@ -504,6 +530,10 @@ async fn read_answers(
                 Header::Error { id, error, .. } => {
                     answer(id, Err(InvokeError::Failed { function: function.clone(), message: error }))
                 }
+                Header::Infer { id, .. } => calls.refuse(
+                    id,
+                    format!("inputs of {body_len} bytes are over the function's max_answer of {max_answer} bytes"),
+                ),
                 other => break format!("protocol violation: unexpected {other:?}"),
             },
             Ok(None) => break String::new(),
@@ -511,10 +541,12 @@ async fn read_answers(
         }
     };
     alive.store(false, Ordering::Release);
+    // The worker is gone: its model calls have no one to answer.
+    drop(calls);
     let status = reap(child, &group).await;
     let status = if why.is_empty() { status } else { format!("{why}; {status}") };
     let oom = memory.filter(|_| group.oom_killed());
-    for (_, tx) in lock(&pending).drain() {
+    for (_, Call { tx, .. }) in lock(&pending).drain() {
         let error = match oom {
             Some(limit) => InvokeError::OutOfMemory { function: function.clone(), limit },
             None => InvokeError::Crashed { function: function.clone(), status: status.clone() },

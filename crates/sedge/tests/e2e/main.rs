@@ -12,6 +12,7 @@ mod examples;
 mod failures;
 mod hostile;
 mod http_runtime;
+mod infer;
 mod lifecycle;
 mod limits;
 mod messages;

@@ -1,0 +1,224 @@
+//! Functions calling models the node serves (`sedge.infer`): a Python or
+//! Node.js function declares `models = ["digits"]` and runs the digits MLP
+//! (an onnx function) over the worker protocol; one loaded model serves
+//! every caller. Errors (an undeclared, missing or non-model function) are
+//! raised inside the function.
+
+use std::time::Duration;
+
+use crate::support::{repo_root, sample, FnDir, Node};
+
+fn digits_model(extra: &str) -> FnDir {
+    let dir = FnDir::new(&format!("name = \"digits\"\nruntime = \"onnx\"\nhandler = \"model.onnx\"\n{extra}"), &[]);
+    std::fs::copy(repo_root().join("examples/functions/digits-python/model.onnx"), dir.path().join("model.onnx"))
+        .expect("copy model");
+    dir
+}
+
+fn sample_body() -> Vec<u8> {
+    std::fs::read(repo_root().join("examples/functions/digits-python/sample.json")).expect("sample")
+}
+
+/// The label the model itself gives the sample, asked over HTTP.
+fn label_over_http(node: &Node) -> i64 {
+    let v: serde_json::Value = serde_json::from_slice(&sample_body()).expect("json");
+    let body = serde_json::json!({"inputs": {"pixels": [v["pixels"]]}}).to_string();
+    let a = node.request("POST", "/function/digits", &[("content-type", "application/json")], body.as_bytes());
+    assert_eq!(a.status, 200, "{}", a.text());
+    let outputs = a.json()["outputs"].as_array().expect("outputs").clone();
+    let label = outputs.iter().find(|o| o["name"] == "label").expect("a label output");
+    label["data"][0].as_i64().expect("a label")
+}
+
+const PYTHON_CALLER: &str = r#"import numpy as np
+import sedge
+
+def handle(req):
+    pixels = np.array(req.json()["pixels"], dtype=np.float32).reshape(1, 64)
+    out = sedge.infer("digits", pixels)
+    named = sedge.infer("digits", {"pixels": pixels})
+    listed = sedge.infer("digits", pixels.tolist())
+    return {
+        "label": int(out["label"][0]),
+        "argmax": int(out["probabilities"][0].argmax()),
+        "shape": list(out["probabilities"].shape),
+        "dtype": str(out["probabilities"].dtype),
+        "same": bool((named["probabilities"] == out["probabilities"]).all())
+                and listed["label"].tolist() == out["label"].tolist(),
+    }
+"#;
+
+#[test]
+fn a_python_function_calls_the_model_from_many_threads() {
+    let node = Node::start();
+    node.deploy(digits_model("[batching]\nmax_batch = 8\nmax_delay = \"2ms\"\n").path());
+    let caller = FnDir::python("reader", "models = [\"digits\"]\n[scale]\nmax = 1\nconcurrency = 4\n", PYTHON_CALLER);
+    node.deploy(caller.path());
+    let expected = label_over_http(&node);
+    let answers: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..8).map(|_| s.spawn(|| node.post("/function/reader", &sample_body()))).collect();
+        calls
+            .into_iter()
+            .map(|c| {
+                let a = c.join().expect("a caller thread");
+                assert_eq!(a.status, 200, "{}", a.text());
+                a.json()
+            })
+            .collect()
+    });
+    for v in answers {
+        assert_eq!(v["label"], expected, "{v}");
+        assert_eq!(v["argmax"], expected, "{v}");
+        assert_eq!(v["shape"], serde_json::json!([1, 10]), "{v}");
+        assert_eq!(v["dtype"], "float32", "{v}");
+        assert_eq!(v["same"], true, "{v}");
+    }
+    // Every call went to the one model function: 3 from each of 8
+    // invocations, and the one over HTTP.
+    let described = node.describe("digits");
+    assert_eq!(described["invocationCount"], 25, "{described}");
+    assert_eq!(described["availableReplicas"], 1, "{described}");
+}
+
+const ERRORS: &str = r#"import numpy as np
+import sedge
+
+def handle(req):
+    pixels = np.zeros((1, 64), dtype=np.float32)
+    answers = {}
+    for model, given in [("effnet", pixels), ("ghost", pixels), ("plain", pixels),
+                         ("digits", np.zeros((1, 3), dtype=np.float32))]:
+        try:
+            sedge.infer(model, given)
+            answers[model] = "no error"
+        except sedge.InferError as e:
+            answers[model] = str(e)
+    return answers
+"#;
+
+#[test]
+fn undeclared_missing_and_non_model_functions_are_errors_inside_the_function() {
+    let node = Node::start();
+    node.deploy(digits_model("").path());
+    let plain = FnDir::python("plain", "", "def handle(req):\n    return 'plain'\n");
+    node.deploy(plain.path());
+    let caller = FnDir::python("asker", "models = [\"digits\", \"ghost\", \"plain\"]\n", ERRORS);
+    node.deploy(caller.path());
+    let a = node.post("/function/asker", b"");
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v = a.json();
+    assert_eq!(v["effnet"], "effnet is not in this function's models = [\"digits\", \"ghost\", \"plain\"]", "{v}");
+    assert_eq!(v["ghost"], "model ghost is not deployed on this node", "{v}");
+    assert_eq!(v["plain"], "plain is not a model function (runtime python)", "{v}");
+    let shape = v["digits"].as_str().expect("a message");
+    assert!(shape.contains("input \"pixels\" must have shape [N, 64]"), "{v}");
+}
+
+#[test]
+fn a_model_scaled_to_zero_is_loaded_on_the_first_call() {
+    let node = Node::start();
+    node.deploy(digits_model("[scale]\nidle = \"1s\"\n").path());
+    let caller = FnDir::python("reader", "models = [\"digits\"]\n", PYTHON_CALLER);
+    node.deploy(caller.path());
+    node.wait_for("the model to unload", Duration::from_secs(30), |n| {
+        n.describe("digits")["availableReplicas"].as_u64() == Some(0)
+    });
+    let a = node.post("/function/reader", &sample_body());
+    assert_eq!(a.status, 200, "{}", a.text());
+    let metrics = node.get("/metrics").text();
+    let cold = sample(&metrics, "sedge_cold_starts_total", &[("function_name", "digits.openfaas-fn")]);
+    assert_eq!(cold, Some(2.0), "{metrics}");
+    assert_eq!(a.json()["label"], label_over_http(&node));
+}
+
+const NODE_CALLER: &str = r#"const sedge = require('sedge');
+
+exports.handle = async (req) => {
+  const pixels = Float32Array.from(req.json().pixels);
+  const out = await sedge.infer('digits', { data: pixels, shape: [1, 64] });
+  const named = await sedge.infer('digits', { pixels: { data: pixels, shape: [1, 64] } });
+  let undeclared = 'no error';
+  try {
+    await sedge.infer('effnet', { data: pixels, shape: [1, 64] });
+  } catch (err) {
+    undeclared = `${err.name}: ${err.message}`;
+  }
+  const probabilities = Array.from(out.probabilities.data);
+  return {
+    label: Number(out.label.data[0]),
+    labelType: out.label.data.constructor.name,
+    argmax: probabilities.indexOf(Math.max(...probabilities)),
+    shape: out.probabilities.shape,
+    same: Number(named.label.data[0]) === Number(out.label.data[0]),
+    undeclared,
+  };
+};
+"#;
+
+#[test]
+fn a_node_function_awaits_the_model() {
+    let node = Node::start();
+    node.deploy(digits_model("").path());
+    let manifest = "name = \"js-reader\"\nruntime = \"node\"\nhandler = \"handler.handle\"\nmodels = [\"digits\"]\n\
+                    [scale]\nconcurrency = 4\n";
+    let caller = FnDir::new(manifest, &[("handler.js", NODE_CALLER)]);
+    node.deploy(caller.path());
+    let expected = label_over_http(&node);
+    let a = node.post("/function/js-reader", &sample_body());
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v = a.json();
+    assert_eq!(v["label"], expected, "{v}");
+    assert_eq!(v["argmax"], expected, "{v}");
+    assert_eq!(v["labelType"], "BigInt64Array", "{v}");
+    assert_eq!(v["shape"], serde_json::json!([1, 10]), "{v}");
+    assert_eq!(v["same"], true, "{v}");
+    assert_eq!(v["undeclared"], "InferError: effnet is not in this function's models = [\"digits\"]", "{v}");
+}
+
+fn shared_model(name: &str) -> Option<std::path::PathBuf> {
+    let found = [repo_root().join("models"), repo_root().join("../shared/models")]
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        eprintln!("skipped: {name} is not on this machine (scripts/fetch-models.sh gets it)");
+    }
+    found
+}
+
+const EFFNET_CALLER: &str = r#"import numpy as np
+import sedge
+
+def handle(req):
+    classes = sedge.infer("effnet", req.body)
+    logits = sedge.infer("effnet", np.zeros((1, 3, 224, 224), dtype=np.float32))
+    return {"best": classes[0]["index"], "label": classes[0]["label"], "logits": list(logits.shape)}
+"#;
+
+#[test]
+fn a_python_function_sends_a_picture_and_a_full_size_tensor_to_efficientnet() {
+    let (Some(model), Some(labels), Some(cat)) = (
+        shared_model("efficientnet-lite0.onnx"),
+        shared_model("imagenet-labels.json"),
+        shared_model("samples/chelsea.png"),
+    ) else {
+        return;
+    };
+    let node = Node::start();
+    let manifest = "name = \"effnet\"\nruntime = \"onnx\"\nhandler = \"efficientnet-lite0.onnx\"\n\
+                    [model]\nlabels = \"imagenet-labels.json\"\n[model.image]\nresize = 256\ncrop = 224\n\
+                    mean = [127.0, 127.0, 127.0]\nstd = [128.0, 128.0, 128.0]\n[model.output]\nsoftmax = true\ntop_k = 3\n";
+    let dir = FnDir::new(manifest, &[]);
+    for file in [&model, &labels] {
+        std::fs::copy(file, dir.path().join(file.file_name().expect("a name"))).expect("copy");
+    }
+    node.deploy(dir.path());
+    let caller = FnDir::python("cats", "models = [\"effnet\"]\n[limits]\nmax_body = \"8MiB\"\n", EFFNET_CALLER);
+    node.deploy(caller.path());
+    let a = node.post("/function/cats", &std::fs::read(cat).expect("png"));
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v = a.json();
+    assert_eq!(v["best"], 282, "{v}");
+    assert!(v["label"].as_str().is_some_and(|l| !l.is_empty()), "{v}");
+    assert_eq!(v["logits"], serde_json::json!([1, 1000]), "{v}");
+}
