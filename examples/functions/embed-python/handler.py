@@ -18,7 +18,8 @@ def embed(texts):
     mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
     types = np.zeros_like(ids)
     out = sedge.infer("minilm-onnx", {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
-    hidden = out["last_hidden_state"]
+    # A model with one output answers that array alone.
+    hidden = out["last_hidden_state"] if isinstance(out, dict) else out
     weights = mask[:, :, None].astype(np.float32)
     pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
     return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)

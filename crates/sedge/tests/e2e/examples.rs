@@ -93,3 +93,25 @@ fn the_effnet_onnx_example_names_the_cat() {
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.json()[0]["index"], 282, "{}", a.text());
 }
+
+#[test]
+fn embed_python_tokenizes_and_calls_the_encoder_the_node_serves() {
+    let (model, encoder) = (example("minilm-onnx"), example("embed-python"));
+    if !model.join("minilm-l6-v2-int8.onnx").is_file() || !encoder.join("minilm-tokenizer.json").is_file() {
+        eprintln!("skipped: scripts/fetch-models.sh has not put MiniLM's files in the examples");
+        return;
+    }
+    let node = Node::start();
+    node.deploy(&model);
+    // Its requirements.txt (tokenizers) is installed by the node at deploy.
+    node.deploy(&encoder);
+    let body =
+        br#"{"texts": ["A cat sits on the mat.", "A kitten is resting on a rug.", "Stock prices fell sharply."]}"#;
+    let a = node.post("/function/embed-python", body);
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v = a.json();
+    assert_eq!(v["dimensions"], 384);
+    let similar = v["similarity"].as_f64().expect("similarity");
+    assert!((0.55..0.75).contains(&similar), "two sentences about a cat: {similar}");
+    assert_eq!(node.post("/function/embed-python", b"{}").status, 400);
+}
