@@ -175,17 +175,6 @@ fn a_node_function_awaits_the_model() {
     assert_eq!(v["undeclared"], "InferError: effnet is not in this function's models = [\"digits\"]", "{v}");
 }
 
-fn shared_model(name: &str) -> Option<std::path::PathBuf> {
-    let found = [repo_root().join("models"), repo_root().join("../shared/models")]
-        .into_iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        eprintln!("skipped: {name} is not on this machine (scripts/fetch-models.sh gets it)");
-    }
-    found
-}
-
 const EFFNET_CALLER: &str = r#"import numpy as np
 import sedge
 
@@ -197,21 +186,12 @@ def handle(req):
 
 #[test]
 fn a_python_function_sends_a_picture_and_a_full_size_tensor_to_efficientnet() {
-    let (Some(model), Some(labels), Some(cat)) = (
-        shared_model("efficientnet-lite0.onnx"),
-        shared_model("imagenet-labels.json"),
-        shared_model("samples/chelsea.png"),
-    ) else {
+    let (Some(dir), Some(cat)) =
+        (crate::models::effnet_dir("effnet"), crate::models::model_file("samples/chelsea.png"))
+    else {
         return;
     };
     let node = Node::start();
-    let manifest = "name = \"effnet\"\nruntime = \"onnx\"\nhandler = \"efficientnet-lite0.onnx\"\n\
-                    [model]\nlabels = \"imagenet-labels.json\"\n[model.image]\nresize = 256\ncrop = 224\n\
-                    mean = [127.0, 127.0, 127.0]\nstd = [128.0, 128.0, 128.0]\n[model.output]\nsoftmax = true\ntop_k = 3\n";
-    let dir = FnDir::new(manifest, &[]);
-    for file in [&model, &labels] {
-        std::fs::copy(file, dir.path().join(file.file_name().expect("a name"))).expect("copy");
-    }
     node.deploy(dir.path());
     let caller = FnDir::python("cats", "models = [\"effnet\"]\n[limits]\nmax_body = \"8MiB\"\n", EFFNET_CALLER);
     node.deploy(caller.path());

@@ -89,23 +89,29 @@ fn without_onnx_runtime_model_functions_are_refused_and_the_rest_works() {
     assert_eq!(node.post("/function/still", b"").text(), "fine");
 }
 
+/// An onnx function `name` serving EfficientNet-Lite0 on pictures (top 3,
+/// labelled), when the model is on this machine.
+pub(crate) fn effnet_dir(name: &str) -> Option<FnDir> {
+    let (model, labels) = (model_file("efficientnet-lite0.onnx")?, model_file("imagenet-labels.json")?);
+    let manifest = format!(
+        "name = \"{name}\"\nruntime = \"onnx\"\nhandler = \"efficientnet-lite0.onnx\"\n\
+         [model]\nlabels = \"imagenet-labels.json\"\n[model.image]\nresize = 256\ncrop = 224\n\
+         mean = [127.0, 127.0, 127.0]\nstd = [128.0, 128.0, 128.0]\n[model.output]\nsoftmax = true\ntop_k = 3\n"
+    );
+    let dir = FnDir::new(&manifest, &[]);
+    copy(&model, dir.path());
+    copy(&labels, dir.path());
+    Some(dir)
+}
+
 #[test]
 fn efficientnet_names_the_cat_in_a_png_and_a_jpeg() {
-    let (Some(model), Some(labels), Some(cat), Some(rocket)) = (
-        model_file("efficientnet-lite0.onnx"),
-        model_file("imagenet-labels.json"),
-        model_file("samples/chelsea.png"),
-        model_file("samples/rocket.jpg"),
-    ) else {
+    let (Some(dir), Some(cat), Some(rocket)) =
+        (effnet_dir("effnet"), model_file("samples/chelsea.png"), model_file("samples/rocket.jpg"))
+    else {
         return;
     };
     let node = Node::start();
-    let manifest = "name = \"effnet\"\nruntime = \"onnx\"\nhandler = \"efficientnet-lite0.onnx\"\n\
-                    [model]\nlabels = \"imagenet-labels.json\"\n[model.image]\nresize = 256\ncrop = 224\n\
-                    mean = [127.0, 127.0, 127.0]\nstd = [128.0, 128.0, 128.0]\n[model.output]\nsoftmax = true\ntop_k = 3\n";
-    let dir = FnDir::new(manifest, &[]);
-    copy(&model, dir.path());
-    copy(&labels, dir.path());
     node.deploy(dir.path());
     let a =
         node.request("POST", "/function/effnet", &[("content-type", "image/png")], &std::fs::read(cat).expect("png"));
