@@ -56,6 +56,8 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+mod allocator;
+
 fn main() {
     // The sandbox launcher takes its arguments verbatim (a worker's own
     // command line follows), so it is recognised before clap sees them.
@@ -64,6 +66,9 @@ fn main() {
         std::process::exit(commands::sandbox_exec::run(raw.collect()));
     }
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        allocator::return_large_blocks();
+    }
     if let Err(e) = run(cli.command) {
         eprint!("{}", failure::render(&e));
         std::process::exit(1);
