@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::engine::EngineSpec;
 use crate::error::BenchError;
 use crate::load::Stop;
 
@@ -40,6 +41,18 @@ struct File {
     targets: Vec<TargetFile>,
     #[serde(default, rename = "function")]
     functions: Vec<FunctionFile>,
+    engine: Option<EngineFile>,
+}
+
+/// The engine measured alone in the same run (`sedge bench ort`'s work).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineFile {
+    model: PathBuf,
+    input: Option<PathBuf>,
+    sessions: Option<usize>,
+    threads: Option<usize>,
+    duration: Option<Dur>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -128,7 +141,7 @@ impl Settings {
 
 /// Durations written to results as milliseconds, so they read the same in
 /// any tool.
-mod as_ms {
+pub(crate) mod as_ms {
     pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64() * 1000.0)
     }
@@ -195,6 +208,8 @@ pub struct Experiment {
     pub settings: Settings,
     pub targets: Vec<Target>,
     pub functions: Vec<Function>,
+    /// The engine to measure alone before and after the load steps.
+    pub engine: Option<EngineSpec>,
 }
 
 /// One target × function pair, by index into the experiment's lists.
@@ -225,7 +240,17 @@ impl Experiment {
         let settings = settings(&file.load, file.quick.as_ref(), quick).map_err(fail)?;
         let functions = functions(file.functions, base).map_err(fail)?;
         let targets = targets(file.targets, &functions).map_err(fail)?;
-        Ok(Self { file: path.to_owned(), name, description: file.description, quick, settings, targets, functions })
+        let engine = file.engine.map(|e| engine(e, base, quick)).transpose().map_err(fail)?;
+        Ok(Self {
+            file: path.to_owned(),
+            name,
+            description: file.description,
+            quick,
+            settings,
+            targets,
+            functions,
+            engine,
+        })
     }
 
     /// Every target × function pair the targets accept, targets first.
@@ -433,6 +458,34 @@ fn functions(files: Vec<FunctionFile>, base: &Path) -> Result<Vec<Function>, Str
     Ok(out)
 }
 
+fn engine(e: EngineFile, base: &Path, quick: bool) -> Result<EngineSpec, String> {
+    let file = |field: &str, p: &Path| -> Result<PathBuf, String> {
+        let path = base.join(p);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "engine.{field}: {} is not a file (scripts/fetch-models.sh puts the models in models/)",
+                path.display()
+            ))
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let sessions = e.sessions.unwrap_or(cores);
+    let threads = e.threads.unwrap_or(1);
+    if sessions == 0 || threads == 0 {
+        return Err("engine.sessions and engine.threads must be at least 1".into());
+    }
+    let default = if quick { Duration::from_secs(2) } else { Duration::from_secs(5) };
+    Ok(EngineSpec {
+        model: file("model", &e.model)?,
+        input: e.input.as_deref().map(|p| file("input", p)).transpose()?,
+        sessions,
+        threads,
+        duration: e.duration.map_or(default, |d| d.0),
+    })
+}
+
 fn targets(files: Vec<TargetFile>, functions: &[Function]) -> Result<Vec<Target>, String> {
     if files.is_empty() {
         return Err("target: add at least one [[target]]".into());
@@ -571,5 +624,19 @@ mod tests {
         let text = MINIMAL.replace("payload =", "dir = \"no/such/dir\"\npayload =");
         let e = error(&text);
         assert!(e.contains("function[0] (hello).dir"), "{e}");
+    }
+
+    #[test]
+    fn an_engine_table_needs_its_files_and_takes_defaults() {
+        let e = error(&format!("{MINIMAL}\n[engine]\nmodel = \"../models/none.onnx\"\n"));
+        assert!(e.contains("engine.model") && e.contains("scripts/fetch-models.sh"), "{e}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = dir.path().join("m.onnx");
+        std::fs::write(&model, "x").expect("write");
+        let text = format!("{MINIMAL}\n[engine]\nmodel = {:?}\nthreads = 2\n", model.display().to_string());
+        let exp = parse(&text, true).expect("valid");
+        let engine = exp.engine.expect("an engine");
+        assert_eq!((engine.threads, engine.duration), (2, Duration::from_secs(2)));
+        assert!(engine.sessions >= 1);
     }
 }

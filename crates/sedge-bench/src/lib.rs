@@ -22,6 +22,7 @@
 //! targets are sedge nodes (`sedge-gateway`'s HTTP API) or any HTTP FaaS.
 
 pub mod ceiling;
+pub mod engine;
 pub mod error;
 pub mod experiment;
 pub mod hangup;

@@ -101,6 +101,9 @@ pub struct RunRecord {
     pub steps: Vec<StepRecord>,
     /// Things that went wrong without stopping the run.
     pub notes: Vec<String>,
+    /// The engine alone, measured before and after the load steps.
+    #[serde(default)]
+    pub engine: Vec<crate::engine::EngineRun>,
 }
 
 impl RunRecord {

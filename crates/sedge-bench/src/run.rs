@@ -103,6 +103,7 @@ async fn run_with(
         scenarios: Vec::new(),
         steps: Vec::new(),
         notes: Vec::new(),
+        engine: Vec::new(),
     };
     let ready = prepare(exp, opts, local, &mut record, progress).await?;
     record.save(&opts.out)?;
@@ -127,6 +128,7 @@ async fn run_with(
     let started = Instant::now();
     let mut done = 0usize;
 
+    engine(exp, "before", &mut record, progress).await;
     // Each scenario is measured alone: idle workers of the functions loaded
     // before it would hold memory and blur the node's resource figures.
     for r in &ready {
@@ -207,9 +209,30 @@ async fn run_with(
             eta(started.elapsed(), done, total)
         ));
     }
+    engine(exp, "after", &mut record, progress).await;
     record.finished = Some(now_rfc3339());
     record.save(&opts.out)?;
     Ok(record)
+}
+
+/// Measures the experiment's engine alone, if it names one; a failure is
+/// a note, not the end of the run.
+async fn engine(exp: &Experiment, when: &str, record: &mut RunRecord, progress: &mut (dyn FnMut(&str) + Send)) {
+    let Some(spec) = exp.engine.clone() else { return };
+    let python = std::env::var("SEDGE_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let label = when.to_owned();
+    let measured = tokio::task::spawn_blocking(move || crate::engine::measure(&spec, &python, &label)).await;
+    match measured {
+        Ok(Ok(run)) => {
+            progress(&format!(
+                "engine alone ({when}): {:.1} runs/s, {} × {} thread(s), run p50 {:.2} ms",
+                run.runs_per_s, run.sessions, run.threads, run.p50_ms
+            ));
+            record.engine.push(run);
+        }
+        Ok(Err(e)) => record.notes.push(format!("the engine alone was not measured ({when}): {e}")),
+        Err(e) => record.notes.push(format!("the engine alone was not measured ({when}): {e}")),
+    }
 }
 
 /// Scales a sedge scenario's function to zero; a failure is only noted.

@@ -54,6 +54,25 @@ pub(crate) fn render(r: &Report) -> String {
             workers, averaged over repetitions.</p>\n";
     out += "<h2>Load</h2>\n";
     out += &html_table(&table::levels(&r.levels, true));
+    if let Some(rate) = r.engine_rate() {
+        out += "<h2>The engine alone</h2>\n<p>ONNX Runtime on the same model and input in this run, no HTTP \
+                (<code>sedge bench ort</code>), and each scenario's best throughput as a share of it.</p>\n<ul>\n";
+        for e in &r.engine {
+            out += &format!(
+                "<li>{}: {} × {} thread(s), {:.1} runs/s, run p50 {:.2} ms</li>\n",
+                esc(&e.when),
+                e.sessions,
+                e.threads,
+                e.runs_per_s,
+                e.p50_ms
+            );
+        }
+        out += &format!("</ul>\n<p>Mean: {rate:.1} runs/s.</p>\n<ul>\n");
+        for (scenario, best, users, share) in r.engine_shares() {
+            out += &format!("<li>{}: {best:.1} req/s at {users} users, {:.0} %</li>\n", esc(&scenario), share * 100.0);
+        }
+        out += "</ul>\n";
+    }
     if !r.cold_starts.is_empty() {
         out += "<h2>Cold starts</h2>\n<p>One request to a function just scaled to zero.</p>\n";
         if let Some(caveat) = super::cold_caveat(&r.cold_starts) {

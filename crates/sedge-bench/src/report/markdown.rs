@@ -22,6 +22,23 @@ pub(crate) fn render(r: &Report) -> String {
             workers, averaged over repetitions.\n\n";
     out += "## Load\n\n";
     out += &table::levels(&r.levels, true).markdown();
+    if let Some(rate) = r.engine_rate() {
+        out += "\n## The engine alone\n\nONNX Runtime on the same model and input in this run, no HTTP \
+                (`sedge bench ort`), and each scenario's best throughput as a share of it.\n\n";
+        out += "| measured | sessions × threads | runs/s | run p50 ms | run p99 ms |\n|---|---|---|---|---|\n";
+        for e in &r.engine {
+            out += &format!(
+                "| {} | {} × {} | {:.1} | {:.2} | {:.2} |\n",
+                e.when, e.sessions, e.threads, e.runs_per_s, e.p50_ms, e.p99_ms
+            );
+        }
+        out += &format!(
+            "\nMean: {rate:.1} runs/s.\n\n| scenario | best req/s | at users | of the engine |\n|---|---|---|---|\n"
+        );
+        for (scenario, best, users, share) in r.engine_shares() {
+            out += &format!("| {scenario} | {best:.1} | {users} | {:.0} % |\n", share * 100.0);
+        }
+    }
     if !r.cold_starts.is_empty() {
         out += "\n## Cold starts\n\nOne request to a function just scaled to zero.\n\n";
         if let Some(caveat) = super::cold_caveat(&r.cold_starts) {

@@ -104,6 +104,32 @@ pub struct Report {
     pub cold_starts: Vec<ColdSummary>,
     pub steps: Vec<StepSummary>,
     pub charts: Vec<ChartFile>,
+    /// The engine alone, measured in the same run.
+    pub engine: Vec<crate::engine::EngineRun>,
+}
+
+impl Report {
+    /// The engine's runs per second, averaged over its measurements.
+    pub fn engine_rate(&self) -> Option<f64> {
+        let rates: Vec<f64> = self.engine.iter().map(|e| e.runs_per_s).filter(|r| *r > 0.0).collect();
+        (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
+    }
+
+    /// Each scenario's best throughput over its user levels, as a share of
+    /// the engine's rate: `(scenario, best req/s, users, share)`.
+    pub fn engine_shares(&self) -> Vec<(String, f64, u32, f64)> {
+        let Some(rate) = self.engine_rate() else { return Vec::new() };
+        let mut best: Vec<(String, f64, u32, f64)> = Vec::new();
+        for l in &self.levels {
+            let t = l.summary.throughput;
+            match best.iter_mut().find(|b| b.0 == l.scenario) {
+                Some(b) if b.1 >= t => {}
+                Some(b) => *b = (l.scenario.clone(), t, l.users, t / rate),
+                None => best.push((l.scenario.clone(), t, l.users, t / rate)),
+            }
+        }
+        best
+    }
 }
 
 /// Which chart formats to write; SVG always.
@@ -220,6 +246,7 @@ pub fn build(run: &RunRecord, raw: &HashMap<u32, Vec<Sample>>, formats: Formats)
         cold_starts,
         steps,
         charts: Vec::new(),
+        engine: run.engine.clone(),
     };
     report.charts = make_charts(&report, &level_rows, formats)?;
     Ok(report)

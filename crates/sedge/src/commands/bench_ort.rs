@@ -1,16 +1,14 @@
 //! `sedge bench ort MODEL [--input FILE] [--sessions N] [--threads T]`:
 //! the engine alone — ONNX Runtime sessions run back to back on this
 //! machine, no HTTP, no queue — so an end-to-end figure can be stated as a
-//! fraction of what the engine itself does, measured in the same run.
+//! fraction of what the engine itself does. An experiment's `[engine]`
+//! table measures the same within a run (`sedge-bench/src/engine.rs`).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use sedge_onnx::tensor::{Data, Tensor};
-use sedge_onnx::Model;
+use anyhow::Result;
+use sedge_bench::engine::{measure, EngineSpec};
 
 /// ONNX Runtime alone on a model: runs per second and run times.
 #[derive(clap::Args)]
@@ -38,70 +36,15 @@ pub struct OrtArgs {
 
 pub fn ort_command(a: OrtArgs) -> Result<()> {
     let sessions = a.sessions.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let model = Arc::new(Model::load(&a.model, &a.python, sessions, a.threads)?);
-    let inputs = inputs(&model, a.input.as_deref())?;
-    for i in 0..sessions {
-        model.run(i, &inputs).map_err(anyhow::Error::msg).context("the warm-up run")?;
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
-    let workers: Vec<_> = (0..sessions)
-        .map(|i| {
-            let (model, inputs, stop) = (model.clone(), inputs.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut times = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    if model.run(i, &inputs).is_err() {
-                        break;
-                    }
-                    times.push(t.elapsed());
-                }
-                times
-            })
-        })
-        .collect();
-    std::thread::sleep(a.duration);
-    stop.store(true, Ordering::Relaxed);
-    let mut times: Vec<Duration> = Vec::new();
-    for w in workers {
-        times.extend(w.join().map_err(|_| anyhow::anyhow!("a session's thread panicked"))?);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    times.sort();
-    let at =
-        |q: f64| times.get(((times.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1e3);
-    println!("model {}: {sessions} session(s) × {} thread(s), {:.1} s", a.model.display(), a.threads, elapsed);
-    println!(
-        "runs {}  runs/s {:.1}  run ms p50 {:.2}  p90 {:.2}  p99 {:.2}",
-        times.len(),
-        times.len() as f64 / elapsed,
-        at(0.5),
-        at(0.9),
-        at(0.99)
-    );
-    Ok(())
-}
-
-fn inputs(model: &Model, file: Option<&std::path::Path>) -> Result<Vec<Tensor>> {
-    let zeros = |info: &sedge_onnx::tensor::TensorInfo| -> Result<Tensor> {
-        let shape: Vec<usize> = info.shape.iter().map(|d| usize::try_from(*d).unwrap_or(1).max(1)).collect();
-        let n: usize = shape.iter().product();
-        let bytes = vec![0u8; n * info.dtype.size()];
-        let data = Data::from_le_bytes(info.dtype, &bytes).map_err(anyhow::Error::msg)?;
-        Tensor::new(info.name.clone(), shape, data).map_err(anyhow::Error::msg)
+    let spec = EngineSpec {
+        model: a.model.clone(),
+        input: a.input,
+        sessions,
+        threads: a.threads.max(1),
+        duration: a.duration,
     };
-    match (file, model.inputs.as_slice()) {
-        (None, declared) => declared.iter().map(zeros).collect(),
-        (Some(path), [info]) => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let shape: Vec<usize> = info.shape.iter().map(|d| usize::try_from(*d).unwrap_or(1).max(1)).collect();
-            let data = Data::from_le_bytes(info.dtype, &bytes).map_err(anyhow::Error::msg)?;
-            let t = Tensor::new(info.name.clone(), shape, data).map_err(anyhow::Error::msg).with_context(|| {
-                format!("{} does not hold one {} input {}", path.display(), info.dtype.name(), info.shape_text())
-            })?;
-            Ok(vec![t])
-        }
-        (Some(_), declared) => anyhow::bail!("--input is for a model with one input; this one has {}", declared.len()),
-    }
+    let run = measure(&spec, &a.python, "now").map_err(anyhow::Error::msg)?;
+    println!("model {}: {} session(s) × {} thread(s), {:?}", a.model.display(), run.sessions, run.threads, a.duration);
+    println!("runs {}  runs/s {:.1}  run ms p50 {:.2}  p99 {:.2}", run.runs, run.runs_per_s, run.p50_ms, run.p99_ms);
+    Ok(())
 }
