@@ -18,6 +18,10 @@ use crate::models::{ModelInput, ModelOutput, Models};
 
 /// Error texts are cut to this, so an `infer_error` frame always fits.
 const MAX_ERROR_TEXT: usize = 64 * 1024;
+/// Model calls one worker may have in flight: a function's threads waiting
+/// on models are far fewer; a worker sending frames without end gets refusals,
+/// not a task and a queue place for each.
+const MAX_CALLS: usize = 64;
 
 /// One `infer` frame, as the reader found it.
 pub(super) struct Request {
@@ -71,6 +75,10 @@ impl ModelCalls {
     pub fn start(&mut self, req: Request) {
         // Finished calls are collected as new ones come.
         while self.tasks.try_join_next().is_some() {}
+        if self.tasks.len() >= MAX_CALLS {
+            send(&self.frames, req.id, Err(format!("a worker may have at most {MAX_CALLS} model calls in flight")));
+            return;
+        }
         let deadline = lock(&self.pending).get(&req.call).map(|c| c.deadline);
         let (models, declared, frames) = (self.models.clone(), self.declared.clone(), self.frames.clone());
         self.tasks.spawn(async move {
