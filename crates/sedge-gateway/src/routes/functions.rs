@@ -76,11 +76,27 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
                 "token": node.tokens.get(name).as_deref(),
             },
             "oomKills": shared.oom_kills.load(std::sync::atomic::Ordering::Relaxed),
-            "isolation": node.runtime.isolation(&spec.limits),
+            "isolation": isolation(node, spec),
             // The environment its requirements.txt / package.json were installed into.
             "environment": node.runtime.get(name).and_then(|p| p.deps().and_then(|d| crate::deps::key_of(d))),
         },
     })
+}
+
+/// How the function's code is kept apart: a model runs in the node itself
+/// (docs/security.md, "Not isolated"), everything else in the sandbox.
+fn isolation(node: &Node, spec: &sedge_core::FunctionSpec) -> Value {
+    if spec.runtime.serves_models() {
+        return json!({
+            "sandboxed": false,
+            "inProcess": true,
+            "user": null,
+            "namespaces": [],
+            "cgroup": "none",
+            "note": "a model runs in the node process, through ONNX Runtime",
+        });
+    }
+    node.runtime.isolation(&spec.limits)
 }
 
 pub async fn list(State(node): Shared) -> Result<Json<Vec<Value>>, ApiError> {

@@ -48,6 +48,13 @@ fn a_model_answers_json_tensors_and_names_a_wrong_shape() {
     let a = node.request("POST", "/function/digits", &[("content-type", "application/json")], bad.as_bytes());
     assert_eq!(a.status, 400);
     assert!(a.error().contains("input \"pixels\" must have shape [N, 64] (FP32)"), "{}", a.error());
+    // It runs in the node, and describe says so.
+    let isolation = node.describe("digits")["sedge"]["isolation"].clone();
+    assert_eq!(
+        (isolation["sandboxed"].as_bool(), isolation["inProcess"].as_bool()),
+        (Some(false), Some(true)),
+        "{isolation}"
+    );
     // GET describes what the model takes.
     let meta = node.get("/function/digits").json();
     assert_eq!(meta["inputs"][0]["name"], "pixels");
