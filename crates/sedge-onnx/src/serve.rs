@@ -60,6 +60,8 @@ pub struct Served {
     image: Option<ImageInput>,
     jobs: mpsc::Sender<Job>,
     function: String,
+    /// The function's timeout, named when a caller's deadline passes.
+    timeout: Duration,
 }
 
 impl Served {
@@ -99,7 +101,15 @@ impl Served {
         let model = Arc::new(model);
         let (jobs, rx) = mpsc::channel(64);
         tokio::spawn(dispatch(model.clone(), policy, rx));
-        Ok(Self { model, spec, labels, image, jobs, function: function.to_owned() })
+        // Until told otherwise, sedge's default function timeout.
+        let timeout = Duration::from_secs(30);
+        Ok(Self { model, spec, labels, image, jobs, function: function.to_owned(), timeout })
+    }
+
+    /// The function's timeout, for the message when a caller's deadline passes.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn model(&self) -> &Model {
@@ -185,7 +195,7 @@ impl Served {
         };
         let outputs = match self.infer(inputs, deadline).await {
             Ok(o) => o,
-            Err(e) => return Err(self.run_error(e, deadline)),
+            Err(e) => return Err(self.run_error(e)),
         };
         if self.image.is_some() && !is_json {
             return Ok(json_reply(200, &self.classes(&outputs)));
@@ -227,7 +237,7 @@ impl Served {
         let inputs = std::mem::take(&mut req.inputs);
         let outputs = match self.infer(inputs, deadline).await {
             Ok(o) => o,
-            Err(e) => return Err(self.run_error(e, deadline)),
+            Err(e) => return Err(self.run_error(e)),
         };
         let (body, json_len) = oip::encode_infer(&self.function, &req, outputs).map_err(|e| self.failed(e))?;
         let headers = match json_len {
@@ -277,15 +287,16 @@ impl Served {
         InvokeError::Failed { function: self.function.clone(), message }
     }
 
-    fn run_error(&self, e: RunError, deadline: Instant) -> InvokeError {
+    fn run_error(&self, e: RunError) -> InvokeError {
         match e {
             RunError::Full(limit) => InvokeError::QueueFull {
                 function: self.function.clone(),
                 limit: u32::try_from(limit).unwrap_or(u32::MAX),
             },
+            // The deadline has passed by now; the timeout it came from is what to name.
             RunError::Late => InvokeError::Timeout {
                 function: self.function.clone(),
-                timeout_ms: deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
+                timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
             },
             RunError::Failed(m) => self.failed(m),
             RunError::Stopped => InvokeError::ShuttingDown(self.function.clone()),

@@ -197,10 +197,15 @@ async fn the_inference_protocol_takes_and_gives_json_and_binary_tensors() {
 async fn a_caller_past_its_deadline_is_not_run() {
     let path = repo().join("examples/functions/digits-python/model.onnx");
     let model = Model::load(&path, &python(), 1, 1).expect("load digits");
-    let served = Served::start("digits", model, tensor_spec(None), None, 4).expect("serve");
+    let served =
+        Served::start("digits", model, tensor_spec(None), None, 4).expect("serve").with_timeout(Duration::from_secs(7));
     let t = Tensor::new("pixels", vec![1, 64], Data::F32(vec![0.0; 64])).expect("tensor");
     let gone = Instant::now() - Duration::from_millis(1);
     assert_eq!(served.infer(vec![t], gone).await, Err(RunError::Late));
+    // Over HTTP the caller is told the function's timeout, not what was left of it.
+    let body = serde_json::json!({"inputs": {"pixels": [vec![0.0; 64]]}}).to_string().into_bytes();
+    let late = served.answer(&invocation("application/json", body), gone).await.expect_err("late");
+    assert_eq!(late, sedge_core::InvokeError::Timeout { function: "digits".into(), timeout_ms: 7000 });
 }
 
 #[tokio::test]
@@ -260,39 +265,4 @@ async fn efficientnet_names_the_cat_in_a_png() {
     assert_eq!(top[0], 282, "tiger cat first: {best}");
     assert!(top.contains(&285) || top.contains(&281), "another cat next: {best}");
     assert_eq!(best[0]["label"], "a cat having a striped coat", "the label file names class 282 so");
-}
-
-/// Not a test: `cargo test -p sedge-onnx --release --test real_models -- --ignored --nocapture batching_throughput`
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn batching_throughput() {
-    let Some(path) = shared("efficientnet-lite0-dynamic.onnx") else { return };
-    for batching in [None, Some(Batching { max_batch: 8, max_delay: Duration::from_millis(2) })] {
-        let model = Model::load(&path, &python(), 2, 1).expect("load");
-        let served = std::sync::Arc::new(Served::start("e", model, tensor_spec(batching), None, 256).expect("serve"));
-        served.warm().await.expect("warm");
-        let start = std::time::Instant::now();
-        let mut users = Vec::new();
-        for _ in 0..16 {
-            let served = served.clone();
-            users.push(tokio::spawn(async move {
-                let mut n = 0;
-                while start.elapsed() < Duration::from_secs(3) {
-                    let t = Tensor::new("input", vec![1, 3, 224, 224], Data::F32(vec![0.5; 3 * 224 * 224])).expect("t");
-                    served.infer(vec![t], Instant::now() + Duration::from_secs(30)).await.expect("infer");
-                    n += 1;
-                }
-                n
-            }));
-        }
-        let mut total = 0;
-        for u in users {
-            total += u.await.expect("join");
-        }
-        println!(
-            "batching {:?}: {:.1} req/s",
-            batching.map(|b| b.max_batch),
-            total as f64 / start.elapsed().as_secs_f64()
-        );
-    }
 }

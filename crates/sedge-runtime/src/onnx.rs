@@ -76,7 +76,8 @@ impl Engine for OnnxEngine {
             ));
             let queue = usize::try_from(spec.limits.queue).unwrap_or(usize::MAX).max(1);
             let served = Served::start(spec.name.as_str(), model, model_spec, labels.as_deref(), queue)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .with_timeout(spec.limits.timeout);
             served.warm().await.map_err(|e| e.to_string())?;
             Ok(Arc::new(OnnxWorker {
                 function: spec.name.to_string(),
