@@ -110,6 +110,14 @@ impl Builder {
         }
     }
 
+    /// The environment `recipe` describes, if it was built already.
+    pub async fn existing(&self, recipe: &Recipe) -> Result<Option<Env>, DepsError> {
+        let key = recipe.key(&self.tool_id(recipe).await?);
+        let root = self.envs.join(&key);
+        let modules = Self::modules_of(recipe, &root);
+        Ok(root.is_dir().then_some(Env { key, root, modules, reused: true }))
+    }
+
     /// The environment `recipe` describes, built if it does not exist yet;
     /// every output line of the installer goes to `log`.
     pub async fn ensure(
@@ -118,13 +126,12 @@ impl Builder {
         bundle: &Path,
         log: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Env, DepsError> {
-        let tool = self.tool_id(recipe).await?;
-        let key = recipe.key(&tool);
+        if let Some(env) = self.existing(recipe).await? {
+            return Ok(env);
+        }
+        let key = recipe.key(&self.tool_id(recipe).await?);
         let root = self.envs.join(&key);
         let modules = Self::modules_of(recipe, &root);
-        if root.is_dir() {
-            return Ok(Env { key, root, modules, reused: true });
-        }
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| DepsError::Io { path, source }

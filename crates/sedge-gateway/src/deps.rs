@@ -47,6 +47,12 @@ pub async fn install(
             }
         }
     };
+    // An environment built before serves as it is (a restart asks nothing
+    // of the interpreter beyond its version, asked once).
+    if let Some(env) = builder.existing(&recipe).await.inspect_err(|e| log(&e.to_string()))? {
+        say(&format!("{} unchanged: reusing environment {}", recipe.source_file(), env.key));
+        return Ok(Some(env));
+    }
     if builder.satisfied_by_node(&recipe).await {
         say(&format!("{} is met by the node's own Python packages: nothing to install", recipe.source_file()));
         return Ok(None);
