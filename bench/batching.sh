@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What dynamic batching gains, per model: each model served by the onnx
+# What dynamic batching gains, per model (and, for EfficientNet, what one
+# two-thread session does against two single-thread ones): each model served by the onnx
 # runtime without and with [batching] (max_batch 8, max_delay 2ms), loaded
 # by 16 users sending one-row input tensors, in one run. Models with a dynamic
 # batch dimension: the OCR orientation classifier ([N,3,48,192]) and
@@ -13,23 +14,18 @@ bin=${1:-target/release/sedge}
 users=${2:-16}
 duration=${3:-5s}
 [ -s models/ocr-orientation-cls.onnx ] || { echo "run scripts/fetch-models.sh first" >&2; exit 1; }
-work=$(mktemp -d)
-trap 'kill "$node" 2>/dev/null; wait "$node" 2>/dev/null; rm -rf "$work"' EXIT
-export SEDGE_PYTHON=${SEDGE_PYTHON:-$PWD/.venv/bin/python} SEDGE_ADMIN_PASSWORD=bench-batching SEDGE_PASSWORD=bench-batching
-"$bin" serve --listen 127.0.0.1:0 --data "$work/data" > "$work/out" 2> "$work/err" &
-node=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done
-url=$(sed -n 's/^sedge listening on //p' "$work/out")
-export SEDGE_GATEWAY=$url
-# Every model gets 2 single-thread sessions, whatever the node's core
-# budget has left after the first: the rows differ in batching only.
-# name model shape batching: each request is one row, sent in the inference
+. bench/local-node.sh
+# Every model gets 2 single-thread sessions (whatever the node's core
+# budget has left after the first), except effnet-1x2: one session of two
+# threads, the other way to spend two cores.
+# name model shape batching input [sessions threads]: each request is one row, sent in the inference
 # protocol's binary form (the OCR model's height and width are dynamic, so
 # a raw body could not say them).
 deploy_model() {
   mkdir -p "$work/$1"
   cp "models/$2" "$work/$1/model.onnx"
-  printf 'name = "%s"\nruntime = "onnx"\nhandler = "model.onnx"\n[model]\ninstances = 2\nthreads = 1\n[limits]\nmax_body = "2MiB"\nqueue = 512\n%s' "$1" "$4" > "$work/$1/sedge.toml"
+  printf 'name = "%s"\nruntime = "onnx"\nhandler = "model.onnx"\n[model]\ninstances = %s\nthreads = %s\n[limits]\nmax_body = "2MiB"\nqueue = 512\n%s' \
+    "$1" "${6:-2}" "${7:-1}" "$4" > "$work/$1/sedge.toml"
   "$bin" deploy --wait "$work/$1" > /dev/null 2>&1
   "$SEDGE_PYTHON" - "$work/$1.body" "$work/$1.len" "$5" "$3" <<'PY'
 import json, struct, sys, random
@@ -53,8 +49,9 @@ deploy_model effnet-batched efficientnet-lite0-dynamic.onnx 1,3,224,224 "$batche
 busy=$'[batching]\nmax_batch = 8\nmax_delay = "0ms"\n'
 deploy_model ocr-busy ocr-orientation-cls.onnx 1,3,48,192 "$busy" x
 deploy_model effnet-busy efficientnet-lite0-dynamic.onnx 1,3,224,224 "$busy" input
+deploy_model effnet-1x2 efficientnet-lite0-dynamic.onnx 1,3,224,224 "" input 1 2
 printf '%-16s %6s %8s %8s %8s %8s\n' function users "req/s" "p50 ms" "p99 ms" "ok %"
-for f in ocr ocr-batched ocr-busy effnet effnet-batched effnet-busy; do
+for f in ocr ocr-batched ocr-busy effnet effnet-batched effnet-busy effnet-1x2; do
   "$bin" bench load "$url/v2/models/$f/infer" -c "$users" --duration "$duration" -d "@$work/$f.body" \
     -H "inference-header-content-length:$(cat "$work/$f.len")" > "$work/load-$f" 2>&1
   rps=$(awk '$1 == "throughput" {print $2}' "$work/load-$f")

@@ -10,14 +10,7 @@ cd "$(dirname "$0")/.."
 bin=${1:-target/release/sedge}
 models=models
 [ -s "$models/efficientnet-lite0.onnx" ] || { echo "run scripts/fetch-models.sh first" >&2; exit 1; }
-work=$(mktemp -d)
-trap 'kill "$node" 2>/dev/null; wait "$node" 2>/dev/null; rm -rf "$work"' EXIT
-export SEDGE_PYTHON=${SEDGE_PYTHON:-$PWD/.venv/bin/python} SEDGE_ADMIN_PASSWORD=bench-memory SEDGE_PASSWORD=bench-memory
-"$bin" serve --listen 127.0.0.1:0 --data "$work/data" > "$work/out" 2> "$work/err" &
-node=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done
-url=$(sed -n 's/^sedge listening on //p' "$work/out")
-export SEDGE_GATEWAY=$url
+. bench/local-node.sh
 rss() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$node/status"; }
 stage() { mkdir -p "$work/$2"; cp -r "bench/functions/$1/." "$work/$2/"; cp "$models/efficientnet-lite0.onnx" "$work/$2/"; }
 stage effnet-tensor py

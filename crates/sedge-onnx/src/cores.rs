@@ -22,10 +22,10 @@ impl Plan {
 /// Chooses a plan with `free` of `total` cores left: what the manifest asks
 /// for is honoured as given; unset, a single-thread session per free core.
 /// Under load the gateway and the clients share those cores, and
-/// intra-op threads then mostly wait on each other: on EfficientNet-Lite0
-/// with 2 cores, 2 × 1 served twice what 1 × 2 did at 16 users, though 1 × 2
-/// runs one request faster alone and holds one copy of the weights
-/// (`instances = 1` in `[model]` chooses that).
+/// intra-op threads then wait on each other: on EfficientNet-Lite0 with 2
+/// cores, 2 × 1 served 24 % more than 1 × 2 at 16 users (bench/batching.sh),
+/// though 1 × 2 runs one request faster alone and holds one copy of the
+/// weights (`instances = 1` in `[model]` chooses that).
 pub fn plan(instances: Option<u32>, threads: Option<u32>, free: usize, total: usize) -> Plan {
     let room = free.max(1);
     let as_usize = |v: u32| usize::try_from(v).unwrap_or(usize::MAX).max(1);
