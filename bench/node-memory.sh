@@ -22,7 +22,7 @@ echo "idle, both functions ready: node RSS $(rss) MiB"
 for fn in effnet effnet-onnx; do
   "$bin" bench load "$url/function/$fn" -c 64 --duration 5s -d "@$models/samples/chelsea-224.f32" \
     -H content-type:application/octet-stream > "$work/load-$fn" 2>&1
-  echo "after 64 users on $fn: node RSS $(rss) MiB; $(grep -E '^ *[0-9]+ +[0-9]+' "$work/load-$fn" | head -1 | awk '{print $4 " req/s"}')"
+  echo "after 64 users on $fn: node RSS $(rss) MiB; $(awk '$1 == "throughput" {print $2 " req/s"}' "$work/load-$fn")"
   sleep 12
   echo "  12 s later: node RSS $(rss) MiB"
 done

@@ -77,10 +77,9 @@ enum PipStep<'a> {
 pub struct Env {
     /// The folder name under the node's environments: `py-...`, `npm-...`.
     pub key: String,
-    /// The environment's folder (bound read-only into sandboxed workers).
-    pub root: PathBuf,
-    /// What goes on the module search path: the packages folder for
-    /// Python, `node_modules` for Node.js.
+    /// What goes on the module search path (and is bound read-only into
+    /// sandboxed workers): the packages folder for Python, `node_modules`
+    /// for Node.js.
     pub modules: PathBuf,
     /// It existed already: nothing was installed.
     pub reused: bool,
@@ -115,7 +114,7 @@ impl Builder {
         let key = recipe.key(&self.tool_id(recipe).await?);
         let root = self.envs.join(&key);
         let modules = Self::modules_of(recipe, &root);
-        Ok(root.is_dir().then_some(Env { key, root, modules, reused: true }))
+        Ok(root.is_dir().then_some(Env { key, modules, reused: true }))
     }
 
     /// The environment `recipe` describes, built if it does not exist yet;
@@ -182,7 +181,7 @@ impl Builder {
             Err(_) if root.is_dir() => {}
             Err(source) => return Err(DepsError::Io { path: root, source }),
         }
-        Ok(Env { key, root, modules, reused: false })
+        Ok(Env { key, modules, reused: false })
     }
 
     fn installer_env(&self, cmd: &mut Command, tool_dir: Option<&Path>) {
