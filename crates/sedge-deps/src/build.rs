@@ -375,7 +375,12 @@ impl Builder {
         let missing = |why: String| DepsError::ToolMissing { tool: program.to_owned(), hint: why };
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
-        let out = cmd.output().await.map_err(|e| missing(format!("cannot run it: {e}")))?;
+        // Asked under the lock every build takes: an interpreter that hangs
+        // must not hold all deploys with it.
+        let out = match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+            Ok(out) => out.map_err(|e| missing(format!("cannot run it: {e}")))?,
+            Err(_) => return Err(missing("it did not say its version within 30 s".to_owned())),
+        };
         if !out.status.success() {
             return Err(missing(format!("it exited with {}", out.status)));
         }
