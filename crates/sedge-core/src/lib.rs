@@ -8,16 +8,19 @@
 //!   to HTTP statuses.
 //! - [`timestamp`]: RFC 3339 times with their offsets, as clients send them.
 //! - [`model`]: a model function's `[model]` and `[batching]` tables.
+//! - [`async_policy`]: a function's `[async]` table (retries of queued calls).
 //!
 //! Neighbours: `sedge-store` persists manifests, `sedge-runtime` runs specs,
 //! `sedge-gateway` turns HTTP into [`Invocation`]s.
 
+pub mod async_policy;
 pub mod invocation;
 pub mod manifest;
 pub mod model;
 pub mod name;
 pub mod timestamp;
 
+pub use async_policy::{AsyncSpec, RetryClass};
 pub use invocation::{Invocation, InvokeError, Reply};
 pub use manifest::{FunctionSpec, Limits, ManifestError, RuntimeKind, Scale, Style};
 pub use name::{FunctionName, NameError, SecretName};

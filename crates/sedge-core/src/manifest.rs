@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::async_policy::{AsyncSpec, RawAsync};
 use crate::model::{ModelSpec, RawBatching, RawModel};
 use crate::name::{FunctionName, SecretName};
 
@@ -162,6 +163,8 @@ pub struct FunctionSpec {
     pub model: Option<ModelSpec>,
     /// The model functions this function's code may call (`models = [...]`).
     pub models: Vec<FunctionName>,
+    /// How its queued (asynchronous) calls are retried and run (`[async]`).
+    pub async_calls: AsyncSpec,
 }
 
 /// Who may call the function.
@@ -196,6 +199,8 @@ struct RawManifest {
     batching: Option<RawBatching>,
     #[serde(default)]
     models: Vec<String>,
+    #[serde(default, rename = "async")]
+    async_calls: RawAsync,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -387,7 +392,12 @@ impl FunctionSpec {
             }
         };
         let models = check_models(&c, runtime, &name, &raw.models)?;
+        let async_calls = match raw.async_calls.check() {
+            Ok(a) => a,
+            Err((field, problem)) => return c.fail(&field, problem),
+        };
         Ok(Self {
+            async_calls,
             model,
             models,
             name,
@@ -581,6 +591,12 @@ mod tests {
             (&format!("{MINIMAL}models = [\"digits\", \"digits\"]"), "models[1]", "twice"),
             (&format!("{MINIMAL}models = [\"hello\"]"), "models[0]", "itself"),
             ("name = \"a\"\nruntime = \"exec\"\nhandler = \"true\"\nmodels = [\"m\"]", "models", "python and node"),
+            (&format!("{MINIMAL}[async]\nmax_attempts = 0"), "async.max_attempts", "from 1 to 100"),
+            (&format!("{MINIMAL}[async]\nmax_age = \"later\""), "async.max_age", "duration"),
+            (&format!("{MINIMAL}[async]\nmax_age = \"30days\""), "async.max_age", "14 days"),
+            (&format!("{MINIMAL}[async]\nretry_on = [\"502\", \"oops\"]"), "async.retry_on[1]", "\"timeout\""),
+            (&format!("{MINIMAL}[async]\nretry_on = [\"302\"]"), "async.retry_on[0]", "400 to 599"),
+            (&format!("{MINIMAL}[async]\nconcurrency = 0"), "async.concurrency", "from 1 to 1024"),
         ];
         for (text, field, expect) in cases {
             let (got_field, problem) = field_error(text);
@@ -598,6 +614,24 @@ mod tests {
         }
         let msg = parse(&format!("{MINIMAL}colour = 1")).expect_err("invalid").to_string();
         assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn async_table_and_its_defaults() {
+        use crate::async_policy::{RetryClass, DEFAULT_RETRY_ON};
+        let spec = parse(MINIMAL).expect("valid");
+        assert_eq!(spec.async_calls, AsyncSpec::default());
+        assert_eq!(spec.async_calls.retry_on, DEFAULT_RETRY_ON);
+        assert_eq!(spec.async_calls.concurrency_for(4), 2);
+        assert_eq!(spec.async_calls.concurrency_for(1), 1);
+        let spec = parse(&format!(
+            "{MINIMAL}[async]\nmax_attempts = 5\nmax_age = \"10m\"\nretry_on = [\"500\", \"timeout\", \"4xx\"]\nconcurrency = 3\n"
+        ))
+        .expect("valid");
+        let a = spec.async_calls;
+        assert_eq!((a.max_attempts, a.max_age, a.concurrency), (5, Duration::from_secs(600), Some(3)));
+        assert_eq!(a.retry_on, [RetryClass::Status(500), RetryClass::Timeout, RetryClass::Any4xx]);
+        assert!(parse(&format!("{MINIMAL}[async]\nretries = 2")).expect_err("unknown").to_string().contains("retries"));
     }
 
     #[test]
