@@ -60,6 +60,8 @@ pub struct Node {
     /// Installs functions' requirements.txt / package.json; without it a
     /// folder that has one is refused.
     pub deps: Option<Arc<sedge_deps::Builder>>,
+    /// Stores and runs asynchronous calls and tasks; without it they are refused.
+    pub queue: Option<Arc<sedge_queue::Queue>>,
 }
 
 impl Node {
@@ -79,6 +81,7 @@ impl Node {
             secrets,
             tokens: auth::Tokens::default(),
             deps: None,
+            queue: None,
         }
     }
 

@@ -129,11 +129,10 @@ fn duration_ms(d: Duration) -> i64 {
 }
 
 impl Queue {
-    /// Opens the call store in `dir`, puts calls a stopped node left
-    /// running back in the queue, and starts the dispatcher, the callbacks
-    /// and the retention sweep. The runtime's functions should be restored
-    /// first, so queued calls find their pools.
-    pub fn start(runtime: Arc<Runtime>, dir: &Path, config: QueueConfig) -> Result<Arc<Self>, QueueError> {
+    /// Opens the call store in `dir` and puts calls a stopped node left
+    /// running back in the queue. It accepts calls at once; they run once
+    /// [`Queue::start`] is called.
+    pub fn open(runtime: Arc<Runtime>, dir: &Path, config: QueueConfig) -> Result<Arc<Self>, QueueError> {
         let store = Arc::new(CallStore::open(&dir.join(FILE))?);
         let requeued = store.requeue_running()?;
         if requeued > 0 {
@@ -161,10 +160,16 @@ impl Queue {
             stopping: AtomicBool::new(false),
             client: callback::client(),
         });
-        tokio::spawn(queue.clone().dispatch_loop());
-        tokio::spawn(queue.clone().callback_loop());
-        tokio::spawn(queue.clone().retention_loop());
         Ok(queue)
+    }
+
+    /// Starts the dispatcher, the callbacks and the retention sweep. The
+    /// runtime's functions should be restored first, so queued calls find
+    /// their pools.
+    pub fn start(self: &Arc<Self>) {
+        tokio::spawn(self.clone().dispatch_loop());
+        tokio::spawn(self.clone().callback_loop());
+        tokio::spawn(self.clone().retention_loop());
     }
 
     pub fn store(&self) -> &Arc<CallStore> {

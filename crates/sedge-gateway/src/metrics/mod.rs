@@ -7,11 +7,13 @@
 //!   ends (started − ended = in flight);
 //! - [`http`]: every request by method, route and status;
 //! - [`runtime`]: the per-function figures read from the runtime at scrape
-//!   time.
+//!   time;
+//! - [`calls`]: asynchronous calls, read from the call store at scrape time.
 //!
 //! Every `function_name` label reads `NAME.openfaas-fn`, as OpenFaaS's
 //! gateway labels its functions (see [`series_name`]).
 
+mod calls;
 mod http;
 mod invocations;
 mod runtime;
@@ -22,6 +24,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
 use sedge_runtime::Runtime;
 
+pub use calls::CallSnapshot;
 pub use http::track;
 pub use invocations::InFlight;
 
@@ -41,6 +44,7 @@ pub struct Metrics {
     invocations: invocations::Invocations,
     http: http::HttpFigures,
     runtime: runtime::RuntimeFigures,
+    calls: calls::CallFigures,
     /// A scrape refreshes the runtime figures in place: one at a time, so
     /// none reads another's half-refreshed families.
     scrape: Mutex<()>,
@@ -54,15 +58,19 @@ impl Metrics {
     }
 
     /// Refreshes the per-function figures from the runtime, then encodes all.
-    pub fn render(&self, runtime: &Runtime) -> Result<String, prometheus::Error> {
+    pub fn render(&self, runtime: &Runtime, calls: Option<&CallSnapshot>) -> Result<String, prometheus::Error> {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.runtime.refresh(runtime);
+        if let Some(snap) = calls {
+            self.calls.refresh(snap);
+        }
         encode(&self.families())
     }
 
     /// Every family with at least one series, in a fixed order.
     fn families(&self) -> Vec<MetricFamily> {
-        let mut all = [self.invocations.collect(), self.http.collect(), self.runtime.collect()].concat();
+        let mut all =
+            [self.invocations.collect(), self.http.collect(), self.runtime.collect(), self.calls.collect()].concat();
         // A family with no series yet has nothing to say (and the encoder
         // refuses it).
         all.retain(|f| !f.get_metric().is_empty());

@@ -82,6 +82,11 @@ impl Refused {
     pub(super) fn new(error: ApiError, req: &Request) -> Self {
         Self { error, unread: !req.body().is_end_stream() }
     }
+
+    /// A refusal once the request is taken apart; `unread` as its body was.
+    pub(super) fn with(error: ApiError, unread: bool) -> Self {
+        Self { error, unread }
+    }
 }
 
 impl IntoResponse for Refused {

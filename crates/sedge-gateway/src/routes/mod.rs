@@ -1,6 +1,8 @@
 //! The route table.
 
+mod async_calls;
 pub(crate) mod body;
+mod calls;
 mod functions;
 mod invoke;
 mod logs;
@@ -13,7 +15,7 @@ mod upload;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
@@ -39,7 +41,14 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/system/bundles/{name}", put(functions::deploy_bundle))
         .route("/system/function/{name}/token", post(functions::rotate_token))
         .route("/system/secrets", get(secrets::list).post(secrets::create).put(secrets::update).delete(secrets::remove))
-        .route("/system/logs", get(logs::logs));
+        .route("/system/logs", get(logs::logs))
+        .route("/system/calls", get(calls::list))
+        .route("/system/calls/purge", post(calls::purge))
+        .route("/system/calls/{id}", get(calls::show))
+        .route("/system/calls/{id}/retry", post(calls::retry))
+        .route("/system/tasks", post(calls::submit_tasks))
+        .route("/system/tasks/batch-status", post(calls::batch_status))
+        .route("/system/tasks/{id}", get(calls::task));
     for path in unserved::OPENFAAS_ONLY.iter().filter(|p| p.starts_with("/system/")) {
         system = system.route(path, unserved::openfaas_only());
     }
@@ -73,8 +82,9 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/v2/models/{name}/versions/{version}", get(oip::metadata_of))
         .route("/v2/models/{name}/versions/{version}/ready", get(oip::ready_of))
         .route("/v2/models/{name}/versions/{version}/infer", post(oip::infer_of))
-        .route("/async-function/{name}", any(async_not_yet))
-        .route("/async-function/{name}/{*path}", any(async_not_yet))
+        .route("/async-function/{name}", any(async_calls::submit_root))
+        .route("/async-function/{name}/", any(async_calls::submit_root))
+        .route("/async-function/{name}/{*path}", any(async_calls::submit_path))
         // Body limits are enforced per route: each function's own max_body
         // on invoke, the node's bundle limit on deploy.
         .layer(DefaultBodyLimit::disable())
@@ -83,15 +93,6 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .layer(axum::middleware::from_fn(origin::same_origin_only))
         // Outermost, so refusals by the layers above are counted too.
         .layer(axum::middleware::from_fn_with_state(node, crate::metrics::track))
-}
-
-/// `faas-cli invoke --async` posts here; say plainly that it is not there
-/// yet rather than answer "no such route".
-async fn async_not_yet() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "asynchronous invocation (/async-function) is not supported by this node yet; call /function/NAME",
-    )
 }
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -110,6 +111,14 @@ async fn info() -> impl IntoResponse {
 }
 
 async fn metrics(State(node): Shared) -> Result<impl IntoResponse, ApiError> {
-    let text = node.metrics.render(&node.runtime).map_err(|e| ApiError::internal("metrics", e))?;
+    let calls = match node.queue.clone() {
+        Some(queue) => {
+            let totals = queue.totals();
+            let counts = crate::blocking(move || queue.store().counts().map_err(async_calls::store_error)).await?;
+            Some(crate::metrics::CallSnapshot { counts, totals, now_ms: sedge_queue::now_ms() })
+        }
+        None => None,
+    };
+    let text = node.metrics.render(&node.runtime, calls.as_ref()).map_err(|e| ApiError::internal("metrics", e))?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
 }

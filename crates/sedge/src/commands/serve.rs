@@ -66,6 +66,35 @@ pub struct Args {
     /// Ask for the admin credential on /metrics too.
     #[arg(long)]
     metrics_auth: bool,
+    #[command(flatten)]
+    calls: CallLimits,
+}
+
+/// How long and how much of finished asynchronous calls the node keeps,
+/// and the disk it leaves free.
+#[derive(clap::Args)]
+struct CallLimits {
+    /// Results of finished asynchronous calls and tasks are kept this long.
+    #[arg(long, env = "SEDGE_CALLS_KEEP", value_parser = duration, default_value = "24h", value_name = "DURATION")]
+    calls_keep: Duration,
+    /// Stored bytes of finished calls (requests and results) at most; past
+    /// it the oldest go first.
+    #[arg(long, env = "SEDGE_CALLS_MAX_SIZE", value_parser = size, default_value = "256MiB", value_name = "SIZE")]
+    calls_max_size: u64,
+    /// New asynchronous calls are refused (507) when storing one would
+    /// leave less than this free on the data directory's disk.
+    #[arg(long, env = "SEDGE_CALLS_DISK_RESERVE", value_parser = size, default_value = "64MiB", value_name = "SIZE")]
+    calls_disk_reserve: u64,
+}
+
+impl CallLimits {
+    fn config(&self) -> sedge_queue::QueueConfig {
+        sedge_queue::QueueConfig {
+            retention: sedge_queue::Retention { keep: self.calls_keep, max_bytes: self.calls_max_size },
+            reserve: self.calls_disk_reserve,
+            ..sedge_queue::QueueConfig::default()
+        }
+    }
 }
 
 /// The gateway's limits on clients: each bounds what one client, or many,
@@ -229,8 +258,12 @@ async fn serve(args: Args) -> Result<()> {
     let mut node = args.bundles.configure(node, &data, &config_python, &config_node);
     node.metrics_open = !args.metrics_auth;
     node.body_memory = sedge_gateway::BodyMemory::new(args.gateway.max_body_memory);
+    let queue = sedge_queue::Queue::open(runtime.clone(), &data, args.calls.config())
+        .with_context(|| format!("opening the call store in {}", data.display()))?;
+    node.queue = Some(queue.clone());
     let node = Arc::new(node);
     let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    queue.start();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -268,6 +301,7 @@ async fn serve(args: Args) -> Result<()> {
     crate::signals::stop_signal().await;
     tracing::info!("stopping: no new connections; letting requests in flight finish");
     let _ = stop_tx.send(true);
+    queue.stop();
     match tokio::time::timeout(GRACE, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!("server error: {e}"),

@@ -1,0 +1,149 @@
+//! `/async-function/{name}[/{path..}]` (what `faas-cli invoke --async`
+//! calls): the request is stored durably and answered `202 Accepted` with
+//! its `X-Call-Id`; the node runs it later (sedge-queue).
+
+use axum::body::HttpBody;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sedge_core::InvokeError;
+use sedge_queue::{CallKind, NewCall, QueueError, StoreError};
+
+use super::body::{read_body, BodyError, Held};
+use super::invoke::{find, Refused};
+use super::Shared;
+use crate::ApiError;
+
+pub async fn submit_root(State(node): Shared, Path(name): Path<String>, req: Request) -> Response {
+    submit(&node, &name, "/".to_owned(), req).await
+}
+
+pub async fn submit_path(State(node): Shared, Path((name, path)): Path<(String, String)>, req: Request) -> Response {
+    submit(&node, &name, format!("/{path}"), req).await
+}
+
+/// An id a caller may choose: what fits a header and a file name.
+pub(super) fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("{what} {id:?}: expected 1 to 128 letters, digits, '-', '_', '.' or ':'")))
+    }
+}
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// The refusal a queue error gets.
+pub(super) fn queue_error(e: QueueError) -> ApiError {
+    match e {
+        QueueError::DiskFull { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+        QueueError::Stopping => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        QueueError::Store(e) => store_error(e),
+    }
+}
+
+pub(super) fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::IdTaken(_) | StoreError::NotFinished { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        StoreError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+        StoreError::Db(_) | StoreError::Io { .. } => ApiError::internal("call store", e),
+    }
+}
+
+pub(super) fn no_queue() -> ApiError {
+    ApiError::new(StatusCode::NOT_IMPLEMENTED, "this node runs without a call store: asynchronous calls are off")
+}
+
+async fn submit(node: &crate::Node, raw: &str, path: String, req: Request) -> Response {
+    let Some(queue) = node.queue.clone() else { return Refused::new(no_queue(), &req).into_response() };
+    let mut req = req;
+    let (name, pool) = match find(node, raw, &mut req) {
+        Ok(found) => found,
+        Err(refused) => return *refused,
+    };
+    let (parts, body) = req.into_parts();
+    let unread = !body.is_end_stream();
+    let refuse = |error: ApiError| Refused::with(error, unread).into_response();
+    let given = header(&parts.headers, "x-call-id");
+    let key = header(&parts.headers, "idempotency-key").or_else(|| header(&parts.headers, "x-idempotency-key"));
+    let callback = header(&parts.headers, "x-callback-url");
+    for (what, value) in [("X-Call-Id", &given), ("Idempotency-Key", &key)] {
+        if let Some(v) = value {
+            if let Err(e) = check_id(what, v) {
+                return refuse(e);
+            }
+        }
+    }
+    if let Some(url) = &callback {
+        if let Err(problem) = sedge_queue::callback::check_url(url) {
+            return refuse(ApiError::bad_request(problem));
+        }
+    }
+    let limit = pool.spec().limits.max_body;
+    let too_large = |size: u64| ApiError::from(InvokeError::PayloadTooLarge { function: name.clone(), size, limit });
+    if let Some(size) = body.size_hint().exact().filter(|n| *n > limit) {
+        return refuse(too_large(size));
+    }
+    let mut held = Held::default();
+    let within = pool.spec().limits.timeout;
+    let read = match tokio::time::timeout(within, read_body(body, limit, &node.body_memory, &mut held)).await {
+        Ok(read) => read,
+        Err(_) => return refuse(ApiError::body_late(within)),
+    };
+    let body = match read {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(match e {
+                BodyError::Over(size) => too_large(size),
+                BodyError::NoMemory => ApiError::body_memory_full(node.body_memory.budget()),
+                BodyError::Stalled(after) => ApiError::body_stalled(after),
+                BodyError::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
+            })
+        }
+    };
+    let id = given.clone().unwrap_or_else(sedge_queue::store::new_id);
+    // The function sees the call's id as OpenFaaS's functions do; the
+    // callback address is the node's business.
+    let mut headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "x-callback-url" | "x-call-id"))
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    headers.push(("x-call-id".to_owned(), id.clone()));
+    let call = NewCall {
+        function: name,
+        kind: CallKind::Http,
+        id: Some(id),
+        key,
+        request: sedge_queue::Request {
+            method: parts.method.to_string(),
+            path,
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            headers,
+            body: body.into(),
+        },
+        callback_url: callback,
+    };
+    let accepted = queue.submit(vec![call]).await;
+    drop(held);
+    let accepted = match accepted.map(|mut v| v.pop()) {
+        Ok(Some(Ok(a))) => a,
+        Ok(Some(Err(e))) => return store_error(e).into_response(),
+        Ok(None) => return ApiError::internal("call store", "no answer for the call").into_response(),
+        Err(e) => return queue_error(e).into_response(),
+    };
+    let mut response =
+        (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": accepted.id, "duplicate": accepted.duplicate })))
+            .into_response();
+    if let Ok(v) = HeaderValue::from_str(&accepted.id) {
+        response.headers_mut().insert("x-call-id", v);
+    }
+    response
+}
