@@ -1,6 +1,6 @@
 //! `sedge`: one binary that is both the node (`sedge serve`) and the CLI
 //! that talks to a node over HTTP (deploy, invoke, ls, describe, logs, rm,
-//! scale), plus the benchmark (`sedge bench`). One file per subcommand under
+//! scale, calls), plus the benchmark (`sedge bench`). One file per subcommand under
 //! `commands/`; the tokio runtime is built here and nowhere else.
 
 mod client;
@@ -35,6 +35,7 @@ enum Command {
     Logout(commands::login::LogoutArgs),
     Secret(commands::secret::Args),
     RotateToken(commands::secret::RotateArgs),
+    Calls(commands::calls::Args),
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -53,6 +54,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Logout(args) => login::logout(&args.gateway.client()?),
         Command::Secret(args) => secret::run(&args.gateway.client()?, args),
         Command::RotateToken(args) => secret::rotate(&args.gateway.client()?, args),
+        Command::Calls(args) => calls::run(&args.gateway.client()?, args),
     }
 }
 

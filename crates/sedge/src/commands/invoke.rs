@@ -1,4 +1,4 @@
-//! `sedge invoke NAME [--data TEXT|@FILE|-] [--header K:V] [--method M] [--path P]`
+//! `sedge invoke NAME [--data TEXT|@FILE|-] [--header K:V] [--method M] [--path P] [--async [--callback-url URL]]`
 
 use std::io::{Read, Write};
 
@@ -24,6 +24,13 @@ pub struct Args {
     /// Sub-path after /function/NAME, e.g. /v1/predict.
     #[arg(long, default_value = "", hide_default_value = true, value_name = "PATH")]
     path: String,
+    /// Queue the call (/async-function) and print its id instead of waiting
+    /// for the answer; `sedge calls show ID` has the result later.
+    #[arg(long = "async")]
+    queued: bool,
+    /// With --async: POST the result to this http:// URL when it is ready.
+    #[arg(long, requires = "queued", value_name = "URL")]
+    callback_url: Option<String>,
     #[command(flatten)]
     pub gateway: Gateway,
 }
@@ -53,7 +60,16 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
     }
     let sub =
         if args.path.is_empty() || args.path.starts_with('/') { args.path.clone() } else { format!("/{}", args.path) };
-    let answer = client.send(&method, &format!("/function/{}{sub}", args.name), &headers, body.unwrap_or_default())?;
+    if let Some(url) = &args.callback_url {
+        headers.push(("X-Callback-Url".to_owned(), url.clone()));
+    }
+    let route = if args.queued { "async-function" } else { "function" };
+    let answer = client.send(&method, &format!("/{route}/{}{sub}", args.name), &headers, body.unwrap_or_default())?;
+    if args.queued && answer.ok() {
+        let id = answer.json().ok().and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned));
+        println!("{}", id.unwrap_or_default());
+        return Ok(());
+    }
     if !answer.ok() {
         let error = anyhow!("function {} answered {}: {}", args.name, answer.status, answer.error_message());
         // The node's own 404, not one the function sent for a path of its own.

@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod bench_ort;
 pub mod bundle_flags;
+pub mod calls;
 pub mod deploy;
 pub mod describe;
 pub mod gateway;
