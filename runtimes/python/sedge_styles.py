@@ -695,7 +695,9 @@ def funcx_fail(exc, request):
         status, answer = 400, {"error": str(exc)}
     else:
         log_exception(exc)
-        status, answer = 500, {"exception": type(exc).__name__, "message": str(exc)}
+        # The traceback lets a task's caller see where it failed, as funcX's
+        # clients show the remote traceback.
+        status, answer = 500, {"exception": type(exc).__name__, "message": str(exc), "traceback": user_traceback(exc)}
     return status, [["content-type", JSON]], json.dumps(answer).encode("utf-8")
 
 

@@ -611,7 +611,10 @@ class FuncXTests(StyleTest):
 
     def test_exception_is_a_500_naming_it(self):
         status, answer, worker = self.call("fails", b'{"args": [3]}')
+        traceback = answer.pop("traceback")
         self.assertEqual((status, answer), (500, {"exception": "ValueError", "message": "bad pixels: 3"}))
+        self.assertIn("ValueError: bad pixels: 3", traceback)
+        self.assertNotIn("sedge_worker", traceback)
         worker.wait_stderr("ValueError: bad pixels: 3")
         status, answer, _ = self.call("add", b"{}")
         self.assertEqual((status, answer["exception"]), (500, "TypeError"))

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod async_calls;
 mod bench;
 mod bundles;
 mod credentials;

@@ -209,6 +209,13 @@ impl Node {
         self.child.id()
     }
 
+    /// SIGKILL, as a power cut would stop it: nothing of it runs after.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
