@@ -21,5 +21,10 @@ fi
 if ! .venv/bin/python -c 'import tritonclient.http' 2>/dev/null; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 fi
+# The repository's own task client (clients/python), editable so the tests
+# always drive the code in this checkout.
+if ! .venv/bin/python -c 'import sedge_client' 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./clients/python
+fi
 # The real models the ONNX examples, tests and benchmarks use (quick when present).
 scripts/fetch-models.sh

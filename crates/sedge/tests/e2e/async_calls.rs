@@ -389,3 +389,29 @@ fn tasks_run_in_batches_and_answer_results_or_exceptions() {
     let open = node.request_raw("POST", "/system/tasks", &[], batch);
     assert_eq!(open.status, 401, "tasks need the admin credential");
 }
+
+#[test]
+fn the_python_client_runs_tasks_as_futures() {
+    let node = Node::start();
+    let f = FnDir::new(
+        "name = \"adder\"\nruntime = \"python\"\nhandler = \"handler.add\"\nstyle = \"funcx\"\n[scale]\nmax = 2\n",
+        &[("handler.py", FUNCX)],
+    );
+    node.deploy(f.path());
+    let python = std::env::var("SEDGE_PYTHON")
+        .unwrap_or_else(|_| crate::support::repo_root().join(".venv/bin/python").to_string_lossy().into_owned());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/task_client.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(&node.url)
+        .arg(&node.password)
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "the client script failed (scripts/setup.sh installs clients/python into the venv): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
