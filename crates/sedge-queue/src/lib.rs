@@ -109,6 +109,9 @@ pub struct Queue {
     wake: Notify,
     wake_callbacks: Notify,
     running: Mutex<HashMap<String, u32>>,
+    /// Functions that may have queued calls. Added to after a commit that
+    /// queues one, removed (under the lock) only once the store has none.
+    pending: Mutex<HashSet<String>>,
     delivering: Mutex<HashSet<String>>,
     totals: Mutex<Totals>,
     rng: Mutex<fastrand::Rng>,
@@ -138,6 +141,7 @@ impl Queue {
         if requeued > 0 {
             tracing::info!("{requeued} calls were running when the node stopped; they run again");
         }
+        let pending: HashSet<String> = store.queued_functions()?.into_iter().collect();
         let rng = config.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(4096);
         let writer = store.clone();
@@ -154,6 +158,7 @@ impl Queue {
             wake: Notify::new(),
             wake_callbacks: Notify::new(),
             running: Mutex::default(),
+            pending: Mutex::new(pending),
             delivering: Mutex::default(),
             totals: Mutex::default(),
             rng: Mutex::new(rng),
@@ -199,11 +204,20 @@ impl Queue {
         if !disk::has_room(available, size, self.config.reserve) {
             return Err(QueueError::DiskFull { available, size, reserve: self.config.reserve });
         }
+        let calls_of: Vec<String> = calls.iter().map(|c| c.function.clone()).collect();
         let (reply, rx) = oneshot::channel();
         self.jobs.send(Job { calls, reply }).map_err(|_| QueueError::Stopping)?;
         // Dropped by a caller that hangs up: the commit goes ahead and the
         // calls run; a client that retries with its id or key is deduplicated.
         let accepted = rx.await.map_err(|_| QueueError::Stopping)??;
+        {
+            let mut pending = lock(&self.pending);
+            for (call, a) in calls_of.iter().zip(&accepted) {
+                if a.as_ref().is_ok_and(|a| !a.duplicate) {
+                    pending.insert(call.clone());
+                }
+            }
+        }
         self.wake.notify_one();
         Ok(accepted)
     }
@@ -220,6 +234,9 @@ impl Queue {
     /// Queues a finished call again (`sedge calls retry`).
     pub fn retry(&self, id: &str) -> Result<(), StoreError> {
         self.store.retry(id, now_ms())?;
+        if let Some(call) = self.store.get(id)? {
+            lock(&self.pending).insert(call.function);
+        }
         self.wake.notify_one();
         Ok(())
     }
@@ -240,49 +257,62 @@ impl Queue {
     /// Starts every due call there is room for; returns when the next
     /// queued call not yet due is due.
     async fn dispatch_due(self: &Arc<Self>) -> Option<i64> {
-        let store = self.store.clone();
-        let now = now_ms();
-        let ready = match tokio::task::spawn_blocking(move || store.ready_functions(now)).await {
-            Ok(Ok(r)) => r,
+        let functions: Vec<String> = lock(&self.pending).iter().cloned().collect();
+        let rooms: Vec<(String, u32)> = functions
+            .into_iter()
+            .map(|function| {
+                let room = match self.runtime.get(&function) {
+                    Some(pool) => {
+                        let spec = pool.spec();
+                        let limit =
+                            spec.async_calls.concurrency_for(spec.scale.max.saturating_mul(spec.scale.concurrency));
+                        limit.saturating_sub(lock(&self.running).get(&function).copied().unwrap_or(0))
+                    }
+                    // Claimed anyway, to be dead-lettered with the reason.
+                    None => 64,
+                };
+                (function, room)
+            })
+            .collect();
+        let me = self.clone();
+        let (claimed, next) = match tokio::task::spawn_blocking(move || me.claim_due(rooms)).await {
+            Ok(Ok(found)) => found,
             Ok(Err(e)) => {
-                tracing::error!("reading the queued calls: {e}");
-                return Some(now + 1000);
+                tracing::error!("claiming queued calls: {e}");
+                return Some(now_ms() + 1000);
             }
-            Err(_) => return Some(now + 1000),
+            Err(_) => return Some(now_ms() + 1000),
         };
-        for function in ready {
-            let room = match self.runtime.get(&function) {
-                Some(pool) => {
-                    let spec = pool.spec();
-                    let limit = spec.async_calls.concurrency_for(spec.scale.max.saturating_mul(spec.scale.concurrency));
-                    limit.saturating_sub(lock(&self.running).get(&function).copied().unwrap_or(0))
-                }
-                // Claimed anyway, to be dead-lettered with the reason.
-                None => 64,
+        for call in claimed {
+            *lock(&self.running).entry(call.function.clone()).or_default() += 1;
+            tokio::spawn(self.clone().run(call));
+        }
+        next
+    }
+
+    /// Claims up to each function's room of its due calls, in arrival
+    /// order; drops functions left with no queued call from the set.
+    fn claim_due(&self, rooms: Vec<(String, u32)>) -> Result<(Vec<Call>, Option<i64>), StoreError> {
+        let now = now_ms();
+        let mut claimed = Vec::new();
+        let mut next: Option<i64> = None;
+        for (function, room) in rooms {
+            let got = if room > 0 { self.store.claim(&function, room, now)? } else { Vec::new() };
+            let exhausted = room > 0 && (got.len() as u32) < room;
+            claimed.extend(got);
+            let due = self.store.next_due(&function, now)?;
+            next = match (next, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            if room == 0 {
-                continue;
-            }
-            let store = self.store.clone();
-            let f = function.clone();
-            let claimed = match tokio::task::spawn_blocking(move || store.claim(&f, room, now_ms())).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    tracing::error!("claiming queued calls of {function}: {e}");
-                    continue;
+            if exhausted && due.is_none() {
+                let mut pending = lock(&self.pending);
+                if !self.store.has_queued(&function)? {
+                    pending.remove(&function);
                 }
-                Err(_) => continue,
-            };
-            *lock(&self.running).entry(function.clone()).or_default() += claimed.len() as u32;
-            for call in claimed {
-                tokio::spawn(self.clone().run(call));
             }
         }
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.next_due(now_ms())).await {
-            Ok(Ok(next)) => next,
-            _ => Some(now_ms() + 1000),
-        }
+        Ok((claimed, next))
     }
 
     /// One attempt of `call`, recorded.
@@ -369,6 +399,7 @@ impl Queue {
     /// restart runs it again.
     async fn record(&self, call: &Call, finish: Finish) {
         let dead = matches!(&finish, Finish::Final { error: Some(_), .. });
+        let again = matches!(&finish, Finish::Retry { .. });
         let last = matches!(&finish, Finish::Final { .. });
         let finish = Arc::new(finish);
         for wait in 0..60u64 {
@@ -376,6 +407,9 @@ impl Queue {
             let (id, f) = (call.id.clone(), finish.clone());
             match tokio::task::spawn_blocking(move || store.finish(&id, &f, now_ms())).await {
                 Ok(Ok(())) => {
+                    if again {
+                        lock(&self.pending).insert(call.function.clone());
+                    }
                     if dead {
                         self.count(|t| &mut t.dead_lettered, &call.function);
                     }
@@ -511,12 +545,8 @@ fn group_commit(store: &CallStore, rx: &std::sync::mpsc::Receiver<Job>) {
             }
             Err(e) => {
                 tracing::error!("storing {n} submitted calls: {e}");
-                let text = e.to_string();
                 for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::Io {
-                        path: store.path().to_owned(),
-                        source: std::io::Error::other(text.clone()),
-                    }));
+                    let _ = job.reply.send(Err(e.again()));
                 }
             }
         }

@@ -28,6 +28,9 @@ pub enum StoreError {
     IdTaken(String),
     #[error("call {0} not found")]
     NotFound(String),
+    /// SQLite could not write: the disk filled up after the free-space check.
+    #[error("the node's disk is full; try again later")]
+    Full,
     #[error("call {id} is {state}; only finished (done or failed) calls can be retried")]
     NotFinished { id: String, state: &'static str },
 }
@@ -320,6 +323,17 @@ pub fn new_id() -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
+impl StoreError {
+    /// The same error, for one more of the submissions a failed group commit covered.
+    pub fn again(&self) -> StoreError {
+        match self {
+            Self::Db(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => Self::Full,
+            Self::Full => Self::Full,
+            other => Self::Io { path: PathBuf::new(), source: std::io::Error::other(other.to_string()) },
+        }
+    }
+}
+
 impl CallStore {
     /// Opens (creating if needed) the call store at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -353,23 +367,31 @@ impl CallStore {
         Ok(conn.execute("UPDATE calls SET state = 'queued' WHERE state = 'running'", [])?)
     }
 
-    /// Functions with a queued call due by `now_ms`.
-    pub fn ready_functions(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
+    /// Functions with a queued call, due or not (read once at start; the
+    /// queue keeps the set up to date after that).
+    pub fn queued_functions(&self) -> Result<Vec<String>, StoreError> {
         let conn = lock(&self.work);
-        let mut stmt =
-            conn.prepare_cached("SELECT DISTINCT function FROM calls WHERE state = 'queued' AND not_before_ms <= ?1")?;
-        let rows = stmt.query_map([now_ms], |r| r.get(0))?;
+        let mut stmt = conn.prepare_cached("SELECT DISTINCT function FROM calls WHERE state = 'queued'")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// When the next queued call not due yet is due.
-    pub fn next_due(&self, now_ms: i64) -> Result<Option<i64>, StoreError> {
+    /// When `function`'s next queued call not due by `now_ms` is due. One
+    /// index seek, however long the queue.
+    pub fn next_due(&self, function: &str, now_ms: i64) -> Result<Option<i64>, StoreError> {
         let conn = lock(&self.work);
-        Ok(conn.query_row(
-            "SELECT MIN(not_before_ms) FROM calls WHERE state = 'queued' AND not_before_ms > ?1",
-            [now_ms],
-            |r| r.get(0),
-        )?)
+        let mut stmt = conn.prepare_cached(
+            "SELECT MIN(not_before_ms) FROM calls WHERE state = 'queued' AND function = ?1 AND not_before_ms > ?2",
+        )?;
+        Ok(stmt.query_row(params![function, now_ms], |r| r.get(0))?)
+    }
+
+    /// Whether `function` has any queued call.
+    pub fn has_queued(&self, function: &str) -> Result<bool, StoreError> {
+        let conn = lock(&self.work);
+        let mut stmt =
+            conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM calls WHERE state = 'queued' AND function = ?1)")?;
+        Ok(stmt.query_row([function], |r| r.get(0))?)
     }
 
     /// Marks up to `n` of `function`'s due calls running, in arrival
@@ -683,7 +705,7 @@ mod tests {
         let (_d, s) = store();
         let ids: Vec<String> = (0..5).map(|i| accept(&s, call("f", &i.to_string()), 10).id).collect();
         accept(&s, call("g", "x"), 10);
-        assert_eq!(s.ready_functions(10).expect("ready"), ["f", "g"]);
+        assert_eq!(s.queued_functions().expect("queued"), ["f", "g"]);
         let first = s.claim("f", 2, 11).expect("claim");
         assert_eq!(first.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), ids[..2]);
         assert!(first.iter().all(|c| c.state == CallState::Running && c.attempts == 1));
@@ -721,8 +743,10 @@ mod tests {
         let b = accept(&s, call("f", "b"), 0).id;
         s.claim("f", 2, 1).expect("claim");
         s.finish(&a, &Finish::Retry { not_before_ms: 100, status: 503, error: "busy".into() }, 2).expect("finish");
-        assert!(s.ready_functions(50).expect("ready").is_empty());
-        assert_eq!(s.next_due(50).expect("due"), Some(100));
+        assert!(s.claim("f", 5, 50).expect("claim").is_empty(), "not due yet");
+        assert_eq!(s.next_due("f", 50).expect("due"), Some(100));
+        assert_eq!(s.next_due("g", 50).expect("due"), None);
+        assert!(s.has_queued("f").expect("queued") && !s.has_queued("g").expect("queued"));
         drop(s);
         let s = CallStore::open(&path).expect("reopen");
         assert_eq!(s.requeue_running().expect("requeue"), 1);

@@ -52,6 +52,7 @@ pub(super) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::IdTaken(_) | StoreError::NotFinished { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
         StoreError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+        StoreError::Full => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
         StoreError::Db(_) | StoreError::Io { .. } => ApiError::internal("call store", e),
     }
 }

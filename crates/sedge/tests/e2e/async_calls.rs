@@ -300,8 +300,10 @@ fn the_same_call_id_or_idempotency_key_runs_once() {
     let bad = node.request("POST", "/async-function/once", &[("X-Call-Id", "no spaces")], b"a");
     assert_eq!(bad.status, 400);
     assert!(bad.error().contains("X-Call-Id"), "{}", bad.error());
-    // What faas-cli invoke --async sends: the namespaced name, text/plain.
-    let faas = node.request("POST", "/async-function/once.openfaas-fn", &[("Content-Type", "text/plain")], b"c");
+    // What faas-cli invoke --async sends (proxy/invoke.go): the namespaced
+    // name, the query, Content-Type text/plain, no credential.
+    let faas =
+        node.request("POST", "/async-function/once.openfaas-fn?lang=en", &[("Content-Type", "text/plain")], b"c");
     assert_eq!(faas.status, 202, "{}", faas.text());
     let missing = node.request("POST", "/async-function/absent", &[], b"a");
     assert_eq!(missing.status, 404);
