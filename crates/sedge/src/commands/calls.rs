@@ -49,11 +49,18 @@ enum Sub {
         limit: u32,
     },
     /// One call: status, attempts, timings, the request and the result or error.
-    Show { id: String },
+    Show {
+        /// The call's id (its X-Call-Id, or a task id).
+        id: String,
+    },
     /// Queue a finished (done or failed) call again, attempts from zero.
-    Retry { id: String },
+    Retry {
+        /// The call's id.
+        id: String,
+    },
     /// Remove finished calls (queued and running ones stay).
     Purge {
+        /// Only this function's calls.
         #[arg(long)]
         function: Option<String>,
         /// Only done, or only failed, calls.
