@@ -417,3 +417,62 @@ fn the_python_client_runs_tasks_as_futures() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
+
+const NAPPER: &str = r#"
+import time
+
+def handle(req):
+    time.sleep(0.3)
+    return req.body
+"#;
+
+#[test]
+fn queued_calls_run_in_arrival_order_within_their_concurrency_and_leave_room_for_sync_callers() {
+    let node = Node::start();
+    let f = FnDir::python("napper", "[scale]\nmax = 2\n[async]\nconcurrency = 1\n", NAPPER);
+    node.deploy(f.path());
+    let ids: Vec<String> = (0..6).map(|i| submit(&node, "napper", &format!("n{i}"), &[]).expect("accepted")).collect();
+    let mut most_running = 0;
+    let mut synced = 0;
+    node.wait_for("the queue to drain", Duration::from_secs(120), |n| {
+        let running = n.get("/system/calls?function=napper&state=running").json().as_array().map_or(0, Vec::len);
+        most_running = most_running.max(running);
+        // A synchronous caller meanwhile gets the worker the queue leaves.
+        if synced < 3 {
+            let a = n.post("/function/napper", b"sync");
+            assert_eq!((a.status, a.text()), (200, "sync".to_owned()));
+            synced += 1;
+        }
+        n.get("/system/calls?function=napper&state=done").json().as_array().is_some_and(|a| a.len() == 6)
+    });
+    assert_eq!(most_running, 1, "[async] concurrency = 1");
+    let started: Vec<String> = ids
+        .iter()
+        .map(|id| node.get(&format!("/system/calls/{id}")).json()["started_at"].as_str().expect("started").to_owned())
+        .collect();
+    let mut sorted = started.clone();
+    sorted.sort();
+    assert_eq!(started, sorted, "started in the order they arrived");
+}
+
+#[test]
+fn calls_cut_off_by_a_stop_run_after_the_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let node = Node::start_on(&data);
+    let f = FnDir::python("napper", "[scale]\nmax = 2\n[async]\nconcurrency = 2\n", NAPPER);
+    node.deploy(f.path());
+    let ids: Vec<String> = (0..8).map(|i| submit(&node, "napper", &format!("n{i}"), &[]).expect("accepted")).collect();
+    node.wait_for("a call running", Duration::from_secs(60), |n| {
+        n.get("/system/calls?function=napper&state=running").json().as_array().is_some_and(|a| !a.is_empty())
+    });
+    assert!(node.terminate().success());
+    let node = Node::start_on(&data);
+    node.wait_for("every call done", Duration::from_secs(120), |n| {
+        n.get("/system/calls?function=napper&state=done").json().as_array().is_some_and(|a| a.len() == 8)
+    });
+    for (i, id) in ids.iter().enumerate() {
+        let call = node.get(&format!("/system/calls/{id}")).json();
+        assert_eq!(call["result"]["body"], format!("n{i}"), "{call}");
+    }
+}
