@@ -53,6 +53,9 @@ pub enum QueueError {
     DiskFull { available: u64, size: u64, reserve: u64 },
     #[error("the node is stopping")]
     Stopping,
+    /// More submissions wait for the disk than the writer keeps in line.
+    #[error("the node is storing as many calls as it can; try again shortly")]
+    Busy,
 }
 
 #[derive(Debug, Clone)]
@@ -206,7 +209,11 @@ impl Queue {
         }
         let calls_of: Vec<String> = calls.iter().map(|c| c.function.clone()).collect();
         let (reply, rx) = oneshot::channel();
-        self.jobs.send(Job { calls, reply }).map_err(|_| QueueError::Stopping)?;
+        // Never blocks a runtime thread: a full line is the caller's 503.
+        self.jobs.try_send(Job { calls, reply }).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => QueueError::Busy,
+            std::sync::mpsc::TrySendError::Disconnected(_) => QueueError::Stopping,
+        })?;
         // Dropped by a caller that hangs up: the commit goes ahead and the
         // calls run; a client that retries with its id or key is deduplicated.
         let accepted = rx.await.map_err(|_| QueueError::Stopping)??;

@@ -43,7 +43,7 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 pub(super) fn queue_error(e: QueueError) -> ApiError {
     match e {
         QueueError::DiskFull { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
-        QueueError::Stopping => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        QueueError::Stopping | QueueError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         QueueError::Store(e) => store_error(e),
     }
 }
