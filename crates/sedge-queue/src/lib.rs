@@ -559,3 +559,58 @@ fn group_commit(store: &CallStore, rx: &std::sync::mpsc::Receiver<Job>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(key: Option<&str>, body: &'static str) -> NewCall {
+        NewCall {
+            function: "f".into(),
+            kind: CallKind::Http,
+            id: None,
+            key: key.map(str::to_owned),
+            request: Request {
+                method: "POST".into(),
+                path: "/".into(),
+                body: Bytes::from_static(body.as_bytes()),
+                ..Request::default()
+            },
+            callback_url: None,
+        }
+    }
+
+    #[test]
+    fn a_group_commit_answers_each_submission_with_its_own_calls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(CallStore::open(&dir.path().join(FILE)).expect("open"));
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(16);
+        let mut replies = Vec::new();
+        // Queued before the writer starts, so they share one transaction.
+        for calls in [vec![call(Some("k"), "a"), call(None, "b")], vec![call(Some("k"), "c")], vec![call(None, "d")]] {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Job { calls, reply }).expect("send");
+            replies.push(rx);
+        }
+        drop(tx);
+        let writer = store.clone();
+        std::thread::spawn(move || group_commit(&writer, &rx)).join().expect("writer");
+        let answers: Vec<Vec<Accepted>> = replies
+            .into_iter()
+            .map(|rx| {
+                rx.blocking_recv()
+                    .expect("answered")
+                    .expect("stored")
+                    .into_iter()
+                    .map(|a| a.expect("accepted"))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(answers.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1, 1]);
+        assert!(answers[1][0].duplicate, "the same key in the same commit is one call");
+        assert_eq!(answers[1][0].id, answers[0][0].id);
+        let stored = store.list(&Filter::default()).expect("list");
+        let bodies: Vec<&[u8]> = stored.iter().rev().map(|c| c.request.body.as_ref()).collect();
+        assert_eq!(bodies, [&b"a"[..], b"b", b"d"]);
+    }
+}
