@@ -330,6 +330,9 @@ fn a_nearly_full_disk_refuses_calls_with_507() {
     assert!(a.error().contains("free"), "{}", a.error());
     let t = node.post("/system/tasks", br#"[{"function": "echo", "body": "x"}]"#);
     assert_eq!(t.status, 507, "{}", t.text());
+    let out = node.cli(&["invoke", "echo", "--async", "-d", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("507"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(node.get("/system/calls").json().as_array().map(Vec::len), Some(0), "nothing half-stored");
 }
 
@@ -431,7 +434,13 @@ fn queued_calls_run_in_arrival_order_within_their_concurrency_and_leave_room_for
     let node = Node::start();
     let f = FnDir::python("napper", "[scale]\nmax = 2\n[async]\nconcurrency = 1\n", NAPPER);
     node.deploy(f.path());
-    let ids: Vec<String> = (0..6).map(|i| submit(&node, "napper", &format!("n{i}"), &[]).expect("accepted")).collect();
+    let mut ids: Vec<String> =
+        (0..5).map(|i| submit(&node, "napper", &format!("n{i}"), &[]).expect("accepted")).collect();
+    // The CLI's way in: it prints the call's id.
+    let out = node.cli(&["invoke", "napper", "--async", "-d", "n5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ids.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    assert_eq!(ids[5].len(), 36, "a UUID: {:?}", ids[5]);
     let mut most_running = 0;
     let mut synced = 0;
     node.wait_for("the queue to drain", Duration::from_secs(120), |n| {
