@@ -72,6 +72,13 @@ fn metrics_pass_promtool_but_for_openfaas_own_names() {
     assert_eq!(node.post("/function/talk", b"boom").status, 500);
     assert_eq!(node.post("/function/ghost", b"").status, 404);
     assert_eq!(node.get("/system/nothing-here").status, 404);
+    // An asynchronous call that fails, so the sedge_async_* families have series.
+    let queued = node.post("/async-function/talk", b"boom");
+    assert_eq!(queued.status, 202, "{}", queued.text());
+    let id = queued.header("x-call-id").expect("x-call-id").to_owned();
+    node.wait_for("the dead letter", Duration::from_secs(60), |n| {
+        n.get(&format!("/system/calls/{id}")).json()["state"] == "failed"
+    });
     let a = node.get("/metrics");
     assert_eq!(a.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     let scrape = a.text();
@@ -82,6 +89,10 @@ fn metrics_pass_promtool_but_for_openfaas_own_names() {
     assert_eq!(sample(&scrape, "gateway_function_invocation_total", &[f, ("code", "500")]), Some(1.0), "{scrape}");
     let route = [("method", "POST"), ("path", "/function/{name}"), ("status", "200")];
     assert_eq!(sample(&scrape, "http_requests_total", &route), Some(1.0), "{scrape}");
+    let dead = sample(&scrape, "sedge_async_dead_lettered_total", &[f]);
+    assert_eq!(dead, Some(1.0), "{scrape}");
+    assert_eq!(sample(&scrape, "sedge_async_calls", &[f, ("state", "failed")]), Some(1.0), "{scrape}");
+    assert_eq!(sample(&scrape, "sedge_async_oldest_queued_seconds", &[f]), Some(0.0), "{scrape}");
     let unmatched = [("method", "GET"), ("path", "unmatched"), ("status", "404")];
     assert_eq!(sample(&scrape, "http_request_duration_seconds_count", &unmatched), Some(1.0), "{scrape}");
     let Some((code, said)) = promtool_check(&scrape) else { return };
