@@ -65,6 +65,12 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
                 "concurrency": spec.scale.concurrency,
                 "idle": humantime::format_duration(spec.scale.idle).to_string(),
             },
+            "async": {
+                "maxAttempts": spec.async_calls.max_attempts,
+                "maxAge": humantime::format_duration(spec.async_calls.max_age).to_string(),
+                "retryOn": spec.async_calls.retry_on.iter().map(|c| c.as_string()).collect::<Vec<_>>(),
+                "concurrency": spec.async_calls.concurrency_for(spec.scale.max.saturating_mul(spec.scale.concurrency)),
+            },
             "workers": { "ready": stats.ready, "starting": stats.starting, "busy": stats.busy },
             "queued": stats.queued,
             "coldStarts": shared.cold_starts.load(std::sync::atomic::Ordering::Relaxed),

@@ -434,6 +434,10 @@ fn queued_calls_run_in_arrival_order_within_their_concurrency_and_leave_room_for
     let node = Node::start();
     let f = FnDir::python("napper", "[scale]\nmax = 2\n[async]\nconcurrency = 1\n", NAPPER);
     node.deploy(f.path());
+    let policy = &node.describe("napper")["sedge"]["async"];
+    assert_eq!(policy["concurrency"], 1, "{policy}");
+    assert_eq!(policy["maxAttempts"], 3);
+    assert_eq!(policy["retryOn"], serde_json::json!(["429", "502", "503", "504", "timeout", "crash"]));
     let mut ids: Vec<String> =
         (0..5).map(|i| submit(&node, "napper", &format!("n{i}"), &[]).expect("accepted")).collect();
     // The CLI's way in: it prints the call's id.
