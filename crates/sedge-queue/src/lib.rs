@@ -109,12 +109,12 @@ pub struct Queue {
     config: QueueConfig,
     dir: PathBuf,
     jobs: std::sync::mpsc::SyncSender<Job>,
-    wake: Notify,
+    wake: Arc<Notify>,
     wake_callbacks: Notify,
     running: Mutex<HashMap<String, u32>>,
     /// Functions that may have queued calls. Added to after a commit that
     /// queues one, removed (under the lock) only once the store has none.
-    pending: Mutex<HashSet<String>>,
+    pending: Arc<Mutex<HashSet<String>>>,
     delivering: Mutex<HashSet<String>>,
     totals: Mutex<Totals>,
     rng: Mutex<fastrand::Rng>,
@@ -144,10 +144,12 @@ impl Queue {
         if requeued > 0 {
             tracing::info!("{requeued} calls were running when the node stopped; they run again");
         }
-        let pending: HashSet<String> = store.queued_functions()?.into_iter().collect();
+        let pending: Arc<Mutex<HashSet<String>>> =
+            Arc::new(Mutex::new(store.queued_functions()?.into_iter().collect()));
+        let wake = Arc::new(Notify::new());
         let rng = config.seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(4096);
-        let writer = store.clone();
+        let writer = Writer { store: store.clone(), pending: pending.clone(), wake: wake.clone() };
         std::thread::Builder::new()
             .name("sedge-calls-writer".into())
             .spawn(move || group_commit(&writer, &rx))
@@ -158,10 +160,10 @@ impl Queue {
             config,
             dir: dir.to_owned(),
             jobs,
-            wake: Notify::new(),
+            wake,
             wake_callbacks: Notify::new(),
             running: Mutex::default(),
-            pending: Mutex::new(pending),
+            pending,
             delivering: Mutex::default(),
             totals: Mutex::default(),
             rng: Mutex::new(rng),
@@ -207,7 +209,6 @@ impl Queue {
         if !disk::has_room(available, size, self.config.reserve) {
             return Err(QueueError::DiskFull { available, size, reserve: self.config.reserve });
         }
-        let calls_of: Vec<String> = calls.iter().map(|c| c.function.clone()).collect();
         let (reply, rx) = oneshot::channel();
         // Never blocks a runtime thread: a full line is the caller's 503.
         self.jobs.try_send(Job { calls, reply }).map_err(|e| match e {
@@ -216,17 +217,9 @@ impl Queue {
         })?;
         // Dropped by a caller that hangs up: the commit goes ahead and the
         // calls run; a client that retries with its id or key is deduplicated.
-        let accepted = rx.await.map_err(|_| QueueError::Stopping)??;
-        {
-            let mut pending = lock(&self.pending);
-            for (call, a) in calls_of.iter().zip(&accepted) {
-                if a.as_ref().is_ok_and(|a| !a.duplicate) {
-                    pending.insert(call.clone());
-                }
-            }
-        }
-        self.wake.notify_one();
-        Ok(accepted)
+        // The writer queues the calls for the dispatcher itself, so this
+        // holds even when no one is left to read the answer.
+        Ok(rx.await.map_err(|_| QueueError::Stopping)??)
     }
 
     pub fn totals(&self) -> Totals {
@@ -525,9 +518,19 @@ fn failed(status: u16, message: String, duration_ms: i64) -> Finish {
     }
 }
 
+/// What the writer thread holds: the store, and the dispatcher's set of
+/// functions with queued calls and its wake-up, which it updates after
+/// each commit.
+struct Writer {
+    store: Arc<CallStore>,
+    pending: Arc<Mutex<HashSet<String>>>,
+    wake: Arc<Notify>,
+}
+
 /// The writer thread: every submission waiting when it is free goes into
 /// one transaction, so one sync to disk covers many calls.
-fn group_commit(store: &CallStore, rx: &std::sync::mpsc::Receiver<Job>) {
+fn group_commit(writer: &Writer, rx: &std::sync::mpsc::Receiver<Job>) {
+    let store = &writer.store;
     const MOST: usize = 512;
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -544,6 +547,10 @@ fn group_commit(store: &CallStore, rx: &std::sync::mpsc::Receiver<Job>) {
         let all: Vec<NewCall> = jobs.iter().flat_map(|j| j.calls.iter().cloned()).collect();
         match store.insert(&all, now_ms()) {
             Ok(results) => {
+                // Before anyone hears "accepted": a caller that has gone
+                // away by now must not leave its call unseen.
+                lock(&writer.pending).extend(all.iter().map(|c| c.function.clone()));
+                writer.wake.notify_one();
                 let mut results = results.into_iter();
                 for job in jobs {
                     let mine: Vec<_> = results.by_ref().take(job.calls.len()).collect();
@@ -593,8 +600,10 @@ mod tests {
             replies.push(rx);
         }
         drop(tx);
-        let writer = store.clone();
+        let writer = Writer { store: store.clone(), pending: Arc::default(), wake: Arc::default() };
+        let pending = writer.pending.clone();
         std::thread::spawn(move || group_commit(&writer, &rx)).join().expect("writer");
+        assert!(lock(&pending).contains("f"), "the dispatcher learns of the calls from the writer");
         let answers: Vec<Vec<Accepted>> = replies
             .into_iter()
             .map(|rx| {

@@ -489,3 +489,31 @@ fn calls_cut_off_by_a_stop_run_after_the_restart() {
         assert_eq!(call["result"]["body"], format!("n{i}"), "{call}");
     }
 }
+
+#[test]
+fn a_caller_that_hangs_up_after_sending_then_retries_with_its_id_gets_one_run() {
+    let node = Node::start();
+    let f = FnDir::python("hangup", "", COUNTER);
+    node.deploy(f.path());
+    let addr = node.url.trim_start_matches("http://").to_owned();
+    for i in 0..5 {
+        let id = format!("hang-{i}");
+        {
+            // The whole request, then gone before the answer.
+            let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+            write!(
+                s,
+                "POST /async-function/hangup HTTP/1.1\r\nhost: x\r\nx-call-id: {id}\r\ncontent-length: 5\r\n\r\nbody{i}"
+            )
+            .expect("send");
+        }
+        // The caller's retry: stored once, whichever attempt got there.
+        let again =
+            node.request("POST", "/async-function/hangup", &[("X-Call-Id", &id)], format!("body{i}").as_bytes());
+        assert_eq!(again.status, 202, "{}", again.text());
+    }
+    node.wait_for("every call done", Duration::from_secs(60), |n| {
+        n.get("/system/calls?function=hangup&state=done").json().as_array().is_some_and(|a| a.len() == 5)
+    });
+    assert_eq!(node.get("/system/calls?function=hangup").json().as_array().map(Vec::len), Some(5));
+}
