@@ -492,7 +492,7 @@ impl Queue {
     }
 
     async fn retention_loop(self: Arc<Self>) {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
+        let mut every = tokio::time::interval(self.config.retention.sweep_every());
         loop {
             every.tick().await;
             let store = self.store.clone();

@@ -19,6 +19,14 @@ impl Default for Retention {
     }
 }
 
+impl Retention {
+    /// How often to sweep: a quarter of the time results are kept, from
+    /// once a second to once a minute.
+    pub fn sweep_every(&self) -> Duration {
+        (self.keep / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
 /// How many of `finished` (finish time in ms since the epoch and size in
 /// bytes, oldest first) to remove at `now_ms`.
 pub fn to_remove(finished: &[(i64, u64)], now_ms: i64, r: &Retention) -> usize {
@@ -47,6 +55,14 @@ mod tests {
         assert_eq!(to_remove(&finished, 2 * HOUR + 1, &r), 2);
         assert_eq!(to_remove(&finished, 4 * HOUR, &r), 3);
         assert_eq!(to_remove(&finished, HOUR, &r), 0);
+    }
+
+    #[test]
+    fn sweeps_follow_the_time_kept() {
+        let r = |secs| Retention { keep: Duration::from_secs(secs), max_bytes: 0 };
+        assert_eq!(r(2).sweep_every(), Duration::from_secs(1));
+        assert_eq!(r(120).sweep_every(), Duration::from_secs(30));
+        assert_eq!(r(86400).sweep_every(), Duration::from_secs(60));
     }
 
     #[test]

@@ -517,3 +517,24 @@ fn a_caller_that_hangs_up_after_sending_then_retries_with_its_id_gets_one_run() 
     });
     assert_eq!(node.get("/system/calls?function=hangup").json().as_array().map(Vec::len), Some(5));
 }
+
+#[test]
+fn finished_calls_go_after_their_time_and_past_the_size_bound() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // 1000-byte bodies echoed back: 2000 bytes a call; the bound keeps one.
+    let node = Node::start_with(&tmp.path().join("data"), &["--calls-keep", "3s", "--calls-max-size", "3000B"]);
+    let f = FnDir::python("keep", "", COUNTER);
+    node.deploy(f.path());
+    let body = "k".repeat(1000);
+    let ids: Vec<String> = (0..3).map(|_| submit(&node, "keep", &body, &[]).expect("accepted")).collect();
+    node.wait_for("the size bound to leave one call", Duration::from_secs(60), |n| {
+        n.get("/system/calls?function=keep").json().as_array().is_some_and(|a| a.len() == 1)
+    });
+    let left = node.get("/system/calls?function=keep").json();
+    assert_eq!(left[0]["id"], ids[2].as_str(), "the newest stays: {left}");
+    node.wait_for("the time bound to take the last", Duration::from_secs(60), |n| {
+        n.get("/system/calls?function=keep").json().as_array().is_some_and(Vec::is_empty)
+    });
+    let gone = node.get(&format!("/system/calls/{}", ids[2]));
+    assert_eq!(gone.status, 404);
+}
