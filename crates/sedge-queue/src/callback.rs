@@ -15,6 +15,9 @@ use crate::store::Call;
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// Bytes of a receiver's answer read before the connection is dropped.
+const MAX_ANSWER_READ: usize = 64 * 1024;
+
 pub fn client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -62,8 +65,16 @@ pub async fn deliver(client: &HttpClient, call: &Call, timeout: Duration) -> Res
     let sent = async {
         let resp = client.request(req).await.map_err(|e| format!("POST {url}: {e}"))?;
         let code = resp.status();
-        // Read the answer so the connection can be reused.
-        let _ = resp.into_body().collect().await;
+        // Read a short answer so the connection can be reused; a long one
+        // is cut off (the connection closes), never held.
+        let mut body = resp.into_body();
+        let mut read = 0usize;
+        while read <= MAX_ANSWER_READ {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
         if code.is_success() {
             Ok(())
         } else {
