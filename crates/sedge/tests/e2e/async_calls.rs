@@ -403,6 +403,8 @@ fn the_python_client_runs_tasks_as_futures() {
         &[("handler.py", FUNCX)],
     );
     node.deploy(f.path());
+    node.deploy(&crate::support::example("funcx-python"));
+    let sample = crate::support::example("digits-python").join("sample.json");
     let python = std::env::var("SEDGE_PYTHON")
         .unwrap_or_else(|_| crate::support::repo_root().join(".venv/bin/python").to_string_lossy().into_owned());
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/task_client.py");
@@ -410,6 +412,7 @@ fn the_python_client_runs_tasks_as_futures() {
         .arg(script)
         .arg(&node.url)
         .arg(&node.password)
+        .arg(sample)
         .output()
         .unwrap_or_else(|e| panic!("running {python}: {e}"));
     assert!(

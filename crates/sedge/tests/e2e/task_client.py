@@ -1,14 +1,16 @@
 """Drives a node with the repository's Python client (clients/python,
-installed into the venv by scripts/setup.sh): argv is the node's URL and the
-admin password. Exits non-zero, with the failed check, on any mismatch."""
+installed into the venv by scripts/setup.sh): argv is the node's URL, the
+admin password and a digit sample (examples/functions/digits-python). Exits
+non-zero, with the failed check, on any mismatch."""
 
 import concurrent.futures
+import json
 import sys
 import time
 
 from sedge_client import Client, Executor, SedgeError, TaskExecutionFailed, TaskPending
 
-gateway, password = sys.argv[1], sys.argv[2]
+gateway, password, sample = sys.argv[1], sys.argv[2], sys.argv[3]
 
 
 def add(a, b=0):
@@ -40,6 +42,16 @@ with Executor(gateway, function="adder", password=password) as ex:
         raise AssertionError("an unknown function must fail its future")
     except SedgeError as e:
         assert e.status == 404 and "absent" in e.message, e
+
+def classify_digit(pixels):
+    """The funcx-python example's function, as a Globus Compute driver holds it."""
+
+
+# docs/migrating.md's "after": only the import and the constructor changed.
+pixels = json.load(open(sample))["pixels"]
+with Executor(gateway, function="funcx-python", password=password) as gce:
+    futures = [gce.submit(classify_digit, pixels) for _ in range(3)]
+    assert [f.result(timeout=120)["digit"] for f in futures] == [2, 2, 2]
 
 client = Client(gateway, password=password)
 task_id = client.run(5, b=6, function_id="adder", endpoint_id="ignored")
