@@ -117,6 +117,9 @@ pub struct Queue {
     pending: Arc<Mutex<HashSet<String>>>,
     delivering: Mutex<HashSet<String>>,
     totals: Mutex<Totals>,
+    /// The last count of calls by state, and when it was taken: scrapes
+    /// (which anyone may send) share one query a second.
+    counted: Mutex<Option<(Instant, Vec<Counts>)>>,
     rng: Mutex<fastrand::Rng>,
     stopping: AtomicBool,
     client: callback::HttpClient,
@@ -166,6 +169,7 @@ impl Queue {
             pending,
             delivering: Mutex::default(),
             totals: Mutex::default(),
+            counted: Mutex::default(),
             rng: Mutex::new(rng),
             stopping: AtomicBool::new(false),
             client: callback::client(),
@@ -220,6 +224,20 @@ impl Queue {
         // The writer queues the calls for the dispatcher itself, so this
         // holds even when no one is left to read the answer.
         Ok(rx.await.map_err(|_| QueueError::Stopping)??)
+    }
+
+    /// Calls per function and state (blocking: call it off the runtime's
+    /// threads), at most a second old.
+    pub fn counts(&self) -> Result<Vec<Counts>, StoreError> {
+        let mut counted = lock(&self.counted);
+        if let Some((at, counts)) = counted.as_ref() {
+            if at.elapsed() < Duration::from_secs(1) {
+                return Ok(counts.clone());
+            }
+        }
+        let counts = self.store.counts()?;
+        *counted = Some((Instant::now(), counts.clone()));
+        Ok(counts)
     }
 
     pub fn totals(&self) -> Totals {

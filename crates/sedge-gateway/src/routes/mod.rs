@@ -114,7 +114,7 @@ async fn metrics(State(node): Shared) -> Result<impl IntoResponse, ApiError> {
     let calls = match node.queue.clone() {
         Some(queue) => {
             let totals = queue.totals();
-            let counts = crate::blocking(move || queue.store().counts().map_err(async_calls::store_error)).await?;
+            let counts = crate::blocking(move || queue.counts().map_err(async_calls::store_error)).await?;
             Some(crate::metrics::CallSnapshot { counts, totals, now_ms: sedge_queue::now_ms() })
         }
         None => None,
