@@ -19,6 +19,7 @@
 //! The gateway calls [`Runtime`]; the scaling policy comes from
 //! `sedge-scaler`; specs from `sedge-core`.
 
+pub mod budget;
 pub mod engine;
 mod exec;
 mod group;
@@ -68,6 +69,9 @@ pub struct RuntimeConfig {
     /// Where each function's secret files are (`ROOT/NAME/`), written by the
     /// gateway before a version serves.
     pub secrets_root: Option<PathBuf>,
+    /// The node's cores and memory, which every pool's workers (and the
+    /// models served in the node) count against.
+    pub budget: Arc<budget::NodeBudget>,
 }
 
 impl RuntimeConfig {
@@ -85,6 +89,7 @@ impl RuntimeConfig {
             groups: Arc::default(),
             sandbox: None,
             secrets_root: None,
+            budget: Arc::default(),
         })
     }
 
@@ -241,7 +246,8 @@ impl Runtime {
         let engine = self.engines.get(spec.runtime)?;
         let shared = self.shared(spec.name.as_str());
         let files = WorkerFiles { bundle: dir, secrets: self.config.secrets_of(&spec), deps };
-        let pool = Pool::new(spec, files, engine, shared);
+        let cpu = budget::cpu_per_worker(&spec, &files.bundle);
+        let pool = Pool::within(spec, files, engine, shared, self.config.budget.clone(), cpu);
         pool.engine().prepare(pool.version());
         Ok(pool)
     }

@@ -26,8 +26,9 @@ pub struct OnnxEngine {
 }
 
 impl OnnxEngine {
-    pub fn new(python: String) -> Self {
-        Self { python, cores: Cores::of_machine() }
+    /// `cores` are the node's (`crate::budget`), shared with CPU-bound workers.
+    pub fn new(python: String, cores: Cores) -> Self {
+        Self { python, cores }
     }
 }
 

@@ -18,6 +18,9 @@ pub struct RuntimeFigures {
     cold_starts: IntCounterVec,
     spare_starts: IntCounterVec,
     oom_kills: IntCounterVec,
+    desired: IntGaugeVec,
+    cpu_waits: IntCounterVec,
+    memory_waits: IntCounterVec,
 }
 
 impl Default for RuntimeFigures {
@@ -39,6 +42,21 @@ impl Default for RuntimeFigures {
                 "Workers the kernel killed for going past their memory limit since the node began",
                 f,
             ),
+            desired: gauges(
+                "sedge_desired_workers",
+                "Workers the scaling policy wants, before the node's CPU and memory budgets (compare gateway_service_count)",
+                f,
+            ),
+            cpu_waits: counters(
+                "sedge_cpu_budget_waits_total",
+                "Requests that queued while the node's CPU budget held the function below what its policy wanted",
+                f,
+            ),
+            memory_waits: counters(
+                "sedge_memory_budget_waits_total",
+                "Requests that queued while the node's memory budget held the function below what its policy wanted",
+                f,
+            ),
         }
     }
 }
@@ -48,10 +66,10 @@ impl RuntimeFigures {
     /// node-lifetime counts, so they only grow.
     pub fn refresh(&self, runtime: &Runtime) {
         // Functions removed since the last scrape must not linger.
-        for family in [&self.services, &self.queued, &self.workers] {
+        for family in [&self.services, &self.queued, &self.workers, &self.desired] {
             family.reset();
         }
-        for family in [&self.cold_starts, &self.spare_starts, &self.oom_kills] {
+        for family in [&self.cold_starts, &self.spare_starts, &self.oom_kills, &self.cpu_waits, &self.memory_waits] {
             family.reset();
         }
         for name in runtime.names() {
@@ -61,6 +79,7 @@ impl RuntimeFigures {
             let f = [label.as_str()];
             self.services.with_label_values(&f).set(i64::from(stats.ready + stats.starting));
             self.queued.with_label_values(&f).set(i64::from(stats.queued));
+            self.desired.with_label_values(&f).set(i64::from(stats.desired));
             for (state, n) in [("ready", stats.ready), ("starting", stats.starting), ("busy", stats.busy)] {
                 self.workers.with_label_values(&[label.as_str(), state]).set(i64::from(n));
             }
@@ -69,6 +88,8 @@ impl RuntimeFigures {
                 (&self.cold_starts, &shared.cold_starts),
                 (&self.spare_starts, &shared.spare_starts),
                 (&self.oom_kills, &*shared.oom_kills),
+                (&self.cpu_waits, &shared.cpu_waits),
+                (&self.memory_waits, &shared.memory_waits),
             ] {
                 family.with_label_values(&f).inc_by(total.load(Ordering::Relaxed));
             }
@@ -83,6 +104,9 @@ impl RuntimeFigures {
             self.cold_starts.collect(),
             self.spare_starts.collect(),
             self.oom_kills.collect(),
+            self.desired.collect(),
+            self.cpu_waits.collect(),
+            self.memory_waits.collect(),
         ]
         .concat()
     }

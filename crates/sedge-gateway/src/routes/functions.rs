@@ -64,7 +64,13 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
                 "max": spec.scale.max,
                 "concurrency": spec.scale.concurrency,
                 "idle": humantime::format_duration(spec.scale.idle).to_string(),
+                "target": spec.scale.target,
+                // Cores a busy worker counts against the node's CPU budget (null: not CPU-bound).
+                "cpu": node.runtime.get(name).and_then(|p| p.cpu()),
+                "desired": stats.desired,
             },
+            "cpuBudgetWaits": shared.cpu_waits.load(std::sync::atomic::Ordering::Relaxed),
+            "memoryBudgetWaits": shared.memory_waits.load(std::sync::atomic::Ordering::Relaxed),
             "workers": { "ready": stats.ready, "starting": stats.starting, "busy": stats.busy },
             "queued": stats.queued,
             "coldStarts": shared.cold_starts.load(std::sync::atomic::Ordering::Relaxed),

@@ -66,6 +66,11 @@ pub struct Args {
     /// Ask for the admin credential on /metrics too.
     #[arg(long)]
     metrics_auth: bool,
+    /// Memory all workers together may use: a worker whose `[limits] memory`
+    /// (128MiB when unset) would go past it does not start
+    /// [default: the machine's physical memory]
+    #[arg(long, env = "SEDGE_MEMORY", value_parser = size, value_name = "SIZE")]
+    memory: Option<u64>,
 }
 
 /// The gateway's limits on clients: each bounds what one client, or many,
@@ -219,6 +224,7 @@ async fn serve(args: Args) -> Result<()> {
         check_interpreters(&config).await;
     }
     config.secrets_root = Some(data.join("secrets").join("mounts"));
+    config.budget = Arc::new(sedge_runtime::budget::NodeBudget::of_machine(args.memory));
     let secrets = SecretStore::open(&data.join("secrets"))
         .with_context(|| format!("opening the secrets folder in {}", data.display()))?
         .with_reader_group(config.sandbox.as_ref().and_then(|s| s.worker_gid()));
