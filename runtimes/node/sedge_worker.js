@@ -1436,7 +1436,11 @@ function start(functionDir, handlerName) {
     const style = pickStyle();
     const maxAnswer = readMaxAnswer();
     readModels();
-    return { style, handler: loadHandler(functionDir, handlerName, style), maxAnswer };
+    const began = process.hrtime.bigint();
+    const handler = loadHandler(functionDir, handlerName, style);
+    // Reported in the ready frame: where the start went (docs/protocol.md).
+    const importsUs = Number((process.hrtime.bigint() - began) / 1000n);
+    return { style, handler, maxAnswer, importsUs };
   } catch (err) {
     if (!(err instanceof LoadError)) throw err;
     sendFrame({ type: 'load_error', error: clipped(err.message) });
@@ -1481,7 +1485,7 @@ function serve(loaded) {
         failed = true;
         channel.pause();
       } else {
-        sendFrame({ type: 'ready' });
+        sendFrame({ type: 'ready', imports_us: loaded.importsUs });
       }
       return;
     }
@@ -1532,7 +1536,7 @@ function main(argv) {
   }
   const loaded = start(argv[0], argv[1]);
   if (loaded === null) return;
-  sendFrame({ type: 'ready' });
+  sendFrame({ type: 'ready', imports_us: loaded.importsUs });
   serve(loaded);
 }
 

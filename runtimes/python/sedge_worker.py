@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import traceback
+import time
 import types
 from urllib.parse import parse_qs
 
@@ -358,6 +359,60 @@ def add_function_packages():
     site.addsitedir(folder)
     added = [p for p in sys.path if p not in before]
     sys.path[:] = added + before
+
+
+class ModelLoads:
+    """Time spent building onnxruntime sessions while the function's module
+    loads, so the ready frame can tell model loading from other imports.
+    onnxruntime is wrapped when it is imported (or now, if a spare already
+    imported it); nothing else about it changes."""
+
+    spent = 0.0
+
+    @classmethod
+    def wrap(cls, module):
+        session = getattr(module, "InferenceSession", None)
+        init = getattr(session, "__init__", None)
+        if session is None or init is None or getattr(init, "_sedge_timed", False):
+            return
+
+        def timed_init(self, *args, **kwargs):
+            began = time.perf_counter()
+            try:
+                init(self, *args, **kwargs)
+            finally:
+                cls.spent += time.perf_counter() - began
+
+        timed_init._sedge_timed = True
+        session.__init__ = timed_init
+
+    @classmethod
+    def watch(cls):
+        if "onnxruntime" in sys.modules:
+            cls.wrap(sys.modules["onnxruntime"])
+            return
+        import importlib.abc
+        import importlib.util
+
+        class Finder(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name != "onnxruntime":
+                    return None
+                sys.meta_path.remove(self)
+                spec = importlib.util.find_spec(name)
+                loader = getattr(spec, "loader", None)
+                if loader is None or not hasattr(loader, "exec_module"):
+                    return spec
+                run = loader.exec_module
+
+                def exec_module(module):
+                    run(module)
+                    cls.wrap(module)
+
+                loader.exec_module = exec_module
+                return spec
+
+        sys.meta_path.insert(0, Finder())
 
 
 def load_handler(function_dir, handler_name):
@@ -830,12 +885,16 @@ def main(argv):
         concurrency = read_concurrency()
         max_answer = read_max_answer()
         _models.declared = read_models()
+        ModelLoads.watch()
+        began = time.perf_counter()
         handler = load_handler(function_dir, handler_name)
+        took = time.perf_counter() - began
         loaded = Loaded(make_style(handler), handler, concurrency, max_answer)
     except LoadError as e:
         channel.send({"type": "load_error", "error": clipped(str(e))})
         return 1
-    channel.send({"type": "ready"})
+    model = min(ModelLoads.spent, took)
+    channel.send({"type": "ready", "imports_us": int((took - model) * 1e6), "model_us": int(model * 1e6)})
     serve(channel, loaded)
     return 0
 

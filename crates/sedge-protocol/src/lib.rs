@@ -22,7 +22,15 @@ pub enum Header {
     /// sedge → worker: run the handler once; the body is the request body.
     Invoke { id: u64, method: String, path: String, query: String, headers: Vec<(String, String)>, timeout_ms: u64 },
     /// worker → sedge: the user's module is loaded; invocations may come.
-    Ready,
+    /// The worker may say where its start went, in microseconds: importing
+    /// the module (`imports_us`, model loads excluded) and loading models
+    /// (`model_us`, e.g. onnxruntime sessions built while it imported).
+    Ready {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        imports_us: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_us: Option<u64>,
+    },
     /// worker → sedge: a spare worker (started with `--spare`) is up and
     /// waits for its `load` frame.
     Spare,
@@ -287,7 +295,8 @@ mod tests {
                     headers,
                     timeout_ms
                 }),
-            Just(Header::Ready),
+            (proptest::option::of(0u64..1 << 40), proptest::option::of(0u64..1 << 40))
+                .prop_map(|(imports_us, model_us)| Header::Ready { imports_us, model_us }),
             Just(Header::Spare),
             ("\\PC*", "\\PC*", proptest::collection::btree_map("\\PC*", "\\PC*", 0..3))
                 .prop_map(|(dir, handler, env)| Header::Load { dir, handler, env }),
@@ -402,7 +411,8 @@ mod tests {
 
     #[test]
     fn wire_format_matches_the_documented_example() {
-        let bytes = encode(&Frame { header: Header::Ready, body: Bytes::new() }).expect("encodable");
+        let bytes = encode(&Frame { header: Header::Ready { imports_us: None, model_us: None }, body: Bytes::new() })
+            .expect("encodable");
         assert_eq!(&bytes[..8], &[0, 0, 0, 16, 0, 0, 0, 0]);
         assert_eq!(&bytes[8..], br#"{"type":"ready"}"#);
     }

@@ -44,7 +44,7 @@ use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 
 pub use logs::{FunctionLogs, LogLine};
 pub use pool::FunctionShared;
-pub use pool::{Admission, Pool, PoolStats};
+pub use pool::{Admission, ColdStart, ColdStarts, Pool, PoolStats};
 pub use registry::{Engines, NoEngine};
 
 const PYTHON_SHIM: &str = include_str!("../../../runtimes/python/sedge_worker.py");

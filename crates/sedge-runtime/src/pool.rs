@@ -24,7 +24,9 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::budget::{NodeBudget, DEFAULT_WORKER_MEMORY};
-use crate::engine::{self, Engine, ExitNotice, LogSink, RawTensor, StartContext, Version, Worker, WorkerCounters};
+use crate::engine::{
+    self, Engine, ExitNotice, LogSink, RawTensor, StartContext, StartPhases, Version, Worker, WorkerCounters,
+};
 use crate::logs::FunctionLogs;
 use crate::WorkerFiles;
 
@@ -39,6 +41,8 @@ struct Slot {
     id: u64,
     worker: Arc<dyn Worker>,
     busy: u32,
+    /// Where its start went, until its first call takes it.
+    phases: Option<StartPhases>,
 }
 
 struct Waiter {
@@ -84,6 +88,8 @@ pub struct FunctionShared {
     pub cpu_waits: AtomicU64,
     /// The same, held by the node's memory budget.
     pub memory_waits: AtomicU64,
+    /// Where its cold starts went.
+    pub cold: ColdStarts,
 }
 
 impl FunctionShared {
@@ -158,6 +164,8 @@ pub struct Lease {
     id: u64,
     worker: Arc<dyn Worker>,
     armed: bool,
+    /// Set on a worker's first call: its start, to report with the answer.
+    first: Option<StartPhases>,
 }
 
 impl Drop for Lease {
@@ -169,11 +177,22 @@ impl Drop for Lease {
 }
 
 impl Lease {
+    /// Reports the worker's cold start with its first answer.
+    fn first_answered(&self, began: Instant) {
+        if let Some(phases) = self.first {
+            self.pool.shared.cold.record(ColdStart::new(phases, began.elapsed()));
+        }
+    }
+
     /// Runs the invocation; a timeout kills the worker so it never serves
     /// again, and an answer past `max_answer` is refused.
     pub async fn call(&self, inv: &Invocation, deadline: Instant) -> Result<Reply, InvokeError> {
+        let began = Instant::now();
         match tokio::time::timeout_at(deadline, self.worker.call(inv, deadline)).await {
-            Ok(Ok(reply)) => self.pool.within_cap(reply),
+            Ok(Ok(reply)) => {
+                self.first_answered(began);
+                self.pool.within_cap(reply)
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => {
                 self.worker.timed_out();
@@ -187,8 +206,10 @@ impl Lease {
     /// Runs tensors through a model worker, with the same deadline and
     /// answer cap as [`Self::call`].
     pub async fn infer(&self, inputs: Vec<RawTensor>, deadline: Instant) -> Result<Vec<RawTensor>, InvokeError> {
+        let began = Instant::now();
         match tokio::time::timeout_at(deadline, self.worker.infer(inputs, deadline)).await {
             Ok(Ok(outputs)) => {
+                self.first_answered(began);
                 let limit = self.pool.spec().limits.max_answer;
                 let size: u64 = outputs.iter().map(|t| t.data.len() as u64).sum();
                 if size > limit {
@@ -475,13 +496,15 @@ impl Pool {
     }
 
     fn lease_on(&self, pool: Arc<Pool>, id: u64, worker: Arc<dyn Worker>, st: &mut State) -> Lease {
+        let mut first = None;
         if let Some(slot) = st.slots.iter_mut().find(|s| s.id == id) {
             slot.busy += 1;
+            first = slot.phases.take();
         }
         st.in_flight += 1;
         let demand = st.in_flight + st.waiters.len() as u32;
         st.window.record(self.origin.elapsed(), demand);
-        Lease { pool, id, worker, armed: true }
+        Lease { pool, id, worker, armed: true, first }
     }
 
     /// Gives free capacity to waiters, oldest first.
@@ -499,6 +522,9 @@ impl Pool {
                 // here, under the lock, instead of in Drop (which locks).
                 back.armed = false;
                 self.undo_take(st, back.id);
+                if let Some(slot) = st.slots.iter_mut().find(|s| s.id == back.id) {
+                    slot.phases = back.first.take();
+                }
             }
         }
     }
@@ -653,7 +679,8 @@ impl Pool {
                 }
                 self.shared.cold_starts.fetch_add(1, Ordering::Relaxed);
                 st.last_start_error = None;
-                st.slots.push(Slot { id, worker, busy: 0 });
+                let phases = worker.start_phases();
+                st.slots.push(Slot { id, worker, busy: 0, phases });
                 self.hand_out(&mut st);
                 self.report(&st);
             }
@@ -775,5 +802,8 @@ fn stop(worker: Arc<dyn Worker>) {
     }
 }
 
+mod cold;
 #[cfg(test)]
 mod tests;
+
+pub use cold::{ColdStart, ColdStarts};

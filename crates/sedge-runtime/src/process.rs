@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use tokio::time::Instant;
 
-use crate::engine::{BoxFuture, ExitNotice, LogSink, Worker};
+use crate::engine::{BoxFuture, ExitNotice, LogSink, StartKind, StartPhases, Worker};
 use crate::group::ProcessGroup;
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::models::Models;
@@ -96,6 +96,7 @@ pub struct ProcessWorker {
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
     group: Arc<ProcessGroup>,
+    phases: StartPhases,
 }
 
 /// A shim process whose channel is set up and whose output is being
@@ -191,9 +192,14 @@ impl Spawned {
         ready: Ready,
         exited: ExitNotice,
         models: Option<Models>,
+        (began, kind): (Instant, StartKind),
     ) -> Result<ProcessWorker, String> {
+        let (mut imports_us, mut model_us) = (None, None);
         let why = match self.first_frame(Some(ready)).await {
-            Ok(Header::Ready) => None,
+            Ok(Header::Ready { imports_us: i, model_us: m }) => {
+                (imports_us, model_us) = (i, m);
+                None
+            }
             Ok(Header::LoadError { error }) => Some(format!("loading {} failed: {error}", spec.handler)),
             Ok(other) => Some(format!("worker spoke out of turn: {other:?}")),
             Err(e) => Some(e),
@@ -222,6 +228,10 @@ impl Spawned {
             (self.child, self.group.clone()),
             exited,
         ));
+        let (imports, model) =
+            (Duration::from_micros(imports_us.unwrap_or(0)), Duration::from_micros(model_us.unwrap_or(0)));
+        let total = began.elapsed();
+        let phases = StartPhases { kind, process: total.saturating_sub(imports + model), imports, model };
         Ok(ProcessWorker {
             function,
             frames: Mutex::new(Some(tx)),
@@ -229,6 +239,7 @@ impl Spawned {
             next_id: AtomicU64::new(1),
             alive,
             group: self.group,
+            phases,
         })
     }
 }
@@ -303,6 +314,7 @@ impl Spare {
 
     /// Makes the spare a worker of `spec`, running in its bundle folder.
     pub async fn assign(mut self, spec: &FunctionSpec, launch: Launch<'_>) -> Result<ProcessWorker, String> {
+        let began = Instant::now();
         self.spawned.target.set(launch.log);
         let mut env = function_env(spec);
         // A spare was started before it knew its function (or, sandboxed,
@@ -317,20 +329,21 @@ impl Spare {
         if let Err(e) = self.spawned.writer.write_all(&frame).await {
             return Err(self.spawned.failed(format!("spare worker is gone: {e}")).await);
         }
-        self.spawned.finish(spec, launch.ready, launch.exited, launch.models).await
+        self.spawned.finish(spec, launch.ready, launch.exited, launch.models, (began, StartKind::Spare)).await
     }
 }
 
 impl ProcessWorker {
     /// Starts a fresh process and waits until the user's module has loaded.
     pub async fn start(spec: &FunctionSpec, launch: Launch<'_>) -> Result<Self, String> {
+        let began = Instant::now();
         let (mut cmd, cgroup) = launch.config.command(launch.program, &spec.limits, launch.files, launch.oom_kills)?;
         let dir = &launch.files.bundle;
         cmd.arg(launch.shim).arg(dir).arg(&spec.handler).current_dir(dir).envs(function_env(spec));
         cmd.env("PYTHONUNBUFFERED", "1");
         let target = Arc::new(LogTarget::new(launch.log));
         Spawned::spawn((cmd, cgroup), launch.program, target, launch.config, spec.limits.memory)?
-            .finish(spec, launch.ready, launch.exited, launch.models)
+            .finish(spec, launch.ready, launch.exited, launch.models, (began, StartKind::Fresh))
             .await
     }
 
@@ -375,6 +388,10 @@ impl Worker for ProcessWorker {
 
     fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    fn start_phases(&self) -> Option<StartPhases> {
+        Some(self.phases)
     }
 
     /// Kills the process (and all it started) at once; its reader then

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, IntGaugeVec};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use sedge_runtime::Runtime;
 
-use super::{counters, gauges, series_name};
+use super::{counters, gauges, histograms, series_name};
 
 pub struct RuntimeFigures {
     services: IntGaugeVec,
@@ -21,6 +21,9 @@ pub struct RuntimeFigures {
     desired: IntGaugeVec,
     cpu_waits: IntCounterVec,
     memory_waits: IntCounterVec,
+    /// Observed as the runtime reports starts, never reset: a histogram's
+    /// counts only grow.
+    cold_start: HistogramVec,
 }
 
 impl Default for RuntimeFigures {
@@ -57,6 +60,12 @@ impl Default for RuntimeFigures {
                 "Requests that queued while the node's memory budget held the function below what its policy wanted",
                 f,
             ),
+            cold_start: histograms(
+                "sedge_cold_start_seconds",
+                "Where workers' starts went, by phase: process (interpreter and shim, a spare taken or a fork), imports (the function's module, model loads excluded), model (loading models), first_answer",
+                &["function_name", "phase"],
+                vec![0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
         }
     }
 }
@@ -84,6 +93,11 @@ impl RuntimeFigures {
                 self.workers.with_label_values(&[label.as_str(), state]).set(i64::from(n));
             }
             let shared = runtime.shared(&name);
+            for start in shared.cold.take_unread() {
+                for (phase, took) in start.phases() {
+                    self.cold_start.with_label_values(&[label.as_str(), phase]).observe(took.as_secs_f64());
+                }
+            }
             for (family, total) in [
                 (&self.cold_starts, &shared.cold_starts),
                 (&self.spare_starts, &shared.spare_starts),
@@ -107,6 +121,7 @@ impl RuntimeFigures {
             self.desired.collect(),
             self.cpu_waits.collect(),
             self.memory_waits.collect(),
+            self.cold_start.collect(),
         ]
         .concat()
     }

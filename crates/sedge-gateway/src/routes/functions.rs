@@ -69,6 +69,15 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
                 "cpu": node.runtime.get(name).and_then(|p| p.cpu()),
                 "desired": stats.desired,
             },
+            // Where the last worker's start went, in milliseconds.
+            "lastColdStart": shared.cold.last().map(|c| json!({
+                "kind": c.kind.as_str(),
+                "processMs": c.process.as_secs_f64() * 1000.0,
+                "importsMs": c.imports.as_secs_f64() * 1000.0,
+                "modelMs": c.model.as_secs_f64() * 1000.0,
+                "firstAnswerMs": c.first_answer.as_secs_f64() * 1000.0,
+                "totalMs": c.total().as_secs_f64() * 1000.0,
+            })),
             "cpuBudgetWaits": shared.cpu_waits.load(std::sync::atomic::Ordering::Relaxed),
             "memoryBudgetWaits": shared.memory_waits.load(std::sync::atomic::Ordering::Relaxed),
             "workers": { "ready": stats.ready, "starting": stats.starting, "busy": stats.busy },

@@ -112,3 +112,37 @@ fn cold_starts_take_a_waiting_interpreter_unless_the_env_needs_a_fresh_one() {
     }
     assert_eq!(spare_starts(&node, "fresh"), 0, "PYTHON* variables need a fresh interpreter");
 }
+
+#[test]
+fn a_cold_start_reports_its_phases_in_describe_and_the_metrics() {
+    let node = Node::start();
+    let code = "import time\ntime.sleep(0.2)\n\ndef handle(req):\n    return 'ok'\n";
+    let f = FnDir::python("phased", "", code);
+    node.deploy(f.path());
+    assert_eq!(node.post("/function/phased", b"").status, 200);
+    let last = &node.describe("phased")["sedge"]["lastColdStart"];
+    let ms = |k: &str| last[k].as_f64().unwrap_or_else(|| panic!("{k} in {last}"));
+    assert!(ms("importsMs") >= 200.0, "the module's sleep is its import time: {last}");
+    assert!(ms("totalMs") >= ms("importsMs") + ms("processMs"), "{last}");
+    assert!(["spare", "fresh", "zygote"].contains(&last["kind"].as_str().unwrap_or("")), "{last}");
+    let metrics = node.get("/metrics").text();
+    for phase in ["process", "imports", "model", "first_answer"] {
+        let labels = [("function_name", "phased.openfaas-fn"), ("phase", phase)];
+        assert_eq!(sample(&metrics, "sedge_cold_start_seconds_count", &labels), Some(1.0), "{phase} in\n{metrics}");
+    }
+    let labels = [("function_name", "phased.openfaas-fn"), ("phase", "imports"), ("le", "0.15")];
+    assert_eq!(sample(&metrics, "sedge_cold_start_seconds_bucket", &labels), Some(0.0), "{metrics}");
+}
+
+#[test]
+fn describe_shows_the_cpu_budget_of_an_ml_function() {
+    let node = Node::start();
+    let f = FnDir::python("ml", "[scale]\ncpu = 1.0\nmax = 4\n", "def handle(req):\n    return 'ok'\n");
+    node.deploy(f.path());
+    let scale = &node.describe("ml")["sedge"]["scale"];
+    assert_eq!(scale["cpu"].as_f64(), Some(1.0), "{scale}");
+    assert_eq!(scale["target"].as_u64(), Some(1), "{scale}");
+    let plain = FnDir::python("plain", "", "def handle(req):\n    return 'ok'\n");
+    node.deploy(plain.path());
+    assert!(node.describe("plain")["sedge"]["scale"]["cpu"].is_null());
+}
