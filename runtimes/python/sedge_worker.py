@@ -214,7 +214,11 @@ class Channel:
     loads, so that nothing the user's code prints, reads or runs can touch
     it; stdout and stderr stay the function's own, for its log."""
 
-    def __init__(self):
+    def __init__(self, fd=None):
+        if fd is not None:
+            # A forked worker's own channel, received from sedge (docs/scaling.md).
+            self._open(fd)
+            return
         text = os.environ.get("SEDGE_CHANNEL_FD", "3") or "3"
         if not (text.isascii() and text.isdigit()):
             die(f"SEDGE_CHANNEL_FD must be a descriptor number, not {text!r}", 2)
@@ -225,6 +229,10 @@ class Channel:
         except OSError as e:
             die(f"no channel from sedge at descriptor {given} (SEDGE_CHANNEL_FD): {e}", 2)
         os.close(given)
+        self._open(fd)
+
+    def _open(self, fd):
+        self.fd = fd
         # Plain file objects over the socket: reads and writes are all it
         # needs, and the socket module would cost every cold start its import.
         self._in = os.fdopen(fd, "rb")
@@ -368,6 +376,9 @@ class ModelLoads:
     imported it); nothing else about it changes."""
 
     spent = 0.0
+    # In a zygote, sessions built without a thread count get one thread:
+    # a pool of threads does not survive a fork (docs/scaling.md).
+    one_thread = False
 
     @classmethod
     def wrap(cls, module):
@@ -377,6 +388,8 @@ class ModelLoads:
             return
 
         def timed_init(self, *args, **kwargs):
+            if cls.one_thread:
+                args, kwargs = one_thread_options(module, args, kwargs)
             began = time.perf_counter()
             try:
                 init(self, *args, **kwargs)
@@ -413,6 +426,144 @@ class ModelLoads:
                 return spec
 
         sys.meta_path.insert(0, Finder())
+
+
+def one_thread_options(ort, args, kwargs):
+    """The session's arguments with its options asking for one intra-op and
+    one inter-op thread, unless they already name a count."""
+    args = list(args)
+    options = kwargs.get("sess_options", args[1] if len(args) > 1 else None)
+    if options is None:
+        options = ort.SessionOptions()
+    if not options.intra_op_num_threads:
+        options.intra_op_num_threads = 1
+    if not options.inter_op_num_threads:
+        options.inter_op_num_threads = 1
+    if "sess_options" in kwargs or len(args) <= 1:
+        kwargs["sess_options"] = options
+    else:
+        args[1] = options
+    return tuple(args), kwargs
+
+
+# --- zygote ---------------------------------------------------------------------
+#
+# With SEDGE_ZYGOTE=1 the shim loads the function's module, then forks a
+# worker for every `fork` frame instead of serving: the workers share its
+# loaded pages copy-on-write and skip the imports (docs/scaling.md).
+
+FORK_THREADS_HINT = (
+    "set onnxruntime's intra_op_num_threads / inter_op_num_threads to 1, or "
+    "OMP_NUM_THREADS / OPENBLAS_NUM_THREADS to 1, or start threads on the first call"
+)
+
+
+def fork_hazards(channel_fd):
+    """What the loaded module left that a fork would break, or None."""
+    python_threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if python_threads:
+        return f"the module started Python threads ({', '.join(python_threads[:5])}), which a fork does not copy"
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return "/proc is not readable, so native threads cannot be ruled out"
+    if len(tasks) > 1:
+        return f"native libraries started {len(tasks) - 1} thread(s) at import, which a fork does not copy; {FORK_THREADS_HINT}"
+    for name in os.listdir("/proc/self/fd"):
+        if not name.isdigit() or int(name) in (0, 1, 2, channel_fd):
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            return "the module opened a socket at import (a connection its forked workers would share); open it on the first call instead"
+    return None
+
+
+def zygote(channel, loaded, imports_us, model_us):
+    import signal
+    import socket
+
+    hazard = fork_hazards(channel.fd)
+    if hazard is not None:
+        channel.send({"type": "unforkable", "reason": hazard})
+        return 0
+    # Its workers are reaped by the kernel as they end; each gets the
+    # default back.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    channel.send({"type": "zygote", "imports_us": imports_us, "model_us": model_us})
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(channel.fd))
+    fds_space = socket.CMSG_SPACE(3 * 4)
+    while True:
+        data, ancillary, _, _ = sock.recvmsg(PREFIX.size + MAX_FORK_HEADER, fds_space, socket.MSG_CMSG_CLOEXEC)
+        if not data:
+            return 0
+        fds = []
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4]))
+        while len(data) < PREFIX.size:
+            more = sock.recv(PREFIX.size - len(data))
+            if not more:
+                return 0
+            data += more
+        header_len, _ = PREFIX.unpack(data[: PREFIX.size])
+        while len(data) < PREFIX.size + header_len:
+            more = sock.recv(PREFIX.size + header_len - len(data))
+            if not more:
+                return 0
+            data += more
+        header = _decode_json(data[PREFIX.size : PREFIX.size + header_len].decode("utf-8"))
+        if not isinstance(header, dict) or header.get("type") != "fork" or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            die("bad frame from sedge: a zygote expects fork frames with three descriptors", 2)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(forked_worker(channel, sock, fds, loaded))
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass  # the child did it first, or is already gone
+        for fd in fds:
+            os.close(fd)
+        channel.send({"type": "forked", "pid": pid})
+
+
+def forked_worker(zygote_channel, zygote_sock, fds, loaded):
+    """The forked child: takes its own channel and output, then serves."""
+    import signal
+
+    try:
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        zygote_sock.close()
+        os.close(zygote_channel.fd)
+        channel_fd, out_fd, err_fd = fds
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.close(out_fd)
+        os.close(err_fd)
+        # `random` reseeds itself in a forked child; numpy's global one does not.
+        np_random = sys.modules.get("numpy.random")
+        if np_random is not None and hasattr(np_random, "seed"):
+            np_random.seed()
+        channel = Channel(channel_fd)
+        channel.send({"type": "ready", "imports_us": 0, "model_us": 0})
+        serve(channel, loaded)
+        return 0
+    except BaseException:  # never back into the zygote's loop
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+MAX_FORK_HEADER = 4096
 
 
 def load_handler(function_dir, handler_name):
@@ -885,6 +1036,8 @@ def main(argv):
         concurrency = read_concurrency()
         max_answer = read_max_answer()
         _models.declared = read_models()
+        as_zygote = os.environ.pop("SEDGE_ZYGOTE", "") == "1"
+        ModelLoads.one_thread = as_zygote
         ModelLoads.watch()
         began = time.perf_counter()
         handler = load_handler(function_dir, handler_name)
@@ -894,7 +1047,10 @@ def main(argv):
         channel.send({"type": "load_error", "error": clipped(str(e))})
         return 1
     model = min(ModelLoads.spent, took)
-    channel.send({"type": "ready", "imports_us": int((took - model) * 1e6), "model_us": int(model * 1e6)})
+    imports_us, model_us = int((took - model) * 1e6), int(model * 1e6)
+    if as_zygote:
+        return zygote(channel, loaded, imports_us, model_us)
+    channel.send({"type": "ready", "imports_us": imports_us, "model_us": model_us})
     serve(channel, loaded)
     return 0
 

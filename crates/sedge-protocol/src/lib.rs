@@ -38,6 +38,22 @@ pub enum Header {
     Load { dir: String, handler: String, env: std::collections::BTreeMap<String, String> },
     /// worker → sedge: the user's module could not be loaded.
     LoadError { error: String },
+    /// zygote → sedge: the module is loaded (as in `ready`) and the process
+    /// waits for `fork` frames (docs/scaling.md, "Zygotes").
+    Zygote {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        imports_us: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_us: Option<u64>,
+    },
+    /// zygote → sedge: the module left something a fork would break
+    /// (threads, sockets); the process exits and workers start fresh.
+    Unforkable { reason: String },
+    /// sedge → zygote: fork a worker. The frame carries three descriptors
+    /// (SCM_RIGHTS): the new worker's channel, its stdout and its stderr.
+    Fork { instance: String },
+    /// zygote → sedge: the worker forked, with its pid as the zygote sees it.
+    Forked { pid: u32 },
     /// worker → sedge: the handler's answer; the body is the answer body.
     Response {
         id: u64,
@@ -301,6 +317,9 @@ mod tests {
             ("\\PC*", "\\PC*", proptest::collection::btree_map("\\PC*", "\\PC*", 0..3))
                 .prop_map(|(dir, handler, env)| Header::Load { dir, handler, env }),
             "\\PC*".prop_map(|error| Header::LoadError { error }),
+            "\\PC*".prop_map(|reason| Header::Unforkable { reason }),
+            "\\PC*".prop_map(|instance| Header::Fork { instance }),
+            any::<u32>().prop_map(|pid| Header::Forked { pid }),
             (any::<u64>(), any::<u16>(), proptest::collection::vec(("\\PC*", "\\PC*"), 0..4))
                 .prop_map(|(id, status, headers)| Header::Response { id, status, headers }),
             (any::<u64>(), "\\PC*", "\\PC*", proptest::option::of(any::<u64>()))
