@@ -34,6 +34,7 @@ mod process;
 pub mod registry;
 pub mod sandbox;
 mod spares;
+mod zygotes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,9 @@ pub struct RuntimeConfig {
     pub shim_dir: PathBuf,
     /// Keep one started interpreter per language waiting for the next cold start.
     pub spares: bool,
+    /// Fork a Python function's further workers from a zygote that loaded
+    /// its module (docs/scaling.md).
+    pub zygotes: bool,
     /// Every worker process group started, so a stopping node ends them all.
     pub(crate) groups: Arc<group::ProcessGroups>,
     /// How workers are isolated; `None` runs them as the node's own children.
@@ -86,6 +90,7 @@ impl RuntimeConfig {
             node,
             shim_dir: dir.to_owned(),
             spares,
+            zygotes: true,
             groups: Arc::default(),
             sandbox: None,
             secrets_root: None,

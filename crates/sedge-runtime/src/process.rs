@@ -46,6 +46,7 @@ const COALESCE: usize = 64 * 1024;
 pub const CHANNEL_FD: i32 = 3;
 
 mod model_calls;
+pub(crate) mod zygote;
 
 use model_calls::ModelCalls;
 
@@ -102,7 +103,7 @@ pub struct ProcessWorker {
 /// A shim process whose channel is set up and whose output is being
 /// logged, before its first frame.
 struct Spawned {
-    child: Child,
+    child: Proc,
     group: Arc<ProcessGroup>,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
@@ -143,7 +144,16 @@ impl Spawned {
         let recent = Arc::new(RecentLines::default());
         logs::pump(stdout, target.clone(), recent.clone());
         logs::pump(stderr, target.clone(), recent.clone());
-        Ok(Self { child, group: Arc::new(group), reader, writer, decoder: Decoder::default(), recent, target, memory })
+        Ok(Self {
+            child: Proc::Child(child),
+            group: Arc::new(group),
+            reader,
+            writer,
+            decoder: Decoder::default(),
+            recent,
+            target,
+            memory,
+        })
     }
 
     /// The first frame the shim sends by `ready_by`, or why there is none.
@@ -309,7 +319,10 @@ impl Spare {
 
     /// Whether the process is still there to be assigned.
     pub fn is_alive(&mut self) -> bool {
-        matches!(self.spawned.child.try_wait(), Ok(None))
+        match &mut self.spawned.child {
+            Proc::Child(child) => matches!(child.try_wait(), Ok(None)),
+            Proc::Forked(pid) => forked_alive(*pid),
+        }
     }
 
     /// Makes the spare a worker of `spec`, running in its bundle folder.
@@ -431,9 +444,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A worker's process: a child of the node's, or forked by a zygote (whose
+/// child it is: the zygote reaps it, the node only watches its pid).
+enum Proc {
+    Child(Child),
+    Forked(u32),
+}
+
+fn forked_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// As [`reap`], for a forked worker: its exit status is its zygote's to
+/// read, so only its going is seen.
+async fn reap_forked(pid: u32, group: &ProcessGroup) -> String {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while forked_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = if forked_alive(pid) { "killed after its channel closed" } else { "exited" };
+    group.kill();
+    status.to_owned()
+}
+
 /// Waits briefly for a process that is on its way out, then kills it (and
 /// whatever is left in its group), and says how it ended.
-async fn reap(mut child: Child, group: &ProcessGroup) -> String {
+async fn reap(child: Proc, group: &ProcessGroup) -> String {
+    let mut child = match child {
+        Proc::Child(child) => child,
+        Proc::Forked(pid) => return reap_forked(pid, group).await,
+    };
     let status = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
         Ok(r) => r,
         Err(_) => {
@@ -505,7 +547,7 @@ async fn read_answers(
     function: String,
     (pending, mut calls): (Pending, ModelCalls),
     alive: Arc<AtomicBool>,
-    (child, group): (Child, Arc<ProcessGroup>),
+    (child, group): (Proc, Arc<ProcessGroup>),
     exited: ExitNotice,
 ) {
     let Answers { mut reader, mut decoder, max_answer, memory } = answers;

@@ -25,3 +25,4 @@ mod sandbox;
 mod scaling;
 mod styles;
 mod titles;
+mod zygote;
