@@ -729,6 +729,8 @@ impl Pool {
         if n == 0 {
             st.pin = Pin::Auto;
             st.window.clear();
+            // Its panic too: the load it remembers is what was just dropped.
+            st.scaler = Autoscaler::default();
         } else {
             st.pin = Pin::Exactly(n);
         }

@@ -525,3 +525,14 @@ async fn no_worker_starts_past_the_node_s_memory_budget() {
     }
     drop(a_calls);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn scaling_to_zero_right_after_a_request_stops_the_worker_at_once() {
+    let script: Arc<Script> = Arc::default();
+    let pool = pool("[scale]\nmax = 2\n", &script);
+    assert_eq!(body(pool.invoke(inv()).await), "ok");
+    pool.set_replicas(0);
+    settle().await;
+    assert_eq!(pool.stats().ready, 0, "the panic that the request began does not hold it");
+    assert_eq!(script.stopped(), ["f-1"]);
+}
