@@ -379,6 +379,8 @@ class ModelLoads:
     # In a zygote, sessions built without a thread count get one thread:
     # a pool of threads does not survive a fork (docs/scaling.md).
     one_thread = False
+    # Threads onnxruntime's own import started.
+    import_threads = set()
 
     @classmethod
     def wrap(cls, module):
@@ -419,7 +421,12 @@ class ModelLoads:
                 run = loader.exec_module
 
                 def exec_module(module):
+                    before = thread_ids()
                     run(module)
+                    # onnxruntime starts a housekeeping thread of its own on
+                    # import, idle in timed waits; sessions with one thread
+                    # run on the caller's, which a fork keeps (docs/scaling.md).
+                    cls.import_threads |= thread_ids() - before
                     cls.wrap(module)
 
                 loader.exec_module = exec_module
@@ -458,17 +465,25 @@ FORK_THREADS_HINT = (
 )
 
 
+def thread_ids():
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
 def fork_hazards(channel_fd):
     """What the loaded module left that a fork would break, or None."""
     python_threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if python_threads:
         return f"the module started Python threads ({', '.join(python_threads[:5])}), which a fork does not copy"
     try:
-        tasks = os.listdir("/proc/self/task")
+        tasks = set(os.listdir("/proc/self/task"))
     except OSError:
         return "/proc is not readable, so native threads cannot be ruled out"
-    if len(tasks) > 1:
-        return f"native libraries started {len(tasks) - 1} thread(s) at import, which a fork does not copy; {FORK_THREADS_HINT}"
+    others = tasks - {str(os.getpid())} - ModelLoads.import_threads
+    if others:
+        return f"native libraries started {len(others)} thread(s) at import, which a fork does not copy; {FORK_THREADS_HINT}"
     for name in os.listdir("/proc/self/fd"):
         if not name.isdigit() or int(name) in (0, 1, 2, channel_fd):
             continue

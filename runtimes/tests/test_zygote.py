@@ -49,7 +49,7 @@ class Zygote(unittest.TestCase):
         tmp = tempfile.TemporaryDirectory()
         self.addCleanup(tmp.cleanup)
         Path(tmp.name, "handler.py").write_text(textwrap.dedent(code))
-        env = {**os.environ, "SEDGE_ZYGOTE": "1"}
+        env = {**os.environ, "SEDGE_ZYGOTE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         worker = Worker([os.environ.get("SEDGE_PYTHON", "python3"), str(PYTHON_SHIM), tmp.name, "handler.handle"],
                         cwd=tmp.name, env=env)
         self.addCleanup(worker.kill)
@@ -103,6 +103,31 @@ class Zygote(unittest.TestCase):
         header, _ = zygote.frame()
         self.assertEqual(header["type"], "unforkable")
         self.assertIn("Python threads", header["reason"])
+
+    def test_an_onnxruntime_session_at_import_forks_with_one_thread(self):
+        model = Path(__file__).resolve().parents[2] / "examples" / "functions" / "digits-python" / "model.onnx"
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            self.skipTest("onnxruntime is not installed")
+        zygote = self.start(f"""
+import numpy as np
+import onnxruntime as ort
+SESSION = ort.InferenceSession({str(model)!r}, providers=["CPUExecutionProvider"])
+def handle(req):
+    name = SESSION.get_inputs()[0].name
+    out = SESSION.run(None, {{name: np.zeros((1, 64), np.float32)}})
+    return {{"threads": SESSION.get_session_options().intra_op_num_threads, "ran": len(out)}}
+""")
+        header, _ = zygote.frame()
+        self.assertEqual(header["type"], "zygote", header)
+        self.assertGreater(header["model_us"], 0)
+        _, worker = self.fork(zygote)
+        send(worker, {"type": "invoke", "id": 1, "method": "GET", "path": "/", "query": "", "headers": [],
+                      "timeout_ms": 30000})
+        answer, body = frame(worker)
+        self.assertEqual(answer["status"], 200, body)
+        self.assertEqual(json.loads(body)["threads"], 1, "a session without a thread count gets one")
 
     def test_a_module_that_opened_a_socket_is_unforkable(self):
         zygote = self.start("import socket\nCONN = socket.socket()\ndef handle(req):\n    return 'ok'\n")
