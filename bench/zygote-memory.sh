@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Memory (PSS, /proc/PID/smaps_rollup) of 4 warm workers of EfficientNet-Lite0
 # in Python: forked from the function's zygote, and started fresh
-# (--zygotes false), each after 16 inferences spread over the workers.
+# (--zygotes false), each after 16 inferences spread over the workers; and
+# of one fresh worker alone.
 # Needs scripts/setup.sh (venv, models) first; run as root (the sandbox).
 #
 #   bench/zygote-memory.sh [SEDGE_BINARY]     # default target/release/sedge
@@ -22,10 +23,10 @@ measure() {
     sleep 3 # the zygote, when there is one, is up by then
     "$bin" scale effnet --replicas 0 > /dev/null
     sleep 1
-    "$bin" scale effnet --replicas 4 > /dev/null
-    python3 - "$url" "$models/samples/chelsea-224.f32" "$1" <<'PY'
+    "$bin" scale effnet --replicas "$2" > /dev/null
+    python3 - "$url" "$models/samples/chelsea-224.f32" "$1" "$2" <<'PY'
 import os, sys, threading, time, urllib.request
-url, sample, flags = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3]
+url, sample, flags, count = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3], int(sys.argv[4])
 def comm(pid):
     try:
         return open(f"/proc/{pid}/comm").read().strip()
@@ -48,7 +49,7 @@ while True:
     all_ = procs()
     zygotes = {ppid(p) for p in all_ if ppid(p) in all_}
     workers = [p for p in all_ if p not in zygotes and (not zygotes or ppid(p) in zygotes)]
-    if len(workers) >= 4 or time.monotonic() > end:
+    if len(workers) >= count or time.monotonic() > end:
         break
     time.sleep(0.2)
 for _ in range(4):
@@ -59,10 +60,11 @@ time.sleep(1)
 pss = [pss_mib(p) for p in workers]
 zy = sum(pss_mib(z) for z in zygotes)
 label = "forked from the zygote" if zygotes else "fresh processes"
-print(f"{flags or 'default'}: 4 workers {label}: PSS each " + ", ".join(f"{v:.1f}" for v in pss)
+print(f"{flags or 'default'}: {len(workers)} worker(s) {label}: PSS each " + ", ".join(f"{v:.1f}" for v in pss)
       + f" MiB; sum {sum(pss):.1f} MiB" + (f"; zygote {zy:.1f} MiB; sum with zygote {sum(pss) + zy:.1f} MiB" if zygotes else ""))
 PY
   )
 }
-measure ""
-measure "--zygotes false"
+measure "" 4
+measure "--zygotes false" 4
+measure "--zygotes false" 1
