@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step load on EfficientNet-Lite0 in Python ([scale] cpu = 1.0, max = 4):
+# Step load on EfficientNet-Lite0 in Python ([scale] cpu = $STEP_CPU, default 1.0; max = 4):
 # 1 user for 5 s, then 64 for 10 s (sedge bench load, keep-alive). Prints
 # answers per second, 5xx, workers (ready / busy / desired, sampled every
 # 100 ms from describe), when the pool settled, and the throughput after
@@ -17,7 +17,7 @@ SERVE_FLAGS="$*"
 mkdir -p "$work/effnet"
 cp -r bench/functions/effnet-tensor/. "$work/effnet/"
 cp "$models/efficientnet-lite0.onnx" "$work/effnet/"
-sed -i 's/^max = 2$/max = 4\ncpu = 1.0/' "$work/effnet/sedge.toml"
+sed -i "s/^max = 2\$/max = 4\ncpu = ${STEP_CPU:-1.0}/" "$work/effnet/sedge.toml"
 "$bin" deploy --wait "$work/effnet" > /dev/null
 sleep 3
 load() { "$bin" bench load "$url/function/effnet" -c "$1" --duration "$2" -d "@$models/samples/chelsea-224.f32" \
