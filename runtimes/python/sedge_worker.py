@@ -381,6 +381,31 @@ class ModelLoads:
     one_thread = False
     # Threads onnxruntime's own import started.
     import_threads = set()
+    # Sessions a zygote's module built, run once before the first fork.
+    sessions = []
+
+    @classmethod
+    def rehearse(cls):
+        """Runs each session once on zeros, so its first run's allocations
+        and set-up happen in the zygote, shared, rather than in every
+        forked worker's first call. A session that refuses is left be."""
+        try:
+            import numpy as np
+        except ImportError:
+            return
+        kinds = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+                 "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+                 "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
+        for session in cls.sessions:
+            try:
+                feed = {}
+                for i in session.get_inputs():
+                    shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+                    feed[i.name] = np.zeros(shape, kinds[i.type])
+                session.run(None, feed)
+            except Exception:  # a model that needs real inputs: its first call pays
+                pass
+        cls.sessions = []
 
     @classmethod
     def wrap(cls, module):
@@ -397,6 +422,8 @@ class ModelLoads:
                 init(self, *args, **kwargs)
             finally:
                 cls.spent += time.perf_counter() - began
+            if cls.one_thread:
+                cls.sessions.append(self)
 
         timed_init._sedge_timed = True
         session.__init__ = timed_init
@@ -500,6 +527,7 @@ def zygote(channel, loaded, imports_us, model_us):
     import signal
     import socket
 
+    ModelLoads.rehearse()
     hazard = fork_hazards(channel.fd)
     if hazard is not None:
         channel.send({"type": "unforkable", "reason": hazard})

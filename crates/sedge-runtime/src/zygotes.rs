@@ -95,7 +95,7 @@ impl Zygotes {
             let entry = match started {
                 Ok(Started::Ready(z)) => {
                     log.line("zygote ready: further workers fork from it".to_owned());
-                    Entry::Ready(Arc::new(z))
+                    Entry::Ready(Arc::from(z))
                 }
                 Ok(Started::Unforkable(reason)) => {
                     log.line(format!("workers start fresh, not from a zygote: {reason}"));

@@ -38,7 +38,7 @@ const ONE_THREAD: [&str; 4] = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_N
 
 /// How a zygote's start ended.
 pub enum Started {
-    Ready(Zygote),
+    Ready(Box<Zygote>),
     /// The module left threads or sockets behind: workers start fresh.
     Unforkable(String),
 }
@@ -90,11 +90,11 @@ impl Zygote {
             Err(e) => return Err(spawned.failed(e).await),
         }
         let known = spawned.group.cgroup().map(procs_of).unwrap_or_default();
-        Ok(Started::Ready(Self {
+        Ok(Started::Ready(Box::new(Self {
             spawned: tokio::sync::Mutex::new(Some(spawned)),
             broken: AtomicBool::new(false),
             known,
-        }))
+        })))
     }
 
     pub fn is_alive(&self) -> bool {
