@@ -146,3 +146,24 @@ fn describe_shows_the_cpu_budget_of_an_ml_function() {
     node.deploy(plain.path());
     assert!(node.describe("plain")["sedge"]["scale"]["cpu"].is_null());
 }
+
+#[test]
+fn a_worker_that_would_pass_the_node_s_memory_budget_does_not_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = Node::start_with(&tmp.path().join("data"), &["--memory", "200MiB"]);
+    let small = FnDir::python("small", "[limits]\nmemory = \"128MiB\"\n[scale]\nmax = 2\n", SLEEPY);
+    let big = FnDir::python("big", "[limits]\nmemory = \"128MiB\"\n", SLEEPY);
+    node.deploy(small.path());
+    node.deploy(big.path());
+    node.wait_for("small's worker", Duration::from_secs(20), |n| available(n, "small") == 1);
+    // small's one worker holds 128 of the 200 MiB: big's cannot start.
+    node.cli(&["scale", "big", "--replicas", "0"]);
+    node.wait_for("big at zero", Duration::from_secs(20), |n| available(n, "big") == 0);
+    let refused = node.post("/function/big", b"");
+    assert_eq!(refused.status, 502, "{}", refused.text());
+    assert!(refused.error().contains("memory budget (200 MiB)"), "{}", refused.text());
+    // Once small is at zero, big starts.
+    node.cli(&["scale", "small", "--replicas", "0"]);
+    node.wait_for("small at zero", Duration::from_secs(20), |n| available(n, "small") == 0);
+    node.wait_for("big to start", Duration::from_secs(20), |n| n.post("/function/big", b"").status == 200);
+}
