@@ -98,6 +98,10 @@ pub struct ProcessWorker {
     alive: Arc<AtomicBool>,
     group: Arc<ProcessGroup>,
     phases: StartPhases,
+    /// The zygote it was forked from, kept while it lives: under the
+    /// sandbox the zygote leads its pid namespace, and its end would end
+    /// the worker too (a version retired keeps serving what it accepted).
+    _zygote: Option<Arc<zygote::Zygote>>,
 }
 
 /// A shim process whose channel is set up and whose output is being
@@ -250,6 +254,7 @@ impl Spawned {
             alive,
             group: self.group,
             phases,
+            _zygote: None,
         })
     }
 }

@@ -109,7 +109,7 @@ impl Zygote {
 
     /// Forks a worker of `spec` named `instance`, ready to serve.
     pub async fn fork<'a>(
-        &self,
+        self: &Arc<Self>,
         spec: &FunctionSpec,
         launch: Launch<'a>,
         instance: &str,
@@ -208,10 +208,12 @@ impl Zygote {
             target,
             memory: spec.limits.memory,
         };
-        spawned
+        let mut worker = spawned
             .finish(spec, launch.ready, launch.exited, launch.models, (began, StartKind::Zygote))
             .await
-            .map_err(ForkError::After)
+            .map_err(ForkError::After)?;
+        worker._zygote = Some(self.clone());
+        Ok(worker)
     }
 }
 

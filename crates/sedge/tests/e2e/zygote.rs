@@ -78,3 +78,33 @@ return {'pid': os.getpid(), 'loaded_in': LOADED_IN}\n";
         assert_eq!(a["loaded_in"], a["pid"], "each loaded its own module: {a}");
     }
 }
+
+#[test]
+fn a_redeploy_lets_forked_workers_finish_what_they_accepted() {
+    let node = Node::start();
+    let f = FnDir::python("redo", "[scale]\nmax = 2\n", FORKED);
+    node.deploy(f.path());
+    assert_eq!(node.post("/function/redo", b"").status, 200);
+    node.wait_for("the zygote", Duration::from_secs(30), |n| logs(n, "redo").contains("zygote ready"));
+    let out = node.cli(&["scale", "redo", "--replicas", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    node.wait_for("two workers", Duration::from_secs(20), |n| {
+        n.describe("redo")["availableReplicas"].as_u64() == Some(2)
+    });
+    let answers: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..2).map(|_| s.spawn(|| node.post("/function/redo", b"2"))).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        // A new version replaces this one (and its zygote) while both calls run.
+        std::fs::write(f.path().join("extra.txt"), "v2").expect("written");
+        node.deploy(f.path());
+        calls
+            .into_iter()
+            .map(|c| {
+                let a = c.join().expect("thread");
+                assert_eq!(a.status, 200, "{}", a.text());
+                a.json()
+            })
+            .collect()
+    });
+    assert!(answers.iter().any(|a| a["loaded_in"] != a["pid"]), "one call ran on a forked worker: {answers:?}");
+}
