@@ -47,5 +47,30 @@ class ReadyPhases(unittest.TestCase):
         self.assertGreaterEqual(ready["imports_us"], 20_000)
 
 
+class SparePreload(unittest.TestCase):
+    """A spare started with SEDGE_PRELOAD imports those modules before it
+    says it is up, so the function's own import finds them loaded."""
+
+    def spare_sees(self, preload):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        Path(tmp.name, "handler.py").write_text("import sys\nPRELOADED = 'colorsys' in sys.modules\n"
+                                                "def handle(req):\n    return str(PRELOADED)\n")
+        env = dict(os.environ)
+        if preload:
+            env["SEDGE_PRELOAD"] = preload
+        worker = Worker([os.environ.get("SEDGE_PYTHON", "python3"), str(PYTHON_SHIM), "--spare"], cwd="/", env=env)
+        self.addCleanup(worker.kill)
+        self.assertEqual(worker.frame()[0], {"type": "spare"})
+        worker.send({"type": "load", "dir": tmp.name, "handler": "handler.handle", "env": {}})
+        self.assertEqual(worker.frame()[0]["type"], "ready")
+        header, body = worker.call("/")
+        return body.decode()
+
+    def test_named_modules_are_loaded_before_the_function(self):
+        self.assertEqual(self.spare_sees("colorsys,no_such_module_here"), "True")
+        self.assertEqual(self.spare_sees(""), "False")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -53,7 +53,14 @@ pub fn cpu_per_worker(spec: &FunctionSpec, bundle: &Path) -> Option<f64> {
     }
 }
 
-fn names_ml_package(bundle: &Path) -> bool {
+/// Heavy, commonly used Python modules a function's requirements.txt names,
+/// which a spare started for it may import ahead (`crate::spares`).
+pub fn heavy_modules(bundle: &Path) -> Vec<String> {
+    let names = requirement_names(bundle);
+    ["numpy", "onnxruntime"].iter().filter(|m| names.iter().any(|n| n == *m)).map(|m| (*m).to_owned()).collect()
+}
+
+fn requirement_names(bundle: &Path) -> Vec<String> {
     let mut names = Vec::new();
     if let Ok(text) = std::fs::read_to_string(bundle.join("requirements.txt")) {
         for line in text.lines() {
@@ -64,6 +71,11 @@ fn names_ml_package(bundle: &Path) -> bool {
             names.push(line[..end].to_ascii_lowercase().replace('_', "-"));
         }
     }
+    names
+}
+
+fn names_ml_package(bundle: &Path) -> bool {
+    let mut names = requirement_names(bundle);
     if let Ok(text) = std::fs::read_to_string(bundle.join("package.json")) {
         if let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) {
             if let Some(deps) = json.get("dependencies").and_then(|d| d.as_object()) {
@@ -281,6 +293,7 @@ mod tests {
         assert_eq!(cpu_per_worker(&spec(""), dir.path()), None);
         std::fs::write(dir.path().join("requirements.txt"), "numpy\nonnxruntime==1.20 # inference\n").expect("written");
         assert_eq!(cpu_per_worker(&spec(""), dir.path()), Some(1.0));
+        assert_eq!(heavy_modules(dir.path()), ["numpy", "onnxruntime"]);
         assert_eq!(cpu_per_worker(&spec("[scale]\nconcurrency = 4\n"), dir.path()), None);
         assert_eq!(cpu_per_worker(&spec("[scale]\ncpu = 0\n"), dir.path()), None);
         assert_eq!(cpu_per_worker(&spec("[scale]\ncpu = 0.5\nconcurrency = 4\n"), dir.path()), Some(0.5));

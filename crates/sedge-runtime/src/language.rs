@@ -39,6 +39,7 @@ impl LanguageEngine {
 
 fn spare_target(version: &Version) -> SpareTarget {
     SpareTarget {
+        preload: crate::budget::heavy_modules(&version.files.bundle),
         limits: version.spec.limits.clone(),
         files: version.files.clone(),
         oom_kills: version.counters.oom_kills.clone(),

@@ -276,6 +276,8 @@ pub fn function_env(spec: &FunctionSpec) -> BTreeMap<String, String> {
 /// The function a sandboxed spare is started for.
 #[derive(Debug, Clone)]
 pub struct SpareTarget {
+    /// Modules the spare imports ahead (the function's requirements name them).
+    pub preload: Vec<String>,
     pub limits: sedge_core::Limits,
     /// Bound into the spare's view.
     pub files: crate::WorkerFiles,
@@ -303,6 +305,9 @@ impl Spare {
             None => (tokio::process::Command::new(program), None),
         };
         cmd.arg(shim).arg("--spare").env("PYTHONUNBUFFERED", "1");
+        if let Some(t) = target.filter(|t| !t.preload.is_empty()) {
+            cmd.env("SEDGE_PRELOAD", t.preload.join(","));
+        }
         let memory = target.and_then(|t| t.limits.memory);
         let mut spawned = Spawned::spawn((cmd, cgroup), program, Arc::new(LogTarget::default()), config, memory)?;
         match spawned.first_frame(None).await {
