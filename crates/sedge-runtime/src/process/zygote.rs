@@ -50,6 +50,9 @@ pub struct Zygote {
     /// Host pids in the zygote's own cgroup once it was up (its launcher
     /// and itself), when sandboxed.
     known: Vec<u32>,
+    /// The next worker's cgroup, made ahead: making one (a folder and its
+    /// limits in every controller) is most of a sandboxed fork's time.
+    next_cgroup: std::sync::Mutex<Option<WorkerCgroup>>,
 }
 
 /// Why a fork gave no worker.
@@ -94,6 +97,7 @@ impl Zygote {
             spawned: tokio::sync::Mutex::new(Some(spawned)),
             broken: AtomicBool::new(false),
             known,
+            next_cgroup: std::sync::Mutex::new(None),
         })))
     }
 
@@ -175,13 +179,15 @@ impl Zygote {
             None => pid,
         };
         drop(guard);
-        let cgroup = match own_cgroup(spec, &launch, host_pid) {
+        let ahead = self.next_cgroup.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let cgroup = match own_cgroup(spec, &launch, host_pid, ahead) {
             Ok(c) => c,
             Err(e) => {
                 kill_group(host_pid);
                 return Err(ForkError::After(e));
             }
         };
+        self.make_next_cgroup(spec, &launch);
         let group = launch.config.groups.adopt(i32::try_from(host_pid).unwrap_or(0), cgroup);
         let stream = match ours.set_nonblocking(true).and_then(|()| UnixStream::from_std(ours)) {
             Ok(s) => s,
@@ -217,11 +223,36 @@ impl Zygote {
     }
 }
 
+impl Zygote {
+    /// Makes the next worker's cgroup in the background.
+    fn make_next_cgroup(self: &Arc<Self>, spec: &FunctionSpec, launch: &Launch<'_>) {
+        let Some(sandbox) = launch.config.sandbox.clone() else { return };
+        let (me, limits, oom_kills) = (self.clone(), spec.limits.clone(), launch.oom_kills.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Ok(Some(cgroup)) = sandbox.cgroup(&limits, oom_kills) {
+                // One made meanwhile by a fork that found none is dropped (removed).
+                *me.next_cgroup.lock().unwrap_or_else(|p| p.into_inner()) = Some(cgroup);
+            }
+        });
+    }
+}
+
 /// Under the sandbox, a cgroup of the worker's own with the function's
-/// limits, the worker moved into it.
-fn own_cgroup(spec: &FunctionSpec, launch: &Launch<'_>, pid: u32) -> Result<Option<WorkerCgroup>, String> {
+/// limits (`ahead`, when one was made in advance), the worker moved into it.
+fn own_cgroup(
+    spec: &FunctionSpec,
+    launch: &Launch<'_>,
+    pid: u32,
+    ahead: Option<WorkerCgroup>,
+) -> Result<Option<WorkerCgroup>, String> {
     let Some(sandbox) = &launch.config.sandbox else { return Ok(None) };
-    let Some(cgroup) = sandbox.cgroup(&spec.limits, launch.oom_kills.clone())? else { return Ok(None) };
+    let cgroup = match ahead {
+        Some(c) => c,
+        None => match sandbox.cgroup(&spec.limits, launch.oom_kills.clone())? {
+            Some(c) => c,
+            None => return Ok(None),
+        },
+    };
     for procs in cgroup.procs_files() {
         std::fs::write(&procs, pid.to_string())
             .map_err(|e| format!("moving the forked worker into {}: {e}", procs.display()))?;
