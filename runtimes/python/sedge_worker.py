@@ -389,6 +389,8 @@ class ModelLoads:
         """Runs each session once on zeros, so its first run's allocations
         and set-up happen in the zygote, shared, rather than in every
         forked worker's first call. A session that refuses is left be."""
+        if not cls.sessions:
+            return  # and numpy is not imported into a zygote that never needed it
         try:
             import numpy as np
         except ImportError:

@@ -187,7 +187,6 @@ impl Zygote {
                 return Err(ForkError::After(e));
             }
         };
-        self.make_next_cgroup(spec, &launch);
         let group = launch.config.groups.adopt(i32::try_from(host_pid).unwrap_or(0), cgroup);
         let stream = match ours.set_nonblocking(true).and_then(|()| UnixStream::from_std(ours)) {
             Ok(s) => s,
@@ -214,10 +213,16 @@ impl Zygote {
             target,
             memory: spec.limits.memory,
         };
+        // Made once this worker is up, not beside its start (both would
+        // take the kernel's cgroup locks).
+        let next = launch.config.sandbox.clone().map(|s| (s, spec.limits.clone(), launch.oom_kills.clone()));
         let mut worker = spawned
             .finish(spec, launch.ready, launch.exited, launch.models, (began, StartKind::Zygote))
             .await
             .map_err(ForkError::After)?;
+        if let Some(next) = next {
+            self.make_next_cgroup(next);
+        }
         worker._zygote = Some(self.clone());
         Ok(worker)
     }
@@ -225,9 +230,15 @@ impl Zygote {
 
 impl Zygote {
     /// Makes the next worker's cgroup in the background.
-    fn make_next_cgroup(self: &Arc<Self>, spec: &FunctionSpec, launch: &Launch<'_>) {
-        let Some(sandbox) = launch.config.sandbox.clone() else { return };
-        let (me, limits, oom_kills) = (self.clone(), spec.limits.clone(), launch.oom_kills.clone());
+    fn make_next_cgroup(
+        self: &Arc<Self>,
+        (sandbox, limits, oom_kills): (
+            Arc<crate::sandbox::Sandbox>,
+            sedge_core::Limits,
+            Arc<std::sync::atomic::AtomicU64>,
+        ),
+    ) {
+        let me = self.clone();
         tokio::task::spawn_blocking(move || {
             if let Ok(Some(cgroup)) = sandbox.cgroup(&limits, oom_kills) {
                 // One made meanwhile by a fork that found none is dropped (removed).
