@@ -6,7 +6,8 @@ work=$(mktemp -d)
 trap 'kill "$node" 2>/dev/null; wait "$node" 2>/dev/null; rm -rf "$work"' EXIT
 password="bench-$$"
 export SEDGE_PYTHON=${SEDGE_PYTHON:-$PWD/.venv/bin/python} SEDGE_ADMIN_PASSWORD=$password SEDGE_PASSWORD=$password
-"$bin" serve --listen 127.0.0.1:0 --data "$work/data" > "$work/out" 2> "$work/err" &
+# shellcheck disable=SC2086 # SERVE_FLAGS: extra flags, split on spaces
+"$bin" serve --listen 127.0.0.1:0 --data "$work/data" ${SERVE_FLAGS:-} > "$work/out" 2> "$work/err" &
 node=$!
 for _ in $(seq 100); do grep -q "listening on" "$work/out" 2>/dev/null && break; sleep 0.1; done
 url=$(sed -n 's/^sedge listening on //p' "$work/out")

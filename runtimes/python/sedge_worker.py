@@ -18,6 +18,7 @@ import struct
 import sys
 import threading
 import traceback
+import time
 import types
 from urllib.parse import parse_qs
 
@@ -213,7 +214,11 @@ class Channel:
     loads, so that nothing the user's code prints, reads or runs can touch
     it; stdout and stderr stay the function's own, for its log."""
 
-    def __init__(self):
+    def __init__(self, fd=None):
+        if fd is not None:
+            # A forked worker's own channel, received from sedge (docs/scaling.md).
+            self._open(fd)
+            return
         text = os.environ.get("SEDGE_CHANNEL_FD", "3") or "3"
         if not (text.isascii() and text.isdigit()):
             die(f"SEDGE_CHANNEL_FD must be a descriptor number, not {text!r}", 2)
@@ -224,6 +229,10 @@ class Channel:
         except OSError as e:
             die(f"no channel from sedge at descriptor {given} (SEDGE_CHANNEL_FD): {e}", 2)
         os.close(given)
+        self._open(fd)
+
+    def _open(self, fd):
+        self.fd = fd
         # Plain file objects over the socket: reads and writes are all it
         # needs, and the socket module would cost every cold start its import.
         self._in = os.fdopen(fd, "rb")
@@ -358,6 +367,248 @@ def add_function_packages():
     site.addsitedir(folder)
     added = [p for p in sys.path if p not in before]
     sys.path[:] = added + before
+
+
+class ModelLoads:
+    """Time spent building onnxruntime sessions while the function's module
+    loads, so the ready frame can tell model loading from other imports.
+    onnxruntime is wrapped when it is imported (or now, if a spare already
+    imported it); nothing else about it changes."""
+
+    spent = 0.0
+    # In a zygote, sessions built without a thread count get one thread:
+    # a pool of threads does not survive a fork (docs/scaling.md).
+    one_thread = False
+    # Threads onnxruntime's own import started.
+    import_threads = set()
+    # Sessions a zygote's module built, run once before the first fork.
+    sessions = []
+
+    @classmethod
+    def rehearse(cls):
+        """Runs each session once on zeros, so its first run's allocations
+        and set-up happen in the zygote, shared, rather than in every
+        forked worker's first call. A session that refuses is left be."""
+        if not cls.sessions:
+            return  # and numpy is not imported into a zygote that never needed it
+        try:
+            import numpy as np
+        except ImportError:
+            return
+        kinds = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+                 "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+                 "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
+        for session in cls.sessions:
+            try:
+                feed = {}
+                for i in session.get_inputs():
+                    shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+                    feed[i.name] = np.zeros(shape, kinds[i.type])
+                session.run(None, feed)
+            except Exception:  # a model that needs real inputs: its first call pays
+                pass
+        cls.sessions = []
+
+    @classmethod
+    def wrap(cls, module):
+        session = getattr(module, "InferenceSession", None)
+        init = getattr(session, "__init__", None)
+        if session is None or init is None or getattr(init, "_sedge_timed", False):
+            return
+
+        def timed_init(self, *args, **kwargs):
+            if cls.one_thread:
+                args, kwargs = one_thread_options(module, args, kwargs)
+            began = time.perf_counter()
+            try:
+                init(self, *args, **kwargs)
+            finally:
+                cls.spent += time.perf_counter() - began
+            if cls.one_thread:
+                cls.sessions.append(self)
+
+        timed_init._sedge_timed = True
+        session.__init__ = timed_init
+
+    @classmethod
+    def watch(cls):
+        if "onnxruntime" in sys.modules:
+            cls.wrap(sys.modules["onnxruntime"])
+            return
+        import importlib.abc
+        import importlib.util
+
+        class Finder(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name != "onnxruntime":
+                    return None
+                sys.meta_path.remove(self)
+                spec = importlib.util.find_spec(name)
+                loader = getattr(spec, "loader", None)
+                if loader is None or not hasattr(loader, "exec_module"):
+                    return spec
+                run = loader.exec_module
+
+                def exec_module(module):
+                    before = thread_ids()
+                    run(module)
+                    # onnxruntime starts a housekeeping thread of its own on
+                    # import, idle in timed waits; sessions with one thread
+                    # run on the caller's, which a fork keeps (docs/scaling.md).
+                    cls.import_threads |= thread_ids() - before
+                    cls.wrap(module)
+
+                loader.exec_module = exec_module
+                return spec
+
+        sys.meta_path.insert(0, Finder())
+
+
+def one_thread_options(ort, args, kwargs):
+    """The session's arguments with its options asking for one intra-op and
+    one inter-op thread, unless they already name a count."""
+    args = list(args)
+    options = kwargs.get("sess_options", args[1] if len(args) > 1 else None)
+    if options is None:
+        options = ort.SessionOptions()
+    if not options.intra_op_num_threads:
+        options.intra_op_num_threads = 1
+    if not options.inter_op_num_threads:
+        options.inter_op_num_threads = 1
+    if "sess_options" in kwargs or len(args) <= 1:
+        kwargs["sess_options"] = options
+    else:
+        args[1] = options
+    return tuple(args), kwargs
+
+
+# --- zygote ---------------------------------------------------------------------
+#
+# With SEDGE_ZYGOTE=1 the shim loads the function's module, then forks a
+# worker for every `fork` frame instead of serving: the workers share its
+# loaded pages copy-on-write and skip the imports (docs/scaling.md).
+
+FORK_THREADS_HINT = (
+    "set onnxruntime's intra_op_num_threads / inter_op_num_threads to 1, or "
+    "OMP_NUM_THREADS / OPENBLAS_NUM_THREADS to 1, or start threads on the first call"
+)
+
+
+def thread_ids():
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+def fork_hazards(channel_fd):
+    """What the loaded module left that a fork would break, or None."""
+    python_threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if python_threads:
+        return f"the module started Python threads ({', '.join(python_threads[:5])}), which a fork does not copy"
+    try:
+        tasks = set(os.listdir("/proc/self/task"))
+    except OSError:
+        return "/proc is not readable, so native threads cannot be ruled out"
+    others = tasks - {str(os.getpid())} - ModelLoads.import_threads
+    if others:
+        return f"native libraries started {len(others)} thread(s) at import, which a fork does not copy; {FORK_THREADS_HINT}"
+    for name in os.listdir("/proc/self/fd"):
+        if not name.isdigit() or int(name) in (0, 1, 2, channel_fd):
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            return "the module opened a socket at import (a connection its forked workers would share); open it on the first call instead"
+    return None
+
+
+def zygote(channel, loaded, imports_us, model_us):
+    import signal
+    import socket
+
+    ModelLoads.rehearse()
+    hazard = fork_hazards(channel.fd)
+    if hazard is not None:
+        channel.send({"type": "unforkable", "reason": hazard})
+        return 0
+    # Its workers are reaped by the kernel as they end; each gets the
+    # default back.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    channel.send({"type": "zygote", "imports_us": imports_us, "model_us": model_us})
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(channel.fd))
+    fds_space = socket.CMSG_SPACE(3 * 4)
+    while True:
+        data, ancillary, _, _ = sock.recvmsg(PREFIX.size + MAX_FORK_HEADER, fds_space, socket.MSG_CMSG_CLOEXEC)
+        if not data:
+            return 0
+        fds = []
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[: len(payload) // 4 * 4]))
+        while len(data) < PREFIX.size:
+            more = sock.recv(PREFIX.size - len(data))
+            if not more:
+                return 0
+            data += more
+        header_len, _ = PREFIX.unpack(data[: PREFIX.size])
+        while len(data) < PREFIX.size + header_len:
+            more = sock.recv(PREFIX.size + header_len - len(data))
+            if not more:
+                return 0
+            data += more
+        header = _decode_json(data[PREFIX.size : PREFIX.size + header_len].decode("utf-8"))
+        if not isinstance(header, dict) or header.get("type") != "fork" or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            die("bad frame from sedge: a zygote expects fork frames with three descriptors", 2)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(forked_worker(channel, sock, fds, loaded))
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass  # the child did it first, or is already gone
+        for fd in fds:
+            os.close(fd)
+        channel.send({"type": "forked", "pid": pid})
+
+
+def forked_worker(zygote_channel, zygote_sock, fds, loaded):
+    """The forked child: takes its own channel and output, then serves."""
+    import signal
+
+    try:
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        zygote_sock.close()
+        os.close(zygote_channel.fd)
+        channel_fd, out_fd, err_fd = fds
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.close(out_fd)
+        os.close(err_fd)
+        # `random` reseeds itself in a forked child; numpy's global one does not.
+        np_random = sys.modules.get("numpy.random")
+        if np_random is not None and hasattr(np_random, "seed"):
+            np_random.seed()
+        channel = Channel(channel_fd)
+        channel.send({"type": "ready", "imports_us": 0, "model_us": 0})
+        serve(channel, loaded)
+        return 0
+    except BaseException:  # never back into the zygote's loop
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+MAX_FORK_HEADER = 4096
 
 
 def load_handler(function_dir, handler_name):
@@ -781,12 +1032,30 @@ def set_title(name, setter):
         pass
 
 
+def preload():
+    """A spare started for one function (SEDGE_PRELOAD, sandboxed nodes)
+    imports the heavy modules its requirements name ahead, from the
+    function's own packages first, so its start pays only the rest. A
+    module that does not import is left to the function's own import,
+    which reports it."""
+    names = [n for n in os.environ.pop("SEDGE_PRELOAD", "").split(",") if n]
+    if not names:
+        return
+    add_function_packages()
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+
+
 def await_assignment(channel):
     """A spare worker is started before any function needs it, so that the
     interpreter's and the shim's start-up are paid before a request waits.
     The `load` frame then says which function it becomes: the environment
     and working directory that a worker started for that function would
     have had, and the folder and handler to load."""
+    preload()
     channel.send({"type": "spare"})
     frame = channel.read()
     if frame is None:
@@ -830,12 +1099,21 @@ def main(argv):
         concurrency = read_concurrency()
         max_answer = read_max_answer()
         _models.declared = read_models()
+        as_zygote = os.environ.pop("SEDGE_ZYGOTE", "") == "1"
+        ModelLoads.one_thread = as_zygote
+        ModelLoads.watch()
+        began = time.perf_counter()
         handler = load_handler(function_dir, handler_name)
+        took = time.perf_counter() - began
         loaded = Loaded(make_style(handler), handler, concurrency, max_answer)
     except LoadError as e:
         channel.send({"type": "load_error", "error": clipped(str(e))})
         return 1
-    channel.send({"type": "ready"})
+    model = min(ModelLoads.spent, took)
+    imports_us, model_us = int((took - model) * 1e6), int(model * 1e6)
+    if as_zygote:
+        return zygote(channel, loaded, imports_us, model_us)
+    channel.send({"type": "ready", "imports_us": imports_us, "model_us": model_us})
     serve(channel, loaded)
     return 0
 

@@ -17,7 +17,7 @@ class ExampleTests(unittest.TestCase):
         folder = EXAMPLES / name
         worker = Worker([*command, str(folder), "handler.handle"], folder, dict(os.environ, SEDGE_FUNCTION=name))
         self.addCleanup(worker.kill)
-        self.assertEqual(worker.frame()[0], {"type": "ready"}, worker.stderr())
+        self.assertEqual(worker.frame()[0]["type"], "ready", worker.stderr())
         return worker
 
     def check_hello(self, worker):

@@ -55,7 +55,7 @@ class StyleCase(unittest.TestCase):
     def start(self, source, handler="handler.handle", filename="handler.js", **env):
         worker = self.launch(source, handler, filename, **env)
         header, _ = worker.frame()
-        self.assertEqual(header, {"type": "ready"}, worker.stderr())
+        self.assertEqual(header["type"], "ready", worker.stderr())
         return worker
 
     def send(self, worker, path="/", method="GET", body=b"", content_type=None, headers=(), query=""):
@@ -636,7 +636,7 @@ class StyleExampleTests(unittest.TestCase):
         env = dict(os.environ, SEDGE_FUNCTION=name, SEDGE_STYLE=style, SEDGE_TIMEOUT="10", SEDGE_MEMORY_LIMIT="")
         worker = Worker(["node", str(NODE_SHIM), str(folder), manifest["handler"]], folder, env)
         self.addCleanup(worker.kill)
-        self.assertEqual(worker.frame()[0], {"type": "ready"}, worker.stderr())
+        self.assertEqual(worker.frame()[0]["type"], "ready", worker.stderr())
         return worker
 
     def post(self, worker, payload):

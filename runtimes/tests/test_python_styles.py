@@ -63,7 +63,7 @@ class StyleTest(unittest.TestCase):
     def serve(self, source, handler, **env):
         worker = self.start(source, handler, **env)
         header, _ = worker.frame()
-        self.assertEqual(header, {"type": "ready"}, worker.stderr())
+        self.assertEqual(header["type"], "ready", worker.stderr())
         return worker
 
     def load_error(self, worker):
@@ -683,7 +683,7 @@ class StyleExampleTests(unittest.TestCase):
         worker = Worker([sys.executable, "-u", str(PYTHON_SHIM), str(folder), json.loads(fields["handler"])],
                         folder, env)
         self.addCleanup(worker.kill)
-        self.assertEqual(worker.frame()[0], {"type": "ready"}, worker.stderr())
+        self.assertEqual(worker.frame()[0]["type"], "ready", worker.stderr())
         return worker
 
     def sample(self):

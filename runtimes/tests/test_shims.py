@@ -215,7 +215,7 @@ class ShimContract:
     def start_ready(self, source, **env):
         worker = self.start(source, **env)
         header, body = worker.frame()
-        self.assertEqual(header, {"type": "ready"}, worker.stderr())
+        self.assertEqual(header["type"], "ready", worker.stderr())
         self.assertEqual(body, b"")
         return worker
 

@@ -157,6 +157,35 @@ pub async fn scale_to_zero(gateway: &str, auth: Option<&str>, name: &str, within
     }
 }
 
+/// Where the function's last cold start went (`sedge.lastColdStart` of
+/// `GET /system/function/NAME`); `None` from a node that does not say.
+pub async fn last_cold_start(
+    gateway: &str,
+    auth: Option<&str>,
+    name: &str,
+) -> Result<Option<crate::record::ColdPhases>, BenchError> {
+    let url = format!("{gateway}/system/function/{name}");
+    let answer = http::once(&url, "GET", &with_auth(Vec::new(), auth), Bytes::new(), API_TIMEOUT).await?;
+    if !ok(&answer) {
+        return Err(refused(&format!("describing {name}"), &answer));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    let last = &v["sedge"]["lastColdStart"];
+    let ms = |k: &str| last.get(k).and_then(serde_json::Value::as_f64);
+    Ok(match (ms("processMs"), ms("importsMs"), ms("modelMs"), ms("firstAnswerMs")) {
+        (Some(process_ms), Some(imports_ms), Some(model_ms), Some(first_answer_ms)) => {
+            Some(crate::record::ColdPhases {
+                kind: last["kind"].as_str().unwrap_or("").to_owned(),
+                process_ms,
+                imports_ms,
+                model_ms,
+                first_answer_ms,
+            })
+        }
+        _ => None,
+    })
+}
+
 /// `availableReplicas` of `GET /system/function/NAME`.
 pub async fn available_replicas(gateway: &str, auth: Option<&str>, name: &str) -> Result<u64, BenchError> {
     let url = format!("{gateway}/system/function/{name}");

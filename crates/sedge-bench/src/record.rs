@@ -67,6 +67,20 @@ pub struct StepRecord {
     pub elapsed_s: f64,
     /// Local nodes only.
     pub resources: Option<Resources>,
+    /// A cold start's phases as the node reported them (sedge targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<ColdPhases>,
+}
+
+/// Where one cold start went, from the node's `describe` (`lastColdStart`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColdPhases {
+    /// fresh, spare, zygote or model.
+    pub kind: String,
+    pub process_ms: f64,
+    pub imports_ms: f64,
+    pub model_ms: f64,
+    pub first_answer_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +233,7 @@ mod tests {
             repetition: 1,
             elapsed_s: 1.0,
             resources: None,
+            phases: None,
         };
         let samples = vec![
             Sample { user: 0, send_us: 5, latency_us: 1200, status: 200, bytes: 2, outcome: Outcome::Ok },

@@ -143,6 +143,7 @@ async fn run_with(
         let sampler = local_pid.filter(|_| r.local).map(|pid| Sampler::start(pid, SAMPLE_EVERY));
         let result = load::run(&load_plan).await?;
         let step = StepRecord {
+            phases: None,
             id: record.steps.len() as u32 + 1,
             kind: StepKind::Load,
             scenario: r.record.name.clone(),
@@ -182,7 +183,10 @@ async fn run_with(
             }
             let sampler = local_pid.filter(|_| r.local).map(|pid| Sampler::start(pid, SAMPLE_EVERY));
             let result = load::run(&plan_for(exp, r, 1, Stop::Requests(1))).await?;
+            // A node too old to say leaves the phases out.
+            let phases = node::last_cold_start(gateway, r.auth.as_deref(), &r.record.function).await.ok().flatten();
             let step = StepRecord {
+                phases,
                 id: record.steps.len() as u32 + 1,
                 kind: StepKind::Cold,
                 scenario: r.record.name.clone(),

@@ -142,6 +142,12 @@ pub struct Scale {
     pub concurrency: u32,
     /// How long a worker may sit unneeded before the pool shrinks.
     pub idle: Duration,
+    /// In-flight requests per worker the autoscaler aims at (1 to `concurrency`).
+    pub target: u32,
+    /// Thousandths of a core one busy worker keeps busy, counted against
+    /// the node's cores (`Some(0)`: not CPU-bound). Unset, the node decides
+    /// by what the function is (a `concurrency = 1` ML function is).
+    pub cpu_millis: Option<u32>,
 }
 
 /// The locked form of a manifest: every value checked, every default filled.
@@ -229,6 +235,8 @@ struct RawScale {
     max: Option<i64>,
     concurrency: Option<i64>,
     idle: Option<String>,
+    target: Option<i64>,
+    cpu: Option<f64>,
 }
 
 /// Field checks report into this, so each message carries the file name.
@@ -348,7 +356,14 @@ impl FunctionSpec {
             max,
             concurrency: c.count("scale.concurrency", raw.scale.concurrency, default_concurrency, (1, 1024))?,
             idle: c.duration("scale.idle", raw.scale.idle.as_deref(), DEFAULT_IDLE)?,
+            target: 0,
+            cpu_millis: match raw.scale.cpu {
+                Some(0.0) => Some(0),
+                other => c.cores("scale.cpu", other)?,
+            },
         };
+        let mut scale = scale;
+        scale.target = c.count("scale.target", raw.scale.target, scale.concurrency, (1, scale.concurrency))?;
         if limits.pids == 0 {
             // A worker serving many calls at once runs a thread for each.
             limits.pids = DEFAULT_PIDS.max(scale.concurrency.saturating_add(PIDS_HEADROOM));
@@ -515,6 +530,14 @@ mod tests {
     const MINIMAL: &str = "name = \"hello\"\nruntime = \"python\"\nhandler = \"handler.handle\"\n";
 
     #[test]
+    fn scale_cpu_and_target_are_read() {
+        let spec = parse(&format!("{MINIMAL}[scale]\ncpu = 1.0\nconcurrency = 4\ntarget = 2\n")).expect("valid");
+        assert_eq!((spec.scale.cpu_millis, spec.scale.target), (Some(1000), 2));
+        let spec = parse(&format!("{MINIMAL}[scale]\ncpu = 0\n")).expect("valid");
+        assert_eq!(spec.scale.cpu_millis, Some(0), "0 says: not CPU-bound");
+    }
+
+    #[test]
     fn minimal_manifest_gets_defaults() {
         let spec = parse(MINIMAL).expect("valid");
         assert_eq!(spec.name.as_str(), "hello");
@@ -527,7 +550,10 @@ mod tests {
         assert_eq!(spec.limits.cpu_millis, None);
         let busy = parse(&format!("{MINIMAL}[scale]\nconcurrency = 100\n")).expect("valid");
         assert_eq!(busy.limits.pids, 132, "a thread per concurrent call, and room besides");
-        assert_eq!(spec.scale, Scale { min: 0, max: 4, concurrency: 1, idle: DEFAULT_IDLE });
+        assert_eq!(
+            spec.scale,
+            Scale { min: 0, max: 4, concurrency: 1, idle: DEFAULT_IDLE, target: 1, cpu_millis: None }
+        );
     }
 
     #[test]
@@ -544,7 +570,10 @@ mod tests {
         assert_eq!(spec.limits.queue, 3);
         assert_eq!(spec.limits.pids, 16);
         assert_eq!(spec.limits.cpu_millis, Some(500));
-        assert_eq!(spec.scale, Scale { min: 1, max: 2, concurrency: 4, idle: Duration::from_secs(300) });
+        assert_eq!(
+            spec.scale,
+            Scale { min: 1, max: 2, concurrency: 4, idle: Duration::from_secs(300), target: 4, cpu_millis: None }
+        );
         assert_eq!(spec.env.get("MODEL").map(String::as_str), Some("x"));
         assert!(spec.secrets.is_empty() && !spec.auth.invoke);
     }
@@ -584,6 +613,8 @@ mod tests {
             (&format!("{MINIMAL}[scale]\nmax = 0"), "scale.max", "from 1"),
             (&format!("{MINIMAL}[scale]\nmin = 5\nmax = 2"), "scale.min", "from 0 to 2"),
             (&format!("{MINIMAL}[scale]\nconcurrency = -1"), "scale.concurrency", "whole number"),
+            (&format!("{MINIMAL}[scale]\nconcurrency = 2\ntarget = 3"), "scale.target", "from 1 to 2"),
+            (&format!("{MINIMAL}[scale]\ncpu = -1.0"), "scale.cpu", "number of cores"),
             (&format!("{MINIMAL}[env]\n\"A-B\" = \"x\""), "env.A-B", "letters"),
             (&format!("{MINIMAL}secrets = [\"ok\", \"../etc\"]"), "secrets[1]", "lower-case"),
             (&format!("{MINIMAL}secrets = [\"a\", \"a\"]"), "secrets[1]", "twice"),

@@ -22,7 +22,15 @@ pub enum Header {
     /// sedge → worker: run the handler once; the body is the request body.
     Invoke { id: u64, method: String, path: String, query: String, headers: Vec<(String, String)>, timeout_ms: u64 },
     /// worker → sedge: the user's module is loaded; invocations may come.
-    Ready,
+    /// The worker may say where its start went, in microseconds: importing
+    /// the module (`imports_us`, model loads excluded) and loading models
+    /// (`model_us`, e.g. onnxruntime sessions built while it imported).
+    Ready {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        imports_us: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_us: Option<u64>,
+    },
     /// worker → sedge: a spare worker (started with `--spare`) is up and
     /// waits for its `load` frame.
     Spare,
@@ -30,6 +38,22 @@ pub enum Header {
     Load { dir: String, handler: String, env: std::collections::BTreeMap<String, String> },
     /// worker → sedge: the user's module could not be loaded.
     LoadError { error: String },
+    /// zygote → sedge: the module is loaded (as in `ready`) and the process
+    /// waits for `fork` frames (docs/scaling.md, "Zygotes").
+    Zygote {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        imports_us: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_us: Option<u64>,
+    },
+    /// zygote → sedge: the module left something a fork would break
+    /// (threads, sockets); the process exits and workers start fresh.
+    Unforkable { reason: String },
+    /// sedge → zygote: fork a worker. The frame carries three descriptors
+    /// (SCM_RIGHTS): the new worker's channel, its stdout and its stderr.
+    Fork { instance: String },
+    /// zygote → sedge: the worker forked, with its pid as the zygote sees it.
+    Forked { pid: u32 },
     /// worker → sedge: the handler's answer; the body is the answer body.
     Response {
         id: u64,
@@ -287,11 +311,15 @@ mod tests {
                     headers,
                     timeout_ms
                 }),
-            Just(Header::Ready),
+            (proptest::option::of(0u64..1 << 40), proptest::option::of(0u64..1 << 40))
+                .prop_map(|(imports_us, model_us)| Header::Ready { imports_us, model_us }),
             Just(Header::Spare),
             ("\\PC*", "\\PC*", proptest::collection::btree_map("\\PC*", "\\PC*", 0..3))
                 .prop_map(|(dir, handler, env)| Header::Load { dir, handler, env }),
             "\\PC*".prop_map(|error| Header::LoadError { error }),
+            "\\PC*".prop_map(|reason| Header::Unforkable { reason }),
+            "\\PC*".prop_map(|instance| Header::Fork { instance }),
+            any::<u32>().prop_map(|pid| Header::Forked { pid }),
             (any::<u64>(), any::<u16>(), proptest::collection::vec(("\\PC*", "\\PC*"), 0..4))
                 .prop_map(|(id, status, headers)| Header::Response { id, status, headers }),
             (any::<u64>(), "\\PC*", "\\PC*", proptest::option::of(any::<u64>()))
@@ -402,7 +430,8 @@ mod tests {
 
     #[test]
     fn wire_format_matches_the_documented_example() {
-        let bytes = encode(&Frame { header: Header::Ready, body: Bytes::new() }).expect("encodable");
+        let bytes = encode(&Frame { header: Header::Ready { imports_us: None, model_us: None }, body: Bytes::new() })
+            .expect("encodable");
         assert_eq!(&bytes[..8], &[0, 0, 0, 16, 0, 0, 0, 0]);
         assert_eq!(&bytes[8..], br#"{"type":"ready"}"#);
     }

@@ -66,6 +66,12 @@ pub trait Worker: Send + Sync {
     /// shrinks or drains.
     fn stop(self: Arc<Self>);
 
+    /// Where this worker's start went, if its engine knows: the pool adds
+    /// the first answer and reports the whole (`sedge_cold_start_seconds`).
+    fn start_phases(&self) -> Option<StartPhases> {
+        None
+    }
+
     /// Runs tensors through the model this worker serves (a function's
     /// code calling `sedge.infer`). Same deadline rules as [`Self::call`].
     /// Only workers that are models answer; the others refuse.
@@ -77,6 +83,42 @@ pub trait Worker: Send + Sync {
         let _ = (inputs, deadline);
         Box::pin(async { Err(InvokeError::Failed { function: String::new(), message: "not a model".to_owned() }) })
     }
+}
+
+/// How a worker came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// A process of its own, from the interpreter's start.
+    Fresh,
+    /// A spare interpreter that was waiting, told to load the function.
+    Spare,
+    /// Forked from the function's template process (its zygote).
+    Zygote,
+    /// A model loaded in the node.
+    Model,
+}
+
+impl StartKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Spare => "spare",
+            Self::Zygote => "zygote",
+            Self::Model => "model",
+        }
+    }
+}
+
+/// Where a worker's start went, up to its being ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartPhases {
+    pub kind: StartKind,
+    /// Starting the process and the shim (or taking a spare, or forking).
+    pub process: std::time::Duration,
+    /// Importing the function's module, model loads excluded.
+    pub imports: std::time::Duration,
+    /// Loading models.
+    pub model: std::time::Duration,
 }
 
 /// A tensor on its way between a function's worker and a model: what the

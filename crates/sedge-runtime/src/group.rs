@@ -91,6 +91,15 @@ impl ProcessGroups {
         Ok((child, ProcessGroup { pgid, ended: AtomicBool::new(pgid <= 0), groups: self.clone(), cgroup }))
     }
 
+    /// Takes on the group `pgid` led by a process the node did not spawn
+    /// itself (a worker forked by a zygote), held also by `cgroup`.
+    pub fn adopt(self: &Arc<Self>, pgid: i32, cgroup: Option<WorkerCgroup>) -> ProcessGroup {
+        if pgid > 0 {
+            self.lock().insert(pgid);
+        }
+        ProcessGroup { pgid, ended: AtomicBool::new(pgid <= 0), groups: self.clone(), cgroup }
+    }
+
     /// Kills every group still running.
     pub fn kill_all(&self) {
         let all = std::mem::take(&mut *self.lock());
@@ -137,6 +146,11 @@ impl ProcessGroup {
         if let Some(c) = &self.cgroup {
             c.finish();
         }
+    }
+
+    /// The worker's cgroup, if it has one of its own.
+    pub fn cgroup(&self) -> Option<&WorkerCgroup> {
+        self.cgroup.as_ref()
     }
 
     /// Whether the kernel killed a process of this worker for going past

@@ -1,6 +1,7 @@
 //! The engine of the language runtimes (python, node): a long-lived
 //! process running the language's shim ([`crate::process`]), taken from a
-//! spare interpreter when one is waiting ([`crate::spares`]).
+//! spare interpreter when one is waiting ([`crate::spares`]), or (Python)
+//! forked from the function's zygote once it has one ([`crate::zygotes`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -8,8 +9,10 @@ use std::sync::{Arc, OnceLock};
 
 use crate::engine::{BoxFuture, Engine, StartContext, Version, Worker};
 use crate::models::Models;
+use crate::process::zygote::ForkError;
 use crate::process::{Launch, ProcessWorker, Ready, Spare, SpareTarget};
 use crate::spares::Spares;
+use crate::zygotes::Zygotes;
 use crate::RuntimeConfig;
 
 /// One language: its interpreter, its shim, its spares.
@@ -18,6 +21,8 @@ pub struct LanguageEngine {
     program: String,
     shim: PathBuf,
     spares: Arc<Spares>,
+    /// Python's per-version zygotes, when the node forks workers.
+    zygotes: Option<Arc<Zygotes>>,
     /// The node's models, for functions that call them.
     models: OnceLock<Models>,
 }
@@ -26,12 +31,15 @@ impl LanguageEngine {
     /// `language` names it in messages; `program` runs `shim`.
     pub fn new(config: Arc<RuntimeConfig>, language: &'static str, program: String, shim: PathBuf) -> Self {
         let spares = Spares::new(config.clone(), language, program.clone(), shim.clone());
-        Self { config, program, shim, spares, models: OnceLock::new() }
+        let zygotes = (language == "python" && config.zygotes)
+            .then(|| Zygotes::new(config.clone(), program.clone(), shim.clone()));
+        Self { config, program, shim, spares, zygotes, models: OnceLock::new() }
     }
 }
 
 fn spare_target(version: &Version) -> SpareTarget {
     SpareTarget {
+        preload: crate::budget::heavy_modules(&version.files.bundle),
         limits: version.spec.limits.clone(),
         files: version.files.clone(),
         oom_kills: version.counters.oom_kills.clone(),
@@ -43,10 +51,12 @@ impl Engine for LanguageEngine {
         let (config, program, shim, spares) =
             (self.config.clone(), self.program.clone(), self.shim.clone(), self.spares.clone());
         let models = self.models.get().cloned();
+        let zygotes = self.zygotes.clone();
         Box::pin(async move {
-            let StartContext { version, log, ready_by, start_timeout, exited, .. } = ctx;
+            let StartContext { version, log, ready_by, start_timeout, exited, instance } = ctx;
             let spec = &version.spec;
-            let launch = Launch {
+            let zygote_log = log.sibling(format!("{}-zygote", spec.name));
+            let mut launch = Launch {
                 program: &program,
                 shim: &shim,
                 files: &version.files,
@@ -57,6 +67,16 @@ impl Engine for LanguageEngine {
                 exited,
                 models,
             };
+            if let Some(zygote) = zygotes.as_ref().and_then(|z| z.get(&version.files.bundle)) {
+                match zygote.fork(spec, launch, &instance).await {
+                    Ok(worker) => return Ok(Arc::new(worker) as Arc<dyn Worker>),
+                    Err(ForkError::After(e)) => return Err(e),
+                    Err(ForkError::Before(e, back)) => {
+                        zygote_log.line(format!("forking a worker failed ({e}); starting one fresh"));
+                        launch = back;
+                    }
+                }
+            }
             let spare = if Spare::suits(spec) { spares.take(&spare_target(&version)).await } else { None };
             let worker = match spare.and_then(|mut s| s.is_alive().then_some(s)) {
                 Some(spare) => {
@@ -66,6 +86,10 @@ impl Engine for LanguageEngine {
                 }
                 None => ProcessWorker::start(spec, launch).await?,
             };
+            // The module loads: from now on its workers can fork.
+            if let Some(zygotes) = &zygotes {
+                zygotes.ensure(&version, zygote_log);
+            }
             Ok(Arc::new(worker) as Arc<dyn Worker>)
         })
     }
@@ -78,10 +102,16 @@ impl Engine for LanguageEngine {
 
     fn retire(&self, bundle: &Path) {
         self.spares.forget(bundle);
+        if let Some(z) = &self.zygotes {
+            z.forget(bundle);
+        }
     }
 
     fn close(&self) {
         self.spares.close();
+        if let Some(z) = &self.zygotes {
+            z.close();
+        }
     }
 
     fn attach(&self, models: Models) {

@@ -19,6 +19,7 @@
 //! The gateway calls [`Runtime`]; the scaling policy comes from
 //! `sedge-scaler`; specs from `sedge-core`.
 
+pub mod budget;
 pub mod engine;
 mod exec;
 mod group;
@@ -33,6 +34,7 @@ mod process;
 pub mod registry;
 pub mod sandbox;
 mod spares;
+mod zygotes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,7 +45,7 @@ use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 
 pub use logs::{FunctionLogs, LogLine};
 pub use pool::FunctionShared;
-pub use pool::{Admission, Pool, PoolStats};
+pub use pool::{Admission, ColdStart, ColdStarts, Pool, PoolStats};
 pub use registry::{Engines, NoEngine};
 
 const PYTHON_SHIM: &str = include_str!("../../../runtimes/python/sedge_worker.py");
@@ -61,6 +63,9 @@ pub struct RuntimeConfig {
     pub shim_dir: PathBuf,
     /// Keep one started interpreter per language waiting for the next cold start.
     pub spares: bool,
+    /// Fork a Python function's further workers from a zygote that loaded
+    /// its module (docs/scaling.md).
+    pub zygotes: bool,
     /// Every worker process group started, so a stopping node ends them all.
     pub(crate) groups: Arc<group::ProcessGroups>,
     /// How workers are isolated; `None` runs them as the node's own children.
@@ -68,6 +73,9 @@ pub struct RuntimeConfig {
     /// Where each function's secret files are (`ROOT/NAME/`), written by the
     /// gateway before a version serves.
     pub secrets_root: Option<PathBuf>,
+    /// The node's cores and memory, which every pool's workers (and the
+    /// models served in the node) count against.
+    pub budget: Arc<budget::NodeBudget>,
 }
 
 impl RuntimeConfig {
@@ -82,9 +90,11 @@ impl RuntimeConfig {
             node,
             shim_dir: dir.to_owned(),
             spares,
+            zygotes: true,
             groups: Arc::default(),
             sandbox: None,
             secrets_root: None,
+            budget: Arc::default(),
         })
     }
 
@@ -241,7 +251,8 @@ impl Runtime {
         let engine = self.engines.get(spec.runtime)?;
         let shared = self.shared(spec.name.as_str());
         let files = WorkerFiles { bundle: dir, secrets: self.config.secrets_of(&spec), deps };
-        let pool = Pool::new(spec, files, engine, shared);
+        let cpu = budget::cpu_per_worker(&spec, &files.bundle);
+        let pool = Pool::within(spec, files, engine, shared, self.config.budget.clone(), cpu);
         pool.engine().prepare(pool.version());
         Ok(pool)
     }

@@ -173,6 +173,11 @@ impl LogSink {
         }))
     }
 
+    /// A sink for another instance of the same function.
+    pub fn sibling(&self, instance: String) -> Self {
+        Self::new(self.0.function.clone(), instance, self.0.logs.clone())
+    }
+
     /// The worker's name, e.g. `hello-3`.
     pub fn instance(&self) -> &str {
         &self.0.instance

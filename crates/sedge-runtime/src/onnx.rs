@@ -16,7 +16,7 @@ use sedge_onnx::tensor::{self, DType, Data, Tensor};
 use sedge_onnx::{Model, Served};
 use tokio::time::Instant;
 
-use crate::engine::{BoxFuture, Engine, RawTensor, StartContext, Worker};
+use crate::engine::{BoxFuture, Engine, RawTensor, StartContext, StartKind, StartPhases, Worker};
 
 /// Loads and serves ONNX models.
 pub struct OnnxEngine {
@@ -26,8 +26,9 @@ pub struct OnnxEngine {
 }
 
 impl OnnxEngine {
-    pub fn new(python: String) -> Self {
-        Self { python, cores: Cores::of_machine() }
+    /// `cores` are the node's (`crate::budget`), shared with CPU-bound workers.
+    pub fn new(python: String, cores: Cores) -> Self {
+        Self { python, cores }
     }
 }
 
@@ -46,6 +47,7 @@ impl Engine for OnnxEngine {
     fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<Arc<dyn Worker>, String>> {
         let (python, cores) = (self.python.clone(), self.cores.clone());
         Box::pin(async move {
+            let began = Instant::now();
             let spec = ctx.version.spec.clone();
             let bundle = ctx.version.files.bundle.clone();
             let model_spec = spec.model.clone().unwrap_or_else(default_spec);
@@ -58,6 +60,7 @@ impl Engine for OnnxEngine {
             };
             let (plan, held) = cores.reserve(model_spec.instances, model_spec.threads);
             let path = bundle.join(&spec.handler);
+            let before_load = began.elapsed();
             let load = tokio::task::spawn_blocking(move || Model::load(&path, &python, plan.instances, plan.threads));
             let model = load.await.map_err(|e| format!("loading the model: {e}"))?.map_err(|e| e.to_string())?;
             let describe = |t: &[sedge_onnx::tensor::TensorInfo]| {
@@ -79,7 +82,15 @@ impl Engine for OnnxEngine {
                 .map_err(|e| e.to_string())?
                 .with_timeout(spec.limits.timeout);
             served.warm().await.map_err(|e| e.to_string())?;
+            // Loading counts its warm-up run: the model is not ready before it.
+            let phases = StartPhases {
+                kind: StartKind::Model,
+                process: before_load,
+                imports: std::time::Duration::ZERO,
+                model: began.elapsed().saturating_sub(before_load),
+            };
             Ok(Arc::new(OnnxWorker {
+                phases,
                 function: spec.name.to_string(),
                 served,
                 alive: AtomicBool::new(true),
@@ -90,6 +101,7 @@ impl Engine for OnnxEngine {
 }
 
 struct OnnxWorker {
+    phases: StartPhases,
     function: String,
     served: Served,
     alive: AtomicBool,
@@ -104,6 +116,10 @@ impl Worker for OnnxWorker {
 
     fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    fn start_phases(&self) -> Option<StartPhases> {
+        Some(self.phases)
     }
 
     fn kill(&self) {

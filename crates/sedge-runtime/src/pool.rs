@@ -19,11 +19,14 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
-use sedge_scaler::{desired_workers, LoadWindow, Pin, ScaleConfig};
+use sedge_scaler::{Autoscaler, LoadWindow, Pin, ScaleConfig};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::engine::{self, Engine, ExitNotice, LogSink, RawTensor, StartContext, Version, Worker, WorkerCounters};
+use crate::budget::{NodeBudget, DEFAULT_WORKER_MEMORY};
+use crate::engine::{
+    self, Engine, ExitNotice, LogSink, RawTensor, StartContext, StartPhases, Version, Worker, WorkerCounters,
+};
 use crate::logs::FunctionLogs;
 use crate::WorkerFiles;
 
@@ -38,10 +41,15 @@ struct Slot {
     id: u64,
     worker: Arc<dyn Worker>,
     busy: u32,
+    /// Where its start went, until its first call takes it.
+    phases: Option<StartPhases>,
 }
 
 struct Waiter {
     tx: oneshot::Sender<Result<Lease, InvokeError>>,
+    /// Counted among the waits for the CPU (or memory) budget already.
+    counted_cpu: bool,
+    counted_memory: bool,
 }
 
 struct State {
@@ -50,6 +58,14 @@ struct State {
     waiters: VecDeque<Waiter>,
     in_flight: u32,
     window: LoadWindow,
+    scaler: Autoscaler,
+    /// What the policy last wanted, before the node's budgets.
+    desired: u32,
+    /// Whether the CPU (or memory) budget last held the pool below it.
+    cpu_limited: bool,
+    memory_limited: bool,
+    /// Busy workers the CPU budget allows (CPU-bound pools only).
+    busy_cap: Option<u32>,
     pin: Pin,
     last_start_error: Option<(Instant, String)>,
     closed: bool,
@@ -67,6 +83,13 @@ pub struct FunctionShared {
     pub invocations: AtomicU64,
     /// Workers the kernel killed for going past `[limits] memory`.
     pub oom_kills: Arc<AtomicU64>,
+    /// Requests that queued while the node's CPU budget held the pool
+    /// below what its policy wanted.
+    pub cpu_waits: AtomicU64,
+    /// The same, held by the node's memory budget.
+    pub memory_waits: AtomicU64,
+    /// Where its cold starts went.
+    pub cold: ColdStarts,
 }
 
 impl FunctionShared {
@@ -83,6 +106,8 @@ pub struct PoolStats {
     pub starting: u32,
     pub busy: u32,
     pub queued: u32,
+    /// Workers the scaling policy wants, before the node's budgets.
+    pub desired: u32,
     pub cold_starts: u64,
     pub invocations: u64,
 }
@@ -97,6 +122,17 @@ pub struct Pool {
     /// Told whenever a call ends or a queued caller leaves, for [`Pool::drain`].
     changed: Notify,
     me: Weak<Pool>,
+    budget: Arc<NodeBudget>,
+    /// This pool's key in the budget.
+    budget_key: u64,
+    /// Cores a busy worker keeps busy, if CPU-bound.
+    cpu: Option<f64>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.budget.leave(self.budget_key);
+    }
 }
 
 /// A request admitted to a function (see [`Pool::admit`]) whose body may
@@ -128,6 +164,8 @@ pub struct Lease {
     id: u64,
     worker: Arc<dyn Worker>,
     armed: bool,
+    /// Set on a worker's first call: its start, to report with the answer.
+    first: Option<StartPhases>,
 }
 
 impl Drop for Lease {
@@ -139,11 +177,22 @@ impl Drop for Lease {
 }
 
 impl Lease {
+    /// Reports the worker's cold start with its first answer.
+    fn first_answered(&self, began: Instant) {
+        if let Some(phases) = self.first {
+            self.pool.shared.cold.record(ColdStart::new(phases, began.elapsed()));
+        }
+    }
+
     /// Runs the invocation; a timeout kills the worker so it never serves
     /// again, and an answer past `max_answer` is refused.
     pub async fn call(&self, inv: &Invocation, deadline: Instant) -> Result<Reply, InvokeError> {
+        let began = Instant::now();
         match tokio::time::timeout_at(deadline, self.worker.call(inv, deadline)).await {
-            Ok(Ok(reply)) => self.pool.within_cap(reply),
+            Ok(Ok(reply)) => {
+                self.first_answered(began);
+                self.pool.within_cap(reply)
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => {
                 self.worker.timed_out();
@@ -157,8 +206,10 @@ impl Lease {
     /// Runs tensors through a model worker, with the same deadline and
     /// answer cap as [`Self::call`].
     pub async fn infer(&self, inputs: Vec<RawTensor>, deadline: Instant) -> Result<Vec<RawTensor>, InvokeError> {
+        let began = Instant::now();
         match tokio::time::timeout_at(deadline, self.worker.infer(inputs, deadline)).await {
             Ok(Ok(outputs)) => {
+                self.first_answered(began);
                 let limit = self.pool.spec().limits.max_answer;
                 let size: u64 = outputs.iter().map(|t| t.data.len() as u64).sum();
                 if size > limit {
@@ -194,13 +245,35 @@ impl Pool {
         engine: Arc<dyn Engine>,
         shared: Arc<FunctionShared>,
     ) -> Arc<Self> {
+        Self::within(spec, files, engine, shared, Arc::default(), None)
+    }
+
+    /// A pool whose workers count against the node's `budget`, each
+    /// keeping `cpu` cores busy if it is CPU-bound.
+    pub fn within(
+        spec: FunctionSpec,
+        files: WorkerFiles,
+        engine: Arc<dyn Engine>,
+        shared: Arc<FunctionShared>,
+        budget: Arc<NodeBudget>,
+        cpu: Option<f64>,
+    ) -> Arc<Self> {
+        let budget_key = budget.join(cpu, spec.limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY));
         Arc::new_cyclic(|me| Self {
+            budget,
+            budget_key,
+            cpu,
             state: Mutex::new(State {
                 slots: Vec::new(),
                 starting: 0,
                 waiters: VecDeque::new(),
                 in_flight: 0,
                 window: LoadWindow::new(Duration::from_secs(1)),
+                scaler: Autoscaler::default(),
+                desired: 0,
+                cpu_limited: false,
+                memory_limited: false,
+                busy_cap: None,
                 pin: Pin::Auto,
                 last_start_error: None,
                 closed: false,
@@ -223,6 +296,12 @@ impl Pool {
 
     pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// Cores a busy worker counts against the node's CPU budget, if it is
+    /// CPU-bound (`[scale] cpu`, or the default for ML functions).
+    pub fn cpu(&self) -> Option<f64> {
+        self.cpu
     }
 
     /// What this version's workers read besides the node's own files.
@@ -270,7 +349,9 @@ impl Pool {
 
     fn scale_config(&self) -> ScaleConfig {
         let s = &self.spec().scale;
-        ScaleConfig { min: s.min, max: s.max, concurrency: s.concurrency, idle: s.idle }
+        let mut cfg = ScaleConfig::new(s.min, s.max, s.concurrency, s.idle);
+        cfg.target = f64::from(s.target);
+        cfg
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -280,6 +361,7 @@ impl Pool {
             starting: st.starting,
             busy: st.slots.iter().filter(|s| s.busy > 0).count() as u32,
             queued: st.waiters.len() as u32,
+            desired: st.desired,
             cold_starts: self.shared.cold_starts.load(Ordering::Relaxed),
             invocations: self.shared.invocations.load(Ordering::Relaxed),
         }
@@ -390,7 +472,7 @@ impl Pool {
                 }
             }
             let (tx, rx) = oneshot::channel();
-            st.waiters.push_back(Waiter { tx });
+            st.waiters.push_back(Waiter { tx, counted_cpu: false, counted_memory: false });
             self.rescale(&mut st);
             rx
         };
@@ -401,13 +483,28 @@ impl Pool {
     fn take_free(&self, st: &mut State) -> Option<Lease> {
         let pool = self.me.upgrade()?;
         let conc = self.spec().scale.concurrency;
-        let slot = st.slots.iter_mut().filter(|s| s.busy < conc && s.worker.is_alive()).min_by_key(|s| s.busy)?;
-        slot.busy += 1;
+        // A CPU-bound pool keeps no more workers busy than its cores, even
+        // while it has more (a share given back takes effect at once).
+        let at_cap = st.busy_cap.is_some_and(|cap| st.slots.iter().filter(|s| s.busy > 0).count() as u32 >= cap);
+        let slot = st
+            .slots
+            .iter_mut()
+            .filter(|s| s.busy < conc && s.worker.is_alive() && (!at_cap || s.busy > 0))
+            .min_by_key(|s| s.busy)?;
         let (id, worker) = (slot.id, slot.worker.clone());
+        Some(self.lease_on(pool, id, worker, st))
+    }
+
+    fn lease_on(&self, pool: Arc<Pool>, id: u64, worker: Arc<dyn Worker>, st: &mut State) -> Lease {
+        let mut first = None;
+        if let Some(slot) = st.slots.iter_mut().find(|s| s.id == id) {
+            slot.busy += 1;
+            first = slot.phases.take();
+        }
         st.in_flight += 1;
         let demand = st.in_flight + st.waiters.len() as u32;
         st.window.record(self.origin.elapsed(), demand);
-        Some(Lease { pool, id, worker, armed: true })
+        Lease { pool, id, worker, armed: true, first }
     }
 
     /// Gives free capacity to waiters, oldest first.
@@ -425,6 +522,9 @@ impl Pool {
                 // here, under the lock, instead of in Drop (which locks).
                 back.armed = false;
                 self.undo_take(st, back.id);
+                if let Some(slot) = st.slots.iter_mut().find(|s| s.id == back.id) {
+                    slot.phases = back.first.take();
+                }
             }
         }
     }
@@ -451,7 +551,8 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    /// Starts or stops workers to match the policy's desired count.
+    /// Starts or stops workers to match the policy's desired count, within
+    /// what the node's CPU and memory budgets grant.
     fn rescale(&self, st: &mut State) {
         if st.closed {
             return;
@@ -459,8 +560,16 @@ impl Pool {
         let now = self.origin.elapsed();
         let demand = st.in_flight + st.waiters.len() as u32;
         st.window.record(now, demand);
-        let desired = desired_workers(&self.scale_config(), st.pin, &st.window, now);
         let live = st.slots.len() as u32 + st.starting;
+        let decision = st.scaler.decide(&self.scale_config(), st.pin, &st.window, now, live);
+        st.desired = decision.desired;
+        let grant = self.budget.grant(self.budget_key, decision.desired, live);
+        st.cpu_limited = grant.cpu_limited;
+        st.memory_limited = grant.memory_limited;
+        st.busy_cap = grant.cpu_bound.then_some(grant.workers.max(1));
+        self.count_waits(st);
+        // The memory budget never takes workers away, it only stops new ones.
+        let desired = if grant.memory_limited { grant.workers.max(live.min(decision.desired)) } else { grant.workers };
         if desired > live {
             let backing_off = st.last_start_error.as_ref().is_some_and(|(at, _)| at.elapsed() < START_BACKOFF);
             if backing_off && st.waiters.is_empty() {
@@ -479,6 +588,47 @@ impl Pool {
                 stop(slot.worker);
                 surplus -= 1;
             }
+        }
+        if live == 0 && desired == 0 && grant.memory_limited && !st.waiters.is_empty() {
+            self.refuse_for_memory(st);
+        }
+        self.report(st);
+    }
+
+    /// Counts each waiting request once per budget that holds the pool back.
+    fn count_waits(&self, st: &mut State) {
+        let (cpu, memory) = (st.cpu_limited, st.memory_limited);
+        if !cpu && !memory {
+            return;
+        }
+        for w in &mut st.waiters {
+            if cpu && !w.counted_cpu {
+                w.counted_cpu = true;
+                self.shared.cpu_waits.fetch_add(1, Ordering::Relaxed);
+            }
+            if memory && !w.counted_memory {
+                w.counted_memory = true;
+                self.shared.memory_waits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Tells the budget how many workers this pool now has.
+    fn report(&self, st: &State) {
+        self.budget.report(self.budget_key, st.desired, st.slots.len() as u32 + st.starting);
+    }
+
+    /// No worker can start within the node's memory budget: those waiting
+    /// are told so now rather than at their timeout.
+    fn refuse_for_memory(&self, st: &mut State) {
+        let each = self.spec().limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY);
+        let message = format!(
+            "the node's memory budget ({}) has no room for another worker of {}; other functions' workers hold it (serve --memory sets the budget)",
+            self.budget.memory().map_or_else(|| "unbounded".to_owned(), sedge_core::invocation::mebibytes),
+            sedge_core::invocation::mebibytes(each),
+        );
+        for w in st.waiters.drain(..) {
+            let _ = w.tx.send(Err(InvokeError::StartFailed { function: self.name(), message: message.clone() }));
         }
     }
 
@@ -529,13 +679,16 @@ impl Pool {
                 }
                 self.shared.cold_starts.fetch_add(1, Ordering::Relaxed);
                 st.last_start_error = None;
-                st.slots.push(Slot { id, worker, busy: 0 });
+                let phases = worker.start_phases();
+                st.slots.push(Slot { id, worker, busy: 0, phases });
                 self.hand_out(&mut st);
+                self.report(&st);
             }
             Err(message) => {
                 tracing::warn!(function = %self.spec().name, "worker failed to start: {message}");
                 self.shared.logs.push(self.spec().name.as_str(), "sedge", format!("worker failed to start: {message}"));
                 st.last_start_error = Some((Instant::now(), message.clone()));
+                self.report(&st);
                 if st.slots.is_empty() && st.starting == 0 {
                     for w in st.waiters.drain(..) {
                         let _ = w
@@ -576,6 +729,8 @@ impl Pool {
         if n == 0 {
             st.pin = Pin::Auto;
             st.window.clear();
+            // Its panic too: the load it remembers is what was just dropped.
+            st.scaler = Autoscaler::default();
         } else {
             st.pin = Pin::Exactly(n);
         }
@@ -634,6 +789,7 @@ impl Pool {
         for slot in st.slots.drain(..) {
             stop(slot.worker);
         }
+        self.budget.leave(self.budget_key);
     }
 }
 
@@ -648,5 +804,8 @@ fn stop(worker: Arc<dyn Worker>) {
     }
 }
 
+mod cold;
 #[cfg(test)]
 mod tests;
+
+pub use cold::{ColdStart, ColdStarts};

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use tokio::time::Instant;
 
-use crate::engine::{BoxFuture, ExitNotice, LogSink, Worker};
+use crate::engine::{BoxFuture, ExitNotice, LogSink, StartKind, StartPhases, Worker};
 use crate::group::ProcessGroup;
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::models::Models;
@@ -46,6 +46,7 @@ const COALESCE: usize = 64 * 1024;
 pub const CHANNEL_FD: i32 = 3;
 
 mod model_calls;
+pub(crate) mod zygote;
 
 use model_calls::ModelCalls;
 
@@ -96,12 +97,17 @@ pub struct ProcessWorker {
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
     group: Arc<ProcessGroup>,
+    phases: StartPhases,
+    /// The zygote it was forked from, kept while it lives: under the
+    /// sandbox the zygote leads its pid namespace, and its end would end
+    /// the worker too (a version retired keeps serving what it accepted).
+    _zygote: Option<Arc<zygote::Zygote>>,
 }
 
 /// A shim process whose channel is set up and whose output is being
 /// logged, before its first frame.
 struct Spawned {
-    child: Child,
+    child: Proc,
     group: Arc<ProcessGroup>,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
@@ -142,7 +148,16 @@ impl Spawned {
         let recent = Arc::new(RecentLines::default());
         logs::pump(stdout, target.clone(), recent.clone());
         logs::pump(stderr, target.clone(), recent.clone());
-        Ok(Self { child, group: Arc::new(group), reader, writer, decoder: Decoder::default(), recent, target, memory })
+        Ok(Self {
+            child: Proc::Child(child),
+            group: Arc::new(group),
+            reader,
+            writer,
+            decoder: Decoder::default(),
+            recent,
+            target,
+            memory,
+        })
     }
 
     /// The first frame the shim sends by `ready_by`, or why there is none.
@@ -191,9 +206,14 @@ impl Spawned {
         ready: Ready,
         exited: ExitNotice,
         models: Option<Models>,
+        (began, kind): (Instant, StartKind),
     ) -> Result<ProcessWorker, String> {
+        let (mut imports_us, mut model_us) = (None, None);
         let why = match self.first_frame(Some(ready)).await {
-            Ok(Header::Ready) => None,
+            Ok(Header::Ready { imports_us: i, model_us: m }) => {
+                (imports_us, model_us) = (i, m);
+                None
+            }
             Ok(Header::LoadError { error }) => Some(format!("loading {} failed: {error}", spec.handler)),
             Ok(other) => Some(format!("worker spoke out of turn: {other:?}")),
             Err(e) => Some(e),
@@ -222,6 +242,10 @@ impl Spawned {
             (self.child, self.group.clone()),
             exited,
         ));
+        let (imports, model) =
+            (Duration::from_micros(imports_us.unwrap_or(0)), Duration::from_micros(model_us.unwrap_or(0)));
+        let total = began.elapsed();
+        let phases = StartPhases { kind, process: total.saturating_sub(imports + model), imports, model };
         Ok(ProcessWorker {
             function,
             frames: Mutex::new(Some(tx)),
@@ -229,6 +253,8 @@ impl Spawned {
             next_id: AtomicU64::new(1),
             alive,
             group: self.group,
+            phases,
+            _zygote: None,
         })
     }
 }
@@ -250,6 +276,8 @@ pub fn function_env(spec: &FunctionSpec) -> BTreeMap<String, String> {
 /// The function a sandboxed spare is started for.
 #[derive(Debug, Clone)]
 pub struct SpareTarget {
+    /// Modules the spare imports ahead (the function's requirements name them).
+    pub preload: Vec<String>,
     pub limits: sedge_core::Limits,
     /// Bound into the spare's view.
     pub files: crate::WorkerFiles,
@@ -277,6 +305,9 @@ impl Spare {
             None => (tokio::process::Command::new(program), None),
         };
         cmd.arg(shim).arg("--spare").env("PYTHONUNBUFFERED", "1");
+        if let Some(t) = target.filter(|t| !t.preload.is_empty()) {
+            cmd.env("SEDGE_PRELOAD", t.preload.join(","));
+        }
         let memory = target.and_then(|t| t.limits.memory);
         let mut spawned = Spawned::spawn((cmd, cgroup), program, Arc::new(LogTarget::default()), config, memory)?;
         match spawned.first_frame(None).await {
@@ -298,11 +329,15 @@ impl Spare {
 
     /// Whether the process is still there to be assigned.
     pub fn is_alive(&mut self) -> bool {
-        matches!(self.spawned.child.try_wait(), Ok(None))
+        match &mut self.spawned.child {
+            Proc::Child(child) => matches!(child.try_wait(), Ok(None)),
+            Proc::Forked(pid) => forked_alive(*pid),
+        }
     }
 
     /// Makes the spare a worker of `spec`, running in its bundle folder.
     pub async fn assign(mut self, spec: &FunctionSpec, launch: Launch<'_>) -> Result<ProcessWorker, String> {
+        let began = Instant::now();
         self.spawned.target.set(launch.log);
         let mut env = function_env(spec);
         // A spare was started before it knew its function (or, sandboxed,
@@ -317,20 +352,21 @@ impl Spare {
         if let Err(e) = self.spawned.writer.write_all(&frame).await {
             return Err(self.spawned.failed(format!("spare worker is gone: {e}")).await);
         }
-        self.spawned.finish(spec, launch.ready, launch.exited, launch.models).await
+        self.spawned.finish(spec, launch.ready, launch.exited, launch.models, (began, StartKind::Spare)).await
     }
 }
 
 impl ProcessWorker {
     /// Starts a fresh process and waits until the user's module has loaded.
     pub async fn start(spec: &FunctionSpec, launch: Launch<'_>) -> Result<Self, String> {
+        let began = Instant::now();
         let (mut cmd, cgroup) = launch.config.command(launch.program, &spec.limits, launch.files, launch.oom_kills)?;
         let dir = &launch.files.bundle;
         cmd.arg(launch.shim).arg(dir).arg(&spec.handler).current_dir(dir).envs(function_env(spec));
         cmd.env("PYTHONUNBUFFERED", "1");
         let target = Arc::new(LogTarget::new(launch.log));
         Spawned::spawn((cmd, cgroup), launch.program, target, launch.config, spec.limits.memory)?
-            .finish(spec, launch.ready, launch.exited, launch.models)
+            .finish(spec, launch.ready, launch.exited, launch.models, (began, StartKind::Fresh))
             .await
     }
 
@@ -377,6 +413,10 @@ impl Worker for ProcessWorker {
         self.alive.load(Ordering::Acquire)
     }
 
+    fn start_phases(&self) -> Option<StartPhases> {
+        Some(self.phases)
+    }
+
     /// Kills the process (and all it started) at once; its reader then
     /// fails any call in flight.
     fn kill(&self) {
@@ -414,9 +454,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A worker's process: a child of the node's, or forked by a zygote (whose
+/// child it is: the zygote reaps it, the node only watches its pid).
+enum Proc {
+    Child(Child),
+    Forked(u32),
+}
+
+fn forked_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None).is_ok()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// As [`reap`], for a forked worker: its exit status is its zygote's to
+/// read, so only its going is seen.
+async fn reap_forked(pid: u32, group: &ProcessGroup) -> String {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while forked_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = if forked_alive(pid) { "killed after its channel closed" } else { "exited" };
+    group.kill();
+    status.to_owned()
+}
+
 /// Waits briefly for a process that is on its way out, then kills it (and
 /// whatever is left in its group), and says how it ended.
-async fn reap(mut child: Child, group: &ProcessGroup) -> String {
+async fn reap(child: Proc, group: &ProcessGroup) -> String {
+    let mut child = match child {
+        Proc::Child(child) => child,
+        Proc::Forked(pid) => return reap_forked(pid, group).await,
+    };
     let status = match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
         Ok(r) => r,
         Err(_) => {
@@ -488,7 +557,7 @@ async fn read_answers(
     function: String,
     (pending, mut calls): (Pending, ModelCalls),
     alive: Arc<AtomicBool>,
-    (child, group): (Child, Arc<ProcessGroup>),
+    (child, group): (Proc, Arc<ProcessGroup>),
     exited: ExitNotice,
 ) {
     let Answers { mut reader, mut decoder, max_answer, memory } = answers;

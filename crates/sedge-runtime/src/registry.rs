@@ -48,7 +48,10 @@ impl Engines {
         engines.insert(RuntimeKind::Exec, Arc::new(ExecEngine::new(config.clone())));
         engines.insert(RuntimeKind::Http, Arc::new(HttpEngine::new(config.clone())));
         #[cfg(feature = "onnx")]
-        engines.insert(RuntimeKind::Onnx, Arc::new(crate::onnx::OnnxEngine::new(config.python.clone())));
+        engines.insert(
+            RuntimeKind::Onnx,
+            Arc::new(crate::onnx::OnnxEngine::new(config.python.clone(), config.budget.model_cores())),
+        );
         #[cfg(not(feature = "onnx"))]
         engines.unavailable(RuntimeKind::Onnx, "this sedge was built without its onnx feature");
         engines

@@ -1,23 +1,73 @@
 //! Autoscaling policy for one function's worker pool, as a pure function of
-//! recent load, the function's scale config and a clock passed in.
+//! recent load, the function's scale config and a clock passed in, and the
+//! node-wide CPU and memory budgets ([`budget`]) the pools share.
 //!
-//! Demand is in-flight plus queued requests. The pool grows at once towards
-//! demand / concurrency (bounded by `max`) and shrinks only after demand has
-//! stayed lower for the whole `idle` period, down to `min` (zero allowed).
-//! `sedge-runtime` records samples into a [`LoadWindow`] on every arrival and
-//! departure and on a periodic tick, and asks [`desired_workers`] what to do.
-//! Time is a `Duration` since any fixed origin, so tests simulate it.
+//! Demand is in-flight plus queued requests. The policy follows Knative's
+//! KPA: the *stable* want is the average demand over the stable window
+//! (60 s, or `idle` when shorter) over the target in-flight per worker; the
+//! *panic* want is the peak demand over the panic window (a tenth of the
+//! stable one). When the panic want reaches twice the workers there are,
+//! the pool panics: it grows to the panic want at once and does not shrink
+//! until a whole stable window has passed without a reason to panic. Growth
+//! is capped per second ([`ScaleConfig::max_scale_up_rate`]); the last
+//! worker goes only after `idle` without any demand (the scale-to-zero
+//! grace). `sedge-runtime` records samples into a [`LoadWindow`] on every
+//! arrival and departure and on a periodic tick, and asks an [`Autoscaler`]
+//! what to do. Time is a `Duration` since any fixed origin, so tests
+//! simulate it.
+
+pub mod budget;
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
+/// The longest stable window (Knative's default).
+pub const STABLE_WINDOW: Duration = Duration::from_secs(60);
+/// The panic window, as a share of the stable one (Knative: 10 %).
+pub const PANIC_SHARE: u32 = 10;
+/// How far over the workers there are the panic want must be to panic.
+pub const PANIC_THRESHOLD: f64 = 2.0;
+/// How many times the workers of a second ago the pool may grow to in one
+/// second: 1 → 2 → 4 → 8, so a burst does not start `max` interpreters at
+/// once on a node that has cores for two.
+pub const MAX_SCALE_UP_RATE: f64 = 2.0;
+
 /// The scale settings the policy needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScaleConfig {
     pub min: u32,
     pub max: u32,
     pub concurrency: u32,
+    /// In-flight requests per worker the policy aims at (at most `concurrency`).
+    pub target: f64,
+    /// Shrinking waits this long; the last worker goes after this long with
+    /// no demand at all.
     pub idle: Duration,
+    pub max_scale_up_rate: f64,
+}
+
+impl ScaleConfig {
+    /// The defaults for a function: the target is its concurrency.
+    pub fn new(min: u32, max: u32, concurrency: u32, idle: Duration) -> Self {
+        Self {
+            min,
+            max,
+            concurrency,
+            target: f64::from(concurrency.max(1)),
+            idle,
+            max_scale_up_rate: MAX_SCALE_UP_RATE,
+        }
+    }
+
+    /// The stable window: 60 s, or `idle` when that is shorter, so a pool
+    /// told to shrink after 5 s does.
+    pub fn stable_window(&self) -> Duration {
+        STABLE_WINDOW.min(self.idle).max(Duration::from_secs(1))
+    }
+
+    pub fn panic_window(&self) -> Duration {
+        (self.stable_window() / PANIC_SHARE).max(Duration::from_secs(1))
+    }
 }
 
 /// An operator's `scale --replicas N`, which overrides the policy.
@@ -56,9 +106,34 @@ impl LoadWindow {
         self.buckets.iter().filter(|(t, _)| *t + self.bucket > since).map(|(_, d)| *d).max().unwrap_or(0)
     }
 
-    /// Drops buckets that ended before `before`.
+    /// Average of the buckets' peaks over the `span` that ends at `now`; a
+    /// bucket with no sample in it counts as the one before it (demand is
+    /// recorded whenever it changes), and time before the first sample as
+    /// no demand.
+    pub fn average(&self, now: Duration, span: Duration) -> f64 {
+        let n = u32::try_from(span.as_nanos() / self.bucket.as_nanos()).unwrap_or(u32::MAX).max(1);
+        let step = self.bucket;
+        let first = bucket_start(now, step).saturating_sub(step * (n - 1));
+        let mut buckets = self.buckets.iter().peekable();
+        let mut carried = 0u32;
+        let mut sum = 0u64;
+        for k in 0..n {
+            let at = first + step * k;
+            while let Some((_, d)) = buckets.next_if(|(t, _)| *t <= at) {
+                carried = *d;
+            }
+            sum += u64::from(carried);
+        }
+        sum as f64 / f64::from(n)
+    }
+
+    /// Drops buckets that ended before `before`, keeping the last of them
+    /// (it carries into the buckets after it).
     pub fn forget_before(&mut self, before: Duration) {
-        while self.buckets.front().is_some_and(|(t, _)| *t + self.bucket <= before) {
+        while self.buckets.len() > 1 && self.buckets.get(1).is_some_and(|(t, _)| *t + self.bucket <= before) {
+            self.buckets.pop_front();
+        }
+        if self.buckets.len() == 1 && self.buckets.front().is_some_and(|(t, d)| *d == 0 && *t + self.bucket <= before) {
             self.buckets.pop_front();
         }
     }
@@ -79,93 +154,93 @@ pub fn workers_for(demand: u32, concurrency: u32) -> u32 {
     demand.div_ceil(concurrency.max(1))
 }
 
-/// How many workers the pool should have now.
-pub fn desired_workers(cfg: &ScaleConfig, pin: Pin, window: &LoadWindow, now: Duration) -> u32 {
-    if let Pin::Exactly(n) = pin {
-        return n;
+/// Workers for an average (or peak) demand at `target` in flight each.
+fn workers_at(demand: f64, target: f64) -> u32 {
+    let n = (demand / target.max(f64::EPSILON) - 1e-9).ceil();
+    if n <= 0.0 {
+        0
+    } else if n >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        n as u32
     }
-    let peak = window.peak_since(now.saturating_sub(cfg.idle));
-    workers_for(peak, cfg.concurrency).clamp(cfg.min, cfg.max.max(cfg.min))
+}
+
+/// What the policy decided, and why, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub desired: u32,
+    pub panicking: bool,
+    /// The scale-up rate held the pool below what demand asked for.
+    pub rate_limited: bool,
+}
+
+/// The policy's memory between decisions: whether it is panicking, and the
+/// workers the scale-up rate counts from.
+#[derive(Debug, Clone, Default)]
+pub struct Autoscaler {
+    /// The last time the panic condition held.
+    panic_seen: Option<Duration>,
+    /// The desired count while panicking, which only grows.
+    panic_desired: u32,
+    /// (start of the current second, workers at its start).
+    rate_base: Option<(Duration, u32)>,
+}
+
+impl Autoscaler {
+    /// How many workers the pool should have now, with `current` ready or
+    /// starting.
+    pub fn decide(
+        &mut self,
+        cfg: &ScaleConfig,
+        pin: Pin,
+        window: &LoadWindow,
+        now: Duration,
+        current: u32,
+    ) -> Decision {
+        if let Pin::Exactly(n) = pin {
+            self.panic_seen = None;
+            return Decision { desired: n, panicking: false, rate_limited: false };
+        }
+        let target = cfg.target.clamp(f64::EPSILON, f64::from(cfg.concurrency.max(1)));
+        let stable = workers_at(window.average(now, cfg.stable_window()), target);
+        let panic = workers_at(f64::from(window.peak_since(now.saturating_sub(cfg.panic_window()))), target);
+        if panic > 0 && f64::from(panic) >= PANIC_THRESHOLD * f64::from(current) {
+            if self.panic_seen.is_none() {
+                self.panic_desired = current;
+            }
+            self.panic_seen = Some(now);
+        }
+        let panicking = self.panic_seen.is_some_and(|at| now.saturating_sub(at) < cfg.stable_window());
+        let mut want = if panicking {
+            self.panic_desired = self.panic_desired.max(panic).max(stable);
+            self.panic_desired
+        } else {
+            self.panic_seen = None;
+            stable
+        };
+        // The scale-to-zero grace: the last worker stays while there was
+        // any demand within `idle`.
+        if want == 0 && window.peak_since(now.saturating_sub(cfg.idle)) > 0 {
+            want = 1;
+        }
+        let want = want.clamp(cfg.min, cfg.max.max(cfg.min));
+        // The rate counts from the workers at the start of this second.
+        let second = Duration::from_secs(now.as_secs());
+        let base = match self.rate_base {
+            Some((at, n)) if at == second => n,
+            _ => {
+                self.rate_base = Some((second, current));
+                current
+            }
+        };
+        let limit = (f64::from(base.max(1)) * cfg.max_scale_up_rate.max(1.0)).ceil();
+        let limit = if limit >= f64::from(u32::MAX) { u32::MAX } else { limit as u32 };
+        // `min` is held whatever the rate.
+        let desired = if want > current { want.min(limit.max(current)).max(cfg.min) } else { want };
+        Decision { desired, panicking, rate_limited: desired < want }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    const SEC: Duration = Duration::from_secs(1);
-
-    fn cfg(min: u32, max: u32, concurrency: u32) -> ScaleConfig {
-        ScaleConfig { min, max, concurrency, idle: 60 * SEC }
-    }
-
-    #[test]
-    fn idle_function_sits_at_min() {
-        let w = LoadWindow::new(SEC);
-        assert_eq!(desired_workers(&cfg(0, 4, 1), Pin::Auto, &w, 100 * SEC), 0);
-        assert_eq!(desired_workers(&cfg(2, 4, 1), Pin::Auto, &w, 100 * SEC), 2);
-    }
-
-    #[test]
-    fn a_request_at_zero_wakes_one_worker_at_once() {
-        let mut w = LoadWindow::new(SEC);
-        w.record(10 * SEC, 1);
-        assert_eq!(desired_workers(&cfg(0, 4, 1), Pin::Auto, &w, 10 * SEC), 1);
-    }
-
-    #[test]
-    fn grows_with_demand_over_concurrency_up_to_max() {
-        let mut w = LoadWindow::new(SEC);
-        w.record(SEC, 5);
-        assert_eq!(desired_workers(&cfg(0, 10, 2), Pin::Auto, &w, SEC), 3);
-        w.record(SEC, 50);
-        assert_eq!(desired_workers(&cfg(0, 10, 2), Pin::Auto, &w, SEC), 10);
-    }
-
-    #[test]
-    fn shrinks_only_after_a_whole_idle_period() {
-        let c = cfg(0, 8, 1);
-        let mut w = LoadWindow::new(SEC);
-        w.record(Duration::ZERO, 4);
-        for t in 1..=59u32 {
-            w.record(t * SEC, 1);
-            assert_eq!(desired_workers(&c, Pin::Auto, &w, t * SEC), 4, "at {t}s");
-        }
-        w.record(61 * SEC, 1);
-        assert_eq!(desired_workers(&c, Pin::Auto, &w, 61 * SEC), 1);
-        // Quiet for a full idle period: back to zero.
-        assert_eq!(desired_workers(&c, Pin::Auto, &w, 122 * SEC), 0);
-    }
-
-    #[test]
-    fn pin_overrides_the_policy() {
-        let mut w = LoadWindow::new(SEC);
-        w.record(SEC, 100);
-        assert_eq!(desired_workers(&cfg(0, 8, 1), Pin::Exactly(2), &w, SEC), 2);
-    }
-
-    #[test]
-    fn window_memory_is_bounded_by_buckets() {
-        let mut w = LoadWindow::new(SEC);
-        for i in 0..10_000u64 {
-            w.record(Duration::from_millis(i), 1);
-        }
-        assert_eq!(w.buckets.len(), 10);
-        w.forget_before(5 * SEC);
-        assert_eq!(w.buckets.len(), 5);
-    }
-
-    proptest! {
-        #[test]
-        fn always_within_bounds(min in 0u32..5, extra in 0u32..5, conc in 1u32..8,
-                                samples in proptest::collection::vec((0u64..600, 0u32..100), 0..50), now in 0u64..700) {
-            let c = cfg(min, min + extra.max(1), conc);
-            let mut w = LoadWindow::new(SEC);
-            let mut samples = samples;
-            samples.sort();
-            for (t, d) in samples { w.record(SEC * u32::try_from(t).unwrap_or(0), d); }
-            let n = desired_workers(&c, Pin::Auto, &w, SEC * u32::try_from(now).unwrap_or(0));
-            prop_assert!(n >= c.min && n <= c.max);
-        }
-    }
-}
+mod tests;

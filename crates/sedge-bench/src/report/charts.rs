@@ -1,5 +1,6 @@
 //! Charts, as SVG and as PNG: lines (a figure against users, a latency
-//! CDF) and strips (every cold start of each scenario, one row each). The
+//! CDF), strips (every cold start of each scenario, one row each) and
+//! stacks (where a scenario's cold starts went, phase by phase, one bar each). The
 //! legend sits right of the plot, never over a line. Text is laid out (and,
 //! in PNGs, drawn) with a small font embedded in the binary, so charts come
 //! out the same on a machine without any font installed.
@@ -64,11 +65,20 @@ pub struct Strip {
     pub values: Vec<f64>,
 }
 
+/// One bar of parts laid end to end: a scenario's median cold start by
+/// phase. Every stack of a chart names the same parts in the same order.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub name: String,
+    pub parts: Vec<(String, f64)>,
+}
+
 /// What a chart draws.
 #[derive(Debug, Clone, Copy)]
 pub enum Data<'a> {
     Lines(&'a [Line]),
     Strips(&'a [Strip]),
+    Stacks(&'a [Stack]),
 }
 
 /// What a chart shows.
@@ -88,6 +98,7 @@ fn size(data: Data<'_>) -> (u32, u32) {
     match data {
         Data::Lines(_) => (WIDTH, LINE_HEIGHT),
         Data::Strips(rows) => (WIDTH, (130 + STRIP_ROW * rows.len() as u32).max(260)),
+        Data::Stacks(rows) => (WIDTH, (130 + STRIP_ROW * rows.len() as u32).max(260)),
     }
 }
 
@@ -135,6 +146,7 @@ enum Mark {
     Line(RGBColor),
     Dot(RGBColor),
     Tick,
+    Block(RGBColor),
 }
 
 fn legend(data: Data<'_>) -> Vec<(String, Mark)> {
@@ -143,6 +155,10 @@ fn legend(data: Data<'_>) -> Vec<(String, Mark)> {
         Data::Strips(_) => {
             vec![("one cold start".to_owned(), Mark::Dot(RGBColor(90, 90, 90))), ("median".to_owned(), Mark::Tick)]
         }
+        Data::Stacks(rows) => rows
+            .first()
+            .map(|r| r.parts.iter().enumerate().map(|(i, (name, _))| (name.clone(), Mark::Block(colour(i)))).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -162,6 +178,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, spec: &Spec<'_>, data
     match data {
         Data::Lines(lines) => lines_chart(&plot_area, spec, lines)?,
         Data::Strips(rows) => strips_chart(&plot_area, spec, rows)?,
+        Data::Stacks(rows) => stacks_chart(&plot_area, spec, rows)?,
     }
     draw_legend(&legend_area, &entries, &style)
 }
@@ -179,6 +196,7 @@ fn draw_legend<DB: DrawingBackend>(
             Mark::Line(c) => area.draw(&PathElement::new(vec![(8, y), (30, y)], c.stroke_width(2))),
             Mark::Dot(c) => area.draw(&Circle::new((19, y), 4, c.stroke_width(2))),
             Mark::Tick => area.draw(&PathElement::new(vec![(19, y - 7), (19, y + 7)], BLACK.stroke_width(2))),
+            Mark::Block(c) => area.draw(&Rectangle::new([(10, y - 6), (28, y + 6)], c.filled())),
         }
         .map_err(err)?;
         area.draw_text(name, &style, (38, y)).map_err(err)?;
@@ -307,6 +325,53 @@ fn strips_chart<DB: DrawingBackend>(
     Ok(())
 }
 
+/// One bar per stack, first at the top, on a linear axis from zero: the
+/// parts add up to the whole, which a log axis would hide.
+fn stacks_chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    spec: &Spec<'_>,
+    rows: &[Stack],
+) -> Result<(), String> {
+    let top = rows.iter().map(|r| r.parts.iter().map(|p| p.1.max(0.0)).sum::<f64>()).fold(0.0f64, f64::max);
+    let n = rows.len();
+    let label_style = TextStyle::from(("sans-serif", 12).into_font());
+    let widest = rows.iter().map(|r| area.estimate_text_size(&r.name, &label_style).map_or(0, |(w, _)| w)).max();
+    let label = |v: &f64| {
+        let i = n as f64 - v.round();
+        if i >= 0.0 && (i as usize) < n {
+            rows[i as usize].name.clone()
+        } else {
+            String::new()
+        }
+    };
+    let mut chart = ChartBuilder::on(area)
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(widest.unwrap_or(40) + 16)
+        .build_cartesian_2d(0.0..if top > 0.0 { top * 1.08 } else { 1.0 }, Rows(n.max(1)))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(spec.x_desc)
+        .light_line_style(RGBColor(235, 235, 235))
+        .x_label_formatter(&tick)
+        .y_label_formatter(&label)
+        .draw()
+        .map_err(err)?;
+    for (i, row) in rows.iter().enumerate() {
+        let y = (n - i) as f64;
+        let mut at = 0.0;
+        for (k, (_, v)) in row.parts.iter().enumerate() {
+            let end = at + v.max(0.0);
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(at, y - 0.3), (end, y + 0.3)], colour(k).filled())))
+                .map_err(err)?;
+            at = end;
+        }
+    }
+    Ok(())
+}
+
 /// The rows of a strip chart: a continuous axis from 0.5 to n + 0.5 (so a
 /// mark can span part of a row) whose ticks are the rows' centres, 1 to n.
 struct Rows(usize);
@@ -398,6 +463,20 @@ mod tests {
         for label in ["0.2", "0.5", "1", "2"] {
             assert_eq!(text_x(&text, label).len(), 1, "one {label} label");
         }
+    }
+
+    #[test]
+    fn stacks_name_their_rows_and_parts() {
+        let rows = vec![Stack {
+            name: "sedge/digits-python".into(),
+            parts: vec![("process".into(), 2.0), ("imports".into(), 150.0), ("first answer".into(), 3.0)],
+        }];
+        let spec = Spec { title: "phases", x_desc: "ms", y_desc: "", x_log: false, y_range: None };
+        let text = svg(&spec, Data::Stacks(&rows)).expect("draws");
+        for needle in ["sedge/digits-python", "process", "imports", "first answer"] {
+            assert!(text.contains(needle), "{needle} in the chart");
+        }
+        assert!(png(&spec, Data::Stacks(&rows)).expect("draws").starts_with(b"\x89PNG"));
     }
 
     #[test]

@@ -75,7 +75,14 @@ pub struct ColdSummary {
     pub median_ms: Option<f64>,
     pub max_ms: Option<f64>,
     pub errors: BTreeMap<String, u64>,
+    /// Medians of the phases the node reported (process, imports, model,
+    /// first answer), and how the workers started; `None` when it said nothing.
+    pub phases_ms: Option<[f64; 4]>,
+    pub kinds: Vec<String>,
 }
+
+/// The phases' names, in the order of [`ColdSummary::phases_ms`].
+pub const PHASES: [&str; 4] = ["process", "imports", "model", "first answer"];
 
 /// A chart written beside the report.
 #[derive(Debug, Clone, Serialize)]
@@ -228,7 +235,13 @@ pub fn build(run: &RunRecord, raw: &HashMap<u32, Vec<Sample>>, formats: Formats)
                 .filter(|s| s.kind == StepKind::Cold && s.scenario == sc.name)
                 .flat_map(|s| rows(s.id).iter())
                 .collect();
-            (!samples.is_empty()).then(|| cold_summary(&sc.name, &samples))
+            let phases: Vec<&crate::record::ColdPhases> = run
+                .steps
+                .iter()
+                .filter(|s| s.kind == StepKind::Cold && s.scenario == sc.name)
+                .filter_map(|s| s.phases.as_ref())
+                .collect();
+            (!samples.is_empty()).then(|| cold_summary(&sc.name, &samples, &phases))
         })
         .collect();
 
@@ -282,7 +295,23 @@ fn mean_resources(all: impl Iterator<Item = Resources>) -> Option<Resources> {
     })
 }
 
-fn cold_summary(scenario: &str, samples: &[&Sample]) -> ColdSummary {
+fn cold_summary(scenario: &str, samples: &[&Sample], phases: &[&crate::record::ColdPhases]) -> ColdSummary {
+    let median_of = |f: fn(&crate::record::ColdPhases) -> f64| {
+        let mut v: Vec<f64> = phases.iter().map(|p| f(p)).collect();
+        v.sort_by(f64::total_cmp);
+        v[(v.len() - 1) / 2]
+    };
+    let phases_ms = (!phases.is_empty()).then(|| {
+        [
+            median_of(|p| p.process_ms),
+            median_of(|p| p.imports_ms),
+            median_of(|p| p.model_ms),
+            median_of(|p| p.first_answer_ms),
+        ]
+    });
+    let mut kinds: Vec<String> = phases.iter().map(|p| p.kind.clone()).collect();
+    kinds.sort();
+    kinds.dedup();
     let latencies_ms: Vec<f64> =
         samples.iter().filter(|s| s.outcome.is_ok()).map(|s| s.latency_us as f64 / 1000.0).collect();
     let mut sorted = latencies_ms.clone();
@@ -292,6 +321,8 @@ fn cold_summary(scenario: &str, samples: &[&Sample]) -> ColdSummary {
         *errors.entry(s.outcome.as_str().to_owned()).or_insert(0) += 1;
     }
     ColdSummary {
+        phases_ms,
+        kinds,
         scenario: scenario.to_owned(),
         count: samples.len() as u64,
         successes: latencies_ms.len() as u64,
@@ -442,6 +473,9 @@ fn make_charts(report: &Report, level_rows: &[Vec<&Sample>], formats: Formats) -
     if let Some(c) = cold_chart(&report.cold_starts, formats)? {
         out.push(c);
     }
+    if let Some(c) = phases_chart(&report.cold_starts, formats)? {
+        out.push(c);
+    }
     Ok(out)
 }
 
@@ -469,6 +503,25 @@ fn cold_chart(cold: &[ColdSummary], formats: Formats) -> Result<Option<ChartFile
     let spec =
         charts::Spec { title: &title, x_desc: "response time (ms, log scale)", y_desc: "", x_log: true, y_range: None };
     chart("charts/cold-starts.svg".into(), &title, &spec, charts::Data::Strips(&rows), formats).map(Some)
+}
+
+/// Where each scenario's cold starts went: the median of each phase, end to end.
+fn phases_chart(cold: &[ColdSummary], formats: Formats) -> Result<Option<ChartFile>, BenchError> {
+    let rows: Vec<charts::Stack> = cold
+        .iter()
+        .filter_map(|c| {
+            let p = c.phases_ms?;
+            let name =
+                if c.kinds.is_empty() { c.scenario.clone() } else { format!("{} ({})", c.scenario, c.kinds.join("/")) };
+            Some(charts::Stack { name, parts: PHASES.iter().zip(p).map(|(n, v)| ((*n).to_owned(), v)).collect() })
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let title = "cold starts by phase: median of each, as the node reported them";
+    let spec = charts::Spec { title, x_desc: "ms", y_desc: "", x_log: false, y_range: None };
+    chart("charts/cold-start-phases.svg".into(), title, &spec, charts::Data::Stacks(&rows), formats).map(Some)
 }
 
 /// Below this many cold starts per scenario, the report says the figures
@@ -527,6 +580,8 @@ mod tests {
             max_ms: None,
             latencies_ms,
             errors: BTreeMap::new(),
+            phases_ms: None,
+            kinds: Vec::new(),
         }
     }
 

@@ -129,11 +129,25 @@ pub(crate) fn cold(cold: &[ColdSummary]) -> Table {
                 ms_or_dash(c.median_ms),
                 ms_or_dash(c.max_ms),
                 errors,
+                c.phases_ms.map_or_else(
+                    || "-".to_owned(),
+                    |p| format!("{:.1} / {:.1} / {:.1} / {:.1} ({})", p[0], p[1], p[2], p[3], c.kinds.join(", ")),
+                ),
             ]
         })
         .collect();
     Table {
-        headers: vec!["scenario", "cold starts", "ok", "mean ms", "min", "median", "max", "errors"],
+        headers: vec![
+            "scenario",
+            "cold starts",
+            "ok",
+            "mean ms",
+            "min",
+            "median",
+            "max",
+            "errors",
+            "phases p50: process / imports / model / first answer ms",
+        ],
         rows,
         text_columns: 1,
     }

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, IntGaugeVec};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 use sedge_runtime::Runtime;
 
-use super::{counters, gauges, series_name};
+use super::{counters, gauges, histograms, series_name};
 
 pub struct RuntimeFigures {
     services: IntGaugeVec,
@@ -18,6 +18,12 @@ pub struct RuntimeFigures {
     cold_starts: IntCounterVec,
     spare_starts: IntCounterVec,
     oom_kills: IntCounterVec,
+    desired: IntGaugeVec,
+    cpu_waits: IntCounterVec,
+    memory_waits: IntCounterVec,
+    /// Observed as the runtime reports starts, never reset: a histogram's
+    /// counts only grow.
+    cold_start: HistogramVec,
 }
 
 impl Default for RuntimeFigures {
@@ -39,6 +45,27 @@ impl Default for RuntimeFigures {
                 "Workers the kernel killed for going past their memory limit since the node began",
                 f,
             ),
+            desired: gauges(
+                "sedge_desired_workers",
+                "Workers the scaling policy wants, before the node's CPU and memory budgets (compare gateway_service_count)",
+                f,
+            ),
+            cpu_waits: counters(
+                "sedge_cpu_budget_waits_total",
+                "Requests that queued while the node's CPU budget held the function below what its policy wanted",
+                f,
+            ),
+            memory_waits: counters(
+                "sedge_memory_budget_waits_total",
+                "Requests that queued while the node's memory budget held the function below what its policy wanted",
+                f,
+            ),
+            cold_start: histograms(
+                "sedge_cold_start_seconds",
+                "Where workers' starts went, by phase: process (interpreter and shim, a spare taken or a fork), imports (the function's module, model loads excluded), model (loading models), first_answer",
+                &["function_name", "phase"],
+                vec![0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
         }
     }
 }
@@ -48,10 +75,10 @@ impl RuntimeFigures {
     /// node-lifetime counts, so they only grow.
     pub fn refresh(&self, runtime: &Runtime) {
         // Functions removed since the last scrape must not linger.
-        for family in [&self.services, &self.queued, &self.workers] {
+        for family in [&self.services, &self.queued, &self.workers, &self.desired] {
             family.reset();
         }
-        for family in [&self.cold_starts, &self.spare_starts, &self.oom_kills] {
+        for family in [&self.cold_starts, &self.spare_starts, &self.oom_kills, &self.cpu_waits, &self.memory_waits] {
             family.reset();
         }
         for name in runtime.names() {
@@ -61,14 +88,22 @@ impl RuntimeFigures {
             let f = [label.as_str()];
             self.services.with_label_values(&f).set(i64::from(stats.ready + stats.starting));
             self.queued.with_label_values(&f).set(i64::from(stats.queued));
+            self.desired.with_label_values(&f).set(i64::from(stats.desired));
             for (state, n) in [("ready", stats.ready), ("starting", stats.starting), ("busy", stats.busy)] {
                 self.workers.with_label_values(&[label.as_str(), state]).set(i64::from(n));
             }
             let shared = runtime.shared(&name);
+            for start in shared.cold.take_unread() {
+                for (phase, took) in start.phases() {
+                    self.cold_start.with_label_values(&[label.as_str(), phase]).observe(took.as_secs_f64());
+                }
+            }
             for (family, total) in [
                 (&self.cold_starts, &shared.cold_starts),
                 (&self.spare_starts, &shared.spare_starts),
                 (&self.oom_kills, &*shared.oom_kills),
+                (&self.cpu_waits, &shared.cpu_waits),
+                (&self.memory_waits, &shared.memory_waits),
             ] {
                 family.with_label_values(&f).inc_by(total.load(Ordering::Relaxed));
             }
@@ -83,6 +118,10 @@ impl RuntimeFigures {
             self.cold_starts.collect(),
             self.spare_starts.collect(),
             self.oom_kills.collect(),
+            self.desired.collect(),
+            self.cpu_waits.collect(),
+            self.memory_waits.collect(),
+            self.cold_start.collect(),
         ]
         .concat()
     }

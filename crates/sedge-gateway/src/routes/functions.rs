@@ -64,6 +64,10 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
                 "max": spec.scale.max,
                 "concurrency": spec.scale.concurrency,
                 "idle": humantime::format_duration(spec.scale.idle).to_string(),
+                "target": spec.scale.target,
+                // Cores a busy worker counts against the node's CPU budget (null: not CPU-bound).
+                "cpu": node.runtime.get(name).and_then(|p| p.cpu()),
+                "desired": stats.desired,
             },
             "async": {
                 "maxAttempts": spec.async_calls.max_attempts,
@@ -71,6 +75,17 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
                 "retryOn": spec.async_calls.retry_on.iter().map(|c| c.as_string()).collect::<Vec<_>>(),
                 "concurrency": spec.async_calls.concurrency_for(spec.scale.max.saturating_mul(spec.scale.concurrency)),
             },
+            // Where the last worker's start went, in milliseconds.
+            "lastColdStart": shared.cold.last().map(|c| json!({
+                "kind": c.kind.as_str(),
+                "processMs": c.process.as_secs_f64() * 1000.0,
+                "importsMs": c.imports.as_secs_f64() * 1000.0,
+                "modelMs": c.model.as_secs_f64() * 1000.0,
+                "firstAnswerMs": c.first_answer.as_secs_f64() * 1000.0,
+                "totalMs": c.total().as_secs_f64() * 1000.0,
+            })),
+            "cpuBudgetWaits": shared.cpu_waits.load(std::sync::atomic::Ordering::Relaxed),
+            "memoryBudgetWaits": shared.memory_waits.load(std::sync::atomic::Ordering::Relaxed),
             "workers": { "ready": stats.ready, "starting": stats.starting, "busy": stats.busy },
             "queued": stats.queued,
             "coldStarts": shared.cold_starts.load(std::sync::atomic::Ordering::Relaxed),

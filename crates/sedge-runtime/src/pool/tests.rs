@@ -10,6 +10,7 @@ use bytes::Bytes;
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 
 use super::*;
+use crate::budget::NodeBudget;
 use crate::engine::{BoxFuture, Engine, StartContext, Worker};
 
 /// How a scripted start goes.
@@ -435,4 +436,103 @@ fn the_start_timeout_follows_the_function_s_timeout_within_bounds() {
     assert_eq!(engine::start_timeout(&spec("1s")), Duration::from_secs(10));
     assert_eq!(engine::start_timeout(&spec("45s")), Duration::from_secs(45));
     assert_eq!(engine::start_timeout(&spec("1h")), Duration::from_secs(120));
+}
+
+fn pool_within(extra: &str, script: &Arc<Script>, budget: &Arc<NodeBudget>, cpu: Option<f64>) -> Arc<Pool> {
+    let (name, extra) = match extra.strip_prefix("name = \"g\"\n") {
+        Some(rest) => ("g", rest),
+        None => ("f", extra),
+    };
+    let text = format!("name = \"{name}\"\nruntime = \"exec\"\nhandler = \"run\"\n{extra}");
+    let spec = FunctionSpec::parse("sedge.toml", &text).expect("a valid manifest");
+    let files = WorkerFiles { bundle: PathBuf::from("/nonexistent"), secrets: None, deps: None };
+    Pool::within(spec, files, Arc::new(ScriptedEngine(script.clone())), Arc::default(), budget.clone(), cpu)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_cpu_bound_pool_never_has_more_workers_than_the_node_has_cores() {
+    let script = Script::with(&[], &[reply(5, "a"), reply(5, "b"), reply(5, "c"), reply(5, "d")]);
+    let budget = Arc::new(NodeBudget::new(2, None));
+    let pool = pool_within("[scale]\nmax = 4\n", &script, &budget, Some(1.0));
+    let calls: Vec<_> = (0..4).map(|_| call(&pool)).collect();
+    for _ in 0..4 {
+        settle().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        pool.tick();
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.ready, stats.busy), (2, 2), "two cores, two busy workers");
+    assert_eq!(stats.desired, 4, "the policy wanted more");
+    assert!(pool.shared.cpu_waits.load(Ordering::Relaxed) >= 2);
+    // A second CPU-bound function takes its fair share: the first gives a core back.
+    let other = pool_within("name = \"g\"\n", &Script::with(&[], &[reply(30, "g")]), &budget, Some(1.0));
+    drop(other);
+    for c in calls {
+        assert!(!body(c.await.expect("the task ends")).is_empty());
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn cpu_bound_functions_share_the_cores_fairly() {
+    let budget = Arc::new(NodeBudget::new(2, None));
+    let slow = || Script::with(&[], &[reply(20, "x"), reply(20, "x"), reply(20, "x")]);
+    let (sa, sb) = (slow(), slow());
+    let a = pool_within("[scale]\nmax = 4\n", &sa, &budget, Some(1.0));
+    let _a_calls: Vec<_> = (0..3).map(|_| call(&a)).collect();
+    for _ in 0..3 {
+        settle().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        a.tick();
+    }
+    assert_eq!(a.stats().ready, 2);
+    let b = pool_within("[scale]\nmax = 4\n", &sb, &budget, Some(1.0));
+    let _b_calls: Vec<_> = (0..3).map(|_| call(&b)).collect();
+    settle().await;
+    assert_eq!(b.stats().ready + b.stats().starting, 1, "b gets its one core's worth");
+    // a's calls already running finish (a call is never cut short); from
+    // then on the two share the cores: never more than two busy.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        a.tick();
+        b.tick();
+        settle().await;
+        let (ra, rb) = (a.stats().busy, b.stats().busy);
+        assert!(ra + rb <= 2, "busy workers past the cores: {ra} + {rb}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn no_worker_starts_past_the_node_s_memory_budget() {
+    let budget = Arc::new(NodeBudget::new(8, Some(300 * 1024 * 1024)));
+    let sa = Script::with(&[], &[reply(10, "a"), reply(10, "a")]);
+    let a = pool_within("[limits]\nmemory = \"128MiB\"\n[scale]\nmax = 4\n", &sa, &budget, None);
+    let a_calls: Vec<_> = (0..3).map(|_| call(&a)).collect();
+    for _ in 0..3 {
+        settle().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        a.tick();
+    }
+    assert_eq!(a.stats().ready, 2, "two of 128 MiB fit in 300 MiB, a third does not");
+    assert!(a.shared.memory_waits.load(Ordering::Relaxed) >= 1);
+    // Another function at zero is told at once, naming the budget.
+    let b = pool_within("name = \"g\"\n[limits]\nmemory = \"64MiB\"\n", &Script::default().into(), &budget, None);
+    match b.invoke(inv()).await {
+        Err(InvokeError::StartFailed { message, .. }) => {
+            assert!(message.contains("memory budget (300 MiB)"), "{message}")
+        }
+        other => panic!("expected a start failure, got {other:?}"),
+    }
+    drop(a_calls);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn scaling_to_zero_right_after_a_request_stops_the_worker_at_once() {
+    let script: Arc<Script> = Arc::default();
+    let pool = pool("[scale]\nmax = 2\n", &script);
+    assert_eq!(body(pool.invoke(inv()).await), "ok");
+    pool.set_replicas(0);
+    settle().await;
+    assert_eq!(pool.stats().ready, 0, "the panic that the request began does not hold it");
+    assert_eq!(script.stopped(), ["f-1"]);
 }

@@ -42,6 +42,10 @@ pub struct Args {
     /// starts only load the function's module (costs their idle memory).
     #[arg(long, env = "SEDGE_SPARES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     spares: bool,
+    /// Fork a Python function's further workers from a process that loaded
+    /// its module once (its zygote), instead of importing it again in each.
+    #[arg(long, env = "SEDGE_ZYGOTES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    zygotes: bool,
     /// Threads for the gateway's async runtime (0: one per core).
     #[arg(long, env = "SEDGE_THREADS", default_value_t = 0, value_name = "N")]
     threads: usize,
@@ -66,6 +70,11 @@ pub struct Args {
     /// Ask for the admin credential on /metrics too.
     #[arg(long)]
     metrics_auth: bool,
+    /// Memory all workers together may use: a worker whose `[limits] memory`
+    /// (128MiB when unset) would go past it does not start
+    /// [default: the machine's physical memory]
+    #[arg(long, env = "SEDGE_MEMORY", value_parser = size, value_name = "SIZE")]
+    memory: Option<u64>,
     #[command(flatten)]
     calls: CallLimits,
 }
@@ -248,6 +257,8 @@ async fn serve(args: Args) -> Result<()> {
         check_interpreters(&config).await;
     }
     config.secrets_root = Some(data.join("secrets").join("mounts"));
+    config.zygotes = args.zygotes;
+    config.budget = Arc::new(sedge_runtime::budget::NodeBudget::of_machine(args.memory));
     let secrets = SecretStore::open(&data.join("secrets"))
         .with_context(|| format!("opening the secrets folder in {}", data.display()))?
         .with_reader_group(config.sandbox.as_ref().and_then(|s| s.worker_gid()));

@@ -54,6 +54,10 @@ fn bench_run_writes_the_report() {
     assert!(out_dir.join("charts/cold-starts.svg").is_file());
     let md = std::fs::read_to_string(out_dir.join("summary.md")).expect("summary.md");
     assert!(md.contains("one cold start per scenario"), "{md}");
+    // And where it went, as the node reported it.
+    let phases = std::fs::read_to_string(out_dir.join("charts/cold-start-phases.svg")).expect("the phases chart");
+    assert!(phases.contains("imports") && phases.contains("first answer"), "the phases are named");
+    assert!(md.contains("phases p50"), "{md}");
     let cdf = std::fs::read_to_string(out_dir.join("charts/cdf-sedge-hello-python.svg")).expect("the CDF chart");
     assert!(cdf.contains("1 user") && !cdf.contains("1 users"), "the legend says 1 user");
 

@@ -141,6 +141,9 @@ fn metrics_have_the_gateway_names() {
         ("gateway_service_count", &[f][..]),
         ("sedge_workers", &[f, ("state", "ready")]),
         ("sedge_spare_starts_total", &[f]),
+        ("sedge_desired_workers", &[f]),
+        ("sedge_cpu_budget_waits_total", &[f]),
+        ("sedge_memory_budget_waits_total", &[f]),
     ] {
         assert!(sample(&m, name, labels).is_some(), "missing {name} {labels:?} in\n{m}");
     }

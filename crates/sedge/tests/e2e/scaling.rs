@@ -112,3 +112,58 @@ fn cold_starts_take_a_waiting_interpreter_unless_the_env_needs_a_fresh_one() {
     }
     assert_eq!(spare_starts(&node, "fresh"), 0, "PYTHON* variables need a fresh interpreter");
 }
+
+#[test]
+fn a_cold_start_reports_its_phases_in_describe_and_the_metrics() {
+    let node = Node::start();
+    let code = "import time\ntime.sleep(0.2)\n\ndef handle(req):\n    return 'ok'\n";
+    let f = FnDir::python("phased", "", code);
+    node.deploy(f.path());
+    assert_eq!(node.post("/function/phased", b"").status, 200);
+    let last = &node.describe("phased")["sedge"]["lastColdStart"];
+    let ms = |k: &str| last[k].as_f64().unwrap_or_else(|| panic!("{k} in {last}"));
+    assert!(ms("importsMs") >= 200.0, "the module's sleep is its import time: {last}");
+    assert!(ms("totalMs") >= ms("importsMs") + ms("processMs"), "{last}");
+    assert!(["spare", "fresh", "zygote"].contains(&last["kind"].as_str().unwrap_or("")), "{last}");
+    let metrics = node.get("/metrics").text();
+    for phase in ["process", "imports", "model", "first_answer"] {
+        let labels = [("function_name", "phased.openfaas-fn"), ("phase", phase)];
+        assert_eq!(sample(&metrics, "sedge_cold_start_seconds_count", &labels), Some(1.0), "{phase} in\n{metrics}");
+    }
+    let labels = [("function_name", "phased.openfaas-fn"), ("phase", "imports"), ("le", "0.15")];
+    assert_eq!(sample(&metrics, "sedge_cold_start_seconds_bucket", &labels), Some(0.0), "{metrics}");
+}
+
+#[test]
+fn describe_shows_the_cpu_budget_of_an_ml_function() {
+    let node = Node::start();
+    let f = FnDir::python("ml", "[scale]\ncpu = 1.0\nmax = 4\n", "def handle(req):\n    return 'ok'\n");
+    node.deploy(f.path());
+    let scale = &node.describe("ml")["sedge"]["scale"];
+    assert_eq!(scale["cpu"].as_f64(), Some(1.0), "{scale}");
+    assert_eq!(scale["target"].as_u64(), Some(1), "{scale}");
+    let plain = FnDir::python("plain", "", "def handle(req):\n    return 'ok'\n");
+    node.deploy(plain.path());
+    assert!(node.describe("plain")["sedge"]["scale"]["cpu"].is_null());
+}
+
+#[test]
+fn a_worker_that_would_pass_the_node_s_memory_budget_does_not_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let node = Node::start_with(&tmp.path().join("data"), &["--memory", "200MiB"]);
+    let small = FnDir::python("small", "[limits]\nmemory = \"128MiB\"\n[scale]\nmax = 2\n", SLEEPY);
+    let big = FnDir::python("big", "[limits]\nmemory = \"128MiB\"\n", SLEEPY);
+    node.deploy(small.path());
+    node.deploy(big.path());
+    node.wait_for("small's worker", Duration::from_secs(20), |n| available(n, "small") == 1);
+    // small's one worker holds 128 of the 200 MiB: big's cannot start.
+    node.cli(&["scale", "big", "--replicas", "0"]);
+    node.wait_for("big at zero", Duration::from_secs(20), |n| available(n, "big") == 0);
+    let refused = node.post("/function/big", b"");
+    assert_eq!(refused.status, 502, "{}", refused.text());
+    assert!(refused.error().contains("memory budget (200 MiB)"), "{}", refused.text());
+    // Once small is at zero, big starts.
+    node.cli(&["scale", "small", "--replicas", "0"]);
+    node.wait_for("small at zero", Duration::from_secs(20), |n| available(n, "small") == 0);
+    node.wait_for("big to start", Duration::from_secs(20), |n| n.post("/function/big", b"").status == 200);
+}
