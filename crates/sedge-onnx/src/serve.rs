@@ -417,6 +417,8 @@ async fn dispatch(model: Arc<Model>, policy: Policy, mut jobs: mpsc::Receiver<Jo
         for late in queue.expire(now) {
             let _ = late.reply.send(Err(RunError::Late));
         }
+        // Callers that went away (a dropped call, a dead worker's) leave.
+        queue.forget(|job| job.reply.is_closed());
         match queue.decide(now, free.len()) {
             Decision::Run(n) => {
                 let Some(instance) = free.pop() else { continue };
