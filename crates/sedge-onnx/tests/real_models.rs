@@ -302,3 +302,27 @@ async fn inputs_are_made_on_the_sessions_thread_and_never_for_a_caller_that_left
     let bad: sedge_onnx::serve::Inputs = Box::new(|| Err("input \"pixels\" must have shape [N, 64]".to_owned()));
     assert!(matches!(served.infer_with(bad, far).await, Err(RunError::Invalid(e)) if e.contains("[N, 64]")));
 }
+
+#[test]
+fn one_session_run_from_many_threads_at_once_answers_each_its_own() {
+    let path = repo().join("examples/functions/digits-python/model.onnx");
+    let model = std::sync::Arc::new(Model::load(&path, &python(), 4, 1).expect("load digits"));
+    assert_eq!((model.sessions(), model.instances()), (1, 4), "one session, four runners");
+    let base = digit();
+    // Each thread's rows differ, so a mixed-up answer shows.
+    let input = |k: usize| {
+        let data: Vec<f32> = base.iter().map(|x| x * (1.0 + k as f32 / 8.0)).collect();
+        vec![Tensor::new("pixels", vec![1, 64], Data::F32(data)).expect("tensor")]
+    };
+    let alone: Vec<Vec<Tensor>> = (0..4).map(|k| model.run(0, &input(k)).expect("a run")).collect();
+    std::thread::scope(|s| {
+        for (k, expected) in alone.iter().enumerate() {
+            let model = model.clone();
+            s.spawn(move || {
+                for _ in 0..200 {
+                    assert_eq!(&model.run(k, &input(k)).expect("a run"), expected, "runner {k}");
+                }
+            });
+        }
+    });
+}

@@ -67,7 +67,7 @@ impl Engine for OnnxEngine {
                     .join(", ")
             };
             ctx.log.line(format!(
-                "loaded {}: {} session(s) × {} thread(s); inputs {}; outputs {}",
+                "loaded {}: one session run by {} runner(s) × {} thread(s); inputs {}; outputs {}",
                 spec.handler,
                 plan.instances,
                 plan.threads,
