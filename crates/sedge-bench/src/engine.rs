@@ -18,9 +18,12 @@ pub struct EngineSpec {
     pub model: PathBuf,
     /// Raw little-endian input for a one-input model; zeros without it.
     pub input: Option<PathBuf>,
-    /// Sessions side by side, each run by its own thread.
+    /// Runs side by side, each by its own thread.
     pub sessions: usize,
     pub threads: usize,
+    /// All runs on one session (as the node serves a model) rather than a
+    /// session each.
+    pub shared: bool,
     #[serde(serialize_with = "crate::experiment::as_ms::serialize")]
     pub duration: Duration,
 }
@@ -40,7 +43,8 @@ pub struct EngineRun {
 
 /// Runs the model's sessions back to back for `spec.duration`. Blocking.
 pub fn measure(spec: &EngineSpec, python: &str, when: &str) -> Result<EngineRun, String> {
-    let model = Arc::new(Model::load(&spec.model, python, spec.sessions, spec.threads).map_err(|e| e.to_string())?);
+    let load = if spec.shared { Model::load } else { Model::load_separate };
+    let model = Arc::new(load(&spec.model, python, spec.sessions, spec.threads).map_err(|e| e.to_string())?);
     let inputs = inputs(&model, spec.input.as_deref())?;
     for i in 0..spec.sessions {
         model.run(i, &inputs).map_err(|e| format!("the warm-up run: {e}"))?;

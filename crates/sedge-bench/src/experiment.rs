@@ -52,6 +52,7 @@ struct EngineFile {
     input: Option<PathBuf>,
     sessions: Option<usize>,
     threads: Option<usize>,
+    shared: Option<bool>,
     duration: Option<Dur>,
 }
 
@@ -482,6 +483,7 @@ fn engine(e: EngineFile, base: &Path, quick: bool) -> Result<EngineSpec, String>
         input: e.input.as_deref().map(|p| file("input", p)).transpose()?,
         sessions,
         threads,
+        shared: e.shared.unwrap_or(false),
         duration: e.duration.map_or(default, |d| d.0),
     })
 }

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod deps;
 pub mod error;
+pub mod locks;
 pub mod metrics;
 pub mod namespace;
 mod routes;
@@ -41,9 +42,9 @@ pub struct Node {
     pub metrics: metrics::Metrics,
     /// Largest bundle upload accepted.
     pub max_bundle: usize,
-    /// Deploys and removals run one at a time; invocations never wait on it.
-    /// Shared so a redeploy warming in the background keeps holding it.
-    pub deploy_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What deploys, removals and secret changes wait for (per function;
+    /// invocations never wait on them).
+    pub locks: locks::DeployLocks,
     /// Bundle uploads being received or unpacked, node-wide.
     pub uploads: Arc<tokio::sync::Semaphore>,
     pub max_uploads: usize,
@@ -71,7 +72,7 @@ impl Node {
             runtime,
             metrics: metrics::Metrics::default(),
             max_bundle: 512 * 1024 * 1024,
-            deploy_lock: Arc::default(),
+            locks: locks::DeployLocks::default(),
             uploads: Arc::new(tokio::sync::Semaphore::new(2)),
             max_uploads: 2,
             deploy_errors: std::sync::Mutex::default(),
@@ -175,13 +176,40 @@ pub async fn deploy_file(
     wait: bool,
     progress: Option<deps::Progress>,
 ) -> Result<Deployed, ApiError> {
-    let guard = node.deploy_lock.clone().lock_owned().await;
+    let guard = node.locks.function(name.as_str()).await;
     let old = node.runtime.get(name.as_str());
-    let store = node.store.clone();
-    let staged = blocking(move || Ok(store.stage(&name, archive)?)).await?;
-    if let Err(e) = secrets::prepare(node, &staged.record.spec).await {
+    let staged = {
+        let _folders = node.locks.folders().await;
         let store = node.store.clone();
-        let _ = blocking(move || Ok(store.discard(staged)?)).await;
+        blocking(move || Ok(store.stage(&name, archive)?)).await?
+    };
+    // A missing secret is told before a build, not after it.
+    if let Err(e) = secrets::check(node, &staged.record.spec) {
+        discard(node, staged).await;
+        return Err(e);
+    }
+    let serving_it = old.as_ref().is_some_and(|o| *o.dir() == staged.record.dir);
+    let env = if serving_it {
+        None
+    } else {
+        match deps::install(node, &staged.record.spec, &staged.record.dir, progress.as_ref()).await {
+            Ok(env) => env,
+            Err(e) => {
+                let name = staged.record.spec.name.to_string();
+                discard(node, staged).await;
+                if old.is_some() {
+                    node.set_deploy_error(&name, Some(e.message.clone()));
+                }
+                return Err(e);
+            }
+        }
+    };
+    let deps = env.map(|e| e.modules);
+    // From here to serving, no secret may change under this deploy.
+    let secrets_guard = node.locks.using_secrets().await;
+    if let Err(e) = secrets::prepare(node, &staged.record.spec).await {
+        discard(node, staged).await;
+        deps::release(node, deps).await;
         return Err(e);
     }
     if let Some(serving) = old.as_ref().filter(|o| *o.dir() == staged.record.dir) {
@@ -193,26 +221,12 @@ pub async fn deploy_file(
         drop(staged);
         return Ok(Deployed { existed: true, record, pending: false, unchanged: true });
     }
-    let env = match deps::install(node, &staged.record.spec, &staged.record.dir, progress.as_ref()).await {
-        Ok(env) => env,
-        Err(e) => {
-            let name = staged.record.spec.name.to_string();
-            let store = node.store.clone();
-            let _ = blocking(move || Ok(store.discard(staged)?)).await;
-            if old.is_some() {
-                node.set_deploy_error(&name, Some(e.message.clone()));
-            }
-            return Err(e);
-        }
-    };
-    let deps = env.map(|e| e.modules);
     let pool = match node.runtime.prepare(staged.record.spec.clone(), staged.record.dir.clone(), deps.clone()) {
         Ok(pool) => pool,
         Err(e) => {
             let e = ApiError::from(e);
             let name = staged.record.spec.name.to_string();
-            let store = node.store.clone();
-            let _ = blocking(move || Ok(store.discard(staged)?)).await;
+            discard(node, staged).await;
             if old.is_some() {
                 node.set_deploy_error(&name, Some(e.message.clone()));
             }
@@ -232,7 +246,7 @@ pub async fn deploy_file(
     let record = staged.record.clone();
     let node = node.clone();
     tokio::spawn(async move {
-        let _guard = guard;
+        let _guards = (guard, secrets_guard);
         let name = staged.record.spec.name.to_string();
         if let Err(e) = warm_and_switch(&node, staged, pool, old).await {
             tracing::warn!(
@@ -242,6 +256,16 @@ pub async fn deploy_file(
         }
     });
     Ok(Deployed { existed, record, pending: true, unchanged: false })
+}
+
+/// Drops a staged version that will not serve (its folder, unless in use).
+async fn discard(node: &Arc<Node>, staged: StagedBundle) {
+    let name = staged.record.spec.name.to_string();
+    let _folders = node.locks.folders().await;
+    let store = node.store.clone();
+    if let Err(e) = blocking(move || Ok(store.discard(staged)?)).await {
+        tracing::warn!("removing the refused version of {name}: {}", e.message);
+    }
 }
 
 /// Starts a worker of the new version; only if it loads does it replace the
@@ -255,10 +279,7 @@ async fn warm_and_switch(
     let name = staged.record.spec.name.to_string();
     if let Err(e) = pool.warm().await {
         node.runtime.discard(&pool).await;
-        let store = node.store.clone();
-        if let Err(d) = blocking(move || Ok(store.discard(staged)?)).await {
-            tracing::warn!("removing the refused version of {name}: {}", d.message);
-        }
+        discard(node, staged).await;
         let message = e.to_string();
         node.set_deploy_error(&name, Some(message.clone()));
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message));
@@ -299,9 +320,11 @@ async fn switch(
 pub(crate) fn retire(node: Arc<Node>, old: Arc<Pool>) {
     tokio::spawn(async move {
         old.drain(old.spec().limits.timeout + Duration::from_secs(1)).await;
-        // Deploys stage into content-addressed folders; holding the lock
-        // keeps one from reusing this folder while it is removed.
-        let _guard = node.deploy_lock.lock().await;
+        // Deploys stage into content-addressed folders (one function's
+        // bundle is its own: the manifest names it); holding its lock keeps
+        // a deploy of it from reusing this folder while it is removed.
+        let _function = node.locks.function(old.spec().name.as_str()).await;
+        let _folders = node.locks.folders().await;
         let store = node.store.clone();
         let dir = old.dir().clone();
         match blocking(move || Ok(store.release(&dir)?)).await {

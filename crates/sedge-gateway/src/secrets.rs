@@ -14,16 +14,23 @@ use sedge_core::{FunctionName, FunctionSpec, SecretName};
 
 use crate::{blocking, ApiError, Node};
 
+/// Checks that every secret `spec` names exists.
+pub fn check(node: &Node, spec: &FunctionSpec) -> Result<(), ApiError> {
+    if let Some(missing) = spec.secrets.iter().find(|n| !node.secrets.exists(n)) {
+        return Err(ApiError::bad_request(format!(
+            "function {} names secret {missing}, which does not exist: create it first (faas-cli secret create {missing})",
+            spec.name
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that every secret `spec` names exists, writes its secret files
 /// and makes its invoke token if it needs one. Run before a version serves.
 pub async fn prepare(node: &Arc<Node>, spec: &FunctionSpec) -> Result<(), ApiError> {
+    check(node, spec)?;
     let secrets = node.secrets.clone();
     let (name, names, wants_token) = (spec.name.clone(), spec.secrets.clone(), spec.auth.invoke);
-    if let Some(missing) = names.iter().find(|n| !secrets.exists(n)) {
-        return Err(ApiError::bad_request(format!(
-            "function {name} names secret {missing}, which does not exist: create it first (faas-cli secret create {missing})"
-        )));
-    }
     let n = name.clone();
     let token = blocking(move || {
         secrets.materialize(&n, &names)?;

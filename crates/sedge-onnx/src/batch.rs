@@ -81,6 +81,14 @@ impl<T> Queue<T> {
         gone
     }
 
+    /// Removes the requests `gone` says no one waits for any more, so they
+    /// take no place in the queue or in a batch.
+    pub fn forget(&mut self, gone: impl Fn(&T) -> bool) -> usize {
+        let before = self.waiting.len();
+        self.waiting.retain(|w| !gone(&w.item));
+        before - self.waiting.len()
+    }
+
     /// What to do at `now` with `free` instances able to run a batch.
     pub fn decide(&self, now: Instant, free: usize) -> Decision {
         let Some(oldest) = self.waiting.front() else { return Decision::Idle };
@@ -175,5 +183,20 @@ mod tests {
     async fn idle_when_empty() {
         let q: Queue<u8> = Queue::new(policy(8, 1));
         assert_eq!(q.decide(Instant::now(), 2), Decision::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_no_one_waits_for_leave_and_free_their_places() {
+        let t0 = Instant::now();
+        let mut q = Queue::new(Policy { queue: 3, ..policy(2, 50) });
+        for i in 0..3 {
+            q.push(i, t0, later(t0, 1000)).expect("room");
+        }
+        assert!(q.push(3, t0, later(t0, 1000)).is_err(), "full");
+        assert_eq!(q.forget(|i| *i == 0), 1);
+        // The two left make a full batch; the freed place takes another.
+        assert_eq!(q.decide(t0, 1), Decision::Run(2));
+        q.push(3, t0, later(t0, 1000)).expect("a place again");
+        assert_eq!(q.take(2), [1, 2]);
     }
 }

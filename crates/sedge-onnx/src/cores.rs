@@ -1,12 +1,13 @@
 //! The node's cores shared by its models: each loaded model holds
-//! `instances × threads` of them, so all models together never run more
+//! `instances × threads` of them (runs side by side on its one session,
+//! each with its intra-op threads), so all models together never run more
 //! inference threads than there are cores (past that they only slow each
 //! other down). A manifest may ask for more explicitly; it is told what it
 //! got.
 
 use std::sync::{Arc, Mutex};
 
-/// Sessions and threads per session a model runs with.
+/// Runs side by side (on the model's one session) and intra-op threads per run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
     pub instances: usize,
@@ -20,12 +21,15 @@ impl Plan {
 }
 
 /// Chooses a plan with `free` of `total` cores left: what the manifest asks
-/// for is honoured as given; unset, a single-thread session per free core.
+/// for is honoured as given; unset, a single-thread runner per free core.
 /// Under load the gateway and the clients share those cores, and
 /// intra-op threads then wait on each other: on EfficientNet-Lite0 with 2
 /// cores, 2 × 1 served 24 % more than 1 × 2 at 16 users (bench/batching.sh),
-/// though 1 × 2 runs one request faster alone and holds one copy of the
-/// weights (`instances = 1` in `[model]` chooses that).
+/// though 1 × 2 runs one request faster alone (`instances = 1` in `[model]`
+/// chooses that). Runners share one session, so more of them cost no
+/// further copy of the weights: two cost about 48 MiB on EfficientNet-Lite0
+/// where two sessions cost about 69, at the same runs a second
+/// (bench/ort-session-memory.py).
 pub fn plan(instances: Option<u32>, threads: Option<u32>, free: usize, total: usize) -> Plan {
     let room = free.max(1);
     let as_usize = |v: u32| usize::try_from(v).unwrap_or(usize::MAX).max(1);

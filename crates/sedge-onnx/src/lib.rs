@@ -3,6 +3,7 @@
 //! so the node works without it), with dynamic batching.
 //!
 //! - [`model`]: finding ONNX Runtime, loading sessions, running tensors.
+//! - [`shared`]: one session run from several threads at once.
 //! - [`tensor`]: tensors in JSON and bytes, checked against the model (pure).
 //! - [`prep`]: a JPEG or PNG to an input tensor; scores to top classes.
 //! - [`cores`]: the node's cores shared among loaded models.
@@ -20,6 +21,7 @@ pub mod model;
 pub mod oip;
 pub mod prep;
 pub mod serve;
+pub mod shared;
 pub mod tensor;
 
 pub use model::Model;

@@ -1,6 +1,6 @@
-//! A loaded model: its sessions (instances that run side by side, each
-//! with its own intra-op threads) and what it declares for inputs and
-//! outputs. ONNX Runtime is found at run time: `ORT_DYLIB_PATH`, else the
+//! A loaded model: one session run by several runners side by side (each
+//! run with its own intra-op threads), so the weights are held once, and
+//! what it declares for inputs and outputs. ONNX Runtime is found at run time: `ORT_DYLIB_PATH`, else the
 //! `onnxruntime` package of the node's Python.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use ort::session::Session;
 use ort::value::{DynValue, TensorElementType, ValueType};
 
+use crate::shared::SharedSession;
 use crate::tensor::{DType, Data, Tensor, TensorInfo};
 use crate::OnnxError;
 
@@ -97,24 +98,44 @@ fn info(name: &str, ty: &ValueType) -> Result<TensorInfo, OnnxError> {
     }
 }
 
-/// A model with its sessions.
+/// A model with its session(s).
 pub struct Model {
     pub inputs: Vec<TensorInfo>,
     pub outputs: Vec<TensorInfo>,
-    sessions: Vec<Mutex<Session>>,
+    sessions: Vec<SharedSession>,
+    /// Runs that may be under way at once.
+    runners: usize,
     pub threads: usize,
 }
 
 impl Model {
-    /// Loads `path` into `instances` sessions of `threads` intra-op threads
-    /// each, with ONNX Runtime found through `python`. Blocking.
-    pub fn load(path: &Path, python: &str, instances: usize, threads: usize) -> Result<Self, OnnxError> {
+    /// Loads `path` into one session that `runners` runs share, each of
+    /// `threads` intra-op threads, with ONNX Runtime found through
+    /// `python`. Blocking.
+    pub fn load(path: &Path, python: &str, runners: usize, threads: usize) -> Result<Self, OnnxError> {
+        Self::load_sessions(path, python, 1, runners, threads)
+    }
+
+    /// [`Self::load`] with a session of its own for each of `sessions`
+    /// runners: the weights held once per session (what the bench compares
+    /// the shared session with).
+    pub fn load_separate(path: &Path, python: &str, sessions: usize, threads: usize) -> Result<Self, OnnxError> {
+        Self::load_sessions(path, python, sessions, sessions, threads)
+    }
+
+    fn load_sessions(
+        path: &Path,
+        python: &str,
+        sessions: usize,
+        runners: usize,
+        threads: usize,
+    ) -> Result<Self, OnnxError> {
         let env = environment(python)?;
         // Named by file only: the folder is the node's, not the caller's business.
         let shown = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
         let bytes = std::fs::read(path).map_err(|e| OnnxError::Load(format!("cannot read {shown}: {e}")))?;
-        let mut sessions = Vec::with_capacity(instances.max(1));
-        for _ in 0..instances.max(1) {
+        let mut loaded = Vec::with_capacity(sessions.max(1));
+        for _ in 0..sessions.max(1) {
             let session = Session::builder(&env)
                 .and_then(|b| b.with_intra_threads(threads.max(1)).map_err(ort::Error::from))
                 .and_then(|b| b.with_inter_threads(1).map_err(ort::Error::from))
@@ -126,16 +147,21 @@ impl Model {
                 .map_err(|e| {
                     OnnxError::Load(format!("{} is not a model ONNX Runtime can load: {e}", path.display()))
                 })?;
-            sessions.push(Mutex::new(session));
+            loaded.push(SharedSession::new(session).map_err(OnnxError::Unsupported)?);
         }
-        let first = sessions[0].lock().unwrap_or_else(|p| p.into_inner());
+        let first = loaded[0].session();
         let inputs = first.inputs().iter().map(|o| info(o.name(), o.dtype())).collect::<Result<Vec<_>, _>>()?;
         let outputs = first.outputs().iter().map(|o| info(o.name(), o.dtype())).collect::<Result<Vec<_>, _>>()?;
-        drop(first);
-        Ok(Self { inputs, outputs, sessions, threads: threads.max(1) })
+        Ok(Self { inputs, outputs, sessions: loaded, runners: runners.max(1), threads: threads.max(1) })
     }
 
+    /// Runs that may be under way at once.
     pub fn instances(&self) -> usize {
+        self.runners
+    }
+
+    /// Sessions holding the weights (one unless loaded separately).
+    pub fn sessions(&self) -> usize {
         self.sessions.len()
     }
 
@@ -144,7 +170,8 @@ impl Model {
         self.inputs.iter().chain(&self.outputs).all(TensorInfo::batches)
     }
 
-    /// Runs `inputs` (already checked) on session `instance`. Blocking.
+    /// Runs `inputs` (already checked) as runner `instance`. Blocking; at
+    /// most [`Self::instances`] runs at once, each on its own thread.
     pub fn run(&self, instance: usize, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
         self.run_owned(instance, inputs.to_vec())
     }
@@ -157,16 +184,10 @@ impl Model {
             let name = t.name.clone();
             values.push((name.clone(), to_value(t).map_err(|e| format!("input {name:?}: {e}"))?));
         }
-        let slot = self.sessions.get(instance % self.sessions.len()).ok_or("no session")?;
-        let mut session = slot.lock().unwrap_or_else(|p| p.into_inner());
-        let outputs = session.run(values).map_err(|e| format!("the model failed: {e}"))?;
-        self.outputs
-            .iter()
-            .map(|o| {
-                let value = outputs.get(&o.name).ok_or_else(|| format!("the model gave no output {:?}", o.name))?;
-                from_value(&o.name, o.dtype, value)
-            })
-            .collect()
+        let session = self.sessions.get(instance % self.sessions.len()).ok_or("no session")?;
+        let outputs = session.run(&values).map_err(|e| format!("the model failed: {e}"))?;
+        drop(values);
+        self.outputs.iter().zip(&outputs).map(|(o, value)| from_value(&o.name, o.dtype, value)).collect()
     }
 }
 

@@ -26,13 +26,19 @@ pub const METADATA_PATH: &str = "/v2/metadata";
 /// The one version of a model a function serves.
 pub const VERSION: &str = "1";
 
-/// One caller's tensors on their way to a run.
+/// Makes a caller's input tensors from what it sent (copying a body into
+/// tensors, parsing JSON): run on the session's thread just before the
+/// run, never on the node's async threads, and never for a caller that has
+/// gone by then. An error is the caller's (400).
+pub type Inputs = Box<dyn FnOnce() -> Result<Vec<Tensor>, String> + Send>;
+
+type Answer = oneshot::Sender<Result<Vec<Tensor>, RunError>>;
+
+/// One caller's request on its way to a run.
 struct Job {
-    inputs: Vec<Tensor>,
-    /// Rows it adds to a batch (its first dimension).
-    rows: usize,
+    inputs: Inputs,
     deadline: Instant,
-    reply: oneshot::Sender<Result<Vec<Tensor>, RunError>>,
+    reply: Answer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +47,8 @@ pub enum RunError {
     Full(usize),
     /// The caller's deadline passed before a session was free.
     Late,
+    /// What the caller sent is not an input of this model.
+    Invalid(String),
     Failed(String),
     Stopped,
 }
@@ -118,10 +126,19 @@ impl Served {
 
     /// Runs tensors through the model (the queue, batching and a session).
     pub async fn infer(&self, inputs: Vec<Tensor>, deadline: Instant) -> Result<Vec<Tensor>, RunError> {
-        let rows = inputs.first().and_then(|t| t.shape.first().copied()).unwrap_or(1);
+        self.infer_with(Box::new(move || Ok(inputs)), deadline).await
+    }
+
+    /// [`Self::infer`] of tensors made by `inputs` on the session's thread.
+    pub async fn infer_with(&self, inputs: Inputs, deadline: Instant) -> Result<Vec<Tensor>, RunError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { inputs, rows, deadline, reply }).await.map_err(|_| RunError::Stopped)?;
+        self.jobs.send(Job { inputs, deadline, reply }).await.map_err(|_| RunError::Stopped)?;
         answer.await.unwrap_or(Err(RunError::Stopped))
+    }
+
+    /// The model, for work done on the session's thread.
+    pub fn shared_model(&self) -> Arc<Model> {
+        self.model.clone()
     }
 
     /// One run of inputs of the declared shapes (dynamic dimensions as 1),
@@ -157,30 +174,26 @@ impl Served {
             .unwrap_or_default();
         let is_json =
             content_type == "application/json" || (content_type.is_empty() && inv.body.first() == Some(&b'{'));
-        let inputs = if content_type == "application/octet-stream" {
-            match raw_tensor(&self.model.inputs, &inv.body) {
-                Ok(t) => vec![t],
-                Err(e) => return Ok(error_reply(400, &e)),
+        let (model, body) = (self.shared_model(), inv.body.clone());
+        let inputs: Inputs = if content_type == "application/octet-stream" {
+            if let Err(e) = raw_shape(&self.model.inputs, body.len()) {
+                return Ok(error_reply(400, &e));
             }
+            Box::new(move || raw_tensor(&model.inputs, &body).map(|t| vec![t]))
         } else if is_json {
-            let body: Value = match serde_json::from_slice(&inv.body) {
-                Ok(v) => v,
-                Err(e) => return Ok(error_reply(400, &format!("the body is not JSON: {e}"))),
-            };
-            match tensor::from_json(&body, &self.model.inputs).and_then(|t| {
-                tensor::check_inputs(&t, &self.model.inputs)?;
+            Box::new(move || {
+                let body: Value = serde_json::from_slice(&body).map_err(|e| format!("the body is not JSON: {e}"))?;
+                let t = tensor::from_json(&body, &model.inputs)?;
+                tensor::check_inputs(&t, &model.inputs)?;
                 Ok(t)
-            }) {
-                Ok(t) => t,
-                Err(e) => return Ok(error_reply(400, &e)),
-            }
+            })
         } else if let Some(image) = &self.image {
             let body = inv.body.clone();
             let (prep, input, sizes, layout) = (image.prep.clone(), image.input.clone(), image.sizes, image.layout);
             let made =
                 tokio::task::spawn_blocking(move || prep::image_tensor(&body, &prep, &input, sizes, layout)).await;
             match made {
-                Ok(Ok(t)) => vec![t],
+                Ok(Ok(t)) => Box::new(move || Ok(vec![t])),
                 Ok(Err(e)) => return Ok(error_reply(400, &e)),
                 Err(e) => return Err(self.failed(format!("decoding the image: {e}"))),
             }
@@ -193,8 +206,9 @@ impl Served {
                 ),
             ));
         };
-        let outputs = match self.infer(inputs, deadline).await {
+        let outputs = match self.infer_with(inputs, deadline).await {
             Ok(o) => o,
+            Err(RunError::Invalid(e)) => return Ok(error_reply(400, &e)),
             Err(e) => return Err(self.run_error(e)),
         };
         if self.image.is_some() && !is_json {
@@ -220,24 +234,30 @@ impl Served {
                 return Ok(error_reply(400, &format!("{} must be a number of bytes", oip::HEADER_LENGTH)));
             }
         };
-        let mut req = match oip::parse_infer(&inv.body, header_len, &self.model.inputs) {
-            Ok(r) => r,
-            Err(e) => return Ok(error_reply(400, &e)),
-        };
-        // Checked before the run, so a misspelt output costs no inference.
-        if let Some(unknown) =
-            req.outputs.iter().flatten().find(|(name, _)| !self.model.outputs.iter().any(|o| &o.name == name))
-        {
-            let known: Vec<&str> = self.model.outputs.iter().map(|o| o.name.as_str()).collect();
-            return Ok(error_reply(
-                400,
-                &format!("the model has no output {:?}; its outputs are {}", unknown.0, known.join(", ")),
-            ));
-        }
-        let inputs = std::mem::take(&mut req.inputs);
-        let outputs = match self.infer(inputs, deadline).await {
+        // Parsed on the session's thread; what the answer needs of the
+        // request comes back beside the inputs.
+        let parsed = Arc::new(std::sync::Mutex::new(None));
+        let (model, body, kept) = (self.shared_model(), inv.body.clone(), parsed.clone());
+        let inputs: Inputs = Box::new(move || {
+            let mut req = oip::parse_infer(&body, header_len, &model.inputs)?;
+            // Checked before the run, so a misspelt output costs no inference.
+            if let Some(unknown) =
+                req.outputs.iter().flatten().find(|(name, _)| !model.outputs.iter().any(|o| &o.name == name))
+            {
+                let known: Vec<&str> = model.outputs.iter().map(|o| o.name.as_str()).collect();
+                return Err(format!("the model has no output {:?}; its outputs are {}", unknown.0, known.join(", ")));
+            }
+            let inputs = std::mem::take(&mut req.inputs);
+            *kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(req);
+            Ok(inputs)
+        });
+        let outputs = match self.infer_with(inputs, deadline).await {
             Ok(o) => o,
+            Err(RunError::Invalid(e)) => return Ok(error_reply(400, &e)),
             Err(e) => return Err(self.run_error(e)),
+        };
+        let Some(req) = parsed.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Err(self.failed("the request was run but not kept".to_owned()));
         };
         let (body, json_len) = oip::encode_infer(&self.function, &req, outputs).map_err(|e| self.failed(e))?;
         let headers = match json_len {
@@ -298,7 +318,7 @@ impl Served {
                 function: self.function.clone(),
                 timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
             },
-            RunError::Failed(m) => self.failed(m),
+            RunError::Invalid(m) | RunError::Failed(m) => self.failed(m),
             RunError::Stopped => InvokeError::ShuttingDown(self.function.clone()),
         }
     }
@@ -335,7 +355,8 @@ fn image_input(inputs: &[TensorInfo], prep: &ImagePrep) -> Result<ImageInput, On
 /// A body of raw little-endian elements for a model with one input whose
 /// shape is fixed past the first dimension (`[N, 3, 224, 224]` takes any
 /// multiple of 3 × 224 × 224 values): what a camera's gateway sends.
-fn raw_tensor(inputs: &[TensorInfo], body: &[u8]) -> Result<Tensor, String> {
+/// The one input a raw body of `len` bytes fills, and its shape.
+fn raw_shape(inputs: &[TensorInfo], len: usize) -> Result<(&TensorInfo, Vec<usize>), String> {
     let [input] = inputs else {
         return Err(format!(
             "a raw tensor body (application/octet-stream) needs a model with one input; this one has {}: send JSON",
@@ -351,10 +372,10 @@ fn raw_tensor(inputs: &[TensorInfo], body: &[u8]) -> Result<Tensor, String> {
             input.shape_text()
         ));
     };
-    let values = body.len() / input.dtype.size();
+    let values = len / input.dtype.size();
     let rows = values / row;
     let fixed = usize::try_from(input.shape[0]).ok();
-    if !body.len().is_multiple_of(input.dtype.size())
+    if !len.is_multiple_of(input.dtype.size())
         || rows == 0
         || !values.is_multiple_of(row)
         || fixed.is_some_and(|n| n != rows)
@@ -365,11 +386,17 @@ fn raw_tensor(inputs: &[TensorInfo], body: &[u8]) -> Result<Tensor, String> {
             input.shape_text(),
             input.dtype.name(),
             row * input.dtype.size(),
-            body.len()
+            len
         ));
     }
     let mut shape = vec![rows];
     shape.extend(input.shape[1..].iter().map(|d| usize::try_from(*d).unwrap_or(0)));
+    Ok((input, shape))
+}
+
+/// A raw body as the model's one input (rows on the first axis).
+fn raw_tensor(inputs: &[TensorInfo], body: &[u8]) -> Result<Tensor, String> {
+    let (input, shape) = raw_shape(inputs, body.len())?;
     let data = tensor::Data::from_le_bytes(input.dtype, body)?;
     Tensor::new(input.name.clone(), shape, data)
 }
@@ -417,6 +444,8 @@ async fn dispatch(model: Arc<Model>, policy: Policy, mut jobs: mpsc::Receiver<Jo
         for late in queue.expire(now) {
             let _ = late.reply.send(Err(RunError::Late));
         }
+        // Callers that went away (a dropped call, a dead worker's) leave.
+        queue.forget(|job| job.reply.is_closed());
         match queue.decide(now, free.len()) {
             Decision::Run(n) => {
                 let Some(instance) = free.pop() else { continue };
@@ -462,57 +491,69 @@ fn admit(queue: &mut Queue<Job>, job: Job, limit: usize) {
 }
 
 /// Runs jobs as one batch (stacked on the first axis) and answers each;
-/// callers that hung up meanwhile are skipped.
+/// callers that hung up meanwhile are skipped, and so is a caller whose
+/// inputs turn out not to be the model's (told so).
 fn run_batch(model: &Model, instance: usize, batch: Vec<Job>) {
-    let batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
-    if batch.is_empty() {
+    let mut ready: Vec<(Vec<Tensor>, Answer)> = Vec::with_capacity(batch.len());
+    for job in batch {
+        if job.reply.is_closed() {
+            continue;
+        }
+        match (job.inputs)() {
+            Ok(inputs) => ready.push((inputs, job.reply)),
+            Err(e) => {
+                let _ = job.reply.send(Err(RunError::Invalid(e)));
+            }
+        }
+    }
+    if ready.len() == 1 {
+        if let Some((inputs, reply)) = ready.pop() {
+            let _ = reply.send(model.run_owned(instance, inputs).map_err(RunError::Failed));
+        }
         return;
     }
-    if batch.len() == 1 {
-        if let Some(job) = batch.into_iter().next() {
-            let result = model.run_owned(instance, job.inputs).map_err(RunError::Failed);
-            let _ = job.reply.send(result);
-        }
+    if ready.is_empty() {
         return;
     }
     let mut stacked = Vec::with_capacity(model.inputs.len());
     for info in &model.inputs {
-        let parts: Vec<&Tensor> = batch.iter().filter_map(|j| j.inputs.iter().find(|t| t.name == info.name)).collect();
+        let parts: Vec<&Tensor> = ready.iter().filter_map(|(i, _)| i.iter().find(|t| t.name == info.name)).collect();
         match Tensor::stack(&parts) {
-            Some(t) if parts.len() == batch.len() => stacked.push(t),
+            Some(t) if parts.len() == ready.len() => stacked.push(t),
             _ => {
                 // Not stackable (shapes differ past the first axis): one by one.
-                for job in batch {
-                    let result = model.run_owned(instance, job.inputs).map_err(RunError::Failed);
-                    let _ = job.reply.send(result);
+                for (inputs, reply) in ready {
+                    let _ = reply.send(model.run_owned(instance, inputs).map_err(RunError::Failed));
                 }
                 return;
             }
         }
     }
-    let rows: Vec<usize> = batch.iter().map(|j| j.rows).collect();
+    let rows: Vec<usize> =
+        ready.iter().map(|(i, _)| i.first().and_then(|t| t.shape.first().copied()).unwrap_or(1)).collect();
+    let replies: Vec<Answer> = ready.into_iter().map(|(_, r)| r).collect();
     match model.run_owned(instance, stacked) {
         Ok(outputs) => {
-            let mut per_job: Vec<Vec<Tensor>> = batch.iter().map(|_| Vec::new()).collect();
+            let mut per_job: Vec<Vec<Tensor>> = replies.iter().map(|_| Vec::new()).collect();
             for out in outputs {
                 match out.split(&rows) {
                     Some(parts) => parts.into_iter().zip(per_job.iter_mut()).for_each(|(p, v)| v.push(p)),
                     None => {
                         let e = format!("output {:?} does not have one row per input row", out.name);
-                        for job in batch {
-                            let _ = job.reply.send(Err(RunError::Failed(e.clone())));
+                        for reply in replies {
+                            let _ = reply.send(Err(RunError::Failed(e.clone())));
                         }
                         return;
                     }
                 }
             }
-            for (job, outputs) in batch.into_iter().zip(per_job) {
-                let _ = job.reply.send(Ok(outputs));
+            for (reply, outputs) in replies.into_iter().zip(per_job) {
+                let _ = reply.send(Ok(outputs));
             }
         }
         Err(e) => {
-            for job in batch {
-                let _ = job.reply.send(Err(RunError::Failed(e.clone())));
+            for reply in replies {
+                let _ = reply.send(Err(RunError::Failed(e.clone())));
             }
         }
     }

@@ -266,3 +266,63 @@ async fn efficientnet_names_the_cat_in_a_png() {
     assert!(top.contains(&285) || top.contains(&281), "another cat next: {best}");
     assert_eq!(best[0]["label"], "a cat having a striped coat", "the label file names class 282 so");
 }
+
+#[tokio::test]
+async fn inputs_are_made_on_the_sessions_thread_and_never_for_a_caller_that_left() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let path = repo().join("examples/functions/digits-python/model.onnx");
+    let model = Model::load(&path, &python(), 1, 1).expect("load digits");
+    // A lone caller waits up to a second for another to join its batch.
+    let batching = Batching { max_batch: 2, max_delay: Duration::from_secs(1) };
+    let served = Arc::new(Served::start("digits", model, tensor_spec(Some(batching)), None, 4).expect("serve"));
+    let made = Arc::new(AtomicBool::new(false));
+    let flag = made.clone();
+    let inputs: sedge_onnx::serve::Inputs = Box::new(move || {
+        flag.store(true, Ordering::SeqCst);
+        Ok(vec![Tensor::new("pixels", vec![1, 64], Data::F32(vec![0.0; 64]))?])
+    });
+    let far = Instant::now() + Duration::from_secs(30);
+    let left = tokio::time::timeout(Duration::from_millis(50), served.infer_with(inputs, far)).await;
+    assert!(left.is_err(), "the caller hangs up while its request waits");
+    // Its batch's delay passes; a new caller runs and the one that left is skipped.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let runtime_thread = std::thread::current().id();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let on = seen.clone();
+    let inputs: sedge_onnx::serve::Inputs = Box::new(move || {
+        *on.lock().expect("lock") = Some(std::thread::current().id());
+        Ok(vec![Tensor::new("pixels", vec![1, 64], Data::F32(vec![0.0; 64]))?])
+    });
+    served.infer_with(inputs, far).await.expect("a run");
+    assert!(!made.load(Ordering::SeqCst), "the inputs of a caller that left are never made");
+    let thread = seen.lock().expect("lock").expect("made");
+    assert_ne!(thread, runtime_thread, "inputs are made off the async thread");
+    // A body that is not the model's input is the caller's error.
+    let bad: sedge_onnx::serve::Inputs = Box::new(|| Err("input \"pixels\" must have shape [N, 64]".to_owned()));
+    assert!(matches!(served.infer_with(bad, far).await, Err(RunError::Invalid(e)) if e.contains("[N, 64]")));
+}
+
+#[test]
+fn one_session_run_from_many_threads_at_once_answers_each_its_own() {
+    let path = repo().join("examples/functions/digits-python/model.onnx");
+    let model = std::sync::Arc::new(Model::load(&path, &python(), 4, 1).expect("load digits"));
+    assert_eq!((model.sessions(), model.instances()), (1, 4), "one session, four runners");
+    let base = digit();
+    // Each thread's rows differ, so a mixed-up answer shows.
+    let input = |k: usize| {
+        let data: Vec<f32> = base.iter().map(|x| x * (1.0 + k as f32 / 8.0)).collect();
+        vec![Tensor::new("pixels", vec![1, 64], Data::F32(data)).expect("tensor")]
+    };
+    let alone: Vec<Vec<Tensor>> = (0..4).map(|k| model.run(0, &input(k)).expect("a run")).collect();
+    std::thread::scope(|s| {
+        for (k, expected) in alone.iter().enumerate() {
+            let model = model.clone();
+            s.spawn(move || {
+                for _ in 0..200 {
+                    assert_eq!(&model.run(k, &input(k)).expect("a run"), expected, "runner {k}");
+                }
+            });
+        }
+    });
+}

@@ -74,7 +74,9 @@ pub trait Worker: Send + Sync {
 
     /// Runs tensors through the model this worker serves (a function's
     /// code calling `sedge.infer`). Same deadline rules as [`Self::call`].
-    /// Only workers that are models answer; the others refuse.
+    /// Only workers that are models answer; the others refuse. The future
+    /// must be safe to drop at any await: the pool drops it when the
+    /// calling function's worker goes.
     fn infer<'a>(
         &'a self,
         inputs: Vec<RawTensor>,

@@ -70,7 +70,7 @@ impl Engine for OnnxEngine {
                     .join(", ")
             };
             ctx.log.line(format!(
-                "loaded {}: {} session(s) × {} thread(s); inputs {}; outputs {}",
+                "loaded {}: one session run by {} runner(s) × {} thread(s); inputs {}; outputs {}",
                 spec.handler,
                 plan.instances,
                 plan.threads,
@@ -141,8 +141,10 @@ impl Worker for OnnxWorker {
     ) -> BoxFuture<'a, Result<Vec<RawTensor>, InvokeError>> {
         Box::pin(async move {
             let failed = |message: String| InvokeError::Failed { function: self.function.clone(), message };
-            let inputs = tensors_in(inputs, self.served.model()).map_err(failed)?;
-            match self.served.infer(inputs, deadline).await {
+            // Copied into tensors on the session's thread, not this one.
+            let model = self.served.shared_model();
+            let inputs = Box::new(move || tensors_in(inputs, &model));
+            match self.served.infer_with(inputs, deadline).await {
                 Ok(outputs) => Ok(outputs.into_iter().map(tensor_out).collect()),
                 Err(RunError::Full(limit)) => Err(InvokeError::QueueFull {
                     function: self.function.clone(),
@@ -152,7 +154,7 @@ impl Worker for OnnxWorker {
                     function: self.function.clone(),
                     timeout_ms: deadline.saturating_duration_since(Instant::now()).as_millis() as u64,
                 }),
-                Err(RunError::Failed(m)) => Err(failed(m)),
+                Err(RunError::Invalid(m) | RunError::Failed(m)) => Err(failed(m)),
                 Err(RunError::Stopped) => Err(InvokeError::ShuttingDown(self.function.clone())),
             }
         })

@@ -442,13 +442,11 @@ impl Pool {
             Ok(lease) => lease?,
             Err(_) => return Err(self.timeout_error()),
         };
-        // As for calls: once a worker has it, it runs to its end in a task
-        // of its own and gives the capacity back only when done.
-        let call = tokio::spawn(async move { lease.infer(inputs, deadline).await });
-        match call.await {
-            Ok(r) => r,
-            Err(e) => Err(InvokeError::Failed { function: self.name(), message: format!("inference task ended: {e}") }),
-        }
+        // Unlike a call to a process, a model call is safe to drop midway
+        // (the model drops a queued request, or discards a run's answer):
+        // when the calling worker goes, its call and capacity go with it
+        // at once instead of waiting in the model for their deadline.
+        lease.infer(inputs, deadline).await
     }
 
     /// Capacity on a ready worker, now or when one frees up or starts.

@@ -158,7 +158,8 @@ pub async fn remove(State(node): Shared, body: Body) -> Result<StatusCode, ApiEr
     let req: RemoveRequest = json_body(body, r#"{"functionName": "NAME"}"#).await?;
     namespace::check(req.namespace.as_deref())?;
     let name = parse_name(&req.function_name)?;
-    let _guard = node.deploy_lock.lock().await;
+    let _function = node.locks.function(name.as_str()).await;
+    let _secrets = node.locks.using_secrets().await;
     let store = node.store.clone();
     let n = name.clone();
     let existed = blocking(move || Ok(store.remove(&n)?)).await?;

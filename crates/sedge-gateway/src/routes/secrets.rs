@@ -71,7 +71,7 @@ pub async fn create(axum::extract::State(node): Shared, body: Bytes) -> Result<S
     let b = parse(&body)?;
     let (name, value) = (name(&b.name)?, value(&b)?);
     // Held so two creates of one name cannot both pass the existence check.
-    let _guard = node.deploy_lock.lock().await;
+    let _guard = node.locks.changing_secrets().await;
     let secrets = node.secrets.clone();
     blocking(move || Ok(secrets.create(&name, &value)?)).await?;
     Ok(StatusCode::CREATED)
@@ -80,7 +80,7 @@ pub async fn create(axum::extract::State(node): Shared, body: Bytes) -> Result<S
 pub async fn update(axum::extract::State(node): Shared, body: Bytes) -> Result<StatusCode, ApiError> {
     let b = parse(&body)?;
     let (name, value) = (name(&b.name)?, value(&b)?);
-    let _guard = node.deploy_lock.lock().await;
+    let _guard = node.locks.changing_secrets().await;
     let secrets = node.secrets.clone();
     let n = name.clone();
     blocking(move || Ok(secrets.update(&n, &value)?)).await?;
@@ -91,8 +91,8 @@ pub async fn update(axum::extract::State(node): Shared, body: Bytes) -> Result<S
 pub async fn remove(axum::extract::State(node): Shared, body: Bytes) -> Result<StatusCode, ApiError> {
     let b = parse(&body)?;
     let name = name(&b.name)?;
-    // Under the deploy lock, so no deploy can start using it meanwhile.
-    let _guard = node.deploy_lock.lock().await;
+    // Exclusive, so no deploy can start using it meanwhile.
+    let _guard = node.locks.changing_secrets().await;
     let users = crate::secrets::users(&node, &name).await?;
     if !users.is_empty() {
         return Err(ApiError::new(

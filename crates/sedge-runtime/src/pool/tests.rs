@@ -11,7 +11,7 @@ use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 
 use super::*;
 use crate::budget::NodeBudget;
-use crate::engine::{BoxFuture, Engine, StartContext, Worker};
+use crate::engine::{BoxFuture, Engine, RawTensor, StartContext, Worker};
 
 /// How a scripted start goes.
 #[derive(Clone, Copy)]
@@ -52,6 +52,9 @@ struct Script {
     abandoned: AtomicU32,
     killed: Mutex<Vec<String>>,
     stopped: Mutex<Vec<String>>,
+    /// Model calls that never answer, and how many of them were dropped.
+    infers: AtomicU32,
+    infers_dropped: AtomicU32,
 }
 
 impl Script {
@@ -172,6 +175,29 @@ impl Worker for ScriptedWorker {
     fn stop(self: Arc<Self>) {
         self.alive.store(false, Ordering::SeqCst);
         held(&self.script.stopped).push(self.name.clone());
+    }
+
+    /// A model call that waits for ever, counted when dropped.
+    fn infer<'a>(
+        &'a self,
+        _inputs: Vec<RawTensor>,
+        _deadline: Instant,
+    ) -> BoxFuture<'a, Result<Vec<RawTensor>, InvokeError>> {
+        self.script.infers.fetch_add(1, Ordering::SeqCst);
+        let dropped = Counted(self.script.clone());
+        Box::pin(async move {
+            let _dropped = dropped;
+            std::future::pending().await
+        })
+    }
+}
+
+/// Counts a model call as dropped when it goes.
+struct Counted(Arc<Script>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.infers_dropped.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -535,4 +561,37 @@ async fn scaling_to_zero_right_after_a_request_stops_the_worker_at_once() {
     settle().await;
     assert_eq!(pool.stats().ready, 0, "the panic that the request began does not hold it");
     assert_eq!(script.stopped(), ["f-1"]);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_model_call_whose_caller_goes_ends_at_once_and_gives_its_capacity_back() {
+    let script = Script::with(&[], &[]);
+    let pool = pool("[limits]\ntimeout = \"60s\"\n[scale]\nmin = 1\n", &script);
+    let far = Instant::now() + Duration::from_secs(60);
+    let caller = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.infer(Vec::new(), far).await })
+    };
+    settle().await;
+    assert_eq!(script.infers.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.stats().busy, 1);
+    // The calling worker goes (its reader's tasks are aborted).
+    caller.abort();
+    settle().await;
+    assert_eq!(script.infers_dropped.load(Ordering::SeqCst), 1, "the model call is dropped, not left to its deadline");
+    assert_eq!(pool.stats().busy, 0);
+    assert!(script.killed().is_empty(), "the model itself serves on");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_model_call_past_its_deadline_is_dropped_and_the_model_kept() {
+    let script = Script::with(&[], &[]);
+    let pool = pool("[limits]\ntimeout = \"60s\"\n", &script);
+    let soon = Instant::now() + Duration::from_secs(2);
+    match pool.infer(Vec::new(), soon).await {
+        Err(InvokeError::Timeout { .. }) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    assert_eq!(script.infers_dropped.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.stats().busy, 0);
 }

@@ -1,4 +1,4 @@
-//! `sedge bench ort MODEL [--input FILE] [--sessions N] [--threads T]`:
+//! `sedge bench ort MODEL [--input FILE] [--sessions N] [--threads T] [--shared]`:
 //! the engine alone — ONNX Runtime sessions run back to back on this
 //! machine, no HTTP, no queue — so an end-to-end figure can be stated as a
 //! fraction of what the engine itself does. An experiment's `[engine]`
@@ -26,6 +26,10 @@ pub struct OrtArgs {
     /// Intra-op threads per session.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// One session run by all the threads (as the node serves a model),
+    /// not a session each.
+    #[arg(long)]
+    shared: bool,
     /// How long to run, after one warm-up run per session.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", value_name = "DURATION")]
     duration: Duration,
@@ -41,10 +45,13 @@ pub fn ort_command(a: OrtArgs) -> Result<()> {
         input: a.input,
         sessions,
         threads: a.threads.max(1),
+        shared: a.shared,
         duration: a.duration,
     };
     let run = measure(&spec, &a.python, "now").map_err(anyhow::Error::msg)?;
-    println!("model {}: {} session(s) × {} thread(s), {:?}", a.model.display(), run.sessions, run.threads, a.duration);
+    let sessions =
+        if a.shared { format!("one session run by {}", run.sessions) } else { format!("{} session(s)", run.sessions) };
+    println!("model {}: {sessions} × {} thread(s), {:?}", a.model.display(), run.threads, a.duration);
     println!("runs {}  runs/s {:.1}  run ms p50 {:.2}  p99 {:.2}", run.runs, run.runs_per_s, run.p50_ms, run.p99_ms);
     Ok(())
 }

@@ -330,3 +330,52 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
     }
 }
+
+/// A package index that takes connections and never answers: a build
+/// fetching from it hangs until the test lets it go.
+struct SilentIndex {
+    listener: std::net::TcpListener,
+    url: String,
+}
+
+impl SilentIndex {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/simple/", listener.local_addr().expect("addr"));
+        Self { listener, url }
+    }
+
+    /// Waits for the first connection and keeps it open, unanswered.
+    fn accept(&self) -> std::net::TcpStream {
+        self.listener.accept().expect("a build fetching from the index").0
+    }
+}
+
+#[test]
+fn a_hanging_build_holds_up_only_its_own_function() {
+    let index = SilentIndex::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let env = [("PIP_INDEX_URL", index.url.as_str()), ("PIP_RETRIES", "0"), ("PIP_DEFAULT_TIMEOUT", "300")];
+    let node = Node::start_with_env(&tmp.path().join("data"), &[], &env);
+    let code = "import sedgestuck\n\ndef handle(req):\n    return 'never'\n";
+    let stuck = FnDir::new(
+        &manifest("stuck", "python", "handler.handle", ""),
+        &[("handler.py", code), ("requirements.txt", "sedgestuck==1.0\n")],
+    );
+    let plain = FnDir::python("plain", "", "def handle(req):\n    return 'plain'\n");
+    std::thread::scope(|s| {
+        let building = s.spawn(|| deploy_cli(&node, stuck.path()));
+        let held = index.accept();
+        // The build of stuck is waiting on the index: another function deploys and serves.
+        let (ok, stderr) = deploy_cli(&node, plain.path());
+        assert!(ok, "{stderr}");
+        assert_eq!(node.post("/function/plain", b"").text(), "plain");
+        assert!(!building.is_finished(), "the stuck build was still running");
+        // Letting the index go ends the build, which fails and serves nothing.
+        drop(held);
+        drop(index);
+        let (ok, stderr) = building.join().expect("the stuck deploy");
+        assert!(!ok, "{stderr}");
+    });
+    assert_eq!(node.get("/function/stuck").status, 404);
+}

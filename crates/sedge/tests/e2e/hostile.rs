@@ -151,7 +151,7 @@ fn clients_hanging_up_mid_request_never_break_a_worker() {
 /// The host pid of the worker that gave `answer` (its `pid` and pid
 /// namespace `ns`): in a namespace of its own, the process there whose pid
 /// in that namespace is the one it saw.
-fn host_pid(answer: &serde_json::Value) -> u64 {
+pub(crate) fn host_pid(answer: &serde_json::Value) -> u64 {
     let (pid, ns) = (answer["pid"].as_u64().expect("pid"), answer["ns"].as_str().expect("ns"));
     if std::fs::read_link("/proc/self/ns/pid").is_ok_and(|own| own.as_os_str() == ns) {
         return pid;
@@ -171,7 +171,7 @@ fn host_pid(answer: &serde_json::Value) -> u64 {
         .expect("the worker among the host's processes")
 }
 
-fn signal(pid: u64, sig: &str) {
+pub(crate) fn signal(pid: u64, sig: &str) {
     let ok = Command::new("kill").args([sig, &pid.to_string()]).status().expect("kill");
     assert!(ok.success());
 }

@@ -203,3 +203,78 @@ fn a_python_function_sends_a_picture_and_a_full_size_tensor_to_efficientnet() {
     assert!(v["label"].as_str().is_some_and(|l| !l.is_empty()), "{v}");
     assert_eq!(v["logits"], serde_json::json!([1, 1000]), "{v}");
 }
+
+/// A caller that says which process it is, or calls the digits model
+/// until it is stopped: it is always waiting on a model call.
+const WAITING_CALLER: &str = r#"import json, os
+import numpy as np
+import sedge
+
+def handle(req):
+    if req.text == "who":
+        return json.dumps({"pid": os.getpid(), "ns": os.readlink("/proc/self/ns/pid")})
+    while True:
+        sedge.infer("digits", np.zeros((1, 64), dtype=np.float32))
+"#;
+
+/// The model's workers holding a call; 0 once every call it took has ended.
+fn busy(node: &Node, name: &str) -> u64 {
+    node.describe(name)["sedge"]["workers"]["busy"].as_u64().expect("busy")
+}
+
+/// The model serves other callers: two requests fill its batch of two.
+fn serves_others(node: &Node) {
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..2).map(|_| s.spawn(|| label_over_http(node))).collect();
+        for c in calls {
+            c.join().expect("a caller thread");
+        }
+    });
+}
+
+/// A model whose lone caller waits a second for another to join it: a
+/// caller's calls spend nearly all their time queued in the model.
+fn slow_batching_digits() -> FnDir {
+    digits_model("[batching]\nmax_batch = 2\nmax_delay = \"1s\"\n")
+}
+
+#[test]
+fn a_model_call_past_the_callers_deadline_answers_504_and_leaves_nothing_behind() {
+    let node = Node::start();
+    node.deploy(slow_batching_digits().path());
+    let caller = FnDir::python("hasty", "models = [\"digits\"]\n[limits]\ntimeout = \"2s\"\n", WAITING_CALLER);
+    node.deploy(caller.path());
+    let a = node.post("/function/hasty", b"wait");
+    assert_eq!(a.status, 504, "{}", a.text());
+    assert!(a.error().contains("hasty"), "{}", a.text());
+    node.wait_for("the model to let the late call go", Duration::from_secs(20), |n| busy(n, "digits") == 0);
+    serves_others(&node);
+    assert_eq!(busy(&node, "digits"), 0);
+    assert_eq!(node.post("/function/hasty", b"who").status, 200, "the caller serves again");
+}
+
+#[test]
+fn a_caller_killed_while_its_model_call_is_queued_answers_502_and_the_call_goes_with_it() {
+    let node = Node::start();
+    node.deploy(slow_batching_digits().path());
+    let manifest = "models = [\"digits\"]\n[limits]\ntimeout = \"120s\"\n[scale]\nmax = 1\nconcurrency = 2\n";
+    let caller = FnDir::python("doomed", manifest, WAITING_CALLER);
+    node.deploy(caller.path());
+    let who = node.post("/function/doomed", b"who");
+    assert_eq!(who.status, 200, "{}", who.text());
+    let pid = crate::hostile::host_pid(&who.json());
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| node.post("/function/doomed", b"wait"));
+        node.wait_for("the call to reach the model", Duration::from_secs(30), |n| busy(n, "digits") == 1);
+        crate::hostile::signal(pid, "-KILL");
+        let a = waiting.join().expect("the waiting caller");
+        assert_eq!(a.status, 502, "{}", a.text());
+        assert!(a.error().contains("doomed"), "{}", a.text());
+    });
+    node.wait_for("the model to let the dead caller's call go", Duration::from_secs(20), |n| busy(n, "digits") == 0);
+    serves_others(&node);
+    assert_eq!(busy(&node, "digits"), 0);
+    let again = node.post("/function/doomed", b"who");
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_ne!(crate::hostile::host_pid(&again.json()), pid, "a new worker serves");
+}
