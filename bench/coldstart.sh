@@ -15,9 +15,7 @@ models=models
 [ -s "$models/efficientnet-lite0.onnx" ] || { echo "run scripts/setup.sh first" >&2; exit 1; }
 SERVE_FLAGS="$*"
 . bench/local-node.sh
-mkdir -p "$work/effnet"
-cp -r bench/functions/effnet-tensor/. "$work/effnet/"
-cp "$models/efficientnet-lite0.onnx" "$work/effnet/"
+stage_effnet
 python3 -c 'import json; print(json.dumps({"pixels": [0, 0, 5, 13, 9, 1, 0, 0] * 8}))' > "$work/digits.json"
 for dir in examples/functions/hello-python examples/functions/hello-node examples/functions/digits-python "$work/effnet"; do
   "$bin" deploy --wait "$dir" > /dev/null

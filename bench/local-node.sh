@@ -13,3 +13,12 @@ for _ in $(seq 100); do grep -q "listening on" "$work/out" 2>/dev/null && break;
 url=$(sed -n 's/^sedge listening on //p' "$work/out")
 [ -n "$url" ] || { echo "the node did not start:" >&2; cat "$work/err" >&2; exit 1; }
 export SEDGE_GATEWAY=$url
+
+# Stages the EfficientNet-Lite0 Python function (bench/functions/effnet-tensor
+# with the model beside it) in $work/effnet, for the scripts that deploy it.
+stage_effnet() {
+  [ -s models/efficientnet-lite0.onnx ] || { echo "run scripts/setup.sh first" >&2; exit 1; }
+  mkdir -p "$work/effnet"
+  cp -r bench/functions/effnet-tensor/. "$work/effnet/"
+  cp models/efficientnet-lite0.onnx "$work/effnet/"
+}

@@ -14,9 +14,7 @@ models=models
 [ -s "$models/efficientnet-lite0.onnx" ] || { echo "run scripts/setup.sh first" >&2; exit 1; }
 SERVE_FLAGS="$*"
 . bench/local-node.sh
-mkdir -p "$work/effnet"
-cp -r bench/functions/effnet-tensor/. "$work/effnet/"
-cp "$models/efficientnet-lite0.onnx" "$work/effnet/"
+stage_effnet
 sed -i "s/^max = 2\$/max = 4\ncpu = ${STEP_CPU:-1.0}/" "$work/effnet/sedge.toml"
 "$bin" deploy --wait "$work/effnet" > /dev/null
 sleep 3

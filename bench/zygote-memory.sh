@@ -15,9 +15,7 @@ measure() {
   (
     SERVE_FLAGS="$1"
     . bench/local-node.sh
-    mkdir -p "$work/effnet"
-    cp -r bench/functions/effnet-tensor/. "$work/effnet/"
-    cp "$models/efficientnet-lite0.onnx" "$work/effnet/"
+    stage_effnet
     sed -i 's/^max = 2$/max = 4/' "$work/effnet/sedge.toml"
     "$bin" deploy --wait "$work/effnet" > /dev/null
     sleep 3 # the zygote, when there is one, is up by then
