@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use sedge_core::{Invocation, InvokeError, Reply};
+use sedge_core::{InvokeError, Reply};
 use sedge_runtime::Runtime;
 use tokio::sync::{oneshot, Notify};
 
@@ -358,13 +358,7 @@ impl Queue {
         if let Some(reason) = policy::expired(&spec, age) {
             return Some(failed(410, reason, 0));
         }
-        let inv = Invocation {
-            method: call.request.method.clone(),
-            path: call.request.path.clone(),
-            query: call.request.query.clone(),
-            headers: call.request.headers.clone(),
-            body: call.request.body.clone(),
-        };
+        let inv = call.request.clone();
         let started = Instant::now();
         let result = match pool.admit() {
             Ok(admission) => admission.invoke(inv).await,

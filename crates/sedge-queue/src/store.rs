@@ -81,15 +81,9 @@ impl CallKind {
     }
 }
 
-/// The request as it will reach the function.
-#[derive(Debug, Clone, Default)]
-pub struct Request {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
-}
+/// The request as it will reach the function: the invocation itself, kept
+/// as it arrived.
+pub type Request = sedge_core::Invocation;
 
 #[derive(Debug, Clone)]
 pub struct NewCall {
