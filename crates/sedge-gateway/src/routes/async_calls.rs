@@ -7,11 +7,10 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use sedge_core::InvokeError;
 use sedge_queue::{CallKind, NewCall, QueueError, StoreError};
 
-use super::body::{read_body, BodyError, Held};
-use super::invoke::{find, Refused};
+use super::body::Held;
+use super::invoke::{find, read_function_body, Refused};
 use super::Shared;
 use crate::ApiError;
 
@@ -86,27 +85,10 @@ async fn submit(node: &crate::Node, raw: &str, path: String, req: Request) -> Re
             return refuse(ApiError::bad_request(problem));
         }
     }
-    let limit = pool.spec().limits.max_body;
-    let too_large = |size: u64| ApiError::from(InvokeError::PayloadTooLarge { function: name.clone(), size, limit });
-    if let Some(size) = body.size_hint().exact().filter(|n| *n > limit) {
-        return refuse(too_large(size));
-    }
     let mut held = Held::default();
-    let within = pool.spec().limits.timeout;
-    let read = match tokio::time::timeout(within, read_body(body, limit, &node.body_memory, &mut held)).await {
-        Ok(read) => read,
-        Err(_) => return refuse(ApiError::body_late(within)),
-    };
-    let body = match read {
+    let body = match read_function_body(node, &pool, &name, body, &mut held).await {
         Ok(b) => b,
-        Err(e) => {
-            return refuse(match e {
-                BodyError::Over(size) => too_large(size),
-                BodyError::NoMemory => ApiError::body_memory_full(node.body_memory.budget()),
-                BodyError::Stalled(after) => ApiError::body_stalled(after),
-                BodyError::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
-            })
-        }
+        Err(e) => return refuse(e),
     };
     let id = given.clone().unwrap_or_else(sedge_queue::store::new_id);
     // The function sees the call's id as OpenFaaS's functions do; the

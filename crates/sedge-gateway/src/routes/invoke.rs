@@ -111,28 +111,12 @@ async fn call(node: &crate::Node, pool: &Pool, name: &str, path: String, req: Re
     let (parts, body) = req.into_parts();
     let unread = !body.is_end_stream();
     let refuse = |error: ApiError| Refused { error, unread };
-    let limit = pool.spec().limits.max_body;
-    let too_large = |size: u64| ApiError::from(InvokeError::PayloadTooLarge { function: name.to_owned(), size, limit });
-    if let Some(size) = body.size_hint().exact().filter(|n| *n > limit) {
-        return Err(refuse(too_large(size)));
+    if let Some(size) = body.size_hint().exact().filter(|n| *n > pool.spec().limits.max_body) {
+        return Err(refuse(too_large(pool, name, size)));
     }
     let admission = pool.admit().map_err(|e| refuse(e.into()))?;
     let mut held = Held::default();
-    // The body's progress timeout restarts at every byte; this bounds the
-    // whole read, so a client trickling a byte at a time cannot hold the
-    // queue place it was admitted to beyond the function's own timeout.
-    let within = pool.spec().limits.timeout;
-    let read = tokio::time::timeout(within, read_body(body, limit, &node.body_memory, &mut held))
-        .await
-        .map_err(|_| refuse(ApiError::body_late(within)))?;
-    let body = read.map_err(|e| {
-        refuse(match e {
-            BodyError::Over(size) => too_large(size),
-            BodyError::NoMemory => ApiError::body_memory_full(node.body_memory.budget()),
-            BodyError::Stalled(after) => ApiError::body_stalled(after),
-            BodyError::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
-        })
-    })?;
+    let body = read_function_body(node, pool, name, body, &mut held).await.map_err(refuse)?;
     let headers =
         parts.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
     let inv = Invocation {
@@ -147,6 +131,35 @@ async fn call(node: &crate::Node, pool: &Pool, name: &str, path: String, req: Re
     // invocation that holds them has ended.
     drop(held);
     reply.map_err(|e| Refused { error: e.into(), unread: false })
+}
+
+fn too_large(pool: &Pool, name: &str, size: u64) -> ApiError {
+    ApiError::from(InvokeError::PayloadTooLarge { function: name.to_owned(), size, limit: pool.spec().limits.max_body })
+}
+
+/// Reads a request body for a call of the function: within its `max_body`
+/// (a declared length over it is refused before a byte is read) and the
+/// node's body memory, each refusal named. The body's progress timeout
+/// restarts at every byte; the function's timeout bounds the whole read, so
+/// a client trickling a byte at a time cannot hold a queue place (or the
+/// node's body memory) beyond it.
+pub(super) async fn read_function_body(
+    node: &crate::Node,
+    pool: &Pool,
+    name: &str,
+    body: Body,
+    held: &mut Held,
+) -> Result<Vec<u8>, ApiError> {
+    let within = pool.spec().limits.timeout;
+    let read = tokio::time::timeout(within, read_body(body, pool.spec().limits.max_body, &node.body_memory, held))
+        .await
+        .map_err(|_| ApiError::body_late(within))?;
+    read.map_err(|e| match e {
+        BodyError::Over(size) => too_large(pool, name, size),
+        BodyError::NoMemory => ApiError::body_memory_full(node.body_memory.budget()),
+        BodyError::Stalled(after) => ApiError::body_stalled(after),
+        BodyError::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),
+    })
 }
 
 fn reply_response(reply: Reply) -> Response {
