@@ -5,9 +5,10 @@
 //! still asks for `&mut Session` to run, so the call is made here through
 //! the C API it exposes. Everything else about the session stays `ort`'s.
 //!
-//! Measured on EfficientNet-Lite0 (bench/ort-session-memory.py): one
-//! session run by two threads makes as many runs a second as two sessions,
-//! and costs about 65 MiB instead of about 95.
+//! Measured on EfficientNet-Lite0 (`MALLOC_MMAP_THRESHOLD_=131072
+//! bench/ort-session-memory.py`, docs/models.md): one session run by two
+//! threads made 252 runs a second against 236 for two sessions, and cost
+//! 48 MiB instead of 69.
 
 // The one place sedge calls into C itself: `Run` on a shared session.
 #![allow(unsafe_code)]
