@@ -26,3 +26,4 @@ mod sandbox;
 mod scaling;
 mod styles;
 mod titles;
+mod triggers;
