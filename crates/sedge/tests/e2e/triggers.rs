@@ -157,6 +157,13 @@ fn every_qos1_message_is_processed_at_least_once_across_a_kill_9() {
     let node = Node::start_with(&data, &["--mqtt", &broker.url]);
     node.deploy(f.path());
     let publisher = Publisher::connect(broker.port, "camera-1");
+    // The node subscribes within a second of the deploy; a message before
+    // that goes to no subscriber, so start once a probe has arrived.
+    node.wait_for("the node subscribed", Duration::from_secs(30), |n| {
+        publisher.publish("sensors/probe/temperature", b"probe".to_vec());
+        std::thread::sleep(Duration::from_millis(200));
+        done_count(n, "sensor") > 0
+    });
     const N: usize = 1000;
     let publishing = {
         let client = publisher.client.clone();
@@ -169,6 +176,7 @@ fn every_qos1_message_is_processed_at_least_once_across_a_kill_9() {
         })
     };
     node.wait_for("some messages processed before the kill", Duration::from_secs(120), |n| done_count(n, "sensor") >= 50);
+    eprintln!("killing the node with {} calls done", done_count(&node, "sensor"));
     node.kill9();
     std::thread::sleep(Duration::from_millis(500));
     let node = Node::start_with(&data, &["--mqtt", &broker.url]);
@@ -179,7 +187,19 @@ fn every_qos1_message_is_processed_at_least_once_across_a_kill_9() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let want: HashSet<String> = (0..N).map(|i| format!("m-{i}")).collect();
-    node.wait_for("every message processed", Duration::from_secs(300), |n| done_count(n, "sensor") >= N);
+    let mut last = Instant::now();
+    node.wait_for("every message processed", Duration::from_secs(300), |n| {
+        let done = done_count(n, "sensor");
+        if last.elapsed() > Duration::from_secs(5) {
+            last = Instant::now();
+            let states: Vec<String> = ["queued", "running", "failed"]
+                .iter()
+                .map(|s| format!("{s} {}", n.get(&format!("/system/calls?function=sensor&state={s}&limit=10000")).json().as_array().map_or(0, Vec::len)))
+                .collect();
+            eprintln!("done {done}, {}", states.join(", "));
+        }
+        done >= N
+    });
     let start = Instant::now();
     loop {
         let seen: HashSet<String> = done_bodies(&node, "sensor").into_iter().collect();
