@@ -212,8 +212,7 @@ impl RawTrigger {
         if given != 1 {
             return Err((
                 format!("triggers[{i}]"),
-                "each trigger names exactly one of mqtt (a topic filter), nats (a subject) or cron (a schedule)"
-                    .into(),
+                "each trigger names exactly one of mqtt (a topic filter), nats (a subject) or cron (a schedule)".into(),
             ));
         }
         if self.qos.is_some() && self.mqtt.is_none() {
@@ -259,7 +258,10 @@ impl RawTrigger {
         };
         if let Some(reply) = &self.reply {
             if matches!(source, TriggerSource::Cron { .. }) {
-                return fail("reply", "is for mqtt and nats triggers; a cron trigger's answers are kept as its calls' results".into());
+                return fail(
+                    "reply",
+                    "is for mqtt and nats triggers; a cron trigger's answers are kept as its calls' results".into(),
+                );
             }
             if let Err(e) = check_reply(reply, matches!(source, TriggerSource::Nats { .. })) {
                 return fail("reply", e);
@@ -280,11 +282,8 @@ mod tests {
 
     #[test]
     fn an_mqtt_trigger_defaults_to_qos_1_and_the_nodes_broker() {
-        let t = check("mqtt = \"sensors/+/temperature\"\nreply = \"results/{topic}\"").unwrap();
-        assert_eq!(
-            t.source,
-            TriggerSource::Mqtt { filter: "sensors/+/temperature".into(), qos: 1, broker: None }
-        );
+        let t = check("mqtt = \"sensors/+/temperature\"\nreply = \"results/{topic}\"").expect("valid");
+        assert_eq!(t.source, TriggerSource::Mqtt { filter: "sensors/+/temperature".into(), qos: 1, broker: None });
         assert_eq!(t.reply.as_deref(), Some("results/{topic}"));
         assert_eq!(t.kind(), "mqtt");
     }
@@ -292,7 +291,7 @@ mod tests {
     #[test]
     fn bad_filters_name_the_wildcard_at_fault() {
         for (filter, word) in [("a/b#", "'#'"), ("a/#/b", "'#'"), ("a/x+/b", "'+'"), ("", "empty")] {
-            let (field, problem) = check(&format!("mqtt = {filter:?}")).unwrap_err();
+            let (field, problem) = check(&format!("mqtt = {filter:?}")).expect_err("refused");
             assert_eq!(field, "triggers[0].mqtt");
             assert!(problem.contains(word), "{filter}: {problem}");
         }
@@ -302,33 +301,33 @@ mod tests {
 
     #[test]
     fn qos_and_reply_are_checked() {
-        let (field, problem) = check("mqtt = \"a\"\nqos = 3").unwrap_err();
+        let (field, problem) = check("mqtt = \"a\"\nqos = 3").expect_err("refused");
         assert_eq!((field.as_str(), problem.as_str()), ("triggers[0].qos", "expected 0, 1 or 2, found 3"));
-        let (field, problem) = check("mqtt = \"a\"\nreply = \"out/#\"").unwrap_err();
+        let (field, problem) = check("mqtt = \"a\"\nreply = \"out/#\"").expect_err("refused");
         assert_eq!(field, "triggers[0].reply");
         assert!(problem.contains("'+' or '#'"), "{problem}");
-        let (field, _) = check("cron = \"* * * * *\"\nreply = \"x\"").unwrap_err();
+        let (field, _) = check("cron = \"* * * * *\"\nreply = \"x\"").expect_err("refused");
         assert_eq!(field, "triggers[0].reply");
-        let (field, _) = check("nats = \"a\"\nqos = 1").unwrap_err();
+        let (field, _) = check("nats = \"a\"\nqos = 1").expect_err("refused");
         assert_eq!(field, "triggers[0].qos");
     }
 
     #[test]
     fn exactly_one_source() {
-        let (field, problem) = check("mqtt = \"a\"\ncron = \"* * * * *\"").unwrap_err();
+        let (field, problem) = check("mqtt = \"a\"\ncron = \"* * * * *\"").expect_err("refused");
         assert_eq!(field, "triggers[0]");
         assert!(problem.contains("exactly one"));
-        assert_eq!(check("reply = \"x\"").unwrap_err().0, "triggers[0]");
+        assert_eq!(check("reply = \"x\"").expect_err("refused").0, "triggers[0]");
     }
 
     #[test]
     fn cron_takes_five_fields_or_six_with_seconds() {
         assert!(check("cron = \"*/5 * * * *\"").is_ok());
         assert!(check("cron = \"*/10 * * * * *\"").is_ok());
-        let (field, problem) = check("cron = \"* * *\"").unwrap_err();
+        let (field, problem) = check("cron = \"* * *\"").expect_err("refused");
         assert_eq!(field, "triggers[0].cron");
         assert!(problem.contains("found 3"), "{problem}");
-        let (_, problem) = check("cron = \"61 * * * *\"").unwrap_err();
+        let (_, problem) = check("cron = \"61 * * * *\"").expect_err("refused");
         assert!(problem.contains("not a cron schedule"), "{problem}");
         assert!(check("cron = \"0 0 0 1 1 * 2030\"").is_err());
     }
@@ -339,20 +338,20 @@ mod tests {
         assert!(check("nats = \"cam.*.frames\"\nserver = \"nats://10.0.0.2:4222\"").is_ok());
         assert!(check("nats = \"cam.>\"").is_ok());
         for bad in ["cam..frames", "cam.>.x", "cam.f*", "a b"] {
-            assert_eq!(check(&format!("nats = {bad:?}")).unwrap_err().0, "triggers[0].nats", "{bad}");
+            assert_eq!(check(&format!("nats = {bad:?}")).expect_err("refused").0, "triggers[0].nats", "{bad}");
         }
-        assert_eq!(check("nats = \"a\"\nserver = \"http://x\"").unwrap_err().0, "triggers[0].server");
-        assert_eq!(check("nats = \"a\"\nreply = \"out.*\"").unwrap_err().0, "triggers[0].reply");
+        assert_eq!(check("nats = \"a\"\nserver = \"http://x\"").expect_err("refused").0, "triggers[0].server");
+        assert_eq!(check("nats = \"a\"\nreply = \"out.*\"").expect_err("refused").0, "triggers[0].reply");
     }
 
     #[test]
     fn broker_urls() {
-        assert_eq!(mqtt_host_port("mqtt://127.0.0.1:1884").unwrap(), ("127.0.0.1".into(), 1884));
-        assert_eq!(mqtt_host_port("tcp://broker").unwrap(), ("broker".into(), 1883));
+        assert_eq!(mqtt_host_port("mqtt://127.0.0.1:1884").expect("valid"), ("127.0.0.1".into(), 1884));
+        assert_eq!(mqtt_host_port("tcp://broker").expect("valid"), ("broker".into(), 1883));
         assert!(mqtt_host_port("mqtt://h:0").is_err());
         assert!(mqtt_host_port("http://h").is_err());
         assert!(mqtt_host_port("h:1883").is_err());
-        assert_eq!(check("mqtt = \"a\"\nbroker = \"ws://x\"").unwrap_err().0, "triggers[0].broker");
+        assert_eq!(check("mqtt = \"a\"\nbroker = \"ws://x\"").expect_err("refused").0, "triggers[0].broker");
     }
 
     #[test]
@@ -371,10 +370,10 @@ mod manifest_tests {
     fn a_manifest_names_the_trigger_at_fault() {
         let base = "name = \"f\"\nruntime = \"python\"\nhandler = \"h.py\"\n";
         let ok = format!("{base}[[triggers]]\nmqtt = \"a/+\"\n[[triggers]]\ncron = \"*/5 * * * *\"\n");
-        let spec = FunctionSpec::parse("sedge.toml", &ok).unwrap();
+        let spec = FunctionSpec::parse("sedge.toml", &ok).expect("valid");
         assert_eq!(spec.triggers.len(), 2);
         let bad = format!("{base}[[triggers]]\nmqtt = \"a\"\n[[triggers]]\ncron = \"nope\"\n");
-        let e = FunctionSpec::parse("sedge.toml", &bad).unwrap_err().to_string();
+        let e = FunctionSpec::parse("sedge.toml", &bad).expect_err("refused").to_string();
         assert!(e.starts_with("sedge.toml: field `triggers[1].cron`: "), "{e}");
     }
 }

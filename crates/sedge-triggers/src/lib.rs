@@ -135,7 +135,9 @@ impl Triggers {
                     }
                     TriggerSource::Nats { subject, .. } => {
                         if warned.insert(format!("nats {function}")) {
-                            tracing::warn!("{function} has a nats trigger on {subject:?}, which this node does not serve yet");
+                            tracing::warn!(
+                                "{function} has a nats trigger on {subject:?}, which this node does not serve yet"
+                            );
                         }
                     }
                 }
@@ -148,9 +150,9 @@ impl Triggers {
                 keep
             });
             for key in want_crons {
-                if !crons.contains_key(&key) {
-                    let task = tokio::spawn(self.clone().cron_loop(key.0.clone(), key.1.clone()));
-                    crons.insert(key, task);
+                if let std::collections::hash_map::Entry::Vacant(slot) = crons.entry(key) {
+                    let (function, schedule) = slot.key().clone();
+                    slot.insert(tokio::spawn(self.clone().cron_loop(function, schedule)));
                 }
             }
             brokers.retain(|url, (subs, task)| {
@@ -166,7 +168,9 @@ impl Triggers {
                 if brokers.contains_key(&url) {
                     continue;
                 }
-                lock(&self.brokers).entry(url.clone()).or_insert_with(|| BrokerState { url: url.clone(), ..Default::default() });
+                lock(&self.brokers)
+                    .entry(url.clone())
+                    .or_insert_with(|| BrokerState { url: url.clone(), ..Default::default() });
                 let task = self.clone().spawn_broker(url.clone(), subs.clone());
                 brokers.insert(url, (subs, task));
             }
@@ -217,10 +221,7 @@ impl Triggers {
                     method: "POST".into(),
                     path: "/".into(),
                     query: String::new(),
-                    headers: vec![
-                        ("x-cron-schedule".into(), schedule.clone()),
-                        ("x-cron-time".into(), fired.clone()),
-                    ],
+                    headers: vec![("x-cron-schedule".into(), schedule.clone()), ("x-cron-time".into(), fired.clone())],
                     body: Bytes::new(),
                 },
                 callback_url: None,

@@ -95,8 +95,7 @@ pub(crate) async fn run(triggers: Arc<Triggers>, url: String, subs: Vec<Subscrip
 /// acknowledges it. Not acknowledged when the node cannot store it: the
 /// broker sends it again after the next connection.
 async fn take(triggers: &Triggers, client: &AsyncClient, subs: &[Subscription], url: &str, message: Publish) {
-    let matching: Vec<&Subscription> =
-        subs.iter().filter(|s| rumqttc::matches(&message.topic, &s.filter)).collect();
+    let matching: Vec<&Subscription> = subs.iter().filter(|s| rumqttc::matches(&message.topic, &s.filter)).collect();
     let qos_level = message.qos as u8;
     let headers = vec![
         ("content-type".to_owned(), "application/octet-stream".to_owned()),

@@ -90,13 +90,16 @@ impl Publisher {
     }
 }
 
+/// Messages a subscriber got: (topic, payload).
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A subscriber that keeps every (topic, payload) it gets.
-fn subscribe(port: u16, filter: &str) -> Arc<Mutex<Vec<(String, Vec<u8>)>>> {
+fn subscribe(port: u16, filter: &str) -> Received {
     let mut options = MqttOptions::new(format!("sub-{}", std::process::id()), "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut connection) = Client::new(options, 64);
     client.subscribe(filter, QoS::AtLeastOnce).expect("subscribe");
-    let got: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let got: Received = Arc::default();
     let seen = got.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -138,7 +141,10 @@ fn done_bodies(node: &Node, function: &str) -> Vec<String> {
 }
 
 fn done_count(node: &Node, function: &str) -> usize {
-    node.get(&format!("/system/calls?function={function}&state=done&limit=100000")).json().as_array().map_or(0, Vec::len)
+    node.get(&format!("/system/calls?function={function}&state=done&limit=100000"))
+        .json()
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 #[test]
@@ -175,7 +181,9 @@ fn every_qos1_message_is_processed_at_least_once_across_a_kill_9() {
             }
         })
     };
-    node.wait_for("some messages processed before the kill", Duration::from_secs(120), |n| done_count(n, "sensor") >= 50);
+    node.wait_for("some messages processed before the kill", Duration::from_secs(120), |n| {
+        done_count(n, "sensor") >= 50
+    });
     eprintln!("killing the node with {} calls done", done_count(&node, "sensor"));
     node.kill9();
     std::thread::sleep(Duration::from_millis(500));
@@ -194,7 +202,15 @@ fn every_qos1_message_is_processed_at_least_once_across_a_kill_9() {
             last = Instant::now();
             let states: Vec<String> = ["queued", "running", "failed"]
                 .iter()
-                .map(|s| format!("{s} {}", n.get(&format!("/system/calls?function=sensor&state={s}&limit=10000")).json().as_array().map_or(0, Vec::len)))
+                .map(|s| {
+                    format!(
+                        "{s} {}",
+                        n.get(&format!("/system/calls?function=sensor&state={s}&limit=10000"))
+                            .json()
+                            .as_array()
+                            .map_or(0, Vec::len)
+                    )
+                })
                 .collect();
             eprintln!("done {done}, {}", states.join(", "));
         }
@@ -207,7 +223,12 @@ fn every_qos1_message_is_processed_at_least_once_across_a_kill_9() {
         if missing.is_empty() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(300), "{} never processed, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "{} never processed, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     // The headers carry the message's topic and QoS.
@@ -231,10 +252,7 @@ fn answers_are_published_to_the_reply_topic() {
     let replies = subscribe(broker.port, "results/#");
     let f = FnDir::python(
         "echo",
-        &format!(
-            "[[triggers]]\nmqtt = \"frames/#\"\nbroker = \"{}\"\nreply = \"results/{{topic}}\"\n",
-            broker.url
-        ),
+        &format!("[[triggers]]\nmqtt = \"frames/#\"\nbroker = \"{}\"\nreply = \"results/{{topic}}\"\n", broker.url),
         ECHO,
     );
     let node = Node::start();
