@@ -71,6 +71,12 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
                 "retryOn": spec.async_calls.retry_on.iter().map(|c| c.as_string()).collect::<Vec<_>>(),
                 "concurrency": spec.async_calls.concurrency_for(spec.scale.max.saturating_mul(spec.scale.concurrency)),
             },
+            "triggers": spec.triggers.iter().map(|t| serde_json::json!({
+                "kind": t.kind(),
+                "pattern": t.pattern(),
+                "qos": match &t.source { sedge_core::TriggerSource::Mqtt { qos, .. } => Some(*qos), _ => None },
+                "reply": t.reply,
+            })).collect::<Vec<_>>(),
             "workers": { "ready": stats.ready, "starting": stats.starting, "busy": stats.busy },
             "queued": stats.queued,
             "coldStarts": shared.cold_starts.load(std::sync::atomic::Ordering::Relaxed),

@@ -281,6 +281,9 @@ fn a_cron_trigger_with_seconds_queues_calls() {
     );
     let node = Node::start();
     node.deploy(f.path());
+    let d = node.describe("tick");
+    assert_eq!(d["sedge"]["triggers"][0]["kind"], "cron", "{d}");
+    assert_eq!(d["sedge"]["triggers"][0]["pattern"], "* * * * * *");
     node.wait_for("three cron calls", Duration::from_secs(30), |n| done_count(n, "tick") >= 3);
     let list = node.get("/system/calls?function=tick&state=done&limit=1").json();
     let id = list[0]["id"].as_str().expect("an id").to_owned();
