@@ -9,6 +9,7 @@
 //! - [`timestamp`]: RFC 3339 times with their offsets, as clients send them.
 //! - [`model`]: a model function's `[model]` and `[batching]` tables.
 //! - [`async_policy`]: a function's `[async]` table (retries of queued calls).
+//! - [`trigger`]: a function's `[[triggers]]` (MQTT, NATS, cron events).
 //!
 //! Neighbours: `sedge-store` persists manifests, `sedge-runtime` runs specs,
 //! `sedge-gateway` turns HTTP into [`Invocation`]s.
@@ -19,8 +20,10 @@ pub mod manifest;
 pub mod model;
 pub mod name;
 pub mod timestamp;
+pub mod trigger;
 
 pub use async_policy::{AsyncSpec, RetryClass};
 pub use invocation::{Invocation, InvokeError, Reply};
 pub use manifest::{FunctionSpec, Limits, ManifestError, RuntimeKind, Scale, Style};
 pub use name::{FunctionName, NameError, SecretName};
+pub use trigger::{TriggerSource, TriggerSpec};

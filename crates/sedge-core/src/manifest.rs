@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::async_policy::{AsyncSpec, RawAsync};
 use crate::model::{ModelSpec, RawBatching, RawModel};
 use crate::name::{FunctionName, SecretName};
+use crate::trigger::{RawTrigger, TriggerSpec};
 
 /// The file name a function folder must contain.
 pub const MANIFEST_FILE: &str = "sedge.toml";
@@ -171,6 +172,8 @@ pub struct FunctionSpec {
     pub models: Vec<FunctionName>,
     /// How its queued (asynchronous) calls are retried and run (`[async]`).
     pub async_calls: AsyncSpec,
+    /// Events that queue calls of it (`[[triggers]]`).
+    pub triggers: Vec<TriggerSpec>,
 }
 
 /// Who may call the function.
@@ -207,6 +210,8 @@ struct RawManifest {
     models: Vec<String>,
     #[serde(default, rename = "async")]
     async_calls: RawAsync,
+    #[serde(default)]
+    triggers: Vec<RawTrigger>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -411,7 +416,15 @@ impl FunctionSpec {
             Ok(a) => a,
             Err((field, problem)) => return c.fail(&field, problem),
         };
+        let mut triggers = Vec::with_capacity(raw.triggers.len());
+        for (i, t) in raw.triggers.into_iter().enumerate() {
+            match t.check(i) {
+                Ok(t) => triggers.push(t),
+                Err((field, problem)) => return c.fail(&field, problem),
+            }
+        }
         Ok(Self {
+            triggers,
             async_calls,
             model,
             models,

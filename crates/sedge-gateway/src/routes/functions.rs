@@ -86,6 +86,12 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
             })),
             "cpuBudgetWaits": shared.cpu_waits.load(std::sync::atomic::Ordering::Relaxed),
             "memoryBudgetWaits": shared.memory_waits.load(std::sync::atomic::Ordering::Relaxed),
+            "triggers": spec.triggers.iter().map(|t| serde_json::json!({
+                "kind": t.kind(),
+                "pattern": t.pattern(),
+                "qos": match &t.source { sedge_core::TriggerSource::Mqtt { qos, .. } => Some(*qos), _ => None },
+                "reply": t.reply,
+            })).collect::<Vec<_>>(),
             "workers": { "ready": stats.ready, "starting": stats.starting, "busy": stats.busy },
             "queued": stats.queued,
             "coldStarts": shared.cold_starts.load(std::sync::atomic::Ordering::Relaxed),

@@ -32,6 +32,9 @@ pub struct Args {
     /// [default: ~/.local/share/sedge, or $XDG_DATA_HOME/sedge]
     #[arg(long, env = "SEDGE_DATA", value_name = "DIR")]
     data: Option<PathBuf>,
+    /// MQTT broker for functions' `mqtt` triggers that name none (mqtt://host:port).
+    #[arg(long, env = "SEDGE_MQTT", value_name = "URL", value_parser = mqtt_url)]
+    mqtt: Option<String>,
     /// Function folders to deploy once the node is up (after the stored ones).
     #[arg(long = "deploy", value_name = "DIR")]
     deploy: Vec<PathBuf>,
@@ -201,6 +204,25 @@ fn raise_descriptor_limit(max_connections: u32) {
     }
 }
 
+fn mqtt_url(text: &str) -> Result<String, String> {
+    sedge_core::trigger::mqtt_host_port(text).map(|_| text.to_owned())
+}
+
+/// The node's MQTT client id, made once and kept in the data directory: a
+/// broker keeps a session's messages for the id that comes back.
+fn mqtt_client_id(data: &std::path::Path) -> Result<String> {
+    let path = data.join("mqtt-client-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let id = format!("sedge-{}", sedge_queue::store::new_id());
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
 pub fn default_data_dir() -> PathBuf {
     dirs::data_local_dir().map_or_else(|| PathBuf::from(".sedge"), |d| d.join("sedge"))
 }
@@ -275,6 +297,12 @@ async fn serve(args: Args) -> Result<()> {
     let node = Arc::new(node);
     let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
     queue.start();
+    let triggers = sedge_triggers::Triggers::new(
+        runtime.clone(),
+        queue.clone(),
+        sedge_triggers::TriggersConfig { mqtt: args.mqtt.clone(), client_id: mqtt_client_id(&data)? },
+    );
+    triggers.start();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -26,4 +26,5 @@ mod sandbox;
 mod scaling;
 mod styles;
 mod titles;
+mod triggers;
 mod zygote;

@@ -1,0 +1,303 @@
+//! Triggers against a real broker: a mosquitto the test starts on a free
+//! port, a node that takes its messages as queued calls, killed with
+//! SIGKILL mid-stream; cron schedules; answers on reply topics.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+use crate::support::{FnDir, Node};
+
+/// A mosquitto on 127.0.0.1, stopped when dropped.
+struct Broker {
+    child: Child,
+    url: String,
+    port: u16,
+}
+
+impl Broker {
+    /// `None` where mosquitto is not installed (.ci/run installs it).
+    fn start(dir: &Path) -> Option<Self> {
+        let program = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists())?;
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let conf = dir.join("mosquitto.conf");
+        // No limit on what the broker keeps for the node while it is down
+        // (the default is 1,000 messages per client).
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"),
+        )
+        .expect("write mosquitto.conf");
+        let child = Command::new(program)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "mosquitto did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self { child, url: format!("mqtt://127.0.0.1:{port}"), port })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A publishing client; counts the broker's acknowledgements of QoS 1 messages.
+struct Publisher {
+    client: Client,
+    acked: Arc<Mutex<usize>>,
+}
+
+impl Publisher {
+    fn connect(port: u16, id: &str) -> Self {
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut connection) = Client::new(options, 64);
+        let acked: Arc<Mutex<usize>> = Arc::default();
+        let count = acked.clone();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => *count.lock().expect("lock") += 1,
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        Self { client, acked }
+    }
+
+    fn publish(&self, topic: &str, payload: Vec<u8>) {
+        self.client.publish(topic, QoS::AtLeastOnce, false, payload).expect("publish");
+    }
+
+    fn acked(&self) -> usize {
+        *self.acked.lock().expect("lock")
+    }
+}
+
+/// Messages a subscriber got: (topic, payload).
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A subscriber that keeps every (topic, payload) it gets.
+fn subscribe(port: u16, filter: &str) -> Received {
+    let mut options = MqttOptions::new(format!("sub-{}", std::process::id()), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = Client::new(options, 64);
+    client.subscribe(filter, QoS::AtLeastOnce).expect("subscribe");
+    let got: Received = Arc::default();
+    let seen = got.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _client = client;
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    seen.lock().expect("lock").push((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("subscribed");
+    got
+}
+
+const ECHO: &str = r#"
+import sedge
+
+def handle(req):
+    topic = req.headers.get("x-mqtt-topic", "")
+    return sedge.Response(topic.encode() + b" " + req.body.upper(), headers={"content-type": "text/plain"})
+"#;
+
+/// The request bodies of a function's finished calls, from the node's own store.
+fn done_bodies(node: &Node, function: &str) -> Vec<String> {
+    let list = node.get(&format!("/system/calls?function={function}&state=done&limit=100000")).json();
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .map(|id| node.get(&format!("/system/calls/{id}")).json()["request"]["body"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+fn done_count(node: &Node, function: &str) -> usize {
+    node.get(&format!("/system/calls?function={function}&state=done&limit=100000"))
+        .json()
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[test]
+fn every_qos1_message_is_processed_at_least_once_across_a_kill_9() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(broker) = Broker::start(tmp.path()) else {
+        eprintln!("skipped: mosquitto is not installed (apt-get install mosquitto)");
+        return;
+    };
+    let data = tmp.path().join("data");
+    let f = FnDir::python(
+        "sensor",
+        "[scale]\nmax = 2\n[async]\nconcurrency = 2\n[[triggers]]\nmqtt = \"sensors/+/temperature\"\nqos = 1\n",
+        ECHO,
+    );
+    let node = Node::start_with(&data, &["--mqtt", &broker.url]);
+    node.deploy(f.path());
+    let publisher = Publisher::connect(broker.port, "camera-1");
+    // The node subscribes within a second of the deploy; a message before
+    // that goes to no subscriber, so start once a probe has arrived.
+    node.wait_for("the node subscribed", Duration::from_secs(30), |n| {
+        publisher.publish("sensors/probe/temperature", b"probe".to_vec());
+        std::thread::sleep(Duration::from_millis(200));
+        done_count(n, "sensor") > 0
+    });
+    const N: usize = 1000;
+    let publishing = {
+        let client = publisher.client.clone();
+        std::thread::spawn(move || {
+            for i in 0..N {
+                let topic = format!("sensors/{}/temperature", i % 7);
+                client.publish(topic, QoS::AtLeastOnce, false, format!("m-{i}").into_bytes()).expect("publish");
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    node.wait_for("some messages processed before the kill", Duration::from_secs(120), |n| {
+        done_count(n, "sensor") >= 50
+    });
+    eprintln!("killing the node with {} calls done", done_count(&node, "sensor"));
+    node.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let node = Node::start_with(&data, &["--mqtt", &broker.url]);
+    publishing.join().expect("publisher");
+    let start = Instant::now();
+    while publisher.acked() < N {
+        assert!(start.elapsed() < Duration::from_secs(60), "the broker acknowledged {} of {N}", publisher.acked());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let want: HashSet<String> = (0..N).map(|i| format!("m-{i}")).collect();
+    let mut last = Instant::now();
+    node.wait_for("every message processed", Duration::from_secs(300), |n| {
+        let done = done_count(n, "sensor");
+        if last.elapsed() > Duration::from_secs(5) {
+            last = Instant::now();
+            let states: Vec<String> = ["queued", "running", "failed"]
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{s} {}",
+                        n.get(&format!("/system/calls?function=sensor&state={s}&limit=10000"))
+                            .json()
+                            .as_array()
+                            .map_or(0, Vec::len)
+                    )
+                })
+                .collect();
+            eprintln!("done {done}, {}", states.join(", "));
+        }
+        done >= N
+    });
+    let start = Instant::now();
+    loop {
+        let seen: HashSet<String> = done_bodies(&node, "sensor").into_iter().collect();
+        let missing: Vec<&String> = want.iter().filter(|m| !seen.contains(*m)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "{} never processed, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // The headers carry the message's topic and QoS.
+    let list = node.get("/system/calls?function=sensor&state=done&limit=1").json();
+    let id = list[0]["id"].as_str().expect("an id").to_owned();
+    let call = node.get(&format!("/system/calls/{id}")).json();
+    let headers: Vec<(String, String)> = serde_json::from_value(call["request"]["headers"].clone()).expect("headers");
+    let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert!(header("x-mqtt-topic").is_some_and(|t| t.starts_with("sensors/")), "{headers:?}");
+    assert_eq!(header("x-mqtt-qos").as_deref(), Some("1"));
+    assert_eq!(header("x-mqtt-retain").as_deref(), Some("false"));
+}
+
+#[test]
+fn answers_are_published_to_the_reply_topic() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(broker) = Broker::start(tmp.path()) else {
+        eprintln!("skipped: mosquitto is not installed (apt-get install mosquitto)");
+        return;
+    };
+    let replies = subscribe(broker.port, "results/#");
+    let f = FnDir::python(
+        "echo",
+        &format!("[[triggers]]\nmqtt = \"frames/#\"\nbroker = \"{}\"\nreply = \"results/{{topic}}\"\n", broker.url),
+        ECHO,
+    );
+    let node = Node::start();
+    node.deploy(f.path());
+    let publisher = Publisher::connect(broker.port, "camera-2");
+    // The node subscribes within a second of the deploy; until then a
+    // message would go to no one, so publish until the first answer comes.
+    let start = Instant::now();
+    while replies.lock().expect("lock").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no answer on results/#");
+        publisher.publish("frames/cam1", b"hello".to_vec());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let got = replies.lock().expect("lock").clone();
+    assert_eq!(got[0].0, "results/frames/cam1");
+    assert_eq!(got[0].1, b"frames/cam1 HELLO".to_vec());
+    drop(node);
+}
+
+#[test]
+fn a_cron_trigger_with_seconds_queues_calls() {
+    let f = FnDir::python(
+        "tick",
+        "[[triggers]]\ncron = \"* * * * * *\"\n",
+        "import sedge\n\ndef handle(req):\n    return sedge.Response(req.headers.get('x-cron-time', '').encode())\n",
+    );
+    let node = Node::start();
+    node.deploy(f.path());
+    let d = node.describe("tick");
+    assert_eq!(d["sedge"]["triggers"][0]["kind"], "cron", "{d}");
+    assert_eq!(d["sedge"]["triggers"][0]["pattern"], "* * * * * *");
+    node.wait_for("three cron calls", Duration::from_secs(30), |n| done_count(n, "tick") >= 3);
+    let list = node.get("/system/calls?function=tick&state=done&limit=1").json();
+    let id = list[0]["id"].as_str().expect("an id").to_owned();
+    let call = node.get(&format!("/system/calls/{id}")).json();
+    let answer = call["result"]["body"].as_str().expect("an answer").to_owned();
+    assert!(answer.ends_with('Z') && answer.contains('T'), "{answer}");
+}
+
+#[test]
+fn a_bad_trigger_is_refused_naming_the_field() {
+    let f = FnDir::python("bad", "[[triggers]]\nmqtt = \"a/#/b\"\n", ECHO);
+    let node = Node::start();
+    let out = node.cli(&["deploy", &f.path().display().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("triggers[0].mqtt") && err.contains("'#'"), "{err}");
+}
