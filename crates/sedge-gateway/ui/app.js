@@ -318,7 +318,7 @@ function deployView() {
   } },
   h('h1', {}, 'Deploy'),
   h('p', {}, 'A tar.gz of a function folder (its sedge.toml at the top): ', h('code', {}, 'tar czf fn.tar.gz -C my-function .')),
-  h('label', {}, 'Name ', h('input', { name: 'name', required: true, pattern: '[a-z0-9][a-z0-9-]*' })),
+  h('label', {}, 'Name ', h('input', { name: 'name', required: true })),
   h('label', {}, 'Archive ', h('input', { name: 'archive', type: 'file', accept: '.tar.gz,.tgz,application/gzip', required: true })),
   h('button', { type: 'submit' }, 'Deploy'));
   view.replaceChildren(form, result, progress);
