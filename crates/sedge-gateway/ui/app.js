@@ -84,6 +84,9 @@ async function poll() {
     for (const f of functions) {
       const s = stats.functions[f.name] || { count: 0, errors: 0, seconds: 0, buckets: [] };
       const samples = history.get(f.name) || [];
+      // A refresh right after an action replaces the newest sample when
+      // that is under a second old, so rates are not over tiny intervals.
+      if (samples.length > 1 && stats.nowMs - samples[samples.length - 1].t < 1000) samples.pop();
       samples.push({ t: stats.nowMs, ...s });
       if (samples.length > SAMPLES) samples.shift();
       history.set(f.name, samples);
