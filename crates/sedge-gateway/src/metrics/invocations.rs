@@ -71,9 +71,7 @@ impl Invocations {
         let mut out: BTreeMap<String, FunctionTotals> = BTreeMap::new();
         for family in self.seconds.collect() {
             for m in family.get_metric() {
-                let label = |name: &str| {
-                    m.get_label().iter().find(|l| l.get_name() == name).map(|l| l.get_value().to_owned())
-                };
+                let label = |name: &str| m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_owned());
                 let (Some(series), Some(code)) = (label("function_name"), label("code")) else { continue };
                 let function = series.strip_suffix(&format!(".{NAMESPACE}")).unwrap_or(&series).to_owned();
                 let h = m.get_histogram();
@@ -87,10 +85,10 @@ impl Invocations {
                 *t.codes.entry(code).or_default() += count;
                 let buckets = h.get_bucket();
                 if t.buckets.is_empty() {
-                    t.buckets = buckets.iter().map(|b| (b.get_upper_bound(), 0)).collect();
+                    t.buckets = buckets.iter().map(|b| (b.upper_bound(), 0)).collect();
                 }
                 for (sum, b) in t.buckets.iter_mut().zip(buckets) {
-                    sum.1 += b.get_cumulative_count();
+                    sum.1 += b.cumulative_count();
                 }
             }
         }
