@@ -4,13 +4,17 @@
 //! (by status code) when it ends. Every start is ended exactly once, so
 //! in-flight panels (started − total) stay true.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricFamily;
 use prometheus::{HistogramVec, IntCounterVec};
 
+use serde::Serialize;
+
 use super::{counters, histograms, series_name};
+use crate::namespace::NAMESPACE;
 
 /// The code an invocation ends with when its caller went away before the
 /// answer (nginx's "client closed request"): the request's future was
@@ -60,6 +64,49 @@ impl Invocations {
     pub fn collect(&self) -> Vec<MetricFamily> {
         [self.started.collect(), self.total.collect(), self.seconds.collect()].concat()
     }
+
+    /// The ended invocations of each function so far, by function name
+    /// (without the namespace suffix): what the dashboard charts as rates.
+    pub fn totals(&self) -> BTreeMap<String, FunctionTotals> {
+        let mut out: BTreeMap<String, FunctionTotals> = BTreeMap::new();
+        for family in self.seconds.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| m.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_owned());
+                let (Some(series), Some(code)) = (label("function_name"), label("code")) else { continue };
+                let function = series.strip_suffix(&format!(".{NAMESPACE}")).unwrap_or(&series).to_owned();
+                let h = m.get_histogram();
+                let t = out.entry(function).or_default();
+                let count = h.get_sample_count();
+                t.count += count;
+                t.seconds += h.get_sample_sum();
+                if code.parse::<u16>().is_ok_and(|c| c >= 500) {
+                    t.errors += count;
+                }
+                *t.codes.entry(code).or_default() += count;
+                let buckets = h.get_bucket();
+                if t.buckets.is_empty() {
+                    t.buckets = buckets.iter().map(|b| (b.upper_bound(), 0)).collect();
+                }
+                for (sum, b) in t.buckets.iter_mut().zip(buckets) {
+                    sum.1 += b.cumulative_count();
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One function's ended invocations, summed over status codes.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct FunctionTotals {
+    pub count: u64,
+    /// Those that ended with a status of 500 or more: the function failed,
+    /// timed out or could not run.
+    pub errors: u64,
+    pub seconds: f64,
+    pub codes: BTreeMap<String, u64>,
+    /// Cumulative counts at or under each upper bound (seconds).
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// An invocation counted as started and not yet as ended.
@@ -90,5 +137,29 @@ impl InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.end(CLIENT_GONE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_codes_and_count_failures_by_function() {
+        let figures = Invocations::default();
+        figures.start("a").finish(200);
+        figures.start("a").finish(200);
+        figures.start("a").finish(502);
+        figures.start("b").finish(404);
+        drop(figures.start("b"));
+        let totals = figures.totals();
+        let a = &totals["a"];
+        assert_eq!((a.count, a.errors), (3, 1));
+        assert_eq!(a.codes.get("200"), Some(&2));
+        assert_eq!(a.buckets.last().map(|b| b.1), Some(3));
+        let b = &totals["b"];
+        // 404 is the caller's mistake, 499 the caller leaving: neither is a failure.
+        assert_eq!((b.count, b.errors), (2, 0));
+        assert_eq!(b.codes.get("499"), Some(&1));
     }
 }

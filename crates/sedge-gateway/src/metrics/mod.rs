@@ -26,7 +26,7 @@ use sedge_runtime::Runtime;
 
 pub use calls::CallSnapshot;
 pub use http::track;
-pub use invocations::InFlight;
+pub use invocations::{FunctionTotals, InFlight};
 
 use crate::namespace::NAMESPACE;
 
@@ -55,6 +55,11 @@ impl Metrics {
     /// when the returned guard is finished or dropped.
     pub fn start(&self, function: &str) -> InFlight<'_> {
         self.invocations.start(function)
+    }
+
+    /// Each function's ended invocations so far.
+    pub fn invocation_totals(&self) -> std::collections::BTreeMap<String, FunctionTotals> {
+        self.invocations.totals()
     }
 
     /// Refreshes the per-function figures from the runtime, then encodes all.

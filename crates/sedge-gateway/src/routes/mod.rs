@@ -9,6 +9,7 @@ mod logs;
 mod oip;
 mod origin;
 mod secrets;
+mod ui;
 mod unserved;
 mod upload;
 
@@ -48,7 +49,8 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/system/calls/{id}/retry", post(calls::retry))
         .route("/system/tasks", post(calls::submit_tasks))
         .route("/system/tasks/batch-status", post(calls::batch_status))
-        .route("/system/tasks/{id}", get(calls::task));
+        .route("/system/tasks/{id}", get(calls::task))
+        .route("/system/stats", get(ui::stats));
     for path in unserved::OPENFAAS_ONLY.iter().filter(|p| p.starts_with("/system/")) {
         system = system.route(path, unserved::openfaas_only());
     }
@@ -67,6 +69,9 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
     }
     router
         .route("/healthz", get(|| async { "OK" }))
+        .route("/ui", get(ui::to_index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::file))
         .merge(system)
         .merge(metrics_route)
         .route("/function/{name}", any(invoke::invoke_root))

@@ -9,15 +9,13 @@ use axum::routing::{any, MethodRouter};
 use crate::ApiError;
 
 /// Routes OpenFaaS's gateway and faas-provider serve that sedge does not.
-pub const OPENFAAS_ONLY: [&str; 6] = [
+pub const OPENFAAS_ONLY: [&str; 4] = [
     // Alertmanager's webhook, which scales OpenFaaS functions.
     "/system/alert",
     "/system/telemetry",
     // Namespaces are created, changed and removed there; a node has one.
     "/system/namespace/",
     "/system/namespace/{name}",
-    "/ui/",
-    "/ui/{*rest}",
 ];
 
 /// The handler for one of [`OPENFAAS_ONLY`]: any method.
