@@ -63,6 +63,8 @@ pub struct Node {
     pub deps: Option<Arc<sedge_deps::Builder>>,
     /// Stores and runs asynchronous calls and tasks; without it they are refused.
     pub queue: Option<Arc<sedge_queue::Queue>>,
+    /// The functions' MQTT, NATS and cron triggers, for their states.
+    pub triggers: Option<Arc<sedge_triggers::Triggers>>,
 }
 
 impl Node {
@@ -83,6 +85,7 @@ impl Node {
             tokens: auth::Tokens::default(),
             deps: None,
             queue: None,
+            triggers: None,
         }
     }
 

@@ -1,5 +1,5 @@
-//! Events that call functions: messages on MQTT topics and cron schedules,
-//! from the functions' `[[triggers]]`. Each event becomes a call in the
+//! Events that call functions: messages on MQTT topics and NATS subjects,
+//! and cron schedules, from the functions' `[[triggers]]`. Each event becomes a call in the
 //! durable queue (`sedge-queue`), so a burst is absorbed, retried and never
 //! lost once the queue has it; an MQTT message at QoS 1 or 2 is
 //! acknowledged to its broker only after that.
@@ -7,8 +7,10 @@
 //! - [`schedule`] (pure): a cron trigger's next firing after a given time.
 //! - [`backoff`] (pure): the wait before reconnecting to a broker.
 //! - [`Triggers`] (this module): keeps one task per cron trigger and one
-//!   connection per broker in step with the deployed functions.
+//!   connection per broker in step with the deployed functions, and what
+//!   each trigger is doing ([`TriggerState`]) for `describe` and metrics.
 //! - `mqtt`: the connection to one broker.
+//! - [`nats`]: a NATS connection and the subscriptions on it.
 //!
 //! Neighbours: `sedge-core` checks the manifest's `[[triggers]]`,
 //! `sedge-queue` stores and runs the calls, `sedge-runtime` knows what is deployed.
@@ -16,6 +18,7 @@
 pub mod backoff;
 #[cfg(feature = "mqtt")]
 mod mqtt;
+pub mod nats;
 pub mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -23,19 +26,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use nats::{NatsLink, NatsSubscription};
 use sedge_core::{TriggerSource, TriggerSpec};
-use sedge_queue::{CallKind, NewCall, Queue, Request};
+use sedge_queue::{CallKind, CallState, NewCall, Queue, Request};
 use sedge_runtime::Runtime;
 use serde::Serialize;
 
 /// How often the deployed functions are compared with the running triggers.
 const RECONCILE: Duration = Duration::from_secs(1);
 
+/// How often a call with a reply topic is looked at until it has finished.
+const REPLY_POLL: Duration = Duration::from_millis(50);
+/// A call not finished by then gets no reply published.
+const REPLY_GIVE_UP: Duration = Duration::from_secs(3600);
+
 /// Node-wide settings: brokers a trigger without its own uses.
 #[derive(Debug, Clone, Default)]
 pub struct TriggersConfig {
     /// `mqtt://host:port` from `serve --mqtt`.
     pub mqtt: Option<String>,
+    /// The node's NATS connection (`serve --nats`, or a cluster's own).
+    pub nats: Option<NatsLink>,
     /// The node's MQTT client id: the same across restarts, so the broker
     /// keeps the node's session (and its messages) while it is down.
     pub client_id: String,
@@ -46,6 +57,8 @@ pub struct TriggersConfig {
 pub struct BrokerState {
     pub url: String,
     pub connected: bool,
+    /// Failed connection attempts since the last success.
+    pub attempts: u64,
     /// Connections lost (or refused) since the node started.
     pub disconnects: u64,
     /// Messages queued as calls since the node started.
@@ -66,11 +79,67 @@ pub struct Subscription {
 
 type Shared = Arc<Mutex<BTreeMap<String, BrokerState>>>;
 
+/// One trigger of one function.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct TriggerKey {
+    function: String,
+    kind: &'static str,
+    pattern: String,
+}
+
+/// What one trigger has done since the node started.
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    messages: u64,
+    last_message: Option<chrono::DateTime<chrono::Utc>>,
+    replies: u64,
+}
+
+/// One trigger as `describe`, the dashboard and metrics show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerState {
+    pub function: String,
+    pub kind: &'static str,
+    /// Topic filter, subject or schedule.
+    pub pattern: String,
+    /// The broker or server it listens on (none for cron).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    /// `connected`, `reconnecting`, `connecting`, `no broker` or (cron) `scheduled`.
+    pub state: &'static str,
+    pub connected: bool,
+    /// Failed connection attempts since the last success.
+    pub attempts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Messages (or firings) queued as calls since the node started.
+    pub messages: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<String>,
+    /// Answers published to reply topics.
+    pub replies: u64,
+}
+
 pub struct Triggers {
     runtime: Arc<Runtime>,
     queue: Arc<Queue>,
     config: TriggersConfig,
     brokers: Shared,
+    /// NATS connections by URL: the node's own and those triggers name.
+    nats_links: Mutex<BTreeMap<String, NatsLink>>,
+    counters: Mutex<HashMap<TriggerKey, Counters>>,
+}
+
+/// A connection's state in one word.
+fn link_word(connected: bool, attempts: u64, disconnects: u64) -> &'static str {
+    if connected {
+        "connected"
+    } else if attempts == 0 && disconnects == 0 {
+        "connecting"
+    } else {
+        "reconnecting"
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -79,7 +148,110 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Triggers {
     pub fn new(runtime: Arc<Runtime>, queue: Arc<Queue>, config: TriggersConfig) -> Arc<Self> {
-        Arc::new(Self { runtime, queue, config, brokers: Arc::default() })
+        let mut links = BTreeMap::new();
+        if let Some(link) = &config.nats {
+            links.insert(link.url().to_owned(), link.clone());
+        }
+        Arc::new(Self {
+            runtime,
+            queue,
+            config,
+            brokers: Arc::default(),
+            nats_links: Mutex::new(links),
+            counters: Mutex::default(),
+        })
+    }
+
+    /// What every deployed function's triggers are doing, by function.
+    pub fn states(&self) -> Vec<TriggerState> {
+        let brokers = lock(&self.brokers).clone();
+        let links = lock(&self.nats_links).clone();
+        let counters = lock(&self.counters).clone();
+        let mut out: Vec<TriggerState> = self
+            .wanted()
+            .into_iter()
+            .map(|(function, t)| {
+                let key = TriggerKey { function: function.clone(), kind: t.kind(), pattern: t.pattern().to_owned() };
+                let c = counters.get(&key).cloned().unwrap_or_default();
+                let mut state = TriggerState {
+                    function,
+                    kind: t.kind(),
+                    pattern: key.pattern,
+                    broker: None,
+                    state: "no broker",
+                    connected: false,
+                    attempts: 0,
+                    last_error: None,
+                    messages: c.messages,
+                    last_message: c.last_message.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    replies: c.replies,
+                };
+                match &t.source {
+                    TriggerSource::Cron { .. } => state.state = "scheduled",
+                    TriggerSource::Mqtt { broker, .. } => {
+                        state.broker = broker.clone().or_else(|| self.config.mqtt.clone());
+                        if let Some(b) = state.broker.as_ref().and_then(|url| brokers.get(url)) {
+                            state.connected = b.connected;
+                            state.attempts = b.attempts;
+                            state.last_error = b.last_error.clone();
+                            state.state = link_word(b.connected, b.attempts, b.disconnects);
+                        }
+                    }
+                    TriggerSource::Nats { server, .. } => {
+                        state.broker = server.clone().or_else(|| self.config.nats.as_ref().map(|l| l.url().to_owned()));
+                        if let Some(link) = state.broker.as_ref().and_then(|url| links.get(url)) {
+                            let l = link.state();
+                            state.connected = l.connected;
+                            state.attempts = l.attempts;
+                            state.last_error = l.last_error;
+                            state.state = link_word(l.connected, l.attempts, l.disconnects);
+                        }
+                    }
+                }
+                state
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.function, a.kind, &a.pattern).cmp(&(&b.function, b.kind, &b.pattern)));
+        out
+    }
+
+    /// One more message (or firing) of a trigger queued.
+    fn counted(&self, function: &str, kind: &'static str, pattern: &str) {
+        let key = TriggerKey { function: function.to_owned(), kind, pattern: pattern.to_owned() };
+        let mut counters = lock(&self.counters);
+        let c = counters.entry(key).or_default();
+        c.messages += 1;
+        c.last_message = Some(chrono::Utc::now());
+    }
+
+    /// One more answer published for a trigger.
+    fn replied(&self, function: &str, kind: &'static str, pattern: &str) {
+        let key = TriggerKey { function: function.to_owned(), kind, pattern: pattern.to_owned() };
+        lock(&self.counters).entry(key).or_default().replies += 1;
+    }
+
+    /// The answer of a queued call once it has finished (done or given
+    /// up), or `None` if it is gone or takes longer than an hour.
+    async fn finished(&self, id: &str) -> Option<nats::Answer> {
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < REPLY_GIVE_UP {
+            tokio::time::sleep(REPLY_POLL).await;
+            let call = match self.queue.store().get(id) {
+                Ok(Some(call)) => call,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!("reading call {id} for its reply: {e}");
+                    continue;
+                }
+            };
+            if matches!(call.state, CallState::Done | CallState::Failed) {
+                return Some(nats::Answer {
+                    status: call.status.unwrap_or(0),
+                    body: call.reply_body.unwrap_or_default(),
+                });
+            }
+        }
+        None
     }
 
     /// The brokers' states, by URL.
@@ -108,10 +280,12 @@ impl Triggers {
     async fn reconcile_loop(self: Arc<Self>) {
         let mut crons: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
         let mut brokers: HashMap<String, (BTreeSet<Subscription>, tokio::task::JoinHandle<()>)> = HashMap::new();
+        let mut nats_subs: HashMap<(String, NatsSubscription), tokio::task::JoinHandle<()>> = HashMap::new();
         let mut warned: BTreeSet<String> = BTreeSet::new();
         loop {
             let mut want_crons = BTreeSet::new();
             let mut want_brokers: BTreeMap<String, BTreeSet<Subscription>> = BTreeMap::new();
+            let mut want_nats: BTreeSet<(String, NatsSubscription)> = BTreeSet::new();
             for (function, t) in self.wanted() {
                 match &t.source {
                     TriggerSource::Cron { schedule } => {
@@ -133,12 +307,20 @@ impl Triggers {
                             reply: t.reply.clone(),
                         });
                     }
-                    TriggerSource::Nats { subject, .. } => {
-                        if warned.insert(format!("nats {function}")) {
-                            tracing::warn!(
-                                "{function} has a nats trigger on {subject:?}, which this node does not serve yet"
-                            );
-                        }
+                    TriggerSource::Nats { subject, server } => {
+                        let url = server.clone().or_else(|| self.config.nats.as_ref().map(|l| l.url().to_owned()));
+                        let Some(url) = url else {
+                            if warned.insert(format!("nats {function}")) {
+                                tracing::warn!(
+                                    "{function} has a nats trigger on {subject:?} but no server: start the node with --nats URL or give the trigger a server"
+                                );
+                            }
+                            continue;
+                        };
+                        want_nats.insert((
+                            url,
+                            NatsSubscription { function, subject: subject.clone(), reply: t.reply.clone() },
+                        ));
                     }
                 }
             }
@@ -174,7 +356,41 @@ impl Triggers {
                 let task = self.clone().spawn_broker(url.clone(), subs.clone());
                 brokers.insert(url, (subs, task));
             }
+            nats_subs.retain(|key, task| {
+                let keep = want_nats.contains(key) && !task.is_finished();
+                if !keep {
+                    // Unacknowledged JetStream messages are sent again to the next consumer.
+                    task.abort();
+                }
+                keep
+            });
+            for (url, sub) in want_nats {
+                if nats_subs.contains_key(&(url.clone(), sub.clone())) {
+                    continue;
+                }
+                let Some(link) = self.nats_link(&url).await else { continue };
+                let task = tokio::spawn(nats::run(self.clone(), link, sub.clone()));
+                nats_subs.insert((url, sub), task);
+            }
             tokio::time::sleep(RECONCILE).await;
+        }
+    }
+
+    /// The connection to a NATS server, made (in the background) the first
+    /// time a trigger names it.
+    async fn nats_link(&self, url: &str) -> Option<NatsLink> {
+        if let Some(link) = lock(&self.nats_links).get(url) {
+            return Some(link.clone());
+        }
+        match NatsLink::connect(url).await {
+            Ok(link) => {
+                lock(&self.nats_links).insert(url.to_owned(), link.clone());
+                Some(link)
+            }
+            Err(e) => {
+                tracing::warn!("NATS server {url}: {e}");
+                None
+            }
         }
     }
 
@@ -227,7 +443,10 @@ impl Triggers {
                 callback_url: None,
             };
             match self.queue.submit(vec![call]).await {
-                Ok(_) => tracing::debug!("{function}: cron {schedule:?} fired at {fired}"),
+                Ok(_) => {
+                    self.counted(&function, "cron", &schedule);
+                    tracing::debug!("{function}: cron {schedule:?} fired at {fired}")
+                }
                 Err(e) => tracing::warn!("{function}: cron {schedule:?} at {fired} not queued: {e}"),
             }
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use sedge_queue::{CallKind, CallState, NewCall, QueueError, Request};
+use sedge_queue::{CallKind, NewCall, QueueError, Request};
 
 use crate::backoff::Reconnect;
 use crate::{Subscription, Triggers};
@@ -15,10 +15,6 @@ use crate::{Subscription, Triggers};
 /// Messages being stored at once; past it the connection waits, and the
 /// broker holds the rest (its in-flight window bounds what it sends anyway).
 const IN_FLIGHT: usize = 512;
-/// How often a call with a reply topic is looked at until it has finished.
-const REPLY_POLL: Duration = Duration::from_millis(50);
-/// A call not finished by then gets no reply published.
-const REPLY_GIVE_UP: Duration = Duration::from_secs(3600);
 
 fn qos(level: u8) -> QoS {
     match level {
@@ -55,6 +51,7 @@ pub(crate) async fn run(triggers: Arc<Triggers>, url: String, subs: Vec<Subscrip
                 tracing::info!("connected to the MQTT broker {url}");
                 triggers.update(&url, |b| {
                     b.connected = true;
+                    b.attempts = 0;
                     b.last_error = None;
                 });
                 for sub in subs.iter() {
@@ -83,6 +80,7 @@ pub(crate) async fn run(triggers: Arc<Triggers>, url: String, subs: Vec<Subscrip
                         b.disconnects += 1;
                     }
                     b.connected = false;
+                    b.attempts = u64::from(failures);
                     b.last_error = Some(e.to_string());
                 });
                 tokio::time::sleep(delay).await;
@@ -143,34 +141,27 @@ async fn take(triggers: &Triggers, client: &AsyncClient, subs: &[Subscription], 
         tracing::warn!("acknowledging a message on {:?} to {url}: {e}", message.topic);
     }
     triggers.update(url, |b| b.messages += 1);
+    for sub in &matching {
+        triggers.counted(&sub.function, "mqtt", &sub.filter);
+    }
     for (sub, result) in matching.iter().zip(accepted) {
         let (Some(template), Ok(accepted)) = (&sub.reply, result) else { continue };
         let topic = sedge_core::trigger::expand_reply(template, &message.topic, &sub.function);
-        reply(triggers, client, url, &accepted.id, &topic, qos(sub.qos)).await;
+        reply(triggers, client, url, sub, &accepted.id, &topic).await;
     }
 }
 
 /// Publishes the call's answer once it has finished (done or given up).
-async fn reply(triggers: &Triggers, client: &AsyncClient, url: &str, id: &str, topic: &str, level: QoS) {
-    let start = tokio::time::Instant::now();
-    while start.elapsed() < REPLY_GIVE_UP {
-        tokio::time::sleep(REPLY_POLL).await;
-        let call = match triggers.queue.store().get(id) {
-            Ok(Some(call)) => call,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!("reading call {id} for its reply: {e}");
-                continue;
-            }
-        };
-        if !matches!(call.state, CallState::Done | CallState::Failed) {
-            continue;
+/// rumqttc keeps it in its request queue while the broker is away and
+/// sends it once connected again, so an answer outlives a broker's restart
+/// (not the node's).
+async fn reply(triggers: &Triggers, client: &AsyncClient, url: &str, sub: &Subscription, id: &str, topic: &str) {
+    let Some(answer) = triggers.finished(id).await else { return };
+    match client.publish(topic, qos(sub.qos), false, answer.body.to_vec()).await {
+        Ok(()) => {
+            triggers.update(url, |b| b.replies += 1);
+            triggers.replied(&sub.function, "mqtt", &sub.filter);
         }
-        let body = call.reply_body.unwrap_or_default();
-        match client.publish(topic, level, false, body.to_vec()).await {
-            Ok(()) => triggers.update(url, |b| b.replies += 1),
-            Err(e) => tracing::warn!("publishing the answer of {id} to {topic:?}: {e}"),
-        }
-        return;
+        Err(e) => tracing::warn!("publishing the answer of {id} to {topic:?}: {e}"),
     }
 }

@@ -8,7 +8,8 @@
 //! - [`http`]: every request by method, route and status;
 //! - [`runtime`]: the per-function figures read from the runtime at scrape
 //!   time;
-//! - [`calls`]: asynchronous calls, read from the call store at scrape time.
+//! - [`calls`]: asynchronous calls, read from the call store at scrape time;
+//! - [`triggers`]: trigger connections and messages, read from their states.
 //!
 //! Every `function_name` label reads `NAME.openfaas-fn`, as OpenFaaS's
 //! gateway labels its functions (see [`series_name`]).
@@ -17,6 +18,7 @@ mod calls;
 mod http;
 mod invocations;
 mod runtime;
+mod triggers;
 
 use std::sync::Mutex;
 
@@ -45,6 +47,7 @@ pub struct Metrics {
     http: http::HttpFigures,
     runtime: runtime::RuntimeFigures,
     calls: calls::CallFigures,
+    triggers: triggers::TriggerFigures,
     /// A scrape refreshes the runtime figures in place: one at a time, so
     /// none reads another's half-refreshed families.
     scrape: Mutex<()>,
@@ -63,19 +66,31 @@ impl Metrics {
     }
 
     /// Refreshes the per-function figures from the runtime, then encodes all.
-    pub fn render(&self, runtime: &Runtime, calls: Option<&CallSnapshot>) -> Result<String, prometheus::Error> {
+    pub fn render(
+        &self,
+        runtime: &Runtime,
+        calls: Option<&CallSnapshot>,
+        triggers: &[sedge_triggers::TriggerState],
+    ) -> Result<String, prometheus::Error> {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.runtime.refresh(runtime);
         if let Some(snap) = calls {
             self.calls.refresh(snap);
         }
+        self.triggers.refresh(triggers);
         encode(&self.families())
     }
 
     /// Every family with at least one series, in a fixed order.
     fn families(&self) -> Vec<MetricFamily> {
-        let mut all =
-            [self.invocations.collect(), self.http.collect(), self.runtime.collect(), self.calls.collect()].concat();
+        let mut all = [
+            self.invocations.collect(),
+            self.http.collect(),
+            self.runtime.collect(),
+            self.calls.collect(),
+            self.triggers.collect(),
+        ]
+        .concat();
         // A family with no series yet has nothing to say (and the encoder
         // refuses it).
         all.retain(|f| !f.get_metric().is_empty());

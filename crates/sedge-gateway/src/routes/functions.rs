@@ -86,12 +86,7 @@ fn status(node: &Node, r: &FunctionRecord) -> Value {
             })),
             "cpuBudgetWaits": shared.cpu_waits.load(std::sync::atomic::Ordering::Relaxed),
             "memoryBudgetWaits": shared.memory_waits.load(std::sync::atomic::Ordering::Relaxed),
-            "triggers": spec.triggers.iter().map(|t| serde_json::json!({
-                "kind": t.kind(),
-                "pattern": t.pattern(),
-                "qos": match &t.source { sedge_core::TriggerSource::Mqtt { qos, .. } => Some(*qos), _ => None },
-                "reply": t.reply,
-            })).collect::<Vec<_>>(),
+            "triggers": triggers(node, name, spec),
             "workers": { "ready": stats.ready, "starting": stats.starting, "busy": stats.busy },
             "queued": stats.queued,
             "coldStarts": shared.cold_starts.load(std::sync::atomic::Ordering::Relaxed),
@@ -348,4 +343,36 @@ fn deployed_answer(node: &Node, done: &crate::Deployed) -> (StatusCode, Value) {
     answer["pending"] = json!(done.pending);
     answer["unchanged"] = json!(done.unchanged);
     (code, answer)
+}
+
+/// A function's triggers as its manifest gives them, each with what it is
+/// doing: its connection's state and the messages it has queued.
+fn triggers(node: &Node, name: &str, spec: &sedge_core::FunctionSpec) -> Vec<serde_json::Value> {
+    let states: Vec<sedge_triggers::TriggerState> = node
+        .triggers
+        .as_ref()
+        .map(|t| t.states().into_iter().filter(|s| s.function == name).collect())
+        .unwrap_or_default();
+    spec.triggers
+        .iter()
+        .map(|t| {
+            let mut entry = serde_json::json!({
+                "kind": t.kind(),
+                "pattern": t.pattern(),
+                "qos": match &t.source { sedge_core::TriggerSource::Mqtt { qos, .. } => Some(*qos), _ => None },
+                "reply": t.reply,
+            });
+            let state = states.iter().find(|s| s.kind == t.kind() && s.pattern == t.pattern());
+            if let (Some(state), Some(fields)) =
+                (state.and_then(|s| serde_json::to_value(s).ok()), entry.as_object_mut())
+            {
+                for (k, v) in state.as_object().into_iter().flatten() {
+                    if !matches!(k.as_str(), "function" | "kind" | "pattern") {
+                        fields.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            entry
+        })
+        .collect()
 }

@@ -124,6 +124,8 @@ async fn metrics(State(node): Shared) -> Result<impl IntoResponse, ApiError> {
         }
         None => None,
     };
-    let text = node.metrics.render(&node.runtime, calls.as_ref()).map_err(|e| ApiError::internal("metrics", e))?;
+    let triggers = node.triggers.as_ref().map(|t| t.states()).unwrap_or_default();
+    let text =
+        node.metrics.render(&node.runtime, calls.as_ref(), &triggers).map_err(|e| ApiError::internal("metrics", e))?;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
 }

@@ -35,6 +35,9 @@ pub struct Args {
     /// MQTT broker for functions' `mqtt` triggers that name none (mqtt://host:port).
     #[arg(long, env = "SEDGE_MQTT", value_name = "URL", value_parser = mqtt_url)]
     mqtt: Option<String>,
+    /// NATS server for functions' `nats` triggers that name none (nats://host:port).
+    #[arg(long, env = "SEDGE_NATS", value_name = "URL", value_parser = nats_url)]
+    nats: Option<String>,
     /// Function folders to deploy once the node is up (after the stored ones).
     #[arg(long = "deploy", value_name = "DIR")]
     deploy: Vec<PathBuf>,
@@ -208,6 +211,10 @@ fn mqtt_url(text: &str) -> Result<String, String> {
     sedge_core::trigger::mqtt_host_port(text).map(|_| text.to_owned())
 }
 
+fn nats_url(text: &str) -> Result<String, String> {
+    sedge_core::trigger::check_nats_url(text).map(|()| text.to_owned())
+}
+
 /// The node's MQTT client id, made once and kept in the data directory: a
 /// broker keeps a session's messages for the id that comes back.
 fn mqtt_client_id(data: &std::path::Path) -> Result<String> {
@@ -294,14 +301,20 @@ async fn serve(args: Args) -> Result<()> {
     let queue = sedge_queue::Queue::open(runtime.clone(), &data, args.calls.config())
         .with_context(|| format!("opening the call store in {}", data.display()))?;
     node.queue = Some(queue.clone());
-    let node = Arc::new(node);
-    let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
-    queue.start();
+    let nats = match &args.nats {
+        // Connected in the background: the node starts while the server is away.
+        Some(url) => Some(sedge_triggers::nats::NatsLink::connect(url).await.with_context(|| format!("--nats {url}"))?),
+        None => None,
+    };
     let triggers = sedge_triggers::Triggers::new(
         runtime.clone(),
         queue.clone(),
-        sedge_triggers::TriggersConfig { mqtt: args.mqtt.clone(), client_id: mqtt_client_id(&data)? },
+        sedge_triggers::TriggersConfig { mqtt: args.mqtt.clone(), nats, client_id: mqtt_client_id(&data)? },
     );
+    node.triggers = Some(triggers.clone());
+    let node = Arc::new(node);
+    let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    queue.start();
     triggers.start();
 
     let listener = tokio::net::TcpListener::bind(args.listen)

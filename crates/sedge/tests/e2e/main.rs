@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod messages;
 mod models;
+mod nats_triggers;
 mod oip;
 mod openfaas_api;
 mod openfaas_compat;
