@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,6 +16,8 @@ use crate::support::{FnDir, Node};
 /// A mosquitto on 127.0.0.1, stopped when dropped.
 struct Broker {
     child: Child,
+    program: PathBuf,
+    conf: PathBuf,
     url: String,
     port: u16,
 }
@@ -33,9 +35,14 @@ impl Broker {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n"),
         )
         .expect("write mosquitto.conf");
+        let child = Self::spawn(Path::new(program), &conf, port);
+        Some(Self { child, program: program.into(), conf, url: format!("mqtt://127.0.0.1:{port}"), port })
+    }
+
+    fn spawn(program: &Path, conf: &Path, port: u16) -> Child {
         let child = Command::new(program)
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -45,14 +52,23 @@ impl Broker {
             assert!(start.elapsed() < Duration::from_secs(10), "mosquitto did not listen on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(Self { child, url: format!("mqtt://127.0.0.1:{port}"), port })
+        child
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port after [`Broker::kill`].
+    fn restart(&mut self) {
+        self.child = Self::spawn(&self.program, &self.conf, self.port);
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -300,4 +316,46 @@ fn a_bad_trigger_is_refused_naming_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("triggers[0].mqtt") && err.contains("'#'"), "{err}");
+}
+
+#[test]
+fn a_broker_that_goes_away_is_reconnected_and_its_state_shown() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(mut broker) = Broker::start(tmp.path()) else {
+        eprintln!("skipped: mosquitto is not installed (apt-get install mosquitto)");
+        return;
+    };
+    let f = FnDir::python("meter", "[[triggers]]\nmqtt = \"meters/#\"\n", ECHO);
+    let node = Node::start_with(&tmp.path().join("data"), &["--mqtt", &broker.url]);
+    node.deploy(f.path());
+    let state = |n: &Node| n.describe("meter")["sedge"]["triggers"][0].clone();
+    node.wait_for("the trigger connected", Duration::from_secs(30), |n| state(n)["state"] == "connected");
+    assert_eq!(state(&node)["broker"], broker.url.as_str());
+    let publisher = Publisher::connect(broker.port, "meter-1");
+    node.wait_for("a message before the outage", Duration::from_secs(30), |n| {
+        publisher.publish("meters/a", b"before".to_vec());
+        std::thread::sleep(Duration::from_millis(300));
+        done_count(n, "meter") > 0
+    });
+    broker.kill();
+    node.wait_for("the trigger reconnecting", Duration::from_secs(30), |n| {
+        let s = state(n);
+        s["state"] == "reconnecting" && s["attempts"].as_u64().unwrap_or(0) >= 1 && s["lastError"].is_string()
+    });
+    let metrics = node.get("/metrics").text();
+    assert!(metrics.contains("sedge_trigger_connected{function=\"meter\",kind=\"mqtt\"} 0"), "{metrics}");
+    broker.restart();
+    // Back-off reaches 30 s at most; the broker is back well before that.
+    node.wait_for("the trigger connected again", Duration::from_secs(60), |n| state(n)["state"] == "connected");
+    let before = done_count(&node, "meter");
+    node.wait_for("a message after the outage", Duration::from_secs(30), |n| {
+        publisher.publish("meters/b", b"after".to_vec());
+        std::thread::sleep(Duration::from_millis(300));
+        done_count(n, "meter") > before
+    });
+    let s = state(&node);
+    assert!(s["messages"].as_u64().unwrap_or(0) >= 2, "{s}");
+    assert!(s["lastMessage"].as_str().is_some_and(|t| t.ends_with('Z')), "{s}");
+    let metrics = node.get("/metrics").text();
+    assert!(metrics.contains("sedge_trigger_connected{function=\"meter\",kind=\"mqtt\"} 1"), "{metrics}");
 }
