@@ -39,6 +39,10 @@ pub struct TriggerSpec {
     /// `{topic}` standing for the message's topic and `{function}` for the
     /// function's name.
     pub reply: Option<String>,
+    /// The Content-Type the call's body is given (`image/png` for a
+    /// camera's frames); `application/octet-stream` when unset. A NATS
+    /// message's own Content-Type header wins.
+    pub content_type: Option<String>,
 }
 
 impl TriggerSpec {
@@ -71,6 +75,7 @@ pub(crate) struct RawTrigger {
     reply: Option<String>,
     broker: Option<String>,
     server: Option<String>,
+    content_type: Option<String>,
 }
 
 /// Parses a schedule as triggers take it: five fields (minute first) or
@@ -161,6 +166,16 @@ fn check_reply(template: &str, nats: bool) -> Result<(), String> {
         check_nats_subject(&sample, false)
     } else {
         check_mqtt_topic(&sample)
+    }
+}
+
+/// A media type as `type/subtype`, e.g. `image/png`, parameters allowed.
+fn check_media_type(media: &str) -> Result<(), String> {
+    let essence = media.split(';').next().unwrap_or_default().trim();
+    let token = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&-^_.+".contains(c));
+    match essence.split_once('/') {
+        Some((kind, sub)) if token(kind) && token(sub) && !media.chars().any(char::is_control) => Ok(()),
+        _ => Err(format!("expected a media type like \"image/png\", found {media:?}")),
     }
 }
 
@@ -267,7 +282,15 @@ impl RawTrigger {
                 return fail("reply", e);
             }
         }
-        Ok(TriggerSpec { source, reply: self.reply })
+        if let Some(media) = &self.content_type {
+            if matches!(source, TriggerSource::Cron { .. }) {
+                return fail("content_type", "is for mqtt and nats triggers; a cron call has no body".into());
+            }
+            if let Err(e) = check_media_type(media) {
+                return fail("content_type", e);
+            }
+        }
+        Ok(TriggerSpec { source, reply: self.reply, content_type: self.content_type })
     }
 }
 
@@ -310,6 +333,17 @@ mod tests {
         assert_eq!(field, "triggers[0].reply");
         let (field, _) = check("nats = \"a\"\nqos = 1").expect_err("refused");
         assert_eq!(field, "triggers[0].qos");
+    }
+
+    #[test]
+    fn a_content_type_is_a_media_type_for_message_triggers() {
+        let t = check("mqtt = \"cam/+\"\ncontent_type = \"image/png\"").expect("valid");
+        assert_eq!(t.content_type.as_deref(), Some("image/png"));
+        let (field, problem) = check("mqtt = \"a\"\ncontent_type = \"png\"").expect_err("refused");
+        assert_eq!(field, "triggers[0].content_type");
+        assert!(problem.contains("image/png"), "{problem}");
+        let (field, _) = check("cron = \"* * * * *\"\ncontent_type = \"image/png\"").expect_err("refused");
+        assert_eq!(field, "triggers[0].content_type");
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub struct Subscription {
     pub filter: String,
     pub qos: u8,
     pub reply: Option<String>,
+    pub content_type: Option<String>,
 }
 
 type Shared = Arc<Mutex<BTreeMap<String, BrokerState>>>;
@@ -305,6 +306,7 @@ impl Triggers {
                             filter: filter.clone(),
                             qos: *qos,
                             reply: t.reply.clone(),
+                            content_type: t.content_type.clone(),
                         });
                     }
                     TriggerSource::Nats { subject, server } => {
@@ -319,7 +321,12 @@ impl Triggers {
                         };
                         want_nats.insert((
                             url,
-                            NatsSubscription { function, subject: subject.clone(), reply: t.reply.clone() },
+                            NatsSubscription {
+                                function,
+                                subject: subject.clone(),
+                                reply: t.reply.clone(),
+                                content_type: t.content_type.clone(),
+                            },
                         ));
                     }
                 }

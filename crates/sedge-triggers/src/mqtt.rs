@@ -96,7 +96,6 @@ async fn take(triggers: &Triggers, client: &AsyncClient, subs: &[Subscription], 
     let matching: Vec<&Subscription> = subs.iter().filter(|s| rumqttc::matches(&message.topic, &s.filter)).collect();
     let qos_level = message.qos as u8;
     let headers = vec![
-        ("content-type".to_owned(), "application/octet-stream".to_owned()),
         ("x-mqtt-topic".to_owned(), message.topic.clone()),
         ("x-mqtt-qos".to_owned(), qos_level.to_string()),
         ("x-mqtt-retain".to_owned(), message.retain.to_string()),
@@ -114,7 +113,12 @@ async fn take(triggers: &Triggers, client: &AsyncClient, subs: &[Subscription], 
                 method: "POST".into(),
                 path: "/".into(),
                 query: String::new(),
-                headers: headers.clone(),
+                headers: {
+                    let mut h = headers.clone();
+                    let media = s.content_type.as_deref().unwrap_or("application/octet-stream");
+                    h.insert(0, ("content-type".to_owned(), media.to_owned()));
+                    h
+                },
                 body: message.payload.clone(),
             },
             callback_url: None,

@@ -144,6 +144,7 @@ pub(crate) struct NatsSubscription {
     pub function: String,
     pub subject: String,
     pub reply: Option<String>,
+    pub content_type: Option<String>,
 }
 
 /// Runs one subscription until aborted: JetStream when a stream stores the
@@ -324,7 +325,7 @@ where
             method: "POST".into(),
             path: "/".into(),
             query: String::new(),
-            headers: request_headers(message, extra),
+            headers: request_headers(message, extra, sub.content_type.as_deref()),
             body: message.payload.clone(),
         },
         callback_url: None,
@@ -359,7 +360,11 @@ const OWN_HEADERS: [&str; 4] = ["content-length", "host", "transfer-encoding", "
 /// The call's headers: the subject (and reply subject, stream, sequence)
 /// under `X-Nats-*`, then the message's own headers as they came, except
 /// the node's own names and `X-Nats-*`, which a publisher cannot forge.
-fn request_headers(message: &async_nats::Message, extra: Vec<(String, String)>) -> Vec<(String, String)> {
+fn request_headers(
+    message: &async_nats::Message,
+    extra: Vec<(String, String)>,
+    content_type: Option<&str>,
+) -> Vec<(String, String)> {
     let mut headers = vec![("x-nats-subject".to_owned(), message.subject.to_string())];
     headers.extend(extra);
     let mut typed = false;
@@ -372,7 +377,7 @@ fn request_headers(message: &async_nats::Message, extra: Vec<(String, String)>) 
         }));
     }
     if !typed {
-        headers.push(("content-type".to_owned(), "application/octet-stream".to_owned()));
+        headers.push(("content-type".to_owned(), content_type.unwrap_or("application/octet-stream").to_owned()));
     }
     headers
 }
@@ -479,7 +484,7 @@ mod tests {
             description: None,
             length: 1,
         };
-        let headers = request_headers(&message, vec![]);
+        let headers = request_headers(&message, vec![], Some("text/plain"));
         assert_eq!(headers.iter().filter(|(n, _)| n == "x-nats-subject").count(), 1);
         assert!(headers.contains(&("x-nats-subject".into(), "cam.frames".into())));
         assert!(!headers.iter().any(|(n, _)| n == "x-call-id"));

@@ -359,3 +359,45 @@ fn a_broker_that_goes_away_is_reconnected_and_its_state_shown() {
     let metrics = node.get("/metrics").text();
     assert!(metrics.contains("sedge_trigger_connected{function=\"meter\",kind=\"mqtt\"} 1"), "{metrics}");
 }
+
+#[test]
+fn the_camera_example_gets_its_frames_classified_over_mqtt() {
+    let dir = crate::support::example("effnet-onnx");
+    let picture = crate::support::repo_root().join("models/samples/chelsea.png");
+    if !dir.join("efficientnet-lite0.onnx").is_file() || !picture.is_file() {
+        eprintln!("skipped: scripts/fetch-models.sh has not put the model in {}", dir.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(broker) = Broker::start(tmp.path()) else {
+        eprintln!("skipped: mosquitto is not installed (apt-get install mosquitto)");
+        return;
+    };
+    let node = Node::start_with(&tmp.path().join("data"), &["--mqtt", &broker.url]);
+    node.deploy(&dir);
+    node.wait_for("the trigger connected", Duration::from_secs(30), |n| {
+        n.describe("effnet-onnx")["sedge"]["triggers"][0]["state"] == "connected"
+    });
+    let python = std::env::var("SEDGE_PYTHON")
+        .unwrap_or_else(|_| crate::support::repo_root().join(".venv/bin/python").to_string_lossy().into_owned());
+    let out = Command::new(&python)
+        .arg(crate::support::repo_root().join("examples/camera/camera.py"))
+        .args(["--broker", &broker.url, "--camera", "porch", "--count", "3", "--interval", "0.2", "--timeout", "30"])
+        .arg(&picture)
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "camera.py failed (scripts/setup.sh installs paho-mqtt from requirements-test.txt): {stderr}{stdout}"
+    );
+    eprint!("{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in lines {
+        // ImageNet class 282, the top-1 of this picture over HTTP too.
+        assert!(line.contains("a cat having a striped coat") && line.contains("class 282"), "{stdout}");
+    }
+    let t = &node.describe("effnet-onnx")["sedge"]["triggers"][0];
+    assert!(t["messages"].as_u64().unwrap_or(0) >= 3 && t["replies"].as_u64().unwrap_or(0) >= 3, "{t}");
+}
