@@ -1,14 +1,15 @@
 // Drives the dashboard in Debian's headless Chromium against a real node:
 // log in, deploy a folder archive, invoke, watch the count and the chart
-// change, read the logs, scale to zero, see the async calls and the node,
-// remove. Starts the `sedge` binary itself (SEDGE_BIN, or the debug build
+// change, read the logs, scale to zero, see a function's triggers, the
+// async calls and the node (and the cluster's nodes where the node has
+// them), remove. Starts the `sedge` binary itself (SEDGE_BIN, or the debug build
 // under CARGO_TARGET_DIR / ../target). With SEDGE_UI_SCREENSHOTS=DIR, keeps a
 // screenshot of each page there (docs/dashboard/ holds the kept ones).
 //
 // Ends with one line `browser: N passed, M failed` (or `browser: skipped
 // (WHY)`), which scripts/test.sh adds to its summary.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, writeFileSync, existsSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -59,6 +60,28 @@ exports.handle = (req) => {
 const archive = join(work, `${FUNCTION}.tar.gz`);
 execFileSync('tar', ['czf', archive, '-C', folder, '.']);
 
+// A function run by triggers: a cron schedule every second, and an MQTT
+// filter on a node started without a broker (its state says so).
+const TICK = 'ui-tick';
+const tickFolder = join(work, 'tick');
+mkdirSync(tickFolder);
+writeFileSync(join(tickFolder, 'sedge.toml'), `name = "${TICK}"
+runtime = "node"
+handler = "handler.handle"
+style = "sedge"
+
+[[triggers]]
+cron = "* * * * * *"
+
+[[triggers]]
+mqtt = "sensors/+/temperature"
+`);
+writeFileSync(join(tickFolder, 'handler.js'), `'use strict';
+exports.handle = () => ({ ticked: true });
+`);
+const tickArchive = join(work, `${TICK}.tar.gz`);
+execFileSync('tar', ['czf', tickArchive, '-C', tickFolder, '.']);
+
 // The node, with the password the page logs in with.
 const node = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', '--data', data, '--spares', 'false'], {
   env: { ...process.env, SEDGE_ADMIN_PASSWORD: PASSWORD, SEDGE_LOG: 'warn' },
@@ -85,9 +108,12 @@ const context = await chromium.launchPersistentContext(userData, {
 const page = context.pages()[0] || await context.newPage();
 const problems = [];
 page.on('pageerror', e => problems.push(`page error: ${e.message}`));
-// The wrong password's 401 is logged by the browser as a failed load; it is expected.
+// The wrong password's 401 is logged by the browser as a failed load; it
+// is expected, as is the 404 of /system/nodes on a node that cannot cluster.
 page.on('console', m => {
-  if (m.type() === 'error' && !m.text().includes('status of 401')) problems.push(`console: ${m.text()}`);
+  const expected = m.text().includes('status of 401') ||
+    (m.text().includes('status of 404') && (m.location().url || '').includes('/system/nodes'));
+  if (m.type() === 'error' && !expected) problems.push(`console: ${m.text()}`);
 });
 
 let passed = 0, failed = 0;
@@ -196,20 +222,57 @@ try {
     await shot('functions');
   });
 
+  await step("a function's page shows its triggers' state", async () => {
+    const deployed = await admin('PUT', `/system/bundles/${TICK}?wait=true`, readFileSync(tickArchive),
+      { 'Content-Type': 'application/gzip' });
+    check(deployed.status < 300, `deploying ${TICK} answered ${deployed.status}: ${await deployed.text()}`);
+    await page.goto(`${url}/ui/#/function/${TICK}`);
+    await page.locator('#trigger-list').waitFor({ timeout: 15000 });
+    await page.locator('#trigger-list tr[data-kind="cron"] .trigger-state', { hasText: 'scheduled' }).waitFor();
+    await page.locator('#trigger-list tr[data-kind="mqtt"] .trigger-state', { hasText: 'no broker' }).waitFor();
+    // The schedule fires every second: its count goes up on the page.
+    await page.waitForFunction(() =>
+      Number(document.querySelector('#trigger-list tr[data-kind="cron"] .trigger-messages')?.textContent) >= 2,
+    null, { timeout: 20000 });
+    await shot('triggers');
+    const removed = await admin('DELETE', '/system/functions', JSON.stringify({ functionName: TICK }),
+      { 'Content-Type': 'application/json' });
+    check(removed.status < 300, `removing ${TICK} answered ${removed.status}`);
+  });
+
   await step('async calls with their state', async () => {
     const resp = await fetch(`${url}/async-function/${FUNCTION}`, { method: 'POST', body: '{"name": "later"}',
       headers: { 'Content-Type': 'application/json' } });
     check(resp.status === 202, `async submit answered ${resp.status}`);
+    const { id } = await resp.json();
     await page.click('#nav >> text=Async calls');
-    await page.locator('#calls td.state-done').waitFor({ timeout: 60000 });
+    // The list holds the cron trigger's calls too: find this one by its id.
+    await page.locator(`#calls tr:has(code:text-is("${id}")) td.state-done`).waitFor({ timeout: 60000 });
     await shot('calls');
   });
 
-  await step('the node page says it is standalone', async () => {
+  await step('the node page: single node, or the cluster\'s nodes where /system/nodes answers', async () => {
+    const nodes = await admin('GET', '/system/nodes');
     await page.click('#nav >> text=Node');
-    await page.locator('#cluster', { hasText: 'Standalone' }).waitFor();
     await page.locator('#node-info', { hasText: '"provider"' }).waitFor();
+    if (nodes.status !== 200) {
+      await page.locator('#cluster', { hasText: 'Single node' }).waitFor();
+      check(await page.locator('#nav-nodes').isHidden(), 'a Nodes view is offered where /system/nodes answers 404');
+      await shot('node');
+      return;
+    }
+    const cluster = await nodes.json();
     await shot('node');
+    await page.locator('#nav-nodes').waitFor({ state: 'visible' });
+    await page.click('#nav-nodes');
+    if (cluster.clustered) {
+      await page.locator('#nodes tbody tr').first().waitFor();
+      const rows = await page.locator('#nodes tbody tr').count();
+      check(rows === cluster.nodes.length, `${rows} rows for ${cluster.nodes.length} nodes`);
+    } else {
+      await page.locator('#nodes-view', { hasText: 'Single node' }).waitFor();
+    }
+    await shot('nodes');
   });
 
   await step('remove, after a second click', async () => {

@@ -69,6 +69,9 @@ $('#login').addEventListener('submit', async ev => {
   ev.target.reset();
   $('#login').hidden = true;
   $('#nav').hidden = false;
+  // The Nodes view exists only where the node answers /system/nodes.
+  $('#nav-nodes').hidden = true;
+  clusterNodes().then(c => { $('#nav-nodes').hidden = !c; }, () => {});
   poll();
   route();
 });
@@ -185,7 +188,7 @@ function functionsView() {
 function functionView(name) {
   const head = h('div'), charts = h('div', { class: 'charts' });
   const logs = h('pre', { id: 'logs' }), out = h('div', { id: 'invoke-answer' });
-  const describe = h('pre', { id: 'describe' });
+  const describe = h('pre', { id: 'describe' }), triggers = h('div', { id: 'triggers' });
   const message = h('p', { id: 'function-message', role: 'status' });
   const aborter = new AbortController();
   let current = null;
@@ -204,8 +207,11 @@ function functionView(name) {
       chart('Latency, 95th percentile (bucket bound)', s.p95, 'ms', 'chart-p95'));
   };
   const refreshDescribe = async () => {
-    try { describe.textContent = JSON.stringify(await json(`/system/function/${encodeURIComponent(name)}`), null, 2); }
-    catch (e) { describe.textContent = e.message; }
+    try {
+      const d = await json(`/system/function/${encodeURIComponent(name)}`);
+      describe.textContent = JSON.stringify(d, null, 2);
+      triggers.replaceChildren(triggerTable(d.sedge?.triggers || []));
+    } catch (e) { describe.textContent = e.message; }
   };
   const scaleForm = h('form', { id: 'scale', class: 'row', onsubmit: async ev => {
     ev.preventDefault();
@@ -286,12 +292,31 @@ function functionView(name) {
   })();
   render(); refreshDescribe();
   view.replaceChildren(head, message, charts,
+    h('div', { class: 'card' }, h('h2', {}, 'Triggers'), triggers),
     h('div', { class: 'card' }, h('h2', {}, 'Invoke'), invokeForm, out),
     h('div', { class: 'card' }, h('h2', {}, 'Logs (following)'), logs),
     h('div', { class: 'card' }, h('h2', {}, 'Scale and remove'), scaleForm, h('p', {}, removeButton)),
     h('div', { class: 'card' }, h('h2', {}, 'Describe'), describe));
-  document.addEventListener('sedge:poll', render);
-  return () => { document.removeEventListener('sedge:poll', render); aborter.abort(); };
+  // Describe (and the triggers' state in it) is read again with each poll.
+  // Not once it is gone (removed here or elsewhere): its describe is a 404.
+  const refresh = () => { render(); if (functions.some(f => f.name === name)) refreshDescribe(); };
+  document.addEventListener('sedge:poll', refresh);
+  return () => { document.removeEventListener('sedge:poll', refresh); aborter.abort(); };
+}
+
+// A function's triggers as describe gives them, with each one's state.
+function triggerTable(list) {
+  if (list.length === 0) return h('p', { class: 'muted' }, 'No triggers: only HTTP and queued calls run it.');
+  const when = t => t ? new Date(t).toLocaleTimeString() : '–';
+  return h('table', { id: 'trigger-list' },
+    h('thead', {}, h('tr', {}, ['Kind', 'Topic, subject or schedule', 'Broker', 'State', 'Attempts', 'Last error',
+      'Messages', 'Last message', 'Replies'].map(t => h('th', {}, t)))),
+    h('tbody', {}, list.map(t => h('tr', { 'data-kind': t.kind },
+      h('td', {}, t.kind), h('td', {}, h('code', {}, t.pattern)), h('td', {}, t.broker ?? '–'),
+      h('td', { class: `trigger-state state-${(t.state || '').replace(' ', '-')}` }, t.state ?? '–'),
+      h('td', { class: 'num' }, t.attempts ?? 0), h('td', { class: 'error' }, t.lastError ?? ''),
+      h('td', { class: 'num trigger-messages' }, t.messages ?? 0), h('td', {}, when(t.lastMessage)),
+      h('td', { class: 'num' }, t.replies ?? 0)))));
 }
 
 function deployView() {
@@ -358,26 +383,63 @@ function callsView() {
   return () => document.removeEventListener('sedge:poll', load);
 }
 
+// GET /system/nodes answers 200 only on a node that can be clustered;
+// `null` elsewhere (404), and the pages say "single node".
+async function clusterNodes() {
+  const resp = await api('/system/nodes', { raw: true });
+  if (resp.status !== 200) return null;
+  return resp.json();
+}
+
 function nodeView() {
-  const info = h('pre', { id: 'node-info' });
+  const info = h('pre', { id: 'node-info' }), cluster = h('p', { id: 'cluster' }, '…');
   view.replaceChildren(h('h1', {}, 'Node'),
-    h('div', { class: 'card' }, h('h2', {}, 'Cluster'),
-      h('p', { id: 'cluster' }, 'Standalone: this node is not part of a cluster, so it is the only node there is.')),
+    h('div', { class: 'card' }, h('h2', {}, 'Cluster'), cluster),
     h('div', { class: 'card' }, h('h2', {}, 'This node'), info));
   json('/system/info').then(v => { info.textContent = JSON.stringify(v, null, 2); }, e => { info.textContent = e.message; });
+  clusterNodes().then(c => {
+    if (c?.clustered) cluster.replaceChildren(`Clustered: ${c.nodes.length} node${c.nodes.length === 1 ? '' : 's'}. `, h('a', { href: '#/nodes' }, 'See them'), '.');
+    else cluster.textContent = 'Single node: this node is not part of a cluster, so it is the only node there is.';
+  }, e => { cluster.textContent = `Single node (the cluster could not be read: ${e.message}).`; });
   return () => {};
+}
+
+function nodesView() {
+  const body = h('div', { id: 'nodes-view' });
+  const load = async () => {
+    let c;
+    try { c = await clusterNodes(); } catch (e) { body.replaceChildren(h('p', { class: 'error' }, e.message)); return; }
+    if (!c) { body.replaceChildren(h('p', { id: 'nodes-single' }, 'Single node: this node is not part of a cluster.')); return; }
+    const seen = t => t ? new Date(t).toLocaleTimeString() : '–';
+    body.replaceChildren(
+      h('p', {}, c.clustered ? `${c.nodes.length} node${c.nodes.length === 1 ? '' : 's'} in the cluster, refreshed live.` : 'Single node: not clustered.'),
+      h('table', { id: 'nodes' },
+        h('thead', {}, h('tr', {}, ['Name', 'Labels', 'Address', 'Functions', 'In flight', 'Capacity', 'Last seen'].map(t => h('th', {}, t)))),
+        h('tbody', {}, (c.nodes || []).map(n => h('tr', { 'data-node': n.name },
+          h('td', {}, n.name), h('td', {}, (n.labels || []).join(', ')), h('td', {}, h('code', {}, n.address ?? '')),
+          h('td', {}, (n.functions || []).join(', ')), h('td', { class: 'num' }, n.inflight ?? ''),
+          h('td', { class: 'num' }, n.capacity ?? ''), h('td', {}, seen(n.lastSeen)))))));
+  };
+  view.replaceChildren(h('h1', {}, 'Nodes'), body);
+  load();
+  document.addEventListener('sedge:poll', load);
+  return () => document.removeEventListener('sedge:poll', load);
 }
 
 function route() {
   if (!credential) return;
   leave();
   const hash = location.hash || '#/functions';
-  for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', hash.startsWith(a.getAttribute('href')));
+  for (const a of document.querySelectorAll('#nav a')) {
+    const href = a.getAttribute('href');
+    a.classList.toggle('active', hash === href || hash.startsWith(`${href}/`));
+  }
   const fn = hash.match(/^#\/function\/(.+)$/);
   if (fn) leave = functionView(decodeURIComponent(fn[1]));
   else if (hash === '#/deploy') leave = deployView();
   else if (hash === '#/calls') leave = callsView();
   else if (hash === '#/node') leave = nodeView();
+  else if (hash === '#/nodes') leave = nodesView();
   else leave = functionsView();
 }
 
