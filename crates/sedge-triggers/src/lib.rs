@@ -191,6 +191,9 @@ impl Triggers {
                     TriggerSource::Cron { .. } => state.state = "scheduled",
                     TriggerSource::Mqtt { broker, .. } => {
                         state.broker = broker.clone().or_else(|| self.config.mqtt.clone());
+                        if state.broker.is_some() {
+                            state.state = "connecting";
+                        }
                         if let Some(b) = state.broker.as_ref().and_then(|url| brokers.get(url)) {
                             state.connected = b.connected;
                             state.attempts = b.attempts;
@@ -200,6 +203,9 @@ impl Triggers {
                     }
                     TriggerSource::Nats { server, .. } => {
                         state.broker = server.clone().or_else(|| self.config.nats.as_ref().map(|l| l.url().to_owned()));
+                        if state.broker.is_some() {
+                            state.state = "connecting";
+                        }
                         if let Some(link) = state.broker.as_ref().and_then(|url| links.get(url)) {
                             let l = link.state();
                             state.connected = l.connected;
@@ -375,7 +381,7 @@ impl Triggers {
                 if nats_subs.contains_key(&(url.clone(), sub.clone())) {
                     continue;
                 }
-                let Some(link) = self.nats_link(&url).await else { continue };
+                let Some(link) = self.nats_link(&url, &mut warned).await else { continue };
                 let task = tokio::spawn(nats::run(self.clone(), link, sub.clone()));
                 nats_subs.insert((url, sub), task);
             }
@@ -385,7 +391,7 @@ impl Triggers {
 
     /// The connection to a NATS server, made (in the background) the first
     /// time a trigger names it.
-    async fn nats_link(&self, url: &str) -> Option<NatsLink> {
+    async fn nats_link(&self, url: &str, warned: &mut BTreeSet<String>) -> Option<NatsLink> {
         if let Some(link) = lock(&self.nats_links).get(url) {
             return Some(link.clone());
         }
@@ -395,7 +401,10 @@ impl Triggers {
                 Some(link)
             }
             Err(e) => {
-                tracing::warn!("NATS server {url}: {e}");
+                // Tried again each round; said once.
+                if warned.insert(format!("nats server {url}")) {
+                    tracing::warn!("NATS server {url}: {e}");
+                }
                 None
             }
         }

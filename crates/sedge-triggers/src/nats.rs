@@ -188,7 +188,11 @@ async fn subscribe_core(triggers: &Arc<Triggers>, link: &NatsLink, sub: &NatsSub
     while let Some(message) = messages.next().await {
         // Stored one after another: core NATS hands messages in order and
         // buffers what the node has not taken yet.
-        let Some(accepted) = store(triggers, sub, &message, None, || async {}).await else { return Ok(()) };
+        let accepted = match store(triggers, sub, &message, None, || async {}).await {
+            Stored::Yes(accepted) => accepted,
+            Stored::Stopping => return Ok(()),
+            Stored::Refused => continue,
+        };
         triggers.counted(&sub.function, "nats", &sub.subject);
         spawn_replies(triggers, link, sub, &message, accepted);
     }
@@ -272,7 +276,16 @@ async fn take_stored(
         // Still not stored: keep the server from handing it to someone else meanwhile.
         let _ = message.ack_with(AckKind::Progress).await;
     };
-    let Some(accepted) = store_with(triggers, sub, inner, key, extra, progress).await else { return };
+    let accepted = match store_with(triggers, sub, inner, key, extra, progress).await {
+        Stored::Yes(accepted) => accepted,
+        // Left unacknowledged: the server sends it again after the restart.
+        Stored::Stopping => return,
+        Stored::Refused => {
+            // It would be refused every time: stop the server sending it.
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
     if let Err(e) = message.ack().await {
         tracing::warn!("{}: acknowledging a message on {:?}: {e}", sub.function, inner.subject);
     }
@@ -290,7 +303,7 @@ async fn store<F, Fut>(
     message: &async_nats::Message,
     key: Option<String>,
     progress: F,
-) -> Option<sedge_queue::store::Accepted>
+) -> Stored
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -302,8 +315,17 @@ where
     store_with(triggers, sub, message, key, extra, progress).await
 }
 
+/// What became of a message handed to the queue.
+enum Stored {
+    Yes(sedge_queue::store::Accepted),
+    /// The node is stopping: the message was not stored.
+    Stopping,
+    /// The store refused this call itself (not the disk): it never will.
+    Refused,
+}
+
 /// Stores the message as a call, trying again while the disk is full or
-/// busy; `None` when the node is stopping or the call was refused.
+/// busy.
 async fn store_with<F, Fut>(
     triggers: &Triggers,
     sub: &NatsSubscription,
@@ -311,7 +333,7 @@ async fn store_with<F, Fut>(
     key: Option<String>,
     extra: Vec<(String, String)>,
     progress: F,
-) -> Option<sedge_queue::store::Accepted>
+) -> Stored
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -335,15 +357,15 @@ where
         match triggers.queue.submit(vec![call.clone()]).await {
             Ok(mut results) => {
                 return match results.pop() {
-                    Some(Ok(accepted)) => Some(accepted),
+                    Some(Ok(accepted)) => Stored::Yes(accepted),
                     Some(Err(e)) => {
                         tracing::warn!("{}: a message on {:?} was refused: {e}", sub.function, message.subject);
-                        None
+                        Stored::Refused
                     }
-                    None => None,
+                    None => Stored::Refused,
                 }
             }
-            Err(QueueError::Stopping) => return None,
+            Err(QueueError::Stopping) => return Stored::Stopping,
             Err(e) => {
                 tracing::warn!("{}: a message on {:?} is not stored yet: {e}", sub.function, message.subject);
                 progress().await;

@@ -268,3 +268,51 @@ fn a_nats_server_that_goes_away_is_reconnected_and_its_state_shown() {
     assert!(metrics.contains("sedge_trigger_connected{function=\"watch\",kind=\"nats\"} 1"), "{metrics}");
     assert!(metrics.contains("sedge_trigger_messages_total{function=\"watch\",kind=\"nats\"}"), "{metrics}");
 }
+
+#[test]
+fn a_jetstream_consumer_goes_on_after_the_server_restarts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(mut server) = NatsServer::start(tmp.path()) else {
+        eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
+        return;
+    };
+    let url = server.url.clone();
+    let publish = |text: &'static str| {
+        let url = url.clone();
+        runtime().block_on(async move {
+            let client = async_nats::connect(&url).await.expect("connect");
+            let js = async_nats::jetstream::new(client);
+            js.publish("meters.a", text.into()).await.expect("publish").await.expect("stored by the stream");
+        })
+    };
+    runtime().block_on(async {
+        let client = async_nats::connect(&server.url).await.expect("connect");
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "METERS".into(),
+            subjects: vec!["meters.>".into()],
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .expect("create the stream");
+    });
+    let f = FnDir::python("meters", "[[triggers]]\nnats = \"meters.>\"\n", ECHO);
+    let node = Node::start_with(&tmp.path().join("data"), &["--nats", &server.url]);
+    node.deploy(f.path());
+    publish("before");
+    node.wait_for("the message before the restart", Duration::from_secs(30), |n| {
+        request_bodies(n, "meters").contains(&"before".to_owned())
+    });
+    server.kill();
+    node.wait_for("the trigger reconnecting", Duration::from_secs(30), |n| {
+        n.describe("meters")["sedge"]["triggers"][0]["state"] == "reconnecting"
+    });
+    server.restart();
+    // Kept by the stream on disk, whether the node's consumer has found its way back yet or not.
+    publish("after");
+    node.wait_for("the message after the restart", Duration::from_secs(90), |n| {
+        request_bodies(n, "meters").contains(&"after".to_owned())
+    });
+    assert_eq!(calls(&node, "meters", "done").len(), 2);
+}
