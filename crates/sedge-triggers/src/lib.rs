@@ -1,8 +1,8 @@
 //! Events that call functions: messages on MQTT topics and NATS subjects,
-//! and cron schedules, from the functions' `[[triggers]]`. Each event becomes a call in the
-//! durable queue (`sedge-queue`), so a burst is absorbed, retried and never
-//! lost once the queue has it; an MQTT message at QoS 1 or 2 is
-//! acknowledged to its broker only after that.
+//! and cron schedules, from the functions' `[[triggers]]`. Each event
+//! becomes a call in the durable queue (`sedge-queue`), so a burst is
+//! absorbed, retried and never lost once the queue has it; an MQTT message
+//! at QoS 1 or 2, and a JetStream message, is acknowledged only after that.
 //!
 //! - [`schedule`] (pure): a cron trigger's next firing after a given time.
 //! - [`backoff`] (pure): the wait before reconnecting to a broker.
@@ -13,7 +13,9 @@
 //! - [`nats`]: a NATS connection and the subscriptions on it.
 //!
 //! Neighbours: `sedge-core` checks the manifest's `[[triggers]]`,
-//! `sedge-queue` stores and runs the calls, `sedge-runtime` knows what is deployed.
+//! `sedge-queue` stores and runs the calls, `sedge-runtime` knows what is
+//! deployed; `sedge-gateway` shows the states, `sedge serve` hands in the
+//! NATS connection.
 
 pub mod backoff;
 #[cfg(feature = "mqtt")]
@@ -466,5 +468,18 @@ impl Triggers {
                 Err(e) => tracing::warn!("{function}: cron {schedule:?} at {fired} not queued: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_word;
+
+    #[test]
+    fn a_link_is_connecting_until_it_has_failed_or_been_lost() {
+        assert_eq!(link_word(true, 0, 3), "connected");
+        assert_eq!(link_word(false, 0, 0), "connecting");
+        assert_eq!(link_word(false, 2, 0), "reconnecting");
+        assert_eq!(link_word(false, 0, 1), "reconnecting");
     }
 }
