@@ -316,3 +316,34 @@ fn a_jetstream_consumer_goes_on_after_the_server_restarts() {
     });
     assert_eq!(calls(&node, "meters", "done").len(), 2);
 }
+
+#[test]
+fn a_node_starts_while_its_nats_server_is_away_and_connects_once_it_is_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(mut server) = NatsServer::start(tmp.path()) else {
+        eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
+        return;
+    };
+    server.kill();
+    let f = FnDir::python("late", "[[triggers]]\nnats = \"late.in\"\n", ECHO);
+    let node = Node::start_with(&tmp.path().join("data"), &["--nats", &server.url]);
+    node.deploy(f.path());
+    let state = |n: &Node| n.describe("late")["sedge"]["triggers"][0].clone();
+    node.wait_for("failed attempts shown", Duration::from_secs(30), |n| {
+        let s = state(n);
+        s["connected"] == false && s["attempts"].as_u64().unwrap_or(0) >= 1
+    });
+    server.restart();
+    node.wait_for("the trigger connected", Duration::from_secs(60), |n| state(n)["state"] == "connected");
+    let url = server.url.clone();
+    node.wait_for("a message processed", Duration::from_secs(30), |n| {
+        let url = url.clone();
+        runtime().block_on(async move {
+            let client = async_nats::connect(&url).await.expect("connect");
+            client.publish("late.in", "hi".into()).await.expect("publish");
+            client.flush().await.expect("flush");
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        !calls(n, "late", "done").is_empty()
+    });
+}
