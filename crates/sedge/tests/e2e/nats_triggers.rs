@@ -347,3 +347,62 @@ fn a_node_starts_while_its_nats_server_is_away_and_connects_once_it_is_up() {
         !calls(n, "late", "done").is_empty()
     });
 }
+
+#[test]
+fn an_answer_ready_while_the_server_is_away_is_published_once_it_is_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(mut server) = NatsServer::start(tmp.path()) else {
+        eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
+        return;
+    };
+    let slow = "import time\nimport sedge\n\ndef handle(req):\n    time.sleep(3)\n    return sedge.Response(b'late ' + req.body)\n";
+    let f = FnDir::python("slow", "[[triggers]]\nnats = \"slow.in\"\nreply = \"slow.out\"\n", slow);
+    let node = Node::start_with(&tmp.path().join("data"), &["--nats", &server.url]);
+    node.deploy(f.path());
+    node.wait_for("the trigger connected", Duration::from_secs(30), |n| {
+        n.describe("slow")["sedge"]["triggers"][0]["state"] == "connected"
+    });
+    // A listener that stays across the outage: async-nats subscribes again on reconnecting.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let url = server.url.clone();
+    std::thread::spawn(move || {
+        runtime().block_on(async move {
+            use tokio_stream::StreamExt;
+            let client = async_nats::ConnectOptions::new()
+                .max_reconnects(None)
+                .reconnect_delay_callback(|_| Duration::from_millis(200))
+                .connect(&url)
+                .await
+                .expect("connect");
+            let mut answers = client.subscribe("slow.out").await.expect("subscribe");
+            client.flush().await.expect("flush");
+            let _ = ready_tx.send(());
+            while let Some(m) = answers.next().await {
+                let _ = tx.send(m.payload.to_vec());
+            }
+        })
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("the listener subscribed");
+    let url = server.url.clone();
+    node.wait_for("the call running", Duration::from_secs(30), |n| {
+        let url = url.clone();
+        if calls(n, "slow", "running").is_empty() && calls(n, "slow", "queued").is_empty() {
+            runtime().block_on(async move {
+                let client = async_nats::connect(&url).await.expect("connect");
+                client.publish("slow.in", "frame".into()).await.expect("publish");
+                client.flush().await.expect("flush");
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        !calls(n, "slow", "running").is_empty()
+    });
+    server.kill();
+    node.wait_for("the call done while the server is away", Duration::from_secs(30), |n| {
+        !calls(n, "slow", "done").is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart();
+    let answer = rx.recv_timeout(Duration::from_secs(60)).expect("the answer after the server came back");
+    assert_eq!(answer, b"late frame".to_vec());
+}

@@ -401,3 +401,60 @@ fn the_camera_example_gets_its_frames_classified_over_mqtt() {
     let t = &node.describe("effnet-onnx")["sedge"]["triggers"][0];
     assert!(t["messages"].as_u64().unwrap_or(0) >= 3 && t["replies"].as_u64().unwrap_or(0) >= 3, "{t}");
 }
+
+#[test]
+fn an_answer_ready_while_the_broker_is_away_is_published_once_it_is_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(mut broker) = Broker::start(tmp.path()) else {
+        eprintln!("skipped: mosquitto is not installed (apt-get install mosquitto)");
+        return;
+    };
+    let slow = "import time\nimport sedge\n\ndef handle(req):\n    time.sleep(3)\n    return sedge.Response(b'late ' + req.body)\n";
+    let f = FnDir::python("slow", "[[triggers]]\nmqtt = \"slow/in\"\nreply = \"slow/out\"\n", slow);
+    let node = Node::start_with(&tmp.path().join("data"), &["--mqtt", &broker.url]);
+    node.deploy(f.path());
+    node.wait_for("the trigger connected", Duration::from_secs(30), |n| {
+        n.describe("slow")["sedge"]["triggers"][0]["state"] == "connected"
+    });
+    // A listener that subscribes again on every connection: the broker
+    // keeps no state across its restart here.
+    let mut options = MqttOptions::new("slow-listener", "127.0.0.1", broker.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = Client::new(options, 64);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe("slow/out", QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p.payload.to_vec());
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(10)).expect("the listener subscribed");
+    let publisher = Publisher::connect(broker.port, "slow-camera");
+    node.wait_for("the call running", Duration::from_secs(30), |n| {
+        if done_count(n, "slow") == 0
+            && n.get("/system/calls?function=slow").json().as_array().is_some_and(Vec::is_empty)
+        {
+            publisher.publish("slow/in", b"frame".to_vec());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        n.get("/system/calls?function=slow&state=running").json().as_array().is_some_and(|a| !a.is_empty())
+    });
+    broker.kill();
+    node.wait_for("the call done while the broker is away", Duration::from_secs(30), |n| done_count(n, "slow") > 0);
+    std::thread::sleep(Duration::from_secs(1));
+    broker.restart();
+    let answer = rx.recv_timeout(Duration::from_secs(60)).expect("the answer after the broker came back");
+    assert_eq!(answer, b"late frame".to_vec());
+}
