@@ -145,6 +145,20 @@ fn link_word(connected: bool, attempts: u64, disconnects: u64) -> &'static str {
     }
 }
 
+/// The queued call an event makes: a POST to the function's root with the
+/// event's headers and payload, and no callback (a reply, when wanted, is the
+/// trigger's to publish).
+fn event_call(function: &str, key: Option<String>, headers: Vec<(String, String)>, body: Bytes) -> NewCall {
+    NewCall {
+        function: function.to_owned(),
+        kind: CallKind::Http,
+        id: None,
+        key,
+        request: Request { method: "POST".into(), path: "/".into(), query: String::new(), headers, body },
+        callback_url: None,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -445,21 +459,10 @@ impl Triggers {
             };
             tokio::time::sleep(schedule::wait(now, next)).await;
             let fired = next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let call = NewCall {
-                function: function.clone(),
-                kind: CallKind::Http,
-                id: None,
-                // One call per firing, even if the node restarts within the second.
-                key: Some(format!("cron:{schedule}:{fired}")),
-                request: Request {
-                    method: "POST".into(),
-                    path: "/".into(),
-                    query: String::new(),
-                    headers: vec![("x-cron-schedule".into(), schedule.clone()), ("x-cron-time".into(), fired.clone())],
-                    body: Bytes::new(),
-                },
-                callback_url: None,
-            };
+            // One call per firing, even if the node restarts within the second.
+            let key = Some(format!("cron:{schedule}:{fired}"));
+            let headers = vec![("x-cron-schedule".into(), schedule.clone()), ("x-cron-time".into(), fired.clone())];
+            let call = event_call(&function, key, headers, Bytes::new());
             match self.queue.submit(vec![call]).await {
                 Ok(_) => {
                     self.counted(&function, "cron", &schedule);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use sedge_queue::{CallKind, NewCall, QueueError, Request};
+use sedge_queue::{NewCall, QueueError};
 
 use crate::backoff::Reconnect;
 use crate::{Subscription, Triggers};
@@ -104,25 +104,7 @@ async fn take(triggers: &Triggers, client: &AsyncClient, subs: &[Subscription], 
     ];
     let calls: Vec<NewCall> = matching
         .iter()
-        .map(|s| NewCall {
-            function: s.function.clone(),
-            kind: CallKind::Http,
-            id: None,
-            key: None,
-            request: Request {
-                method: "POST".into(),
-                path: "/".into(),
-                query: String::new(),
-                headers: {
-                    let mut h = headers.clone();
-                    let media = s.content_type.as_deref().unwrap_or("application/octet-stream");
-                    h.insert(0, ("content-type".to_owned(), media.to_owned()));
-                    h
-                },
-                body: message.payload.clone(),
-            },
-            callback_url: None,
-        })
+        .map(|s| crate::event_call(&s.function, None, headers.clone(), message.payload.clone()))
         .collect();
     let mut wait = Duration::from_millis(100);
     let accepted = loop {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::Bytes;
-use sedge_queue::{CallKind, NewCall, QueueError, Request};
+use sedge_queue::QueueError;
 use tokio_stream::StreamExt;
 
 use crate::backoff::Reconnect;
@@ -338,20 +338,8 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let call = NewCall {
-        function: sub.function.clone(),
-        kind: CallKind::Http,
-        id: None,
-        key,
-        request: Request {
-            method: "POST".into(),
-            path: "/".into(),
-            query: String::new(),
-            headers: request_headers(message, extra, sub.content_type.as_deref()),
-            body: message.payload.clone(),
-        },
-        callback_url: None,
-    };
+    let headers = request_headers(message, extra, sub.content_type.as_deref());
+    let call = crate::event_call(&sub.function, key, headers, message.payload.clone());
     let mut wait = Duration::from_millis(100);
     loop {
         match triggers.queue.submit(vec![call.clone()]).await {
