@@ -404,12 +404,13 @@ class ModelLoads:
         sessions once more, so the pages their runs write (arenas, buffers,
         shared with the zygote until written) are copied now rather than
         during the worker's first call. It is work done ahead, so it runs
-        on a thread of the lowest priority (SCHED_IDLE): it never takes a
-        core from a worker that is serving."""
+        on a thread of its own at nice 19: a worker that is serving keeps
+        its core (SCHED_IDLE was tried: on a node busy with other work the
+        warm-up then waited seconds)."""
 
         def run():
             try:
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
             except (AttributeError, OSError):
                 pass
             for session in cls.rehearsed:

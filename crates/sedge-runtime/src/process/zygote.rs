@@ -44,6 +44,9 @@ use crate::RuntimeConfig;
 /// CPU-bound worker is given one core anyway (docs/scaling.md).
 const ONE_THREAD: [&str; 4] = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"];
 
+/// How long a standby may take to warm up: it runs only on idle cores.
+const STANDBY_READY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// How a zygote's start ended.
 pub enum Started {
     Ready(Box<Zygote>),
@@ -205,24 +208,32 @@ impl Zygote {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            let r = &me.recipe;
-            let within = crate::engine::start_timeout(&r.spec);
-            let ready = Ready { by: Instant::now() + within, within };
-            let name = format!("{}-standby", r.spec.name);
-            let made = match me.fork_process(&r.spec, &r.config, &r.oom_kills, r.log.clone(), &name, true).await {
-                Ok(mut spawned) => match spawned.first_frame(Some(ready)).await {
-                    Ok(header @ Header::Ready { .. }) => Ok(Standby { spawned, ready: header }),
-                    Ok(other) => Err(spawned.failed(format!("it spoke out of turn: {other:?}")).await),
-                    Err(e) => Err(spawned.failed(e).await),
-                },
+            let (spec, log) = (me.recipe.spec.clone(), me.recipe.log.clone());
+            let name = format!("{}-standby", spec.name);
+            let forked = me.fork_process(&spec, &me.recipe.config, &me.recipe.oom_kills, log.clone(), &name, true).await;
+            // Its warm-up runs only on cores nothing else wants, so on a
+            // busy node it may take long; the zygote is not held meanwhile
+            // (the standby ends with it).
+            let zygote = Arc::downgrade(&me);
+            drop(me);
+            let made = match forked {
+                Ok(mut spawned) => {
+                    let ready = Ready { by: Instant::now() + STANDBY_READY, within: STANDBY_READY };
+                    match spawned.first_frame(Some(ready)).await {
+                        Ok(header @ Header::Ready { .. }) => Ok(Standby { spawned, ready: header }),
+                        Ok(other) => Err(spawned.failed(format!("it spoke out of turn: {other:?}")).await),
+                        Err(e) => Err(spawned.failed(e).await),
+                    }
+                }
                 Err(Failure::Before(e) | Failure::After(e)) => Err(e),
             };
+            let Some(me) = zygote.upgrade() else { return };
             match made {
                 Ok(standby) if me.is_alive() => {
                     *me.standby.lock().unwrap_or_else(|p| p.into_inner()) = Some(standby);
                 }
                 Ok(_) => {}
-                Err(e) => r.log.line(format!("forking a worker ahead failed: {e}")),
+                Err(e) => log.line(format!("forking a worker ahead failed: {e}")),
             }
             me.preparing.store(false, Ordering::Release);
         });
