@@ -210,7 +210,8 @@ impl Zygote {
         tokio::spawn(async move {
             let (spec, log) = (me.recipe.spec.clone(), me.recipe.log.clone());
             let name = format!("{}-standby", spec.name);
-            let forked = me.fork_process(&spec, &me.recipe.config, &me.recipe.oom_kills, log.clone(), &name, true).await;
+            let forked =
+                me.fork_process(&spec, &me.recipe.config, &me.recipe.oom_kills, log.clone(), &name, true).await;
             // Its warm-up runs only on cores nothing else wants, so on a
             // busy node it may take long; the zygote is not held meanwhile
             // (the standby ends with it).
@@ -294,7 +295,9 @@ impl Zygote {
         let host_pid = match zygote.group.cgroup() {
             Some(own) => match procs_of(own).into_iter().find(|p| pid_in_namespace(*p) == Some(pid)) {
                 Some(host) => host,
-                None => return Err(Failure::After("cannot find the forked worker among its zygote's processes".to_owned())),
+                None => {
+                    return Err(Failure::After("cannot find the forked worker among its zygote's processes".to_owned()))
+                }
             },
             None => pid,
         };
