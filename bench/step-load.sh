@@ -83,17 +83,21 @@ print(f"  5xx or failed requests: {errors}; pool settled {settled:.1f} s after t
       f"ready/desired); busy workers at most {max(b for _, _, b, _ in after)}; ready at most "
       f"{max(r for _, r, _, _ in after)}; desired at most {max(d for _, _, _, d in after)}")
 print("  workers (t s: ready/busy/desired): " + ", ".join(f"{t:.1f}: {r}/{b}/{d}" for t, r, b, d in after[::10]))
-steady, late, first2 = rate(8, 14), rate(settled, settled + 4), rate(0, 2)
+steady, late, first2, control = rate(8, 14), rate(settled, settled + 4), rate(0, 2), rate(4, 8)
+# The control is a window as long, well after settling: how far the machine's
+# other load moves a settled pool's rate within one cycle.
 print(f"  throughput: steady (8-14 s) {steady:.1f} req/s; 4 s after settling {late:.1f} req/s "
-      f"({100 * late / steady:.0f} %); first 2 s {first2:.1f} req/s ({100 * first2 / steady:.0f} %)")
+      f"({100 * late / steady:.0f} %); first 2 s {first2:.1f} req/s ({100 * first2 / steady:.0f} %); "
+      f"control 4-8 s {control:.1f} req/s ({100 * control / steady:.0f} %)")
 with open(f"{work}/ratios", "a") as f:
-    f.write(f"{100 * late / steady:.1f} {errors} {settled:.1f}\n")
+    f.write(f"{100 * late / steady:.1f} {errors} {settled:.1f} {100 * control / steady:.1f}\n")
 PY
 done
 python3 - "$work" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(f"{sys.argv[1]}/ratios")]
-ratios = [float(r) for r, _, _ in rows]
+ratios, controls = [float(r[0]) for r in rows], [float(r[3]) for r in rows]
 print(f"after settling / steady, per cycle: {', '.join(f'{r:.0f} %' for r in ratios)}; median {statistics.median(ratios):.0f} %; "
-      f"5xx in all: {sum(int(e) for _, e, _ in rows)}; settled at most {max(float(s) for _, _, s in rows):.1f} s after the step")
+      f"control (4-8 s) / steady: {', '.join(f'{r:.0f} %' for r in controls)}; median {statistics.median(controls):.0f} %; "
+      f"5xx in all: {sum(int(r[1]) for r in rows)}; settled at most {max(float(r[2]) for r in rows):.1f} s after the step")
 PY
