@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Memory (PSS, /proc/PID/smaps_rollup) of 4 warm workers of EfficientNet-Lite0
 # in Python: forked from the function's zygote, and started fresh
-# (--zygotes false), each after 16 inferences spread over the workers; and
+# (--zygotes false), each after 16 inferences spread over the workers (with the
+# zygote and its standby, the worker it keeps forked ahead); and
 # of one fresh worker alone.
 # Needs scripts/setup.sh (venv, models) first; run as root (the sandbox).
 #
@@ -23,7 +24,7 @@ measure() {
     sleep 1
     "$bin" scale effnet --replicas "$2" > /dev/null
     python3 - "$url" "$models/samples/chelsea-224.f32" "$1" "$2" <<'PY'
-import os, sys, threading, time, urllib.request
+import json, os, sys, threading, time, urllib.request
 url, sample, flags, count = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3], int(sys.argv[4])
 def comm(pid):
     try:
@@ -39,15 +40,21 @@ def pss_mib(pid):
     return 0.0
 def procs():
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and comm(p) == "effnet"]
+def ns_pid(pid):  # the pid a sandboxed worker sees itself as (and answers with)
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return pid
+answered = set()
 def post():
     req = urllib.request.Request(url + "/function/effnet", data=sample, headers={"content-type": "application/octet-stream"})
-    urllib.request.urlopen(req, timeout=60).read()
+    answered.add(json.loads(urllib.request.urlopen(req, timeout=60).read())["pid"])
 end = time.monotonic() + 60
 while True:
     all_ = procs()
     zygotes = {ppid(p) for p in all_ if ppid(p) in all_}
     workers = [p for p in all_ if p not in zygotes and (not zygotes or ppid(p) in zygotes)]
-    if len(workers) >= count or time.monotonic() > end:
+    if len(workers) >= count + bool(zygotes) or time.monotonic() > end:
         break
     time.sleep(0.2)
 for _ in range(4):
@@ -55,11 +62,15 @@ for _ in range(4):
     [c.start() for c in calls]
     [c.join() for c in calls]
 time.sleep(1)
+# A zygote's child that answered nothing is its standby (forked ahead, docs/scaling.md).
+standby = [p for p in workers if ns_pid(p) not in answered]
+workers = [p for p in workers if p not in standby]
 pss = [pss_mib(p) for p in workers]
 zy = sum(pss_mib(z) for z in zygotes)
+sb = sum(pss_mib(p) for p in standby)
 label = "forked from the zygote" if zygotes else "fresh processes"
 print(f"{flags or 'default'}: {len(workers)} worker(s) {label}: PSS each " + ", ".join(f"{v:.1f}" for v in pss)
-      + f" MiB; sum {sum(pss):.1f} MiB" + (f"; zygote {zy:.1f} MiB; sum with zygote {sum(pss) + zy:.1f} MiB" if zygotes else ""))
+      + f" MiB; sum {sum(pss):.1f} MiB" + (f"; zygote {zy:.1f} MiB; its standby {sb:.1f} MiB; sum with both {sum(pss) + zy + sb:.1f} MiB" if zygotes else ""))
 PY
   )
 }

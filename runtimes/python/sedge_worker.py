@@ -384,6 +384,10 @@ class ModelLoads:
     # Sessions a zygote's module built, run once before the first fork.
     sessions = []
 
+    # The same, once rehearsed: a worker forked ahead of demand runs them
+    # again on its own pages (`warm_up`).
+    rehearsed = []
+
     @classmethod
     def rehearse(cls):
         """Runs each session once on zeros, so its first run's allocations
@@ -391,23 +395,50 @@ class ModelLoads:
         forked worker's first call. A session that refuses is left be."""
         if not cls.sessions:
             return  # and numpy is not imported into a zygote that never needed it
+        cls.rehearsed = [s for s in cls.sessions if cls.run_on_zeros(s)]
+        cls.sessions = []
+
+    @classmethod
+    def warm_up(cls):
+        """In a forked worker made ahead of demand: runs the rehearsed
+        sessions once more, so the pages their runs write (arenas, buffers,
+        shared with the zygote until written) are copied now rather than
+        during the worker's first call. It is work done ahead, so it runs
+        on a thread of its own at nice 19: a worker that is serving keeps
+        its core (SCHED_IDLE was tried: on a node busy with other work the
+        warm-up then waited seconds)."""
+
+        def run():
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+            except (AttributeError, OSError):
+                pass
+            for session in cls.rehearsed:
+                cls.run_on_zeros(session)
+
+        if cls.rehearsed:
+            thread = threading.Thread(target=run, name="sedge-warm-up")
+            thread.start()
+            thread.join()
+
+    @staticmethod
+    def run_on_zeros(session):
         try:
             import numpy as np
         except ImportError:
-            return
+            return False
         kinds = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
                  "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
                  "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
-        for session in cls.sessions:
-            try:
-                feed = {}
-                for i in session.get_inputs():
-                    shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
-                    feed[i.name] = np.zeros(shape, kinds[i.type])
-                session.run(None, feed)
-            except Exception:  # a model that needs real inputs: its first call pays
-                pass
-        cls.sessions = []
+        try:
+            feed = {}
+            for i in session.get_inputs():
+                shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+                feed[i.name] = np.zeros(shape, kinds[i.type])
+            session.run(None, feed)
+            return True
+        except Exception:  # a model that needs real inputs: its first call pays
+            return False
 
     @classmethod
     def wrap(cls, module):
@@ -566,7 +597,7 @@ def zygote(channel, loaded, imports_us, model_us):
             die("bad frame from sedge: a zygote expects fork frames with three descriptors", 2)
         pid = os.fork()
         if pid == 0:
-            os._exit(forked_worker(channel, sock, fds, loaded))
+            os._exit(forked_worker(channel, sock, fds, loaded, header.get("warm") is True))
         try:
             os.setpgid(pid, pid)
         except OSError:
@@ -576,8 +607,9 @@ def zygote(channel, loaded, imports_us, model_us):
         channel.send({"type": "forked", "pid": pid})
 
 
-def forked_worker(zygote_channel, zygote_sock, fds, loaded):
-    """The forked child: takes its own channel and output, then serves."""
+def forked_worker(zygote_channel, zygote_sock, fds, loaded, warm):
+    """The forked child: takes its own channel and output (and, made ahead
+    of demand, warms its models up), then serves."""
     import signal
 
     try:
@@ -596,6 +628,8 @@ def forked_worker(zygote_channel, zygote_sock, fds, loaded):
         np_random = sys.modules.get("numpy.random")
         if np_random is not None and hasattr(np_random, "seed"):
             np_random.seed()
+        if warm:
+            ModelLoads.warm_up()
         channel = Channel(channel_fd)
         channel.send({"type": "ready", "imports_us": 0, "model_us": 0})
         serve(channel, loaded)

@@ -55,11 +55,11 @@ class Zygote(unittest.TestCase):
         self.addCleanup(worker.kill)
         return worker
 
-    def fork(self, zygote):
+    def fork(self, zygote, warm=False):
         ours, theirs = socket.socketpair()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        raw = json.dumps({"type": "fork", "instance": "f-2"}).encode()
+        raw = json.dumps({"type": "fork", "instance": "f-2", "warm": warm}).encode()
         fds = [theirs.fileno(), out_w, err_w]
         zygote.channel.sendmsg([PREFIX.pack(len(raw), 0) + raw],
                                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())])
@@ -128,6 +128,33 @@ def handle(req):
         answer, body = frame(worker)
         self.assertEqual(answer["status"], 200, body)
         self.assertEqual(json.loads(body)["threads"], 1, "a session without a thread count gets one")
+
+    def test_a_worker_forked_warm_runs_the_models_before_it_is_ready(self):
+        model = Path(__file__).resolve().parents[2] / "examples" / "functions" / "digits-python" / "model.onnx"
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            self.skipTest("onnxruntime is not installed")
+        # The session counts its runs: one rehearsal in the zygote, one
+        # warm-up in the child, then the call's own.
+        zygote = self.start(f"""
+import numpy as np
+import onnxruntime as ort
+RUNS = [0]
+class Counted(ort.InferenceSession):
+    def run(self, *args, **kwargs):
+        RUNS[0] += 1
+        return super().run(*args, **kwargs)
+SESSION = Counted({str(model)!r}, providers=["CPUExecutionProvider"])
+def handle(req):
+    return {{"runs": RUNS[0]}}
+""")
+        header, _ = zygote.frame()
+        self.assertEqual(header["type"], "zygote", zygote.stderr())
+        _, cold = self.fork(zygote)
+        _, warm = self.fork(zygote, warm=True)
+        self.assertEqual(self.call(cold)["runs"], 1, "rehearsed once in the zygote")
+        self.assertEqual(self.call(warm)["runs"], 2, "and once more in the warm child, before ready")
 
     def test_a_module_that_opened_a_socket_is_unforkable(self):
         zygote = self.start("import socket\nCONN = socket.socket()\ndef handle(req):\n    return 'ok'\n")

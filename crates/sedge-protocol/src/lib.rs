@@ -51,7 +51,13 @@ pub enum Header {
     Unforkable { reason: String },
     /// sedge → zygote: fork a worker. The frame carries three descriptors
     /// (SCM_RIGHTS): the new worker's channel, its stdout and its stderr.
-    Fork { instance: String },
+    /// With `warm`, the child runs the module's models once on its own
+    /// pages before it says `ready` (a worker made ahead of demand).
+    Fork {
+        instance: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        warm: bool,
+    },
     /// zygote → sedge: the worker forked, with its pid as the zygote sees it.
     Forked { pid: u32 },
     /// worker → sedge: the handler's answer; the body is the answer body.
@@ -318,7 +324,7 @@ mod tests {
                 .prop_map(|(dir, handler, env)| Header::Load { dir, handler, env }),
             "\\PC*".prop_map(|error| Header::LoadError { error }),
             "\\PC*".prop_map(|reason| Header::Unforkable { reason }),
-            "\\PC*".prop_map(|instance| Header::Fork { instance }),
+            ("\\PC*", any::<bool>()).prop_map(|(instance, warm)| Header::Fork { instance, warm }),
             any::<u32>().prop_map(|pid| Header::Forked { pid }),
             (any::<u64>(), any::<u16>(), proptest::collection::vec(("\\PC*", "\\PC*"), 0..4))
                 .prop_map(|(id, status, headers)| Header::Response { id, status, headers }),

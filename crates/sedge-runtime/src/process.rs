@@ -208,8 +208,21 @@ impl Spawned {
         models: Option<Models>,
         (began, kind): (Instant, StartKind),
     ) -> Result<ProcessWorker, String> {
+        let first = self.first_frame(Some(ready)).await;
+        self.finish_with(first, spec, exited, models, (began, kind)).await
+    }
+
+    /// As [`Self::finish`], the first frame read already (a forked standby's).
+    async fn finish_with(
+        mut self,
+        first: Result<Header, String>,
+        spec: &FunctionSpec,
+        exited: ExitNotice,
+        models: Option<Models>,
+        (began, kind): (Instant, StartKind),
+    ) -> Result<ProcessWorker, String> {
         let (mut imports_us, mut model_us) = (None, None);
-        let why = match self.first_frame(Some(ready)).await {
+        let why = match first {
             Ok(Header::Ready { imports_us: i, model_us: m }) => {
                 (imports_us, model_us) = (i, m);
                 None

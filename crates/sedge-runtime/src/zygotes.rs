@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::engine::{ExitNotice, LogSink, Version};
-use crate::process::zygote::{Started, Zygote};
+use crate::process::zygote::{Recipe, Started, Zygote};
 use crate::process::{Launch, Ready};
 use crate::RuntimeConfig;
 
@@ -91,11 +91,19 @@ impl Zygotes {
                 exited: ExitNotice::new(|| {}),
                 models: None,
             };
-            let started = Zygote::start(&version.spec, launch).await;
+            let recipe = Recipe {
+                spec: version.spec.clone(),
+                config: me.config.clone(),
+                oom_kills: version.counters.oom_kills.clone(),
+                log: log.clone(),
+            };
+            let started = Zygote::start(&version.spec, launch, recipe).await;
             let entry = match started {
                 Ok(Started::Ready(z)) => {
                     log.line("zygote ready: further workers fork from it".to_owned());
-                    Entry::Ready(Arc::from(z))
+                    let z: Arc<Zygote> = Arc::from(z);
+                    z.prepare_standby();
+                    Entry::Ready(z)
                 }
                 Ok(Started::Unforkable(reason)) => {
                     log.line(format!("workers start fresh, not from a zygote: {reason}"));

@@ -8,9 +8,16 @@
 //! worker speaks on a channel of its own and logs under its own name, as a
 //! fresh one does. The worker leads a process group of its own; under the
 //! sandbox it is moved into a cgroup of its own, with the function's
-//! limits, before it is handed any request (its pid there is found in the
-//! zygote's cgroup, the one process in it that was not there before).
-//! Forks are one at a time per zygote.
+//! limits, before it is handed any request (its host pid is the process in
+//! the zygote's cgroup whose pid in the zygote's namespace the zygote
+//! reported).
+//!
+//! One worker is kept forked ahead of demand, its *standby*: forked with
+//! `warm`, it runs the module's models once on its own pages (copying what
+//! their runs write, which it shared with the zygote) and is moved into its
+//! own cgroup, both before any pool needs it. The next pool that needs a
+//! worker takes it, and another standby is made in the background; a start
+//! that finds none forks at once, as before.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -26,15 +33,19 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
-use super::{function_env, read_decoded, Launch, Proc, ProcessWorker, Spawned};
-use crate::engine::StartKind;
+use super::{forked_alive, function_env, read_decoded, Launch, Proc, ProcessWorker, Ready, Spawned};
+use crate::engine::{LogSink, StartKind};
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::sandbox::WorkerCgroup;
+use crate::RuntimeConfig;
 
 /// Libraries' thread pools a zygote is started with at one thread, unless
 /// the function's env says otherwise: threads do not survive a fork, and a
 /// CPU-bound worker is given one core anyway (docs/scaling.md).
 const ONE_THREAD: [&str; 4] = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"];
+
+/// How long a standby may take to warm up: it runs only on idle cores.
+const STANDBY_READY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How a zygote's start ended.
 pub enum Started {
@@ -47,12 +58,36 @@ pub struct Zygote {
     /// The zygote's process and channel; `None` once it has failed.
     spawned: tokio::sync::Mutex<Option<Spawned>>,
     broken: AtomicBool,
-    /// Host pids in the zygote's own cgroup once it was up (its launcher
-    /// and itself), when sandboxed.
-    known: Vec<u32>,
     /// The next worker's cgroup, made ahead: making one (a folder and its
-    /// limits in every controller) is most of a sandboxed fork's time.
+    /// limits in every controller) is much of a sandboxed fork's time.
     next_cgroup: std::sync::Mutex<Option<WorkerCgroup>>,
+    /// What its standbys are forked with.
+    recipe: Recipe,
+    /// A worker forked ahead of demand, warmed up and ready.
+    standby: std::sync::Mutex<Option<Standby>>,
+    /// A standby is being made.
+    preparing: AtomicBool,
+}
+
+/// What the zygote needs to fork a standby on its own.
+pub struct Recipe {
+    pub spec: Arc<FunctionSpec>,
+    pub config: Arc<RuntimeConfig>,
+    pub oom_kills: Arc<std::sync::atomic::AtomicU64>,
+    /// Where a standby's output goes until a pool takes it.
+    pub log: LogSink,
+}
+
+/// A forked worker that has said `ready`, waiting for a pool.
+struct Standby {
+    spawned: Spawned,
+    ready: Header,
+}
+
+/// Why forking a process failed: before anything was started, or after.
+enum Failure {
+    Before(String),
+    After(String),
 }
 
 /// Why a fork gave no worker.
@@ -66,7 +101,7 @@ pub enum ForkError<'a> {
 impl Zygote {
     /// Starts the zygote of `spec` (as a fresh worker would start, with
     /// SEDGE_ZYGOTE=1), and waits until its module has loaded by `ready`.
-    pub async fn start(spec: &FunctionSpec, launch: Launch<'_>) -> Result<Started, String> {
+    pub async fn start(spec: &FunctionSpec, launch: Launch<'_>, recipe: Recipe) -> Result<Started, String> {
         let (log, ready) = (launch.log, launch.ready);
         let (mut cmd, cgroup) =
             launch.config.command(launch.program, &spec.limits, launch.files, launch.oom_kills.clone())?;
@@ -92,12 +127,13 @@ impl Zygote {
             Ok(other) => return Err(spawned.failed(format!("zygote spoke out of turn: {other:?}")).await),
             Err(e) => return Err(spawned.failed(e).await),
         }
-        let known = spawned.group.cgroup().map(procs_of).unwrap_or_default();
         Ok(Started::Ready(Box::new(Self {
             spawned: tokio::sync::Mutex::new(Some(spawned)),
             broken: AtomicBool::new(false),
-            known,
             next_cgroup: std::sync::Mutex::new(None),
+            recipe,
+            standby: std::sync::Mutex::new(None),
+            preparing: AtomicBool::new(false),
         })))
     }
 
@@ -111,7 +147,9 @@ impl Zygote {
         *spawned = None;
     }
 
-    /// Forks a worker of `spec` named `instance`, ready to serve.
+    /// A worker of `spec` named `instance`, ready to serve: the standby if
+    /// one is waiting, else forked now. Either way a standby is then made
+    /// for the next start.
     pub async fn fork<'a>(
         self: &Arc<Self>,
         spec: &FunctionSpec,
@@ -119,9 +157,103 @@ impl Zygote {
         instance: &str,
     ) -> Result<ProcessWorker, ForkError<'a>> {
         let began = Instant::now();
+        let (spawned, ready) = match self.take_standby() {
+            Some(standby) => {
+                standby.spawned.target.set(launch.log.clone());
+                (standby.spawned, Ok(standby.ready))
+            }
+            None => {
+                let forked = self
+                    .fork_process(spec, launch.config, &launch.oom_kills, launch.log.clone(), instance, false)
+                    .await;
+                let mut spawned = match forked {
+                    Ok(s) => s,
+                    Err(Failure::Before(e)) => return Err(ForkError::Before(e, launch)),
+                    Err(Failure::After(e)) => return Err(ForkError::After(e)),
+                };
+                let ready = spawned.first_frame(Some(launch.ready)).await;
+                (spawned, ready)
+            }
+        };
+        let mut worker = spawned
+            .finish_with(ready, spec, launch.exited, launch.models, (began, StartKind::Zygote))
+            .await
+            .map_err(ForkError::After)?;
+        self.prepare_standby();
+        worker._zygote = Some(self.clone());
+        Ok(worker)
+    }
+
+    /// The standby, if one is waiting and still alive.
+    fn take_standby(&self) -> Option<Standby> {
+        if !self.is_alive() {
+            return None;
+        }
+        let standby = self.standby.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        match &standby.spawned.child {
+            Proc::Forked(pid) if forked_alive(*pid) => Some(standby),
+            // Gone meanwhile (dropping it ends what is left): fork now.
+            _ => None,
+        }
+    }
+
+    /// Forks a standby in the background, unless one is waiting or on its way.
+    pub fn prepare_standby(self: &Arc<Self>) {
+        if !self.is_alive() || self.preparing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self.standby.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            self.preparing.store(false, Ordering::Release);
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let (spec, log) = (me.recipe.spec.clone(), me.recipe.log.clone());
+            let name = format!("{}-standby", spec.name);
+            let forked =
+                me.fork_process(&spec, &me.recipe.config, &me.recipe.oom_kills, log.clone(), &name, true).await;
+            // Its warm-up runs only on cores nothing else wants, so on a
+            // busy node it may take long; the zygote is not held meanwhile
+            // (the standby ends with it).
+            let zygote = Arc::downgrade(&me);
+            drop(me);
+            let made = match forked {
+                Ok(mut spawned) => {
+                    let ready = Ready { by: Instant::now() + STANDBY_READY, within: STANDBY_READY };
+                    match spawned.first_frame(Some(ready)).await {
+                        Ok(header @ Header::Ready { .. }) => Ok(Standby { spawned, ready: header }),
+                        Ok(other) => Err(spawned.failed(format!("it spoke out of turn: {other:?}")).await),
+                        Err(e) => Err(spawned.failed(e).await),
+                    }
+                }
+                Err(Failure::Before(e) | Failure::After(e)) => Err(e),
+            };
+            let Some(me) = zygote.upgrade() else { return };
+            match made {
+                Ok(standby) if me.is_alive() => {
+                    *me.standby.lock().unwrap_or_else(|p| p.into_inner()) = Some(standby);
+                }
+                Ok(_) => {}
+                Err(e) => log.line(format!("forking a worker ahead failed: {e}")),
+            }
+            me.preparing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Forks a process of `spec`, moved into a cgroup of its own under the
+    /// sandbox, its output going to `log`; its first frame is not read yet.
+    async fn fork_process(
+        self: &Arc<Self>,
+        spec: &FunctionSpec,
+        config: &RuntimeConfig,
+        oom_kills: &Arc<std::sync::atomic::AtomicU64>,
+        log: LogSink,
+        instance: &str,
+        warm: bool,
+    ) -> Result<Spawned, Failure> {
         let mut guard = self.spawned.lock().await;
         let Some(zygote) = guard.as_mut() else {
-            return Err(ForkError::Before("the zygote is gone".to_owned(), launch));
+            return Err(Failure::Before("the zygote is gone".to_owned()));
         };
         let made = (|| -> io::Result<_> {
             let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
@@ -131,11 +263,11 @@ impl Zygote {
         })();
         let (ours, theirs, (out_r, out_w), (err_r, err_w)) = match made {
             Ok(m) => m,
-            Err(e) => return Err(ForkError::Before(format!("cannot make a forked worker's channel: {e}"), launch)),
+            Err(e) => return Err(Failure::Before(format!("cannot make a forked worker's channel: {e}"))),
         };
-        let head = match encode_head(&Header::Fork { instance: instance.to_owned() }, 0) {
+        let head = match encode_head(&Header::Fork { instance: instance.to_owned(), warm }, 0) {
             Ok(h) => h,
-            Err(e) => return Err(ForkError::Before(e.to_string(), launch)),
+            Err(e) => return Err(Failure::Before(e.to_string())),
         };
         let sent =
             send_with_fds(&mut zygote.writer, &head, &[theirs.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()]).await;
@@ -143,67 +275,63 @@ impl Zygote {
         drop((theirs, out_w, err_w));
         if let Err(e) = sent {
             self.break_down(&mut guard);
-            return Err(ForkError::Before(format!("the zygote is gone: {e}"), launch));
+            return Err(Failure::Before(format!("the zygote is gone: {e}")));
         }
-        let reply =
-            tokio::time::timeout_at(launch.ready.by, read_decoded(&mut zygote.reader, &mut zygote.decoder)).await;
+        let within = crate::engine::start_timeout(spec);
+        let reply = tokio::time::timeout(within, read_decoded(&mut zygote.reader, &mut zygote.decoder)).await;
         let pid = match reply {
             Ok(Ok(Some(Decoded::Frame(frame)))) => match frame.header {
                 Header::Forked { pid } => pid,
                 other => {
                     self.break_down(&mut guard);
-                    return Err(ForkError::Before(format!("the zygote spoke out of turn: {other:?}"), launch));
+                    return Err(Failure::Before(format!("the zygote spoke out of turn: {other:?}")));
                 }
             },
             Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
                 self.break_down(&mut guard);
-                return Err(ForkError::Before("the zygote did not fork".to_owned(), launch));
+                return Err(Failure::Before("the zygote did not fork".to_owned()));
             }
         };
         let host_pid = match zygote.group.cgroup() {
-            Some(own) => {
-                let new: Vec<u32> = procs_of(own).into_iter().filter(|p| !self.known.contains(p)).collect();
-                match new.as_slice() {
-                    [one] => *one,
-                    _ => {
-                        // Cannot tell which process is the worker: end them.
-                        for p in new {
-                            kill_group(p);
-                        }
-                        return Err(ForkError::After(
-                            "cannot tell the forked worker among its zygote's processes".to_owned(),
-                        ));
-                    }
+            Some(own) => match procs_of(own).into_iter().find(|p| pid_in_namespace(*p) == Some(pid)) {
+                Some(host) => host,
+                None => {
+                    return Err(Failure::After("cannot find the forked worker among its zygote's processes".to_owned()))
                 }
-            }
+            },
             None => pid,
         };
         drop(guard);
         let ahead = self.next_cgroup.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let cgroup = match own_cgroup(spec, &launch, host_pid, ahead) {
+        let cgroup = match own_cgroup(spec, config, oom_kills, host_pid, ahead).await {
             Ok(c) => c,
             Err(e) => {
                 kill_group(host_pid);
-                return Err(ForkError::After(e));
+                return Err(Failure::After(e));
             }
         };
-        let group = launch.config.groups.adopt(i32::try_from(host_pid).unwrap_or(0), cgroup);
+        let group = config.groups.adopt(i32::try_from(host_pid).unwrap_or(0), cgroup);
         let stream = match ours.set_nonblocking(true).and_then(|()| UnixStream::from_std(ours)) {
             Ok(s) => s,
-            Err(e) => return Err(ForkError::After(format!("cannot use the forked worker's channel: {e}"))),
+            Err(e) => return Err(Failure::After(format!("cannot use the forked worker's channel: {e}"))),
         };
         let (reader, writer) = stream.into_split();
-        let target = Arc::new(LogTarget::new(launch.log.clone()));
+        let target = Arc::new(LogTarget::new(log));
         let recent = Arc::new(RecentLines::default());
         for fd in [out_r, err_r] {
             match output_pipe(fd) {
                 Ok(pipe) => {
                     logs::pump(pipe, target.clone(), recent.clone());
                 }
-                Err(e) => return Err(ForkError::After(format!("cannot read the forked worker's output: {e}"))),
+                Err(e) => return Err(Failure::After(format!("cannot read the forked worker's output: {e}"))),
             }
         }
-        let spawned = Spawned {
+        if let Some(sandbox) = config.sandbox.clone() {
+            // Made once this one is in its own, not beside it (both would
+            // take the kernel's cgroup locks).
+            self.make_next_cgroup((sandbox, spec.limits.clone(), oom_kills.clone()));
+        }
+        Ok(Spawned {
             child: Proc::Forked(host_pid),
             group: Arc::new(group),
             reader,
@@ -212,19 +340,7 @@ impl Zygote {
             recent,
             target,
             memory: spec.limits.memory,
-        };
-        // Made once this worker is up, not beside its start (both would
-        // take the kernel's cgroup locks).
-        let next = launch.config.sandbox.clone().map(|s| (s, spec.limits.clone(), launch.oom_kills.clone()));
-        let mut worker = spawned
-            .finish(spec, launch.ready, launch.exited, launch.models, (began, StartKind::Zygote))
-            .await
-            .map_err(ForkError::After)?;
-        if let Some(next) = next {
-            self.make_next_cgroup(next);
-        }
-        worker._zygote = Some(self.clone());
-        Ok(worker)
+        })
     }
 }
 
@@ -250,25 +366,32 @@ impl Zygote {
 
 /// Under the sandbox, a cgroup of the worker's own with the function's
 /// limits (`ahead`, when one was made in advance), the worker moved into it.
-fn own_cgroup(
+/// On a thread of its own: a move waits for the kernel's cgroup locks
+/// (~10 ms here), which would stall every request on this thread.
+async fn own_cgroup(
     spec: &FunctionSpec,
-    launch: &Launch<'_>,
+    config: &RuntimeConfig,
+    oom_kills: &Arc<std::sync::atomic::AtomicU64>,
     pid: u32,
     ahead: Option<WorkerCgroup>,
 ) -> Result<Option<WorkerCgroup>, String> {
-    let Some(sandbox) = &launch.config.sandbox else { return Ok(None) };
-    let cgroup = match ahead {
-        Some(c) => c,
-        None => match sandbox.cgroup(&spec.limits, launch.oom_kills.clone())? {
+    let Some(sandbox) = config.sandbox.clone() else { return Ok(None) };
+    let (limits, oom_kills) = (spec.limits.clone(), oom_kills.clone());
+    let moved = tokio::task::spawn_blocking(move || {
+        let cgroup = match ahead {
             Some(c) => c,
-            None => return Ok(None),
-        },
-    };
-    for procs in cgroup.procs_files() {
-        std::fs::write(&procs, pid.to_string())
-            .map_err(|e| format!("moving the forked worker into {}: {e}", procs.display()))?;
-    }
-    Ok(Some(cgroup))
+            None => match sandbox.cgroup(&limits, oom_kills)? {
+                Some(c) => c,
+                None => return Ok(None),
+            },
+        };
+        for procs in cgroup.procs_files() {
+            std::fs::write(&procs, pid.to_string())
+                .map_err(|e| format!("moving the forked worker into {}: {e}", procs.display()))?;
+        }
+        Ok(Some(cgroup))
+    });
+    moved.await.unwrap_or_else(|e| Err(format!("moving the forked worker into its cgroup: {e}")))
 }
 
 fn kill_group(pid: u32) {
@@ -276,6 +399,13 @@ fn kill_group(pid: u32) {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// The pid the process `host` has in its own (innermost) pid namespace.
+fn pid_in_namespace(host: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{host}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
 }
 
 /// The processes in a cgroup (its first controller's view).

@@ -57,6 +57,41 @@ fn forks_from_the_zygote(node: &Node, sandboxed: bool) {
         assert_ne!(forked[0]["cgroup"], forked[1]["cgroup"], "each worker in its own cgroup");
     }
     assert_eq!(node.describe("forked")["sedge"]["lastColdStart"]["kind"], "zygote");
+    if !sandboxed {
+        // Pids are the host's: the zygote keeps one more child forked ahead
+        // (its standby), and the next worker the pool adds is that process.
+        let zygote = forked[0]["ppid"].as_u64().expect("ppid");
+        let serving: Vec<u64> = forked.iter().filter_map(|a| a["pid"].as_u64()).collect();
+        let mut standby = None;
+        node.wait_for("a standby forked ahead", Duration::from_secs(20), |_| {
+            standby = children_of(zygote).into_iter().find(|p| !serving.contains(p));
+            standby.is_some()
+        });
+        for (replicas, want) in [("1", 1), ("2", 2)] {
+            let out = node.cli(&["scale", "forked", "--replicas", replicas]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            node.wait_for("the workers", Duration::from_secs(20), |n| {
+                n.describe("forked")["availableReplicas"].as_u64() == Some(want)
+            });
+        }
+        let pids: Vec<u64> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..2).map(|_| s.spawn(|| node.post("/function/forked", b"1"))).collect();
+            calls.into_iter().filter_map(|c| c.join().expect("thread").json()["pid"].as_u64()).collect()
+        });
+        assert!(pids.contains(&standby.expect("standby")), "the added worker is the standby {standby:?}: {pids:?}");
+    }
+}
+
+/// Host pids whose parent is `parent`.
+fn children_of(parent: u64) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // After the name in parentheses: state, then the parent's pid.
+            stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)?.parse::<u64>().ok()) == Some(parent)
+        })
+        .collect()
 }
 
 #[test]
