@@ -26,6 +26,7 @@ enum Command {
     #[command(alias = "list")]
     Ls(commands::ls::Args),
     Describe(commands::describe::Args),
+    Nodes(commands::nodes::Args),
     Logs(commands::logs::Args),
     #[command(alias = "remove")]
     Rm(commands::rm::Args),
@@ -47,6 +48,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Invoke(args) => invoke::run(&args.gateway.client()?, args),
         Command::Ls(args) => ls::run(&args.gateway.client()?),
         Command::Describe(args) => describe::run(&args.gateway.client()?, args),
+        Command::Nodes(args) => nodes::run(&args.gateway.client()?),
         Command::Logs(args) => logs::run(&args.gateway.client()?, args),
         Command::Rm(args) => rm::run(&args.gateway.client()?, args),
         Command::Scale(args) => scale::run(&args.gateway.client()?, args),
