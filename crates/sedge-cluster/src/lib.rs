@@ -42,6 +42,8 @@ pub use membership::NodeInfo;
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A node not heard from for this long is taken as gone.
 pub const GONE_AFTER: Duration = Duration::from_secs(6);
+/// How long a node waits at start for JetStream to take its buckets.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(30);
 
 const NODES_BUCKET: &str = "sedge-nodes";
 const FUNCTIONS_BUCKET: &str = "sedge-functions";
@@ -168,51 +170,33 @@ impl Cluster {
                     }
                 }
             });
+        let mut servers = Vec::new();
+        for url in config.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let addr: async_nats::ServerAddr = url
+                .parse()
+                .map_err(|e| ClusterError::Connect { url: url.to_owned(), message: format!("not a NATS URL: {e}") })?;
+            servers.push(addr);
+        }
         let client = options
-            .connect(config.url.as_str())
+            .connect(servers)
             .await
             .map_err(|e| ClusterError::Connect { url: config.url.clone(), message: e.to_string() })?;
         figures.connected.store(true, Ordering::Relaxed);
         let js = jetstream::new(client.clone());
         let replicas = config.replicas.max(1);
-        let nodes = open_kv(
-            &js,
-            kv::Config {
-                bucket: NODES_BUCKET.into(),
-                max_age: GONE_AFTER * 5,
-                num_replicas: replicas,
-                history: 1,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let functions = open_kv(
-            &js,
-            kv::Config { bucket: FUNCTIONS_BUCKET.into(), num_replicas: replicas, history: 5, ..Default::default() },
-        )
-        .await?;
-        let auth = open_kv(
-            &js,
-            kv::Config { bucket: AUTH_BUCKET.into(), num_replicas: replicas, history: 1, ..Default::default() },
-        )
-        .await?;
-        let bundles = open_objects(
-            &js,
-            object_store::Config { bucket: BUNDLES_BUCKET.into(), num_replicas: replicas, ..Default::default() },
-        )
-        .await?;
-        // Bodies are read once, at once; an hour bounds what a receiver
-        // that died before deleting one leaves behind.
-        let bodies = open_objects(
-            &js,
-            object_store::Config {
-                bucket: BODIES_BUCKET.into(),
-                num_replicas: replicas,
-                max_age: Duration::from_secs(3600),
-                ..Default::default()
-            },
-        )
-        .await?;
+        // A NATS cluster starting with the nodes has no JetStream leader for
+        // a few seconds: the buckets are tried again until it has.
+        let ready_by = std::time::Instant::now() + JETSTREAM_WAIT;
+        let (nodes, functions, auth, bundles, bodies) = loop {
+            match open_buckets(&js, replicas).await {
+                Ok(b) => break b,
+                Err(e) if std::time::Instant::now() < ready_by => {
+                    tracing::debug!("cluster: JetStream not ready yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Arc::new(Self {
             config,
             client,
@@ -295,6 +279,50 @@ impl Cluster {
             n => n,
         }
     }
+}
+
+type Buckets = (kv::Store, kv::Store, kv::Store, object_store::ObjectStore, object_store::ObjectStore);
+
+async fn open_buckets(js: &jetstream::Context, replicas: usize) -> Result<Buckets, ClusterError> {
+    let nodes = open_kv(
+        &js,
+        kv::Config {
+            bucket: NODES_BUCKET.into(),
+            max_age: GONE_AFTER * 5,
+            num_replicas: replicas,
+            history: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let functions = open_kv(
+        &js,
+        kv::Config { bucket: FUNCTIONS_BUCKET.into(), num_replicas: replicas, history: 5, ..Default::default() },
+    )
+    .await?;
+    let auth = open_kv(
+        &js,
+        kv::Config { bucket: AUTH_BUCKET.into(), num_replicas: replicas, history: 1, ..Default::default() },
+    )
+    .await?;
+    let bundles = open_objects(
+        &js,
+        object_store::Config { bucket: BUNDLES_BUCKET.into(), num_replicas: replicas, ..Default::default() },
+    )
+    .await?;
+    // Bodies are read once, at once; an hour bounds what a receiver
+    // that died before deleting one leaves behind.
+    let bodies = open_objects(
+        &js,
+        object_store::Config {
+            bucket: BODIES_BUCKET.into(),
+            num_replicas: replicas,
+            max_age: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok((nodes, functions, auth, bundles, bodies))
 }
 
 async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {

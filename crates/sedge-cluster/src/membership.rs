@@ -102,6 +102,28 @@ impl Cluster {
         nodes
     }
 
+    async fn reload_nodes(&self) {
+        let mut keys = match self.nodes.keys().await {
+            Ok(k) => k,
+            Err(e) => return tracing::debug!("cluster: listing the nodes: {e}"),
+        };
+        let mut read = Vec::new();
+        while let Some(Ok(key)) = keys.next().await {
+            if let Ok(Some(v)) = self.nodes.get(key.as_str()).await {
+                if let Ok(info) = serde_json::from_slice::<NodeInfo>(&v) {
+                    read.push(info);
+                }
+            }
+        }
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        for info in read {
+            let newer = view.get(&info.name).is_none_or(|n| n.last_seen_ms < info.last_seen_ms);
+            if newer {
+                view.insert(info.name.clone(), info);
+            }
+        }
+    }
+
     async fn put_own(self: &Arc<Self>) {
         self.sync_subscriptions().await;
         let record = self.own_record();
@@ -154,6 +176,7 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(HEARTBEAT);
         let mut alive: Vec<String> = Vec::new();
+        let mut ticks: u64 = 0;
         loop {
             let Some(cluster) = weak.upgrade() else { return };
             tokio::select! {
@@ -161,6 +184,12 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
                 _ = cluster.changed.notified() => {}
             }
             cluster.put_own().await;
+            ticks += 1;
+            // The watch can miss records while NATS elects a new leader:
+            // the bucket is read whole now and then too.
+            if ticks % 3 == 0 {
+                cluster.reload_nodes().await;
+            }
             // A node that stopped being heard from moves placements too.
             let now = now_ms();
             let live: Vec<String> = cluster

@@ -48,6 +48,9 @@ impl Entry {
 /// (the failure may have been the network's, not the bundle's).
 const RETRY_REFUSED: Duration = Duration::from_secs(30);
 
+/// How often the registry is read whole, besides being watched.
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
 impl Cluster {
     pub(crate) fn spec_of(&self, name: &str) -> Option<FunctionSpec> {
         self.registry.read().unwrap_or_else(|p| p.into_inner()).get(name).map(|e| e.spec.clone())
@@ -117,6 +120,11 @@ impl Cluster {
         let previous = previous.and_then(|v| Entry::parse(&v).ok());
         let existed = previous.is_some();
         if previous.as_ref().is_some_and(|p| p.record.digest == digest) {
+            // Already published (an earlier try may have stopped short of
+            // its answer): with `wait`, still answered once it runs.
+            if wait {
+                self.wait_serving(&name, &digest).await?;
+            }
             return Ok((StatusCode::OK, answer(&name, &digest, &chosen, false, true)));
         }
         let record = Record {
@@ -176,6 +184,37 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Reads the whole registry from its bucket into the cache.
+    async fn reload_registry(&self) -> Result<(), ClusterError> {
+        let mut loaded = BTreeMap::new();
+        let mut keys = self.functions.keys().await.map_err(|e| js_error("listing the registry", e))?;
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| js_error("listing the registry", e))?;
+            if let Some(v) = self.functions.get(key.as_str()).await.map_err(|e| js_error("reading the registry", e))? {
+                match Entry::parse(&v) {
+                    Ok(e) => {
+                        loaded.insert(key, e);
+                    }
+                    Err(why) => tracing::warn!("cluster: registry record {key} is unreadable: {why}"),
+                }
+            }
+        }
+        let changed = {
+            let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
+            let before: Vec<(&String, &str)> = registry.iter().map(|(k, e)| (k, e.record.digest.as_str())).collect();
+            let after: Vec<(&String, &str)> = loaded.iter().map(|(k, e)| (k, e.record.digest.as_str())).collect();
+            let changed = before != after;
+            if changed {
+                *registry = loaded;
+            }
+            changed
+        };
+        if changed {
+            self.reconcile.notify_one();
+        }
+        Ok(())
     }
 
     fn registry_has(&self, name: &str, digest: &str) -> bool {
@@ -275,7 +314,16 @@ impl Cluster {
                     self.local.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), e.record.digest.clone());
                     self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
                 }
-                Err(why) => {
+                Err(Failed::Fetch(why)) => {
+                    // The cluster's, not the bundle's: tried again shortly.
+                    tracing::warn!("cluster: {name} ({}): {why}; trying again", e.record.digest);
+                    let cluster = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        cluster.reconcile.notify_one();
+                    });
+                }
+                Err(Failed::Deploy(why)) => {
                     tracing::warn!("cluster: {name} ({}) is placed here but does not run: {why}", e.record.digest);
                     self.refused
                         .lock()
@@ -289,27 +337,36 @@ impl Cluster {
     }
 
     /// Fetches the bundle by digest and deploys it through the node's own path.
-    async fn deploy_here(&self, node: &Arc<Node>, e: &Entry) -> Result<(), String> {
-        let name = FunctionName::parse(&e.record.name).map_err(|e| e.to_string())?;
-        let mut object = self
-            .bundles
-            .get(e.record.digest.as_str())
-            .await
-            .map_err(|err| format!("fetching bundle {} from the cluster: {err}", e.record.digest))?;
+    async fn deploy_here(&self, node: &Arc<Node>, e: &Entry) -> Result<(), Failed> {
+        let name = FunctionName::parse(&e.record.name).map_err(|e| Failed::Deploy(e.to_string()))?;
+        let fetch = |err: String| Failed::Fetch(format!("fetching bundle {} from the cluster: {err}", e.record.digest));
+        let mut object = self.bundles.get(e.record.digest.as_str()).await.map_err(|err| fetch(err.to_string()))?;
         let store = node.store.clone();
         let file = tokio::task::spawn_blocking(move || store.upload_file())
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failed::Deploy(e.to_string()))?
+            .map_err(|e| Failed::Deploy(e.to_string()))?;
         let path = file.into_temp_path();
-        let mut out = tokio::fs::File::create(&path).await.map_err(|e| format!("writing the bundle: {e}"))?;
-        tokio::io::copy(&mut object, &mut out)
+        let mut out =
+            tokio::fs::File::create(&path).await.map_err(|e| Failed::Deploy(format!("writing the bundle: {e}")))?;
+        tokio::io::copy(&mut object, &mut out).await.map_err(|err| fetch(err.to_string()))?;
+        tokio::io::AsyncWriteExt::flush(&mut out)
             .await
-            .map_err(|err| format!("fetching bundle {}: {err}", e.record.digest))?;
-        tokio::io::AsyncWriteExt::flush(&mut out).await.map_err(|e| format!("writing the bundle: {e}"))?;
+            .map_err(|e| Failed::Deploy(format!("writing the bundle: {e}")))?;
         drop(out);
-        sedge_gateway::deploy_file(node, name, path, true, None).await.map(|_| ()).map_err(|e| e.message)
+        sedge_gateway::deploy_file(node, name, path, true, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| Failed::Deploy(e.message))
     }
+}
+
+/// Why a placed version does not run here.
+enum Failed {
+    /// The bundle could not be had from the cluster (now).
+    Fetch(String),
+    /// The node refused it, as a local deploy would have.
+    Deploy(String),
 }
 
 fn answer(name: &FunctionName, digest: &str, nodes: &[String], pending: bool, unchanged: bool) -> Value {
@@ -339,20 +396,7 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
     let mut watch =
         cluster.functions.watch_with_history(">").await.map_err(|e| js_error("watching the registry", e))?;
     // The registry as it is, before anything is removed for not being in it.
-    let mut loaded = BTreeMap::new();
-    let mut keys = cluster.functions.keys().await.map_err(|e| js_error("listing the registry", e))?;
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| js_error("listing the registry", e))?;
-        if let Some(v) = cluster.functions.get(key.as_str()).await.map_err(|e| js_error("reading the registry", e))? {
-            match Entry::parse(&v) {
-                Ok(e) => {
-                    loaded.insert(key, e);
-                }
-                Err(why) => tracing::warn!("cluster: registry record {key} is unreadable: {why}"),
-            }
-        }
-    }
-    *cluster.registry.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+    cluster.reload_registry().await?;
     let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
         while let Some(entry) = watch.next().await {
@@ -383,9 +427,18 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
     });
     let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
+        let mut last_reload = Instant::now();
         loop {
             let Some(cluster) = weak.upgrade() else { return };
             let Some(node) = cluster.node() else { return };
+            // The watch can miss changes while NATS elects a new leader
+            // (a server lost): the registry is read whole now and then too.
+            if last_reload.elapsed() >= RELOAD_EVERY {
+                if let Err(e) = cluster.reload_registry().await {
+                    tracing::warn!("cluster: reading the registry: {e}");
+                }
+                last_reload = Instant::now();
+            }
             cluster.reconcile_once(&node).await;
             drop(node);
             let notified = {
