@@ -72,8 +72,8 @@ TOML
 }
 fn one '"w1"'
 fn two '"w"'
-"$bin" deploy --wait "$work/one" > /dev/null
-"$bin" deploy --wait "$work/two" > /dev/null
+"$bin" deploy --wait "$work/one" > /dev/null 2>&1
+"$bin" deploy --wait "$work/two" > /dev/null 2>&1
 head -c 614400 /dev/urandom > "$work/600k.bin"
 
 # load URL USERS [extra bench flags...] → "p50 p99 req/s"
@@ -90,14 +90,14 @@ for body in hello 600k; do
   [ "$body" = 600k ] && data=(-d "@$work/600k.bin" -H content-type:application/octet-stream)
   read -r lp50 lp99 lrps < <(load "$url_b/function/one" 1 "${data[@]}")
   read -r fp50 fp99 frps < <(load "$url_a/function/one" 1 "${data[@]}")
-  echo "$body: local p50 $lp50 p99 $lp99 ($lrps req/s); forwarded p50 $fp50 p99 $fp99 ($frps req/s)"
+  echo "$body: local p50 $lp50 ms, p99 $lp99 ms ($lrps req/s); forwarded p50 $fp50 ms, p99 $fp99 ms ($frps req/s)"
 done
 
 echo "== one node forwarding to two, 16 users"
 read -r p50 p99 rps < <(load "$url_b/function/two" 16)
-echo "b alone, local: $rps req/s (p50 $p50, p99 $p99)"
+echo "b alone, local: $rps req/s (p50 $p50 ms, p99 $p99 ms)"
 read -r p50 p99 rps < <(load "$url_a/function/two" 16)
-echo "a forwarding to b and c: $rps req/s (p50 $p50, p99 $p99)"
+echo "a forwarding to b and c: $rps req/s (p50 $p50 ms, p99 $p99 ms)"
 
 echo "== deploy -> running on every node (3 nodes), 5 versions"
 mkdir -p "$work/all"
@@ -105,7 +105,7 @@ printf 'name = "everywhere"\nruntime = "python"\nhandler = "handler.handle"\n' >
 for i in 1 2 3 4 5; do
   printf 'def handle(req):\n    return "v%s"\n' "$i" > "$work/all/handler.py"
   t0=$(date +%s.%N)
-  "$bin" deploy --wait "$work/all" > /dev/null
+  "$bin" deploy --wait "$work/all" > /dev/null 2>&1
   t1=$(date +%s.%N)
   for u in "$url_a" "$url_b" "$url_c"; do
     [ "$(curl -s "$u/function/everywhere")" = "v$i" ] || { echo "v$i not served at $u" >&2; exit 1; }
@@ -117,7 +117,7 @@ echo "== node memory (RSS, workers excluded), idle, one function, no load served
 rss() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 start d "${cluster[@]}" --node-name d
 start solo
-SEDGE_GATEWAY=$url_solo "$bin" deploy --wait "$work/all" > /dev/null
+SEDGE_GATEWAY=$url_solo "$bin" deploy --wait "$work/all" > /dev/null 2>&1
 for _ in $(seq 100); do [ "$(curl -s "$url_d/function/everywhere")" = v5 ] && break; sleep 0.1; done
 curl -s "$url_solo/function/everywhere" > /dev/null
 sleep 5

@@ -285,7 +285,7 @@ type Buckets = (kv::Store, kv::Store, kv::Store, object_store::ObjectStore, obje
 
 async fn open_buckets(js: &jetstream::Context, replicas: usize) -> Result<Buckets, ClusterError> {
     let nodes = open_kv(
-        &js,
+        js,
         kv::Config {
             bucket: NODES_BUCKET.into(),
             max_age: GONE_AFTER * 5,
@@ -296,24 +296,24 @@ async fn open_buckets(js: &jetstream::Context, replicas: usize) -> Result<Bucket
     )
     .await?;
     let functions = open_kv(
-        &js,
+        js,
         kv::Config { bucket: FUNCTIONS_BUCKET.into(), num_replicas: replicas, history: 5, ..Default::default() },
     )
     .await?;
     let auth = open_kv(
-        &js,
+        js,
         kv::Config { bucket: AUTH_BUCKET.into(), num_replicas: replicas, history: 1, ..Default::default() },
     )
     .await?;
     let bundles = open_objects(
-        &js,
+        js,
         object_store::Config { bucket: BUNDLES_BUCKET.into(), num_replicas: replicas, ..Default::default() },
     )
     .await?;
     // Bodies are read once, at once; an hour bounds what a receiver
     // that died before deleting one leaves behind.
     let bodies = open_objects(
-        &js,
+        js,
         object_store::Config {
             bucket: BODIES_BUCKET.into(),
             num_replicas: replicas,

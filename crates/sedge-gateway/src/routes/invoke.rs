@@ -134,15 +134,13 @@ async fn clustered(
             .collect(),
         body: body.into(),
     };
-    let answer = match cluster.forward(&name, inv.clone(), spec.limits.timeout).await {
-        Err(InvokeError::QueueFull { .. }) if local.is_some() => {
-            let pool = local.as_ref().expect("checked just above");
-            match pool.admit() {
-                Ok(admission) => admission.invoke(inv).await,
-                Err(e) => Err(e),
-            }
-        }
-        other => other,
+    let answer = match (cluster.forward(&name, inv.clone(), spec.limits.timeout).await, &local) {
+        // Every other node is full too: queued here, as a single node would.
+        (Err(InvokeError::QueueFull { .. }), Some(pool)) => match pool.admit() {
+            Ok(admission) => admission.invoke(inv).await,
+            Err(e) => Err(e),
+        },
+        (other, _) => other,
     };
     drop(held);
     let mut response = match answer {

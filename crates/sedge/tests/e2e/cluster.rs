@@ -442,3 +442,42 @@ fn nodes_authenticate_to_nats_with_the_credentials_file() {
     assert!(err.contains("--cluster") && err.contains(&url), "{err}");
     let _ = AtomicUsize::new(0);
 }
+
+#[test]
+fn a_caller_that_hangs_up_leaves_no_call_running_on_the_other_node() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_caller_that_hangs_up") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "front", "pw-hangup", "1");
+    let b = node(tmp.path(), &url, "b", "w", "pw-hangup", "1");
+    wait_nodes(&a, 2);
+    let mark = tmp.path().join("ran");
+    // A slow cold start: a call waits for the worker to load its module.
+    let late = FnDir::python(
+        "late",
+        &format!("[env]\nMARK = \"{}\"\n[scale]\nmin = 0\nmax = 1\n[placement]\nlabels = [\"w\"]\n", mark.display()),
+        "import os, time\ntime.sleep(3)\n\ndef handle(req):\n    with open(os.environ['MARK'], 'a') as f:\n        f.write('ran\\n')\n    return 'ran'\n",
+    );
+    a.deploy(late.path());
+    let r = b.request(
+        "POST",
+        "/system/scale-function/late",
+        &[("content-type", "application/json")],
+        br#"{"replicas": 0}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(500));
+    // Through a, which forwards to b; the client goes away before the worker is up.
+    let addr = a.url.trim_start_matches("http://").to_owned();
+    let mut socket = std::net::TcpStream::connect(&addr).expect("connect");
+    socket.write_all(b"POST /function/late HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nx").expect("send");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(socket);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!mark.exists(), "the call ran on b after its caller hung up");
+    // The same call with a caller that waits runs (the mark works).
+    let r = a.post("/function/late", b"x");
+    assert_eq!((r.status, r.text().as_str()), (200, "ran"));
+    assert_eq!(std::fs::read_to_string(&mark).expect("mark"), "ran\n");
+}
