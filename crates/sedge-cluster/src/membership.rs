@@ -187,7 +187,7 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
             ticks += 1;
             // The watch can miss records while NATS elects a new leader:
             // the bucket is read whole now and then too.
-            if ticks % 3 == 0 {
+            if ticks.is_multiple_of(3) {
                 cluster.reload_nodes().await;
             }
             // A node that stopped being heard from moves placements too.

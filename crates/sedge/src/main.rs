@@ -20,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    Serve(commands::serve::Args),
+    Serve(Box<commands::serve::Args>),
     Deploy(commands::deploy::Args),
     Invoke(commands::invoke::Args),
     #[command(alias = "list")]
@@ -42,7 +42,7 @@ enum Command {
 fn run(command: Command) -> anyhow::Result<()> {
     use commands::*;
     match command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Deploy(args) => deploy::run(&args.gateway.client()?, args),
         Command::Invoke(args) => invoke::run(&args.gateway.client()?, args),
