@@ -125,6 +125,8 @@ pub struct Cluster {
     running: Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     /// The queue subscription of each function served here.
     subscriptions: tokio::sync::Mutex<BTreeMap<String, tokio::task::JoinHandle<()>>>,
+    /// Set once the node has left: its record is not put again.
+    leaving: AtomicBool,
 }
 
 impl Cluster {
@@ -217,6 +219,7 @@ impl Cluster {
             address: OnceLock::new(),
             running: Mutex::default(),
             subscriptions: tokio::sync::Mutex::default(),
+            leaving: AtomicBool::new(false),
         }))
     }
 
@@ -263,6 +266,7 @@ impl Cluster {
 
     /// Takes this node out of the membership at once (a clean stop).
     pub async fn leave(&self) {
+        self.leaving.store(true, Ordering::Relaxed);
         if let Err(e) = self.nodes.delete(self.name()).await {
             tracing::debug!("cluster: removing this node's record: {e}");
         }

@@ -125,6 +125,9 @@ impl Cluster {
     }
 
     async fn put_own(self: &Arc<Self>) {
+        if self.leaving.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         self.sync_subscriptions().await;
         let record = self.own_record();
         let value = serde_json::to_vec(&record).unwrap_or_default();

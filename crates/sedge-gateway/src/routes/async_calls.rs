@@ -63,6 +63,19 @@ pub(super) fn no_queue() -> ApiError {
 async fn submit(node: &crate::Node, raw: &str, path: String, req: Request) -> Response {
     let Some(queue) = node.queue.clone() else { return Refused::new(no_queue(), &req).into_response() };
     let mut req = req;
+    if let Some(cluster) = node.cluster.get() {
+        let name = crate::namespace::strip(raw).unwrap_or(raw);
+        if node.runtime.get(name).is_none() && cluster.spec(name).is_some() {
+            let error = ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{name} does not run on this node: in a cluster, a node takes asynchronous calls only for \
+                     functions it runs (`sedge nodes` shows which node runs what)"
+                ),
+            );
+            return Refused::new(error, &req).into_response();
+        }
+    }
     let (name, pool) = match find(node, raw, &mut req) {
         Ok(found) => found,
         Err(refused) => return *refused,

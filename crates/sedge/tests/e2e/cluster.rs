@@ -210,6 +210,13 @@ fn three_nodes_on_three_nats_servers_deploy_once_run_where_placed_and_survive_a_
     assert_eq!(r.status, 422, "{}", r.text());
     assert!(r.error().contains("tpu"), "{}", r.error());
 
+    // Asynchronous calls stay with the nodes that run the function.
+    let r = a.post("/async-function/gpu-echo", b"later");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.error().contains("does not run on this node"), "{}", r.error());
+    let r = b.post("/async-function/gpu-echo", b"later");
+    assert_eq!(r.status, 202, "{}", r.text());
+
     // `sedge nodes` shows all three with their labels.
     let out = b.cli(&["nodes"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
