@@ -44,9 +44,10 @@ impl Entry {
     }
 }
 
-/// A placed version that failed to deploy here is tried again after this
-/// (the failure may have been the network's, not the bundle's).
-const RETRY_REFUSED: Duration = Duration::from_secs(30);
+/// A placed version this node refused (a failed install, say) is tried
+/// again after this, or at its next version: a failure of the node's own
+/// (memory, a missing interpreter since fixed) may have passed.
+const RETRY_REFUSED: Duration = Duration::from_secs(600);
 
 /// How often the registry is read whole, besides being watched.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
@@ -139,13 +140,36 @@ impl Cluster {
             .put(name.as_str(), value.into())
             .await
             .map_err(|e| ApiError::internal("writing the registry", e))?;
-        if let Some(old) = previous {
-            self.forget_bundle(&old.record.digest).await;
-        }
         if !wait {
+            if let Some(old) = previous {
+                self.forget_bundle(name.as_str(), &old.record.digest).await;
+            }
             return Ok((StatusCode::ACCEPTED, answer(&name, &digest, &chosen, true, false)));
         }
-        self.wait_serving(&name, &digest).await?;
+        if let Err(e) = self.wait_serving(&name, &digest).await {
+            if e.status != StatusCode::UNPROCESSABLE_ENTITY {
+                return Err(e);
+            }
+            // A node refused it: the version before comes back everywhere,
+            // as a refused deploy leaves a single node as it was.
+            let restored = match &previous {
+                Some(p) => {
+                    let value = serde_json::to_vec(&p.record).unwrap_or_default();
+                    self.functions.put(name.as_str(), value.into()).await.map(|_| ()).map_err(|e| e.to_string())
+                }
+                None => self.functions.delete(name.as_str()).await.map_err(|e| e.to_string()),
+            };
+            let what = if previous.is_some() { "the previous version was put back" } else { "it was not deployed" };
+            return Err(match restored {
+                Ok(()) => ApiError::new(e.status, format!("{}; {what}", e.message)),
+                Err(why) => {
+                    ApiError::new(e.status, format!("{}; putting the previous version back failed: {why}", e.message))
+                }
+            });
+        }
+        if let Some(old) = previous {
+            self.forget_bundle(name.as_str(), &old.record.digest).await;
+        }
         let chosen = Self::placed(&spec, &self.live_nodes());
         let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
         Ok((code, answer(&name, &digest, &chosen, false, false)))
@@ -235,8 +259,13 @@ impl Cluster {
     }
 
     /// Deletes a replaced bundle no record names any more.
-    async fn forget_bundle(&self, digest: &str) {
-        let used = self.registry.read().unwrap_or_else(|p| p.into_inner()).values().any(|e| e.record.digest == digest);
+    async fn forget_bundle(&self, name: &str, digest: &str) {
+        let used = self
+            .registry
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|e| e.record.name != name && e.record.digest == digest);
         if !used {
             if let Err(e) = self.bundles.delete(digest).await {
                 tracing::debug!("cluster: deleting bundle {digest}: {e}");
@@ -250,7 +279,7 @@ impl Cluster {
         let Some(previous) = previous else { return Ok(false) };
         self.functions.delete(name.as_str()).await.map_err(|e| ApiError::internal("writing the registry", e))?;
         if let Ok(entry) = Entry::parse(&previous) {
-            self.forget_bundle(&entry.record.digest).await;
+            self.forget_bundle(name.as_str(), &entry.record.digest).await;
         }
         // Answered once no node serves it, so a call right after is a 404.
         let give_up = Instant::now() + Duration::from_secs(10);

@@ -371,6 +371,21 @@ fn a_rolling_redeploy_under_load_answers_no_5xx() {
         all.iter().filter(|(s, b)| *s != 200 || !["v1", "v2", "v3"].contains(&b.as_str())).collect();
     assert!(bad.is_empty(), "{} of {}: {:?}", bad.len(), all.len(), &bad[..bad.len().min(5)]);
     assert!(all.len() > 50, "{} calls", all.len());
+    drop(all);
+
+    // A version no node can load is refused, naming the node, and v3 keeps
+    // serving everywhere.
+    let broken = FnDir::python("rolling", "[scale]\nmin = 1\nmax = 2\n", "raise RuntimeError('will not load')\n");
+    let out = nodes[2].cli(&["deploy", "--wait", broken.path().to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node r") && err.contains("will not load") && err.contains("previous version was put back"),
+        "{err}"
+    );
+    for n in &nodes {
+        n.wait_for("v3 serving again", Duration::from_secs(20), |n| n.post("/function/rolling", b"").text() == "v3");
+    }
 }
 
 #[test]
