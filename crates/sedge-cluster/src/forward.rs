@@ -42,7 +42,7 @@ fn node_subject(node: &str) -> String {
 
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
-fn call_id(node: &str) -> String {
+pub(crate) fn call_id(node: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("{node}-{nanos:x}-{}", CALLS.fetch_add(1, Ordering::Relaxed))
 }
@@ -87,7 +87,22 @@ impl Cluster {
             }
             match self.client.queue_subscribe(function_subject(&name), QUEUE_GROUP.to_owned()).await {
                 Ok(sub) => {
-                    subs.insert(name, tokio::spawn(serve_subscription(Arc::downgrade(self), sub)));
+                    let weak = Arc::downgrade(self);
+                    let pull = tokio::spawn(self.clone().run_calls(name.clone()));
+                    subs.insert(
+                        name,
+                        tokio::spawn(async move {
+                            // The queued calls' puller ends with the subscription.
+                            struct Abort(tokio::task::JoinHandle<()>);
+                            impl Drop for Abort {
+                                fn drop(&mut self) {
+                                    self.0.abort();
+                                }
+                            }
+                            let _pull = Abort(pull);
+                            serve_subscription(weak, sub).await;
+                        }),
+                    );
                 }
                 Err(e) => tracing::warn!("cluster: subscribing for calls of {name}: {e}"),
             }
@@ -174,7 +189,7 @@ impl Cluster {
         }
     }
 
-    async fn put_object(&self, name: &str, body: &[u8]) -> Result<(), String> {
+    pub(crate) async fn put_object(&self, name: &str, body: &[u8]) -> Result<(), String> {
         let mut reader = body;
         self.bodies
             .put(name, &mut reader)
@@ -185,14 +200,19 @@ impl Cluster {
 
     /// Reads a body sent through the object store and deletes it.
     async fn take_object(&self, name: &str) -> Result<Bytes, String> {
+        let out = self.read_object(name).await?;
+        if let Err(e) = self.bodies.delete(name).await {
+            tracing::debug!("cluster: deleting body {name}: {e}");
+        }
+        Ok(out)
+    }
+
+    /// Reads a body sent through the object store.
+    pub(crate) async fn read_object(&self, name: &str) -> Result<Bytes, String> {
         let mut object =
             self.bodies.get(name).await.map_err(|e| format!("fetching a large body from the cluster: {e}"))?;
         let mut out = Vec::new();
         object.read_to_end(&mut out).await.map_err(|e| format!("fetching a large body from the cluster: {e}"))?;
-        drop(object);
-        if let Err(e) = self.bodies.delete(name).await {
-            tracing::debug!("cluster: deleting body {name}: {e}");
-        }
         Ok(out.into())
     }
 
@@ -371,6 +391,16 @@ impl ClusterLink for Cluster {
     fn forward(&self, name: &str, inv: Invocation, timeout: Duration) -> Fut<'_, Result<Reply, InvokeError>> {
         let name = name.to_owned();
         Box::pin(async move { self.send(&name, inv, timeout).await })
+    }
+
+    fn submit_call(&self, name: &str, inv: Invocation) -> Fut<'_, Result<String, ApiError>> {
+        let name = name.to_owned();
+        Box::pin(async move { self.submit_call(&name, inv).await })
+    }
+
+    fn call(&self, id: &str) -> Fut<'_, Result<Option<Value>, ApiError>> {
+        let id = id.to_owned();
+        Box::pin(async move { self.call_record(&id).await })
     }
 
     fn metrics_text(&self) -> String {

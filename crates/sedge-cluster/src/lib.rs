@@ -20,6 +20,7 @@
 //! this implements, and whose deploy and remove it calls), `sedge-core`
 //! (specs, placement), `sedge-store` (the local cache).
 
+mod calls;
 pub mod creds;
 mod forward;
 mod membership;
@@ -101,6 +102,9 @@ struct LinkFigures {
 pub struct Cluster {
     config: ClusterConfig,
     client: async_nats::Client,
+    js: jetstream::Context,
+    /// Asynchronous calls' states and results, by id.
+    calls: kv::Store,
     nodes: kv::Store,
     functions: kv::Store,
     auth: kv::Store,
@@ -199,9 +203,35 @@ impl Cluster {
                 Err(e) => return Err(e),
             }
         };
+        let calls = loop {
+            let opened = async {
+                calls::open_stream(&js, replicas).await?;
+                open_kv(
+                    &js,
+                    kv::Config {
+                        bucket: calls::BUCKET.into(),
+                        num_replicas: replicas,
+                        history: 1,
+                        max_age: Duration::from_secs(24 * 3600),
+                        ..Default::default()
+                    },
+                )
+                .await
+            };
+            match opened.await {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() < ready_by => {
+                    tracing::debug!("cluster: JetStream not ready yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Arc::new(Self {
             config,
             client,
+            js,
+            calls,
             nodes,
             functions,
             auth,

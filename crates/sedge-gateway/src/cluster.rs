@@ -42,6 +42,13 @@ pub trait Cluster: Send + Sync {
     /// within `timeout`. `QueueFull` when every such node is full.
     fn forward(&self, name: &str, inv: Invocation, timeout: Duration) -> Fut<'_, Result<Reply, InvokeError>>;
 
+    /// Stores an asynchronous call of `name` for the nodes that run it;
+    /// its id, once the cluster holds it durably.
+    fn submit_call(&self, name: &str, inv: Invocation) -> Fut<'_, Result<String, ApiError>>;
+
+    /// A stored asynchronous call as `GET /system/calls/ID` shows it.
+    fn call(&self, id: &str) -> Fut<'_, Result<Option<Value>, ApiError>>;
+
     /// Prometheus text (format 0.0.4) for the node's link to the cluster.
     fn metrics_text(&self) -> String;
 }

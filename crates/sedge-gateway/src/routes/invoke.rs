@@ -237,7 +237,7 @@ pub(super) async fn read_function_body(
 
 /// [`read_function_body`] by the function's spec, for a function that may
 /// run on another node.
-async fn read_body_for(
+pub(super) async fn read_body_for(
     node: &crate::Node,
     spec: &sedge_core::FunctionSpec,
     name: &str,
