@@ -24,6 +24,6 @@ pub mod trigger;
 
 pub use async_policy::{AsyncSpec, RetryClass};
 pub use invocation::{Invocation, InvokeError, Reply};
-pub use manifest::{FunctionSpec, Limits, ManifestError, RuntimeKind, Scale, Style};
+pub use manifest::{FunctionSpec, Limits, ManifestError, Placement, RuntimeKind, Scale, Style};
 pub use name::{FunctionName, NameError, SecretName};
 pub use trigger::{TriggerSource, TriggerSpec};

@@ -174,6 +174,16 @@ pub struct FunctionSpec {
     pub async_calls: AsyncSpec,
     /// Events that queue calls of it (`[[triggers]]`).
     pub triggers: Vec<TriggerSpec>,
+    /// Which nodes of a cluster run it (`[placement]`); a single node ignores it.
+    pub placement: Placement,
+}
+
+/// Where in a cluster a function runs: on nodes carrying every one of
+/// `labels`, at most `replicas` of them (all matching ones when unset).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub labels: Vec<String>,
+    pub replicas: Option<u32>,
 }
 
 /// Who may call the function.
@@ -212,6 +222,40 @@ struct RawManifest {
     async_calls: RawAsync,
     #[serde(default)]
     triggers: Vec<RawTrigger>,
+    #[serde(default)]
+    placement: RawPlacement,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    #[serde(default)]
+    labels: Vec<String>,
+    replicas: Option<i64>,
+}
+
+impl RawPlacement {
+    fn check(self) -> Result<Placement, (String, String)> {
+        for (i, l) in self.labels.iter().enumerate() {
+            if !is_node_label(l) {
+                return Err((
+                    format!("placement.labels[{i}]"),
+                    format!("a label is 1 to 63 letters, digits, '-', '_' or '.', found {l:?}"),
+                ));
+            }
+        }
+        let replicas = match self.replicas {
+            None => None,
+            Some(n) if (1..=1000).contains(&n) => Some(n as u32),
+            Some(n) => return Err(("placement.replicas".into(), format!("must be from 1 to 1000, found {n}"))),
+        };
+        Ok(Placement { labels: self.labels, replicas })
+    }
+}
+
+/// A node label as `serve --labels` and `[placement] labels` take it.
+pub fn is_node_label(l: &str) -> bool {
+    (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -416,6 +460,10 @@ impl FunctionSpec {
             Ok(a) => a,
             Err((field, problem)) => return c.fail(&field, problem),
         };
+        let placement = match raw.placement.check() {
+            Ok(p) => p,
+            Err((field, problem)) => return c.fail(&field, problem),
+        };
         let mut triggers = Vec::with_capacity(raw.triggers.len());
         for (i, t) in raw.triggers.into_iter().enumerate() {
             match t.check(i) {
@@ -425,6 +473,7 @@ impl FunctionSpec {
         }
         Ok(Self {
             triggers,
+            placement,
             async_calls,
             model,
             models,
@@ -589,6 +638,18 @@ mod tests {
         );
         assert_eq!(spec.env.get("MODEL").map(String::as_str), Some("x"));
         assert!(spec.secrets.is_empty() && !spec.auth.invoke);
+    }
+
+    #[test]
+    fn placement_takes_labels_and_replicas_and_names_a_bad_field() {
+        let spec =
+            parse(&format!("{MINIMAL}[placement]\nlabels = [\"gpu\", \"arm64\"]\nreplicas = 2\n")).expect("parses");
+        assert_eq!(spec.placement, Placement { labels: vec!["gpu".into(), "arm64".into()], replicas: Some(2) });
+        assert_eq!(parse(MINIMAL).expect("parses").placement, Placement::default());
+        let e = parse(&format!("{MINIMAL}[placement]\nreplicas = 0\n")).expect_err("zero replicas");
+        assert!(e.to_string().contains("placement.replicas"), "{e}");
+        let e = parse(&format!("{MINIMAL}[placement]\nlabels = [\"a b\"]\n")).expect_err("bad label");
+        assert!(e.to_string().contains("placement.labels[0]"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! invocation), `sedge-core` (specs, error kinds).
 
 pub mod auth;
+pub mod cluster;
 pub mod deps;
 pub mod error;
 pub mod locks;
@@ -65,6 +66,9 @@ pub struct Node {
     pub queue: Option<Arc<sedge_queue::Queue>>,
     /// The functions' MQTT, NATS and cron triggers, for their states.
     pub triggers: Option<Arc<sedge_triggers::Triggers>>,
+    /// The cluster this node is one of (`serve --cluster`); set once, after
+    /// the node is built, since the cluster deploys through the node.
+    pub cluster: std::sync::OnceLock<Arc<dyn cluster::Cluster>>,
 }
 
 impl Node {
@@ -86,6 +90,7 @@ impl Node {
             deps: None,
             queue: None,
             triggers: None,
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -337,6 +342,23 @@ pub(crate) fn retire(node: Arc<Node>, old: Arc<Pool>) {
         }
         deps::release(&node, old.deps().cloned()).await;
     });
+}
+
+/// Removes function `name` from this node: the store, its pool (which
+/// finishes what it accepted), its secrets. Whether the store had it.
+pub async fn remove(node: &Arc<Node>, name: &FunctionName) -> Result<bool, ApiError> {
+    let _function = node.locks.function(name.as_str()).await;
+    let _secrets = node.locks.using_secrets().await;
+    let store = node.store.clone();
+    let n = name.clone();
+    let existed = blocking(move || Ok(store.remove(&n)?)).await?;
+    if let Some(old) = node.runtime.get(name.as_str()) {
+        // Its folder goes once its workers are done, not at the next start.
+        retire(node.clone(), old);
+    }
+    node.runtime.remove(name.as_str());
+    secrets::forget(node, name).await?;
+    Ok(existed)
 }
 
 /// Starts serving every function the store holds, as after a restart.

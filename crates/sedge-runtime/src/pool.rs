@@ -367,6 +367,16 @@ impl Pool {
         }
     }
 
+    /// Requests admitted, queued or running now, and how many it can run at
+    /// once at its largest (`[scale] max` × `concurrency`): a cluster node
+    /// with no room left sends calls elsewhere.
+    pub fn load(&self) -> (u32, u32) {
+        let st = self.lock();
+        let running: u32 = st.slots.iter().map(|s| s.busy).sum();
+        let inflight = running.saturating_add(st.waiters.len() as u32).saturating_add(st.admitted);
+        (inflight, self.spec().scale.max.saturating_mul(self.spec().scale.concurrency))
+    }
+
     /// Takes a place for a request before its body is read, so a request
     /// that could neither run nor queue is refused without reading a byte.
     /// Counts admitted requests with those queued against the capacity that

@@ -54,6 +54,13 @@ pub struct StagedBundle {
     archive: TempPath,
 }
 
+impl StagedBundle {
+    /// The uploaded archive, as received (a cluster stores it for the other nodes).
+    pub fn archive(&self) -> &Path {
+        &self.archive
+    }
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
     bundles: PathBuf,

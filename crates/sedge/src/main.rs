@@ -20,12 +20,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    Serve(commands::serve::Args),
+    Serve(Box<commands::serve::Args>),
     Deploy(commands::deploy::Args),
     Invoke(commands::invoke::Args),
     #[command(alias = "list")]
     Ls(commands::ls::Args),
     Describe(commands::describe::Args),
+    Nodes(commands::nodes::Args),
     Logs(commands::logs::Args),
     #[command(alias = "remove")]
     Rm(commands::rm::Args),
@@ -41,12 +42,13 @@ enum Command {
 fn run(command: Command) -> anyhow::Result<()> {
     use commands::*;
     match command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Deploy(args) => deploy::run(&args.gateway.client()?, args),
         Command::Invoke(args) => invoke::run(&args.gateway.client()?, args),
         Command::Ls(args) => ls::run(&args.gateway.client()?),
         Command::Describe(args) => describe::run(&args.gateway.client()?, args),
+        Command::Nodes(args) => nodes::run(&args.gateway.client()?),
         Command::Logs(args) => logs::run(&args.gateway.client()?, args),
         Command::Rm(args) => rm::run(&args.gateway.client()?, args),
         Command::Scale(args) => scale::run(&args.gateway.client()?, args),

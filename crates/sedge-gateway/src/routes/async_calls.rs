@@ -60,9 +60,73 @@ pub(super) fn no_queue() -> ApiError {
     ApiError::new(StatusCode::NOT_IMPLEMENTED, "this node runs without a call store: asynchronous calls are off")
 }
 
+/// In a cluster: the call goes to the cluster's work queue (JetStream),
+/// for any node that runs the function (docs/cluster.md).
+async fn clustered(
+    node: &crate::Node,
+    cluster: &dyn crate::cluster::Cluster,
+    raw: &str,
+    path: String,
+    mut req: Request,
+) -> Response {
+    let unread = !req.body().is_end_stream();
+    let name = match crate::namespace::strip(raw) {
+        Ok(n) => n.to_owned(),
+        Err(e) => return Refused::with(e, unread).into_response(),
+    };
+    let Some(spec) = node.runtime.get(&name).map(|p| p.spec().clone()).or_else(|| cluster.spec(&name)) else {
+        return Refused::with(ApiError::not_found(&name), unread).into_response();
+    };
+    if let Some(refused) = crate::auth::gate_invoke(node, &name, spec.auth.invoke, req.headers_mut()) {
+        return refused;
+    }
+    for unsupported in ["x-callback-url", "x-call-id", "idempotency-key", "x-idempotency-key"] {
+        if req.headers().contains_key(unsupported) {
+            let error = ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("{unsupported} is not taken by a cluster node yet: read the result with GET /system/calls/ID"),
+            );
+            return Refused::with(error, unread).into_response();
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let mut held = Held::default();
+    let body = match super::invoke::read_body_for(node, &spec, &name, body, &mut held).await {
+        Ok(b) => b,
+        Err(e) => return Refused::with(e, unread).into_response(),
+    };
+    let inv = sedge_core::Invocation {
+        method: parts.method.to_string(),
+        path,
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body: body.into(),
+    };
+    let submitted = cluster.submit_call(&name, inv).await;
+    drop(held);
+    match submitted {
+        Ok(id) => {
+            let mut response =
+                (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id, "duplicate": false }))).into_response();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                response.headers_mut().insert("x-call-id", v);
+            }
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn submit(node: &crate::Node, raw: &str, path: String, req: Request) -> Response {
     let Some(queue) = node.queue.clone() else { return Refused::new(no_queue(), &req).into_response() };
     let mut req = req;
+    if let Some(cluster) = node.cluster.get() {
+        return clustered(node, cluster.as_ref(), raw, path, req).await;
+    }
     let (name, pool) = match find(node, raw, &mut req) {
         Ok(found) => found,
         Err(refused) => return *refused,

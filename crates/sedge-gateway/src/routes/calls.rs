@@ -123,6 +123,11 @@ async fn get_call(queue: Arc<Queue>, id: String) -> Result<Option<Call>, ApiErro
 }
 
 pub async fn show(State(node): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    if let Some(cluster) = node.cluster.get() {
+        if let Some(call) = cluster.call(&id).await? {
+            return Ok(Json(call));
+        }
+    }
     let queue = queue(&node)?;
     match get_call(queue, id.clone()).await? {
         Some(c) => Ok(Json(detail(&c))),

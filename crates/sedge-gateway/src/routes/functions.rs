@@ -159,17 +159,10 @@ pub async fn remove(State(node): Shared, body: Body) -> Result<StatusCode, ApiEr
     let req: RemoveRequest = json_body(body, r#"{"functionName": "NAME"}"#).await?;
     namespace::check(req.namespace.as_deref())?;
     let name = parse_name(&req.function_name)?;
-    let _function = node.locks.function(name.as_str()).await;
-    let _secrets = node.locks.using_secrets().await;
-    let store = node.store.clone();
-    let n = name.clone();
-    let existed = blocking(move || Ok(store.remove(&n)?)).await?;
-    if let Some(old) = node.runtime.get(name.as_str()) {
-        // Its folder goes once its workers are done, not at the next start.
-        crate::retire(node.clone(), old);
-    }
-    node.runtime.remove(name.as_str());
-    crate::secrets::forget(&node, &name).await?;
+    let existed = match node.cluster.get() {
+        Some(cluster) => cluster.remove(name.clone()).await?,
+        None => crate::remove(&node, &name).await?,
+    };
     if existed {
         Ok(StatusCode::OK)
     } else {
@@ -296,6 +289,9 @@ pub async fn deploy_bundle(
         let progress = progress.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            if let Some(cluster) = node.cluster.get() {
+                return cluster.deploy(name, archive, wait).await;
+            }
             let done = crate::deploy_file(&node, name, archive, wait, progress).await;
             done.map(|d| deployed_answer(&node, &d))
         })

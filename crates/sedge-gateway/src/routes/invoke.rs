@@ -26,6 +26,16 @@ pub async fn invoke_path(State(node): Shared, Path((name, path)): Path<(String, 
 
 async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Response {
     let mut req = req;
+    if let Some(cluster) = node.cluster.get() {
+        let local = crate::namespace::strip(raw).ok().and_then(|n| node.runtime.get(n));
+        let room = local.as_ref().is_some_and(|p| {
+            let (inflight, capacity) = p.load();
+            inflight < capacity
+        });
+        if !room {
+            return clustered(node, cluster.as_ref(), raw, local, path, req).await;
+        }
+    }
     match find(node, raw, &mut req) {
         Ok((name, pool)) => forward(node, &name, &pool, path, req).await,
         Err(refused) => *refused,
@@ -64,6 +74,78 @@ pub(super) async fn forward(node: &crate::Node, name: &str, pool: &Pool, path: S
     let mut response = match call(node, pool, name, path, req).await {
         Ok(reply) => reply_response(reply),
         Err(e) => e.into_response(),
+    };
+    flight.finish(response.status().as_u16());
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.6}", started.elapsed().as_secs_f64())) {
+        response.headers_mut().insert("x-duration-seconds", v);
+    }
+    response
+}
+
+/// A call of a function this node does not run, or has no room for: sent
+/// to another node that runs it; when all of those are full, queued here
+/// if this node runs it (429 only when its queue is full too).
+async fn clustered(
+    node: &crate::Node,
+    cluster: &dyn crate::cluster::Cluster,
+    raw: &str,
+    local: Option<Arc<Pool>>,
+    path: String,
+    mut req: Request,
+) -> Response {
+    let unread = !req.body().is_end_stream();
+    let name = match crate::namespace::strip(raw) {
+        Ok(name) => name.to_owned(),
+        Err(error) => return Refused { error, unread }.into_response(),
+    };
+    let Some(spec) = local.as_ref().map(|p| p.spec().clone()).or_else(|| cluster.spec(&name)) else {
+        return Refused { error: ApiError::not_found(&name), unread }.into_response();
+    };
+    if let Some(refused) = crate::auth::gate_invoke(node, &name, spec.auth.invoke, req.headers_mut()) {
+        return close_if(unread, refused);
+    }
+    let started = Instant::now();
+    let flight = node.metrics.start(&name);
+    let (parts, body) = req.into_parts();
+    if let Some(size) = body.size_hint().exact().filter(|n| *n > spec.limits.max_body) {
+        let error =
+            ApiError::from(InvokeError::PayloadTooLarge { function: name.clone(), size, limit: spec.limits.max_body });
+        let response = Refused { error, unread }.into_response();
+        flight.finish(response.status().as_u16());
+        return response;
+    }
+    let mut held = Held::default();
+    let body = match read_body_for(node, &spec, &name, body, &mut held).await {
+        Ok(b) => b,
+        Err(error) => {
+            let response = Refused { error, unread }.into_response();
+            flight.finish(response.status().as_u16());
+            return response;
+        }
+    };
+    let inv = Invocation {
+        method: parts.method.to_string(),
+        path,
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body: body.into(),
+    };
+    let answer = match (cluster.forward(&name, inv.clone(), spec.limits.timeout).await, &local) {
+        // Every other node is full too: queued here, as a single node would.
+        (Err(InvokeError::QueueFull { .. }), Some(pool)) => match pool.admit() {
+            Ok(admission) => admission.invoke(inv).await,
+            Err(e) => Err(e),
+        },
+        (other, _) => other,
+    };
+    drop(held);
+    let mut response = match answer {
+        Ok(reply) => reply_response(reply),
+        Err(e) => ApiError::from(e).into_response(),
     };
     flight.finish(response.status().as_u16());
     if let Ok(v) = HeaderValue::from_str(&format!("{:.6}", started.elapsed().as_secs_f64())) {
@@ -150,12 +232,28 @@ pub(super) async fn read_function_body(
     body: Body,
     held: &mut Held,
 ) -> Result<Vec<u8>, ApiError> {
-    let within = pool.spec().limits.timeout;
-    let read = tokio::time::timeout(within, read_body(body, pool.spec().limits.max_body, &node.body_memory, held))
+    read_body_for(node, pool.spec(), name, body, held).await
+}
+
+/// [`read_function_body`] by the function's spec, for a function that may
+/// run on another node.
+pub(super) async fn read_body_for(
+    node: &crate::Node,
+    spec: &sedge_core::FunctionSpec,
+    name: &str,
+    body: Body,
+    held: &mut Held,
+) -> Result<Vec<u8>, ApiError> {
+    let within = spec.limits.timeout;
+    let read = tokio::time::timeout(within, read_body(body, spec.limits.max_body, &node.body_memory, held))
         .await
         .map_err(|_| ApiError::body_late(within))?;
     read.map_err(|e| match e {
-        BodyError::Over(size) => too_large(pool, name, size),
+        BodyError::Over(size) => ApiError::from(InvokeError::PayloadTooLarge {
+            function: name.to_owned(),
+            size,
+            limit: spec.limits.max_body,
+        }),
         BodyError::NoMemory => ApiError::body_memory_full(node.body_memory.budget()),
         BodyError::Stalled(after) => ApiError::body_stalled(after),
         BodyError::Broken(msg) => ApiError::bad_request(format!("could not read the request body: {msg}")),

@@ -6,6 +6,7 @@ mod calls;
 mod functions;
 mod invoke;
 mod logs;
+mod nodes;
 mod oip;
 mod origin;
 mod secrets;
@@ -50,7 +51,8 @@ pub fn router(node: Arc<Node>) -> Router<Arc<Node>> {
         .route("/system/tasks", post(calls::submit_tasks))
         .route("/system/tasks/batch-status", post(calls::batch_status))
         .route("/system/tasks/{id}", get(calls::task))
-        .route("/system/stats", get(ui::stats));
+        .route("/system/stats", get(ui::stats))
+        .route("/system/nodes", get(nodes::list));
     for path in unserved::OPENFAAS_ONLY.iter().filter(|p| p.starts_with("/system/")) {
         system = system.route(path, unserved::openfaas_only());
     }
@@ -125,7 +127,10 @@ async fn metrics(State(node): Shared) -> Result<impl IntoResponse, ApiError> {
         None => None,
     };
     let triggers = node.triggers.as_ref().map(|t| t.states()).unwrap_or_default();
-    let text =
+    let mut text =
         node.metrics.render(&node.runtime, calls.as_ref(), &triggers).map_err(|e| ApiError::internal("metrics", e))?;
+    if let Some(cluster) = node.cluster.get() {
+        text.push_str(&cluster.metrics_text());
+    }
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
 }

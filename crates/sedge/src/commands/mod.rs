@@ -9,6 +9,7 @@ pub mod invoke;
 pub mod login;
 pub mod logs;
 pub mod ls;
+pub mod nodes;
 pub mod rm;
 pub mod sandbox_exec;
 pub mod scale;

@@ -83,6 +83,50 @@ pub struct Args {
     memory: Option<u64>,
     #[command(flatten)]
     calls: CallLimits,
+    #[cfg(feature = "cluster")]
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// Joining other nodes into one platform over NATS JetStream (docs/cluster.md).
+#[cfg(feature = "cluster")]
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// Join the cluster of nodes that meet at this NATS server (its
+    /// JetStream enabled): nats://HOST:4222, several comma-separated.
+    /// Without it the node is on its own.
+    #[arg(long, env = "SEDGE_CLUSTER", value_name = "URL")]
+    cluster: Option<String>,
+    /// This node's name in the cluster [default: the host name]
+    #[arg(long, env = "SEDGE_NODE_NAME", value_name = "NAME", requires = "cluster")]
+    node_name: Option<String>,
+    /// This node's labels, which functions' `[placement] labels` choose by.
+    #[arg(long, env = "SEDGE_LABELS", value_name = "LABEL,...", value_delimiter = ',', requires = "cluster",
+          value_parser = node_label)]
+    labels: Vec<String>,
+    /// How the node proves itself to NATS: a file holding `user:password`,
+    /// an nkey user seed, or a NATS .creds file.
+    #[arg(long, env = "SEDGE_CLUSTER_CREDS", value_name = "FILE", requires = "cluster")]
+    cluster_creds: Option<PathBuf>,
+    /// Copies NATS JetStream keeps of the cluster's buckets (at most the
+    /// number of NATS servers; 3 survives the loss of one of three).
+    #[arg(long, env = "SEDGE_CLUSTER_REPLICAS", default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    cluster_replicas: u8,
+    /// The URL other nodes and clients reach this node's HTTP API at
+    /// [default: http://LISTEN-ADDRESS]
+    #[arg(long, env = "SEDGE_ADVERTISE", value_name = "URL", requires = "cluster")]
+    advertise: Option<String>,
+}
+
+#[cfg(feature = "cluster")]
+fn node_label(text: &str) -> Result<String, String> {
+    let label = text.trim();
+    if sedge_core::manifest::is_node_label(label) {
+        Ok(label.to_owned())
+    } else {
+        Err(format!("a label is 1 to 63 letters, digits, '-', '_' or '.', found {text:?}"))
+    }
 }
 
 /// How long and how much of finished asynchronous calls the node keeps,
@@ -291,7 +335,20 @@ async fn serve(args: Args) -> Result<()> {
     let secrets = SecretStore::open(&data.join("secrets"))
         .with_context(|| format!("opening the secrets folder in {}", data.display()))?
         .with_reader_group(config.sandbox.as_ref().and_then(|s| s.worker_gid()));
-    let access = access(&args, &secrets)?;
+    #[allow(unused_mut)]
+    let mut access = access(&args, &secrets)?;
+    #[cfg(feature = "cluster")]
+    let cluster = match &args.cluster.cluster {
+        Some(url) => {
+            let (cluster, shared) = join(&args, url, &config, &access).await?;
+            if let Some(password) = shared {
+                secrets.set_admin_password(&password).context("storing the cluster's admin password")?;
+                access = Access::Password(password.into());
+            }
+            Some(cluster)
+        }
+        None => None,
+    };
     let (config_python, config_node) = (config.python.clone(), config.node.clone());
     let runtime = Arc::new(Runtime::new(config));
     let node = Node::new(Arc::new(store), runtime.clone(), Arc::new(secrets), access);
@@ -313,6 +370,11 @@ async fn serve(args: Args) -> Result<()> {
     );
     node.triggers = Some(triggers.clone());
     let node = Arc::new(node);
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &cluster {
+        let link: Arc<dyn sedge_gateway::cluster::Cluster> = cluster.clone();
+        let _ = node.cluster.set(link);
+    }
     let restored = sedge_gateway::restore(&node).await.map_err(|e| anyhow::anyhow!(e.message))?;
     queue.start();
     triggers.start();
@@ -322,12 +384,24 @@ async fn serve(args: Args) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))
         .hint("another program (another node?) may hold that address: choose another with --listen ADDR")?;
     let addr = listener.local_addr()?;
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &cluster {
+        let address = args.cluster.advertise.clone().unwrap_or_else(|| format!("http://{addr}"));
+        cluster.start(&node, address).await.map_err(|e| anyhow::anyhow!("joining the cluster: {e}"))?;
+        tracing::info!(node = cluster.name(), "joined the cluster");
+    }
     for dir in &args.deploy {
         let (spec, archive) = super::deploy::pack(dir)?;
         let name = spec.name.clone();
-        sedge_gateway::deploy(&node, spec.name, archive, false)
-            .await
-            .map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
+        let deployed = match node.cluster.get() {
+            Some(cluster) => {
+                let file = node.store.upload_file().context("writing the upload")?;
+                std::fs::write(file.path(), &archive).context("writing the upload")?;
+                cluster.deploy(spec.name, file.into_temp_path(), false).await.map(|_| ())
+            }
+            None => sedge_gateway::deploy(&node, spec.name, archive, false).await.map(|_| ()),
+        };
+        deployed.map_err(|e| anyhow::anyhow!("deploying {}: {}", dir.display(), e.message))?;
         tracing::info!("deployed {name} from {}", dir.display());
     }
 
@@ -347,13 +421,18 @@ async fn serve(args: Args) -> Result<()> {
             }
         })
     };
-    let server = tokio::spawn(sedge_gateway::serve(listener, node, args.gateway.server_config(), async move {
+    let server = tokio::spawn(sedge_gateway::serve(listener, node.clone(), args.gateway.server_config(), async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
     crate::signals::stop_signal().await;
     tracing::info!("stopping: no new connections; letting requests in flight finish");
     let _ = stop_tx.send(true);
     queue.stop();
+    #[cfg(feature = "cluster")]
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
+    drop(node);
     match tokio::time::timeout(GRACE, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!("server error: {e}"),
@@ -364,6 +443,56 @@ async fn serve(args: Args) -> Result<()> {
     runtime.shutdown(Duration::from_secs(1)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects to the cluster; the admin password the cluster shares, when
+/// this node asks for one (`None` with --no-auth).
+#[cfg(feature = "cluster")]
+async fn join(
+    args: &Args,
+    url: &str,
+    config: &RuntimeConfig,
+    access: &Access,
+) -> Result<(Arc<sedge_cluster::Cluster>, Option<String>)> {
+    let c = &args.cluster;
+    let node_name = c.node_name.clone().unwrap_or_else(host_name);
+    let runtimes = sedge_cluster::runtimes(&config.python, &config.node);
+    let cluster = sedge_cluster::Cluster::connect(sedge_cluster::ClusterConfig {
+        url: url.to_owned(),
+        node_name: node_name.clone(),
+        labels: c.labels.clone(),
+        creds: c.cluster_creds.clone(),
+        replicas: c.cluster_replicas.into(),
+        runtimes: runtimes.clone(),
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("--cluster: {e}"))
+    .hint("start nats-server with JetStream (`nats-server -js`), or check the URL and --cluster-creds")?;
+    tracing::info!(node = node_name, labels = ?c.labels, runtimes = ?runtimes, "connected to the cluster at {url}");
+    let shared = match access {
+        Access::Open => None,
+        Access::Password(own) => {
+            let supplied = args.admin_password_file.is_some() || std::env::var("SEDGE_ADMIN_PASSWORD").is_ok();
+            let shared = cluster
+                .admin_password(supplied.then_some(own.as_ref()), own)
+                .await
+                .map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+            Some(shared)
+        }
+    };
+    Ok((cluster, shared))
+}
+
+#[cfg(feature = "cluster")]
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String =
+        name.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    if name.is_empty() {
+        "sedge".to_owned()
+    } else {
+        name
+    }
 }
 
 /// The admin password: from --admin-password-file, SEDGE_ADMIN_PASSWORD, or

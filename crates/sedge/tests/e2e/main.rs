@@ -7,6 +7,7 @@ mod support;
 mod async_calls;
 mod bench;
 mod bundles;
+mod cluster;
 mod credentials;
 mod dependencies;
 mod examples;

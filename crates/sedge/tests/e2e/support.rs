@@ -83,6 +83,13 @@ impl Node {
         node
     }
 
+    /// A node started with extra `serve` arguments and this admin password.
+    pub fn start_with_password(data: &Path, extra: &[&str], password: &str) -> Self {
+        let mut node = Self::spawn(data, extra, &[("SEDGE_ADMIN_PASSWORD", password)], None);
+        node.password = password.to_owned();
+        node
+    }
+
     /// A node started from the folder `cwd`, `data` possibly relative to it.
     pub fn start_in(cwd: &Path, data: &Path) -> Self {
         let password = test_password();

@@ -1,0 +1,54 @@
+//! What the gateway asks of a cluster when the node is one of several
+//! (`serve --cluster`): the nodes, cluster-wide deploys and removals, and
+//! calls of functions this node does not run (or has no room for). The
+//! single node has none of it: `Node::cluster` is `None` and every route
+//! behaves as before. `sedge-cluster` implements it over NATS JetStream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub use axum::http::StatusCode;
+use sedge_core::{FunctionName, FunctionSpec, Invocation, InvokeError, Reply};
+use sedge_store::TempPath;
+use serde_json::Value;
+
+use crate::ApiError;
+
+pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Cluster: Send + Sync {
+    /// The body of `GET /system/nodes`.
+    fn nodes(&self) -> Fut<'_, Result<Value, ApiError>>;
+
+    /// Publishes a received bundle as function `name`'s version for every
+    /// node it is placed on; with `wait`, answers once each of them serves
+    /// it (or one refused it). The status and body of the deploy's answer.
+    fn deploy(
+        &self,
+        name: FunctionName,
+        archive: TempPath,
+        wait: bool,
+    ) -> Fut<'_, Result<(StatusCode, Value), ApiError>>;
+
+    /// Removes function `name` from the cluster; whether it existed.
+    fn remove(&self, name: FunctionName) -> Fut<'_, Result<bool, ApiError>>;
+
+    /// The spec of a function deployed in the cluster, whether or not this
+    /// node runs it.
+    fn spec(&self, name: &str) -> Option<FunctionSpec>;
+
+    /// Runs `inv` on another node that runs the function and has room,
+    /// within `timeout`. `QueueFull` when every such node is full.
+    fn forward(&self, name: &str, inv: Invocation, timeout: Duration) -> Fut<'_, Result<Reply, InvokeError>>;
+
+    /// Stores an asynchronous call of `name` for the nodes that run it;
+    /// its id, once the cluster holds it durably.
+    fn submit_call(&self, name: &str, inv: Invocation) -> Fut<'_, Result<String, ApiError>>;
+
+    /// A stored asynchronous call as `GET /system/calls/ID` shows it.
+    fn call(&self, id: &str) -> Fut<'_, Result<Option<Value>, ApiError>>;
+
+    /// Prometheus text (format 0.0.4) for the node's link to the cluster.
+    fn metrics_text(&self) -> String;
+}

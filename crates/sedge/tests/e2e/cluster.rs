@@ -1,0 +1,522 @@
+//! Several nodes as one platform: real nats-server processes (one, or a
+//! cluster of three) on free loopback ports, and real `sedge serve` nodes
+//! joined through them (`--cluster`). Skipped with a message where
+//! nats-server is not installed (.ci/run installs it).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::{example, FnDir, Node};
+
+fn nats_program() -> Option<&'static str> {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn wait_listening(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "nats-server did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One nats-server with JetStream, stopped when dropped.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl NatsServer {
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn nats_server(program: &str, dir: &Path, name: &str, cluster: Option<(u16, &[u16])>, extra: &[&str]) -> NatsServer {
+    let port = free_port();
+    let store = dir.join(name);
+    std::fs::create_dir_all(&store).expect("store dir");
+    let mut cmd = Command::new(program);
+    cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-n", name, "-sd"]).arg(&store).args(extra);
+    if let Some((cluster_port, routes)) = cluster {
+        let routes: Vec<String> = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();
+        cmd.args(["--cluster_name", "sedge-test", "--cluster", &format!("nats://127.0.0.1:{cluster_port}")]);
+        cmd.args(["--routes", &routes.join(",")]);
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start nats-server");
+    wait_listening(port);
+    NatsServer { child: Some(child), port }
+}
+
+/// A single nats-server, or `None` (with the skip message) where there is none.
+fn single(dir: &Path, test: &str) -> Option<NatsServer> {
+    let Some(program) = nats_program() else {
+        eprintln!("skipped {test}: nats-server is not installed (apt-get install nats-server)");
+        return None;
+    };
+    Some(nats_server(program, dir, "n1", None, &[]))
+}
+
+/// Three nats-servers routed into one cluster.
+fn three(dir: &Path, test: &str) -> Option<Vec<NatsServer>> {
+    let Some(program) = nats_program() else {
+        eprintln!("skipped {test}: nats-server is not installed (apt-get install nats-server)");
+        return None;
+    };
+    let cluster_ports = [free_port(), free_port(), free_port()];
+    Some(
+        (0..3)
+            .map(|i| nats_server(program, dir, &format!("n{}", i + 1), Some((cluster_ports[i], &cluster_ports)), &[]))
+            .collect(),
+    )
+}
+
+/// A cluster node named `name` with `labels`, reaching NATS at `urls`.
+fn node(tmp: &Path, urls: &str, name: &str, labels: &str, password: &str, replicas: &str) -> Node {
+    let data = tmp.join(format!("data-{name}"));
+    node_on(&data, urls, name, labels, password, replicas)
+}
+
+fn node_on(data: &Path, urls: &str, name: &str, labels: &str, password: &str, replicas: &str) -> Node {
+    let mut args = vec!["--no-sandbox", "--cluster", urls, "--node-name", name, "--cluster-replicas", replicas];
+    if !labels.is_empty() {
+        args.extend(["--labels", labels]);
+    }
+    if password.is_empty() {
+        Node::start_unattended(data, &args)
+    } else {
+        Node::start_with_password(data, &args, password)
+    }
+}
+
+fn nodes_json(node: &Node) -> serde_json::Value {
+    let a = node.get("/system/nodes");
+    assert_eq!(a.status, 200, "{}", a.text());
+    a.json()
+}
+
+/// The functions each node serves, by node name.
+fn placement(node: &Node) -> std::collections::BTreeMap<String, Vec<String>> {
+    let all = nodes_json(node);
+    all["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            let fns =
+                n["functions"].as_array().expect("functions").iter().map(|f| f.as_str().expect("name").to_owned());
+            (n["name"].as_str().expect("name").to_owned(), fns.collect())
+        })
+        .collect()
+}
+
+fn wait_nodes(node: &Node, n: usize) {
+    node.wait_for(&format!("{n} nodes"), Duration::from_secs(20), |x| {
+        nodes_json(x)["nodes"].as_array().map_or(0, Vec::len) == n
+    });
+}
+
+fn echo(name: &str, extra: &str) -> FnDir {
+    FnDir::python(
+        name,
+        &format!("[limits]\nmax_body = \"8MiB\"\nmax_answer = \"8MiB\"\n{extra}"),
+        "import hashlib\n\ndef handle(req):\n    return {'len': len(req.body), 'sha': hashlib.sha256(req.body).hexdigest(), 'q': req.query_string}\n",
+    )
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+#[test]
+fn three_nodes_on_three_nats_servers_deploy_once_run_where_placed_and_survive_a_nats_server() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(mut servers) = three(tmp.path(), "three_nodes_on_three_nats_servers") else { return };
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    // Each node starts at another server, knowing all three.
+    let order = |i: usize| (0..3).map(|k| urls[(i + k) % 3].clone()).collect::<Vec<_>>().join(",");
+    let password = "cluster-test-password";
+    let a = node(tmp.path(), &order(0), "cam-gw-1", "camera,arm64", password, "3");
+    // The others bring no password: they take the cluster's.
+    let b = node(tmp.path(), &order(1), "jetson-1", "gpu", "", "3");
+    let c = node(tmp.path(), &order(2), "pi-1", "", "", "3");
+    assert_eq!(b.password, password, "the second node took the cluster's admin password");
+    assert_eq!(c.password, password);
+    wait_nodes(&a, 3);
+
+    // Deployed on one node, it runs on all three.
+    a.deploy(&example("hello-python"));
+    for n in [&a, &b, &c] {
+        let r = n.post("/function/hello-python", b"");
+        assert_eq!((r.status, r.text().as_str()), (200, "Hello from sedge!"), "on {}", n.url);
+    }
+    let p = placement(&c);
+    assert!(p.values().all(|fns| fns.contains(&"hello-python".to_owned())), "{p:?}");
+
+    // Placed by label: only on the gpu node; the others forward to it.
+    let gpu = echo("gpu-echo", "[placement]\nlabels = [\"gpu\"]\n");
+    c.deploy(gpu.path());
+    let p = placement(&a);
+    assert_eq!(
+        p.iter().filter(|(_, f)| f.contains(&"gpu-echo".to_owned())).map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["jetson-1"],
+        "{p:?}"
+    );
+    assert!(a.data.join("bundles").read_dir().map_or(0, |d| d.count()) <= 1, "the gpu function is not unpacked on a");
+    // A 600 KB body fits one NATS message; 3 MB goes through the object store, both ways.
+    for size in [0usize, 600 * 1024, 3 * 1024 * 1024] {
+        let body: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        for n in [&a, &c] {
+            let r = n.request("POST", "/function/gpu-echo?x=1", &[("content-type", "application/octet-stream")], &body);
+            assert_eq!(r.status, 200, "{size} bytes via {}: {}", n.url, r.text());
+            let j = r.json();
+            assert_eq!(
+                (j["len"].as_u64(), j["sha"].as_str(), j["q"].as_str()),
+                (Some(size as u64), Some(sha256_hex(&body).as_str()), Some("x=1"))
+            );
+        }
+    }
+    let big = vec![b'x'; 9 * 1024 * 1024];
+    let r = a.request("POST", "/function/gpu-echo", &[], &big);
+    assert_eq!(r.status, 413, "the function's max_body holds on the forwarding node: {}", r.text());
+
+    // No node can run it: refused, naming the labels.
+    let nowhere = FnDir::python("nowhere", "[placement]\nlabels = [\"tpu\"]\n", "def handle(req):\n    return 'x'\n");
+    let r = a.request("PUT", "/system/bundles/nowhere?wait=true", &[], &pack(nowhere.path()));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.error().contains("tpu"), "{}", r.error());
+
+    // An asynchronous call accepted by a node that does not run the
+    // function runs where it is placed; any node shows its result.
+    let r = a.post("/async-function/gpu-echo", b"later");
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.header("x-call-id").expect("x-call-id").to_owned();
+    c.wait_for("the async call done", Duration::from_secs(20), |c| {
+        c.get(&format!("/system/calls/{id}")).json()["state"] == "done"
+    });
+    let call = c.get(&format!("/system/calls/{id}")).json();
+    assert_eq!(call["node"], "jetson-1", "{call}");
+    assert!(call["result"]["body"].as_str().is_some_and(|b| b.contains("\"len\": 5")), "{call}");
+
+    // `sedge nodes` shows all three with their labels.
+    let out = b.cli(&["nodes"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for (name, labels) in [("cam-gw-1", "camera,arm64"), ("jetson-1", "gpu"), ("pi-1", "-")] {
+        let row = table.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no row for {name}:\n{table}"));
+        assert!(row.contains(labels), "{row}");
+    }
+    let metrics = b.get("/metrics").text();
+    assert_eq!(crate::support::sample(&metrics, "sedge_cluster_connected", &[]), Some(1.0), "{metrics}");
+
+    // One NATS server of three goes: the cluster keeps serving and deploying.
+    servers[0].kill();
+    for n in [&a, &b, &c] {
+        n.wait_for("serving without the first NATS server", Duration::from_secs(30), |n| {
+            n.post("/function/gpu-echo", b"abc").status == 200 && n.post("/function/hello-python", b"").status == 200
+        });
+    }
+    let later = FnDir::python("later", "", "def handle(req):\n    return 'later'\n");
+    a.wait_for("a deploy without the first NATS server", Duration::from_secs(30), |n| {
+        n.request("PUT", "/system/bundles/later?wait=true", &[], &pack(later.path())).status / 100 == 2
+    });
+    for n in [&a, &b, &c] {
+        let r = n.post("/function/later", b"");
+        assert_eq!((r.status, r.text().as_str()), (200, "later"), "on {}", n.url);
+    }
+}
+
+fn pack(dir: &Path) -> Vec<u8> {
+    let (_, archive) = sedge_store::pack::pack(dir).expect("pack");
+    archive
+}
+
+#[test]
+fn a_single_node_lists_itself_alone() {
+    let node = Node::start();
+    let all = nodes_json(&node);
+    assert_eq!(all["clustered"], false);
+    let nodes = all["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 1);
+    for field in ["name", "labels", "address", "functions", "inflight", "capacity", "lastSeen"] {
+        assert!(nodes[0].get(field).is_some(), "{field} missing: {all}");
+    }
+    assert!(humantime::parse_rfc3339(nodes[0]["lastSeen"].as_str().expect("lastSeen")).is_ok());
+    assert_eq!(node.request_raw("GET", "/system/nodes", &[], b"").status, 401, "behind the admin credential");
+}
+
+/// Sends `body` to `path` on `url` until `stop`; counts answers by status.
+fn load(
+    url: String,
+    path: &'static str,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Mutex<Vec<(u16, String)>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        while !stop.load(Ordering::Relaxed) {
+            let answer = agent.post(&format!("{url}{path}")).send(&b"x"[..]);
+            let entry = match answer {
+                Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+                Err(e) => (0, e.to_string()),
+            };
+            tally.lock().expect("lock").push(entry);
+        }
+    })
+}
+
+#[test]
+fn a_node_killed_under_load_costs_only_the_calls_inside_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_node_killed_under_load") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "", "pw-kill", "1");
+    let b = node(tmp.path(), &url, "b", "", "pw-kill", "1");
+    let c = node(tmp.path(), &url, "c", "", "pw-kill", "1");
+    wait_nodes(&a, 3);
+    let slow = FnDir::python(
+        "slow",
+        "[limits]\ntimeout = \"5s\"\n[scale]\nmin = 1\nmax = 1\nconcurrency = 2\n",
+        "import time\n\ndef handle(req):\n    time.sleep(0.05)\n    return 'ok'\n",
+    );
+    a.deploy(slow.path());
+    a.wait_for("slow on all three", Duration::from_secs(20), |n| placement(n).values().all(|f| f.len() == 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+    // Six clients on a and b, two workers' room on each: calls spill to c.
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            load(if i % 2 == 0 { a.url.clone() } else { b.url.clone() }, "/function/slow", stop.clone(), tally.clone())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    // Asynchronous calls accepted before the kill, some of them on c.
+    let ids: Vec<String> = (0..30)
+        .map(|i| {
+            let r = [&a, &b][i % 2].post("/async-function/slow", b"later");
+            assert_eq!(r.status, 202, "{}", r.text());
+            r.header("x-call-id").expect("x-call-id").to_owned()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let served_by_c =
+        crate::support::sample(&c.get("/metrics").text(), "sedge_cluster_served_total", &[]).unwrap_or(0.0);
+    assert!(served_by_c > 0.0, "c took forwarded calls before the kill");
+    let before = tally.lock().expect("lock").len();
+    c.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for t in clients {
+        t.join().expect("client");
+    }
+    let all = tally.lock().expect("lock");
+    let failed: Vec<&(u16, String)> = all.iter().filter(|(s, _)| *s != 200).collect();
+    // At most the calls c held when it died (its two places), each a 504
+    // when the caller's deadline passed.
+    assert!(failed.len() <= 2, "{} of {} failed: {failed:?}", failed.len(), all.len());
+    assert!(failed.iter().all(|(s, _)| *s == 504), "{failed:?}");
+    assert!(all.len() > before + 20, "calls went on after the kill: {} then {}", before, all.len());
+    // Every asynchronous call accepted before the kill completes, those c
+    // held included (JetStream gives them again after their ack wait).
+    for id in &ids {
+        a.wait_for(&format!("async call {id} done"), Duration::from_secs(60), |a| {
+            a.get(&format!("/system/calls/{id}")).json()["state"] == "done"
+        });
+    }
+    drop(b);
+}
+
+#[test]
+fn a_rolling_redeploy_under_load_answers_no_5xx() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_rolling_redeploy_under_load") else { return };
+    let url = nats.url();
+    let nodes: Vec<Node> = ["r1", "r2", "r3"].iter().map(|n| node(tmp.path(), &url, n, "", "pw-roll", "1")).collect();
+    wait_nodes(&nodes[0], 3);
+    let version = |v: &str| {
+        FnDir::python(
+            "rolling",
+            "[scale]\nmin = 1\nmax = 2\n",
+            &format!("import time\n\ndef handle(req):\n    time.sleep(0.01)\n    return '{v}'\n"),
+        )
+    };
+    let v1 = version("v1");
+    nodes[0].deploy(v1.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally: Arc<Mutex<Vec<(u16, String)>>> = Arc::default();
+    let clients: Vec<_> =
+        (0..6).map(|i| load(nodes[i % 3].url.clone(), "/function/rolling", stop.clone(), tally.clone())).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for v in ["v2", "v3"] {
+        let next = version(v);
+        nodes[1].deploy(next.path());
+        for n in &nodes {
+            assert_eq!(n.post("/function/rolling", b"").text(), v, "every node serves {v} once the deploy answered");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in clients {
+        t.join().expect("client");
+    }
+    let all = tally.lock().expect("lock");
+    let bad: Vec<&(u16, String)> =
+        all.iter().filter(|(s, b)| *s != 200 || !["v1", "v2", "v3"].contains(&b.as_str())).collect();
+    assert!(bad.is_empty(), "{} of {}: {:?}", bad.len(), all.len(), &bad[..bad.len().min(5)]);
+    assert!(all.len() > 50, "{} calls", all.len());
+    drop(all);
+
+    // A version no node can load is refused, naming the node, and v3 keeps
+    // serving everywhere.
+    let broken = FnDir::python("rolling", "[scale]\nmin = 1\nmax = 2\n", "raise RuntimeError('will not load')\n");
+    let out = nodes[2].cli(&["deploy", "--wait", broken.path().to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node r") && err.contains("will not load") && err.contains("previous version was put back"),
+        "{err}"
+    );
+    for n in &nodes {
+        n.wait_for("v3 serving again", Duration::from_secs(20), |n| n.post("/function/rolling", b"").text() == "v3");
+    }
+}
+
+#[test]
+fn a_node_restarted_with_an_empty_data_dir_catches_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_node_restarted_with_an_empty_data_dir") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "", "pw-catch", "1");
+    let b_data: PathBuf = tmp.path().join("data-b");
+    let b = node_on(&b_data, &url, "b", "", "pw-catch", "1");
+    wait_nodes(&a, 2);
+    a.deploy(&example("hello-python"));
+    let echo_fn = echo("catch-echo", "");
+    b.deploy(echo_fn.path());
+    let status = b.terminate();
+    assert!(status.success());
+    std::fs::remove_dir_all(&b_data).expect("empty b's data directory");
+    // While b is gone, a deploy happens: b learns it too.
+    let third = FnDir::python("while-away", "", "def handle(req):\n    return 'away'\n");
+    a.deploy(third.path());
+    let b = node_on(&b_data, &url, "b", "", "pw-catch", "1");
+    b.wait_for("b serving the three functions", Duration::from_secs(30), |b| {
+        placement(b).get("b").is_some_and(|f| f.len() == 3)
+    });
+    // Served by b itself, from its own (new) store.
+    let local = b.get("/system/functions").json();
+    let mut names: Vec<&str> =
+        local.as_array().expect("list").iter().map(|f| f["name"].as_str().expect("name")).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["catch-echo", "hello-python", "while-away"]);
+    assert_eq!(b.post("/function/while-away", b"").text(), "away");
+    // Removed on one node, it goes from every node.
+    let r = b.request(
+        "DELETE",
+        "/system/functions",
+        &[("content-type", "application/json")],
+        br#"{"functionName": "while-away"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for n in [&a, &b] {
+        n.wait_for("while-away removed", Duration::from_secs(10), |n| {
+            n.post("/function/while-away", b"").status == 404
+        });
+    }
+}
+
+#[test]
+fn nodes_authenticate_to_nats_with_the_credentials_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(program) = nats_program() else {
+        eprintln!("skipped nodes_authenticate_to_nats: nats-server is not installed (apt-get install nats-server)");
+        return;
+    };
+    let server = nats_server(program, tmp.path(), "auth", None, &["--user", "sedge", "--pass", "n4ts-secret"]);
+    let creds = tmp.path().join("nats.creds");
+    std::fs::write(&creds, "sedge:n4ts-secret\n").expect("creds");
+    let creds_arg = creds.to_str().expect("utf-8");
+    let url = server.url();
+    let ok = Node::start_with_password(
+        &tmp.path().join("ok"),
+        &["--no-sandbox", "--cluster", &url, "--node-name", "ok", "--cluster-creds", creds_arg],
+        "pw-auth",
+    );
+    assert_eq!(nodes_json(&ok)["clustered"], true);
+    let refused = Command::new(crate::support::BIN)
+        .args(["serve", "--no-sandbox", "--listen", "127.0.0.1:0", "--cluster", &url, "--node-name", "nope", "--data"])
+        .arg(tmp.path().join("nope"))
+        .env("SEDGE_ADMIN_PASSWORD", "x")
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--cluster") && err.contains(&url), "{err}");
+}
+
+#[test]
+fn a_caller_that_hangs_up_leaves_no_call_running_on_the_other_node() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_caller_that_hangs_up") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "front", "pw-hangup", "1");
+    let b = node(tmp.path(), &url, "b", "w", "pw-hangup", "1");
+    wait_nodes(&a, 2);
+    let mark = tmp.path().join("ran");
+    // A slow cold start: a call waits for the worker to load its module.
+    let late = FnDir::python(
+        "late",
+        &format!("[env]\nMARK = \"{}\"\n[scale]\nmin = 0\nmax = 1\n[placement]\nlabels = [\"w\"]\n", mark.display()),
+        "import os, time\ntime.sleep(3)\n\ndef handle(req):\n    with open(os.environ['MARK'], 'a') as f:\n        f.write('ran\\n')\n    return 'ran'\n",
+    );
+    a.deploy(late.path());
+    let r = b.request(
+        "POST",
+        "/system/scale-function/late",
+        &[("content-type", "application/json")],
+        br#"{"replicas": 0}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(500));
+    // Through a, which forwards to b; the client goes away before the worker is up.
+    let addr = a.url.trim_start_matches("http://").to_owned();
+    let mut socket = std::net::TcpStream::connect(&addr).expect("connect");
+    socket.write_all(b"POST /function/late HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\n\r\nx").expect("send");
+    std::thread::sleep(Duration::from_millis(500));
+    drop(socket);
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!mark.exists(), "the call ran on b after its caller hung up");
+    // The same call with a caller that waits runs (the mark works).
+    let r = a.post("/function/late", b"x");
+    assert_eq!((r.status, r.text().as_str()), (200, "ran"));
+    assert_eq!(std::fs::read_to_string(&mark).expect("mark"), "ran\n");
+}
