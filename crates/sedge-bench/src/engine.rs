@@ -26,13 +26,21 @@ pub struct EngineSpec {
     pub shared: bool,
     #[serde(serialize_with = "crate::experiment::as_ms::serialize")]
     pub duration: Duration,
+    /// Measured before every load step too, not only before and after
+    /// them all: each step is then set against the engine measured just
+    /// before and just after it, which holds on a machine whose other load
+    /// comes and goes.
+    pub interleave: bool,
 }
 
 /// One measurement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineRun {
-    /// `before` or `after` the load steps.
+    /// `before` or `after` the load steps, or `step N`.
     pub when: String,
+    /// The load step this measurement was made just before (interleaved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_step: Option<u32>,
     pub sessions: usize,
     pub threads: usize,
     pub runs: u64,
@@ -79,6 +87,7 @@ pub fn measure(spec: &EngineSpec, python: &str, when: &str) -> Result<EngineRun,
         |q: f64| times.get(((times.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1e3);
     Ok(EngineRun {
         when: when.to_owned(),
+        before_step: None,
         sessions: spec.sessions,
         threads: spec.threads,
         runs: times.len() as u64,

@@ -47,6 +47,7 @@ pub fn ort_command(a: OrtArgs) -> Result<()> {
         threads: a.threads.max(1),
         shared: a.shared,
         duration: a.duration,
+        interleave: false,
     };
     let run = measure(&spec, &a.python, "now").map_err(anyhow::Error::msg)?;
     let sessions =
