@@ -47,7 +47,19 @@ pub struct EngineRun {
     pub runs_per_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU time a run took, all threads of the measuring process (which
+    /// does nothing else meanwhile), in ms: what a run costs however busy
+    /// the machine is.
+    #[serde(default)]
+    pub cpu_ms_per_run: f64,
+    /// p50 of a run with no other run beside it (one runner, before the
+    /// others start), in ms: what one user's request cannot beat.
+    #[serde(default)]
+    pub alone_p50_ms: f64,
 }
+
+/// Runs timed one at a time for [`EngineRun::alone_p50_ms`].
+const ALONE_RUNS: usize = 25;
 
 /// Runs the model's sessions back to back for `spec.duration`. Blocking.
 pub fn measure(spec: &EngineSpec, python: &str, when: &str) -> Result<EngineRun, String> {
@@ -57,7 +69,15 @@ pub fn measure(spec: &EngineSpec, python: &str, when: &str) -> Result<EngineRun,
     for i in 0..spec.sessions {
         model.run(i, &inputs).map_err(|e| format!("the warm-up run: {e}"))?;
     }
+    let mut alone: Vec<Duration> = Vec::with_capacity(ALONE_RUNS);
+    for _ in 0..ALONE_RUNS {
+        let t = Instant::now();
+        model.run(0, &inputs).map_err(|e| format!("a run alone: {e}"))?;
+        alone.push(t.elapsed());
+    }
+    alone.sort();
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = crate::procstat::own_cpu_s();
     let start = Instant::now();
     let threads: Vec<_> = (0..spec.sessions)
         .map(|i| {
@@ -82,6 +102,7 @@ pub fn measure(spec: &EngineSpec, python: &str, when: &str) -> Result<EngineRun,
         times.extend(t.join().map_err(|_| "a session's thread panicked".to_owned())?);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_before.zip(crate::procstat::own_cpu_s()).map_or(0.0, |(a, b)| b - a);
     times.sort();
     let at =
         |q: f64| times.get(((times.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1e3);
@@ -94,6 +115,8 @@ pub fn measure(spec: &EngineSpec, python: &str, when: &str) -> Result<EngineRun,
         runs_per_s: times.len() as f64 / elapsed,
         p50_ms: at(0.5),
         p99_ms: at(0.99),
+        alone_p50_ms: alone[ALONE_RUNS / 2].as_secs_f64() * 1e3,
+        cpu_ms_per_run: if times.is_empty() { 0.0 } else { cpu * 1e3 / times.len() as f64 },
     })
 }
 

@@ -155,7 +155,26 @@ impl Report {
                 continue;
             }
             let engine = around.iter().sum::<f64>() / around.len() as f64;
+            let alone: Vec<f64> =
+                self.engine[i..].iter().take(2).map(|e| e.alone_p50_ms).filter(|c| *c > 0.0).collect();
+            let added_ms = if alone.is_empty() {
+                0.0
+            } else {
+                s.summary.latency_ms.as_ref().map_or(0.0, |l| l.p50) - alone.iter().sum::<f64>() / alone.len() as f64
+            };
             let share = s.summary.throughput / engine;
+            // CPU per answer against CPU per run of the engine: node,
+            // workers and the load generator all counted.
+            let engine_cpu: Vec<f64> =
+                self.engine[i..].iter().take(2).map(|e| e.cpu_ms_per_run).filter(|c| *c > 0.0).collect();
+            let cpu_share = match (&s.resources, engine_cpu.is_empty()) {
+                (Some(r), false) if s.summary.successes > 0 => {
+                    let per_answer =
+                        (r.node_cpu_s + r.workers_cpu_s + r.bench_cpu_s) * 1e3 / s.summary.successes as f64;
+                    (engine_cpu.iter().sum::<f64>() / engine_cpu.len() as f64) / per_answer
+                }
+                _ => 0.0,
+            };
             // A fair share of the node: each of N users answered within 1.3 × N / throughput.
             let fair_ms =
                 if s.summary.throughput > 0.0 { 1300.0 * f64::from(s.users) / s.summary.throughput } else { 0.0 };
@@ -168,6 +187,8 @@ impl Report {
                     o.throughput = (o.throughput * n + s.summary.throughput) / (n + 1.0);
                     o.engine = (o.engine * n + engine) / (n + 1.0);
                     o.share = (o.share * n + share) / (n + 1.0);
+                    o.cpu_share = (o.cpu_share * n + cpu_share) / (n + 1.0);
+                    o.added_ms = (o.added_ms * n + added_ms) / (n + 1.0);
                     o.lowest = o.lowest.min(share);
                     o.repetitions += 1;
                 }
@@ -178,6 +199,8 @@ impl Report {
                     throughput: s.summary.throughput,
                     engine,
                     share,
+                    cpu_share,
+                    added_ms,
                     lowest: share,
                     worst_user_p99_ms: s.worst_user_p99_ms,
                     worst_of_fair: over,
@@ -217,6 +240,13 @@ pub struct StepShare {
     pub engine: f64,
     /// throughput / engine, the mean of the repetitions' shares.
     pub share: f64,
+    /// The engine's CPU time per run over the CPU time per answer (node,
+    /// workers and load generator): the share that does not depend on how
+    /// much of the machine other work took (0 when not measured).
+    pub cpu_share: f64,
+    /// The step's p50 latency less the p50 of one run of the engine
+    /// alone, in ms: what serving adds to a request (at one user).
+    pub added_ms: f64,
     /// The lowest share of one repetition.
     pub lowest: f64,
     /// The highest p99 of one user over the repetitions, in ms.
