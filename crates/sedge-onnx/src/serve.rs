@@ -111,7 +111,13 @@ impl Served {
         };
         let model = Arc::new(model);
         let line = Arc::new(Line {
-            state: Mutex::new(LineState { queue: Queue::new(policy), limit: policy.queue, closed: false }),
+            state: Mutex::new(LineState {
+                queue: Queue::new(policy),
+                limit: policy.queue,
+                closed: false,
+                running: 0,
+                used: false,
+            }),
             ready: Condvar::new(),
         });
         for instance in 0..model.instances() {
@@ -459,6 +465,23 @@ struct LineState {
     limit: usize,
     /// The model is stopping: runners finish what is queued, then end.
     closed: bool,
+    /// Runs under way.
+    running: usize,
+    /// The model has run since its arena last gave its memory back.
+    used: bool,
+}
+
+/// How long a model has nothing to do before its arena gives back the
+/// memory its runs used (one run on zeros; a request arriving meanwhile
+/// waits for it).
+const RELEASE_AFTER: Duration = Duration::from_secs(2);
+
+/// What a runner does next.
+enum Next {
+    Run(Vec<Job>),
+    /// Nothing to do for [`RELEASE_AFTER`]: give the arena's memory back.
+    Release,
+    Stop,
 }
 
 impl Line {
@@ -500,16 +523,30 @@ impl Drop for Served {
 
 /// One runner: takes what the batching policy says to run next, runs it,
 /// and comes back for more, until the model stops and its queue is empty.
+/// The last runner to find the model quiet gives its arena's memory back.
 fn runner(model: &Model, line: &Line, instance: usize) {
-    while let Some(batch) = next_batch(line) {
-        run_batch(model, instance, batch);
+    let mut ran = false;
+    loop {
+        match next(line, ran) {
+            Next::Run(batch) => run_batch(model, instance, batch),
+            Next::Release => {
+                let zeros: Vec<Tensor> = model.inputs.iter().map(zeros).collect();
+                if let Err(e) = model.run_releasing(instance, zeros) {
+                    tracing::debug!("the model's arena was not released: {e}");
+                }
+            }
+            Next::Stop => return,
+        }
+        ran = true;
     }
 }
 
-/// Waits for the next batch to run; `None` once the model has stopped and
-/// nothing is queued.
-fn next_batch(line: &Line) -> Option<Vec<Job>> {
+/// Waits for what to do next; `ran` when this runner has just ended a run.
+fn next(line: &Line, ran: bool) -> Next {
     let mut st = line.lock();
+    if ran {
+        st.running -= 1;
+    }
     loop {
         let now = Instant::now();
         for late in st.queue.expire(now) {
@@ -518,12 +555,25 @@ fn next_batch(line: &Line) -> Option<Vec<Job>> {
         // Callers that went away (a dropped call, a dead worker's) leave.
         st.queue.forget(|job| job.reply.is_closed());
         match st.queue.decide(now, 1) {
-            Decision::Run(n) => return Some(st.queue.take(n)),
+            Decision::Run(n) => {
+                st.running += 1;
+                st.used = true;
+                return Next::Run(st.queue.take(n));
+            }
             Decision::WaitUntil(at) => {
                 let wait = at.saturating_duration_since(now).max(Duration::from_micros(50));
                 st = line.ready.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
             }
-            Decision::Idle if st.closed => return None,
+            Decision::Idle if st.closed => return Next::Stop,
+            Decision::Idle if st.used && st.running == 0 => {
+                let (guard, waited) = line.ready.wait_timeout(st, RELEASE_AFTER).unwrap_or_else(|p| p.into_inner());
+                st = guard;
+                if waited.timed_out() && st.queue.is_empty() && st.used && st.running == 0 && !st.closed {
+                    st.used = false;
+                    st.running += 1;
+                    return Next::Release;
+                }
+            }
             Decision::Idle => st = line.ready.wait(st).unwrap_or_else(|p| p.into_inner()),
         }
     }
