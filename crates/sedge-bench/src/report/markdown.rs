@@ -46,7 +46,7 @@ pub(crate) fn render(r: &Report) -> String {
                     The worst user's p99 is the highest of the users' own p99 latencies, beside \
                     1.3 × users / throughput (the fair bound; at most 1 × of it is fair).\n\n\
                     \"CPU of the engine\" is the engine's CPU time per run over the CPU time per answer (node, \
-                    workers and load generator), which holds however much of the machine other work takes.\n\n\
+                    workers and load generator): the work done rather than the share of the machine got.\n\n\
                     \"p50 added\" is the step's p50 latency less the p50 of one run of the engine with no other \
                     beside it.\n\n\
                     | scenario | users | req/s | engine runs/s | of the engine | lowest repetition | CPU of the engine | p50 added ms | worst user's p99 ms | of the fair bound |\n\

@@ -241,8 +241,8 @@ pub struct StepShare {
     /// throughput / engine, the mean of the repetitions' shares.
     pub share: f64,
     /// The engine's CPU time per run over the CPU time per answer (node,
-    /// workers and load generator): the share that does not depend on how
-    /// much of the machine other work took (0 when not measured).
+    /// workers and load generator): the work done rather than the share of
+    /// the machine got (0 when not measured).
     pub cpu_share: f64,
     /// The step's p50 latency less the p50 of one run of the engine
     /// alone, in ms: what serving adds to a request (at one user).
