@@ -198,7 +198,12 @@ impl Model {
         self.run_inner(instance, inputs, Some(&self.release))
     }
 
-    fn run_inner(&self, instance: usize, inputs: Vec<Tensor>, options: Option<&RunOptions>) -> Result<Vec<Tensor>, String> {
+    fn run_inner(
+        &self,
+        instance: usize,
+        inputs: Vec<Tensor>,
+        options: Option<&RunOptions>,
+    ) -> Result<Vec<Tensor>, String> {
         let mut values = Vec::with_capacity(inputs.len());
         for t in inputs {
             let name = t.name.clone();

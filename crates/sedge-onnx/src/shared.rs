@@ -48,7 +48,11 @@ impl SharedSession {
     }
 
     /// [`Self::run`] with run options (the run's own settings).
-    pub fn run_with(&self, inputs: &[(String, DynValue)], options: Option<&RunOptions>) -> Result<Vec<DynValue>, String> {
+    pub fn run_with(
+        &self,
+        inputs: &[(String, DynValue)],
+        options: Option<&RunOptions>,
+    ) -> Result<Vec<DynValue>, String> {
         let names = inputs
             .iter()
             .map(|(n, _)| CString::new(n.as_str()).map_err(|_| format!("input {n:?} has a NUL in its name")))

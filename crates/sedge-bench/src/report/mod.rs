@@ -149,8 +149,7 @@ impl Report {
         let mut out: Vec<StepShare> = Vec::new();
         for s in self.steps.iter().filter(|s| s.kind == StepKind::Load) {
             let Some(i) = self.engine.iter().position(|e| e.before_step == Some(s.id)) else { continue };
-            let around: Vec<f64> =
-                self.engine[i..].iter().take(2).map(|e| e.runs_per_s).filter(|r| *r > 0.0).collect();
+            let around: Vec<f64> = self.engine[i..].iter().take(2).map(|e| e.runs_per_s).filter(|r| *r > 0.0).collect();
             if around.is_empty() {
                 continue;
             }
