@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ort::session::{RunOptions, Session};
+use ort::value::TensorRef;
 use ort::value::{DynValue, TensorElementType, ValueType};
+use ort::AsPointer;
 
 use crate::shared::SharedSession;
 use crate::tensor::{DType, Data, Tensor, TensorInfo};
@@ -204,14 +206,42 @@ impl Model {
         inputs: Vec<Tensor>,
         options: Option<&RunOptions>,
     ) -> Result<Vec<Tensor>, String> {
-        let mut values = Vec::with_capacity(inputs.len());
+        // FP32 inputs are lent to ONNX Runtime as views and their buffers
+        // kept for this thread's next inputs; the others are handed over.
+        let (mut lent, mut given) = (Vec::new(), Vec::new());
         for t in inputs {
-            let name = t.name.clone();
-            values.push((name.clone(), to_value(t).map_err(|e| format!("input {name:?}: {e}"))?));
+            match t.data {
+                Data::F32(v) => lent.push((t.name, t.shape, v)),
+                data => {
+                    let name = t.name.clone();
+                    let value = to_value(Tensor { name: t.name, shape: t.shape, data })
+                        .map_err(|e| format!("input {name:?}: {e}"))?;
+                    given.push((name, value));
+                }
+            }
+        }
+        let views = lent
+            .iter()
+            .map(|(name, shape, v)| {
+                TensorRef::from_array_view((shape.clone(), v.as_slice())).map_err(|e| format!("input {name:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut values: Vec<(&str, &dyn AsPointer<Sys = ort::sys::OrtValue>)> =
+            Vec::with_capacity(lent.len() + given.len());
+        for ((name, _, _), view) in lent.iter().zip(&views) {
+            values.push((name.as_str(), &**view));
+        }
+        for (name, value) in &given {
+            values.push((name.as_str(), value));
         }
         let session = self.sessions.get(instance % self.sessions.len()).ok_or("no session")?;
-        let outputs = session.run_with(&values, options).map_err(|e| format!("the model failed: {e}"))?;
+        let outputs = session.run_with(&values, options).map_err(|e| format!("the model failed: {e}"));
         drop(values);
+        drop(views);
+        for (_, _, v) in lent {
+            crate::tensor::recycle_f32(v);
+        }
+        let outputs = outputs?;
         self.outputs.iter().zip(&outputs).map(|(o, value)| from_value(&o.name, o.dtype, value)).collect()
     }
 }
