@@ -17,7 +17,7 @@ stage effnet-tensor py
 stage effnet-onnx onnx
 "$bin" deploy --wait "$work/py" > /dev/null 2>&1
 "$bin" deploy --wait "$work/onnx" > /dev/null 2>&1
-sleep 1
+sleep 3  # past a model's release of its arena after 2 s quiet
 echo "idle, both functions ready: node RSS $(rss) MiB"
 for fn in effnet effnet-onnx; do
   "$bin" bench load "$url/function/$fn" -c 64 --duration 5s -d "@$models/samples/chelsea-224.f32" \

@@ -26,20 +26,40 @@ pub struct EngineSpec {
     pub shared: bool,
     #[serde(serialize_with = "crate::experiment::as_ms::serialize")]
     pub duration: Duration,
+    /// Measured before every load step too, not only before and after
+    /// them all: each step is then set against the engine measured just
+    /// before and just after it, which holds on a machine whose other load
+    /// comes and goes.
+    pub interleave: bool,
 }
 
 /// One measurement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineRun {
-    /// `before` or `after` the load steps.
+    /// `before` or `after` the load steps, or `step N`.
     pub when: String,
+    /// The load step this measurement was made just before (interleaved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_step: Option<u32>,
     pub sessions: usize,
     pub threads: usize,
     pub runs: u64,
     pub runs_per_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU time a run took, all threads of the measuring process (which
+    /// does nothing else meanwhile), in ms: what a run costs however busy
+    /// the machine is.
+    #[serde(default)]
+    pub cpu_ms_per_run: f64,
+    /// p50 of a run with no other run beside it (one runner, before the
+    /// others start), in ms: what one user's request cannot beat.
+    #[serde(default)]
+    pub alone_p50_ms: f64,
 }
+
+/// Runs timed one at a time for [`EngineRun::alone_p50_ms`].
+const ALONE_RUNS: usize = 25;
 
 /// Runs the model's sessions back to back for `spec.duration`. Blocking.
 pub fn measure(spec: &EngineSpec, python: &str, when: &str) -> Result<EngineRun, String> {
@@ -49,7 +69,15 @@ pub fn measure(spec: &EngineSpec, python: &str, when: &str) -> Result<EngineRun,
     for i in 0..spec.sessions {
         model.run(i, &inputs).map_err(|e| format!("the warm-up run: {e}"))?;
     }
+    let mut alone: Vec<Duration> = Vec::with_capacity(ALONE_RUNS);
+    for _ in 0..ALONE_RUNS {
+        let t = Instant::now();
+        model.run(0, &inputs).map_err(|e| format!("a run alone: {e}"))?;
+        alone.push(t.elapsed());
+    }
+    alone.sort();
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = crate::procstat::own_cpu_s();
     let start = Instant::now();
     let threads: Vec<_> = (0..spec.sessions)
         .map(|i| {
@@ -74,17 +102,21 @@ pub fn measure(spec: &EngineSpec, python: &str, when: &str) -> Result<EngineRun,
         times.extend(t.join().map_err(|_| "a session's thread panicked".to_owned())?);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_before.zip(crate::procstat::own_cpu_s()).map_or(0.0, |(a, b)| b - a);
     times.sort();
     let at =
         |q: f64| times.get(((times.len() as f64 - 1.0) * q).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1e3);
     Ok(EngineRun {
         when: when.to_owned(),
+        before_step: None,
         sessions: spec.sessions,
         threads: spec.threads,
         runs: times.len() as u64,
         runs_per_s: times.len() as f64 / elapsed,
         p50_ms: at(0.5),
         p99_ms: at(0.99),
+        alone_p50_ms: alone[ALONE_RUNS / 2].as_secs_f64() * 1e3,
+        cpu_ms_per_run: if times.is_empty() { 0.0 } else { cpu * 1e3 / times.len() as f64 },
     })
 }
 

@@ -54,6 +54,7 @@ struct EngineFile {
     threads: Option<usize>,
     shared: Option<bool>,
     duration: Option<Dur>,
+    interleave: Option<bool>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -485,6 +486,7 @@ fn engine(e: EngineFile, base: &Path, quick: bool) -> Result<EngineSpec, String>
         threads,
         shared: e.shared.unwrap_or(false),
         duration: e.duration.map_or(default, |d| d.0),
+        interleave: e.interleave.unwrap_or(false),
     })
 }
 

@@ -128,7 +128,9 @@ async fn run_with(
     let started = Instant::now();
     let mut done = 0usize;
 
-    engine(exp, "before", &mut record, progress).await;
+    if !exp.engine.as_ref().is_some_and(|e| e.interleave) {
+        engine(exp, "before", &mut record, progress).await;
+    }
     // Each scenario is measured alone: idle workers of the functions loaded
     // before it would hold memory and blur the node's resource figures.
     for r in &ready {
@@ -137,6 +139,14 @@ async fn run_with(
     for (k, &(i, users, rep)) in plan.iter().enumerate() {
         let r = &ready[i];
         let load_plan = plan_for(exp, r, users, settings.stop());
+        if exp.engine.as_ref().is_some_and(|e| e.interleave) {
+            // With the node idle, right before the step's warm-up.
+            let id = record.steps.len() as u32 + 1;
+            engine(exp, &format!("step {id}"), &mut record, progress).await;
+            if let Some(last) = record.engine.last_mut().filter(|e| e.when == format!("step {id}")) {
+                last.before_step = Some(id);
+            }
+        }
         if !settings.warmup.is_zero() {
             load::run(&LoadPlan { stop: Stop::After(settings.warmup), ..load_plan.clone() }).await?;
         }
@@ -155,8 +165,15 @@ async fn run_with(
         done += 1;
         finish_step(&mut record, &mut raw, step, &result.samples, &opts.out)?;
         let summary = Summary::of_run(&result.samples, result.elapsed);
+        let id = record.steps.last().map(|s| s.id);
+        let share = record
+            .engine
+            .iter()
+            .find(|e| e.before_step.is_some() && e.before_step == id && e.runs_per_s > 0.0)
+            .map(|e| format!(", {:.0} % of the engine just before", 100.0 * summary.throughput / e.runs_per_s))
+            .unwrap_or_default();
         progress(&format!(
-            "[{done:>3}/{total}] {} users={users} rep={rep}/{}: {}{}",
+            "[{done:>3}/{total}] {} users={users} rep={rep}/{}: {}{share}{}",
             r.record.name,
             settings.repetitions,
             brief(&summary),

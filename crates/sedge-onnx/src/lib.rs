@@ -9,8 +9,8 @@
 //! - [`cores`]: the node's cores shared among loaded models.
 //! - [`batch`]: the batching policy over a queue (pure, simulated time).
 //! - [`oip`]: the Open Inference Protocol's infer messages, binary data included (pure).
-//! - [`serve`]: a served model — requests to tensors, the dispatcher that
-//!   batches them onto free sessions, answers.
+//! - [`serve`]: a served model — requests to tensors, the runner threads that
+//!   take batches from the queue themselves and run them, answers.
 //!
 //! Neighbours: `sedge-core` (the `[model]` spec, invocations); the runtime
 //! wraps a [`serve::Served`] as its onnx engine.

@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
+use ort::value::TensorRef;
 use ort::value::{DynValue, TensorElementType, ValueType};
+use ort::AsPointer;
 
 use crate::shared::SharedSession;
 use crate::tensor::{DType, Data, Tensor, TensorInfo};
@@ -103,6 +105,8 @@ pub struct Model {
     pub inputs: Vec<TensorInfo>,
     pub outputs: Vec<TensorInfo>,
     sessions: Vec<SharedSession>,
+    /// A run's settings that give the arena's free memory back at its end.
+    release: RunOptions,
     /// Runs that may be under way at once.
     runners: usize,
     pub threads: usize,
@@ -133,7 +137,10 @@ impl Model {
         let env = environment(python)?;
         // Named by file only: the folder is the node's, not the caller's business.
         let shown = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let bytes = std::fs::read(path).map_err(|e| OnnxError::Load(format!("cannot read {shown}: {e}")))?;
+        // Opened here first, for a message naming the file only; ONNX
+        // Runtime then reads the file itself, with no copy of it held in
+        // memory beside the session while it loads.
+        std::fs::File::open(path).map_err(|e| OnnxError::Load(format!("cannot read {shown}: {e}")))?;
         let mut loaded = Vec::with_capacity(sessions.max(1));
         for _ in 0..sessions.max(1) {
             let session = Session::builder(&env)
@@ -143,7 +150,7 @@ impl Model {
                 // session about 15 of its 67 MiB for no speed here
                 // (bench/ort-session-memory.py).
                 .and_then(|b| b.with_prepacking(false).map_err(ort::Error::from))
-                .and_then(|mut b| b.commit_from_memory(&bytes))
+                .and_then(|mut b| b.commit_from_file(path))
                 .map_err(|e| {
                     OnnxError::Load(format!("{} is not a model ONNX Runtime can load: {e}", path.display()))
                 })?;
@@ -152,7 +159,11 @@ impl Model {
         let first = loaded[0].session();
         let inputs = first.inputs().iter().map(|o| info(o.name(), o.dtype())).collect::<Result<Vec<_>, _>>()?;
         let outputs = first.outputs().iter().map(|o| info(o.name(), o.dtype())).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { inputs, outputs, sessions: loaded, runners: runners.max(1), threads: threads.max(1) })
+        let mut release = RunOptions::new().map_err(|e| OnnxError::Load(format!("ONNX Runtime's run options: {e}")))?;
+        release
+            .set("memory.enable_memory_arena_shrinkage", "cpu:0")
+            .map_err(|e| OnnxError::Load(format!("ONNX Runtime's arena shrinkage: {e}")))?;
+        Ok(Self { inputs, outputs, sessions: loaded, release, runners: runners.max(1), threads: threads.max(1) })
     }
 
     /// Runs that may be under way at once.
@@ -179,14 +190,58 @@ impl Model {
     /// [`Self::run`] on tensors it may keep: their data becomes ONNX
     /// Runtime's input without a copy.
     pub fn run_owned(&self, instance: usize, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
-        let mut values = Vec::with_capacity(inputs.len());
+        self.run_inner(instance, inputs, None)
+    }
+
+    /// Runs `inputs` and then gives the memory its session's arena holds
+    /// and no run uses back to the system: what a model keeps while idle.
+    /// A whole run, so only for when the model has nothing else to do.
+    pub fn run_releasing(&self, instance: usize, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+        self.run_inner(instance, inputs, Some(&self.release))
+    }
+
+    fn run_inner(
+        &self,
+        instance: usize,
+        inputs: Vec<Tensor>,
+        options: Option<&RunOptions>,
+    ) -> Result<Vec<Tensor>, String> {
+        // FP32 inputs are lent to ONNX Runtime as views and their buffers
+        // kept for this thread's next inputs; the others are handed over.
+        let (mut lent, mut given) = (Vec::new(), Vec::new());
         for t in inputs {
-            let name = t.name.clone();
-            values.push((name.clone(), to_value(t).map_err(|e| format!("input {name:?}: {e}"))?));
+            match t.data {
+                Data::F32(v) => lent.push((t.name, t.shape, v)),
+                data => {
+                    let name = t.name.clone();
+                    let value = to_value(Tensor { name: t.name, shape: t.shape, data })
+                        .map_err(|e| format!("input {name:?}: {e}"))?;
+                    given.push((name, value));
+                }
+            }
+        }
+        let views = lent
+            .iter()
+            .map(|(name, shape, v)| {
+                TensorRef::from_array_view((shape.clone(), v.as_slice())).map_err(|e| format!("input {name:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut values: Vec<(&str, &dyn AsPointer<Sys = ort::sys::OrtValue>)> =
+            Vec::with_capacity(lent.len() + given.len());
+        for ((name, _, _), view) in lent.iter().zip(&views) {
+            values.push((name.as_str(), &**view));
+        }
+        for (name, value) in &given {
+            values.push((name.as_str(), value));
         }
         let session = self.sessions.get(instance % self.sessions.len()).ok_or("no session")?;
-        let outputs = session.run(&values).map_err(|e| format!("the model failed: {e}"))?;
+        let outputs = session.run_with(&values, options).map_err(|e| format!("the model failed: {e}"));
         drop(values);
+        drop(views);
+        for (_, _, v) in lent {
+            crate::tensor::recycle_f32(v);
+        }
+        let outputs = outputs?;
         self.outputs.iter().zip(&outputs).map(|(o, value)| from_value(&o.name, o.dtype, value)).collect()
     }
 }

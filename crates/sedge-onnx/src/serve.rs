@@ -1,16 +1,19 @@
 //! A model being served: requests are turned into tensors, queued, stacked
-//! into batches by the [`crate::batch`] policy, run on a free session, and
-//! split back per caller. One dispatcher task owns the queue; sessions run on
-//! blocking threads, one batch each at a time.
+//! into batches by the [`crate::batch`] policy, run, and split back per
+//! caller. Each runner of the model is a thread of its own that takes the
+//! next batch from the queue itself the moment its run ends: under load a
+//! run follows a run with no hand-off between threads, and an idle runner
+//! is woken by the caller that queues a request. (A dispatcher task handing
+//! each batch to a blocking thread put two thread wake-ups between runs.)
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use sedge_core::model::{ImagePrep, Layout, ModelInput, ModelSpec};
 use sedge_core::{Invocation, InvokeError, Reply};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::batch::{Decision, Policy, Queue};
@@ -65,8 +68,8 @@ pub struct Served {
     model: Arc<Model>,
     spec: ModelSpec,
     labels: Option<Vec<String>>,
-    image: Option<ImageInput>,
-    jobs: mpsc::Sender<Job>,
+    image: Option<Arc<ImageInput>>,
+    line: Arc<Line>,
     function: String,
     /// The function's timeout, named when a caller's deadline passes.
     timeout: Duration,
@@ -99,7 +102,7 @@ impl Served {
         }
         let image = match &spec.input {
             ModelInput::Tensor => None,
-            ModelInput::Image(p) => Some(image_input(&model.inputs, p)?),
+            ModelInput::Image(p) => Some(Arc::new(image_input(&model.inputs, p)?)),
         };
         let policy = Policy {
             max_batch: batching.map_or(1, |b| b.max_batch as usize),
@@ -107,11 +110,26 @@ impl Served {
             queue: queue.max(1),
         };
         let model = Arc::new(model);
-        let (jobs, rx) = mpsc::channel(64);
-        tokio::spawn(dispatch(model.clone(), policy, rx));
+        let line = Arc::new(Line {
+            state: Mutex::new(LineState {
+                queue: Queue::new(policy),
+                limit: policy.queue,
+                closed: false,
+                running: 0,
+                used: false,
+            }),
+            ready: Condvar::new(),
+        });
+        for instance in 0..model.instances() {
+            let (model, line) = (model.clone(), line.clone());
+            std::thread::Builder::new()
+                .name(format!("model-run-{instance}"))
+                .spawn(move || runner(&model, &line, instance))
+                .map_err(|e| OnnxError::Load(format!("cannot start the model's runner thread: {e}")))?;
+        }
         // Until told otherwise, sedge's default function timeout.
         let timeout = Duration::from_secs(30);
-        Ok(Self { model, spec, labels, image, jobs, function: function.to_owned(), timeout })
+        Ok(Self { model, spec, labels, image, line, function: function.to_owned(), timeout })
     }
 
     /// The function's timeout, for the message when a caller's deadline passes.
@@ -130,10 +148,16 @@ impl Served {
     }
 
     /// [`Self::infer`] of tensors made by `inputs` on the session's thread.
+    /// The caller's own deadline ends its wait (504); a request that was
+    /// still queued is then left out by the runners, one already running
+    /// has its answer discarded.
     pub async fn infer_with(&self, inputs: Inputs, deadline: Instant) -> Result<Vec<Tensor>, RunError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { inputs, deadline, reply }).await.map_err(|_| RunError::Stopped)?;
-        answer.await.unwrap_or(Err(RunError::Stopped))
+        self.line.push(Job { inputs, deadline, reply })?;
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(answered) => answered.unwrap_or(Err(RunError::Stopped)),
+            Err(_) => Err(RunError::Late),
+        }
     }
 
     /// The model, for work done on the session's thread.
@@ -188,15 +212,12 @@ impl Served {
                 Ok(t)
             })
         } else if let Some(image) = &self.image {
-            let body = inv.body.clone();
-            let (prep, input, sizes, layout) = (image.prep.clone(), image.input.clone(), image.sizes, image.layout);
-            let made =
-                tokio::task::spawn_blocking(move || prep::image_tensor(&body, &prep, &input, sizes, layout)).await;
-            match made {
-                Ok(Ok(t)) => Box::new(move || Ok(vec![t])),
-                Ok(Err(e)) => return Ok(error_reply(400, &e)),
-                Err(e) => return Err(self.failed(format!("decoding the image: {e}"))),
-            }
+            // Decoded by the runner: the model's cores do the decoding too,
+            // rather than threads beyond them competing with its runs.
+            let image = image.clone();
+            Box::new(move || {
+                prep::image_tensor(&body, &image.prep, &image.input, image.sizes, image.layout).map(|t| vec![t])
+            })
         } else {
             return Ok(error_reply(
                 415,
@@ -432,61 +453,129 @@ fn error_reply(status: u16, message: &str) -> Reply {
     json_reply(status, &json!({ "error": message }))
 }
 
-/// The dispatcher: applies the batching policy to the queue and hands
-/// batches to free sessions until the jobs channel closes and all is done.
-async fn dispatch(model: Arc<Model>, policy: Policy, mut jobs: mpsc::Receiver<Job>) {
-    let mut queue: Queue<Job> = Queue::new(policy);
-    let mut free: Vec<usize> = (0..model.instances()).collect();
-    let (done_tx, mut done) = mpsc::unbounded_channel::<usize>();
-    let mut open = true;
-    loop {
+/// The queue of a served model, shared by its callers and its runners.
+struct Line {
+    state: Mutex<LineState>,
+    /// Signalled when a request is queued or the model stops.
+    ready: Condvar,
+}
+
+struct LineState {
+    queue: Queue<Job>,
+    limit: usize,
+    /// The model is stopping: runners finish what is queued, then end.
+    closed: bool,
+    /// Runs under way.
+    running: usize,
+    /// The model has run since its arena last gave its memory back.
+    used: bool,
+}
+
+/// How long a model has nothing to do before its arena gives back the
+/// memory its runs used (one run on zeros; a request arriving meanwhile
+/// waits for it).
+const RELEASE_AFTER: Duration = Duration::from_secs(2);
+
+/// What a runner does next.
+enum Next {
+    Run(Vec<Job>),
+    /// Nothing to do for [`RELEASE_AFTER`]: give the arena's memory back.
+    Release,
+    Stop,
+}
+
+impl Line {
+    fn lock(&self) -> MutexGuard<'_, LineState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a request and wakes a runner; refuses at once what cannot
+    /// be run (the queue full, the deadline passed, the model stopping).
+    fn push(&self, job: Job) -> Result<(), RunError> {
         let now = Instant::now();
-        for late in queue.expire(now) {
-            let _ = late.reply.send(Err(RunError::Late));
+        if job.deadline <= now {
+            return Err(RunError::Late);
         }
-        // Callers that went away (a dropped call, a dead worker's) leave.
-        queue.forget(|job| job.reply.is_closed());
-        match queue.decide(now, free.len()) {
-            Decision::Run(n) => {
-                let Some(instance) = free.pop() else { continue };
-                let batch = queue.take(n);
-                let (model, done_tx) = (model.clone(), done_tx.clone());
-                tokio::task::spawn_blocking(move || {
-                    run_batch(&model, instance, batch);
-                    let _ = done_tx.send(instance);
-                });
-                continue;
-            }
-            Decision::WaitUntil(at) => {
-                tokio::select! {
-                    job = jobs.recv(), if open => match job {
-                        Some(job) => admit(&mut queue, job, policy.queue),
-                        None => open = false,
-                    },
-                    Some(instance) = done.recv() => free.push(instance),
-                    () = tokio::time::sleep_until(at) => {}
-                }
-            }
-            Decision::Idle => {
-                if !open && free.len() == model.instances() {
-                    return;
-                }
-                tokio::select! {
-                    job = jobs.recv(), if open => match job {
-                        Some(job) => admit(&mut queue, job, policy.queue),
-                        None => open = false,
-                    },
-                    Some(instance) = done.recv() => free.push(instance),
-                }
-            }
+        let mut st = self.lock();
+        if st.closed {
+            return Err(RunError::Stopped);
         }
+        // Callers that went away leave before they count against the limit.
+        st.queue.forget(|job| job.reply.is_closed());
+        let (deadline, limit) = (job.deadline, st.limit);
+        st.queue.push(job, now, deadline).map_err(|_| RunError::Full(limit))?;
+        drop(st);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
     }
 }
 
-fn admit(queue: &mut Queue<Job>, job: Job, limit: usize) {
-    let deadline = job.deadline;
-    if let Err(job) = queue.push(job, Instant::now(), deadline) {
-        let _ = job.reply.send(Err(RunError::Full(limit)));
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.line.close();
+    }
+}
+
+/// One runner: takes what the batching policy says to run next, runs it,
+/// and comes back for more, until the model stops and its queue is empty.
+/// The last runner to find the model quiet gives its arena's memory back.
+fn runner(model: &Model, line: &Line, instance: usize) {
+    let mut ran = false;
+    loop {
+        match next(line, ran) {
+            Next::Run(batch) => run_batch(model, instance, batch),
+            Next::Release => {
+                let zeros: Vec<Tensor> = model.inputs.iter().map(zeros).collect();
+                if let Err(e) = model.run_releasing(instance, zeros) {
+                    tracing::debug!("the model's arena was not released: {e}");
+                }
+            }
+            Next::Stop => return,
+        }
+        ran = true;
+    }
+}
+
+/// Waits for what to do next; `ran` when this runner has just ended a run.
+fn next(line: &Line, ran: bool) -> Next {
+    let mut st = line.lock();
+    if ran {
+        st.running -= 1;
+    }
+    loop {
+        let now = Instant::now();
+        for late in st.queue.expire(now) {
+            let _ = late.reply.send(Err(RunError::Late));
+        }
+        // Callers that went away (a dropped call, a dead worker's) leave.
+        st.queue.forget(|job| job.reply.is_closed());
+        match st.queue.decide(now, 1) {
+            Decision::Run(n) => {
+                st.running += 1;
+                st.used = true;
+                return Next::Run(st.queue.take(n));
+            }
+            Decision::WaitUntil(at) => {
+                let wait = at.saturating_duration_since(now).max(Duration::from_micros(50));
+                st = line.ready.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            Decision::Idle if st.closed => return Next::Stop,
+            Decision::Idle if st.used && st.running == 0 => {
+                let (guard, waited) = line.ready.wait_timeout(st, RELEASE_AFTER).unwrap_or_else(|p| p.into_inner());
+                st = guard;
+                if waited.timed_out() && st.queue.is_empty() && st.used && st.running == 0 && !st.closed {
+                    st.used = false;
+                    st.running += 1;
+                    return Next::Release;
+                }
+            }
+            Decision::Idle => st = line.ready.wait(st).unwrap_or_else(|p| p.into_inner()),
+        }
     }
 }
 

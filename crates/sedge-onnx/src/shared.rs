@@ -16,7 +16,8 @@
 use std::ffi::{c_char, CStr, CString};
 use std::ptr::{self, NonNull};
 
-use ort::session::Session;
+use ort::session::{RunOptions, Session};
+use ort::sys::OrtValue;
 use ort::value::DynValue;
 use ort::AsPointer;
 
@@ -44,9 +45,21 @@ impl SharedSession {
     /// Runs the named inputs; answers every output in the model's order.
     /// Safe to call from many threads at once.
     pub fn run(&self, inputs: &[(String, DynValue)]) -> Result<Vec<DynValue>, String> {
+        let refs: Vec<(&str, &dyn AsPointer<Sys = OrtValue>)> =
+            inputs.iter().map(|(n, v)| (n.as_str(), v as &dyn AsPointer<Sys = OrtValue>)).collect();
+        self.run_with(&refs, None)
+    }
+
+    /// [`Self::run`] of values owned or borrowed (views of the caller's
+    /// buffers), with run options (the run's own settings).
+    pub fn run_with(
+        &self,
+        inputs: &[(&str, &dyn AsPointer<Sys = OrtValue>)],
+        options: Option<&RunOptions>,
+    ) -> Result<Vec<DynValue>, String> {
         let names = inputs
             .iter()
-            .map(|(n, _)| CString::new(n.as_str()).map_err(|_| format!("input {n:?} has a NUL in its name")))
+            .map(|(n, _)| CString::new(*n).map_err(|_| format!("input {n:?} has a NUL in its name")))
             .collect::<Result<Vec<_>, _>>()?;
         let name_ptrs: Vec<*const c_char> = names.iter().map(|c| c.as_ptr()).collect();
         let value_ptrs: Vec<*const ort::sys::OrtValue> = inputs.iter().map(|(_, v)| v.ptr()).collect();
@@ -56,12 +69,13 @@ impl SharedSession {
         // SAFETY: every pointer is valid for the call: the session lives in
         // `self`, the names in `names` and `self.outputs`, the input values
         // in `inputs`, and `outputs` has room for one value per output
-        // name. ONNX Runtime allows concurrent `Run` on one session; the
-        // inputs are only read.
+        // name; the options, when given, live in the caller's borrow. ONNX
+        // Runtime allows concurrent `Run` on one session; the inputs are
+        // only read.
         let status = unsafe {
             (api.Run)(
                 self.session.ptr().cast_mut(),
-                ptr::null(),
+                options.map_or(ptr::null(), |o| o.ptr()),
                 name_ptrs.as_ptr(),
                 value_ptrs.as_ptr(),
                 value_ptrs.len(),

@@ -47,6 +47,49 @@ impl DType {
     }
 }
 
+// Large input buffers this thread's runs are done with, kept for its next
+// inputs: with glibc's mmap threshold fixed, a 602 KB input made in fresh
+// memory each time costs page faults and zeroing that showed as most of
+// the kernel's share of a served model's CPU (docs/models.md).
+thread_local! {
+    static SPARE_F32: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per thread, and the smallest worth keeping (in values).
+const SPARE_KEPT: usize = 1;
+const SPARE_MIN: usize = 32 * 1024;
+
+/// An empty buffer with room for `len` values, a kept one when this thread has one.
+fn spare_f32(len: usize) -> Vec<f32> {
+    if len < SPARE_MIN {
+        return Vec::with_capacity(len);
+    }
+    SPARE_F32.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        match spare.iter().position(|v| v.capacity() >= len) {
+            Some(i) => {
+                let mut v = spare.swap_remove(i);
+                v.clear();
+                v
+            }
+            None => Vec::with_capacity(len),
+        }
+    })
+}
+
+/// Keeps a buffer a run is done with for this thread's next inputs.
+pub fn recycle_f32(v: Vec<f32>) {
+    if v.capacity() < SPARE_MIN {
+        return;
+    }
+    SPARE_F32.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_KEPT {
+            spare.push(v);
+        }
+    });
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Data {
     F32(Vec<f32>),
@@ -176,7 +219,11 @@ impl Data {
             };
         }
         Ok(match dtype {
-            DType::F32 => read!(f32, F32),
+            DType::F32 => {
+                let mut v = spare_f32(bytes.len() / 4);
+                v.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default())));
+                Data::F32(v)
+            }
             DType::F64 => read!(f64, F64),
             DType::I64 => read!(i64, I64),
             DType::I32 => read!(i32, I32),
@@ -415,6 +462,21 @@ fn collect<'a>(v: &'a Value, shape: &[usize], out: &mut Vec<&'a Value>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_input_is_made_in_the_buffer_of_the_last_one_with_its_own_values() {
+        let bytes = |x: f32| -> Vec<u8> { (0..SPARE_MIN * 2).flat_map(|_| x.to_le_bytes()).collect() };
+        let Data::F32(first) = Data::from_le_bytes(DType::F32, &bytes(1.5)).expect("f32") else { panic!("f32") };
+        let at = first.as_ptr();
+        recycle_f32(first);
+        let Data::F32(second) = Data::from_le_bytes(DType::F32, &bytes(-2.0)).expect("f32") else { panic!("f32") };
+        assert_eq!(second.as_ptr(), at, "the kept buffer is used again");
+        assert!(second.len() == SPARE_MIN * 2 && second.iter().all(|x| *x == -2.0), "with the new values only");
+        // Small inputs are not kept: a fresh buffer of their own size.
+        recycle_f32(vec![0.0; 4]);
+        let Data::F32(small) = Data::from_le_bytes(DType::F32, &[0u8; 16]).expect("f32") else { panic!("f32") };
+        assert_eq!(small.len(), 4);
+    }
 
     fn digits() -> Vec<TensorInfo> {
         vec![TensorInfo { name: "X".into(), dtype: DType::F32, shape: vec![-1, 4] }]

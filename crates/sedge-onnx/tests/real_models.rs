@@ -326,3 +326,17 @@ fn one_session_run_from_many_threads_at_once_answers_each_its_own() {
         }
     });
 }
+
+#[tokio::test]
+async fn a_model_that_gave_its_arena_back_while_quiet_answers_as_before() {
+    let path = repo().join("examples/functions/digits-python/model.onnx");
+    let model = Model::load(&path, &python(), 2, 1).expect("load digits");
+    let served = Served::start("digits", model, tensor_spec(None), None, 4).expect("serve");
+    let pixels = || vec![Tensor::new("pixels", vec![1, 64], Data::F32(digit())).expect("tensor")];
+    let soon = || Instant::now() + Duration::from_secs(10);
+    let before = served.infer(pixels(), soon()).await.expect("a run");
+    // Quiet past the release (a run on zeros that shrinks the arena), then asked again.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let after = served.infer(pixels(), soon()).await.expect("a run after the release");
+    assert_eq!(before, after, "the same digit, the same answer");
+}

@@ -67,9 +67,31 @@ pub(crate) fn render(r: &Report) -> String {
                 e.p50_ms
             );
         }
-        out += &format!("</ul>\n<p>Mean: {rate:.1} runs/s.</p>\n<ul>\n");
-        for (scenario, best, users, share) in r.engine_shares() {
-            out += &format!("<li>{}: {best:.1} req/s at {users} users, {:.0} %</li>\n", esc(&scenario), share * 100.0);
+        let shares = r.step_shares();
+        if shares.is_empty() {
+            out += &format!("</ul>\n<p>Mean: {rate:.1} runs/s.</p>\n<ul>\n");
+            for (scenario, best, users, share) in r.engine_shares() {
+                out +=
+                    &format!("<li>{}: {best:.1} req/s at {users} users, {:.0} %</li>\n", esc(&scenario), share * 100.0);
+            }
+        } else {
+            out += "</ul>\n<p>Each load step against the engine measured just before and just after it:</p>\n<ul>\n";
+            for s in shares {
+                out += &format!(
+                    "<li>{} at {} users: {:.1} req/s, engine {:.1} runs/s, {:.1} % (lowest repetition {:.1} %), {:.1} % by CPU per answer, p50 {:.2} ms over a run alone; \
+                     worst user's p99 {:.1} ms, {:.2} × 1.3 × users / throughput</li>\n",
+                    esc(&s.scenario),
+                    s.users,
+                    s.throughput,
+                    s.engine,
+                    s.share * 100.0,
+                    s.lowest * 100.0,
+                    s.cpu_share * 100.0,
+                    s.added_ms,
+                    s.worst_user_p99_ms,
+                    s.worst_of_fair
+                );
+            }
         }
         out += "</ul>\n";
     }

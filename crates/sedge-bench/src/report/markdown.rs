@@ -32,11 +32,40 @@ pub(crate) fn render(r: &Report) -> String {
                 e.when, e.sessions, e.threads, e.runs_per_s, e.p50_ms, e.p99_ms
             );
         }
-        out += &format!(
-            "\nMean: {rate:.1} runs/s.\n\n| scenario | best req/s | at users | of the engine |\n|---|---|---|---|\n"
-        );
-        for (scenario, best, users, share) in r.engine_shares() {
-            out += &format!("| {scenario} | {best:.1} | {users} | {:.0} % |\n", share * 100.0);
+        let shares = r.step_shares();
+        if shares.is_empty() {
+            out += &format!(
+                "\nMean: {rate:.1} runs/s.\n\n| scenario | best req/s | at users | of the engine |\n|---|---|---|---|\n"
+            );
+            for (scenario, best, users, share) in r.engine_shares() {
+                out += &format!("| {scenario} | {best:.1} | {users} | {:.0} % |\n", share * 100.0);
+            }
+        } else {
+            out += "\nThe engine was measured before every load step: each step is set against the engine \
+                    just before and just after it.\n\n\
+                    The worst user's p99 is the highest of the users' own p99 latencies, beside \
+                    1.3 × users / throughput (the fair bound; at most 1 × of it is fair).\n\n\
+                    \"CPU of the engine\" is the engine's CPU time per run over the CPU time per answer (node, \
+                    workers and load generator): the work done rather than the share of the machine got.\n\n\
+                    \"p50 added\" is the step's p50 latency less the p50 of one run of the engine with no other \
+                    beside it.\n\n\
+                    | scenario | users | req/s | engine runs/s | of the engine | lowest repetition | CPU of the engine | p50 added ms | worst user's p99 ms | of the fair bound |\n\
+                    |---|---|---|---|---|---|---|---|---|---|\n";
+            for s in shares {
+                out += &format!(
+                    "| {} | {} | {:.1} | {:.1} | {:.1} % | {:.1} % | {:.1} % | {:.2} | {:.1} | {:.2} × |\n",
+                    s.scenario,
+                    s.users,
+                    s.throughput,
+                    s.engine,
+                    s.share * 100.0,
+                    s.lowest * 100.0,
+                    s.cpu_share * 100.0,
+                    s.added_ms,
+                    s.worst_user_p99_ms,
+                    s.worst_of_fair
+                );
+            }
         }
     }
     if !r.cold_starts.is_empty() {

@@ -41,6 +41,25 @@ pub struct StepSummary {
     #[serde(flatten)]
     pub summary: Summary,
     pub resources: Option<Resources>,
+    /// The highest of the users' own p99 latencies (successful requests),
+    /// in milliseconds: a starved caller shows here, not in the step's p99.
+    pub worst_user_p99_ms: f64,
+}
+
+/// The highest p99 latency of one user's successful requests, in ms.
+pub fn worst_user_p99_ms(samples: &[Sample]) -> f64 {
+    let mut by_user: HashMap<u32, Vec<u64>> = HashMap::new();
+    for s in samples.iter().filter(|s| s.outcome.is_ok()) {
+        by_user.entry(s.user).or_default().push(s.latency_us);
+    }
+    by_user
+        .into_values()
+        .map(|mut v| {
+            v.sort_unstable();
+            let at = ((v.len() as f64 - 1.0) * 0.99).round() as usize;
+            v.get(at).copied().unwrap_or(0) as f64 / 1000.0
+        })
+        .fold(0.0, f64::max)
 }
 
 /// One scenario at one user count, over all its repetitions.
@@ -122,6 +141,74 @@ impl Report {
         (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
     }
 
+    /// With the engine measured before every load step: each scenario at
+    /// each user count set against the engine measured just before and just
+    /// after its steps, averaged over the repetitions (the lowest share of
+    /// one repetition beside it).
+    pub fn step_shares(&self) -> Vec<StepShare> {
+        let mut out: Vec<StepShare> = Vec::new();
+        for s in self.steps.iter().filter(|s| s.kind == StepKind::Load) {
+            let Some(i) = self.engine.iter().position(|e| e.before_step == Some(s.id)) else { continue };
+            let around: Vec<f64> = self.engine[i..].iter().take(2).map(|e| e.runs_per_s).filter(|r| *r > 0.0).collect();
+            if around.is_empty() {
+                continue;
+            }
+            let engine = around.iter().sum::<f64>() / around.len() as f64;
+            let alone: Vec<f64> =
+                self.engine[i..].iter().take(2).map(|e| e.alone_p50_ms).filter(|c| *c > 0.0).collect();
+            let added_ms = if alone.is_empty() {
+                0.0
+            } else {
+                s.summary.latency_ms.as_ref().map_or(0.0, |l| l.p50) - alone.iter().sum::<f64>() / alone.len() as f64
+            };
+            let share = s.summary.throughput / engine;
+            // CPU per answer against CPU per run of the engine: node,
+            // workers and the load generator all counted.
+            let engine_cpu: Vec<f64> =
+                self.engine[i..].iter().take(2).map(|e| e.cpu_ms_per_run).filter(|c| *c > 0.0).collect();
+            let cpu_share = match (&s.resources, engine_cpu.is_empty()) {
+                (Some(r), false) if s.summary.successes > 0 => {
+                    let per_answer =
+                        (r.node_cpu_s + r.workers_cpu_s + r.bench_cpu_s) * 1e3 / s.summary.successes as f64;
+                    (engine_cpu.iter().sum::<f64>() / engine_cpu.len() as f64) / per_answer
+                }
+                _ => 0.0,
+            };
+            // A fair share of the node: each of N users answered within 1.3 × N / throughput.
+            let fair_ms =
+                if s.summary.throughput > 0.0 { 1300.0 * f64::from(s.users) / s.summary.throughput } else { 0.0 };
+            let over = if fair_ms > 0.0 { s.worst_user_p99_ms / fair_ms } else { 0.0 };
+            match out.iter_mut().find(|o| o.scenario == s.scenario && o.users == s.users) {
+                Some(o) => {
+                    o.worst_user_p99_ms = o.worst_user_p99_ms.max(s.worst_user_p99_ms);
+                    o.worst_of_fair = o.worst_of_fair.max(over);
+                    let n = f64::from(o.repetitions);
+                    o.throughput = (o.throughput * n + s.summary.throughput) / (n + 1.0);
+                    o.engine = (o.engine * n + engine) / (n + 1.0);
+                    o.share = (o.share * n + share) / (n + 1.0);
+                    o.cpu_share = (o.cpu_share * n + cpu_share) / (n + 1.0);
+                    o.added_ms = (o.added_ms * n + added_ms) / (n + 1.0);
+                    o.lowest = o.lowest.min(share);
+                    o.repetitions += 1;
+                }
+                None => out.push(StepShare {
+                    scenario: s.scenario.clone(),
+                    users: s.users,
+                    repetitions: 1,
+                    throughput: s.summary.throughput,
+                    engine,
+                    share,
+                    cpu_share,
+                    added_ms,
+                    lowest: share,
+                    worst_user_p99_ms: s.worst_user_p99_ms,
+                    worst_of_fair: over,
+                }),
+            }
+        }
+        out
+    }
+
     /// Each scenario's best throughput over its user levels, as a share of
     /// the engine's rate: `(scenario, best req/s, users, share)`.
     pub fn engine_shares(&self) -> Vec<(String, f64, u32, f64)> {
@@ -137,6 +224,35 @@ impl Report {
         }
         best
     }
+}
+
+/// A scenario at one user count against the engine measured around its
+/// steps (interleaved), means over the repetitions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepShare {
+    pub scenario: String,
+    pub users: u32,
+    pub repetitions: u32,
+    /// Requests a second served.
+    pub throughput: f64,
+    /// The engine's runs a second around the steps.
+    pub engine: f64,
+    /// throughput / engine, the mean of the repetitions' shares.
+    pub share: f64,
+    /// The engine's CPU time per run over the CPU time per answer (node,
+    /// workers and load generator): the work done rather than the share of
+    /// the machine got (0 when not measured).
+    pub cpu_share: f64,
+    /// The step's p50 latency less the p50 of one run of the engine
+    /// alone, in ms: what serving adds to a request (at one user).
+    pub added_ms: f64,
+    /// The lowest share of one repetition.
+    pub lowest: f64,
+    /// The highest p99 of one user over the repetitions, in ms.
+    pub worst_user_p99_ms: f64,
+    /// The highest over the repetitions of that p99 against
+    /// 1.3 × users / throughput (at most 1 is served fairly).
+    pub worst_of_fair: f64,
 }
 
 /// Which chart formats to write; SVG always.
@@ -186,6 +302,7 @@ pub fn build(run: &RunRecord, raw: &HashMap<u32, Vec<Sample>>, formats: Formats)
             repetition: s.repetition,
             summary: Summary::of_run(rows(s.id), Duration::from_secs_f64(s.elapsed_s)),
             resources: s.resources,
+            worst_user_p99_ms: worst_user_p99_ms(rows(s.id)),
         })
         .collect();
 
@@ -602,6 +719,24 @@ mod tests {
         assert!(c.svg.contains("sedge/a") && !c.svg.contains("sedge/b"));
         assert!(cold_chart(&[], Formats { png: false }).expect("draws").is_none());
         assert_eq!((users(1), users(10)), ("1 user".to_owned(), "10 users".to_owned()));
+    }
+
+    #[test]
+    fn a_starved_user_shows_in_the_worst_users_p99() {
+        let sample = |user: u32, ms: u64| Sample {
+            user,
+            send_us: 0,
+            latency_us: ms * 1000,
+            status: 200,
+            bytes: 1,
+            outcome: crate::outcome::Outcome::Ok,
+        };
+        let mut rows: Vec<Sample> = (0..100).map(|i| sample(i % 4, 10)).collect();
+        assert_eq!(worst_user_p99_ms(&rows), 10.0);
+        // One user of five waits ten times as long every time.
+        rows.extend((0..25).map(|_| sample(4, 100)));
+        assert_eq!(worst_user_p99_ms(&rows), 100.0);
+        assert_eq!(worst_user_p99_ms(&[]), 0.0);
     }
 
     #[test]

@@ -47,11 +47,15 @@ pub fn ort_command(a: OrtArgs) -> Result<()> {
         threads: a.threads.max(1),
         shared: a.shared,
         duration: a.duration,
+        interleave: false,
     };
     let run = measure(&spec, &a.python, "now").map_err(anyhow::Error::msg)?;
     let sessions =
         if a.shared { format!("one session run by {}", run.sessions) } else { format!("{} session(s)", run.sessions) };
     println!("model {}: {sessions} × {} thread(s), {:?}", a.model.display(), run.threads, a.duration);
-    println!("runs {}  runs/s {:.1}  run ms p50 {:.2}  p99 {:.2}", run.runs, run.runs_per_s, run.p50_ms, run.p99_ms);
+    println!(
+        "runs {}  runs/s {:.1}  run ms p50 {:.2}  p99 {:.2}  cpu ms/run {:.2}",
+        run.runs, run.runs_per_s, run.p50_ms, run.p99_ms, run.cpu_ms_per_run
+    );
     Ok(())
 }
