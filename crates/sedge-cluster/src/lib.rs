@@ -257,6 +257,12 @@ impl Cluster {
         &self.config.node_name
     }
 
+    /// The cluster's NATS connection, which functions' `nats` triggers share
+    /// when the node is given no server of its own (`--nats`).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// The admin password every node accepts: the one the cluster has; a
     /// node that brings one explicitly (`supplied`) sets it for all; the
     /// first node to join puts its own.

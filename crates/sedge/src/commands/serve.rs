@@ -361,6 +361,12 @@ async fn serve(args: Args) -> Result<()> {
     let nats = match &args.nats {
         // Connected in the background: the node starts while the server is away.
         Some(url) => Some(sedge_triggers::nats::NatsLink::connect(url).await.with_context(|| format!("--nats {url}"))?),
+        // In a cluster, triggers subscribe on the cluster's own connection.
+        #[cfg(feature = "cluster")]
+        None => cluster.as_ref().zip(args.cluster.cluster.as_ref()).map(|(cluster, url)| {
+            sedge_triggers::nats::NatsLink::from_client(url, cluster.client().clone())
+        }),
+        #[cfg(not(feature = "cluster"))]
         None => None,
     };
     let triggers = sedge_triggers::Triggers::new(

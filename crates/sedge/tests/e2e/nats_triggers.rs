@@ -406,3 +406,38 @@ fn an_answer_ready_while_the_server_is_away_is_published_once_it_is_back() {
     let answer = rx.recv_timeout(Duration::from_secs(60)).expect("the answer after the server came back");
     assert_eq!(answer, b"late frame".to_vec());
 }
+
+#[test]
+fn in_a_cluster_a_nats_trigger_rides_the_clusters_own_connection() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(server) = NatsServer::start(tmp.path()) else {
+        eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
+        return;
+    };
+    // No --nats: the trigger must use the connection --cluster made.
+    let f = FnDir::python("cam", "[[triggers]]\nnats = \"cam.*.frames\"\n", ECHO);
+    let node = Node::start_unattended(
+        &tmp.path().join("data"),
+        &["--no-sandbox", "--cluster", &server.url, "--node-name", "solo", "--cluster-replicas", "1"],
+    );
+    node.deploy(f.path());
+    let rt = runtime();
+    let answer = rt.block_on(async {
+        let client = async_nats::connect(&server.url).await.expect("connect");
+        let start = Instant::now();
+        loop {
+            assert!(start.elapsed() < Duration::from_secs(30), "no answer from the function");
+            let request =
+                async_nats::Request::new().payload("hello".into()).timeout(Some(Duration::from_secs(2)));
+            match client.send_request("cam.east.frames", request).await {
+                Ok(m) => break m,
+                Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+    });
+    assert_eq!(&answer.payload[..], b"cam.east.frames - HELLO");
+    let describe = node.get("/system/function/cam").json();
+    let trigger = &describe["sedge"]["triggers"][0];
+    assert_eq!(trigger["state"], "connected", "{describe}");
+    assert!(trigger["messages"].as_u64().is_some_and(|n| n >= 1), "{describe}");
+}
