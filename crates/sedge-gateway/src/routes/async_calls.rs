@@ -95,17 +95,7 @@ async fn clustered(
         Ok(b) => b,
         Err(e) => return Refused::with(e, unread).into_response(),
     };
-    let inv = sedge_core::Invocation {
-        method: parts.method.to_string(),
-        path,
-        query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect(),
-        body: body.into(),
-    };
+    let inv = super::invoke::invocation(&parts, path, body.into());
     let submitted = cluster.submit_call(&name, inv).await;
     drop(held);
     match submitted {

@@ -123,17 +123,7 @@ async fn clustered(
             return response;
         }
     };
-    let inv = Invocation {
-        method: parts.method.to_string(),
-        path,
-        query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect(),
-        body: body.into(),
-    };
+    let inv = invocation(&parts, path, body.into());
     let answer = match (cluster.forward(&name, inv.clone(), spec.limits.timeout).await, &local) {
         // Every other node is full too: queued here, as a single node would.
         (Err(InvokeError::QueueFull { .. }), Some(pool)) => match pool.admit() {
@@ -179,6 +169,22 @@ impl IntoResponse for Refused {
 
 /// A refusal with the body still on the wire closes the connection, so the
 /// rest is never parsed as the connection's next request.
+/// The invocation an HTTP request makes: its method, the path below the
+/// function, its query and its headers (those that are text), and `body`.
+pub(crate) fn invocation(parts: &axum::http::request::Parts, path: String, body: bytes::Bytes) -> Invocation {
+    Invocation {
+        method: parts.method.to_string(),
+        path,
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body,
+    }
+}
+
 fn close_if(unread: bool, mut response: Response) -> Response {
     if unread {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -199,15 +205,7 @@ async fn call(node: &crate::Node, pool: &Pool, name: &str, path: String, req: Re
     let admission = pool.admit().map_err(|e| refuse(e.into()))?;
     let mut held = Held::default();
     let body = read_function_body(node, pool, name, body, &mut held).await.map_err(refuse)?;
-    let headers =
-        parts.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
-    let inv = Invocation {
-        method: parts.method.to_string(),
-        path,
-        query: parts.uri.query().unwrap_or_default().to_owned(),
-        headers,
-        body: body.into(),
-    };
+    let inv = invocation(&parts, path, body.into());
     let reply = admission.invoke(inv).await;
     // The body's bytes count against the node's memory until the
     // invocation that holds them has ended.

@@ -363,9 +363,10 @@ async fn serve(args: Args) -> Result<()> {
         Some(url) => Some(sedge_triggers::nats::NatsLink::connect(url).await.with_context(|| format!("--nats {url}"))?),
         // In a cluster, triggers subscribe on the cluster's own connection.
         #[cfg(feature = "cluster")]
-        None => cluster.as_ref().zip(args.cluster.cluster.as_ref()).map(|(cluster, url)| {
-            sedge_triggers::nats::NatsLink::from_client(url, cluster.client().clone())
-        }),
+        None => cluster
+            .as_ref()
+            .zip(args.cluster.cluster.as_ref())
+            .map(|(cluster, url)| sedge_triggers::nats::NatsLink::from_client(url, cluster.client().clone())),
         #[cfg(not(feature = "cluster"))]
         None => None,
     };

@@ -427,8 +427,7 @@ fn in_a_cluster_a_nats_trigger_rides_the_clusters_own_connection() {
         let start = Instant::now();
         loop {
             assert!(start.elapsed() < Duration::from_secs(30), "no answer from the function");
-            let request =
-                async_nats::Request::new().payload("hello".into()).timeout(Some(Duration::from_secs(2)));
+            let request = async_nats::Request::new().payload("hello".into()).timeout(Some(Duration::from_secs(2)));
             match client.send_request("cam.east.frames", request).await {
                 Ok(m) => break m,
                 Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
