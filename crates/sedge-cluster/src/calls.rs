@@ -141,21 +141,11 @@ impl Cluster {
         };
         let value = serde_json::to_vec(&record).unwrap_or_default();
         self.calls.create(id.as_str(), value.into()).await.map_err(|e| unavailable("its state", e.to_string()))?;
-        let mut headers = inv.headers;
-        headers.push(("x-call-id".into(), id.clone()));
-        let mut meta = CallMeta {
-            id: id.clone(),
-            function: name.to_owned(),
-            method: inv.method,
-            path: inv.path,
-            query: inv.query,
-            headers,
-            timeout_ms: spec.limits.timeout.as_millis() as u64,
-            from: self.config.node_name.clone(),
-            object: None,
-        };
+        let mut inv = inv;
+        inv.headers.push(("x-call-id".into(), id.clone()));
+        let (mut meta, body) = CallMeta::of(id.clone(), name, inv, spec.limits.timeout, &self.config.node_name);
         let header = serde_json::to_vec(&meta).map_or(0, |v| v.len());
-        let mut body = inv.body;
+        let mut body = body;
         let published = async {
             if !wire::fits(body.len(), header, self.max_payload()) {
                 let object = format!("call-{id}");

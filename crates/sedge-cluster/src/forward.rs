@@ -222,19 +222,9 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         let me = self.config.node_name.clone();
         let id = call_id(&me);
-        let mut meta = CallMeta {
-            id: id.clone(),
-            function: name.to_owned(),
-            method: inv.method,
-            path: inv.path,
-            query: inv.query,
-            headers: inv.headers,
-            timeout_ms: timeout.as_millis() as u64,
-            from: me.clone(),
-            object: None,
-        };
+        let (mut meta, body) = CallMeta::of(id.clone(), name, inv, timeout, &me);
         let header = serde_json::to_vec(&meta).map_or(0, |v| v.len());
-        let mut body = inv.body;
+        let mut body = body;
         if !wire::fits(body.len(), header, self.max_payload()) {
             self.put_object(&id, &body)
                 .await

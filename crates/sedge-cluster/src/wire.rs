@@ -25,6 +25,31 @@ pub struct CallMeta {
     pub object: Option<String>,
 }
 
+impl CallMeta {
+    /// The header of `inv` sent on to `function`, with its body apart (the
+    /// message's tail, or an object when it does not fit).
+    pub fn of(
+        id: String,
+        function: &str,
+        inv: sedge_core::Invocation,
+        timeout: std::time::Duration,
+        from: &str,
+    ) -> (Self, Bytes) {
+        let meta = CallMeta {
+            id,
+            function: function.to_owned(),
+            method: inv.method,
+            path: inv.path,
+            query: inv.query,
+            headers: inv.headers,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            from: from.to_owned(),
+            object: None,
+        };
+        (meta, inv.body)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AnswerMeta {
     /// The node that answered.
