@@ -15,6 +15,9 @@
 //!   (`registry.rs`).
 //! - Calls: a node without the function, or without room for it, sends it
 //!   over NATS request-reply (`forward.rs`, `wire.rs`).
+//! - Views: what the other nodes run (replicas, counters, log lines) and
+//!   scale pins, asked of each node on its own subject (`inquiry.rs`), so
+//!   `sedge ls`, `describe`, `logs` and `scale` speak for the cluster.
 //!
 //! Neighbours: `sedge-gateway` (whose [`sedge_gateway::cluster::Cluster`]
 //! this implements, and whose deploy and remove it calls), `sedge-core`
@@ -23,6 +26,7 @@
 mod calls;
 pub mod creds;
 mod forward;
+mod inquiry;
 mod membership;
 pub mod placement;
 mod registry;
@@ -297,6 +301,7 @@ impl Cluster {
         membership::start(self).await?;
         registry::start(self).await?;
         forward::start(self).await?;
+        inquiry::start(self).await?;
         Ok(())
     }
 
