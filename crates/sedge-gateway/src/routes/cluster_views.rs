@@ -218,6 +218,7 @@ pub(super) async fn logs(
     }
     let to = query.node.clone().map(|n| vec![n]);
     let ask = Question::Logs { name: name.clone(), query: query.clone() };
+    let asked_at = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
     let asked = cluster.ask(question(&ask), to.clone()).await;
     if let Some(wanted) = &query.node {
         match asked.first() {
@@ -236,6 +237,7 @@ pub(super) async fn logs(
     let mut follow = Follow::default();
     let mut first = follow.merge(&name, &asked);
     first.drain(..first.len().saturating_sub(pick.tail));
+    follow.settle(&asked_at);
     let ndjson = [(header::CONTENT_TYPE, "application/x-ndjson")];
     let text = |lines: &[Value]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
     if !pick.follow {
@@ -341,6 +343,18 @@ impl Follow {
         }
     }
 
+    /// After the first round, asked at `asked_at`: each node that answered
+    /// has sent every line it had then (or the tail of them), so the next
+    /// rounds need nothing older from it.
+    fn settle(&mut self, asked_at: &str) {
+        for (last, same) in self.sent.values_mut() {
+            if last.as_str() < asked_at {
+                *last = asked_at.to_owned();
+                *same = 0;
+            }
+        }
+    }
+
     /// Where the next round starts: the oldest of the nodes' last lines.
     fn since(&self) -> Option<String> {
         self.sent.values().map(|(at, _)| at.clone()).filter(|at| !at.is_empty()).min()
@@ -443,6 +457,23 @@ mod tests {
         let out = follow.merge("f", &next);
         let texts: Vec<&str> = out.iter().map(|l| l["text"].as_str().unwrap_or("")).collect();
         assert_eq!(texts, ["a3b", "a4"]);
+    }
+
+    #[test]
+    fn a_follower_asked_for_no_past_lines_gets_only_new_ones() {
+        let t = |s: u32| format!("2026-12-04T03:00:{s:02}.000000000Z");
+        let mut follow = Follow::default();
+        // `tail=0`: the nodes sent nothing of their past.
+        let first = [asked("a", &["f"], Ok(json!({ "lines": [] }))), asked("b", &["f"], Ok(json!({ "lines": [] })))];
+        assert!(follow.merge("f", &first).is_empty());
+        follow.settle(&t(5));
+        assert_eq!(follow.since(), Some(t(5)));
+        let next = [
+            asked("a", &["f"], Ok(json!({ "lines": [line(&t(1), "old"), line(&t(6), "new")] }))),
+            asked("b", &["f"], Ok(json!({ "lines": [] }))),
+        ];
+        let out = follow.merge("f", &next);
+        assert_eq!(out.iter().map(|l| l["text"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["new"]);
     }
 
     #[test]
