@@ -401,6 +401,11 @@ impl ClusterLink for Cluster {
         Box::pin(Cluster::ask(self, question, to))
     }
 
+    fn pin(&self, name: &str, replicas: u32) -> Fut<'_, Result<(), ApiError>> {
+        let name = name.to_owned();
+        Box::pin(async move { self.set_pin(&name, replicas).await })
+    }
+
     fn metrics_text(&self) -> String {
         let f = &self.figures;
         let mut out = String::new();

@@ -60,6 +60,10 @@ pub trait Cluster: Send + Sync {
     /// known, this one included, or those named in `to`), each within a
     /// short timeout; one answer per node, sorted by name.
     fn ask(&self, question: Value, to: Option<Vec<String>>) -> Fut<'_, Vec<Asked>>;
+
+    /// Keeps function `name` at `replicas` workers on every node that
+    /// runs it, now and later (0: no pin, scaled by load).
+    fn pin(&self, name: &str, replicas: u32) -> Fut<'_, Result<(), ApiError>>;
 }
 
 /// One node's answer to a question of the cluster-wide views.

@@ -167,8 +167,11 @@ fn combined(name: &str, digest: &str, fallback: Value, asked: &[Asked]) -> Value
     out
 }
 
-/// Pins `name` at `replicas` workers on every node that runs it now.
+/// Pins `name` at `replicas` workers on every node that runs it, now
+/// (each asked, so the answer says which took it) and later (the pin is
+/// kept in the cluster).
 pub(super) async fn scale(cluster: &dyn Cluster, name: &str, replicas: u32) -> Result<Value, ApiError> {
+    cluster.pin(name, replicas).await?;
     let nodes = cluster.nodes().await?;
     let running: Vec<String> = nodes["nodes"]
         .as_array()
@@ -177,12 +180,6 @@ pub(super) async fn scale(cluster: &dyn Cluster, name: &str, replicas: u32) -> R
         .filter(|n| n["functions"].as_array().is_some_and(|fs| fs.iter().any(|f| f == name)))
         .filter_map(|n| n["name"].as_str().map(str::to_owned))
         .collect();
-    if running.is_empty() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            format!("no node of the cluster runs {name} right now (`sedge nodes` shows where it runs)"),
-        ));
-    }
     let asked = cluster.ask(question(&Question::Scale { name: name.to_owned(), replicas }), Some(running)).await;
     let shares: Vec<Value> = asked
         .iter()
@@ -192,14 +189,8 @@ pub(super) async fn scale(cluster: &dyn Cluster, name: &str, replicas: u32) -> R
             Err(why) => json!({ "node": a.node, "scaled": false, "answered": false, "error": why }),
         })
         .collect();
-    if !shares.iter().any(|s| s["scaled"] == true) {
-        let why: Vec<String> =
-            shares.iter().map(|s| format!("{}: {}", s["node"].as_str().unwrap_or("?"), s["error"])).collect();
-        return Err(ApiError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
-            format!("no node running {name} took the pin ({})", why.join("; ")),
-        ));
-    }
+    // A node that did not take it now takes it from the cluster's pins
+    // once it hears them, as does a node that starts running it later.
     Ok(json!({ "name": name, "replicas": replicas, "nodes": shares }))
 }
 

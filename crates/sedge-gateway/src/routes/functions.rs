@@ -167,7 +167,14 @@ pub async fn remove(State(node): Shared, body: Body) -> Result<StatusCode, ApiEr
     namespace::check(req.namespace.as_deref())?;
     let name = parse_name(&req.function_name)?;
     let existed = match node.cluster.get() {
-        Some(cluster) => cluster.remove(name.clone()).await?,
+        Some(cluster) => {
+            let existed = cluster.remove(name.clone()).await?;
+            // A function deployed again under this name starts unpinned.
+            if let Err(e) = cluster.pin(name.as_str(), 0).await {
+                tracing::warn!("removing the pin of {name}: {}", e.message);
+            }
+            existed
+        }
         None => crate::remove(&node, &name).await?,
     };
     if existed {

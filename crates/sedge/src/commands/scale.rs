@@ -31,9 +31,20 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
     };
     let on = |scaled: bool| nodes.iter().filter(move |n| (n["scaled"] == true) == scaled);
     let done: Vec<&str> = on(true).filter_map(|n| n["node"].as_str()).collect();
-    println!("scaled {} to {} replicas on each of: {}", args.name, args.replicas, done.join(", "));
+    if done.is_empty() {
+        println!(
+            "scaled {} to {} replicas: no node runs it right now; each that starts it holds that",
+            args.name, args.replicas
+        );
+    } else {
+        println!("scaled {} to {} replicas on each of: {}", args.name, args.replicas, done.join(", "));
+    }
     for n in on(false) {
-        eprintln!("not on {}: {}", n["node"].as_str().unwrap_or("?"), n["error"].as_str().unwrap_or("no answer"));
+        eprintln!(
+            "not yet on {}: {} (it takes the pin once it hears the cluster)",
+            n["node"].as_str().unwrap_or("?"),
+            n["error"].as_str().unwrap_or("no answer")
+        );
     }
     Ok(())
 }
