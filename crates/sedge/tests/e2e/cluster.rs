@@ -658,7 +658,7 @@ fn ls_describe_logs_and_scale_speak_for_every_node_and_a_killed_node_shows_as_no
     });
     assert_eq!(c.describe("views")["availableReplicas"], 4);
     // A node that starts running it later holds the pin too.
-    let d = node(tmp.path(), &url, "d", "w", "pw-views", "1");
+    let _d = node(tmp.path(), &url, "d", "w", "pw-views", "1");
     c.wait_for("2 workers on d as well", Duration::from_secs(60), |c| {
         let s = shares(&c.describe("views"));
         s.get("d").is_some_and(|(_, ready, _)| *ready == 2)
