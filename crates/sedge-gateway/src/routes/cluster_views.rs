@@ -50,7 +50,16 @@ pub async fn inquiry_answer(node: &Arc<Node>, question: Value, max_bytes: usize)
     };
     match q {
         Question::Functions => match functions::records(node).await {
-            Ok(all) => json!({ "functions": all.iter().map(|r| functions::status(node, r)).collect::<Vec<_>>() }),
+            Ok(all) => {
+                let full: Vec<Value> = all.iter().map(|r| functions::status(node, r)).collect();
+                let answer = json!({ "functions": full });
+                if answer.to_string().len() <= max_bytes {
+                    return answer;
+                }
+                // Too many functions for one message: only the figures the
+                // asking node sums and shows per node.
+                json!({ "functions": full.iter().map(figures_of).collect::<Vec<_>>(), "compact": true })
+            }
             Err(e) => json!({ "error": e.message }),
         },
         Question::Logs { name, query } => {
@@ -70,6 +79,26 @@ pub async fn inquiry_answer(node: &Arc<Node>, question: Value, max_bytes: usize)
             Err(e) => json!({ "error": e.message, "status": e.status.as_u16() }),
         },
     }
+}
+
+/// A function's status cut to what a cluster listing takes from each node.
+fn figures_of(status: &Value) -> Value {
+    let mut out = json!({
+        "name": status["name"],
+        "image": status["image"],
+        "lastDeployError": status["lastDeployError"],
+    });
+    for field in SUMMED {
+        if let Some(v) = status.pointer(field) {
+            let mut at = &mut out;
+            let parts: Vec<&str> = field.trim_start_matches('/').split('/').collect();
+            for part in &parts[..parts.len() - 1] {
+                at = &mut at[*part];
+            }
+            at[parts[parts.len() - 1]] = v.clone();
+        }
+    }
+    out
 }
 
 /// The newest of `lines` whose JSON fits in `max_bytes`, oldest first,
@@ -153,7 +182,10 @@ fn combined(name: &str, digest: &str, fallback: Value, asked: &[Asked]) -> Value
             Err(_) => {}
         }
     }
-    let mut out = statuses.first().map_or(fallback, |s| (*s).clone());
+    // A compact answer (see `figures_of`) has only the figures: the base is
+    // a full one, or the registry's.
+    let full = statuses.iter().find(|s| s.pointer("/sedge/runtime").is_some());
+    let mut out = full.map_or(fallback, |s| (*s).clone());
     for field in SUMMED {
         let total: u64 = statuses.iter().filter_map(|s| s.pointer(field).and_then(Value::as_u64)).sum();
         if let Some(v) = out.pointer_mut(field) {
@@ -381,7 +413,10 @@ mod tests {
         json!({
             "name": name, "image": "sha256:old", "replicas": replicas, "availableReplicas": replicas,
             "invocationCount": invocations, "lastDeployError": null,
-            "sedge": { "workers": { "ready": replicas, "starting": 0, "busy": 0 }, "queued": 0, "coldStarts": 1 },
+            "sedge": {
+                "runtime": "python", "workers": { "ready": replicas, "starting": 0, "busy": 0 },
+                "queued": 0, "coldStarts": 1,
+            },
         })
     }
 
@@ -405,6 +440,22 @@ mod tests {
         assert_eq!(shown, [("a", true), ("c", true), ("d", false)]);
         assert_eq!(nodes[1]["invocationCount"], 4);
         assert_eq!(nodes[2]["error"], "did not answer within 2s");
+    }
+
+    #[test]
+    fn compact_answers_are_summed_like_full_ones_on_a_full_base() {
+        let full = status("f", 1, 3);
+        let compact = figures_of(&status("f", 2, 4));
+        assert_eq!(compact.pointer("/sedge/workers/ready"), Some(&json!(2)));
+        assert!(compact.pointer("/sedge/runtime").is_none());
+        let all = [
+            asked("a", &["f"], Ok(json!({ "functions": [compact], "compact": true }))),
+            asked("b", &["f"], Ok(json!({ "functions": [full] }))),
+        ];
+        let f = combined("f", "sha256:new", json!({}), &all);
+        assert_eq!((&f["replicas"], &f["invocationCount"]), (&json!(3), &json!(7)));
+        assert_eq!(f.pointer("/sedge/runtime"), Some(&json!("python")));
+        assert_eq!(f.pointer("/sedge/nodes").and_then(Value::as_array).map(Vec::len), Some(2));
     }
 
     #[test]
