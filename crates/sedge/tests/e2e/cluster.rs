@@ -267,6 +267,10 @@ fn a_single_node_lists_itself_alone() {
     }
     assert!(humantime::parse_rfc3339(nodes[0]["lastSeen"].as_str().expect("lastSeen")).is_ok());
     assert_eq!(node.request_raw("GET", "/system/nodes", &[], b"").status, 401, "behind the admin credential");
+    // Asking for another node's log lines is refused, naming why.
+    let r = node.get("/system/logs?name=any&node=b");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("not part of a cluster"), "{}", r.error());
 }
 
 /// Sends `body` to `path` on `url` until `stop`; counts answers by status.
@@ -539,6 +543,16 @@ fn shares(status: &serde_json::Value) -> std::collections::BTreeMap<String, (boo
         .collect()
 }
 
+fn scale_to(node: &Node, name: &str, replicas: u32) -> crate::support::Answer {
+    let body = serde_json::json!({ "replicas": replicas }).to_string();
+    node.request(
+        "POST",
+        &format!("/system/scale-function/{name}"),
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+}
+
 fn listed(node: &Node, name: &str) -> serde_json::Value {
     let r = node.get("/system/functions");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -664,20 +678,10 @@ fn ls_describe_logs_and_scale_speak_for_every_node_and_a_killed_node_shows_as_no
         s.get("d").is_some_and(|(_, ready, _)| *ready == 2)
     });
 
-    let r = c.request(
-        "POST",
-        "/system/scale-function/views",
-        &[("content-type", "application/json")],
-        br#"{"replicas": 4}"#,
-    );
+    let r = scale_to(&c, "views", 4);
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.error().contains("[scale] max"), "{}", r.error());
-    let r = c.request(
-        "POST",
-        "/system/scale-function/ghost",
-        &[("content-type", "application/json")],
-        br#"{"replicas": 1}"#,
-    );
+    let r = scale_to(&c, "ghost", 1);
     assert_eq!(r.status, 404, "{}", r.text());
 
     // b killed: the listing still answers, b shown as not answering.
