@@ -18,7 +18,9 @@ pub fn run(client: &Client) -> Result<()> {
     // A node of a cluster says which nodes run each function.
     let clustered = items.iter().any(|f| f.pointer("/sedge/nodes").is_some());
     let nodes_head = if clustered { "  NODES" } else { "" };
-    println!("{:<24} {:<8} {:>8} {:>12}  {:<19}{nodes_head}", "NAME", "RUNTIME", "REPLICAS", "INVOCATIONS", "IMAGE");
+    let head =
+        format!("{:<24} {:<8} {:>8} {:>12}  {:<19}{nodes_head}", "NAME", "RUNTIME", "REPLICAS", "INVOCATIONS", "IMAGE");
+    println!("{}", head.trim_end());
     for f in items {
         let s = |k: &str| f.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default();
         let runtime = f.pointer("/sedge/runtime").and_then(|v| v.as_str()).unwrap_or("-");
