@@ -28,8 +28,12 @@ use crate::{ApiError, Node};
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "ask", rename_all = "lowercase")]
 enum Question {
-    /// Every function this node holds, as its own `/system/functions` shows it.
-    Functions,
+    /// Every function this node holds (or only `name`), as its own
+    /// `/system/functions` shows it.
+    Functions {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
     /// A function's log lines kept here that the query picks.
     Logs { name: String, query: LogQuery },
     /// Hold a function at `replicas` workers here.
@@ -49,8 +53,11 @@ pub async fn inquiry_answer(node: &Arc<Node>, question: Value, max_bytes: usize)
         Err(e) => return json!({ "error": format!("not a question this node knows: {e}") }),
     };
     match q {
-        Question::Functions => match functions::records(node).await {
-            Ok(all) => {
+        Question::Functions { name } => match functions::records(node).await {
+            Ok(mut all) => {
+                if let Some(name) = name {
+                    all.retain(|r| r.spec.name.as_str() == name);
+                }
                 let full: Vec<Value> = all.iter().map(|r| functions::status(node, r)).collect();
                 let answer = json!({ "functions": full });
                 if answer.to_string().len() <= max_bytes {
@@ -132,7 +139,7 @@ pub(super) async fn functions(
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let asked = cluster.ask(question(&Question::Functions), None).await;
+    let asked = cluster.ask(question(&Question::Functions { name: only.map(str::to_owned) }), None).await;
     Ok(records.iter().map(|r| combined(r.spec.name.as_str(), &r.digest, functions::status(node, r), &asked)).collect())
 }
 
@@ -440,6 +447,19 @@ mod tests {
         assert_eq!(shown, [("a", true), ("c", true), ("d", false)]);
         assert_eq!(nodes[1]["invocationCount"], 4);
         assert_eq!(nodes[2]["error"], "did not answer within 2s");
+    }
+
+    #[test]
+    fn questions_travel_as_tagged_json() {
+        let q = question(&Question::Scale { name: "f".into(), replicas: 2 });
+        assert_eq!(q, json!({ "ask": "scale", "name": "f", "replicas": 2 }));
+        assert!(matches!(
+            serde_json::from_value::<Question>(json!({ "ask": "functions" })),
+            Ok(Question::Functions { name: None })
+        ));
+        let logs = question(&Question::Logs { name: "f".into(), query: LogQuery::default() });
+        assert!(matches!(serde_json::from_value::<Question>(logs), Ok(Question::Logs { .. })));
+        assert!(serde_json::from_value::<Question>(json!({ "ask": "reboot" })).is_err());
     }
 
     #[test]
