@@ -77,7 +77,7 @@ impl Cluster {
                 Err(format!("did not answer within {} s", ANSWER_WITHIN.as_secs()))
             }
             Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
-                Err("not listening (stopped or restarting)".to_owned())
+                Err("not listening (stopping, restarting, or a version without cluster views)".to_owned())
             }
             Err(e) => Err(format!("could not be asked: {e}")),
         }
