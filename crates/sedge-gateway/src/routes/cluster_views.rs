@@ -58,7 +58,14 @@ pub async fn inquiry_answer(node: &Arc<Node>, question: Value, max_bytes: usize)
                 if let Some(name) = name {
                     all.retain(|r| r.spec.name.as_str() == name);
                 }
-                let full: Vec<Value> = all.iter().map(|r| functions::status(node, r)).collect();
+                let mut full: Vec<Value> = all.iter().map(|r| functions::status(node, r)).collect();
+                // An invoke token stays with its node: the asking node
+                // shows its own (see `functions`).
+                for status in &mut full {
+                    if let Some(token) = status.pointer_mut("/sedge/auth/token") {
+                        *token = Value::Null;
+                    }
+                }
                 let answer = json!({ "functions": full });
                 if answer.to_string().len() <= max_bytes {
                     return answer;
@@ -140,7 +147,16 @@ pub(super) async fn functions(
         return Ok(Vec::new());
     }
     let asked = cluster.ask(question(&Question::Functions { name: only.map(str::to_owned) }), None).await;
-    Ok(records.iter().map(|r| combined(r.spec.name.as_str(), &r.digest, functions::status(node, r), &asked)).collect())
+    let shown = records.iter().map(|r| {
+        let name = r.spec.name.as_str();
+        let mut status = combined(name, &r.digest, functions::status(node, r), &asked);
+        // The token that works on the node asked, as on a single node.
+        if let Some(token) = status.pointer_mut("/sedge/auth/token") {
+            *token = json!(node.tokens.get(name).as_deref());
+        }
+        status
+    });
+    Ok(shown.collect())
 }
 
 /// Fields summed over the nodes, as JSON pointers into a function's status.
