@@ -697,4 +697,12 @@ fn ls_describe_logs_and_scale_speak_for_every_node_and_a_killed_node_shows_as_no
     assert!(said.contains("node b did not answer"), "{said}");
     let out = c.cli(&["ls"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("b(no answer)"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Scale to 0 drops the pin: the idle workers stop on the nodes left.
+    let r = scale_to(&c, "views", 0);
+    assert_eq!(r.status, 202, "{}", r.text());
+    c.wait_for("the pin dropped on a and d", Duration::from_secs(30), |c| {
+        let s = shares(&c.describe("views"));
+        ["a", "d"].iter().all(|n| s.get(*n).is_some_and(|(answered, ready, _)| *answered && *ready < 2))
+    });
 }
