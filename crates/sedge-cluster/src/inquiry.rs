@@ -31,37 +31,20 @@ fn subject(node: &str) -> String {
 impl Cluster {
     /// Asks every node known (or those in `to`) `question`; answers sorted by node.
     pub(crate) async fn ask(&self, question: Value, to: Option<Vec<String>>) -> Vec<Asked> {
-        let now = now_ms();
-        let me = self.config.node_name.clone();
-        let mut known: Vec<crate::NodeInfo> = self
-            .view
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|n| n.name != me && now.saturating_sub(n.last_seen_ms) < FORGET_AFTER.as_millis() as u64)
-            .cloned()
-            .collect();
-        known.push(self.own_record());
-        if let Some(to) = &to {
-            known.retain(|n| to.contains(&n.name));
-        }
-        known.sort_by(|a, b| a.name.cmp(&b.name));
+        let others: Vec<crate::NodeInfo> =
+            self.view.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         let payload = serde_json::to_vec(&question).unwrap_or_default();
-        let asks = known.into_iter().map(|n| {
+        let asks = chosen(others, self.own_record(), to.as_deref(), now_ms()).into_iter().map(|(n, reach)| {
             let payload = payload.clone();
             let question = question.clone();
-            let me = me.clone();
             async move {
-                let answer = if n.name == me {
-                    match self.node() {
+                let answer = match reach {
+                    Reach::Here => match self.node() {
                         Some(node) => Ok(sedge_gateway::inquiry_answer(&node, question, self.answer_room()).await),
                         None => Err("the node is stopping".to_owned()),
-                    }
-                } else if !n.alive(now) {
-                    let ago = now.saturating_sub(n.last_seen_ms) / 1000;
-                    Err(format!("gone: not heard from for {ago} s"))
-                } else {
-                    self.request(&n.name, payload).await
+                    },
+                    Reach::Gone(ago) => Err(format!("gone: not heard from for {} s", ago / 1000)),
+                    Reach::Ask => self.request(&n.name, payload).await,
                 };
                 Asked { node: n.name, functions: n.functions, answer }
             }
@@ -103,6 +86,42 @@ impl Cluster {
     }
 }
 
+/// How a node is reached for a question.
+#[derive(Debug, PartialEq)]
+enum Reach {
+    /// This node: answered in place.
+    Here,
+    /// Over NATS.
+    Ask,
+    /// Not heard from for this many milliseconds: not asked.
+    Gone(u64),
+}
+
+/// The nodes a question goes to at `now` (ms): this one and the others
+/// heard from within [`FORGET_AFTER`], only those in `to` when given, by name.
+fn chosen(
+    others: Vec<crate::NodeInfo>,
+    own: crate::NodeInfo,
+    to: Option<&[String]>,
+    now: u64,
+) -> Vec<(crate::NodeInfo, Reach)> {
+    let forget = FORGET_AFTER.as_millis() as u64;
+    let mut out: Vec<(crate::NodeInfo, Reach)> = others
+        .into_iter()
+        .filter(|n| n.name != own.name && now.saturating_sub(n.last_seen_ms) < forget)
+        .map(|n| {
+            let reach = if n.alive(now) { Reach::Ask } else { Reach::Gone(now.saturating_sub(n.last_seen_ms)) };
+            (n, reach)
+        })
+        .collect();
+    out.push((own, Reach::Here));
+    if let Some(to) = to {
+        out.retain(|(n, _)| to.contains(&n.name));
+    }
+    out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    out
+}
+
 pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
     let mut questions =
         cluster.client.subscribe(subject(cluster.name())).await.map_err(|e| js_error("subscribing", e))?;
@@ -125,4 +144,51 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, last_seen_ms: u64) -> crate::NodeInfo {
+        crate::NodeInfo {
+            name: name.into(),
+            labels: vec![],
+            address: String::new(),
+            functions: vec!["f".into()],
+            inflight: 0,
+            capacity: 1,
+            last_seen: String::new(),
+            last_seen_ms,
+            runtimes: vec![],
+            serving: Default::default(),
+            refused: Default::default(),
+        }
+    }
+
+    #[test]
+    fn live_nodes_are_asked_quiet_ones_shown_gone_then_forgotten() {
+        let now = 1_000_000;
+        let others = vec![
+            info("c", now - 1_000),
+            info("b", now - 10_000),
+            info("old", now - 120_000),
+            // This node's own record as the bucket had it: not asked twice.
+            info("me", now - 1_000),
+        ];
+        let got: Vec<(String, Reach)> =
+            chosen(others, info("me", now), None, now).into_iter().map(|(n, r)| (n.name, r)).collect();
+        assert_eq!(
+            got,
+            [("b".to_owned(), Reach::Gone(10_000)), ("c".to_owned(), Reach::Ask), ("me".to_owned(), Reach::Here)]
+        );
+    }
+
+    #[test]
+    fn only_the_nodes_named_are_asked_and_an_unknown_one_is_absent() {
+        let now = 1_000_000;
+        let to = ["c".to_owned(), "nope".to_owned()];
+        let got = chosen(vec![info("c", now), info("b", now)], info("me", now), Some(&to), now);
+        assert_eq!(got.iter().map(|(n, _)| n.name.as_str()).collect::<Vec<_>>(), ["c"]);
+    }
 }

@@ -77,6 +77,13 @@ impl Cluster {
     }
 }
 
+/// The pin an entry of the bucket holds: none when deleted, zero or not
+/// a number (a record written by hand, say).
+fn pin_of(operation: kv::Operation, value: &[u8]) -> Option<u32> {
+    let n = std::str::from_utf8(value).ok()?.trim().parse::<u32>().ok()?;
+    (operation == kv::Operation::Put && n > 0).then_some(n)
+}
+
 pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
     let store = crate::open_kv(
         &cluster.js,
@@ -103,11 +110,10 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
                     continue;
                 }
             };
-            let n = std::str::from_utf8(&entry.value).ok().and_then(|v| v.parse::<u32>().ok());
             let mut wanted = pins.wanted.lock().unwrap_or_else(|p| p.into_inner());
-            match (entry.operation, n) {
-                (kv::Operation::Put, Some(n)) if n > 0 => wanted.insert(entry.key, n),
-                _ => wanted.remove(&entry.key),
+            match pin_of(entry.operation, &entry.value) {
+                Some(n) => wanted.insert(entry.key, n),
+                None => wanted.remove(&entry.key),
             };
             drop(wanted);
             cluster.apply_pins();
@@ -125,4 +131,18 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_positive_number_put_is_a_pin() {
+        assert_eq!(pin_of(kv::Operation::Put, b"2"), Some(2));
+        assert_eq!(pin_of(kv::Operation::Put, b"0"), None);
+        assert_eq!(pin_of(kv::Operation::Put, b"two"), None);
+        assert_eq!(pin_of(kv::Operation::Delete, b"2"), None);
+        assert_eq!(pin_of(kv::Operation::Purge, b""), None);
+    }
 }
