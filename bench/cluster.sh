@@ -13,6 +13,9 @@
 #    of a function placed on all three, five times.
 # 4. The node's own memory (RSS, workers excluded) idle with one function and
 #    no load served: a node that joined the cluster against one on its own.
+# 5. A cluster-wide listing: GET /system/functions by 1 user on node a,
+#    which asks all four nodes (docs/cluster.md), against the same three
+#    functions listed by the node on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/sedge}
@@ -122,3 +125,13 @@ for _ in $(seq 100); do [ "$(curl -s "$url_d/function/everywhere")" = v5 ] && br
 curl -s "$url_solo/function/everywhere" > /dev/null
 sleep 5
 echo "node d in the cluster: $(rss "$pid_d") MiB; the same node on its own: $(rss "$pid_solo") MiB"
+
+echo "== GET /system/functions, 1 user, 3 functions: a node of 4 asking each, and a node on its own"
+SEDGE_GATEWAY=$url_solo "$bin" deploy --wait "$work/one" > /dev/null 2>&1
+SEDGE_GATEWAY=$url_solo "$bin" deploy --wait "$work/two" > /dev/null 2>&1
+auth="authorization:Basic $(printf 'admin:%s' "$password" | base64 -w0)"
+ok() { awk '$1 == "success" && $2 == "rate" {print $3}' "$work/load"; }
+read -r p50 p99 rps < <(load "$url_solo/system/functions" 1 -H "$auth" --expect everywhere)
+echo "on its own: p50 $p50 ms, p99 $p99 ms ($rps req/s, $(ok) % ok)"
+read -r p50 p99 rps < <(load "$url_a/system/functions" 1 -H "$auth" --expect '"answered":true')
+echo "node a asking a, b, c, d: p50 $p50 ms, p99 $p99 ms ($rps req/s, $(ok) % ok)"

@@ -393,6 +393,19 @@ impl ClusterLink for Cluster {
         Box::pin(async move { self.call_record(&id).await })
     }
 
+    fn functions(&self) -> Vec<sedge_store::FunctionRecord> {
+        self.registry_records()
+    }
+
+    fn ask(&self, question: Value, to: Option<Vec<String>>) -> Fut<'_, Vec<sedge_gateway::cluster::Asked>> {
+        Box::pin(Cluster::ask(self, question, to))
+    }
+
+    fn pin(&self, name: &str, replicas: u32) -> Fut<'_, Result<(), ApiError>> {
+        let name = name.to_owned();
+        Box::pin(async move { self.set_pin(&name, replicas).await })
+    }
+
     fn metrics_text(&self) -> String {
         let f = &self.figures;
         let mut out = String::new();

@@ -15,6 +15,11 @@
 //!   (`registry.rs`).
 //! - Calls: a node without the function, or without room for it, sends it
 //!   over NATS request-reply (`forward.rs`, `wire.rs`).
+//! - Views: what the other nodes run (replicas, counters, log lines) and
+//!   scale pins, asked of each node on its own subject (`inquiry.rs`), so
+//!   `sedge ls`, `describe`, `logs` and `scale` speak for the cluster;
+//!   scale pins kept in a bucket every node holds its functions to
+//!   (`pins.rs`).
 //!
 //! Neighbours: `sedge-gateway` (whose [`sedge_gateway::cluster::Cluster`]
 //! this implements, and whose deploy and remove it calls), `sedge-core`
@@ -23,7 +28,9 @@
 mod calls;
 pub mod creds;
 mod forward;
+mod inquiry;
 mod membership;
+mod pins;
 pub mod placement;
 mod registry;
 pub mod wire;
@@ -131,6 +138,8 @@ pub struct Cluster {
     subscriptions: tokio::sync::Mutex<BTreeMap<String, tokio::task::JoinHandle<()>>>,
     /// Set once the node has left: its record is not put again.
     leaving: AtomicBool,
+    /// Scale pins of the cluster, once joined.
+    pins: OnceLock<pins::Pins>,
 }
 
 impl Cluster {
@@ -250,6 +259,7 @@ impl Cluster {
             running: Mutex::default(),
             subscriptions: tokio::sync::Mutex::default(),
             leaving: AtomicBool::new(false),
+            pins: OnceLock::new(),
         }))
     }
 
@@ -297,6 +307,8 @@ impl Cluster {
         membership::start(self).await?;
         registry::start(self).await?;
         forward::start(self).await?;
+        inquiry::start(self).await?;
+        pins::start(self).await?;
         Ok(())
     }
 

@@ -51,4 +51,27 @@ pub trait Cluster: Send + Sync {
 
     /// Prometheus text (format 0.0.4) for the node's link to the cluster.
     fn metrics_text(&self) -> String;
+
+    /// Every function of the registry as a record (its folder is not
+    /// on this node unless it runs it).
+    fn functions(&self) -> Vec<sedge_store::FunctionRecord>;
+
+    /// Asks nodes a question of [`crate::inquiry_answer`] (every node
+    /// known, this one included, or those named in `to`), each within a
+    /// short timeout; one answer per node, sorted by name.
+    fn ask(&self, question: Value, to: Option<Vec<String>>) -> Fut<'_, Vec<Asked>>;
+
+    /// Keeps function `name` at `replicas` workers on every node that
+    /// runs it, now and later (0: no pin, scaled by load).
+    fn pin(&self, name: &str, replicas: u32) -> Fut<'_, Result<(), ApiError>>;
+}
+
+/// One node's answer to a question of the cluster-wide views.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    pub node: String,
+    /// The functions its membership record says it runs.
+    pub functions: Vec<String>,
+    /// Its answer, or why there is none (did not answer in time, gone).
+    pub answer: Result<Value, String>,
 }

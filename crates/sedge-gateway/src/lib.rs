@@ -34,6 +34,7 @@ use sedge_store::{FunctionRecord, SecretStore, StagedBundle, Store, TempPath};
 pub use auth::Access;
 pub use error::ApiError;
 pub use routes::body::BodyMemory;
+pub use routes::inquiry_answer;
 pub use server::ServerConfig;
 
 /// Everything a request may touch.

@@ -18,7 +18,7 @@ use super::{upload, Shared};
 use crate::namespace::{self, NAMESPACE};
 use crate::{blocking, ApiError, Node};
 
-async fn records(node: &Arc<Node>) -> Result<Vec<FunctionRecord>, ApiError> {
+pub(super) async fn records(node: &Arc<Node>) -> Result<Vec<FunctionRecord>, ApiError> {
     let store = node.store.clone();
     blocking(move || Ok(store.list()?)).await
 }
@@ -29,7 +29,7 @@ fn parse_name(raw: &str) -> Result<FunctionName, ApiError> {
 }
 
 /// A function as OpenFaaS's `FunctionStatus`, with sedge's details under `sedge`.
-fn status(node: &Node, r: &FunctionRecord) -> Value {
+pub(super) fn status(node: &Node, r: &FunctionRecord) -> Value {
     let name = r.spec.name.as_str();
     let stats = node.runtime.get(name).map(|p| p.stats()).unwrap_or_default();
     let shared = node.runtime.shared(name);
@@ -122,12 +122,19 @@ fn isolation(node: &Node, spec: &sedge_core::FunctionSpec) -> Value {
 }
 
 pub async fn list(State(node): Shared) -> Result<Json<Vec<Value>>, ApiError> {
+    if let Some(cluster) = node.cluster.get() {
+        return Ok(Json(super::cluster_views::functions(&node, cluster.as_ref(), None).await?));
+    }
     let all = records(&node).await?;
     Ok(Json(all.iter().map(|r| status(&node, r)).collect()))
 }
 
 pub async fn describe(State(node): Shared, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&raw)?;
+    if let Some(cluster) = node.cluster.get() {
+        let found = super::cluster_views::functions(&node, cluster.as_ref(), Some(name.as_str())).await?;
+        return found.into_iter().next().map(Json).ok_or_else(|| ApiError::not_found(name.as_str()));
+    }
     let all = records(&node).await?;
     let r = all.iter().find(|r| r.spec.name == name).ok_or_else(|| ApiError::not_found(name.as_str()))?;
     Ok(Json(status(&node, r)))
@@ -160,7 +167,14 @@ pub async fn remove(State(node): Shared, body: Body) -> Result<StatusCode, ApiEr
     namespace::check(req.namespace.as_deref())?;
     let name = parse_name(&req.function_name)?;
     let existed = match node.cluster.get() {
-        Some(cluster) => cluster.remove(name.clone()).await?,
+        Some(cluster) => {
+            let existed = cluster.remove(name.clone()).await?;
+            // A function deployed again under this name starts unpinned.
+            if let Err(e) = cluster.pin(name.as_str(), 0).await {
+                tracing::warn!("removing the pin of {name}: {}", e.message);
+            }
+            existed
+        }
         None => crate::remove(&node, &name).await?,
     };
     if existed {
@@ -200,7 +214,7 @@ pub async fn scale(
     Path(raw): Path<String>,
     headers: axum::http::HeaderMap,
     body: Body,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     require_json(&headers)?;
     let req: ScaleRequest = json_body(body, r#"{"serviceName": "NAME", "replicas": N}"#).await?;
     namespace::check(req.namespace.as_deref())?;
@@ -212,18 +226,34 @@ pub async fn scale(
             )));
         }
     }
-    let pool = node.runtime.get(name.as_str()).ok_or_else(|| ApiError::not_found(name.as_str()))?;
-    // A pin past [scale] max would start workers the function's author
-    // never budgeted memory for.
-    let max = pool.spec().scale.max;
-    let replicas = u32::try_from(req.replicas).ok().filter(|n| *n <= max).ok_or_else(|| {
+    if let Some(cluster) = node.cluster.get() {
+        let spec = cluster.spec(name.as_str()).ok_or_else(|| ApiError::not_found(name.as_str()))?;
+        let replicas = replicas_within(&spec, req.replicas)?;
+        let answer = super::cluster_views::scale(cluster.as_ref(), name.as_str(), replicas).await?;
+        return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
+    }
+    pin(&node, name.as_str(), req.replicas)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `replicas` when it is a pin `spec` allows: a pin past [scale] max would
+/// start workers the function's author never budgeted memory for.
+fn replicas_within(spec: &sedge_core::FunctionSpec, replicas: i64) -> Result<u32, ApiError> {
+    let max = spec.scale.max;
+    u32::try_from(replicas).ok().filter(|n| *n <= max).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "replicas must be from 0 to {max} (function {name}'s [scale] max), found {}",
-            req.replicas
+            "replicas must be from 0 to {max} (function {}'s [scale] max), found {replicas}",
+            spec.name
         ))
-    })?;
+    })
+}
+
+/// Holds the function at `replicas` workers on this node.
+pub(super) fn pin(node: &Node, name: &str, replicas: i64) -> Result<(), ApiError> {
+    let pool = node.runtime.get(name).ok_or_else(|| ApiError::not_found(name))?;
+    let replicas = replicas_within(pool.spec(), replicas)?;
     pool.set_replicas(replicas);
-    Ok(StatusCode::ACCEPTED)
+    Ok(())
 }
 
 /// `POST /system/function/{name}/token`: a new invoke token; the old one stops working.

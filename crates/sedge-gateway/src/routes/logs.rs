@@ -2,7 +2,9 @@
 //! what faas-cli reads, a stream of JSON objects one per line (not an
 //! array). `since` (RFC 3339, what `faas-cli logs --since=2s` turns into a
 //! time) keeps the lines written at or after it; `tail` the last N of
-//! those; `instance` one worker's.
+//! those; `instance` one worker's. In a cluster the lines come from
+//! every node that runs the function, or from `node=NAME` alone, each
+//! marked with its node (`cluster_views.rs`).
 
 use std::time::SystemTime;
 
@@ -20,26 +22,29 @@ use crate::namespace::{self, NAMESPACE};
 use crate::ApiError;
 
 /// Kept as text, so a bad value is refused with a message naming it.
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize, Default, Clone)]
 pub struct LogQuery {
-    name: Option<String>,
-    tail: Option<String>,
-    follow: Option<String>,
-    since: Option<String>,
-    instance: Option<String>,
+    pub(super) name: Option<String>,
+    pub(super) tail: Option<String>,
+    pub(super) follow: Option<String>,
+    pub(super) since: Option<String>,
+    pub(super) instance: Option<String>,
+    /// In a cluster: only this node's lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) node: Option<String>,
 }
 
 /// Which lines a request asks for.
 #[derive(Debug, PartialEq)]
-struct Pick {
-    since: Option<SystemTime>,
-    tail: usize,
+pub(super) struct Pick {
+    pub(super) since: Option<SystemTime>,
+    pub(super) tail: usize,
     instance: Option<String>,
-    follow: bool,
+    pub(super) follow: bool,
 }
 
 impl Pick {
-    fn parse(q: &LogQuery) -> Result<Self, ApiError> {
+    pub(super) fn parse(q: &LogQuery) -> Result<Self, ApiError> {
         let since = match q.since.as_deref() {
             None | Some("") => None,
             Some(t) => Some(
@@ -78,28 +83,40 @@ impl Pick {
     }
 
     /// The lines kept so far that it asks for, oldest first.
-    fn past(&self, lines: Vec<LogLine>) -> Vec<LogLine> {
+    pub(super) fn past(&self, lines: Vec<LogLine>) -> Vec<LogLine> {
         let mut kept: Vec<LogLine> = lines.into_iter().filter(|l| self.wants(l)).collect();
         kept.drain(..kept.len().saturating_sub(self.tail));
         kept
     }
 }
 
-fn line_json(l: &LogLine) -> String {
-    let v = serde_json::json!({
+/// A line as faas-cli reads it.
+pub(super) fn line_value(l: &LogLine) -> serde_json::Value {
+    serde_json::json!({
         "name": l.function,
         "namespace": NAMESPACE,
         "instance": l.instance,
         "timestamp": humantime::format_rfc3339_nanos(l.timestamp).to_string(),
         "text": l.text,
-    });
-    format!("{v}\n")
+    })
+}
+
+fn line_json(l: &LogLine) -> String {
+    format!("{}\n", line_value(l))
 }
 
 pub async fn logs(State(node): Shared, Query(q): Query<LogQuery>) -> Result<Response, ApiError> {
     let raw = q.name.as_deref().ok_or_else(|| ApiError::bad_request("query parameter `name` is required"))?;
     let name = namespace::strip(raw)?.to_owned();
     let pick = Pick::parse(&q)?;
+    if let Some(cluster) = node.cluster.get() {
+        return super::cluster_views::logs(cluster.clone(), name, q, pick).await;
+    }
+    if let Some(other) = &q.node {
+        return Err(ApiError::bad_request(format!(
+            "query parameter `node` ({other:?}): this node is not part of a cluster"
+        )));
+    }
     if node.runtime.get(&name).is_none() {
         return Err(ApiError::not_found(&name));
     }
@@ -132,6 +149,7 @@ mod tests {
             follow: get("follow"),
             since: get("since"),
             instance: get("instance"),
+            node: None,
         }
     }
 

@@ -3,6 +3,7 @@
 mod async_calls;
 pub(crate) mod body;
 mod calls;
+mod cluster_views;
 mod functions;
 mod invoke;
 mod logs;
@@ -24,6 +25,8 @@ use axum::{Json, Router};
 
 use crate::namespace::NAMESPACE;
 use crate::{ApiError, Node};
+
+pub use cluster_views::inquiry_answer;
 
 pub type Shared = State<Arc<Node>>;
 

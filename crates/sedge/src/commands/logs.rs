@@ -22,6 +22,9 @@ pub struct Args {
     /// Keep printing new lines as they come.
     #[arg(long, short = 'f')]
     follow: bool,
+    /// In a cluster: only the lines of this node [default: every node that runs it].
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
     #[command(flatten)]
     pub gateway: Gateway,
 }
@@ -33,7 +36,15 @@ fn print_line(line: &str, printed: &mut bool) -> Result<()> {
     *printed = true;
     let v: serde_json::Value = serde_json::from_str(line).context("the node sent a malformed log line")?;
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_owned();
-    println!("{} {} {}", s("timestamp"), s("instance"), s("text"));
+    if v["unanswered"] == true {
+        // The cluster's note of a node whose lines are missing.
+        eprintln!("{} {}", s("timestamp"), s("text"));
+        return Ok(());
+    }
+    match v.get("node").and_then(|n| n.as_str()) {
+        Some(node) => println!("{} {node} {} {}", s("timestamp"), s("instance"), s("text")),
+        None => println!("{} {} {}", s("timestamp"), s("instance"), s("text")),
+    }
     Ok(())
 }
 
@@ -42,6 +53,9 @@ pub fn run(client: &Client, args: Args) -> Result<()> {
     let mut path = format!("/system/logs?name={}&tail={tail}&follow={}", args.name, args.follow);
     if let Some(given) = &args.since {
         path.push_str(&format!("&since={}", since(given, SystemTime::now())?));
+    }
+    if let Some(node) = &args.node {
+        path.push_str(&format!("&node={node}"));
     }
     let mut printed = false;
     client.get_lines(&path, &format!("reading the log of {}", args.name), |line| print_line(line, &mut printed))?;

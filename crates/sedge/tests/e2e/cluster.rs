@@ -267,6 +267,10 @@ fn a_single_node_lists_itself_alone() {
     }
     assert!(humantime::parse_rfc3339(nodes[0]["lastSeen"].as_str().expect("lastSeen")).is_ok());
     assert_eq!(node.request_raw("GET", "/system/nodes", &[], b"").status, 401, "behind the admin credential");
+    // Asking for another node's log lines is refused, naming why.
+    let r = node.get("/system/logs?name=any&node=b");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("not part of a cluster"), "{}", r.error());
 }
 
 /// Sends `body` to `path` on `url` until `stop`; counts answers by status.
@@ -519,4 +523,186 @@ fn a_caller_that_hangs_up_leaves_no_call_running_on_the_other_node() {
     let r = a.post("/function/late", b"x");
     assert_eq!((r.status, r.text().as_str()), (200, "ran"));
     assert_eq!(std::fs::read_to_string(&mark).expect("mark"), "ran\n");
+}
+
+/// Each node's share of a function in a cluster listing: node → (answered, availableReplicas, invocationCount).
+fn shares(status: &serde_json::Value) -> std::collections::BTreeMap<String, (bool, u64, u64)> {
+    status["sedge"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no sedge.nodes in {status}"))
+        .iter()
+        .map(|n| {
+            let node = n["node"].as_str().expect("node").to_owned();
+            let figures = (
+                n["answered"] == true,
+                n["availableReplicas"].as_u64().unwrap_or(0),
+                n["invocationCount"].as_u64().unwrap_or(0),
+            );
+            (node, figures)
+        })
+        .collect()
+}
+
+fn scale_to(node: &Node, name: &str, replicas: u32) -> crate::support::Answer {
+    let body = serde_json::json!({ "replicas": replicas }).to_string();
+    node.request(
+        "POST",
+        &format!("/system/scale-function/{name}"),
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+}
+
+fn listed(node: &Node, name: &str) -> serde_json::Value {
+    let r = node.get("/system/functions");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let all = r.json();
+    all.as_array()
+        .expect("a list")
+        .iter()
+        .find(|f| f["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not listed: {all}"))
+}
+
+#[test]
+fn ls_describe_logs_and_scale_speak_for_every_node_and_a_killed_node_shows_as_not_answering() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "ls_describe_logs_and_scale_speak_for_every_node") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "w", "pw-views", "1");
+    let b = node(tmp.path(), &url, "b", "w", "pw-views", "1");
+    let c = node(tmp.path(), &url, "c", "front", "pw-views", "1");
+    wait_nodes(&c, 3);
+    let f = FnDir::python(
+        "views",
+        "[scale]\nmax = 3\n[placement]\nlabels = [\"w\"]\n",
+        "def handle(req):\n    print('got', req.body.decode(), flush=True)\n    return 'ok'\n",
+    );
+    c.deploy(f.path());
+
+    // c runs nothing, yet lists the function with the nodes that run it.
+    let status = listed(&c, "views");
+    let s = shares(&status);
+    assert_eq!(s.keys().map(String::as_str).collect::<Vec<_>>(), ["a", "b"], "{status}");
+    assert!(s.values().all(|(answered, _, _)| *answered), "{status}");
+    let summed: u64 = s.values().map(|(_, r, _)| r).sum();
+    assert_eq!(status["availableReplicas"].as_u64(), Some(summed), "{status}");
+    assert_eq!(status["image"].as_str().map(|i| i.starts_with("sha256:")), Some(true), "{status}");
+    assert!(c.data.join("bundles").read_dir().map_or(0, |d| d.count()) <= 1, "views is not unpacked on c");
+    let out = c.cli(&["ls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table.lines().find(|l| l.starts_with("views ")).unwrap_or_else(|| panic!("no row:\n{table}"));
+    assert!(row.contains("a(") && row.contains("b("), "{table}");
+
+    // Calls on two nodes: describe on the third shows each node's count and the sum.
+    let before = shares(&c.describe("views"));
+    for (n, body, times) in [(&a, "from-a", 2), (&b, "from-b", 3)] {
+        for _ in 0..times {
+            let r = n.post("/function/views", body.as_bytes());
+            assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+        }
+    }
+    let d = c.describe("views");
+    let after = shares(&d);
+    assert_eq!(after["a"].2 - before["a"].2, 2, "{d}");
+    assert_eq!(after["b"].2 - before["b"].2, 3, "{d}");
+    assert_eq!(d["invocationCount"].as_u64(), Some(after["a"].2 + after["b"].2), "{d}");
+
+    // Logs on the third node: the lines of both, each marked with its node.
+    let out = c.cli(&["logs", "views"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let node_of = |needle: &str, text: &str| -> Vec<String> {
+        text.lines().filter(|l| l.ends_with(needle)).map(|l| l.split(' ').nth(1).unwrap_or("").to_owned()).collect()
+    };
+    assert_eq!(node_of("got from-a", &text), ["a", "a"], "{text}");
+    assert_eq!(node_of("got from-b", &text), ["b", "b", "b"], "{text}");
+    let only_b = c.get("/system/logs?name=views&node=b").text();
+    assert!(only_b.contains("from-b") && !only_b.contains("from-a"), "{only_b}");
+    let line: serde_json::Value = serde_json::from_str(only_b.lines().next().expect("a line")).expect("json");
+    assert_eq!((line["node"].as_str(), line["name"].as_str()), (Some("b"), Some("views")), "{line}");
+    let out = c.cli(&["logs", "views", "--node", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node nope"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Following from the third node: new lines of both nodes come as written.
+    let mut follower =
+        c.cli_command(&["logs", "views", "-f", "--tail", "0"]).stdout(Stdio::piped()).spawn().expect("follow");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(a.post("/function/views", b"later-a").status, 200);
+    assert_eq!(b.post("/function/views", b"later-b").status, 200);
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(15);
+    // Other lines (a worker starting) may come too.
+    let both = |seen: &[String]| ["got later-a", "got later-b"].iter().all(|w| seen.iter().any(|l| l.ends_with(w)));
+    while !both(&seen) && Instant::now() < until {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(l);
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let joined = seen.join("\n");
+    assert_eq!(node_of("got later-a", &joined), ["a"], "{joined}");
+    assert_eq!(node_of("got later-b", &joined), ["b"], "{joined}");
+
+    // Scale on the node that runs nothing: the pin holds on every node that runs it.
+    let out = c.cli(&["scale", "views", "--replicas", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("on each of: a, b"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    c.wait_for("2 workers on a and on b", Duration::from_secs(30), |c| {
+        let s = shares(&c.describe("views"));
+        s.values().all(|(_, ready, _)| *ready == 2) && s.len() == 2
+    });
+    assert_eq!(c.describe("views")["availableReplicas"], 4);
+    // A node that starts running it later holds the pin too.
+    let _d = node(tmp.path(), &url, "d", "w", "pw-views", "1");
+    c.wait_for("2 workers on d as well", Duration::from_secs(60), |c| {
+        let s = shares(&c.describe("views"));
+        s.get("d").is_some_and(|(_, ready, _)| *ready == 2)
+    });
+
+    let r = scale_to(&c, "views", 4);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("[scale] max"), "{}", r.error());
+    let r = scale_to(&c, "ghost", 1);
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // b killed: the listing still answers, b shown as not answering.
+    b.kill9();
+    let status = listed(&c, "views");
+    let s = shares(&status);
+    assert_eq!(s.get("a").map(|x| x.0), Some(true), "{status}");
+    assert_eq!(s.get("b").map(|x| x.0), Some(false), "{status}");
+    let out = c.cli(&["logs", "views"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("got from-a"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("node b did not answer"), "{said}");
+    let out = c.cli(&["ls"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("b(no answer)"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Scale to 0 drops the pin: the idle workers stop on the nodes left.
+    let r = scale_to(&c, "views", 0);
+    assert_eq!(r.status, 202, "{}", r.text());
+    c.wait_for("the pin dropped on a and d", Duration::from_secs(30), |c| {
+        let s = shares(&c.describe("views"));
+        ["a", "d"].iter().all(|n| s.get(*n).is_some_and(|(answered, ready, _)| *answered && *ready < 2))
+    });
 }
