@@ -26,6 +26,7 @@ mod forward;
 mod membership;
 pub mod placement;
 mod registry;
+mod secrets;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -108,6 +109,9 @@ pub struct Cluster {
     nodes: kv::Store,
     functions: kv::Store,
     auth: kv::Store,
+    /// Secrets and invoke tokens (`secrets.rs`).
+    secrets: kv::Store,
+    applied: secrets::Applied,
     bundles: object_store::ObjectStore,
     bodies: object_store::ObjectStore,
     figures: Arc<LinkFigures>,
@@ -193,7 +197,7 @@ impl Cluster {
         // A NATS cluster starting with the nodes has no JetStream leader for
         // a few seconds: the buckets are tried again until it has.
         let ready_by = std::time::Instant::now() + JETSTREAM_WAIT;
-        let (nodes, functions, auth, bundles, bodies) = loop {
+        let (nodes, functions, auth, secrets, bundles, bodies) = loop {
             match open_buckets(&js, replicas).await {
                 Ok(b) => break b,
                 Err(e) if std::time::Instant::now() < ready_by => {
@@ -235,6 +239,8 @@ impl Cluster {
             nodes,
             functions,
             auth,
+            secrets,
+            applied: secrets::Applied::default(),
             bundles,
             bodies,
             figures,
@@ -295,6 +301,7 @@ impl Cluster {
         let _ = self.node.set(Arc::downgrade(node));
         let _ = self.address.set(address);
         membership::start(self).await?;
+        secrets::start(self).await?;
         registry::start(self).await?;
         forward::start(self).await?;
         Ok(())
@@ -321,7 +328,7 @@ impl Cluster {
     }
 }
 
-type Buckets = (kv::Store, kv::Store, kv::Store, object_store::ObjectStore, object_store::ObjectStore);
+type Buckets = (kv::Store, kv::Store, kv::Store, kv::Store, object_store::ObjectStore, object_store::ObjectStore);
 
 async fn open_buckets(js: &jetstream::Context, replicas: usize) -> Result<Buckets, ClusterError> {
     let nodes = open_kv(
@@ -345,6 +352,11 @@ async fn open_buckets(js: &jetstream::Context, replicas: usize) -> Result<Bucket
         kv::Config { bucket: AUTH_BUCKET.into(), num_replicas: replicas, history: 1, ..Default::default() },
     )
     .await?;
+    let secrets = open_kv(
+        js,
+        kv::Config { bucket: secrets::BUCKET.into(), num_replicas: replicas, history: 1, ..Default::default() },
+    )
+    .await?;
     let bundles = open_objects(
         js,
         object_store::Config { bucket: BUNDLES_BUCKET.into(), num_replicas: replicas, ..Default::default() },
@@ -362,7 +374,7 @@ async fn open_buckets(js: &jetstream::Context, replicas: usize) -> Result<Bucket
         },
     )
     .await?;
-    Ok((nodes, functions, auth, bundles, bodies))
+    Ok((nodes, functions, auth, secrets, bundles, bodies))
 }
 
 async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {

@@ -159,6 +159,12 @@ impl SecretStore {
         self.write_value(name, value)
     }
 
+    /// Sets a secret's value whether or not it exists: a value the cluster
+    /// holds, written here as it is there.
+    pub fn put(&self, name: &SecretName, value: &[u8]) -> Result<(), SecretError> {
+        self.write_value(name, value)
+    }
+
     fn write_value(&self, name: &SecretName, value: &[u8]) -> Result<(), SecretError> {
         if value.len() > MAX_SECRET {
             return Err(SecretError::TooLarge { name: name.to_string(), size: value.len() });
@@ -271,8 +277,28 @@ impl SecretStore {
     /// Replaces the function's token with a fresh one; the old stops working at once.
     pub fn rotate_token(&self, function: &FunctionName) -> Result<String, SecretError> {
         let token = random_token()?;
-        write_private(&self.token_path(function), token.as_bytes())?;
+        self.set_token(function, &token)?;
         Ok(token)
+    }
+
+    /// Sets the function's token to `token` (one the cluster holds).
+    pub fn set_token(&self, function: &FunctionName, token: &str) -> Result<(), SecretError> {
+        write_private(&self.token_path(function), token.as_bytes())
+    }
+
+    /// The functions that have a token here, sorted.
+    pub fn token_names(&self) -> Result<Vec<FunctionName>, SecretError> {
+        let dir = self.tokens_dir();
+        let io = |source| SecretError::Io { action: "listing", path: dir.clone(), source };
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if let Some(name) = entry.file_name().to_str().and_then(|n| FunctionName::parse(n).ok()) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     pub fn remove_token(&self, function: &FunctionName) -> Result<(), SecretError> {
@@ -352,6 +378,11 @@ mod tests {
         assert_eq!(store.read(&name).expect("read"), b"hunter2");
         store.update(&name, b"new").expect("update");
         assert_eq!(store.read(&name).expect("read"), b"new");
+        let other = SecretName::parse("from.cluster").expect("name");
+        store.put(&other, b"theirs").expect("put a new one");
+        store.put(&other, b"again").expect("put over it");
+        assert_eq!(store.read(&other).expect("read"), b"again");
+        store.remove(&other).expect("remove");
         assert_eq!(store.list().expect("list"), vec![name.clone()]);
         assert_eq!(mode(&dir.path().join("values/db-password")), 0o600);
         let big = vec![0u8; MAX_SECRET + 1];
@@ -396,7 +427,11 @@ mod tests {
         let second = store.rotate_token(f).expect("rotate");
         assert_ne!(first, second);
         assert_eq!(store.token(f).expect("read"), Some(second));
+        assert_eq!(store.token_names().expect("names"), vec![f.clone()]);
+        store.set_token(f, "given").expect("set");
+        assert_eq!(store.token(f).expect("read"), Some("given".to_owned()));
         store.remove_token(f).expect("remove");
+        assert!(store.token_names().expect("names").is_empty());
         assert_eq!(store.token(f).expect("gone"), None);
     }
 }

@@ -1,0 +1,118 @@
+//! What a cluster shares besides functions: secrets and invoke tokens
+//! (the `sedge-secrets` bucket), and models called over the Open Inference
+//! Protocol or by `sedge.infer` from nodes that do not run them. Real
+//! nats-server and real nodes on loopback, as in `cluster.rs`; skipped
+//! where nats-server is not installed.
+
+use std::time::Duration;
+
+use crate::cluster::{node, placement, single, wait_nodes};
+use crate::support::FnDir;
+
+const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
+
+/// Reads secret `db-password` from the function's secrets folder at each call.
+const READ_SECRET: &str = r#"import os
+
+def handle(req):
+    with open(os.path.join(os.environ['SEDGE_SECRETS_DIR'], 'db-password')) as f:
+        return f.read()
+"#;
+
+#[test]
+fn secrets_and_tokens_made_on_one_node_serve_on_another() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "secrets_and_tokens_made_on_one_node") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "front", "pw-secrets", "1");
+    let b = node(tmp.path(), &url, "b", "worker", "pw-secrets", "1");
+    wait_nodes(&a, 2);
+
+    // Made on a, which will not run the function.
+    let r = a.request("POST", "/system/secrets", &JSON, br#"{"name": "db-password", "value": "hunter2"}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = b.request("POST", "/system/secrets", &JSON, br#"{"name": "db-password", "value": "again"}"#);
+    assert_eq!(r.status, 409, "the cluster already has it: {}", r.text());
+    let listed = b.get("/system/secrets").json();
+    assert_eq!(listed, serde_json::json!([{"name": "db-password", "namespace": "openfaas-fn"}]));
+
+    // A deploy naming a secret the cluster lacks is refused where it arrives.
+    let needy = FnDir::python("needy", "secrets = [\"absent\"]\n", "def handle(req):\n    return 'x'\n");
+    let (_, archive) = sedge_store::pack::pack(needy.path()).expect("pack");
+    let r = a.request("PUT", "/system/bundles/needy?wait=true", &[], &archive);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("secret absent"), "{}", r.error());
+
+    // Placed on b only, deployed through a.
+    let vault = FnDir::python(
+        "vault",
+        "secrets = [\"db-password\"]\n[auth]\ninvoke = true\n[placement]\nlabels = [\"worker\"]\n",
+        READ_SECRET,
+    );
+    a.deploy(vault.path());
+    let p = placement(&a);
+    assert_eq!(
+        p.iter().filter(|(_, f)| f.contains(&"vault".to_owned())).map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["b"],
+        "{p:?}"
+    );
+    let token = b.describe("vault")["sedge"]["auth"]["token"].as_str().expect("a token on b").to_owned();
+    let bearer = format!("Bearer {token}");
+    for n in [&a, &b] {
+        let r = n.request_raw("POST", "/function/vault", &[("authorization", &bearer)], b"");
+        assert_eq!((r.status, r.text().as_str()), (200, "hunter2"), "via {}", n.url);
+        assert_eq!(n.request_raw("POST", "/function/vault", &[], b"").status, 401, "via {}", n.url);
+    }
+
+    // An update made on a reaches the running function on b.
+    let r = a.request("PUT", "/system/secrets", &JSON, br#"{"name": "db-password", "value": "changed"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    b.wait_for("the new value on b", Duration::from_secs(10), |b| {
+        b.request_raw("POST", "/function/vault", &[("authorization", &bearer)], b"").text() == "changed"
+    });
+    let r = b.request("PUT", "/system/secrets", &JSON, br#"{"name": "missing", "value": "x"}"#);
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // A token rotated on a: the old one is refused on b, the new one accepted.
+    let out = a.cli(&["rotate-token", "vault"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_ne!(rotated, token);
+    let new_bearer = format!("Bearer {rotated}");
+    b.wait_for("the rotated token on b", Duration::from_secs(10), |b| {
+        b.request_raw("POST", "/function/vault", &[("authorization", &new_bearer)], b"").status == 200
+    });
+    for n in [&a, &b] {
+        assert_eq!(n.request_raw("POST", "/function/vault", &[("authorization", &bearer)], b"").status, 401);
+        let r = n.request_raw("POST", "/function/vault", &[("authorization", &new_bearer)], b"");
+        assert_eq!((r.status, r.text().as_str()), (200, "changed"), "via {}", n.url);
+    }
+
+    // In use anywhere in the cluster: not removable from any node.
+    for n in [&a, &b] {
+        let r = n.request("DELETE", "/system/secrets", &JSON, br#"{"name": "db-password"}"#);
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert!(r.error().contains("vault"), "{}", r.error());
+    }
+
+    // A node joining later, with an empty data directory, gets the secret
+    // and the token, and runs the function with them.
+    let c = node(tmp.path(), &url, "c", "worker", "pw-secrets", "1");
+    c.wait_for("vault on c", Duration::from_secs(30), |c| {
+        placement(c).get("c").is_some_and(|f| f.contains(&"vault".to_owned()))
+    });
+    assert_eq!(std::fs::read_to_string(c.data.join("secrets/values/db-password")).expect("value on c"), "changed");
+    let r = c.request_raw("POST", "/function/vault", &[("authorization", &new_bearer)], b"");
+    assert_eq!((r.status, r.text().as_str()), (200, "changed"));
+    assert_eq!(c.request_raw("POST", "/function/vault", &[("authorization", &bearer)], b"").status, 401);
+
+    // Once no function names it, removed on one node it goes from all.
+    let r = b.request("DELETE", "/system/functions", &JSON, br#"{"functionName": "vault"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = c.request("DELETE", "/system/secrets", &JSON, br#"{"name": "db-password"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    for n in [&a, &b, &c] {
+        n.wait_for("the secret gone", Duration::from_secs(10), |n| !n.data.join("secrets/values/db-password").exists());
+        assert_eq!(n.get("/system/secrets").json(), serde_json::json!([]));
+    }
+}
