@@ -116,3 +116,58 @@ fn secrets_and_tokens_made_on_one_node_serve_on_another() {
         assert_eq!(n.get("/system/secrets").json(), serde_json::json!([]));
     }
 }
+
+#[test]
+fn the_inference_protocol_reaches_a_model_on_another_node() {
+    use serde_json::json;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "the_inference_protocol_reaches_a_model_on_another_node") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "front", "pw-oip", "1");
+    let b = node(tmp.path(), &url, "b", "models", "pw-oip", "1");
+    wait_nodes(&a, 2);
+    a.deploy(crate::models::digits_dir("[placement]\nlabels = [\"models\"]\n").path());
+    let p = placement(&a);
+    assert_eq!(p.get("a").map(Vec::len), Some(0), "a does not run the model: {p:?}");
+
+    // tritonclient against a, which forwards every model request to b:
+    // JSON and binary tensors alike answer as b itself does.
+    let sample = crate::support::repo_root().join("examples/functions/digits-python/sample.json");
+    let seen = crate::oip::client(&a, &["digits", "digits", sample.to_str().expect("utf-8")]);
+    assert_eq!((seen["model_ready"].clone(), seen["version_ready"].clone()), (json!(true), json!(true)));
+    assert_eq!(seen["metadata"]["name"], "digits");
+    assert_eq!(seen["metadata"]["inputs"], json!([{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}]));
+    let want = crate::oip::through_the_function(&b);
+    for (way, binary) in [("json", false), ("binary", true), ("default", true)] {
+        let got = &seen[way]["outputs"];
+        assert_eq!(got["label"]["data"], want["label"]["data"], "{way}: the labels");
+        crate::oip::assert_close(&got["probabilities"]["data"], &want["probabilities"]["data"], way);
+        assert_eq!(got["probabilities"]["binary"], json!(binary), "{way}: probabilities as binary data");
+    }
+    // Errors as a single node gives them.
+    let wrong = &seen["wrong_shape"];
+    assert_eq!(wrong["status"], "400", "{wrong}");
+    assert!(wrong["message"].as_str().is_some_and(|m| m.contains("[N, 64]")), "{wrong}");
+    assert!(seen["wrong_version"]["message"].as_str().is_some_and(|m| m.contains("no version \"2\"")), "{seen}");
+    assert_eq!(seen["missing_ready"], false);
+    assert_eq!(seen["missing_metadata"]["status"], "404");
+
+    // Plain HTTP with the binary extension: the header length travels with the body.
+    let row: Vec<u8> = crate::models::sample_digit().iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+    let head = json!({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                                  "parameters": {"binary_data_size": row.len()}}],
+                      "outputs": [{"name": "label", "parameters": {"binary_data": false}}]})
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend_from_slice(&row);
+    let length = head.len().to_string();
+    let r = a.request("POST", "/v2/models/digits/infer", &[("inference-header-content-length", &length)], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["outputs"][0]["data"], json!([want["label"]["data"][0]]), "{}", r.text());
+    // A function that is not a model is refused on the node asked.
+    let hello = FnDir::python("hello", "[placement]\nlabels = [\"models\"]\n", "def handle(req):\n    return 'hi'\n");
+    a.deploy(hello.path());
+    let r = a.request("POST", "/v2/models/hello/infer", &JSON, b"{}");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().contains("not a model function"), "{}", r.error());
+}
