@@ -24,6 +24,7 @@ mod calls;
 pub mod creds;
 mod forward;
 mod membership;
+mod models;
 pub mod placement;
 mod registry;
 mod secrets;
@@ -300,6 +301,7 @@ impl Cluster {
     pub async fn start(self: &Arc<Self>, node: &Arc<Node>, address: String) -> Result<(), ClusterError> {
         let _ = self.node.set(Arc::downgrade(node));
         let _ = self.address.set(address);
+        node.runtime.set_remote_models(Arc::new(models::ClusterModels(Arc::downgrade(self))));
         membership::start(self).await?;
         secrets::start(self).await?;
         registry::start(self).await?;

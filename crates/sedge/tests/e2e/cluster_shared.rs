@@ -171,3 +171,47 @@ fn the_inference_protocol_reaches_a_model_on_another_node() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.error().contains("not a model function"), "{}", r.error());
 }
+
+#[test]
+fn a_function_calls_a_model_that_runs_on_another_node() {
+    use crate::infer::{label_over_http, sample_body, ERRORS, PYTHON_CALLER};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_function_calls_a_model_that_runs_on_another_node") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "front", "pw-infer", "1");
+    let b = node(tmp.path(), &url, "b", "models", "pw-infer", "1");
+    wait_nodes(&a, 2);
+    let on = |labels: &str| format!("[placement]\nlabels = [\"{labels}\"]\n");
+    a.deploy(crate::models::digits_dir(&on("models")).path());
+    let plain = FnDir::python("plain", &on("models"), "def handle(req):\n    return 'plain'\n");
+    a.deploy(plain.path());
+    // The callers run on a, the model on b.
+    let reader = FnDir::python("reader", &format!("models = [\"digits\"]\n{}", on("front")), PYTHON_CALLER);
+    a.deploy(reader.path());
+    let asker =
+        FnDir::python("asker", &format!("models = [\"digits\", \"ghost\", \"plain\"]\n{}", on("front")), ERRORS);
+    a.deploy(asker.path());
+    let p = placement(&a);
+    assert_eq!(p.get("a"), Some(&vec!["asker".to_owned(), "reader".to_owned()]), "{p:?}");
+
+    let expected = label_over_http(&b);
+    let r = a.post("/function/reader", &sample_body());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!((v["label"].clone(), v["argmax"].clone()), (expected.into(), expected.into()), "{v}");
+    assert_eq!(v["shape"], serde_json::json!([1, 10]), "{v}");
+    assert_eq!(v["dtype"], "float32", "{v}");
+    assert_eq!(v["same"], true, "named, unnamed and listed inputs agree: {v}");
+    let served = crate::support::sample(&b.get("/metrics").text(), "sedge_cluster_served_total", &[]);
+    assert!(served.is_some_and(|n| n >= 3.0), "b ran the model calls: {served:?}");
+
+    // Errors inside the function, as on a single node.
+    let r = a.post("/function/asker", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["effnet"], "effnet is not in this function's models = [\"digits\", \"ghost\", \"plain\"]", "{v}");
+    assert_eq!(v["ghost"], "model ghost is not deployed on this node", "{v}");
+    assert_eq!(v["plain"], "plain is not a model function (runtime python)", "{v}");
+    let shape = v["digits"].as_str().expect("a message");
+    assert!(shape.contains("input \"pixels\" must have shape [N, 64]"), "{v}");
+}

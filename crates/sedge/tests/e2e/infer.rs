@@ -15,12 +15,12 @@ fn digits_model(extra: &str) -> FnDir {
     dir
 }
 
-fn sample_body() -> Vec<u8> {
+pub(crate) fn sample_body() -> Vec<u8> {
     std::fs::read(repo_root().join("examples/functions/digits-python/sample.json")).expect("sample")
 }
 
 /// The label the model itself gives the sample, asked over HTTP.
-fn label_over_http(node: &Node) -> i64 {
+pub(crate) fn label_over_http(node: &Node) -> i64 {
     let v: serde_json::Value = serde_json::from_slice(&sample_body()).expect("json");
     let body = serde_json::json!({"inputs": {"pixels": [v["pixels"]]}}).to_string();
     let a = node.request("POST", "/function/digits", &[("content-type", "application/json")], body.as_bytes());
@@ -30,7 +30,7 @@ fn label_over_http(node: &Node) -> i64 {
     label["data"][0].as_i64().expect("a label")
 }
 
-const PYTHON_CALLER: &str = r#"import numpy as np
+pub(crate) const PYTHON_CALLER: &str = r#"import numpy as np
 import sedge
 
 def handle(req):
@@ -81,7 +81,7 @@ fn a_python_function_calls_the_model_from_many_threads() {
     assert_eq!(described["availableReplicas"], 1, "{described}");
 }
 
-const ERRORS: &str = r#"import numpy as np
+pub(crate) const ERRORS: &str = r#"import numpy as np
 import sedge
 
 def handle(req):
