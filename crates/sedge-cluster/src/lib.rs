@@ -14,7 +14,11 @@
 //!   [`placement`] gives it: the local SQLite store is the node's cache
 //!   (`registry.rs`).
 //! - Calls: a node without the function, or without room for it, sends it
-//!   over NATS request-reply (`forward.rs`, `wire.rs`).
+//!   over NATS request-reply (`forward.rs`, `wire.rs`); so do functions'
+//!   calls of models the node does not run (`models.rs`).
+//! - Secrets and invoke tokens: a key-value bucket (`sedge-secrets`) every
+//!   node copies into its own secret store, in the bucket's order
+//!   (`secrets.rs`).
 //!
 //! Neighbours: `sedge-gateway` (whose [`sedge_gateway::cluster::Cluster`]
 //! this implements, and whose deploy and remove it calls), `sedge-core`
