@@ -37,7 +37,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn parse(value: &[u8]) -> Result<Self, String> {
+    pub(crate) fn parse(value: &[u8]) -> Result<Self, String> {
         let record: Record = serde_json::from_slice(value).map_err(|e| e.to_string())?;
         let spec = FunctionSpec::parse("sedge.toml", &record.manifest).map_err(|e| e.to_string())?;
         Ok(Self { record, spec })

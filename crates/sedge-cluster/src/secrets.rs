@@ -346,7 +346,13 @@ impl SharedSecrets for Cluster {
 
     fn drop_token(&self, function: FunctionName) -> Fut<'_, Result<(), ApiError>> {
         Box::pin(async move {
-            if self.spec_of(function.as_str()).is_some_and(|s| s.auth.invoke) {
+            // The registry itself, not this node's copy of it: a node
+            // restoring an old version before it has read the registry must
+            // not take the token of the version the cluster runs.
+            let record =
+                self.functions.get(function.as_str()).await.map_err(|e| store_error("reading the registry", e))?;
+            let entry = record.and_then(|v| crate::registry::Entry::parse(&v).ok());
+            if entry.is_some_and(|e| e.spec.auth.invoke) {
                 return Ok(());
             }
             let key = Key::Token(function);
