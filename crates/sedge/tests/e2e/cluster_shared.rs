@@ -215,3 +215,43 @@ fn a_function_calls_a_model_that_runs_on_another_node() {
     let shape = v["digits"].as_str().expect("a message");
     assert!(shape.contains("input \"pixels\" must have shape [N, 64]"), "{v}");
 }
+
+#[test]
+fn a_picture_and_a_full_size_tensor_reach_efficientnet_on_another_node() {
+    use std::io::Write;
+    let (Some(dir), Some(cat)) =
+        (crate::models::effnet_dir("effnet"), crate::models::model_file("samples/chelsea.png"))
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_picture_and_a_full_size_tensor_reach_efficientnet") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "front", "pw-effnet", "1");
+    let b = node(tmp.path(), &url, "b", "models", "pw-effnet", "1");
+    wait_nodes(&a, 2);
+    let mut manifest =
+        std::fs::OpenOptions::new().append(true).open(dir.path().join("sedge.toml")).expect("the manifest");
+    manifest.write_all(b"[placement]\nlabels = [\"models\"]\n").expect("placement");
+    a.deploy(dir.path());
+    let caller = FnDir::python(
+        "cats",
+        "models = [\"effnet\"]\n[limits]\nmax_body = \"8MiB\"\n[placement]\nlabels = [\"front\"]\n",
+        crate::infer::EFFNET_CALLER,
+    );
+    a.deploy(caller.path());
+    let p = placement(&a);
+    assert_eq!((p.get("a").cloned(), p.get("b").cloned()), (Some(vec!["cats".into()]), Some(vec!["effnet".into()])));
+    // The picture as a POST, the 602 KB tensor as binary data, both to b.
+    let r = a.post("/function/cats", &std::fs::read(cat).expect("png"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["best"], 282, "{v}");
+    assert!(v["label"].as_str().is_some_and(|l| !l.is_empty()), "{v}");
+    assert_eq!(v["logits"], serde_json::json!([1, 1000]), "{v}");
+    // Not a picture: the model's refusal reaches the function as its error.
+    let r = a.post("/function/cats", b"not a picture");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("model effnet refused the request (400)"), "{}", r.text());
+    drop(b);
+}

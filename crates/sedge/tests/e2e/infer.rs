@@ -176,7 +176,7 @@ fn a_node_function_awaits_the_model() {
     assert_eq!(v["undeclared"], "InferError: effnet is not in this function's models = [\"digits\"]", "{v}");
 }
 
-const EFFNET_CALLER: &str = r#"import numpy as np
+pub(crate) const EFFNET_CALLER: &str = r#"import numpy as np
 import sedge
 
 def handle(req):
