@@ -74,6 +74,18 @@ fn js_error(what: &str, e: impl std::fmt::Display) -> ClusterError {
     ClusterError::JetStream { what: what.to_owned(), message: e.to_string() }
 }
 
+/// The next entry of a bucket's watch; an error the watch gives (it goes
+/// on after one) is logged and skipped. `None` once the watch has ended.
+async fn next_entry(watch: &mut kv::Watch, what: &str) -> Option<kv::Entry> {
+    use futures_util::StreamExt;
+    loop {
+        match watch.next().await? {
+            Ok(entry) => return Some(entry),
+            Err(e) => tracing::warn!("cluster: watching {what}: {e}"),
+        }
+    }
+}
+
 /// How this node joins the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {

@@ -370,15 +370,8 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
     let mut watch = cluster.secrets.watch_with_history(">").await.map_err(|e| js_error("watching the secrets", e))?;
     let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
-        while let Some(entry) = watch.next().await {
+        while let Some(entry) = crate::next_entry(&mut watch, "the secrets").await {
             let Some(cluster) = weak.upgrade() else { return };
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!("cluster: watching the secrets: {e}");
-                    continue;
-                }
-            };
             let Some(key) = Key::parse(&entry.key) else { continue };
             let value = matches!(entry.operation, Operation::Put).then_some(entry.value);
             if let Err(e) = cluster.apply(&key, entry.revision, value).await {

@@ -125,18 +125,7 @@ impl SecretStore {
 
     /// Names of the stored secrets, sorted.
     pub fn list(&self) -> Result<Vec<SecretName>, SecretError> {
-        let dir = self.values_dir();
-        let io = |source| SecretError::Io { action: "listing", path: dir.clone(), source };
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            // Temporary files of an interrupted write start with '.', which no name may.
-            if let Some(name) = entry.file_name().to_str().and_then(|n| SecretName::parse(n).ok()) {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
+        names_in(&self.values_dir(), |n| SecretName::parse(n).ok())
     }
 
     pub fn exists(&self, name: &SecretName) -> bool {
@@ -288,17 +277,7 @@ impl SecretStore {
 
     /// The functions that have a token here, sorted.
     pub fn token_names(&self) -> Result<Vec<FunctionName>, SecretError> {
-        let dir = self.tokens_dir();
-        let io = |source| SecretError::Io { action: "listing", path: dir.clone(), source };
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            if let Some(name) = entry.file_name().to_str().and_then(|n| FunctionName::parse(n).ok()) {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
+        names_in(&self.tokens_dir(), |n| FunctionName::parse(n).ok())
     }
 
     pub fn remove_token(&self, function: &FunctionName) -> Result<(), SecretError> {
@@ -309,6 +288,20 @@ impl SecretStore {
             Err(source) => Err(SecretError::Io { action: "removing", path, source }),
         }
     }
+}
+
+/// The files of `dir` whose names `parse` takes, sorted. Temporary files
+/// of an interrupted write start with '.', which no name may.
+fn names_in<T: Ord>(dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, SecretError> {
+    let io = |source| SecretError::Io { action: "listing", path: dir.to_owned(), source };
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        if let Some(name) = entry.map_err(io)?.file_name().to_str().and_then(&parse) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 #[cfg(unix)]

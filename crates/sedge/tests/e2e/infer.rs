@@ -107,7 +107,11 @@ fn undeclared_missing_and_non_model_functions_are_errors_inside_the_function() {
     node.deploy(caller.path());
     let a = node.post("/function/asker", b"");
     assert_eq!(a.status, 200, "{}", a.text());
-    let v = a.json();
+    errors_as_expected(&a.json());
+}
+
+/// What the `ERRORS` caller saw of each kind of failed model call.
+pub(crate) fn errors_as_expected(v: &serde_json::Value) {
     assert_eq!(v["effnet"], "effnet is not in this function's models = [\"digits\", \"ghost\", \"plain\"]", "{v}");
     assert_eq!(v["ghost"], "model ghost is not deployed on this node", "{v}");
     assert_eq!(v["plain"], "plain is not a model function (runtime python)", "{v}");
