@@ -250,3 +250,37 @@ fn a_picture_and_a_full_size_tensor_reach_efficientnet_on_another_node() {
     assert!(r.text().contains("model effnet refused the request (400)"), "{}", r.text());
     drop(b);
 }
+
+#[test]
+fn a_single_node_joining_a_cluster_brings_its_secrets_and_tokens() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_single_node_joining_a_cluster_brings_its_secrets") else { return };
+    let url = nats.url();
+    let data = tmp.path().join("data-solo");
+    let solo = crate::support::Node::start_with_password(&data, &["--no-sandbox"], "pw-join");
+    let r = solo.request("POST", "/system/secrets", &JSON, br#"{"name": "db-password", "value": "mine"}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let vault = FnDir::python("vault", "secrets = [\"db-password\"]\n[auth]\ninvoke = true\n", READ_SECRET);
+    solo.deploy(vault.path());
+    let token = solo.describe("vault")["sedge"]["auth"]["token"].as_str().expect("a token").to_owned();
+    assert!(solo.terminate().success());
+
+    // The same data directory joins a cluster: what it had, the cluster now has.
+    let a = crate::cluster::node_on(&data, &url, "a", "", "pw-join", "1");
+    let b = node(tmp.path(), &url, "b", "", "pw-join", "1");
+    wait_nodes(&a, 2);
+    assert_eq!(
+        b.get("/system/secrets").json(),
+        serde_json::json!([{"name": "db-password", "namespace": "openfaas-fn"}])
+    );
+    // Deployed to the cluster, the function keeps the token its callers hold.
+    b.deploy(vault.path());
+    let bearer = format!("Bearer {token}");
+    for n in [&a, &b] {
+        n.wait_for("vault serving", Duration::from_secs(20), |n| {
+            n.request_raw("POST", "/function/vault", &[("authorization", &bearer)], b"").status == 200
+        });
+        let r = n.request_raw("POST", "/function/vault", &[("authorization", &bearer)], b"");
+        assert_eq!((r.status, r.text().as_str()), (200, "mine"), "via {}", n.url);
+    }
+}
