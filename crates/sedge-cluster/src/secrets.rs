@@ -65,6 +65,15 @@ pub(crate) struct Applied {
     tokens: tokio::sync::Mutex<HashMap<String, u64>>,
 }
 
+impl Applied {
+    fn of(&self, key: &Key) -> &tokio::sync::Mutex<HashMap<String, u64>> {
+        match key {
+            Key::Secret(_) => &self.secrets,
+            Key::Token(_) => &self.tokens,
+        }
+    }
+}
+
 fn store_error(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what} in the cluster: {e}"))
 }
@@ -88,12 +97,8 @@ impl Cluster {
     /// later revision already is.
     async fn apply(&self, key: &Key, revision: u64, value: Option<Bytes>) -> Result<(), ApiError> {
         let node = self.node().ok_or_else(|| ApiError::internal("cluster", "the node is stopping"))?;
-        let lock = match key {
-            Key::Secret(_) => &self.applied.secrets,
-            Key::Token(_) => &self.applied.tokens,
-        };
         let raw = key.key();
-        let mut seen = lock.lock().await;
+        let mut seen = self.applied.of(key).lock().await;
         if seen.get(&raw).is_some_and(|r| *r >= revision) {
             return Ok(());
         }
@@ -166,11 +171,7 @@ impl Cluster {
 
     /// Records that this node already holds `key` as of `revision`.
     async fn note(&self, key: &Key, revision: u64) {
-        let lock = match key {
-            Key::Secret(_) => &self.applied.secrets,
-            Key::Token(_) => &self.applied.tokens,
-        };
-        let mut seen = lock.lock().await;
+        let mut seen = self.applied.of(key).lock().await;
         let r = seen.entry(key.key()).or_default();
         *r = (*r).max(revision);
     }
