@@ -73,12 +73,14 @@ PY
 
 # compare USERS LOCAL_LABEL LOCAL_URL FORWARDED_LABEL FORWARDED_URL [bench flags...]
 compare() {
-  local users=$1 local_label=$2 local_url=$3 far_label=$4 far_url=$5 p50 p99 rps
+  local users=$1 local_label=$2 local_url=$3 far_label=$4 far_url=$5 p50 p99 rps ok
   shift 5
   for side in local far; do
     local label=${side}_label url=${side}_url
     read -r p50 p99 rps < <(load "${!url}" "$users" "$@")
-    printf '%-28s %s users: p50 %s ms, p99 %s ms, %s req/s\n' "${!label}" "$users" "$p50" "$p99" "$rps"
+    ok=$(awk '$1 == "success" && $2 == "rate" {print $3}' "$work/load")
+    printf '%-28s %s users: p50 %s ms, p99 %s ms, %s req/s (%s %% answered 2xx)\n' \
+      "${!label}" "$users" "$p50" "$p99" "$rps" "$ok"
   done
 }
 
@@ -116,7 +118,7 @@ PY
 for i in 1 2 3 4 5; do
   "$bin" secret update bench-secret --from-literal "v$i" > /dev/null
   t0=$(date +%s.%N)
-  until [ "$(curl -s "$url_b/function/vault")" = "v$i" ]; do :; done
+  until [ "$(curl -s "$url_b/function/vault")" = "v$i" ]; do sleep 0.005; done
   t1=$(date +%s.%N)
   echo "update $i: seen on b $(echo "($t1 - $t0) * 1000" | bc -l | xargs printf '%.1f') ms after its answer"
 done
