@@ -218,7 +218,7 @@ impl Cluster {
 
     /// The call sent to other nodes: the queue group first, then each node
     /// that runs it and did not say busy, least loaded first.
-    async fn send(&self, name: &str, inv: Invocation, timeout: Duration) -> Result<Reply, InvokeError> {
+    pub(crate) async fn send(&self, name: &str, inv: Invocation, timeout: Duration) -> Result<Reply, InvokeError> {
         let deadline = Instant::now() + timeout;
         let me = self.config.node_name.clone();
         let id = call_id(&me);

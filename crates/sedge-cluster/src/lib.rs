@@ -14,7 +14,11 @@
 //!   [`placement`] gives it: the local SQLite store is the node's cache
 //!   (`registry.rs`).
 //! - Calls: a node without the function, or without room for it, sends it
-//!   over NATS request-reply (`forward.rs`, `wire.rs`).
+//!   over NATS request-reply (`forward.rs`, `wire.rs`); so do functions'
+//!   calls of models the node does not run (`models.rs`).
+//! - Secrets and invoke tokens: a key-value bucket (`sedge-secrets`) every
+//!   node copies into its own secret store, in the bucket's order
+//!   (`secrets.rs`).
 //! - Views: what the other nodes run (replicas, counters, log lines) and
 //!   scale pins, asked of each node on its own subject (`inquiry.rs`), so
 //!   `sedge ls`, `describe`, `logs` and `scale` speak for the cluster;
@@ -30,9 +34,11 @@ pub mod creds;
 mod forward;
 mod inquiry;
 mod membership;
+mod models;
 mod pins;
 pub mod placement;
 mod registry;
+mod secrets;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -75,6 +81,18 @@ fn js_error(what: &str, e: impl std::fmt::Display) -> ClusterError {
     ClusterError::JetStream { what: what.to_owned(), message: e.to_string() }
 }
 
+/// The next entry of a bucket's watch; an error the watch gives (it goes
+/// on after one) is logged and skipped. `None` once the watch has ended.
+async fn next_entry(watch: &mut kv::Watch, what: &str) -> Option<kv::Entry> {
+    use futures_util::StreamExt;
+    loop {
+        match watch.next().await? {
+            Ok(entry) => return Some(entry),
+            Err(e) => tracing::warn!("cluster: watching {what}: {e}"),
+        }
+    }
+}
+
 /// How this node joins the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -115,6 +133,9 @@ pub struct Cluster {
     nodes: kv::Store,
     functions: kv::Store,
     auth: kv::Store,
+    /// Secrets and invoke tokens (`secrets.rs`).
+    secrets: kv::Store,
+    applied: secrets::Applied,
     bundles: object_store::ObjectStore,
     bodies: object_store::ObjectStore,
     figures: Arc<LinkFigures>,
@@ -202,7 +223,7 @@ impl Cluster {
         // A NATS cluster starting with the nodes has no JetStream leader for
         // a few seconds: the buckets are tried again until it has.
         let ready_by = std::time::Instant::now() + JETSTREAM_WAIT;
-        let (nodes, functions, auth, bundles, bodies) = loop {
+        let (nodes, functions, auth, secrets, bundles, bodies) = loop {
             match open_buckets(&js, replicas).await {
                 Ok(b) => break b,
                 Err(e) if std::time::Instant::now() < ready_by => {
@@ -244,6 +265,8 @@ impl Cluster {
             nodes,
             functions,
             auth,
+            secrets,
+            applied: secrets::Applied::default(),
             bundles,
             bodies,
             figures,
@@ -304,7 +327,9 @@ impl Cluster {
     pub async fn start(self: &Arc<Self>, node: &Arc<Node>, address: String) -> Result<(), ClusterError> {
         let _ = self.node.set(Arc::downgrade(node));
         let _ = self.address.set(address);
+        node.runtime.set_remote_models(Arc::new(models::ClusterModels(Arc::downgrade(self))));
         membership::start(self).await?;
+        secrets::start(self).await?;
         registry::start(self).await?;
         forward::start(self).await?;
         inquiry::start(self).await?;
@@ -333,7 +358,7 @@ impl Cluster {
     }
 }
 
-type Buckets = (kv::Store, kv::Store, kv::Store, object_store::ObjectStore, object_store::ObjectStore);
+type Buckets = (kv::Store, kv::Store, kv::Store, kv::Store, object_store::ObjectStore, object_store::ObjectStore);
 
 async fn open_buckets(js: &jetstream::Context, replicas: usize) -> Result<Buckets, ClusterError> {
     let nodes = open_kv(
@@ -357,6 +382,11 @@ async fn open_buckets(js: &jetstream::Context, replicas: usize) -> Result<Bucket
         kv::Config { bucket: AUTH_BUCKET.into(), num_replicas: replicas, history: 1, ..Default::default() },
     )
     .await?;
+    let secrets = open_kv(
+        js,
+        kv::Config { bucket: secrets::BUCKET.into(), num_replicas: replicas, history: 1, ..Default::default() },
+    )
+    .await?;
     let bundles = open_objects(
         js,
         object_store::Config { bucket: BUNDLES_BUCKET.into(), num_replicas: replicas, ..Default::default() },
@@ -374,7 +404,7 @@ async fn open_buckets(js: &jetstream::Context, replicas: usize) -> Result<Bucket
         },
     )
     .await?;
-    Ok((nodes, functions, auth, bundles, bodies))
+    Ok((nodes, functions, auth, secrets, bundles, bodies))
 }
 
 async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ClusterError> {

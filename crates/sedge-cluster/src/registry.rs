@@ -37,7 +37,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn parse(value: &[u8]) -> Result<Self, String> {
+    pub(crate) fn parse(value: &[u8]) -> Result<Self, String> {
         let record: Record = serde_json::from_slice(value).map_err(|e| e.to_string())?;
         let spec = FunctionSpec::parse("sedge.toml", &record.manifest).map_err(|e| e.to_string())?;
         Ok(Self { record, spec })
@@ -88,8 +88,11 @@ impl Cluster {
         };
         let spec = staged.record.spec.clone();
         let digest = staged.record.digest.clone();
-        let manifest = std::fs::read_to_string(staged.record.dir.join("sedge.toml"))
-            .map_err(|e| ApiError::internal("reading the staged manifest", e));
+        let manifest = match self.check_secrets(&spec).await {
+            Ok(()) => std::fs::read_to_string(staged.record.dir.join("sedge.toml"))
+                .map_err(|e| ApiError::internal("reading the staged manifest", e)),
+            Err(e) => Err(e),
+        };
         let upload = match manifest {
             Ok(m) => self.store_bundle(&digest, staged.archive()).await.map(|()| m),
             Err(e) => Err(e),
@@ -281,6 +284,7 @@ impl Cluster {
         if let Ok(entry) = Entry::parse(&previous) {
             self.forget_bundle(name.as_str(), &entry.record.digest).await;
         }
+        self.forget_token(name.as_str()).await;
         // Answered once no node serves it, so a call right after is a 404.
         let give_up = Instant::now() + Duration::from_secs(10);
         while Instant::now() < give_up
@@ -368,6 +372,9 @@ impl Cluster {
     /// Fetches the bundle by digest and deploys it through the node's own path.
     async fn deploy_here(&self, node: &Arc<Node>, e: &Entry) -> Result<(), Failed> {
         let name = FunctionName::parse(&e.record.name).map_err(|e| Failed::Deploy(e.to_string()))?;
+        self.fetch_secrets(&e.spec.secrets)
+            .await
+            .map_err(|err| Failed::Fetch(format!("fetching the secrets it names: {}", err.message)))?;
         let fetch = |err: String| Failed::Fetch(format!("fetching bundle {} from the cluster: {err}", e.record.digest));
         let mut object = self.bundles.get(e.record.digest.as_str()).await.map_err(|err| fetch(err.to_string()))?;
         let store = node.store.clone();

@@ -13,11 +13,13 @@ use sedge_core::{FunctionName, FunctionSpec, Invocation, InvokeError, Reply};
 use sedge_store::TempPath;
 use serde_json::Value;
 
+use crate::shared_secrets::SharedSecrets;
 use crate::ApiError;
 
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-pub trait Cluster: Send + Sync {
+/// Secrets and tokens are the cluster's too ([`SharedSecrets`]).
+pub trait Cluster: SharedSecrets + Send + Sync {
     /// The body of `GET /system/nodes`.
     fn nodes(&self) -> Fut<'_, Result<Value, ApiError>>;
 

@@ -20,6 +20,7 @@ pub mod namespace;
 mod routes;
 mod secrets;
 pub mod server;
+pub mod shared_secrets;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -17,10 +17,7 @@ use crate::{blocking, ApiError, Node};
 /// Checks that every secret `spec` names exists.
 pub fn check(node: &Node, spec: &FunctionSpec) -> Result<(), ApiError> {
     if let Some(missing) = spec.secrets.iter().find(|n| !node.secrets.exists(n)) {
-        return Err(ApiError::bad_request(format!(
-            "function {} names secret {missing}, which does not exist: create it first (faas-cli secret create {missing})",
-            spec.name
-        )));
+        return Err(crate::shared_secrets::missing_secret(spec, missing));
     }
     Ok(())
 }
@@ -31,10 +28,26 @@ pub async fn prepare(node: &Arc<Node>, spec: &FunctionSpec) -> Result<(), ApiErr
     check(node, spec)?;
     let secrets = node.secrets.clone();
     let (name, names, wants_token) = (spec.name.clone(), spec.secrets.clone(), spec.auth.invoke);
+    // In a cluster the token is the cluster's, the same on every node.
+    let shared = match node.cluster.get().filter(|_| wants_token) {
+        Some(cluster) => {
+            let (s, n) = (secrets.clone(), name.clone());
+            let local = blocking(move || Ok(s.token(&n)?)).await?;
+            Some(cluster.ensure_token(name.clone(), local).await?)
+        }
+        None => None,
+    };
     let n = name.clone();
     let token = blocking(move || {
         secrets.materialize(&n, &names)?;
-        Ok(if wants_token { Some(secrets.ensure_token(&n)?) } else { None })
+        Ok(match (wants_token, shared) {
+            (false, _) => None,
+            (true, Some(t)) => {
+                secrets.set_token(&n, &t)?;
+                Some(t)
+            }
+            (true, None) => Some(secrets.ensure_token(&n)?),
+        })
     })
     .await?;
     if let Some(t) = token {
@@ -48,12 +61,17 @@ pub async fn prepare(node: &Arc<Node>, spec: &FunctionSpec) -> Result<(), ApiErr
 pub async fn settle(node: &Arc<Node>, spec: &FunctionSpec) -> Result<(), ApiError> {
     let secrets = node.secrets.clone();
     let (name, names, wants_token) = (spec.name.clone(), spec.secrets.clone(), spec.auth.invoke);
-    if !wants_token {
+    // In a cluster the token leaves every node at once, through the cluster.
+    let drop_here = !wants_token && node.cluster.get().is_none();
+    if let Some(cluster) = node.cluster.get().filter(|_| !wants_token) {
+        cluster.drop_token(name.clone()).await?;
+    }
+    if drop_here {
         node.tokens.remove(&name);
     }
     blocking(move || {
         secrets.prune(&name, &names)?;
-        if !wants_token {
+        if drop_here {
             secrets.remove_token(&name)?;
         }
         Ok(())
@@ -61,14 +79,22 @@ pub async fn settle(node: &Arc<Node>, spec: &FunctionSpec) -> Result<(), ApiErro
     .await
 }
 
-/// Forgets a removed function's secret files and token.
+/// Forgets a removed function's secret files and token. In a cluster the
+/// token stays: the function may run elsewhere, and every node checks its
+/// calls; it goes when the cluster removes the function.
 pub async fn forget(node: &Arc<Node>, name: &FunctionName) -> Result<(), ApiError> {
-    node.tokens.remove(name);
+    let clustered = node.cluster.get().is_some();
+    if !clustered {
+        node.tokens.remove(name);
+    }
     let secrets = node.secrets.clone();
     let n = name.clone();
     blocking(move || {
         secrets.unmount(&n)?;
-        Ok(secrets.remove_token(&n)?)
+        if !clustered {
+            secrets.remove_token(&n)?;
+        }
+        Ok(())
     })
     .await
 }
@@ -100,6 +126,10 @@ pub async fn rotate(node: &Arc<Node>, name: &FunctionName, requires: bool) -> Re
             StatusCode::CONFLICT,
             format!("function {name} does not ask for invoke auth: set [auth] invoke = true in its sedge.toml"),
         ));
+    }
+    // The cluster's rotation reaches this node as every other.
+    if let Some(cluster) = node.cluster.get() {
+        return cluster.rotate_token(name.clone()).await;
     }
     let secrets = node.secrets.clone();
     let n = name.clone();

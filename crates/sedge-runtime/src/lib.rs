@@ -216,6 +216,7 @@ pub struct Runtime {
     config: Arc<RuntimeConfig>,
     engines: Engines,
     pools: Arc<models::PoolMap>,
+    remote_models: models::RemoteSlot,
     shared: Mutex<HashMap<String, Arc<FunctionShared>>>,
 }
 
@@ -231,10 +232,17 @@ impl Runtime {
     /// whatever else the node was built with).
     pub fn with_engines(config: Arc<RuntimeConfig>, engines: Engines) -> Self {
         let pools: Arc<models::PoolMap> = Arc::default();
+        let remote_models = models::RemoteSlot::default();
         for engine in engines.all() {
-            engine.attach(models::Models::new(&pools));
+            engine.attach(models::Models::new(&pools, &remote_models));
         }
-        Self { config, engines, pools, shared: Mutex::default() }
+        Self { config, engines, pools, remote_models, shared: Mutex::default() }
+    }
+
+    /// Where functions' calls of models this node does not run go (set
+    /// once: in a cluster, to the nodes that run them).
+    pub fn set_remote_models(&self, remote: Arc<dyn models::RemoteModels>) {
+        let _ = self.remote_models.set(remote);
     }
 
     /// The function's log and counters, which outlive redeploys.

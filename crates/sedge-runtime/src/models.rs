@@ -1,16 +1,18 @@
 //! Models called from functions (`sedge.infer`): a worker's request to run
 //! a model the node serves goes to that model function's pool, like any
 //! other call of it, so scale from zero, its queue and its batching all
-//! apply and one loaded model serves every worker of every function.
+//! apply and one loaded model serves every worker of every function. A
+//! model the node does not run goes to [`RemoteModels`] when the node has
+//! one (in a cluster: another node that runs it).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use bytes::Bytes;
 use sedge_core::{FunctionName, Invocation, InvokeError, RuntimeKind};
 use tokio::time::Instant;
 
-use crate::engine::RawTensor;
+use crate::engine::{BoxFuture, RawTensor};
 use crate::pool::Pool;
 
 /// The node's pools by function name (the runtime's own map).
@@ -55,15 +57,31 @@ fn quoted(names: &[String]) -> String {
     names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
 }
 
+/// Models the node does not run, reached elsewhere (in a cluster, on a
+/// node that runs them).
+pub trait RemoteModels: Send + Sync {
+    /// Runs `model` by `deadline`; `None` when it is nowhere else either.
+    fn infer(
+        &self,
+        model: &str,
+        input: ModelInput,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Option<Result<ModelOutput, ModelError>>>;
+}
+
+/// Where the node's models not run here are reached; set once (`serve --cluster`).
+pub(crate) type RemoteSlot = Arc<OnceLock<Arc<dyn RemoteModels>>>;
+
 /// A handle on the node's models; it does not keep the runtime alive.
 #[derive(Clone)]
 pub struct Models {
     pools: Weak<PoolMap>,
+    remote: RemoteSlot,
 }
 
 impl Models {
-    pub(crate) fn new(pools: &Arc<PoolMap>) -> Self {
-        Self { pools: Arc::downgrade(pools) }
+    pub(crate) fn new(pools: &Arc<PoolMap>, remote: &RemoteSlot) -> Self {
+        Self { pools: Arc::downgrade(pools), remote: remote.clone() }
     }
 
     /// Runs `model` for a function that declared `declared`, by `deadline`
@@ -86,12 +104,18 @@ impl Models {
         let pools = self.pools.upgrade().ok_or(ModelError::Stopped)?;
         let pool = pools.read().unwrap_or_else(|p| p.into_inner()).get(model).cloned();
         drop(pools);
-        let pool = pool.ok_or_else(|| ModelError::NotDeployed(model.to_owned()))?;
-        let runtime = pool.spec().runtime;
-        if runtime != RuntimeKind::Onnx {
-            return Err(ModelError::NotAModel { model: model.to_owned(), runtime: runtime.as_str() });
-        }
         let run = async {
+            let Some(pool) = pool else {
+                let remote = self.remote.get().ok_or_else(|| ModelError::NotDeployed(model.to_owned()))?;
+                return remote
+                    .infer(model, input, deadline)
+                    .await
+                    .unwrap_or_else(|| Err(ModelError::NotDeployed(model.to_owned())));
+            };
+            let runtime = pool.spec().runtime;
+            if runtime != RuntimeKind::Onnx {
+                return Err(ModelError::NotAModel { model: model.to_owned(), runtime: runtime.as_str() });
+            }
             match input {
                 ModelInput::Tensors(t) => Ok(ModelOutput::Tensors(pool.infer(t, deadline).await?)),
                 ModelInput::Image(body) => image(&pool, model, body).await,
@@ -109,22 +133,36 @@ impl Models {
 
 /// A picture goes the way an HTTP caller's does, and the JSON answer back.
 async fn image(pool: &Arc<Pool>, model: &str, body: Bytes) -> Result<ModelOutput, ModelError> {
-    let inv = Invocation {
+    let reply = pool.invoke(image_call(body)).await?;
+    image_answer(model, reply)
+}
+
+/// The call a picture for a model makes: a POST of it, typed by its first bytes.
+pub fn image_call(body: Bytes) -> Invocation {
+    Invocation {
         method: "POST".to_owned(),
         path: "/".to_owned(),
         query: String::new(),
         headers: vec![("content-type".to_owned(), picture_type(&body).to_owned())],
         body,
-    };
-    let reply = pool.invoke(inv).await?;
+    }
+}
+
+/// What the function sees of a model's answer to a picture.
+pub fn image_answer(model: &str, reply: sedge_core::Reply) -> Result<ModelOutput, ModelError> {
     if reply.status == 200 {
         return Ok(ModelOutput::Json(reply.body));
     }
+    Err(refused(model, &reply))
+}
+
+/// A model's refusal, with the message of its JSON error when it has one.
+pub fn refused(model: &str, reply: &sedge_core::Reply) -> ModelError {
     let message = serde_json::from_slice::<serde_json::Value>(&reply.body)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
-    Err(ModelError::Refused { model: model.to_owned(), status: reply.status, message })
+    ModelError::Refused { model: model.to_owned(), status: reply.status, message }
 }
 
 /// The picture's type by its first bytes; the model's decoder reads any it knows.
@@ -157,7 +195,7 @@ mod tests {
     #[tokio::test]
     async fn undeclared_and_missing_models_are_refused() {
         let pools: Arc<PoolMap> = Arc::default();
-        let models = Models::new(&pools);
+        let models = Models::new(&pools, &RemoteSlot::default());
         let digits = FunctionName::parse("digits").expect("a name");
         let input = || ModelInput::Tensors(vec![]);
         let far = Instant::now() + std::time::Duration::from_secs(5);

@@ -125,18 +125,7 @@ impl SecretStore {
 
     /// Names of the stored secrets, sorted.
     pub fn list(&self) -> Result<Vec<SecretName>, SecretError> {
-        let dir = self.values_dir();
-        let io = |source| SecretError::Io { action: "listing", path: dir.clone(), source };
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io)? {
-            let entry = entry.map_err(io)?;
-            // Temporary files of an interrupted write start with '.', which no name may.
-            if let Some(name) = entry.file_name().to_str().and_then(|n| SecretName::parse(n).ok()) {
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
+        names_in(&self.values_dir(), |n| SecretName::parse(n).ok())
     }
 
     pub fn exists(&self, name: &SecretName) -> bool {
@@ -156,6 +145,12 @@ impl SecretStore {
         if !self.exists(name) {
             return Err(SecretError::NotFound(name.to_string()));
         }
+        self.write_value(name, value)
+    }
+
+    /// Sets a secret's value whether or not it exists: a value the cluster
+    /// holds, written here as it is there.
+    pub fn put(&self, name: &SecretName, value: &[u8]) -> Result<(), SecretError> {
         self.write_value(name, value)
     }
 
@@ -271,8 +266,18 @@ impl SecretStore {
     /// Replaces the function's token with a fresh one; the old stops working at once.
     pub fn rotate_token(&self, function: &FunctionName) -> Result<String, SecretError> {
         let token = random_token()?;
-        write_private(&self.token_path(function), token.as_bytes())?;
+        self.set_token(function, &token)?;
         Ok(token)
+    }
+
+    /// Sets the function's token to `token` (one the cluster holds).
+    pub fn set_token(&self, function: &FunctionName, token: &str) -> Result<(), SecretError> {
+        write_private(&self.token_path(function), token.as_bytes())
+    }
+
+    /// The functions that have a token here, sorted.
+    pub fn token_names(&self) -> Result<Vec<FunctionName>, SecretError> {
+        names_in(&self.tokens_dir(), |n| FunctionName::parse(n).ok())
     }
 
     pub fn remove_token(&self, function: &FunctionName) -> Result<(), SecretError> {
@@ -283,6 +288,20 @@ impl SecretStore {
             Err(source) => Err(SecretError::Io { action: "removing", path, source }),
         }
     }
+}
+
+/// The files of `dir` whose names `parse` takes, sorted. Temporary files
+/// of an interrupted write start with '.', which no name may.
+fn names_in<T: Ord>(dir: &Path, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, SecretError> {
+    let io = |source| SecretError::Io { action: "listing", path: dir.to_owned(), source };
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        if let Some(name) = entry.map_err(io)?.file_name().to_str().and_then(&parse) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 #[cfg(unix)]
@@ -352,6 +371,11 @@ mod tests {
         assert_eq!(store.read(&name).expect("read"), b"hunter2");
         store.update(&name, b"new").expect("update");
         assert_eq!(store.read(&name).expect("read"), b"new");
+        let other = SecretName::parse("from.cluster").expect("name");
+        store.put(&other, b"theirs").expect("put a new one");
+        store.put(&other, b"again").expect("put over it");
+        assert_eq!(store.read(&other).expect("read"), b"again");
+        store.remove(&other).expect("remove");
         assert_eq!(store.list().expect("list"), vec![name.clone()]);
         assert_eq!(mode(&dir.path().join("values/db-password")), 0o600);
         let big = vec![0u8; MAX_SECRET + 1];
@@ -396,7 +420,11 @@ mod tests {
         let second = store.rotate_token(f).expect("rotate");
         assert_ne!(first, second);
         assert_eq!(store.token(f).expect("read"), Some(second));
+        assert_eq!(store.token_names().expect("names"), vec![f.clone()]);
+        store.set_token(f, "given").expect("set");
+        assert_eq!(store.token(f).expect("read"), Some("given".to_owned()));
         store.remove_token(f).expect("remove");
+        assert!(store.token_names().expect("names").is_empty());
         assert_eq!(store.token(f).expect("gone"), None);
     }
 }

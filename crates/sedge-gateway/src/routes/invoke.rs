@@ -26,20 +26,28 @@ pub async fn invoke_path(State(node): Shared, Path((name, path)): Path<(String, 
 
 async fn run(node: &crate::Node, raw: &str, path: String, req: Request) -> Response {
     let mut req = req;
-    if let Some(cluster) = node.cluster.get() {
-        let local = crate::namespace::strip(raw).ok().and_then(|n| node.runtime.get(n));
-        let room = local.as_ref().is_some_and(|p| {
-            let (inflight, capacity) = p.load();
-            inflight < capacity
-        });
-        if !room {
-            return clustered(node, cluster.as_ref(), raw, local, path, req).await;
-        }
+    if let Some((cluster, local)) = elsewhere(node, raw) {
+        return clustered(node, cluster, raw, local, path, req).await;
     }
     match find(node, raw, &mut req) {
         Ok((name, pool)) => forward(node, &name, &pool, path, req).await,
         Err(refused) => *refused,
     }
+}
+
+/// In a cluster, when this node does not run function `raw` or has no
+/// room for it: the cluster, and the local pool if there is one.
+pub(super) fn elsewhere<'a>(
+    node: &'a crate::Node,
+    raw: &str,
+) -> Option<(&'a dyn crate::cluster::Cluster, Option<Arc<Pool>>)> {
+    let cluster = node.cluster.get()?;
+    let local = crate::namespace::strip(raw).ok().and_then(|n| node.runtime.get(n));
+    let room = local.as_ref().is_some_and(|p| {
+        let (inflight, capacity) = p.load();
+        inflight < capacity
+    });
+    (!room).then_some((cluster.as_ref(), local))
 }
 
 /// A request refused before it ran, answered as is (boxed: a response is large).
@@ -85,7 +93,7 @@ pub(super) async fn forward(node: &crate::Node, name: &str, pool: &Pool, path: S
 /// A call of a function this node does not run, or has no room for: sent
 /// to another node that runs it; when all of those are full, queued here
 /// if this node runs it (429 only when its queue is full too).
-async fn clustered(
+pub(super) async fn clustered(
     node: &crate::Node,
     cluster: &dyn crate::cluster::Cluster,
     raw: &str,

@@ -58,8 +58,16 @@ pub async fn ready_of(State(node): Shared, Path((name, version)): Path<(String, 
     readiness(&node, &name, Some(&version), req).await
 }
 
-/// Sends `req` to the model function `raw` names, at `path` inside it.
+/// Sends `req` to the model function `raw` names, at `path` inside it; in
+/// a cluster, to a node that runs it when this one does not (or is full),
+/// the body as it came, binary tensors and their header included.
 async fn to_model(node: &crate::Node, raw: &str, version: Option<&str>, req: Request, path: &str) -> Response {
+    if let Some((cluster, local)) = invoke::elsewhere(node, raw) {
+        if let Err(refused) = placed_model(cluster, raw, version, local.as_deref(), &req) {
+            return *refused;
+        }
+        return invoke::clustered(node, cluster, raw, local, path.to_owned(), req).await;
+    }
     let mut req = req;
     let (name, pool) = match model(node, raw, version, &mut req) {
         Ok(found) => found,
@@ -70,7 +78,30 @@ async fn to_model(node: &crate::Node, raw: &str, version: Option<&str>, req: Req
 
 /// 200 once the model is loaded: loading it now if it was scaled to zero,
 /// so a client that waits for "ready" then infers without a cold start.
+/// In a cluster, a node that does not run it asks one that does for the
+/// model's metadata, which loads it there.
 async fn readiness(node: &crate::Node, raw: &str, version: Option<&str>, req: Request) -> Response {
+    if let Some((cluster, local)) = invoke::elsewhere(node, raw) {
+        if let Err(refused) = placed_model(cluster, raw, version, local.as_deref(), &req) {
+            return *refused;
+        }
+        let answer = invoke::clustered(node, cluster, raw, local, METADATA_PATH.to_owned(), req).await;
+        if answer.status() == StatusCode::OK {
+            return StatusCode::OK.into_response();
+        }
+        let status = answer.status();
+        let text = match axum::body::to_bytes(answer.into_body(), 64 * 1024).await {
+            Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&b).into_owned()),
+            Err(e) => e.to_string(),
+        };
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::NOT_FOUND {
+            return ApiError::new(status, text).into_response();
+        }
+        return ApiError::bad_request(format!("model {raw} is not ready: {text}")).into_response();
+    }
     let mut req = req;
     let (name, pool) = match model(node, raw, version, &mut req) {
         Ok(found) => found,
@@ -82,6 +113,27 @@ async fn readiness(node: &crate::Node, raw: &str, version: Option<&str>, req: Re
     }
 }
 
+/// In a cluster: refuses a request for a function the cluster has that is
+/// not a model (or not at `version`); one it does not have goes on, to be
+/// answered 404 as by a single node.
+fn placed_model(
+    cluster: &dyn crate::cluster::Cluster,
+    raw: &str,
+    version: Option<&str>,
+    local: Option<&Pool>,
+    req: &Request,
+) -> Result<(), Refusal> {
+    let Ok(name) = crate::namespace::strip(raw) else { return Ok(()) };
+    let spec = match local {
+        Some(pool) => pool.spec().clone(),
+        None => match cluster.spec(name) {
+            Some(spec) => spec,
+            None => return Ok(()),
+        },
+    };
+    is_model(name, &spec, version).map_err(|error| Box::new(Refused::new(error, req).into_response()))
+}
+
 /// The function behind model `raw` (version `version`), when it exists,
 /// the caller may invoke it, and it is a model.
 fn model(
@@ -91,20 +143,24 @@ fn model(
     req: &mut Request,
 ) -> Result<(String, std::sync::Arc<Pool>), Refusal> {
     let (name, pool) = invoke::find(node, raw, req)?;
-    let runtime = pool.spec().runtime;
+    is_model(&name, pool.spec(), version).map_err(|error| Box::new(Refused::new(error, req).into_response()))?;
+    Ok((name, pool))
+}
+
+/// Whether function `name` of `spec` is a model served at `version`.
+fn is_model(name: &str, spec: &sedge_core::FunctionSpec, version: Option<&str>) -> Result<(), ApiError> {
+    let runtime = spec.runtime;
     if !runtime.serves_models() {
-        let error = ApiError::bad_request(format!(
+        return Err(ApiError::bad_request(format!(
             "{name} is not a model function (runtime {}); the inference protocol serves runtime = \"onnx\" functions",
             runtime.as_str()
-        ));
-        return Err(Box::new(Refused::new(error, req).into_response()));
+        )));
     }
     if let Some(v) = version.filter(|v| *v != VERSION) {
-        let error = ApiError::new(
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("model {name} has no version {v:?}; it has version {VERSION}"),
-        );
-        return Err(Box::new(Refused::new(error, req).into_response()));
+        ));
     }
-    Ok((name, pool))
+    Ok(())
 }

@@ -62,14 +62,23 @@ pub async fn list(
     axum::extract::Query(q): axum::extract::Query<ListQuery>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
     namespace::check(q.namespace.as_deref())?;
-    let secrets = node.secrets.clone();
-    let names = blocking(move || Ok(secrets.list()?)).await?;
+    let names = match node.cluster.get() {
+        Some(cluster) => cluster.secret_names().await?,
+        None => {
+            let secrets = node.secrets.clone();
+            blocking(move || Ok(secrets.list()?)).await?
+        }
+    };
     Ok(Json(names.iter().map(|n| json!({ "name": n.as_str(), "namespace": NAMESPACE })).collect()))
 }
 
 pub async fn create(axum::extract::State(node): Shared, body: Bytes) -> Result<StatusCode, ApiError> {
     let b = parse(&body)?;
     let (name, value) = (name(&b.name)?, value(&b)?);
+    if let Some(cluster) = node.cluster.get() {
+        cluster.create_secret(name, value).await?;
+        return Ok(StatusCode::CREATED);
+    }
     // Held so two creates of one name cannot both pass the existence check.
     let _guard = node.locks.changing_secrets().await;
     let secrets = node.secrets.clone();
@@ -80,6 +89,10 @@ pub async fn create(axum::extract::State(node): Shared, body: Bytes) -> Result<S
 pub async fn update(axum::extract::State(node): Shared, body: Bytes) -> Result<StatusCode, ApiError> {
     let b = parse(&body)?;
     let (name, value) = (name(&b.name)?, value(&b)?);
+    if let Some(cluster) = node.cluster.get() {
+        cluster.update_secret(name, value).await?;
+        return Ok(StatusCode::OK);
+    }
     let _guard = node.locks.changing_secrets().await;
     let secrets = node.secrets.clone();
     let n = name.clone();
@@ -91,14 +104,15 @@ pub async fn update(axum::extract::State(node): Shared, body: Bytes) -> Result<S
 pub async fn remove(axum::extract::State(node): Shared, body: Bytes) -> Result<StatusCode, ApiError> {
     let b = parse(&body)?;
     let name = name(&b.name)?;
+    if let Some(cluster) = node.cluster.get() {
+        cluster.remove_secret(name).await?;
+        return Ok(StatusCode::OK);
+    }
     // Exclusive, so no deploy can start using it meanwhile.
     let _guard = node.locks.changing_secrets().await;
     let users = crate::secrets::users(&node, &name).await?;
     if !users.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("secret {name} is used by {}: remove those functions or their use of it first", users.join(", ")),
-        ));
+        return Err(crate::shared_secrets::secret_in_use(&name, &users));
     }
     let secrets = node.secrets.clone();
     blocking(move || Ok(secrets.remove(&name)?)).await?;

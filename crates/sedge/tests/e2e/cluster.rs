@@ -31,13 +31,13 @@ fn wait_listening(port: u16) {
 }
 
 /// One nats-server with JetStream, stopped when dropped.
-struct NatsServer {
+pub(super) struct NatsServer {
     child: Option<Child>,
     port: u16,
 }
 
 impl NatsServer {
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -72,7 +72,7 @@ fn nats_server(program: &str, dir: &Path, name: &str, cluster: Option<(u16, &[u1
 }
 
 /// A single nats-server, or `None` (with the skip message) where there is none.
-fn single(dir: &Path, test: &str) -> Option<NatsServer> {
+pub(super) fn single(dir: &Path, test: &str) -> Option<NatsServer> {
     let Some(program) = nats_program() else {
         eprintln!("skipped {test}: nats-server is not installed (apt-get install nats-server)");
         return None;
@@ -95,12 +95,12 @@ fn three(dir: &Path, test: &str) -> Option<Vec<NatsServer>> {
 }
 
 /// A cluster node named `name` with `labels`, reaching NATS at `urls`.
-fn node(tmp: &Path, urls: &str, name: &str, labels: &str, password: &str, replicas: &str) -> Node {
+pub(super) fn node(tmp: &Path, urls: &str, name: &str, labels: &str, password: &str, replicas: &str) -> Node {
     let data = tmp.join(format!("data-{name}"));
     node_on(&data, urls, name, labels, password, replicas)
 }
 
-fn node_on(data: &Path, urls: &str, name: &str, labels: &str, password: &str, replicas: &str) -> Node {
+pub(super) fn node_on(data: &Path, urls: &str, name: &str, labels: &str, password: &str, replicas: &str) -> Node {
     let mut args = vec!["--no-sandbox", "--cluster", urls, "--node-name", name, "--cluster-replicas", replicas];
     if !labels.is_empty() {
         args.extend(["--labels", labels]);
@@ -112,14 +112,14 @@ fn node_on(data: &Path, urls: &str, name: &str, labels: &str, password: &str, re
     }
 }
 
-fn nodes_json(node: &Node) -> serde_json::Value {
+pub(super) fn nodes_json(node: &Node) -> serde_json::Value {
     let a = node.get("/system/nodes");
     assert_eq!(a.status, 200, "{}", a.text());
     a.json()
 }
 
 /// The functions each node serves, by node name.
-fn placement(node: &Node) -> std::collections::BTreeMap<String, Vec<String>> {
+pub(super) fn placement(node: &Node) -> std::collections::BTreeMap<String, Vec<String>> {
     let all = nodes_json(node);
     all["nodes"]
         .as_array()
@@ -133,7 +133,7 @@ fn placement(node: &Node) -> std::collections::BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-fn wait_nodes(node: &Node, n: usize) {
+pub(super) fn wait_nodes(node: &Node, n: usize) {
     node.wait_for(&format!("{n} nodes"), Duration::from_secs(20), |x| {
         nodes_json(x)["nodes"].as_array().map_or(0, Vec::len) == n
     });

@@ -15,12 +15,12 @@ fn digits_model(extra: &str) -> FnDir {
     dir
 }
 
-fn sample_body() -> Vec<u8> {
+pub(crate) fn sample_body() -> Vec<u8> {
     std::fs::read(repo_root().join("examples/functions/digits-python/sample.json")).expect("sample")
 }
 
 /// The label the model itself gives the sample, asked over HTTP.
-fn label_over_http(node: &Node) -> i64 {
+pub(crate) fn label_over_http(node: &Node) -> i64 {
     let v: serde_json::Value = serde_json::from_slice(&sample_body()).expect("json");
     let body = serde_json::json!({"inputs": {"pixels": [v["pixels"]]}}).to_string();
     let a = node.request("POST", "/function/digits", &[("content-type", "application/json")], body.as_bytes());
@@ -30,7 +30,7 @@ fn label_over_http(node: &Node) -> i64 {
     label["data"][0].as_i64().expect("a label")
 }
 
-const PYTHON_CALLER: &str = r#"import numpy as np
+pub(crate) const PYTHON_CALLER: &str = r#"import numpy as np
 import sedge
 
 def handle(req):
@@ -81,7 +81,7 @@ fn a_python_function_calls_the_model_from_many_threads() {
     assert_eq!(described["availableReplicas"], 1, "{described}");
 }
 
-const ERRORS: &str = r#"import numpy as np
+pub(crate) const ERRORS: &str = r#"import numpy as np
 import sedge
 
 def handle(req):
@@ -107,7 +107,11 @@ fn undeclared_missing_and_non_model_functions_are_errors_inside_the_function() {
     node.deploy(caller.path());
     let a = node.post("/function/asker", b"");
     assert_eq!(a.status, 200, "{}", a.text());
-    let v = a.json();
+    errors_as_expected(&a.json());
+}
+
+/// What the `ERRORS` caller saw of each kind of failed model call.
+pub(crate) fn errors_as_expected(v: &serde_json::Value) {
     assert_eq!(v["effnet"], "effnet is not in this function's models = [\"digits\", \"ghost\", \"plain\"]", "{v}");
     assert_eq!(v["ghost"], "model ghost is not deployed on this node", "{v}");
     assert_eq!(v["plain"], "plain is not a model function (runtime python)", "{v}");
@@ -176,7 +180,7 @@ fn a_node_function_awaits_the_model() {
     assert_eq!(v["undeclared"], "InferError: effnet is not in this function's models = [\"digits\"]", "{v}");
 }
 
-const EFFNET_CALLER: &str = r#"import numpy as np
+pub(crate) const EFFNET_CALLER: &str = r#"import numpy as np
 import sedge
 
 def handle(req):

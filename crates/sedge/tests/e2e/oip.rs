@@ -22,7 +22,7 @@ fn script() -> PathBuf {
 }
 
 /// Runs the tritonclient script against `node`; what it saw, as JSON.
-fn client(node: &Node, args: &[&str]) -> Value {
+pub(crate) fn client(node: &Node, args: &[&str]) -> Value {
     let host = node.url.trim_start_matches("http://").trim_end_matches('/');
     let (mode, rest) = args.split_first().expect("a mode");
     let out = Command::new(python())
@@ -47,7 +47,7 @@ fn available(node: &Node, name: &str) -> u64 {
 
 /// The same two rows the script sends (the sample and its mirror image),
 /// through `/function/digits` in the node's own JSON form.
-fn through_the_function(node: &Node) -> Value {
+pub(crate) fn through_the_function(node: &Node) -> Value {
     let row = sample_digit();
     let mirror: Vec<f64> = row.iter().rev().copied().collect();
     let body = json!({"inputs": {"pixels": [row, mirror]}}).to_string();
@@ -72,7 +72,7 @@ fn floats(v: &Value) -> Vec<f64> {
     flat
 }
 
-fn assert_close(got: &Value, want: &Value, what: &str) {
+pub(crate) fn assert_close(got: &Value, want: &Value, what: &str) {
     let (got, want) = (floats(got), floats(want));
     assert_eq!(got.len(), want.len(), "{what}: {got:?} vs {want:?}");
     for (g, w) in got.iter().zip(&want) {
