@@ -13,6 +13,10 @@
 #    of a function placed on all three, five times.
 # 4. The node's own memory (RSS, workers excluded) idle with one function and
 #    no load served: a node that joined the cluster against one on its own.
+# 5. Asynchronous calls: accepted /async-function calls per second, 16 users,
+#    on a (the call goes to JetStream, b runs it) against the node on its own
+#    (SQLite, synced); and 202 -> callback latency at light load through a.
+#    (Run after 4, so the memory figure is of an idle node.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/sedge}
@@ -122,3 +126,12 @@ for _ in $(seq 100); do [ "$(curl -s "$url_d/function/everywhere")" = v5 ] && br
 curl -s "$url_solo/function/everywhere" > /dev/null
 sleep 5
 echo "node d in the cluster: $(rss "$pid_d") MiB; the same node on its own: $(rss "$pid_solo") MiB"
+
+echo "== 202 -> callback through a (the call runs on b), 200 calls at 20/s"
+SEDGE_PASSWORD=$password python3 bench/async-calls.py latency "$url_a" one 200 20
+echo "== asynchronous calls: accepted per second, 16 users, ${secs}s; 256-byte bodies"
+head -c 256 /dev/zero | tr '\0' 'x' > "$work/body"
+read -r p50 p99 rps < <(load "$url_a/async-function/one" 16 -d "@$work/body")
+echo "a, into the cluster (JetStream; b runs them): $rps calls/s (p50 $p50 ms, p99 $p99 ms)"
+read -r p50 p99 rps < <(load "$url_solo/async-function/everywhere" 16 -d "@$work/body")
+echo "the node on its own (SQLite, synced): $rps calls/s (p50 $p50 ms, p99 $p99 ms)"
