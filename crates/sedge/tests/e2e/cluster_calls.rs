@@ -83,6 +83,14 @@ fn cluster_async_calls_take_callbacks_chosen_ids_and_idempotency_keys() {
     a.wait_for("the chosen id's call", Duration::from_secs(30), |n| call(n, "order:17")["state"] == "done");
     assert_eq!(call(&b, "order:17")["result"]["body"], "ONE");
 
+    // A body and an answer over what a record holds inline (64 KiB).
+    let big = "a".repeat(300_000);
+    let large = submit(&a, "echo", &big, &[]).expect("accepted");
+    a.wait_for("the large call", Duration::from_secs(30), |n| call(n, &large)["state"] == "done");
+    let c = call(&b, &large);
+    assert_eq!(c["request"]["body"].as_str().map(str::len), Some(300_000));
+    assert_eq!(c["result"]["body"].as_str(), Some(big.to_uppercase().as_str()));
+
     // The same idempotency key sent to both nodes at once: one call.
     let (urls, mut answers) = ([a.url.clone(), b.url.clone()], Vec::new());
     for round in 0..5 {
@@ -115,7 +123,7 @@ fn cluster_async_calls_take_callbacks_chosen_ids_and_idempotency_keys() {
         assert_eq!(n, 1, "{id} listed once: {listed}");
     }
     let keyed = listed.as_array().expect("list").len();
-    assert_eq!(keyed, 2 + answers.len(), "the callback call, order:17 and one per key: {listed}");
+    assert_eq!(keyed, 3 + answers.len(), "the callback call, order:17, the large one and one per key: {listed}");
 }
 
 #[test]
@@ -211,4 +219,53 @@ fn cluster_funcx_tasks_run_through_a_node_without_the_function() {
     assert_eq!(unknown["results"]["nope"]["status"], "unknown");
     let listed = a.get("/system/calls?function=adder").json();
     assert!(listed.as_array().is_some_and(|l| l.len() == 2 && l.iter().all(|c| c["kind"] == "task")), "{listed}");
+}
+
+/// Appends a line to the file the body names: how many times it ran.
+const TALLY: &str = r#"
+def handle(req):
+    with open(req.body.decode(), "a") as f:
+        f.write("ran\n")
+    return "counted"
+"#;
+
+#[test]
+fn a_call_whose_result_is_recorded_is_not_run_again_when_its_node_dies_before_the_callback() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_call_whose_result_is_recorded_is_not_run_again") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "front", "", "pw-once", "1");
+    let mut workers: Vec<Option<Node>> =
+        ["w1", "w2"].iter().map(|name| Some(node(tmp.path(), &url, name, "gpu", "pw-once", "1"))).collect();
+    wait_nodes(&a, 3);
+    let tally = FnDir::python("tally", "[limits]\ntimeout = \"2s\"\n[placement]\nlabels = [\"gpu\"]\n", TALLY);
+    a.deploy(tally.path());
+    a.wait_for("tally on both workers", Duration::from_secs(30), |n| {
+        let p = placement(n);
+        ["w1", "w2"].iter().all(|w| p.get(*w).is_some_and(|f| f.iter().any(|f| f == "tally")))
+    });
+    // The receiver refuses the first deliveries: the call is done, its
+    // callback pending, when the node that ran it dies.
+    let receiver = Receiver::start(4);
+    let file = tmp.path().join("runs");
+    let id = submit(&a, "tally", &file.display().to_string(), &[("X-Callback-Url", &receiver.url)]).expect("accepted");
+    a.wait_for("a refused delivery", Duration::from_secs(30), |n| {
+        let c = call(n, &id);
+        c["state"] == "done" && c["callback"]["attempts"].as_u64().is_some_and(|n| n >= 1)
+    });
+    let ran_on = call(&a, &id)["node"].as_str().expect("node").to_owned();
+    let i = if ran_on == "w1" { 0 } else { 1 };
+    workers[i].take().expect("the worker").kill9();
+    // After the ack wait (timeout 2 s + 5 s) the other worker gets the
+    // message, finds the result recorded and posts the callback only.
+    receiver.wait_for("the callback from the other worker", Duration::from_secs(60), |d| !d.is_empty());
+    let d = &receiver.deliveries()[0];
+    assert_eq!(d.body, b"counted");
+    assert_eq!(d.headers.get("x-call-id"), Some(&id));
+    a.wait_for("the delivery recorded", Duration::from_secs(30), |n| call(n, &id)["callback"]["state"] == "delivered");
+    let c = call(&a, &id);
+    assert_eq!((c["attempts"].clone(), c["node"].clone()), (serde_json::json!(1), serde_json::json!(ran_on)), "{c}");
+    let runs = std::fs::read_to_string(&file).expect("the tally");
+    assert_eq!(runs.lines().count(), 1, "the function ran once: {runs:?}");
+    drop(workers);
 }
