@@ -481,14 +481,9 @@ impl Cluster {
         let mut key_entry = None;
         if let Some(key) = &call.key {
             let k = idempotency_key(&call.function, key);
-            match self.records().create(k.as_str(), id.clone().into()).await {
-                Ok(_) => key_entry = Some(k),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    let first = self.records().get(k.as_str()).await.map_err(|e| unavailable("read the key", e))?;
-                    let first = first.ok_or_else(|| unavailable("read the key", "it went while read"))?;
-                    return Ok(Accepted { id: String::from_utf8_lossy(&first).into_owned(), duplicate: true });
-                }
-                Err(e) => return Err(unavailable("store the idempotency key", e)),
+            match self.take_key(&k, &id).await? {
+                None => key_entry = Some(k),
+                Some(first) => return Ok(Accepted { id: first, duplicate: true }),
             }
         }
         let stored = self.store_new(&call, &id).await;
@@ -498,6 +493,29 @@ impl Cluster {
             }
         }
         stored
+    }
+
+    /// Creates idempotency key `k` for call `id`; `Some(first)` when a
+    /// call `first` holds it already. The node that took a key may still be
+    /// storing its call, or give up (and free the key): a holder whose call
+    /// does not show within a few tries is only reported once its record is
+    /// there, or the key is taken afresh.
+    async fn take_key(&self, k: &str, id: &str) -> Result<Option<String>, ApiError> {
+        for _ in 0..20 {
+            match self.records().create(k, id.to_owned().into()).await {
+                Ok(_) => return Ok(None),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(unavailable("store the idempotency key", e)),
+            }
+            let first = self.records().get(k).await.map_err(|e| unavailable("read the idempotency key", e))?;
+            if let Some(first) = first.map(|v| String::from_utf8_lossy(&v).into_owned()) {
+                if self.record(&first).await?.is_some() {
+                    return Ok(Some(first));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(unavailable("store the idempotency key", "another node holds it and has not stored its call; try again"))
     }
 
     /// Stores call `id` (its record, then its body, then its message).
@@ -739,8 +757,10 @@ impl Cluster {
             }
         }
         drop(slot);
-        if record.callback_pending() {
-            with_progress(&message, self.deliver_callback(&mut record, revision)).await;
+        if record.callback_pending() && !with_progress(&message, self.deliver_callback(&mut record, revision)).await {
+            // A delivery not recorded: the message comes back for it.
+            let _ = nak(Duration::from_secs(1)).await;
+            return;
         }
         if let Err(e) = message.ack().await {
             tracing::warn!("cluster: acknowledging call {}: {e}", record.id);
@@ -827,8 +847,9 @@ impl Cluster {
     }
 
     /// Posts a finished call's result to its callback URL until delivered
-    /// or given up, as one node does, each delivery recorded.
-    async fn deliver_callback(&self, record: &mut CallRecord, mut revision: u64) {
+    /// or given up, as one node does, each delivery recorded; whether the
+    /// last one was.
+    async fn deliver_callback(&self, record: &mut CallRecord, mut revision: u64) -> bool {
         let config = QueueConfig::default();
         let key = record_key(&record.id);
         while record.callback_pending() {
@@ -854,10 +875,11 @@ impl Cluster {
                 Ok(r) => revision = r,
                 Err(e) => {
                     tracing::warn!("cluster: recording the callback of call {}: {e}", record.id);
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 }
 
