@@ -26,11 +26,11 @@ use async_nats::jetstream::{self, consumer::pull, kv, object_store, AckKind};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use sedge_core::{Invocation, InvokeError, Reply};
+use sedge_core::{Invocation, InvokeError};
 use sedge_gateway::cluster::{ClusterCalls, Fut, StatusCode};
 use sedge_gateway::ApiError;
 use sedge_queue::callback::{self, HttpClient};
-use sedge_queue::policy::{self, Attempt, Backoff, Next};
+use sedge_queue::policy::{self, Backoff, Next, Outcome};
 use sedge_queue::{Accepted, Call, CallKind, CallState, CallbackState, Filter, NewCall, QueueConfig, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -773,12 +773,9 @@ impl Cluster {
         let spec = pool.spec().async_calls.clone();
         let now = now_ms();
         let age = Duration::from_millis(now.saturating_sub(record.queued_ms));
-        let fail = |status: u16, reason: String| Ended {
-            status,
-            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
-            body: Some(StoredBody::inline(serde_json::json!({ "error": reason }).to_string().as_bytes())),
-            error: Some(reason),
-            duration_ms: 0,
+        let fail = |status: u16, reason: String| {
+            let (headers, body) = policy::error_answer(&reason);
+            Ended { status, headers, body: Some(StoredBody::inline(&body)), error: Some(reason), duration_ms: 0 }
         };
         if let Some(reason) = policy::expired(&spec, age) {
             record.end(fail(410, reason.clone()), &Next::GiveUp { reason }, now);
@@ -815,21 +812,10 @@ impl Cluster {
             Err(e) => Err(e),
         };
         let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let attempt = match &result {
-            Ok(reply) => Attempt::answered(reply.status),
-            Err(e) => Attempt::from_error(e),
-        };
+        let Outcome { attempt, headers, body, error } = Outcome::of(result);
         let next = {
             let mut rng = rng().lock().unwrap_or_else(|p| p.into_inner());
             policy::after_attempt(&spec, &attempt, record.attempts, age, &Backoff::CALLS, &mut rng)
-        };
-        let (headers, body, error) = match result {
-            Ok(Reply { headers, body, .. }) => (headers, body, None),
-            Err(e) => {
-                let text = e.to_string();
-                let body = Bytes::from(serde_json::json!({ "error": text }).to_string());
-                (vec![("content-type".to_owned(), "application/json".to_owned())], body, Some(text))
-            }
         };
         let body = if matches!(next, Next::Retry { .. }) {
             None

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::async_calls::{submit, Receiver, BUSY, FUNCX};
-use crate::cluster::{node, placement, single, wait_nodes};
+use crate::cluster::{node, placement, single, wait_nodes, NatsServer};
 use crate::support::{FnDir, Node};
 
 /// Waits until `worker` (and only it) serves `name`.
@@ -17,6 +17,17 @@ fn placed(on: &Node, name: &str, worker: &str) {
         let p = placement(n);
         p.iter().all(|(node, fns)| fns.iter().any(|f| f == name) == (node == worker))
     });
+}
+
+/// A nats-server and two nodes: `front` (no labels) and `worker` (`gpu`).
+/// `None` where nats-server is not installed.
+fn front_and_worker(tmp: &std::path::Path, test: &str, password: &str) -> Option<(NatsServer, Node, Node)> {
+    let nats = single(tmp, test)?;
+    let url = nats.url();
+    let a = node(tmp, &url, "front", "", password, "1");
+    let b = node(tmp, &url, "worker", "gpu", password, "1");
+    wait_nodes(&a, 2);
+    Some((nats, a, b))
 }
 
 fn call(node: &Node, id: &str) -> serde_json::Value {
@@ -35,11 +46,9 @@ def handle(req):
 #[test]
 fn cluster_async_calls_take_callbacks_chosen_ids_and_idempotency_keys() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let Some(nats) = single(tmp.path(), "cluster_async_calls_take_callbacks") else { return };
-    let url = nats.url();
-    let a = node(tmp.path(), &url, "front", "", "pw-cb", "1");
-    let b = node(tmp.path(), &url, "worker", "gpu", "pw-cb", "1");
-    wait_nodes(&a, 2);
+    let Some((_nats, a, b)) = front_and_worker(tmp.path(), "cluster_async_calls_take_callbacks", "pw-cb") else {
+        return;
+    };
     let echo = FnDir::python("echo", "[placement]\nlabels = [\"gpu\"]\n", ECHO);
     a.deploy(echo.path());
     let other = FnDir::python("other", "[placement]\nlabels = [\"gpu\"]\n", ECHO);
@@ -129,11 +138,9 @@ fn cluster_async_calls_take_callbacks_chosen_ids_and_idempotency_keys() {
 #[test]
 fn cluster_calls_follow_the_retry_policy_die_and_are_retried_from_any_node() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let Some(nats) = single(tmp.path(), "cluster_calls_follow_the_retry_policy") else { return };
-    let url = nats.url();
-    let a = node(tmp.path(), &url, "front", "", "pw-dead", "1");
-    let b = node(tmp.path(), &url, "worker", "gpu", "pw-dead", "1");
-    wait_nodes(&a, 2);
+    let Some((_nats, a, b)) = front_and_worker(tmp.path(), "cluster_calls_follow_the_retry_policy", "pw-dead") else {
+        return;
+    };
     let busy = FnDir::python("busy", "[async]\nmax_attempts = 2\n[placement]\nlabels = [\"gpu\"]\n", BUSY);
     a.deploy(busy.path());
     placed(&a, "busy", "worker");
@@ -183,11 +190,7 @@ fn cluster_calls_follow_the_retry_policy_die_and_are_retried_from_any_node() {
 #[test]
 fn cluster_funcx_tasks_run_through_a_node_without_the_function() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let Some(nats) = single(tmp.path(), "cluster_funcx_tasks") else { return };
-    let url = nats.url();
-    let a = node(tmp.path(), &url, "front", "", "pw-tasks", "1");
-    let b = node(tmp.path(), &url, "worker", "gpu", "pw-tasks", "1");
-    wait_nodes(&a, 2);
+    let Some((_nats, a, b)) = front_and_worker(tmp.path(), "cluster_funcx_tasks", "pw-tasks") else { return };
     let adder = FnDir::new(
         "name = \"adder\"\nruntime = \"python\"\nhandler = \"handler.add\"\nstyle = \"funcx\"\n\
          [placement]\nlabels = [\"gpu\"]\n",
