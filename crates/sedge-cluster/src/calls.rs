@@ -56,7 +56,11 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// The buckets of the cluster's calls.
 pub(crate) struct CallBuckets {
     records: kv::Store,
-    bodies: object_store::ObjectStore,
+    /// Opened (or created) by the first call with a large body, so a
+    /// cluster that has none keeps no stream for them.
+    bodies: tokio::sync::OnceCell<object_store::ObjectStore>,
+    js: jetstream::Context,
+    replicas: usize,
 }
 
 /// A KV key token for any text: ASCII letters, digits, `-` and `_` as they
@@ -331,12 +335,7 @@ pub(crate) async fn open(js: &jetstream::Context, replicas: usize) -> Result<Cal
         kv::Config { bucket: BUCKET.into(), num_replicas: replicas, history: 1, max_age: KEEP, ..Default::default() },
     )
     .await?;
-    let bodies = crate::open_objects(
-        js,
-        object_store::Config { bucket: BODIES.into(), num_replicas: replicas, max_age: KEEP, ..Default::default() },
-    )
-    .await?;
-    Ok(CallBuckets { records, bodies })
+    Ok(CallBuckets { records, bodies: tokio::sync::OnceCell::new(), js: js.clone(), replicas })
 }
 
 async fn open_stream(js: &jetstream::Context, replicas: usize) -> Result<(), ClusterError> {
@@ -420,12 +419,27 @@ impl Cluster {
         &self.calls.records
     }
 
+    async fn bodies(&self) -> Result<&object_store::ObjectStore, String> {
+        let c = &self.calls;
+        c.bodies
+            .get_or_try_init(|| async {
+                let config = object_store::Config {
+                    bucket: BODIES.into(),
+                    num_replicas: c.replicas,
+                    max_age: KEEP,
+                    ..Default::default()
+                };
+                crate::open_objects(&c.js, config).await.map_err(|e| e.to_string())
+            })
+            .await
+    }
+
     async fn store_body(&self, name: String, body: &[u8]) -> Result<StoredBody, String> {
         if body.len() <= INLINE {
             return Ok(StoredBody::inline(body));
         }
         let mut reader = body;
-        self.calls.bodies.put(name.as_str(), &mut reader).await.map_err(|e| format!("storing a body: {e}"))?;
+        self.bodies().await?.put(name.as_str(), &mut reader).await.map_err(|e| format!("storing a body: {e}"))?;
         Ok(StoredBody::Object { name, len: body.len() as u64 })
     }
 
@@ -437,8 +451,8 @@ impl Cluster {
                 .map_err(|e| format!("a stored body is not base64: {e}")),
             StoredBody::Object { name, len } => {
                 let mut object = self
-                    .calls
-                    .bodies
+                    .bodies()
+                    .await?
                     .get(name.as_str())
                     .await
                     .map_err(|e| format!("the body of {len} bytes is no longer in {BODIES}: {e}"))?;
@@ -452,8 +466,16 @@ impl Cluster {
     }
 
     async fn drop_bodies(&self, bodies: impl IntoIterator<Item = Option<&StoredBody>>) {
-        for name in bodies.into_iter().flatten().filter_map(StoredBody::object_name) {
-            if let Err(e) = self.calls.bodies.delete(name).await {
+        let names: Vec<&str> = bodies.into_iter().flatten().filter_map(StoredBody::object_name).collect();
+        if names.is_empty() {
+            return;
+        }
+        let store = match self.bodies().await {
+            Ok(s) => s,
+            Err(e) => return tracing::debug!("cluster: deleting call bodies: {e}"),
+        };
+        for name in names {
+            if let Err(e) = store.delete(name).await {
                 tracing::debug!("cluster: deleting call body {name}: {e}");
             }
         }
@@ -611,7 +633,11 @@ impl Cluster {
             ));
         }
         if let StoredBody::Object { name, len } = &record.body {
-            if self.calls.bodies.info(name.as_str()).await.is_err() {
+            let kept = match self.bodies().await {
+                Ok(store) => store.info(name.as_str()).await.is_ok(),
+                Err(e) => return Err(unavailable("read the call's body", e)),
+            };
+            if !kept {
                 return Err(ApiError::new(
                     StatusCode::GONE,
                     format!("call {id}'s body of {len} bytes is no longer kept; submit it again"),
