@@ -16,6 +16,10 @@
 # 5. A cluster-wide listing: GET /system/functions by 1 user on node a,
 #    which asks all four nodes (docs/cluster.md), against the same three
 #    functions listed by the node on its own.
+# 6. Asynchronous calls: accepted /async-function calls per second, 16 users,
+#    on a (the call goes to JetStream, b runs it) against the node on its own
+#    (SQLite, synced); and 202 -> callback latency at light load through a.
+#    (Run after 4, so the memory figure is of an idle node.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/sedge}
@@ -100,3 +104,12 @@ read -r p50 p99 rps < <(load "$url_solo/system/functions" 1 -H "$auth" --expect 
 echo "on its own: p50 $p50 ms, p99 $p99 ms ($rps req/s, $(ok) % ok)"
 read -r p50 p99 rps < <(load "$url_a/system/functions" 1 -H "$auth" --expect '"answered":true')
 echo "node a asking a, b, c, d: p50 $p50 ms, p99 $p99 ms ($rps req/s, $(ok) % ok)"
+
+echo "== 202 -> callback through a (the call runs on b), 200 calls at 20/s"
+SEDGE_PASSWORD=$password python3 bench/async-calls.py latency "$url_a" one 200 20
+echo "== asynchronous calls: accepted per second, 16 users, ${secs}s; 256-byte bodies"
+head -c 256 /dev/zero | tr '\0' 'x' > "$work/body"
+read -r p50 p99 rps < <(load "$url_a/async-function/one" 16 -d "@$work/body")
+echo "a, into the cluster (JetStream; b runs them): $rps calls/s (p50 $p50 ms, p99 $p99 ms)"
+read -r p50 p99 rps < <(load "$url_solo/async-function/everywhere" 16 -d "@$work/body")
+echo "the node on its own (SQLite, synced): $rps calls/s (p50 $p50 ms, p99 $p99 ms)"

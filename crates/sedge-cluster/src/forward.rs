@@ -383,14 +383,8 @@ impl ClusterLink for Cluster {
         Box::pin(async move { self.send(&name, inv, timeout).await })
     }
 
-    fn submit_call(&self, name: &str, inv: Invocation) -> Fut<'_, Result<String, ApiError>> {
-        let name = name.to_owned();
-        Box::pin(async move { self.submit_call(&name, inv).await })
-    }
-
-    fn call(&self, id: &str) -> Fut<'_, Result<Option<Value>, ApiError>> {
-        let id = id.to_owned();
-        Box::pin(async move { self.call_record(&id).await })
+    fn calls(&self) -> &dyn sedge_gateway::cluster::ClusterCalls {
+        self
     }
 
     fn functions(&self) -> Vec<sedge_store::FunctionRecord> {

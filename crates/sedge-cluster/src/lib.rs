@@ -128,8 +128,8 @@ pub struct Cluster {
     config: ClusterConfig,
     client: async_nats::Client,
     js: jetstream::Context,
-    /// Asynchronous calls' states and results, by id.
-    calls: kv::Store,
+    /// Asynchronous calls' states, results and large bodies.
+    calls: calls::CallBuckets,
     nodes: kv::Store,
     functions: kv::Store,
     auth: kv::Store,
@@ -234,21 +234,7 @@ impl Cluster {
             }
         };
         let calls = loop {
-            let opened = async {
-                calls::open_stream(&js, replicas).await?;
-                open_kv(
-                    &js,
-                    kv::Config {
-                        bucket: calls::BUCKET.into(),
-                        num_replicas: replicas,
-                        history: 1,
-                        max_age: Duration::from_secs(24 * 3600),
-                        ..Default::default()
-                    },
-                )
-                .await
-            };
-            match opened.await {
+            match calls::open(&js, replicas).await {
                 Ok(c) => break c,
                 Err(e) if std::time::Instant::now() < ready_by => {
                     tracing::debug!("cluster: JetStream not ready yet: {e}");

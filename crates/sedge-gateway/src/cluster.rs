@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub use axum::http::StatusCode;
 use sedge_core::{FunctionName, FunctionSpec, Invocation, InvokeError, Reply};
+use sedge_queue::{Accepted, Call, Filter, NewCall};
 use sedge_store::TempPath;
 use serde_json::Value;
 
@@ -44,12 +45,8 @@ pub trait Cluster: SharedSecrets + Send + Sync {
     /// within `timeout`. `QueueFull` when every such node is full.
     fn forward(&self, name: &str, inv: Invocation, timeout: Duration) -> Fut<'_, Result<Reply, InvokeError>>;
 
-    /// Stores an asynchronous call of `name` for the nodes that run it;
-    /// its id, once the cluster holds it durably.
-    fn submit_call(&self, name: &str, inv: Invocation) -> Fut<'_, Result<String, ApiError>>;
-
-    /// A stored asynchronous call as `GET /system/calls/ID` shows it.
-    fn call(&self, id: &str) -> Fut<'_, Result<Option<Value>, ApiError>>;
+    /// The cluster's asynchronous calls, in place of the node's own queue.
+    fn calls(&self) -> &dyn ClusterCalls;
 
     /// Prometheus text (format 0.0.4) for the node's link to the cluster.
     fn metrics_text(&self) -> String;
@@ -76,4 +73,24 @@ pub struct Asked {
     pub functions: Vec<String>,
     /// Its answer, or why there is none (did not answer in time, gone).
     pub answer: Result<Value, String>,
+}
+
+/// Asynchronous calls held by the cluster rather than the node's SQLite
+/// queue: the same calls (`sedge_queue::Call`), the same answers, whichever
+/// node is asked.
+pub trait ClusterCalls: Send + Sync {
+    /// Stores a call for the nodes that run its function: its id, or the
+    /// first call's with `duplicate` for a repeated id or idempotency key.
+    fn submit(&self, call: NewCall) -> Fut<'_, Result<Accepted, ApiError>>;
+
+    fn get(&self, id: &str) -> Fut<'_, Result<Option<Call>, ApiError>>;
+
+    /// Newest first, within the filter.
+    fn list(&self, filter: Filter) -> Fut<'_, Result<Vec<Call>, ApiError>>;
+
+    /// Queues a finished call again, attempts from zero.
+    fn retry(&self, id: &str) -> Fut<'_, Result<(), ApiError>>;
+
+    /// Removes finished calls within the filter; how many.
+    fn purge(&self, filter: Filter) -> Fut<'_, Result<usize, ApiError>>;
 }

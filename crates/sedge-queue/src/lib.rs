@@ -27,12 +27,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use sedge_core::{InvokeError, Reply};
+use sedge_core::InvokeError;
 use sedge_runtime::Runtime;
 use tokio::sync::{oneshot, Notify};
 
-use policy::{Attempt, Backoff, Next};
+use policy::{Backoff, Next};
 pub use retention::Retention;
 use store::Finish;
 pub use store::{
@@ -373,21 +372,10 @@ impl Queue {
             }
             return None;
         }
-        let attempt = match &result {
-            Ok(reply) => Attempt::answered(reply.status),
-            Err(e) => Attempt::from_error(e),
-        };
+        let policy::Outcome { attempt, headers, body, error: error_text } = policy::Outcome::of(result);
         let next = {
             let mut rng = lock(&self.rng);
             policy::after_attempt(&spec, &attempt, call.attempts, age, &self.config.backoff, &mut rng)
-        };
-        let (headers, body, error_text) = match result {
-            Ok(Reply { headers, body, .. }) => (headers, body, None),
-            Err(e) => {
-                let text = e.to_string();
-                let body = Bytes::from(serde_json::json!({ "error": text }).to_string());
-                (vec![("content-type".to_owned(), "application/json".to_owned())], body, Some(text))
-            }
         };
         Some(match next {
             Next::Done => Finish::Final { status: attempt.status, headers, body, error: None, duration_ms: took },
@@ -520,14 +508,8 @@ impl Queue {
 }
 
 fn failed(status: u16, message: String, duration_ms: i64) -> Finish {
-    let body = Bytes::from(serde_json::json!({ "error": message }).to_string());
-    Finish::Final {
-        status,
-        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
-        body,
-        error: Some(message),
-        duration_ms,
-    }
+    let (headers, body) = policy::error_answer(&message);
+    Finish::Final { status, headers, body, error: Some(message), duration_ms }
 }
 
 /// What the writer thread holds: the store, and the dispatcher's set of
@@ -582,6 +564,7 @@ fn group_commit(writer: &Writer, rx: &std::sync::mpsc::Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn call(key: Option<&str>, body: &'static str) -> NewCall {
         NewCall {

@@ -64,6 +64,37 @@ impl Attempt {
     }
 }
 
+/// What an attempt leaves to record: how it ended for the retry policy,
+/// and the answer (the function's, or the node's JSON error with its text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub attempt: Attempt,
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn of(result: Result<sedge_core::Reply, InvokeError>) -> Self {
+        match result {
+            Ok(reply) => {
+                Self { attempt: Attempt::answered(reply.status), headers: reply.headers, body: reply.body, error: None }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let (headers, body) = error_answer(&text);
+                Self { attempt: Attempt::from_error(&e), headers, body, error: Some(text) }
+            }
+        }
+    }
+}
+
+/// The answer a call the node failed keeps: `{"error": message}` as JSON.
+pub fn error_answer(message: &str) -> (Vec<(String, String)>, bytes::Bytes) {
+    let body = bytes::Bytes::from(serde_json::json!({ "error": message }).to_string());
+    (vec![("content-type".to_owned(), "application/json".to_owned())], body)
+}
+
 /// Exponential back-off with equal jitter: the n-th retry waits between
 /// half and all of `base × 2ⁿ⁻¹`, capped, so retries of calls that failed
 /// together spread out instead of arriving together.
@@ -176,6 +207,22 @@ mod tests {
         assert!(Attempt::answered(500).retryable(&[RetryClass::Any5xx]));
         assert!(Attempt::answered(418).retryable(&[RetryClass::Any4xx]));
         assert!(!Attempt::answered(418).retryable(&[RetryClass::Timeout]));
+    }
+
+    #[test]
+    fn an_outcome_keeps_the_answer_or_the_nodes_error() {
+        let ok = Outcome::of(Ok(sedge_core::Reply {
+            status: 201,
+            headers: vec![("x".into(), "y".into())],
+            body: bytes::Bytes::from_static(b"made"),
+        }));
+        assert_eq!((ok.attempt, ok.body.as_ref(), ok.error), (Attempt::answered(201), &b"made"[..], None));
+        let t = Outcome::of(Err(InvokeError::Timeout { function: "f".into(), timeout_ms: 5 }));
+        assert_eq!(t.attempt.failure, Some(Failure::Timeout));
+        let text = t.error.expect("error text");
+        let body: serde_json::Value = serde_json::from_slice(&t.body).expect("json");
+        assert_eq!(body["error"], text.as_str());
+        assert_eq!(t.headers, vec![("content-type".to_owned(), "application/json".to_owned())]);
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub enum CallKind {
 }
 
 impl CallKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Http => "http",
             Self::Task => "task",
@@ -116,7 +116,7 @@ pub enum CallbackState {
 }
 
 impl CallbackState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Pending => "pending",
@@ -125,7 +125,7 @@ impl CallbackState {
         }
     }
 
-    fn parse(text: &str) -> Self {
+    pub fn parse(text: &str) -> Self {
         match text {
             "pending" => Self::Pending,
             "delivered" => Self::Delivered,
@@ -162,6 +162,8 @@ pub struct Call {
     pub callback: CallbackState,
     pub callback_attempts: u32,
     pub callback_error: Option<String>,
+    /// The node that ran the last attempt, in a cluster (one node: `None`).
+    pub node: Option<String>,
 }
 
 /// How an attempt is recorded.
@@ -298,6 +300,7 @@ fn row_call(row: &Row<'_>) -> rusqlite::Result<Call> {
         callback: CallbackState::parse(&row.get::<_, String>(22)?),
         callback_attempts: to_u32(row.get(23)?),
         callback_error: row.get(24)?,
+        node: None,
     })
 }
 

@@ -60,93 +60,39 @@ pub(super) fn no_queue() -> ApiError {
     ApiError::new(StatusCode::NOT_IMPLEMENTED, "this node runs without a call store: asynchronous calls are off")
 }
 
-/// In a cluster: the call goes to the cluster's work queue (JetStream),
-/// for any node that runs the function (docs/cluster.md).
-async fn clustered(
-    node: &crate::Node,
-    cluster: &dyn crate::cluster::Cluster,
-    raw: &str,
-    path: String,
-    mut req: Request,
-) -> Response {
-    let unread = !req.body().is_end_stream();
-    let name = match crate::namespace::strip(raw) {
-        Ok(n) => n.to_owned(),
-        Err(e) => return Refused::with(e, unread).into_response(),
-    };
-    let Some(spec) = node.runtime.get(&name).map(|p| p.spec().clone()).or_else(|| cluster.spec(&name)) else {
-        return Refused::with(ApiError::not_found(&name), unread).into_response();
-    };
-    if let Some(refused) = crate::auth::gate_invoke(node, &name, spec.auth.invoke, req.headers_mut()) {
-        return refused;
-    }
-    for unsupported in ["x-callback-url", "x-call-id", "idempotency-key", "x-idempotency-key"] {
-        if req.headers().contains_key(unsupported) {
-            let error = ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                format!("{unsupported} is not taken by a cluster node yet: read the result with GET /system/calls/ID"),
-            );
-            return Refused::with(error, unread).into_response();
-        }
-    }
-    let (parts, body) = req.into_parts();
-    let mut held = Held::default();
-    let body = match super::invoke::read_body_for(node, &spec, &name, body, &mut held).await {
-        Ok(b) => b,
-        Err(e) => return Refused::with(e, unread).into_response(),
-    };
-    let inv = super::invoke::invocation(&parts, path, body.into());
-    let submitted = cluster.submit_call(&name, inv).await;
-    drop(held);
-    match submitted {
-        Ok(id) => {
-            let mut response =
-                (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": id, "duplicate": false }))).into_response();
-            if let Ok(v) = HeaderValue::from_str(&id) {
-                response.headers_mut().insert("x-call-id", v);
-            }
-            response
-        }
-        Err(e) => e.into_response(),
-    }
+/// What a caller asks of an asynchronous call beyond the request itself.
+struct Asked {
+    id: Option<String>,
+    key: Option<String>,
+    callback: Option<String>,
 }
 
-async fn submit(node: &crate::Node, raw: &str, path: String, req: Request) -> Response {
-    let Some(queue) = node.queue.clone() else { return Refused::new(no_queue(), &req).into_response() };
-    let mut req = req;
-    if let Some(cluster) = node.cluster.get() {
-        return clustered(node, cluster.as_ref(), raw, path, req).await;
-    }
-    let (name, pool) = match find(node, raw, &mut req) {
-        Ok(found) => found,
-        Err(refused) => return *refused,
-    };
-    let (parts, body) = req.into_parts();
-    let unread = !body.is_end_stream();
-    let refuse = |error: ApiError| Refused::with(error, unread).into_response();
-    let given = header(&parts.headers, "x-call-id");
-    let key = header(&parts.headers, "idempotency-key").or_else(|| header(&parts.headers, "x-idempotency-key"));
-    let callback = header(&parts.headers, "x-callback-url");
-    for (what, value) in [("X-Call-Id", &given), ("Idempotency-Key", &key)] {
+fn asked(headers: &HeaderMap) -> Result<Asked, ApiError> {
+    let id = header(headers, "x-call-id");
+    let key = header(headers, "idempotency-key").or_else(|| header(headers, "x-idempotency-key"));
+    let callback = header(headers, "x-callback-url");
+    for (what, value) in [("X-Call-Id", &id), ("Idempotency-Key", &key)] {
         if let Some(v) = value {
-            if let Err(e) = check_id(what, v) {
-                return refuse(e);
-            }
+            check_id(what, v)?;
         }
     }
     if let Some(url) = &callback {
-        if let Err(problem) = sedge_queue::callback::check_url(url) {
-            return refuse(ApiError::bad_request(problem));
-        }
+        sedge_queue::callback::check_url(url).map_err(ApiError::bad_request)?;
     }
-    let mut held = Held::default();
-    let body = match read_function_body(node, &pool, &name, body, &mut held).await {
-        Ok(b) => b,
-        Err(e) => return refuse(e),
-    };
-    let id = given.clone().unwrap_or_else(sedge_queue::store::new_id);
-    // The function sees the call's id as OpenFaaS's functions do; the
-    // callback address is the node's business.
+    Ok(Asked { id, key, callback })
+}
+
+/// The call as it will be stored: the request as it will reach the
+/// function, which sees the call's id as OpenFaaS's functions do; the
+/// callback address is the node's business.
+fn new_call(
+    name: String,
+    parts: &axum::http::request::Parts,
+    path: String,
+    body: bytes::Bytes,
+    asked: Asked,
+) -> NewCall {
+    let id = asked.id.unwrap_or_else(sedge_queue::store::new_id);
     let mut headers: Vec<(String, String)> = parts
         .headers
         .iter()
@@ -154,33 +100,112 @@ async fn submit(node: &crate::Node, raw: &str, path: String, req: Request) -> Re
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     headers.push(("x-call-id".to_owned(), id.clone()));
-    let call = NewCall {
+    NewCall {
         function: name,
         kind: CallKind::Http,
         id: Some(id),
-        key,
+        key: asked.key,
         request: sedge_queue::Request {
             method: parts.method.to_string(),
             path,
             query: parts.uri.query().unwrap_or_default().to_owned(),
             headers,
-            body: body.into(),
+            body,
         },
-        callback_url: callback,
-    };
-    let accepted = queue.submit(vec![call]).await;
-    drop(held);
-    let accepted = match accepted.map(|mut v| v.pop()) {
-        Ok(Some(Ok(a))) => a,
-        Ok(Some(Err(e))) => return store_error(e).into_response(),
-        Ok(None) => return ApiError::internal("call store", "no answer for the call").into_response(),
-        Err(e) => return queue_error(e).into_response(),
-    };
+        callback_url: asked.callback,
+    }
+}
+
+fn accepted(a: &sedge_queue::Accepted) -> Response {
     let mut response =
-        (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": accepted.id, "duplicate": accepted.duplicate })))
-            .into_response();
-    if let Ok(v) = HeaderValue::from_str(&accepted.id) {
+        (StatusCode::ACCEPTED, Json(serde_json::json!({ "id": a.id, "duplicate": a.duplicate }))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&a.id) {
         response.headers_mut().insert("x-call-id", v);
     }
     response
+}
+
+/// Stores a call in the cluster from a task of its own, so a caller that
+/// hangs up mid-way leaves no half-stored call behind.
+pub(super) async fn submit_to_cluster(
+    cluster: &std::sync::Arc<dyn crate::cluster::Cluster>,
+    call: NewCall,
+) -> Result<sedge_queue::Accepted, ApiError> {
+    let cluster = cluster.clone();
+    tokio::spawn(async move { cluster.calls().submit(call).await })
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal("storing the call", e)))
+}
+
+/// In a cluster: the call goes to the cluster's work queue (JetStream),
+/// for any node that runs the function (docs/cluster.md).
+async fn clustered(
+    node: &crate::Node,
+    cluster: &std::sync::Arc<dyn crate::cluster::Cluster>,
+    raw: &str,
+    path: String,
+    mut req: Request,
+) -> Response {
+    let unread = !req.body().is_end_stream();
+    let refuse = |error: ApiError| Refused::with(error, unread).into_response();
+    let name = match crate::namespace::strip(raw) {
+        Ok(n) => n.to_owned(),
+        Err(e) => return refuse(e),
+    };
+    let Some(spec) = node.runtime.get(&name).map(|p| p.spec().clone()).or_else(|| cluster.spec(&name)) else {
+        return refuse(ApiError::not_found(&name));
+    };
+    if let Some(refused) = crate::auth::gate_invoke(node, &name, spec.auth.invoke, req.headers_mut()) {
+        return refused;
+    }
+    let (parts, body) = req.into_parts();
+    let asked = match asked(&parts.headers) {
+        Ok(a) => a,
+        Err(e) => return refuse(e),
+    };
+    let mut held = Held::default();
+    let body = match super::invoke::read_body_for(node, &spec, &name, body, &mut held).await {
+        Ok(b) => b,
+        Err(e) => return refuse(e),
+    };
+    let call = new_call(name, &parts, path, body.into(), asked);
+    let submitted = submit_to_cluster(cluster, call).await;
+    drop(held);
+    match submitted {
+        Ok(a) => accepted(&a),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn submit(node: &crate::Node, raw: &str, path: String, req: Request) -> Response {
+    let mut req = req;
+    if let Some(cluster) = node.cluster.get() {
+        return clustered(node, cluster, raw, path, req).await;
+    }
+    let Some(queue) = node.queue.clone() else { return Refused::new(no_queue(), &req).into_response() };
+    let (name, pool) = match find(node, raw, &mut req) {
+        Ok(found) => found,
+        Err(refused) => return *refused,
+    };
+    let (parts, body) = req.into_parts();
+    let unread = !body.is_end_stream();
+    let refuse = |error: ApiError| Refused::with(error, unread).into_response();
+    let asked = match asked(&parts.headers) {
+        Ok(a) => a,
+        Err(e) => return refuse(e),
+    };
+    let mut held = Held::default();
+    let body = match read_function_body(node, &pool, &name, body, &mut held).await {
+        Ok(b) => b,
+        Err(e) => return refuse(e),
+    };
+    let call = new_call(name, &parts, path, body.into(), asked);
+    let submitted = queue.submit(vec![call]).await;
+    drop(held);
+    match submitted.map(|mut v| v.pop()) {
+        Ok(Some(Ok(a))) => accepted(&a),
+        Ok(Some(Err(e))) => store_error(e).into_response(),
+        Ok(None) => ApiError::internal("call store", "no answer for the call").into_response(),
+        Err(e) => queue_error(e).into_response(),
+    }
 }

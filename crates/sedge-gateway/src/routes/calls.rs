@@ -16,7 +16,7 @@ use sedge_queue::{Call, CallKind, CallState, Filter, NewCall, Queue};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::async_calls::{check_id, no_queue, queue_error, store_error};
+use super::async_calls::{check_id, no_queue, queue_error, store_error, submit_to_cluster};
 use super::body::{read_capped, Capped};
 use super::Shared;
 use crate::{blocking, ApiError, Node};
@@ -30,6 +30,26 @@ const TASK_HEADER: &str = "x-sedge-task";
 
 fn queue(node: &Node) -> Result<Arc<Queue>, ApiError> {
     node.queue.clone().ok_or_else(no_queue)
+}
+
+/// The cluster, when the node is one of several: its calls, not the
+/// node's own SQLite queue, are the ones shown and changed.
+fn cluster(node: &Node) -> Option<&Arc<dyn crate::cluster::Cluster>> {
+    node.cluster.get()
+}
+
+/// A call by id: the cluster's, or (for calls a node stored before it
+/// joined) its own.
+async fn find_call(node: &Node, id: &str) -> Result<Option<Call>, ApiError> {
+    if let Some(c) = cluster(node) {
+        if let Some(call) = c.calls().get(id).await? {
+            return Ok(Some(call));
+        }
+        if node.queue.is_none() {
+            return Ok(None);
+        }
+    }
+    get_call(queue(node)?, id.to_owned()).await
 }
 
 fn time(ms: Option<i64>) -> Value {
@@ -50,7 +70,7 @@ fn body_fields(prefix: &str, body: &Bytes) -> serde_json::Map<String, Value> {
 }
 
 fn summary(c: &Call) -> Value {
-    json!({
+    let mut v = json!({
         "id": c.id,
         "function": c.function,
         "kind": c.kind,
@@ -69,11 +89,16 @@ fn summary(c: &Call) -> Value {
             "attempts": c.callback_attempts,
             "error": c.callback_error,
         })),
-    })
+    });
+    if let Some(node) = &c.node {
+        v["node"] = json!(node);
+    }
+    v
 }
 
 fn detail(c: &Call) -> Value {
     let mut v = summary(c);
+
     let mut request = serde_json::Map::new();
     request.insert("method".into(), json!(c.request.method));
     request.insert("path".into(), json!(c.request.path));
@@ -111,9 +136,13 @@ fn filter(q: ListQuery) -> Result<Filter, ApiError> {
 }
 
 pub async fn list(State(node): Shared, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
-    let queue = queue(&node)?;
     let mut filter = filter(q)?;
     filter.limit = Some(filter.limit.unwrap_or(100).min(10_000));
+    if let Some(c) = cluster(&node) {
+        let calls = c.calls().list(filter).await?;
+        return Ok(Json(Value::Array(calls.iter().map(summary).collect())));
+    }
+    let queue = queue(&node)?;
     let calls = blocking(move || queue.store().list(&filter).map_err(store_error)).await?;
     Ok(Json(Value::Array(calls.iter().map(summary).collect())))
 }
@@ -123,19 +152,17 @@ async fn get_call(queue: Arc<Queue>, id: String) -> Result<Option<Call>, ApiErro
 }
 
 pub async fn show(State(node): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    if let Some(cluster) = node.cluster.get() {
-        if let Some(call) = cluster.call(&id).await? {
-            return Ok(Json(call));
-        }
-    }
-    let queue = queue(&node)?;
-    match get_call(queue, id.clone()).await? {
+    match find_call(&node, &id).await? {
         Some(c) => Ok(Json(detail(&c))),
         None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("call {id} not found"))),
     }
 }
 
 pub async fn retry(State(node): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if let Some(c) = cluster(&node) {
+        c.calls().retry(&id).await?;
+        return Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "state": "queued" }))).into_response());
+    }
     let queue = queue(&node)?;
     let again = id.clone();
     blocking(move || queue.retry(&again).map_err(store_error)).await?;
@@ -143,11 +170,14 @@ pub async fn retry(State(node): Shared, Path(id): Path<String>) -> Result<Respon
 }
 
 pub async fn purge(State(node): Shared, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {
-    let queue = queue(&node)?;
     let filter = filter(q)?;
     if matches!(filter.state, Some(CallState::Queued | CallState::Running)) {
         return Err(ApiError::bad_request("only finished calls (done or failed) are purged"));
     }
+    if let Some(c) = cluster(&node) {
+        return Ok(Json(json!({ "removed": c.calls().purge(filter).await? })));
+    }
+    let queue = queue(&node)?;
     let removed = blocking(move || queue.store().purge(&filter).map_err(store_error)).await?;
     Ok(Json(json!({ "removed": removed })))
 }
@@ -176,7 +206,8 @@ enum Batch {
 fn task_call(node: &Node, i: usize, t: TaskIn) -> Result<NewCall, ApiError> {
     let at = |problem: String| ApiError::bad_request(format!("tasks[{i}]: {problem}"));
     let name = crate::namespace::strip(&t.function).map_err(|e| at(e.message))?.to_owned();
-    let Some(pool) = node.runtime.get(&name) else {
+    let spec = node.runtime.get(&name).map(|p| p.spec().clone()).or_else(|| cluster(node)?.spec(&name));
+    let Some(spec) = spec else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("tasks[{i}]: function {name} not found")));
     };
     if let Some(key) = &t.idempotency_key {
@@ -193,7 +224,7 @@ fn task_call(node: &Node, i: usize, t: TaskIn) -> Result<NewCall, ApiError> {
         (false, Some(v)) => (Bytes::from(v.to_string()), t.content_type.unwrap_or_else(|| "application/json".into())),
         (false, None) => (Bytes::from_static(b"{}"), "application/json".to_owned()),
     };
-    let limit = pool.spec().limits.max_body;
+    let limit = spec.limits.max_body;
     if body.len() as u64 > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -217,7 +248,9 @@ fn task_call(node: &Node, i: usize, t: TaskIn) -> Result<NewCall, ApiError> {
 
 /// `POST /system/tasks`: a batch, stored in one transaction, ids in order.
 pub async fn submit_tasks(State(node): Shared, req: Request<Body>) -> Result<Json<Value>, ApiError> {
-    let queue = queue(&node)?;
+    if cluster(&node).is_none() {
+        queue(&node)?;
+    }
     let bytes = read_capped(req.into_body(), MAX_TASKS_BODY).await.map_err(|e| match e {
         Capped::Over(_) => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("a task batch is at most {MAX_TASKS_BODY} bytes"))
@@ -237,8 +270,33 @@ pub async fn submit_tasks(State(node): Shared, req: Request<Body>) -> Result<Jso
         return Err(ApiError::bad_request(format!("a batch holds 1 to {MAX_TASKS} tasks, found {}", tasks.len())));
     }
     let calls = tasks.into_iter().enumerate().map(|(i, t)| task_call(&node, i, t)).collect::<Result<Vec<_>, _>>()?;
-    let accepted = queue.submit(calls).await.map_err(queue_error)?;
+    if let Some(c) = cluster(&node) {
+        return cluster_tasks(c, calls).await;
+    }
+    let accepted = queue(&node)?.submit(calls).await.map_err(queue_error)?;
     let ids = accepted.into_iter().map(|a| a.map(|a| a.id)).collect::<Result<Vec<_>, _>>().map_err(store_error)?;
+    Ok(Json(json!({ "task_ids": ids })))
+}
+
+/// A batch stored in the cluster, task by task (JetStream has no
+/// transaction over several calls): a failure names the tasks already
+/// stored, which run.
+async fn cluster_tasks(
+    cluster: &Arc<dyn crate::cluster::Cluster>,
+    calls: Vec<NewCall>,
+) -> Result<Json<Value>, ApiError> {
+    let mut ids = Vec::with_capacity(calls.len());
+    for (i, call) in calls.into_iter().enumerate() {
+        match submit_to_cluster(cluster, call).await {
+            Ok(a) => ids.push(a.id),
+            Err(e) if ids.is_empty() => return Err(ApiError::new(e.status, format!("tasks[{i}]: {}", e.message))),
+            Err(e) => {
+                let message =
+                    format!("tasks[{i}]: {}; tasks[0..{i}] were stored and run: {}", e.message, ids.join(", "));
+                return Err(ApiError::new(e.status, message));
+            }
+        }
+    }
     Ok(Json(json!({ "task_ids": ids })))
 }
 
@@ -298,15 +356,23 @@ fn task_json(c: &Call) -> Value {
     v
 }
 
-async fn task_status_of(queue: Arc<Queue>, ids: Vec<String>) -> Result<Vec<(String, Option<Call>)>, ApiError> {
+async fn task_status_of(node: &Node, ids: Vec<String>) -> Result<Vec<(String, Option<Call>)>, ApiError> {
+    if cluster(node).is_some() {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let call = find_call(node, &id).await?;
+            out.push((id, call));
+        }
+        return Ok(out);
+    }
+    let queue = queue(node)?;
     blocking(move || ids.into_iter().map(|id| Ok((id.clone(), queue.store().get(&id).map_err(store_error)?))).collect())
         .await
 }
 
 /// `GET /system/tasks/ID`.
 pub async fn task(State(node): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let queue = queue(&node)?;
-    match get_call(queue, id.clone()).await? {
+    match find_call(&node, &id).await? {
         Some(c) if c.kind == CallKind::Task => Ok(Json(task_json(&c))),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, format!("task {id} not found"))),
     }
@@ -321,13 +387,12 @@ pub struct BatchStatus {
 /// `POST /system/tasks/batch-status` `{"task_ids": [...]}`: each id's
 /// status and result, keyed by id; an unknown id says so.
 pub async fn batch_status(State(node): Shared, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let queue = queue(&node)?;
     let ask: BatchStatus = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("expected {{\"task_ids\": [\"ID\", ...]}}: {e}")))?;
     if ask.task_ids.len() > MAX_TASKS {
         return Err(ApiError::bad_request(format!("at most {MAX_TASKS} ids at once, found {}", ask.task_ids.len())));
     }
-    let found = task_status_of(queue, ask.task_ids).await?;
+    let found = task_status_of(&node, ask.task_ids).await?;
     let mut results = serde_json::Map::new();
     for (id, call) in found {
         let v = match call {

@@ -97,7 +97,7 @@ def handle(req):
     return sedge.Response(req.body.upper(), headers={"x-echo": "yes", "content-type": "text/plain"})
 "#;
 
-fn submit(node: &Node, function: &str, body: &str, headers: &[(&str, &str)]) -> Option<String> {
+pub(crate) fn submit(node: &Node, function: &str, body: &str, headers: &[(&str, &str)]) -> Option<String> {
     // A refused connection (the node is down) is not an acceptance.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -199,7 +199,7 @@ impl NodeUrl {
     }
 }
 
-const BUSY: &str = r#"
+pub(crate) const BUSY: &str = r#"
 import sedge
 
 def handle(req):
@@ -336,7 +336,7 @@ fn a_nearly_full_disk_refuses_calls_with_507() {
     assert_eq!(node.get("/system/calls").json().as_array().map(Vec::len), Some(0), "nothing half-stored");
 }
 
-const FUNCX: &str = r#"
+pub(crate) const FUNCX: &str = r#"
 def add(a, b=0):
     if a < 0:
         raise ValueError(f"negative: {a}")

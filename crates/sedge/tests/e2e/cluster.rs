@@ -31,13 +31,13 @@ fn wait_listening(port: u16) {
 }
 
 /// One nats-server with JetStream, stopped when dropped.
-pub(super) struct NatsServer {
+pub(crate) struct NatsServer {
     child: Option<Child>,
     port: u16,
 }
 
 impl NatsServer {
-    pub(super) fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -72,7 +72,7 @@ fn nats_server(program: &str, dir: &Path, name: &str, cluster: Option<(u16, &[u1
 }
 
 /// A single nats-server, or `None` (with the skip message) where there is none.
-pub(super) fn single(dir: &Path, test: &str) -> Option<NatsServer> {
+pub(crate) fn single(dir: &Path, test: &str) -> Option<NatsServer> {
     let Some(program) = nats_program() else {
         eprintln!("skipped {test}: nats-server is not installed (apt-get install nats-server)");
         return None;
@@ -95,7 +95,7 @@ fn three(dir: &Path, test: &str) -> Option<Vec<NatsServer>> {
 }
 
 /// A cluster node named `name` with `labels`, reaching NATS at `urls`.
-pub(super) fn node(tmp: &Path, urls: &str, name: &str, labels: &str, password: &str, replicas: &str) -> Node {
+pub(crate) fn node(tmp: &Path, urls: &str, name: &str, labels: &str, password: &str, replicas: &str) -> Node {
     let data = tmp.join(format!("data-{name}"));
     node_on(&data, urls, name, labels, password, replicas)
 }
@@ -119,7 +119,7 @@ pub(super) fn nodes_json(node: &Node) -> serde_json::Value {
 }
 
 /// The functions each node serves, by node name.
-pub(super) fn placement(node: &Node) -> std::collections::BTreeMap<String, Vec<String>> {
+pub(crate) fn placement(node: &Node) -> std::collections::BTreeMap<String, Vec<String>> {
     let all = nodes_json(node);
     all["nodes"]
         .as_array()
@@ -133,7 +133,7 @@ pub(super) fn placement(node: &Node) -> std::collections::BTreeMap<String, Vec<S
         .collect()
 }
 
-pub(super) fn wait_nodes(node: &Node, n: usize) {
+pub(crate) fn wait_nodes(node: &Node, n: usize) {
     node.wait_for(&format!("{n} nodes"), Duration::from_secs(20), |x| {
         nodes_json(x)["nodes"].as_array().map_or(0, Vec::len) == n
     });

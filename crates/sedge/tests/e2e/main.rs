@@ -8,6 +8,7 @@ mod async_calls;
 mod bench;
 mod bundles;
 mod cluster;
+mod cluster_calls;
 mod cluster_shared;
 mod credentials;
 mod dependencies;
