@@ -258,7 +258,7 @@ impl Pool {
         budget: Arc<NodeBudget>,
         cpu: Option<f64>,
     ) -> Arc<Self> {
-        let budget_key = budget.join(cpu, spec.limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY));
+        let budget_key = budget.join(spec.name.as_str(), cpu, spec.limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY));
         Arc::new_cyclic(|me| Self {
             budget,
             budget_key,
