@@ -200,11 +200,17 @@ impl std::fmt::Debug for MemoryHold {
 }
 
 impl MemoryHold {
-    /// Its process is up and was measured at `bytes`; `give_up` stops it
-    /// when a process ranking higher needs the room.
-    pub fn settle(&self, bytes: u64, give_up: GiveUp) {
+    /// Which hold it is, for its give-up to find its process.
+    pub fn id(&self) -> u64 {
+        self.key
+    }
+
+    /// Its process is up and was measured at `bytes` (`None`: it could not
+    /// be measured, so it keeps what it held while starting); `give_up`
+    /// stops it when a process ranking higher needs the room.
+    pub fn settle(&self, bytes: Option<u64>, give_up: GiveUp) {
         if let Some(e) = self.budget.lock().extras.get_mut(&self.key) {
-            e.bytes = bytes;
+            e.bytes = bytes.unwrap_or(e.bytes);
             e.give_up = Some(give_up);
         }
     }
@@ -497,11 +503,11 @@ mod tests {
         // A zygote is held at the worker's limit while it starts, then at its size.
         let zygote = b.hold(Holder::Zygote, Some("f"), 128 * MIB).expect("256 of 300 MiB");
         assert!(b.hold(Holder::Spare, None, 128 * MIB).is_none(), "a spare does not fit beside them");
-        zygote.settle(40 * MIB, recorder(&ran, "zygote"));
+        zygote.settle(Some(40 * MIB), recorder(&ran, "zygote"));
         let standby = b.hold(Holder::Standby, Some("f"), 128 * MIB).expect("296 of 300 MiB");
-        standby.settle(20 * MIB, recorder(&ran, "standby"));
+        standby.settle(Some(20 * MIB), recorder(&ran, "standby"));
         let spare = b.hold(Holder::Spare, None, 100 * MIB).expect("288 of 300 MiB");
-        spare.settle(10 * MIB, recorder(&ran, "spare"));
+        spare.settle(Some(10 * MIB), recorder(&ran, "spare"));
         let used = b.memory_use("f");
         assert_eq!(used.held(), (128 + 40 + 20 + 10) * MIB);
         assert_eq!(used.function["zygote"], 40 * MIB);
@@ -539,7 +545,7 @@ mod tests {
         let (f, g) = (b.join("f", None, 128 * MIB), b.join("g", None, 128 * MIB));
         b.report(f, 1, 1);
         let zygote = b.hold(Holder::Zygote, Some("f"), 128 * MIB).expect("fits");
-        zygote.settle(60 * MIB, recorder(&ran, "zygote of f"));
+        zygote.settle(Some(60 * MIB), recorder(&ran, "zygote of f"));
         let grant = b.grant(g, 1, 0);
         assert_eq!((grant.workers, grant.memory_limited), (1, false));
         assert_eq!(*ran.lock().expect("not poisoned"), ["zygote of f"]);
