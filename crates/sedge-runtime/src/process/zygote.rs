@@ -45,10 +45,6 @@ use crate::RuntimeConfig;
 /// CPU-bound worker is given one core anyway (docs/scaling.md).
 const ONE_THREAD: [&str; 4] = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"];
 
-/// How long a start waits for a standby still warming up before it forks
-/// a worker of its own: a warm-up is one run of the module's models.
-const HURRY_AT_MOST: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// How long a standby may take to warm up: it runs only on idle cores.
 const STANDBY_READY: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -72,10 +68,6 @@ pub struct Zygote {
     standby: std::sync::Mutex<Option<Standby>>,
     /// A standby is being made.
     preparing: AtomicBool,
-    /// The host pid of the standby warming up, once it is forked.
-    warming: std::sync::Mutex<Option<u32>>,
-    /// Told when a standby being made is ready (or has failed).
-    arrived: tokio::sync::Notify,
     /// Its part of the node's memory budget, and what it used once loaded.
     hold: MemoryHold,
     measured: Option<u64>,
@@ -155,8 +147,6 @@ impl Zygote {
             recipe,
             standby: std::sync::Mutex::new(None),
             preparing: AtomicBool::new(false),
-            warming: std::sync::Mutex::new(None),
-            arrived: tokio::sync::Notify::new(),
             hold,
             measured,
         })))
@@ -193,11 +183,7 @@ impl Zygote {
         instance: &str,
     ) -> Result<ProcessWorker, ForkError<'a>> {
         let began = Instant::now();
-        let standby = match self.take_standby() {
-            Some(standby) => Some(standby),
-            None => self.hurry_standby().await,
-        };
-        let (spawned, ready) = match standby {
+        let (spawned, ready) = match self.take_standby() {
             Some(Standby { spawned, ready, hold }) => {
                 // A worker now: the pool counts it.
                 drop(hold);
@@ -224,24 +210,6 @@ impl Zygote {
         self.prepare_standby();
         worker._zygote = Some((self.clone(), self.hold.pin()));
         Ok(worker)
-    }
-
-    /// The standby still warming up, wanted now: its warm-up is raised to
-    /// normal priority and waited for, up to [`HURRY_AT_MOST`]. It is
-    /// forked and in its cgroup already; forking another would cost that
-    /// again, its first call would pay the page copies the warm-up makes,
-    /// and it would compete with the one warming up for the same cores.
-    async fn hurry_standby(&self) -> Option<Standby> {
-        let arrived = self.arrived.notified();
-        tokio::pin!(arrived);
-        arrived.as_mut().enable();
-        let pid = (*self.warming.lock().unwrap_or_else(|p| p.into_inner()))?;
-        if let Some(standby) = self.take_standby() {
-            return Some(standby);
-        }
-        raise_priority(pid);
-        let _ = tokio::time::timeout(HURRY_AT_MOST, arrived).await;
-        self.take_standby()
     }
 
     /// The standby, if one is waiting and still alive.
@@ -283,9 +251,6 @@ impl Zygote {
             // Its warm-up runs only on cores nothing else wants, so on a
             // busy node it may take long; the zygote is not held meanwhile
             // (the standby ends with it).
-            if let Ok(Spawned { child: Proc::Forked(pid), .. }) = &forked {
-                *me.warming.lock().unwrap_or_else(|p| p.into_inner()) = Some(*pid);
-            }
             let zygote = Arc::downgrade(&me);
             drop(me);
             let made = match forked {
@@ -313,9 +278,7 @@ impl Zygote {
                 Ok(_) => {}
                 Err(e) => log.line(format!("forking a worker ahead failed: {e}")),
             }
-            *me.warming.lock().unwrap_or_else(|p| p.into_inner()) = None;
             me.preparing.store(false, Ordering::Release);
-            me.arrived.notify_waiters();
         });
     }
 
@@ -485,19 +448,6 @@ async fn own_cgroup(
         Ok(Some(cgroup))
     });
     moved.await.unwrap_or_else(|e| Err(format!("moving the forked worker into its cgroup: {e}")))
-}
-
-/// Puts every thread of process `pid` back at nice 0 (a standby's warm-up
-/// runs at 19). Raising a priority takes CAP_SYS_NICE: without it (an
-/// unsandboxed node not run as root) the warm-up keeps its nice.
-fn raise_priority(pid: u32) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
-    for task in tasks.flatten() {
-        let tid = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok());
-        if let Some(tid) = tid.and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::setpriority_process(Some(tid), 0);
-        }
-    }
 }
 
 fn kill_group(pid: u32) {
