@@ -159,6 +159,27 @@ impl ProcessGroup {
         self.cgroup.as_ref().is_some_and(WorkerCgroup::oom_killed)
     }
 
+    /// What its processes use now: their PSS (`/proc/PID/smaps_rollup`)
+    /// summed, pages shared between them and others split fairly; `None`
+    /// when none of them could be read.
+    pub fn pss(&self) -> Option<u64> {
+        let mut total: Option<u64> = None;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let in_group = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| process_group_of(&stat) == Some(self.pgid));
+            if !in_group {
+                continue;
+            }
+            if let Some(bytes) =
+                std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok().and_then(|t| pss_of(&t))
+            {
+                total = Some(total.unwrap_or(0) + bytes);
+            }
+        }
+        total
+    }
+
     /// Signals the group without forgetting it (the leader is still there).
     pub fn kill_now(&self) {
         if !self.ended.load(Ordering::Acquire) {
@@ -176,10 +197,44 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// The process group in a `/proc/PID/stat` line (after the command's
+/// closing parenthesis: state, parent, group).
+fn process_group_of(stat: &str) -> Option<i32> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The `Pss:` line of a `smaps_rollup`, in bytes.
+fn pss_of(rollup: &str) -> Option<u64> {
+    let line = rollup.lines().find_map(|l| l.strip_prefix("Pss:"))?;
+    let kib: u64 = line.split_whitespace().next()?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn proc_files_are_read_for_the_group_and_its_size() {
+        assert_eq!(process_group_of("42 (a (b) c) S 1 40 40 0 -1"), Some(40));
+        assert_eq!(pss_of("55d0-7ff r--p 00000000 00:00 0 [rollup]\nRss: 900 kB\nPss: 812 kB\n"), Some(812 * 1024));
+        assert_eq!(pss_of("Rss: 900 kB\n"), None);
+    }
+
+    #[tokio::test]
+    async fn a_group_s_size_is_what_its_processes_use() {
+        let groups = Arc::<ProcessGroups>::default();
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg("sleep 30 & sleep 30").stdout(std::process::Stdio::null());
+        let (mut child, group) = groups.spawn(&mut cmd).expect("sh runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let size = group.pss().expect("its processes are readable");
+        assert!(size > 0 && size < 64 * 1024 * 1024, "{size}");
+        group.kill_now();
+        let _ = child.wait().await;
+        group.kill();
+    }
 
     fn alive(pid: i32) -> bool {
         nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()

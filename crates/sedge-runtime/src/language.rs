@@ -39,6 +39,7 @@ impl LanguageEngine {
 
 fn spare_target(version: &Version) -> SpareTarget {
     SpareTarget {
+        function: version.spec.name.to_string(),
         preload: crate::budget::heavy_modules(&version.files.bundle),
         limits: version.spec.limits.clone(),
         files: version.files.clone(),
@@ -77,19 +78,25 @@ impl Engine for LanguageEngine {
                     }
                 }
             }
-            let spare = if Spare::suits(spec) { spares.take(&spare_target(&version)).await } else { None };
+            let suits = Spare::suits(spec);
+            let target = spare_target(&version);
+            let spare = if suits { spares.take(&target).await } else { None };
             let worker = match spare.and_then(|mut s| s.is_alive().then_some(s)) {
-                Some(spare) => {
-                    let worker = spare.assign(spec, launch).await?;
+                Some(spare) => spare.assign(spec, launch).await.inspect(|_| {
                     version.counters.spare_starts.fetch_add(1, Ordering::Relaxed);
-                    worker
-                }
-                None => ProcessWorker::start(spec, launch).await?,
+                }),
+                None => ProcessWorker::start(spec, launch).await,
             };
-            // The module loads: from now on its workers can fork.
-            if let Some(zygotes) = &zygotes {
+            // The module loads: from now on its workers can fork. The
+            // zygote is asked for before the next spare, which ranks below
+            // it in the memory budget.
+            if let (Ok(_), Some(zygotes)) = (&worker, &zygotes) {
                 zygotes.ensure(&version, zygote_log);
             }
+            if suits {
+                spares.fill(&target);
+            }
+            let worker = worker?;
             Ok(Arc::new(worker) as Arc<dyn Worker>)
         })
     }

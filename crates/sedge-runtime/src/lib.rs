@@ -347,6 +347,12 @@ impl Runtime {
         self.config.isolation(limits)
     }
 
+    /// What the node's memory budget holds, by kind of process, on the
+    /// node and for `function`.
+    pub fn memory_use(&self, function: &str) -> budget::MemoryUse {
+        self.config.budget.memory_use(function)
+    }
+
     /// Worker process groups running now (spares included).
     pub fn process_groups(&self) -> usize {
         self.config.groups.len()

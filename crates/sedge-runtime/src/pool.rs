@@ -258,7 +258,7 @@ impl Pool {
         budget: Arc<NodeBudget>,
         cpu: Option<f64>,
     ) -> Arc<Self> {
-        let budget_key = budget.join(cpu, spec.limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY));
+        let budget_key = budget.join(spec.name.as_str(), cpu, spec.limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY));
         Arc::new_cyclic(|me| Self {
             budget,
             budget_key,
@@ -630,10 +630,19 @@ impl Pool {
     /// are told so now rather than at their timeout.
     fn refuse_for_memory(&self, st: &mut State) {
         let each = self.spec().limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY);
+        let mib = sedge_core::invocation::mebibytes;
+        let held = self.budget.memory_use(self.spec().name.as_str()).node;
+        let by: Vec<String> =
+            [("worker", "workers"), ("zygote", "zygotes"), ("standby", "standbys"), ("spare", "spares")]
+                .iter()
+                .filter_map(|(kind, said)| held.get(kind).filter(|b| **b > 0).map(|b| format!("{said} {}", mib(*b))))
+                .collect();
+        let by =
+            if by.is_empty() { "nothing else holds any of it".to_owned() } else { format!("held: {}", by.join(", ")) };
         let message = format!(
-            "the node's memory budget ({}) has no room for another worker of {}; other functions' workers hold it (serve --memory sets the budget)",
-            self.budget.memory().map_or_else(|| "unbounded".to_owned(), sedge_core::invocation::mebibytes),
-            sedge_core::invocation::mebibytes(each),
+            "the node's memory budget ({}) has no room for another worker of {}; {by} (serve --memory sets the budget)",
+            self.budget.memory().map_or_else(|| "unbounded".to_owned(), mib),
+            mib(each),
         );
         for w in st.waiters.drain(..) {
             let _ = w.tx.send(Err(InvokeError::StartFailed { function: self.name(), message: message.clone() }));
@@ -756,6 +765,9 @@ impl Pool {
             let now = self.origin.elapsed();
             st.window.record(now, 1);
             st.starting += 1;
+            // Counted at once, so that what its start makes (a zygote, the
+            // next spare) finds it in the memory budget.
+            self.report(&st);
         }
         let Some(pool) = self.me.upgrade() else { return Err(InvokeError::ShuttingDown(self.name())) };
         // In a task of its own, so that a caller that stops waiting cannot

@@ -101,7 +101,7 @@ pub struct ProcessWorker {
     /// The zygote it was forked from, kept while it lives: under the
     /// sandbox the zygote leads its pid namespace, and its end would end
     /// the worker too (a version retired keeps serving what it accepted).
-    _zygote: Option<Arc<zygote::Zygote>>,
+    _zygote: Option<(Arc<zygote::Zygote>, crate::budget::HoldPin)>,
 }
 
 /// A shim process whose channel is set up and whose output is being
@@ -158,6 +158,13 @@ impl Spawned {
             target,
             memory,
         })
+    }
+
+    /// What its processes use now (PSS), read on a blocking thread: it
+    /// walks `/proc`.
+    async fn measured(&self) -> Option<u64> {
+        let group = self.group.clone();
+        tokio::task::spawn_blocking(move || group.pss()).await.ok().flatten()
     }
 
     /// The first frame the shim sends by `ready_by`, or why there is none.
@@ -289,6 +296,8 @@ pub fn function_env(spec: &FunctionSpec) -> BTreeMap<String, String> {
 /// The function a sandboxed spare is started for.
 #[derive(Debug, Clone)]
 pub struct SpareTarget {
+    /// Named in the node's memory budget.
+    pub function: String,
     /// Modules the spare imports ahead (the function's requirements name them).
     pub preload: Vec<String>,
     pub limits: sedge_core::Limits,
@@ -302,6 +311,8 @@ pub struct SpareTarget {
 /// user's module.
 pub struct Spare {
     spawned: Spawned,
+    /// Its part of the node's memory budget, until it becomes a worker.
+    hold: Option<crate::budget::MemoryHold>,
 }
 
 impl Spare {
@@ -324,7 +335,7 @@ impl Spare {
         let memory = target.and_then(|t| t.limits.memory);
         let mut spawned = Spawned::spawn((cmd, cgroup), program, Arc::new(LogTarget::default()), config, memory)?;
         match spawned.first_frame(None).await {
-            Ok(Header::Spare) => Ok(Self { spawned }),
+            Ok(Header::Spare) => Ok(Self { spawned, hold: None }),
             Ok(other) => Err(spawned.failed(format!("spare worker spoke out of turn: {other:?}")).await),
             Err(e) => Err(spawned.failed(e).await),
         }
@@ -340,6 +351,21 @@ impl Spare {
             .any(|k| k.starts_with("PYTHON") || k.starts_with("NODE") || k.starts_with("UV_") || k.starts_with("LD_"))
     }
 
+    /// Keeps `hold` (its part of the node's memory budget) while it waits.
+    pub fn keep(&mut self, hold: Option<crate::budget::MemoryHold>) {
+        self.hold = hold;
+    }
+
+    /// The part of the node's memory budget it holds while it waits.
+    pub fn hold(&self) -> Option<&crate::budget::MemoryHold> {
+        self.hold.as_ref()
+    }
+
+    /// What it uses now (PSS).
+    pub async fn measured(&self) -> Option<u64> {
+        self.spawned.measured().await
+    }
+
     /// Whether the process is still there to be assigned.
     pub fn is_alive(&mut self) -> bool {
         match &mut self.spawned.child {
@@ -351,6 +377,8 @@ impl Spare {
     /// Makes the spare a worker of `spec`, running in its bundle folder.
     pub async fn assign(mut self, spec: &FunctionSpec, launch: Launch<'_>) -> Result<ProcessWorker, String> {
         let began = Instant::now();
+        // A worker now: the pool counts it.
+        drop(self.hold.take());
         self.spawned.target.set(launch.log);
         let mut env = function_env(spec);
         // A spare was started before it knew its function (or, sandboxed,

@@ -11,10 +11,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::Notify;
 
+use crate::budget::{Holder, DEFAULT_WORKER_MEMORY};
 use crate::process::{Spare, SpareTarget};
 use crate::RuntimeConfig;
 
@@ -63,7 +64,9 @@ impl Spares {
 
     /// The waiting spare for `target`; if one is starting, it is awaited,
     /// since starting another process would cost the same and compete for
-    /// the CPU. `None` when there is none. A replacement starts at once.
+    /// the CPU. `None` when there is none. No replacement starts: the
+    /// caller [`Self::fill`]s once its worker is up, so that what its
+    /// start made (a zygote) counts against the memory budget first.
     pub async fn take(self: &Arc<Self>, target: &SpareTarget) -> Option<Spare> {
         let key = self.key(target);
         let spare = loop {
@@ -79,37 +82,58 @@ impl Spares {
             }
             notified.await;
         };
-        self.fill(target);
         spare
     }
 
     /// Starts a spare (for `target`'s version, when sandboxed) unless one
-    /// is waiting or starting.
+    /// is waiting or starting, or the node's memory budget has no room for
+    /// it (a spare never displaces anything: it is only work done ahead).
     pub fn fill(self: &Arc<Self>, target: &SpareTarget) {
         if !self.config.spares {
             return;
         }
         let key = self.key(target);
+        let busy = |st: &State| st.closed || st.ready.contains_key(&key) || st.starting.contains(&key);
+        if busy(&self.lock()) {
+            return;
+        }
+        // Held while it starts at the most the kernel lets it take: the
+        // function's limit (sandboxed), or what a worker counts as.
+        let (function, limit) = match &key.dir {
+            Some(_) => (Some(target.function.as_str()), target.limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY)),
+            None => (None, DEFAULT_WORKER_MEMORY),
+        };
+        let Some(hold) = self.config.budget.hold(Holder::Spare, function, limit) else {
+            tracing::debug!("no spare {} worker: the node's memory budget has no room for it", self.language);
+            return;
+        };
         {
             let mut st = self.lock();
             // A forgotten spare still starting stays forgotten: its folder
             // may have been removed and unpacked again since it started, and
             // it would see the old one.
-            if st.closed || st.ready.contains_key(&key) || !st.starting.insert(key.clone()) {
+            if busy(&st) {
                 return;
             }
+            st.starting.insert(key.clone());
         }
         let me = self.clone();
         let target = key.dir.is_some().then(|| target.clone());
         tokio::spawn(async move {
             let started = Spare::start(&me.program, &me.shim, &me.config, target.as_ref()).await;
+            let measured = match &started {
+                Ok(spare) => spare.measured().await,
+                Err(_) => None,
+            };
             {
                 let mut st = me.lock();
                 st.starting.remove(&key);
                 let gone = key.dir.as_ref().is_some_and(|d| st.forgotten.remove(d));
                 match started {
                     // Dropping a spare (closed meanwhile) ends its process.
-                    Ok(spare) if !st.closed && !gone => {
+                    Ok(mut spare) if !st.closed && !gone => {
+                        hold.settle(measured, give_up(Arc::downgrade(&me), key.clone(), hold.id()));
+                        spare.keep(Some(hold));
                         st.ready.insert(key, spare);
                     }
                     Ok(_) => {}
@@ -118,6 +142,18 @@ impl Spares {
             }
             me.started.notify_waiters();
         });
+    }
+
+    /// What a spare's part of the budget is given up by: the spare waiting
+    /// under `key` is stopped, if it is still the one holding `hold`.
+    fn remove_held(&self, key: &SpareKey, hold: u64) {
+        let mut st = self.lock();
+        if st.ready.get(key).and_then(Spare::hold).is_some_and(|h| h.id() == hold) {
+            // Dropped outside the lock: its hold goes back to the budget.
+            let spare = st.ready.remove(key);
+            drop(st);
+            drop(spare);
+        }
     }
 
     /// Ends the spares kept for one version's bundle (it is being replaced
@@ -138,4 +174,13 @@ impl Spares {
         drop(st);
         self.started.notify_waiters();
     }
+}
+
+/// Stops the spare under `key` holding `hold` when the budget needs its room.
+fn give_up(spares: Weak<Spares>, key: SpareKey, hold: u64) -> crate::budget::GiveUp {
+    Box::new(move || {
+        if let Some(spares) = spares.upgrade() {
+            spares.remove_held(&key, hold);
+        }
+    })
 }

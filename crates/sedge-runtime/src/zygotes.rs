@@ -8,11 +8,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::budget::{Holder, DEFAULT_WORKER_MEMORY};
 use crate::engine::{ExitNotice, LogSink, Version};
 use crate::process::zygote::{Recipe, Started, Zygote};
 use crate::process::{Launch, Ready};
@@ -66,12 +67,29 @@ impl Zygotes {
         }
     }
 
-    /// Starts a zygote for `version` unless it has one (or cannot).
+    /// Starts a zygote for `version` unless it has one (or cannot), and
+    /// the node's memory budget has room for it, spares and standbys given
+    /// up; without room, the next worker that starts fresh asks again.
     pub fn ensure(self: &Arc<Self>, version: &Version, log: LogSink) {
         let bundle = version.files.bundle.clone();
+        let busy = |st: &State| st.closed || st.entries.contains_key(&bundle);
+        if busy(&self.lock()) {
+            return;
+        }
+        // Held at the function's limit while its module loads, the most
+        // the kernel lets it take (under the sandbox it has the limits).
+        let limit = version.spec.limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY);
+        let Some(hold) = self.config.budget.hold(Holder::Zygote, Some(version.spec.name.as_str()), limit) else {
+            log.line(format!(
+                "no zygote for now: the node's memory budget ({}) has no room for one (up to {}); workers start fresh",
+                self.config.budget.memory().map_or_else(|| "unbounded".to_owned(), sedge_core::invocation::mebibytes),
+                sedge_core::invocation::mebibytes(limit),
+            ));
+            return;
+        };
         {
             let mut st = self.lock();
-            if st.closed || st.entries.contains_key(&bundle) {
+            if busy(&st) {
                 return;
             }
             st.forgotten.remove(&bundle);
@@ -97,7 +115,8 @@ impl Zygotes {
                 oom_kills: version.counters.oom_kills.clone(),
                 log: log.clone(),
             };
-            let started = Zygote::start(&version.spec, launch, recipe).await;
+            let give_up = give_up(Arc::downgrade(&me), bundle.clone(), hold.id());
+            let started = Zygote::start(&version.spec, launch, recipe, hold).await;
             let entry = match started {
                 Ok(Started::Ready(z)) => {
                     log.line("zygote ready: further workers fork from it".to_owned());
@@ -116,11 +135,31 @@ impl Zygotes {
             };
             let mut st = me.lock();
             if st.closed || st.forgotten.remove(&bundle) {
-                // Dropping a zygote ends its process.
+                // Dropping a zygote ends its process (outside the lock: its
+                // hold goes back to the budget).
+                drop(st);
+                drop(entry);
                 return;
+            }
+            if let Entry::Ready(z) = &entry {
+                z.settle(give_up);
             }
             st.entries.insert(bundle, entry);
         });
+    }
+
+    /// What a zygote's part of the budget is given up by: the zygote of
+    /// `bundle` is dropped (and so ended), if it is still the one holding
+    /// `hold`. It is only given up while no worker forked from it lives.
+    fn remove_held(&self, bundle: &Path, hold: u64) {
+        let mut st = self.lock();
+        if let Some(Entry::Ready(z)) = st.entries.get(bundle) {
+            if z.hold_id() == hold {
+                let gone = st.entries.remove(bundle);
+                drop(st);
+                drop(gone);
+            }
+        }
     }
 
     /// Ends the zygote of the version at `bundle` (replaced or removed).
@@ -137,4 +176,13 @@ impl Zygotes {
         st.closed = true;
         st.entries.clear();
     }
+}
+
+/// Ends the zygote of `bundle` holding `hold` when the budget needs its room.
+fn give_up(zygotes: Weak<Zygotes>, bundle: PathBuf, hold: u64) -> crate::budget::GiveUp {
+    Box::new(move || {
+        if let Some(zygotes) = zygotes.upgrade() {
+            zygotes.remove_held(&bundle, hold);
+        }
+    })
 }

@@ -10,9 +10,14 @@
 //! always gets one, even on a node whose cores are all taken: a function
 //! that cannot run at all would only turn its callers away.
 //!
-//! Memory: a worker starts only if what it may use fits in what the node
-//! has left, so the pool never starts the worker that would push the node
-//! into swap or the kernel's OOM killer.
+//! Memory: every process the node starts for functions holds a part of
+//! the node's memory budget (a worker, a zygote, its standby, a spare), and
+//! one starts only if what it holds fits in what the node has left, so the
+//! node is never pushed into swap or the kernel's OOM killer. When it does
+//! not fit, what ranks lower may be given up for it ([`make_room`]): spares
+//! first, then standbys, then zygotes, never a worker; a spare, standby or
+//! zygote is never worth stopping a worker for, and those kept ahead of
+//! demand (spares, standbys) never stop each other.
 
 /// Max-min fair shares of `total` among `wants` (same order): every want at
 /// or under the equal share is met in full, and what those leave is split
@@ -77,10 +82,132 @@ pub fn memory_allows(budget: Option<u64>, used: u64, need: u64) -> bool {
     budget.is_none_or(|b| used.saturating_add(need) <= b)
 }
 
+/// What a process the node started for functions is, in the order of
+/// sacrifice when memory is short: the first is given up first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Holder {
+    /// An interpreter started ahead of any function's need.
+    Spare,
+    /// A worker forked ahead of demand from a zygote, warmed up.
+    Standby,
+    /// A function's template process, which its workers fork from.
+    Zygote,
+    /// A worker serving (or about to serve) a function.
+    Worker,
+}
+
+impl Holder {
+    pub const ALL: [Holder; 4] = [Holder::Worker, Holder::Zygote, Holder::Standby, Holder::Spare];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spare => "spare",
+            Self::Standby => "standby",
+            Self::Zygote => "zygote",
+            Self::Worker => "worker",
+        }
+    }
+
+    /// Only what ranks strictly lower may be given up for a process:
+    /// spares and standbys are both work done ahead, and neither is worth
+    /// the other.
+    fn rank(self) -> u8 {
+        match self {
+            Self::Spare | Self::Standby => 0,
+            Self::Zygote => 1,
+            Self::Worker => 2,
+        }
+    }
+}
+
+/// A part of the node's memory held by one process (or one pool's workers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub holder: Holder,
+    pub bytes: u64,
+    /// It could be stopped now to free its bytes (a zygote that workers
+    /// forked from still live in is not: stopping it would end them).
+    pub expendable: bool,
+}
+
+/// Which of `held` (by index) to give up so that a `holder` needing `need`
+/// bytes fits in `budget`, or `None` if it cannot fit even so. Nothing is
+/// given up when it fits already; otherwise the lowest in the order of
+/// sacrifice goes first and, within one kind, the largest (the fewest
+/// processes stopped); only expendable parts ranking below `holder` are
+/// given up, and none when giving them all up would not be enough.
+pub fn make_room(budget: Option<u64>, held: &[Held], need: u64, holder: Holder) -> Option<Vec<usize>> {
+    let Some(budget) = budget else { return Some(Vec::new()) };
+    let used: u64 = held.iter().map(|h| h.bytes).fold(0, u64::saturating_add);
+    if memory_allows(Some(budget), used, need) {
+        return Some(Vec::new());
+    }
+    let mut candidates: Vec<usize> =
+        (0..held.len()).filter(|&i| held[i].expendable && held[i].holder.rank() < holder.rank()).collect();
+    candidates.sort_by_key(|&i| (held[i].holder, std::cmp::Reverse(held[i].bytes), i));
+    let mut left = used;
+    let mut given = Vec::new();
+    for i in candidates {
+        if memory_allows(Some(budget), left, need) {
+            break;
+        }
+        left -= held[i].bytes;
+        given.push(i);
+    }
+    memory_allows(Some(budget), left, need).then_some(given)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn held(holder: Holder, bytes: u64) -> Held {
+        Held { holder, bytes, expendable: true }
+    }
+
+    #[test]
+    fn nothing_is_given_up_while_it_fits() {
+        let all = [held(Holder::Worker, 300), held(Holder::Spare, 100)];
+        assert_eq!(make_room(Some(1000), &all, 600, Holder::Worker), Some(vec![]));
+        assert_eq!(make_room(None, &all, u64::MAX, Holder::Spare), Some(vec![]));
+    }
+
+    #[test]
+    fn a_worker_gives_up_spares_then_standbys_then_zygotes() {
+        let all = [
+            held(Holder::Zygote, 40),
+            held(Holder::Worker, 128),
+            held(Holder::Standby, 20),
+            held(Holder::Spare, 10),
+            held(Holder::Spare, 12),
+        ];
+        // 210 held of 300: a worker of 128 needs 38 more, the spares give 22.
+        assert_eq!(make_room(Some(300), &all, 128, Holder::Worker), Some(vec![4, 3, 2]));
+        // 62 more: the standby is not enough, the zygote goes too.
+        assert_eq!(make_room(Some(276), &all, 128, Holder::Worker), Some(vec![4, 3, 2, 0]));
+    }
+
+    #[test]
+    fn a_zygote_may_displace_what_is_kept_ahead_but_not_a_worker() {
+        let all = [held(Holder::Worker, 128), held(Holder::Spare, 100)];
+        assert_eq!(make_room(Some(260), &all, 128, Holder::Zygote), Some(vec![1]));
+        assert_eq!(make_room(Some(200), &all, 128, Holder::Zygote), None, "the worker stays, so nothing goes");
+    }
+
+    #[test]
+    fn what_is_kept_ahead_never_displaces_anything() {
+        let all = [held(Holder::Worker, 128), held(Holder::Spare, 10)];
+        assert_eq!(make_room(Some(200), &all, 128, Holder::Standby), None);
+        assert_eq!(make_room(Some(200), &all, 128, Holder::Spare), None);
+        assert_eq!(make_room(Some(300), &all, 128, Holder::Standby), Some(vec![]));
+    }
+
+    #[test]
+    fn a_zygote_its_workers_live_in_is_not_given_up() {
+        let all = [held(Holder::Worker, 128), Held { holder: Holder::Zygote, bytes: 40, expendable: false }];
+        assert_eq!(make_room(Some(256), &all, 128, Holder::Worker), None);
+    }
 
     fn claim(want: u32, cpu: f64) -> CpuClaim {
         CpuClaim { want, cpu }
@@ -119,7 +246,41 @@ mod tests {
         assert!(!memory_allows(Some(100), 0, 101), "not even a first worker");
     }
 
+    fn any_holder() -> impl Strategy<Value = Holder> {
+        prop_oneof![Just(Holder::Spare), Just(Holder::Standby), Just(Holder::Zygote), Just(Holder::Worker)]
+    }
+
     proptest! {
+        #[test]
+        fn making_room_fits_the_budget_and_gives_up_only_what_ranks_lower(
+            budget in 0u64..2000,
+            parts in proptest::collection::vec((any_holder(), 0u64..400, any::<bool>()), 0..10),
+            need in 0u64..600,
+            holder in any_holder(),
+        ) {
+            let held: Vec<Held> = parts.iter().map(|&(holder, bytes, expendable)| Held { holder, bytes, expendable }).collect();
+            let total: u64 = held.iter().map(|h| h.bytes).sum();
+            match make_room(Some(budget), &held, need, holder) {
+                Some(given) => {
+                    let freed: u64 = given.iter().map(|&i| held[i].bytes).sum();
+                    prop_assert!(total - freed + need <= budget);
+                    for &i in &given {
+                        prop_assert!(held[i].expendable && held[i].holder.rank() < holder.rank());
+                    }
+                    // Not one more than needed: without the last, it would not fit.
+                    if let Some(&last) = given.last() {
+                        prop_assert!(total - freed + held[last].bytes + need > budget);
+                    }
+                }
+                None => {
+                    let could: u64 = held.iter()
+                        .filter(|h| h.expendable && h.holder.rank() < holder.rank())
+                        .map(|h| h.bytes).sum();
+                    prop_assert!(total - could + need > budget);
+                }
+            }
+        }
+
         #[test]
         fn shares_never_exceed_the_total_or_a_want(total in 0.0f64..16.0,
                                                    wants in proptest::collection::vec(0.0f64..8.0, 0..8)) {

@@ -1,6 +1,7 @@
 //! Per-function figures the runtime keeps, read at scrape time: replicas
 //! (OpenFaaS's `gateway_service_count`), queue depth, workers by state, and
-//! the node-lifetime totals of cold starts, spare starts and OOM kills.
+//! the node-lifetime totals of cold starts, spare starts and OOM kills,
+//! and what holds the node's memory budget.
 
 use std::sync::atomic::Ordering;
 
@@ -21,6 +22,8 @@ pub struct RuntimeFigures {
     desired: IntGaugeVec,
     cpu_waits: IntCounterVec,
     memory_waits: IntCounterVec,
+    /// The node's memory budget and what holds it, by kind of process.
+    memory_budget: IntGaugeVec,
     /// Observed as the runtime reports starts, never reset: a histogram's
     /// counts only grow.
     cold_start: HistogramVec,
@@ -60,6 +63,11 @@ impl Default for RuntimeFigures {
                 "Requests that queued while the node's memory budget held the function below what its policy wanted",
                 f,
             ),
+            memory_budget: gauges(
+                "sedge_memory_budget_bytes",
+                "The node's memory budget (kind=\"budget\", serve --memory) and what holds it: workers at their memory limit, zygotes, standbys and spares at what they were measured to use (kind)",
+                &["kind"],
+            ),
             cold_start: histograms(
                 "sedge_cold_start_seconds",
                 "Where workers' starts went, by phase: process (interpreter and shim, a spare taken or a fork), imports (the function's module, model loads excluded), model (loading models), first_answer",
@@ -75,8 +83,15 @@ impl RuntimeFigures {
     /// node-lifetime counts, so they only grow.
     pub fn refresh(&self, runtime: &Runtime) {
         // Functions removed since the last scrape must not linger.
-        for family in [&self.services, &self.queued, &self.workers, &self.desired] {
+        for family in [&self.services, &self.queued, &self.workers, &self.desired, &self.memory_budget] {
             family.reset();
+        }
+        let used = runtime.memory_use("");
+        if let Some(budget) = used.budget {
+            self.memory_budget.with_label_values(&["budget"]).set(i64::try_from(budget).unwrap_or(i64::MAX));
+        }
+        for (kind, bytes) in &used.node {
+            self.memory_budget.with_label_values(&[kind]).set(i64::try_from(*bytes).unwrap_or(i64::MAX));
         }
         for family in [&self.cold_starts, &self.spare_starts, &self.oom_kills, &self.cpu_waits, &self.memory_waits] {
             family.reset();
@@ -121,6 +136,7 @@ impl RuntimeFigures {
             self.desired.collect(),
             self.cpu_waits.collect(),
             self.memory_waits.collect(),
+            self.memory_budget.collect(),
             self.cold_start.collect(),
         ]
         .concat()

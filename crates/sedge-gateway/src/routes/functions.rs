@@ -86,6 +86,7 @@ pub(super) fn status(node: &Node, r: &FunctionRecord) -> Value {
             })),
             "cpuBudgetWaits": shared.cpu_waits.load(std::sync::atomic::Ordering::Relaxed),
             "memoryBudgetWaits": shared.memory_waits.load(std::sync::atomic::Ordering::Relaxed),
+            "memoryBudget": memory_budget(node, name),
             "triggers": triggers(node, name, spec),
             "workers": { "ready": stats.ready, "starting": stats.starting, "busy": stats.busy },
             "queued": stats.queued,
@@ -102,6 +103,21 @@ pub(super) fn status(node: &Node, r: &FunctionRecord) -> Value {
             // The environment its requirements.txt / package.json were installed into.
             "environment": node.runtime.get(name).and_then(|p| p.deps().and_then(|d| crate::deps::key_of(d))),
         },
+    })
+}
+
+/// What the node's memory budget (`serve --memory`) holds, in bytes, by
+/// kind of process: on the whole node and for this function (a spare that
+/// any function may take belongs to none).
+fn memory_budget(node: &Node, name: &str) -> Value {
+    let used = node.runtime.memory_use(name);
+    let held = used.held();
+    json!({
+        "bytes": used.budget,
+        "held": held,
+        "free": used.budget.map(|b| b.saturating_sub(held)),
+        "node": used.node,
+        "function": used.function,
     })
 }
 

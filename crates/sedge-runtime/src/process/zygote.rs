@@ -34,6 +34,7 @@ use tokio::net::UnixStream;
 use tokio::time::Instant;
 
 use super::{forked_alive, function_env, read_decoded, Launch, Proc, ProcessWorker, Ready, Spawned};
+use crate::budget::{GiveUp, Holder, MemoryHold, DEFAULT_WORKER_MEMORY};
 use crate::engine::{LogSink, StartKind};
 use crate::logs::{self, LogTarget, RecentLines};
 use crate::sandbox::WorkerCgroup;
@@ -67,6 +68,9 @@ pub struct Zygote {
     standby: std::sync::Mutex<Option<Standby>>,
     /// A standby is being made.
     preparing: AtomicBool,
+    /// Its part of the node's memory budget, and what it used once loaded.
+    hold: MemoryHold,
+    measured: Option<u64>,
 }
 
 /// What the zygote needs to fork a standby on its own.
@@ -82,6 +86,8 @@ pub struct Recipe {
 struct Standby {
     spawned: Spawned,
     ready: Header,
+    /// Its part of the node's memory budget, until a pool takes it.
+    hold: MemoryHold,
 }
 
 /// Why forking a process failed: before anything was started, or after.
@@ -101,7 +107,13 @@ pub enum ForkError<'a> {
 impl Zygote {
     /// Starts the zygote of `spec` (as a fresh worker would start, with
     /// SEDGE_ZYGOTE=1), and waits until its module has loaded by `ready`.
-    pub async fn start(spec: &FunctionSpec, launch: Launch<'_>, recipe: Recipe) -> Result<Started, String> {
+    /// `hold` is its part of the node's memory budget ([`Self::settle`]).
+    pub async fn start(
+        spec: &FunctionSpec,
+        launch: Launch<'_>,
+        recipe: Recipe,
+        hold: MemoryHold,
+    ) -> Result<Started, String> {
         let (log, ready) = (launch.log, launch.ready);
         let (mut cmd, cgroup) =
             launch.config.command(launch.program, &spec.limits, launch.files, launch.oom_kills.clone())?;
@@ -127,6 +139,7 @@ impl Zygote {
             Ok(other) => return Err(spawned.failed(format!("zygote spoke out of turn: {other:?}")).await),
             Err(e) => return Err(spawned.failed(e).await),
         }
+        let measured = spawned.measured().await;
         Ok(Started::Ready(Box::new(Self {
             spawned: tokio::sync::Mutex::new(Some(spawned)),
             broken: AtomicBool::new(false),
@@ -134,7 +147,20 @@ impl Zygote {
             recipe,
             standby: std::sync::Mutex::new(None),
             preparing: AtomicBool::new(false),
+            hold,
+            measured,
         })))
+    }
+
+    /// Its hold settles at what it used once loaded, given up by
+    /// `give_up`: called once it is where `give_up` finds it.
+    pub fn settle(&self, give_up: GiveUp) {
+        self.hold.settle(self.measured, give_up);
+    }
+
+    /// Which part of the node's memory budget it holds.
+    pub fn hold_id(&self) -> u64 {
+        self.hold.id()
     }
 
     pub fn is_alive(&self) -> bool {
@@ -158,9 +184,11 @@ impl Zygote {
     ) -> Result<ProcessWorker, ForkError<'a>> {
         let began = Instant::now();
         let (spawned, ready) = match self.take_standby() {
-            Some(standby) => {
-                standby.spawned.target.set(launch.log.clone());
-                (standby.spawned, Ok(standby.ready))
+            Some(Standby { spawned, ready, hold }) => {
+                // A worker now: the pool counts it.
+                drop(hold);
+                spawned.target.set(launch.log.clone());
+                (spawned, Ok(ready))
             }
             None => {
                 let forked = self
@@ -180,7 +208,7 @@ impl Zygote {
             .await
             .map_err(ForkError::After)?;
         self.prepare_standby();
-        worker._zygote = Some(self.clone());
+        worker._zygote = Some((self.clone(), self.hold.pin()));
         Ok(worker)
     }
 
@@ -197,7 +225,9 @@ impl Zygote {
         }
     }
 
-    /// Forks a standby in the background, unless one is waiting or on its way.
+    /// Forks a standby in the background, unless one is waiting or on its
+    /// way, or the node's memory budget has no room for it (a standby
+    /// never displaces anything: it is only work done ahead).
     pub fn prepare_standby(self: &Arc<Self>) {
         if !self.is_alive() || self.preparing.swap(true, Ordering::AcqRel) {
             return;
@@ -206,9 +236,15 @@ impl Zygote {
             self.preparing.store(false, Ordering::Release);
             return;
         }
+        let (spec, log) = (self.recipe.spec.clone(), self.recipe.log.clone());
+        // Held at the function's limit until it has warmed up.
+        let limit = spec.limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY);
+        let Some(hold) = self.recipe.config.budget.hold(Holder::Standby, Some(spec.name.as_str()), limit) else {
+            self.preparing.store(false, Ordering::Release);
+            return;
+        };
         let me = self.clone();
         tokio::spawn(async move {
-            let (spec, log) = (me.recipe.spec.clone(), me.recipe.log.clone());
             let name = format!("{}-standby", spec.name);
             let forked =
                 me.fork_process(&spec, &me.recipe.config, &me.recipe.oom_kills, log.clone(), &name, true).await;
@@ -221,7 +257,10 @@ impl Zygote {
                 Ok(mut spawned) => {
                     let ready = Ready { by: Instant::now() + STANDBY_READY, within: STANDBY_READY };
                     match spawned.first_frame(Some(ready)).await {
-                        Ok(header @ Header::Ready { .. }) => Ok(Standby { spawned, ready: header }),
+                        Ok(header @ Header::Ready { .. }) => {
+                            let measured = spawned.measured().await;
+                            Ok((Standby { spawned, ready: header, hold }, measured))
+                        }
                         Ok(other) => Err(spawned.failed(format!("it spoke out of turn: {other:?}")).await),
                         Err(e) => Err(spawned.failed(e).await),
                     }
@@ -230,8 +269,11 @@ impl Zygote {
             };
             let Some(me) = zygote.upgrade() else { return };
             match made {
-                Ok(standby) if me.is_alive() => {
-                    *me.standby.lock().unwrap_or_else(|p| p.into_inner()) = Some(standby);
+                Ok((standby, measured)) if me.is_alive() => {
+                    let mut waiting = me.standby.lock().unwrap_or_else(|p| p.into_inner());
+                    // Settled once it is where its give-up finds it.
+                    standby.hold.settle(measured, give_up_standby(zygote.clone(), standby.hold.id()));
+                    *waiting = Some(standby);
                 }
                 Ok(_) => {}
                 Err(e) => log.line(format!("forking a worker ahead failed: {e}")),
@@ -342,6 +384,20 @@ impl Zygote {
             memory: spec.limits.memory,
         })
     }
+}
+
+/// Stops the standby of `zygote` holding `hold` when the budget needs its room.
+fn give_up_standby(zygote: std::sync::Weak<Zygote>, hold: u64) -> GiveUp {
+    Box::new(move || {
+        let Some(zygote) = zygote.upgrade() else { return };
+        let mut standby = zygote.standby.lock().unwrap_or_else(|p| p.into_inner());
+        if standby.as_ref().is_some_and(|s| s.hold.id() == hold) {
+            let gone = standby.take();
+            drop(standby);
+            // Dropping it ends its process and gives its hold back.
+            drop(gone);
+        }
+    })
 }
 
 impl Zygote {

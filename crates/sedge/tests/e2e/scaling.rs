@@ -167,3 +167,73 @@ fn a_worker_that_would_pass_the_node_s_memory_budget_does_not_start() {
     node.wait_for("small at zero", Duration::from_secs(20), |n| available(n, "small") == 0);
     node.wait_for("big to start", Duration::from_secs(20), |n| n.post("/function/big", b"").status == 200);
 }
+
+const MIB: u64 = 1024 * 1024;
+
+fn logs(node: &Node, name: &str) -> String {
+    String::from_utf8_lossy(&node.cli(&["logs", name]).stdout).into_owned()
+}
+
+/// Describe's `memoryBudget`, checked to add up: what each kind holds sums
+/// to what is held, and that with what is free to the budget.
+fn memory_budget(node: &Node, name: &str) -> serde_json::Value {
+    let m = node.describe(name)["sedge"]["memoryBudget"].clone();
+    let kinds = ["worker", "zygote", "standby", "spare"];
+    let sum = |of: &str| kinds.iter().map(|k| m[of][k].as_u64().expect("bytes by kind")).sum::<u64>();
+    let (bytes, held, free) = (m["bytes"].as_u64(), m["held"].as_u64(), m["free"].as_u64());
+    assert_eq!(Some(sum("node")), held, "{m}");
+    assert_eq!(bytes, held.zip(free).map(|(h, f)| h + f), "{m}");
+    assert!(held <= bytes, "held past the budget: {m}");
+    for k in kinds {
+        assert!(m["function"][k].as_u64() <= m["node"][k].as_u64(), "{m}");
+    }
+    m
+}
+
+#[test]
+fn the_memory_budget_counts_zygotes_standbys_and_spares_and_gives_them_up_for_workers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Room for two workers of 128 MiB and 4 MiB more.
+    let node = Node::start_with(&tmp.path().join("data"), &["--memory", "260MiB"]);
+    let f = FnDir::python("tight", "[limits]\nmemory = \"128MiB\"\n[scale]\nmax = 2\n", SLEEPY);
+    node.deploy(f.path());
+    assert_eq!(node.post("/function/tight", b"").status, 200);
+    // The zygote is held at the worker's limit while its module loads
+    // (which leaves no room for a spare or a standby), then at its size.
+    node.wait_for("the zygote counted at its size", Duration::from_secs(30), |n| {
+        let zygote = memory_budget(n, "tight")["function"]["zygote"].as_u64().unwrap_or(0);
+        zygote > 0 && zygote < 128 * MIB
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let m = memory_budget(&node, "tight");
+    assert_eq!(m["function"]["worker"], 128 * MIB, "{m}");
+    assert_eq!(m["node"]["standby"], 0, "128 MiB more for a standby does not fit: {m}");
+    assert_eq!(m["node"]["spare"], 0, "nor a spare: {m}");
+    assert_eq!(node.post("/function/tight", b"").status, 200);
+    let metrics = node.get("/metrics").text();
+    assert_eq!(sample(&metrics, "sedge_memory_budget_bytes", &[("kind", "budget")]), Some((260 * MIB) as f64));
+    assert_eq!(sample(&metrics, "sedge_memory_budget_bytes", &[("kind", "worker")]), Some((128 * MIB) as f64));
+    // A second worker fits only if the zygote (no worker forked from it
+    // lives) is given up: it is, and the worker starts.
+    node.cli(&["scale", "tight", "--replicas", "2"]);
+    node.wait_for("two workers", Duration::from_secs(20), |n| available(n, "tight") == 2);
+    let m = memory_budget(&node, "tight");
+    assert_eq!(m["function"]["worker"], 256 * MIB, "{m}");
+    assert_eq!(m["function"]["zygote"], 0, "{m}");
+    node.wait_for("the zygote refused", Duration::from_secs(10), |n| logs(n, "tight").contains("no zygote for now"));
+    // A worker that does not fit even alone is refused at once, as before.
+    node.cli(&["scale", "tight", "--replicas", "0"]);
+    node.wait_for("tight at zero", Duration::from_secs(20), |n| available(n, "tight") == 0);
+    let huge = FnDir::python("huge", "[limits]\nmemory = \"300MiB\"\n", SLEEPY);
+    node.deploy(huge.path());
+    node.cli(&["scale", "huge", "--replicas", "0"]);
+    node.wait_for("huge at zero", Duration::from_secs(20), |n| available(n, "huge") == 0);
+    let refused = node.post("/function/huge", b"");
+    assert_eq!(refused.status, 502, "{}", refused.text());
+    assert!(
+        refused.error().contains("memory budget (260 MiB) has no room for another worker of 300 MiB"),
+        "{}",
+        refused.text()
+    );
+    memory_budget(&node, "huge");
+}
