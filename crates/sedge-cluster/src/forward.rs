@@ -429,6 +429,11 @@ impl ClusterLink for Cluster {
         self.spec_of(name)
     }
 
+    fn lookup(&self, name: &str) -> Fut<'_, Option<FunctionSpec>> {
+        let name = name.to_owned();
+        Box::pin(async move { self.lookup_spec(&name).await })
+    }
+
     fn forward(&self, name: &str, inv: Invocation, timeout: Duration) -> Fut<'_, Result<Reply, InvokeError>> {
         let name = name.to_owned();
         Box::pin(async move { self.send(&name, inv, timeout).await })
