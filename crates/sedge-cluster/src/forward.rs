@@ -40,6 +40,20 @@ fn node_subject(node: &str) -> String {
     format!("sedge.node.{node}")
 }
 
+/// A forwarding node that finds no node serving the function tries again
+/// after this, doubling up to [`NO_SERVER_MAX_PAUSE`], until its deadline.
+const NO_SERVER_FIRST_PAUSE: Duration = Duration::from_millis(50);
+const NO_SERVER_MAX_PAUSE: Duration = Duration::from_millis(500);
+
+/// How one try of every way to a function ended.
+enum Round {
+    Answered(AnswerMeta, Bytes),
+    Undecodable(String),
+    TimedOut,
+    /// No node took it: none answered, or every one said busy.
+    NoneTook,
+}
+
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
 pub(crate) fn call_id(node: &str) -> String {
@@ -234,43 +248,10 @@ impl Cluster {
         }
         let mut guard = CancelOnDrop { client: self.client.clone(), id: id.clone(), armed: true };
         let mut busy: BTreeSet<String> = BTreeSet::new();
-        let subjects = [function_subject(name)];
-        let mut others: Vec<(f64, String)> = self
-            .live_nodes()
-            .into_iter()
-            .filter(|n| n.name != me && n.functions.iter().any(|f| f == name))
-            .map(|n| (n.inflight as f64 / n.capacity.max(1) as f64, n.name))
-            .collect();
-        others.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
-        let mut i = 0;
-        while i < subjects.len() || i <= others.len() {
-            let subject = if i < subjects.len() {
-                subjects[i].clone()
-            } else {
-                let Some((_, node)) = others.get(i - subjects.len()) else { break };
-                if busy.contains(node) {
-                    i += 1;
-                    continue;
-                }
-                node_subject(node)
-            };
-            i += 1;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            meta.timeout_ms = left.as_millis() as u64;
-            let payload = wire::encode(&meta, &body);
-            let request = async_nats::Request::new().payload(payload).timeout(Some(left));
-            match self.client.send_request(subject, request).await {
-                Ok(message) => {
-                    let (answer, tail): (AnswerMeta, Bytes) = wire::decode(&message.payload)
-                        .map_err(|e| InvokeError::Failed { function: name.to_owned(), message: e.to_string() })?;
-                    if answer.busy {
-                        busy.insert(answer.node);
-                        self.figures.forwarded_busy.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
+        let mut pause = NO_SERVER_FIRST_PAUSE;
+        loop {
+            match self.send_round(name, &mut meta, &body, deadline, &mut busy).await {
+                Round::Answered(answer, tail) => {
                     guard.armed = false;
                     let body = match &answer.object {
                         Some(object) => self
@@ -282,19 +263,29 @@ impl Cluster {
                     self.figures.forwarded_ok.fetch_add(1, Ordering::Relaxed);
                     return Ok(Reply { status: answer.status, headers: answer.headers, body });
                 }
-                Err(e) if e.kind() == RequestErrorKind::NoResponders => continue,
-                Err(e) if e.kind() == RequestErrorKind::TimedOut => {
+                Round::Undecodable(message) => {
+                    return Err(InvokeError::Failed { function: name.to_owned(), message });
+                }
+                Round::TimedOut => {
                     self.figures.forwarded_failed.fetch_add(1, Ordering::Relaxed);
                     return Err(InvokeError::Timeout {
                         function: name.to_owned(),
                         timeout_ms: timeout.as_millis() as u64,
                     });
                 }
-                Err(e) => {
-                    tracing::warn!("cluster: forwarding a call of {name}: {e}");
-                    continue;
-                }
+                Round::NoneTook => {}
             }
+            // Busy nodes are an answer (429 or queued here). No node at all
+            // is what the moments after a deploy or a NATS server's loss
+            // look like (a subscription not yet known to every server, a
+            // node's record not yet read): wait for one within the
+            // caller's deadline, as long as the function is the cluster's.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !busy.is_empty() || left.is_zero() || self.spec_of(name).is_none() {
+                break;
+            }
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(NO_SERVER_MAX_PAUSE);
         }
         // Nobody took it: the call is not running anywhere.
         guard.armed = false;
@@ -306,13 +297,73 @@ impl Cluster {
             let limit = self.spec_of(name).map_or(0, |s| s.limits.queue);
             return Err(InvokeError::QueueFull { function: name.to_owned(), limit });
         }
-        if Instant::now() >= deadline {
-            return Err(InvokeError::Timeout { function: name.to_owned(), timeout_ms: timeout.as_millis() as u64 });
+        let message = if self.spec_of(name).is_none() {
+            "it was removed from the cluster".to_owned()
+        } else {
+            format!(
+                "no node of the cluster served it within its timeout of {} ms (`sedge nodes` shows where it runs)",
+                timeout.as_millis()
+            )
+        };
+        Err(InvokeError::StartFailed { function: name.to_owned(), message })
+    }
+
+    /// One try of every way to the function: the queue group, then each
+    /// node whose record says it runs it and that did not say busy.
+    async fn send_round(
+        &self,
+        name: &str,
+        meta: &mut CallMeta,
+        body: &Bytes,
+        deadline: Instant,
+        busy: &mut BTreeSet<String>,
+    ) -> Round {
+        let me = &self.config.node_name;
+        let mut others: Vec<(f64, String)> = self
+            .live_nodes()
+            .into_iter()
+            .filter(|n| n.name != *me && n.functions.iter().any(|f| f == name))
+            .map(|n| (n.inflight as f64 / n.capacity.max(1) as f64, n.name))
+            .collect();
+        others.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        let subjects = std::iter::once(function_subject(name)).chain(
+            others
+                .into_iter()
+                .map(|(_, n)| n)
+                .filter(|n| !busy.contains(n))
+                .map(|n| node_subject(&n))
+                .collect::<Vec<_>>(),
+        );
+        for subject in subjects {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            meta.timeout_ms = left.as_millis() as u64;
+            let payload = wire::encode(meta, body);
+            let request = async_nats::Request::new().payload(payload).timeout(Some(left));
+            match self.client.send_request(subject, request).await {
+                Ok(message) => {
+                    let (answer, tail): (AnswerMeta, Bytes) = match wire::decode(&message.payload) {
+                        Ok(a) => a,
+                        Err(e) => return Round::Undecodable(e.to_string()),
+                    };
+                    if answer.busy {
+                        busy.insert(answer.node);
+                        self.figures.forwarded_busy.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    return Round::Answered(answer, tail);
+                }
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => continue,
+                Err(e) if e.kind() == RequestErrorKind::TimedOut => return Round::TimedOut,
+                Err(e) => {
+                    tracing::warn!("cluster: forwarding a call of {name}: {e}");
+                    continue;
+                }
+            }
         }
-        Err(InvokeError::StartFailed {
-            function: name.to_owned(),
-            message: "no node of the cluster serves it right now (`sedge nodes` shows where it runs)".to_owned(),
-        })
+        Round::NoneTook
     }
 }
 
@@ -376,6 +427,11 @@ impl ClusterLink for Cluster {
 
     fn spec(&self, name: &str) -> Option<FunctionSpec> {
         self.spec_of(name)
+    }
+
+    fn lookup(&self, name: &str) -> Fut<'_, Option<FunctionSpec>> {
+        let name = name.to_owned();
+        Box::pin(async move { self.lookup_spec(&name).await })
     }
 
     fn forward(&self, name: &str, inv: Invocation, timeout: Duration) -> Fut<'_, Result<Reply, InvokeError>> {

@@ -421,20 +421,48 @@ async fn open_kv(js: &jetstream::Context, config: kv::Config) -> Result<kv::Stor
     })
 }
 
+/// Opens an object store whose stream answers reads from its leader only.
+/// The client's own layout lets any replica answer the read of an
+/// object's info (direct get): a follower a little behind then says "not
+/// found" for a body or bundle another node has just stored, which is
+/// what a node reading what another wrote a moment ago must never see.
 async fn open_objects(
     js: &jetstream::Context,
     config: object_store::Config,
 ) -> Result<object_store::ObjectStore, ClusterError> {
     let bucket = config.bucket.clone();
-    if let Ok(store) = js.get_object_store(bucket.as_str()).await {
-        return Ok(store);
-    }
-    match js.create_object_store(config).await {
-        Ok(store) => Ok(store),
-        Err(e) => {
-            js.get_object_store(bucket.as_str()).await.map_err(|_| js_error(&format!("object store {bucket}"), e))
+    let stream_name = format!("OBJ_{bucket}");
+    let what = format!("object store {bucket}");
+    match js.get_stream(stream_name.as_str()).await {
+        Ok(mut stream) => {
+            let info = stream.info().await.map_err(|e| js_error(&what, e))?;
+            if info.config.allow_direct {
+                let mut leader_reads = info.config.clone();
+                leader_reads.allow_direct = false;
+                js.update_stream(leader_reads).await.map_err(|e| js_error(&what, e))?;
+            }
+        }
+        Err(_) => {
+            let stream = jetstream::stream::Config {
+                name: stream_name,
+                subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+                max_age: config.max_age,
+                num_replicas: config.num_replicas.max(1),
+                discard: jetstream::stream::DiscardPolicy::New,
+                allow_rollup: true,
+                allow_direct: false,
+                ..Default::default()
+            };
+            // Another node may have created it in between: either way it
+            // is there now.
+            if let Err(e) = js.create_stream(stream).await {
+                if js.get_stream(format!("OBJ_{bucket}")).await.is_err() {
+                    return Err(js_error(&what, e));
+                }
+            }
         }
     }
+    js.get_object_store(bucket.as_str()).await.map_err(|e| js_error(&what, e))
 }
 
 /// The runtime kinds a node with these interpreters can run: exec and http

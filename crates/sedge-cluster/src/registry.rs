@@ -57,6 +57,31 @@ impl Cluster {
         self.registry.read().unwrap_or_else(|p| p.into_inner()).get(name).map(|e| e.spec.clone())
     }
 
+    /// [`Self::spec_of`], or when the cache does not have it, the record
+    /// read from the registry stream's leader (not a replica, which may be
+    /// behind), then kept in the cache and reconciled as the watch would.
+    pub(crate) async fn lookup_spec(&self, name: &str) -> Option<FunctionSpec> {
+        if let Some(spec) = self.spec_of(name) {
+            return Some(spec);
+        }
+        let subject = format!("{}{name}", self.functions.prefix);
+        let message = match self.functions.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) => {
+                if e.kind() != async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound {
+                    tracing::debug!("cluster: reading the record of {name}: {e}");
+                }
+                return None;
+            }
+        };
+        // A removal leaves a marker with no value: not a function.
+        let entry = Entry::parse(&message.payload).ok()?;
+        let spec = entry.spec.clone();
+        self.registry.write().unwrap_or_else(|p| p.into_inner()).entry(name.to_owned()).or_insert(entry);
+        self.reconcile.notify_one();
+        Some(spec)
+    }
+
     pub(crate) fn digest_of(&self, _node: &Node, name: &str) -> Option<String> {
         self.local.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }

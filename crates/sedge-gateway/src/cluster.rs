@@ -41,6 +41,12 @@ pub trait Cluster: SharedSecrets + Send + Sync {
     /// node runs it.
     fn spec(&self, name: &str) -> Option<FunctionSpec>;
 
+    /// The spec of a function of the cluster as [`Cluster::spec`], but when
+    /// this node's copy of the registry does not have it (a watch behind,
+    /// as while NATS elects a leader), read from the registry itself:
+    /// once a deploy has been answered, every node knows the function.
+    fn lookup(&self, name: &str) -> Fut<'_, Option<FunctionSpec>>;
+
     /// Runs `inv` on another node that runs the function and has room,
     /// within `timeout`. `QueueFull` when every such node is full.
     fn forward(&self, name: &str, inv: Invocation, timeout: Duration) -> Fut<'_, Result<Reply, InvokeError>>;

@@ -152,7 +152,11 @@ async fn clustered(
         Ok(n) => n.to_owned(),
         Err(e) => return refuse(e),
     };
-    let Some(spec) = node.runtime.get(&name).map(|p| p.spec().clone()).or_else(|| cluster.spec(&name)) else {
+    let spec = match node.runtime.get(&name) {
+        Some(pool) => Some(pool.spec().clone()),
+        None => cluster.lookup(&name).await,
+    };
+    let Some(spec) = spec else {
         return refuse(ApiError::not_found(&name));
     };
     if let Some(refused) = crate::auth::gate_invoke(node, &name, spec.auth.invoke, req.headers_mut()) {

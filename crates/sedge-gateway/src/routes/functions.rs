@@ -243,7 +243,7 @@ pub async fn scale(
         }
     }
     if let Some(cluster) = node.cluster.get() {
-        let spec = cluster.spec(name.as_str()).ok_or_else(|| ApiError::not_found(name.as_str()))?;
+        let spec = cluster.lookup(name.as_str()).await.ok_or_else(|| ApiError::not_found(name.as_str()))?;
         let replicas = replicas_within(&spec, req.replicas)?;
         let answer = super::cluster_views::scale(cluster.as_ref(), name.as_str(), replicas).await?;
         return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());

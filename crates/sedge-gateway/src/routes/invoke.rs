@@ -106,7 +106,11 @@ pub(super) async fn clustered(
         Ok(name) => name.to_owned(),
         Err(error) => return Refused { error, unread }.into_response(),
     };
-    let Some(spec) = local.as_ref().map(|p| p.spec().clone()).or_else(|| cluster.spec(&name)) else {
+    let spec = match local.as_ref() {
+        Some(pool) => Some(pool.spec().clone()),
+        None => cluster.lookup(&name).await,
+    };
+    let Some(spec) = spec else {
         return Refused { error: ApiError::not_found(&name), unread }.into_response();
     };
     if let Some(refused) = crate::auth::gate_invoke(node, &name, spec.auth.invoke, req.headers_mut()) {

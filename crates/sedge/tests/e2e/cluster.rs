@@ -706,3 +706,47 @@ fn ls_describe_logs_and_scale_speak_for_every_node_and_a_killed_node_shows_as_no
         ["a", "d"].iter().all(|n| s.get(*n).is_some_and(|(answered, ready, _)| *answered && *ready < 2))
     });
 }
+
+#[test]
+fn a_call_no_node_can_take_yet_waits_for_one_within_its_timeout() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_call_no_node_can_take_yet") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "", "pw-nobody", "1");
+    let b_data: PathBuf = tmp.path().join("data-b");
+    let b = node_on(&b_data, &url, "b", "gpu", "pw-nobody", "1");
+    wait_nodes(&a, 2);
+    let placed = "[placement]\nlabels = [\"gpu\"]\n[limits]\n";
+    let patient =
+        FnDir::python("patient", &format!("{placed}timeout = \"90s\"\n"), "def handle(req):\n    return 'b'\n");
+    let hasty = FnDir::python("hasty", &format!("{placed}timeout = \"1s\"\n"), "def handle(req):\n    return 'b'\n");
+    for (name, f) in [("patient", &patient), ("hasty", &hasty)] {
+        let r = a.request("PUT", &format!("/system/bundles/{name}?wait=true"), &[], &pack(f.path()));
+        assert_eq!(r.status / 100, 2, "{}", r.text());
+    }
+    assert_eq!(a.post("/function/patient", b"").text(), "b");
+    // b, the only node that can run them, goes.
+    assert!(b.terminate().success());
+    a.wait_for("b gone from a's view", Duration::from_secs(20), |a| placement(a).len() == 1);
+    // No node serves it within its timeout: a clear 502, not a hang.
+    let r = a.post("/function/hasty", b"");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.error().contains("no node of the cluster served it within its timeout of 1000 ms"), "{}", r.error());
+    // A call made while no node serves it is served once one does.
+    let to = format!("{}/function/patient", a.url);
+    let call = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        match agent.post(&to).send(&b""[..]) {
+            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!call.is_finished(), "the call waits for a node rather than failing at once: {:?}", call.join());
+    let _b = node_on(&b_data, &url, "b", "gpu", "pw-nobody", "1");
+    assert_eq!(call.join().expect("caller"), (200, "b".to_owned()));
+}
