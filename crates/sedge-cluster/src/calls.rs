@@ -675,21 +675,15 @@ impl Cluster {
     }
 
     /// Pulls calls of `name` while this node runs it and has room: fewer of
-    /// them running than its `[async] concurrency`, and a free worker.
+    /// them running than its `[async] concurrency`, and a free worker. It
+    /// ends only when aborted with the function's subscription
+    /// (`forward.rs`), which lives on meanwhile: a puller that gave up on
+    /// its own (the stream not reachable while NATS elects a leader, the
+    /// pool between two versions) would leave the function's queued calls
+    /// to the other nodes, or to none.
     pub(crate) async fn run_calls(self: Arc<Self>, name: String) {
-        let Some(spec) = self.node().and_then(|n| n.runtime.get(&name)).map(|p| p.spec().clone()) else { return };
-        let stream = match self.js.get_stream(STREAM).await {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!("cluster: the call stream: {e}"),
-        };
-        let consumer = loop {
-            let config = pull::Config {
-                durable_name: Some(format!("calls-{name}")),
-                filter_subject: subject(&name),
-                ack_wait: spec.limits.timeout + ACK_MARGIN,
-                ..Default::default()
-            };
-            match stream.get_or_create_consumer(&format!("calls-{name}"), config).await {
+        let mut consumer = loop {
+            match self.call_consumer(&name).await {
                 Ok(c) => break c,
                 Err(e) => tracing::warn!("cluster: the call consumer of {name}: {e}"),
             }
@@ -697,7 +691,10 @@ impl Cluster {
         };
         let running = Arc::new(AtomicUsize::new(0));
         loop {
-            let Some(pool) = self.node().and_then(|n| n.runtime.get(&name)) else { return };
+            let Some(pool) = self.node().and_then(|n| n.runtime.get(&name)) else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
             let spec = pool.spec();
             let limit = spec.async_calls.concurrency_for(spec.scale.max.saturating_mul(spec.scale.concurrency));
             let (inflight, capacity) = pool.load();
@@ -709,8 +706,13 @@ impl Cluster {
             let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
+                    // The consumer may be gone with its stream (deleted,
+                    // or lost with the servers that held it): made again.
                     tracing::debug!("cluster: pulling calls of {name}: {e}");
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok(c) = self.call_consumer(&name).await {
+                        consumer = c;
+                    }
                     continue;
                 }
             };
@@ -722,6 +724,19 @@ impl Cluster {
                 tokio::spawn(async move { cluster.run_call(&pool, message, slot).await });
             }
         }
+    }
+
+    /// The durable consumer this node pulls calls of `name` from.
+    async fn call_consumer(&self, name: &str) -> Result<jetstream::consumer::PullConsumer, String> {
+        let pool = self.node().and_then(|n| n.runtime.get(name)).ok_or("the function is not running here")?;
+        let stream = self.js.get_stream(STREAM).await.map_err(|e| format!("the call stream: {e}"))?;
+        let config = pull::Config {
+            durable_name: Some(format!("calls-{name}")),
+            filter_subject: subject(name),
+            ack_wait: pool.spec().limits.timeout + ACK_MARGIN,
+            ..Default::default()
+        };
+        stream.get_or_create_consumer(&format!("calls-{name}"), config).await.map_err(|e| e.to_string())
     }
 
     async fn run_call(&self, pool: &sedge_runtime::Pool, message: jetstream::Message, slot: Slot) {
