@@ -778,7 +778,11 @@ impl Cluster {
             }
         }
         if !record.finished() {
-            let Some(next) = self.attempt(pool, &mut record, &mut revision).await else {
+            // An attempt can outlast the ack wait (large bodies read and
+            // stored besides the function's own timeout): the message is
+            // held meanwhile, or JetStream would give it to another node,
+            // which, once the wait has passed, would run the call again.
+            let Some(next) = with_progress(&message, self.attempt(pool, &mut record, &mut revision)).await else {
                 let _ = nak(Duration::from_millis(200)).await;
                 return;
             };
