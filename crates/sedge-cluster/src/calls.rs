@@ -90,6 +90,13 @@ fn subject(function: &str) -> String {
     format!("sedge.calls.{function}")
 }
 
+/// The object of a large answer, one per round: a retry by hand deletes
+/// the last round's answer once the new round is queued, by when that
+/// round may already have stored its own.
+fn result_object(id: &str, round: u32) -> String {
+    format!("result.{}.{round}", token(id))
+}
+
 /// The message on the stream: which call, and which round of it (a retry
 /// by hand starts a new round; a message of an older one is stale).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -865,7 +872,7 @@ impl Cluster {
         let body = if matches!(next, Next::Retry { .. }) {
             None
         } else {
-            match self.store_body(format!("result.{}", token(&record.id)), &body).await {
+            match self.store_body(result_object(&record.id, record.round), &body).await {
                 Ok(b) => Some(b),
                 Err(e) => {
                     tracing::warn!("cluster: call {}: {e}; the answer is not kept", record.id);
@@ -970,6 +977,7 @@ mod tests {
         assert_ne!(token("a:"), token("a=3A"));
         assert_eq!(record_key("x.y"), "c.x=2Ey");
         assert_eq!(idempotency_key("f", "k:1"), "k.f.k=3A1");
+        assert_ne!(result_object("x", 0), result_object("x", 1), "each round its own answer");
     }
 
     #[test]
