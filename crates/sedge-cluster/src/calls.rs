@@ -97,6 +97,20 @@ fn result_object(id: &str, round: u32) -> String {
     format!("result.{}.{round}", token(id))
 }
 
+/// How long an idempotency key may name a call that does not show before
+/// it is taken over. Its holder stores the call right after the key, in
+/// one request of JetStream's (which gives up after 5 s): past this, the
+/// holder is gone or gave up without freeing the key.
+const KEY_ORPHANED_AFTER: Duration = Duration::from_secs(15);
+
+/// Who holds an idempotency key.
+enum KeyHolder {
+    /// The call being submitted, at this revision of the key.
+    Us(u64),
+    /// A call stored before, by its id.
+    Call(String),
+}
+
 /// The message on the stream: which call, and which round of it (a retry
 /// by hand starts a new round; a message of an older one is stale).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -511,35 +525,56 @@ impl Cluster {
         if let Some(key) = &call.key {
             let k = idempotency_key(&call.function, key);
             match self.take_key(&k, &id).await? {
-                None => key_entry = Some(k),
-                Some(first) => return Ok(Accepted { id: first, duplicate: true }),
+                KeyHolder::Us(revision) => key_entry = Some((k, revision)),
+                KeyHolder::Call(first) => return Ok(Accepted { id: first, duplicate: true }),
             }
         }
         let stored = self.store_new(&call, &id).await;
         if !matches!(stored, Ok(Accepted { duplicate: false, .. })) {
-            if let Some(k) = &key_entry {
-                let _ = self.records().purge(k.as_str()).await;
+            if let Some((k, revision)) = &key_entry {
+                // Only as this call took it: a key taken over since (this
+                // node too slow, see `take_key`) is another call's now.
+                let _ = self.records().purge_expect_revision(k.as_str(), Some(*revision)).await;
             }
         }
         stored
     }
 
-    /// Creates idempotency key `k` for call `id`; `Some(first)` when a
-    /// call `first` holds it already. The node that took a key may still be
-    /// storing its call, or give up (and free the key): a holder whose call
-    /// does not show within a few tries is only reported once its record is
-    /// there, or the key is taken afresh.
-    async fn take_key(&self, k: &str, id: &str) -> Result<Option<String>, ApiError> {
-        for _ in 0..20 {
+    /// Creates idempotency key `k` for call `id`, or finds the call that
+    /// holds it. The node that took a key may still be storing its call, or
+    /// give up (and free the key): a holder whose call does not show yet is
+    /// waited for. A key naming a call that has not shown for
+    /// [`KEY_ORPHANED_AFTER`] was left by a node that died, or whose answer
+    /// to taking it was lost, between the key and the call: it is taken over,
+    /// with the revision read, so of several nodes only one does.
+    async fn take_key(&self, k: &str, id: &str) -> Result<KeyHolder, ApiError> {
+        let give_up = Instant::now() + 2 * KEY_ORPHANED_AFTER;
+        // The holder's entry, and since when this node has seen it unchanged.
+        let mut seen: Option<(u64, Instant)> = None;
+        while Instant::now() < give_up {
             match self.records().create(k, id.to_owned().into()).await {
-                Ok(_) => return Ok(None),
+                Ok(revision) => return Ok(KeyHolder::Us(revision)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(unavailable("store the idempotency key", e)),
             }
-            let first = self.records().get(k).await.map_err(|e| unavailable("read the idempotency key", e))?;
-            if let Some(first) = first.map(|v| String::from_utf8_lossy(&v).into_owned()) {
+            let entry = self.records().entry(k).await.map_err(|e| unavailable("read the idempotency key", e))?;
+            if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
+                let first = String::from_utf8_lossy(&entry.value).into_owned();
                 if self.record(&first).await?.is_some() {
-                    return Ok(Some(first));
+                    return Ok(KeyHolder::Call(first));
+                }
+                match seen {
+                    Some((revision, since)) if revision == entry.revision => {
+                        if since.elapsed() >= KEY_ORPHANED_AFTER {
+                            if let Ok(ours) = self.records().update(k, id.to_owned().into(), revision).await {
+                                tracing::warn!(
+                                    "cluster: idempotency key {k} named call {first}, never stored: taken over"
+                                );
+                                return Ok(KeyHolder::Us(ours));
+                            }
+                        }
+                    }
+                    _ => seen = Some((entry.revision, Instant::now())),
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

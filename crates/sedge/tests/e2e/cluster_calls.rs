@@ -272,3 +272,33 @@ fn a_call_whose_result_is_recorded_is_not_run_again_when_its_node_dies_before_th
     assert_eq!(runs.lines().count(), 1, "the function ran once: {runs:?}");
     drop(workers);
 }
+
+#[test]
+fn an_idempotency_key_left_by_a_node_lost_mid_submission_is_taken_over() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some((nats, a, _b)) = front_and_worker(tmp.path(), "an_idempotency_key_left_by_a_node_lost", "pw-orphan")
+    else {
+        return;
+    };
+    let echo = FnDir::python("echo", "[placement]\nlabels = [\"gpu\"]\n", ECHO);
+    a.deploy(echo.path());
+    placed(&a, "echo", "worker");
+    // What a node that died between taking the key and storing its call
+    // leaves: the key, naming a call the cluster never got.
+    let url = nats.url();
+    crate::nats_triggers::runtime().block_on(async move {
+        let client = async_nats::connect(&url).await.expect("connect");
+        let calls = async_nats::jetstream::new(client).get_key_value("sedge-calls").await.expect("the calls bucket");
+        calls.create("k.echo.order-9", "never-stored".into()).await.expect("the left key");
+    });
+    let r = a.request("POST", "/async-function/echo", &[("Idempotency-Key", "order-9")], b"nine");
+    assert_eq!(r.status, 202, "{}", r.text());
+    let (id, duplicate) = (r.json()["id"].as_str().expect("id").to_owned(), r.json()["duplicate"].clone());
+    assert_ne!(id, "never-stored");
+    assert_eq!(duplicate, false, "{}", r.text());
+    a.wait_for("the call", Duration::from_secs(30), |n| call(n, &id)["state"] == "done");
+    assert_eq!(call(&a, &id)["result"]["body"], "NINE");
+    let again = a.request("POST", "/async-function/echo", &[("Idempotency-Key", "order-9")], b"ten");
+    assert_eq!((again.status, again.json()["id"].clone()), (202, serde_json::json!(id)), "{}", again.text());
+    assert_eq!(again.json()["duplicate"], true, "{}", again.text());
+}
