@@ -925,16 +925,25 @@ impl Cluster {
     async fn deliver_callback(&self, record: &mut CallRecord, mut revision: u64) -> bool {
         let config = QueueConfig::default();
         let key = record_key(&record.id);
+        let mut body = None;
         while record.callback_pending() {
             if record.callback_attempts > 0 {
                 tokio::time::sleep(jitter(&config.callback_backoff, record.callback_attempts)).await;
             }
-            let body = match &record.reply_body {
-                Some(b) => self.load_body(b).await.unwrap_or_default(),
-                None => Bytes::new(),
+            // Read once for every try; one that cannot be read counts as a
+            // failed delivery, never as an answer with an empty body.
+            let loaded = match (&body, &record.reply_body) {
+                (Some(b), _) => Ok(Bytes::clone(b)),
+                (None, None) => Ok(Bytes::new()),
+                (None, Some(stored)) => self.load_body(stored).await,
             };
-            let call = record.call(Bytes::new(), Some(body));
-            let outcome = callback::deliver(http(), &call, config.callback_timeout).await;
+            let outcome = match loaded {
+                Ok(b) => {
+                    body = Some(b.clone());
+                    callback::deliver(http(), &record.call(Bytes::new(), Some(b)), config.callback_timeout).await
+                }
+                Err(e) => Err(format!("its result could not be read: {e}")),
+            };
             record.callback_tried(outcome, config.callback_attempts);
             if CallbackState::parse(&record.callback) == CallbackState::Failed {
                 tracing::warn!(
