@@ -55,6 +55,12 @@ fn cluster_async_calls_take_callbacks_chosen_ids_and_idempotency_keys() {
     a.deploy(other.path());
     placed(&a, "echo", "worker");
     placed(&a, "other", "worker");
+    // Subject wildcards in a path are no function's name, on the node
+    // that runs none and reads the registry's records for names it lacks.
+    for path in ["/async-function/%3E", "/async-function/%2A", "/function/%3E"] {
+        let r = a.request("POST", path, &[], b"x");
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+    }
 
     // Submitted to the node that does not run it; the worker posts the callback.
     let receiver = Receiver::start(1);
