@@ -49,8 +49,11 @@ const ACK_MARGIN: Duration = Duration::from_secs(5);
 /// Bodies up to this size live in the record itself; larger ones in
 /// `sedge-call-bodies`, so a record stays well within one NATS message.
 const INLINE: usize = 64 * 1024;
-/// How often a node holding a call while it posts the callback tells
-/// JetStream it is still at it.
+/// Past the function's timeout, how long an attempt may take to read the
+/// call's body and store its answer before the call is given back.
+const BODIES_WITHIN: Duration = Duration::from_secs(120);
+/// How often a node holding a call while it runs or posts the callback
+/// tells JetStream it is still at it.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// The buckets of the cluster's calls.
@@ -824,7 +827,11 @@ impl Cluster {
             // stored besides the function's own timeout): the message is
             // held meanwhile, or JetStream would give it to another node,
             // which, once the wait has passed, would run the call again.
-            let Some(next) = with_progress(&message, self.attempt(pool, &mut record, &mut revision)).await else {
+            // Held within bounds: an object store that stops answering
+            // gives the call back rather than keep it here for good.
+            let most = pool.spec().limits.timeout + BODIES_WITHIN;
+            let attempt = with_progress(&message, self.attempt(pool, &mut record, &mut revision));
+            let Some(next) = tokio::time::timeout(most, attempt).await.ok().flatten() else {
                 let _ = nak(Duration::from_millis(200)).await;
                 return;
             };
