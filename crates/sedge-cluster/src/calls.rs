@@ -743,7 +743,10 @@ impl Cluster {
             let spec = pool.spec();
             let limit = spec.async_calls.concurrency_for(spec.scale.max.saturating_mul(spec.scale.concurrency));
             let (inflight, capacity) = pool.load();
-            if inflight >= capacity || running.load(Ordering::SeqCst) >= limit as usize {
+            // A node leaving takes no more calls: those it holds finish
+            // within its grace, the others go to the nodes that stay.
+            let leaving = self.leaving.load(Ordering::Relaxed);
+            if leaving || inflight >= capacity || running.load(Ordering::SeqCst) >= limit as usize {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
@@ -877,9 +880,10 @@ impl Cluster {
         }
         let admission = match pool.admit() {
             Ok(a) => Ok(a),
-            Err(InvokeError::QueueFull { .. }) => return None,
+            Err(InvokeError::QueueFull { .. } | InvokeError::ShuttingDown(_)) => return None,
             Err(e) => Err(e),
         };
+        let unstarted = record.clone();
         record.start(&self.config.node_name, now);
         let key = record_key(&record.id);
         // Marked running with the revision read: of two nodes given the
@@ -905,6 +909,13 @@ impl Cluster {
             }),
             Err(e) => Err(e),
         };
+        if matches!(result, Err(InvokeError::ShuttingDown(_))) {
+            // The pool closed before a worker had it (this node stopping, a
+            // new version in its place): not an attempt, as on one node.
+            // Queued again as it was, for the next node to pull at once.
+            *record = unstarted;
+            return Some(Next::Retry { after: Duration::from_millis(200) });
+        }
         let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let Outcome { attempt, headers, body, error } = Outcome::of(result);
         let next = {
