@@ -359,7 +359,24 @@ pub(crate) async fn open(js: &jetstream::Context, replicas: usize) -> Result<Cal
         kv::Config { bucket: BUCKET.into(), num_replicas: replicas, history: 1, max_age: KEEP, ..Default::default() },
     )
     .await?;
+    let records = leader_reads(js, records).await?;
     Ok(CallBuckets { records, bodies: tokio::sync::OnceCell::new(), js: js.clone(), replicas })
+}
+
+/// The calls bucket read from its stream's leader only. A follower a
+/// little behind (as any replica answers a bucket's reads by default) says
+/// "no such call" for one just stored, or shows the round before a retry:
+/// the node pulling its message would then drop it as removed or stale,
+/// and an accepted call would never run.
+async fn leader_reads(js: &jetstream::Context, records: kv::Store) -> Result<kv::Store, ClusterError> {
+    if !records.stream.cached_info().config.allow_direct {
+        return Ok(records);
+    }
+    let what = "bucket sedge-calls";
+    let mut config = records.stream.cached_info().config.clone();
+    config.allow_direct = false;
+    js.update_stream(config).await.map_err(|e| crate::js_error(what, e))?;
+    js.get_key_value(BUCKET).await.map_err(|e| crate::js_error(what, e))
 }
 
 async fn open_stream(js: &jetstream::Context, replicas: usize) -> Result<(), ClusterError> {
