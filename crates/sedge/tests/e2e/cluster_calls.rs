@@ -171,6 +171,7 @@ fn cluster_calls_follow_the_retry_policy_die_and_are_retried_from_any_node() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&id) && text.contains(&own), "{text}");
     let out = a.cli(&["calls", "ls", "--function", "busy", "--state", "done"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&id), "{}", String::from_utf8_lossy(&out.stdout));
     let out = a.cli(&["calls", "ls", "--state", "nope"]);
     assert!(!out.status.success());
@@ -191,6 +192,7 @@ fn cluster_calls_follow_the_retry_policy_die_and_are_retried_from_any_node() {
     assert!(early.error().contains("only finished"), "{}", early.error());
     a.wait_for("the third call dead", Duration::from_secs(60), |n| call(n, &running)["state"] == "failed");
     let out = b.cli(&["calls", "purge", "--state", "failed"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 3"), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(a.get(&format!("/system/calls/{id}")).status, 404);
     assert_eq!(a.get("/system/calls").json().as_array().map(Vec::len), Some(0));
