@@ -751,6 +751,7 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
+        let mut ack_wait = consumer.cached_info().config.ack_wait;
         let running = Arc::new(AtomicUsize::new(0));
         loop {
             let Some(pool) = self.node().and_then(|n| n.runtime.get(&name)) else {
@@ -758,6 +759,15 @@ impl Cluster {
                 continue;
             };
             let spec = pool.spec();
+            // A version with another timeout: the consumer's ack wait follows,
+            // or a node lost mid-call would hold its calls for the old one.
+            if spec.limits.timeout + ACK_MARGIN != ack_wait {
+                match self.call_consumer(&name).await {
+                    Ok(c) => consumer = c,
+                    Err(e) => tracing::warn!("cluster: the call consumer of {name}: {e}"),
+                }
+                ack_wait = spec.limits.timeout + ACK_MARGIN;
+            }
             let limit = spec.async_calls.concurrency_for(spec.scale.max.saturating_mul(spec.scale.concurrency));
             let (inflight, capacity) = pool.load();
             // A node leaving takes no more calls: those it holds finish
@@ -801,7 +811,8 @@ impl Cluster {
             ack_wait: pool.spec().limits.timeout + ACK_MARGIN,
             ..Default::default()
         };
-        stream.get_or_create_consumer(&format!("calls-{name}"), config).await.map_err(|e| e.to_string())
+        // Created, or updated to this version's ack wait.
+        stream.create_consumer(config).await.map_err(|e| e.to_string())
     }
 
     async fn run_call(&self, pool: &sedge_runtime::Pool, message: jetstream::Message, slot: Slot) {

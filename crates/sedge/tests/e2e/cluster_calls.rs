@@ -313,3 +313,43 @@ fn an_idempotency_key_left_by_a_node_lost_mid_submission_is_taken_over() {
     assert_eq!((again.status, again.json()["id"].clone()), (202, serde_json::json!(id)), "{}", again.text());
     assert_eq!(again.json()["duplicate"], true, "{}", again.text());
 }
+
+#[test]
+fn a_new_version_with_another_timeout_sets_its_calls_ack_wait() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some((nats, a, _b)) = front_and_worker(tmp.path(), "a_new_version_with_another_timeout", "pw-ack") else {
+        return;
+    };
+    let url = nats.url();
+    // The ack wait of the calls' consumer, once it is `want`.
+    let ack_wait_becomes = |want: Duration| {
+        let url = url.clone();
+        crate::nats_triggers::runtime().block_on(async move {
+            let client = async_nats::connect(&url).await.expect("connect");
+            let calls = async_nats::jetstream::new(client).get_stream("SEDGE_CALLS").await.expect("the call stream");
+            let start = std::time::Instant::now();
+            loop {
+                let seen = match calls.consumer_info("calls-echo").await {
+                    Ok(info) => Some(info.config.ack_wait),
+                    Err(_) => None,
+                };
+                if seen == Some(want) {
+                    return;
+                }
+                assert!(start.elapsed() < Duration::from_secs(30), "ack wait {seen:?}, not {want:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let v1 = FnDir::python("echo", "[limits]\ntimeout = \"2s\"\n[placement]\nlabels = [\"gpu\"]\n", ECHO);
+    a.deploy(v1.path());
+    placed(&a, "echo", "worker");
+    ack_wait_becomes(Duration::from_secs(7));
+    let v2 = FnDir::python("echo", "[limits]\ntimeout = \"20s\"\n[placement]\nlabels = [\"gpu\"]\n", ECHO);
+    a.deploy(v2.path());
+    ack_wait_becomes(Duration::from_secs(25));
+    // And the calls of the new version still run.
+    let id = submit(&a, "echo", "after", &[]).expect("accepted");
+    a.wait_for("the call", Duration::from_secs(30), |n| call(n, &id)["state"] == "done");
+    assert_eq!(call(&a, &id)["result"]["body"], "AFTER");
+}
