@@ -56,6 +56,15 @@ const BODIES_WITHIN: Duration = Duration::from_secs(120);
 /// tells JetStream it is still at it.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
+/// Why a stored body could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct BodyError {
+    /// It is not kept any more (expired or removed): reading again is no use.
+    gone: bool,
+    message: String,
+}
+
 /// The buckets of the cluster's calls.
 pub(crate) struct CallBuckets {
     records: kv::Store,
@@ -484,23 +493,27 @@ impl Cluster {
         Ok(StoredBody::Object { name, len: body.len() as u64 })
     }
 
-    async fn load_body(&self, body: &StoredBody) -> Result<Bytes, String> {
+    async fn load_body(&self, body: &StoredBody) -> Result<Bytes, BodyError> {
+        let unreadable = |message: String| BodyError { gone: false, message };
         match body {
             StoredBody::Inline(b64) => base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map(Bytes::from)
-                .map_err(|e| format!("a stored body is not base64: {e}")),
+                .map_err(|e| BodyError { gone: true, message: format!("a stored body is not base64: {e}") }),
             StoredBody::Object { name, len } => {
-                let mut object = self
-                    .bodies()
-                    .await?
-                    .get(name.as_str())
-                    .await
-                    .map_err(|e| format!("the body of {len} bytes is no longer in {BODIES}: {e}"))?;
+                let mut object = self.bodies().await.map_err(unreadable)?.get(name.as_str()).await.map_err(|e| {
+                    let gone = e.kind() == object_store::GetErrorKind::NotFound;
+                    let message = if gone {
+                        format!("the body of {len} bytes is no longer in {BODIES}")
+                    } else {
+                        format!("reading a body of {len} bytes from {BODIES}: {e}")
+                    };
+                    BodyError { gone, message }
+                })?;
                 let mut out = Vec::new();
                 tokio::io::AsyncReadExt::read_to_end(&mut object, &mut out)
                     .await
-                    .map_err(|e| format!("reading a body of {len} bytes: {e}"))?;
+                    .map_err(|e| unreadable(format!("reading a body of {len} bytes: {e}")))?;
                 Ok(out.into())
             }
         }
@@ -919,6 +932,13 @@ impl Cluster {
         *revision = self.records().update(key.as_str(), encode(record), *revision).await.ok()?;
         let body = match self.load_body(&record.body).await {
             Ok(b) => b,
+            Err(e) if !e.gone => {
+                // JetStream not answering just now (a leader being elected):
+                // not an attempt; the call is given back as it was.
+                tracing::warn!("cluster: call {}: {e}; given back", record.id);
+                *record = unstarted;
+                return Some(Next::Retry { after: Duration::from_secs(1) });
+            }
             Err(e) => {
                 let reason = format!("call {}: {e}", record.id);
                 let next = Next::GiveUp { reason: "its body is gone".into() };
