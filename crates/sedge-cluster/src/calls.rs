@@ -49,9 +49,21 @@ const ACK_MARGIN: Duration = Duration::from_secs(5);
 /// Bodies up to this size live in the record itself; larger ones in
 /// `sedge-call-bodies`, so a record stays well within one NATS message.
 const INLINE: usize = 64 * 1024;
-/// How often a node holding a call while it posts the callback tells
-/// JetStream it is still at it.
+/// Past the function's timeout, how long an attempt may take to read the
+/// call's body and store its answer before the call is given back.
+const BODIES_WITHIN: Duration = Duration::from_secs(120);
+/// How often a node holding a call while it runs or posts the callback
+/// tells JetStream it is still at it.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Why a stored body could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct BodyError {
+    /// It is not kept any more (expired or removed): reading again is no use.
+    gone: bool,
+    message: String,
+}
 
 /// The buckets of the cluster's calls.
 pub(crate) struct CallBuckets {
@@ -88,6 +100,27 @@ fn idempotency_key(function: &str, key: &str) -> String {
 
 fn subject(function: &str) -> String {
     format!("sedge.calls.{function}")
+}
+
+/// The object of a large answer, one per round: a retry by hand deletes
+/// the last round's answer once the new round is queued, by when that
+/// round may already have stored its own.
+fn result_object(id: &str, round: u32) -> String {
+    format!("result.{}.{round}", token(id))
+}
+
+/// How long an idempotency key may name a call that does not show before
+/// it is taken over. Its holder stores the call right after the key, in
+/// one request of JetStream's (which gives up after 5 s): past this, the
+/// holder is gone or gave up without freeing the key.
+const KEY_ORPHANED_AFTER: Duration = Duration::from_secs(15);
+
+/// Who holds an idempotency key.
+enum KeyHolder {
+    /// The call being submitted, at this revision of the key.
+    Us(u64),
+    /// A call stored before, by its id.
+    Call(String),
 }
 
 /// The message on the stream: which call, and which round of it (a retry
@@ -335,7 +368,24 @@ pub(crate) async fn open(js: &jetstream::Context, replicas: usize) -> Result<Cal
         kv::Config { bucket: BUCKET.into(), num_replicas: replicas, history: 1, max_age: KEEP, ..Default::default() },
     )
     .await?;
+    let records = leader_reads(js, records).await?;
     Ok(CallBuckets { records, bodies: tokio::sync::OnceCell::new(), js: js.clone(), replicas })
+}
+
+/// The calls bucket read from its stream's leader only. A follower a
+/// little behind (as any replica answers a bucket's reads by default) says
+/// "no such call" for one just stored, or shows the round before a retry:
+/// the node pulling its message would then drop it as removed or stale,
+/// and an accepted call would never run.
+async fn leader_reads(js: &jetstream::Context, records: kv::Store) -> Result<kv::Store, ClusterError> {
+    if !records.stream.cached_info().config.allow_direct {
+        return Ok(records);
+    }
+    let what = "bucket sedge-calls";
+    let mut config = records.stream.cached_info().config.clone();
+    config.allow_direct = false;
+    js.update_stream(config).await.map_err(|e| crate::js_error(what, e))?;
+    js.get_key_value(BUCKET).await.map_err(|e| crate::js_error(what, e))
 }
 
 async fn open_stream(js: &jetstream::Context, replicas: usize) -> Result<(), ClusterError> {
@@ -443,23 +493,27 @@ impl Cluster {
         Ok(StoredBody::Object { name, len: body.len() as u64 })
     }
 
-    async fn load_body(&self, body: &StoredBody) -> Result<Bytes, String> {
+    async fn load_body(&self, body: &StoredBody) -> Result<Bytes, BodyError> {
+        let unreadable = |message: String| BodyError { gone: false, message };
         match body {
             StoredBody::Inline(b64) => base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map(Bytes::from)
-                .map_err(|e| format!("a stored body is not base64: {e}")),
+                .map_err(|e| BodyError { gone: true, message: format!("a stored body is not base64: {e}") }),
             StoredBody::Object { name, len } => {
-                let mut object = self
-                    .bodies()
-                    .await?
-                    .get(name.as_str())
-                    .await
-                    .map_err(|e| format!("the body of {len} bytes is no longer in {BODIES}: {e}"))?;
+                let mut object = self.bodies().await.map_err(unreadable)?.get(name.as_str()).await.map_err(|e| {
+                    let gone = e.kind() == object_store::GetErrorKind::NotFound;
+                    let message = if gone {
+                        format!("the body of {len} bytes is no longer in {BODIES}")
+                    } else {
+                        format!("reading a body of {len} bytes from {BODIES}: {e}")
+                    };
+                    BodyError { gone, message }
+                })?;
                 let mut out = Vec::new();
                 tokio::io::AsyncReadExt::read_to_end(&mut object, &mut out)
                     .await
-                    .map_err(|e| format!("reading a body of {len} bytes: {e}"))?;
+                    .map_err(|e| unreadable(format!("reading a body of {len} bytes: {e}")))?;
                 Ok(out.into())
             }
         }
@@ -504,35 +558,56 @@ impl Cluster {
         if let Some(key) = &call.key {
             let k = idempotency_key(&call.function, key);
             match self.take_key(&k, &id).await? {
-                None => key_entry = Some(k),
-                Some(first) => return Ok(Accepted { id: first, duplicate: true }),
+                KeyHolder::Us(revision) => key_entry = Some((k, revision)),
+                KeyHolder::Call(first) => return Ok(Accepted { id: first, duplicate: true }),
             }
         }
         let stored = self.store_new(&call, &id).await;
         if !matches!(stored, Ok(Accepted { duplicate: false, .. })) {
-            if let Some(k) = &key_entry {
-                let _ = self.records().purge(k.as_str()).await;
+            if let Some((k, revision)) = &key_entry {
+                // Only as this call took it: a key taken over since (this
+                // node too slow, see `take_key`) is another call's now.
+                let _ = self.records().purge_expect_revision(k.as_str(), Some(*revision)).await;
             }
         }
         stored
     }
 
-    /// Creates idempotency key `k` for call `id`; `Some(first)` when a
-    /// call `first` holds it already. The node that took a key may still be
-    /// storing its call, or give up (and free the key): a holder whose call
-    /// does not show within a few tries is only reported once its record is
-    /// there, or the key is taken afresh.
-    async fn take_key(&self, k: &str, id: &str) -> Result<Option<String>, ApiError> {
-        for _ in 0..20 {
+    /// Creates idempotency key `k` for call `id`, or finds the call that
+    /// holds it. The node that took a key may still be storing its call, or
+    /// give up (and free the key): a holder whose call does not show yet is
+    /// waited for. A key naming a call that has not shown for
+    /// [`KEY_ORPHANED_AFTER`] was left by a node that died, or whose answer
+    /// to taking it was lost, between the key and the call: it is taken over,
+    /// with the revision read, so of several nodes only one does.
+    async fn take_key(&self, k: &str, id: &str) -> Result<KeyHolder, ApiError> {
+        let give_up = Instant::now() + 2 * KEY_ORPHANED_AFTER;
+        // The holder's entry, and since when this node has seen it unchanged.
+        let mut seen: Option<(u64, Instant)> = None;
+        while Instant::now() < give_up {
             match self.records().create(k, id.to_owned().into()).await {
-                Ok(_) => return Ok(None),
+                Ok(revision) => return Ok(KeyHolder::Us(revision)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => return Err(unavailable("store the idempotency key", e)),
             }
-            let first = self.records().get(k).await.map_err(|e| unavailable("read the idempotency key", e))?;
-            if let Some(first) = first.map(|v| String::from_utf8_lossy(&v).into_owned()) {
+            let entry = self.records().entry(k).await.map_err(|e| unavailable("read the idempotency key", e))?;
+            if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
+                let first = String::from_utf8_lossy(&entry.value).into_owned();
                 if self.record(&first).await?.is_some() {
-                    return Ok(Some(first));
+                    return Ok(KeyHolder::Call(first));
+                }
+                match seen {
+                    Some((revision, since)) if revision == entry.revision => {
+                        if since.elapsed() >= KEY_ORPHANED_AFTER {
+                            if let Ok(ours) = self.records().update(k, id.to_owned().into(), revision).await {
+                                tracing::warn!(
+                                    "cluster: idempotency key {k} named call {first}, never stored: taken over"
+                                );
+                                return Ok(KeyHolder::Us(ours));
+                            }
+                        }
+                    }
+                    _ => seen = Some((entry.revision, Instant::now())),
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -675,33 +750,43 @@ impl Cluster {
     }
 
     /// Pulls calls of `name` while this node runs it and has room: fewer of
-    /// them running than its `[async] concurrency`, and a free worker.
+    /// them running than its `[async] concurrency`, and a free worker. It
+    /// ends only when aborted with the function's subscription
+    /// (`forward.rs`), which lives on meanwhile: a puller that gave up on
+    /// its own (the stream not reachable while NATS elects a leader, the
+    /// pool between two versions) would leave the function's queued calls
+    /// to the other nodes, or to none.
     pub(crate) async fn run_calls(self: Arc<Self>, name: String) {
-        let Some(spec) = self.node().and_then(|n| n.runtime.get(&name)).map(|p| p.spec().clone()) else { return };
-        let stream = match self.js.get_stream(STREAM).await {
-            Ok(s) => s,
-            Err(e) => return tracing::warn!("cluster: the call stream: {e}"),
-        };
-        let consumer = loop {
-            let config = pull::Config {
-                durable_name: Some(format!("calls-{name}")),
-                filter_subject: subject(&name),
-                ack_wait: spec.limits.timeout + ACK_MARGIN,
-                ..Default::default()
-            };
-            match stream.get_or_create_consumer(&format!("calls-{name}"), config).await {
+        let mut consumer = loop {
+            match self.call_consumer(&name).await {
                 Ok(c) => break c,
                 Err(e) => tracing::warn!("cluster: the call consumer of {name}: {e}"),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         };
+        let mut ack_wait = consumer.cached_info().config.ack_wait;
         let running = Arc::new(AtomicUsize::new(0));
         loop {
-            let Some(pool) = self.node().and_then(|n| n.runtime.get(&name)) else { return };
+            let Some(pool) = self.node().and_then(|n| n.runtime.get(&name)) else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
             let spec = pool.spec();
+            // A version with another timeout: the consumer's ack wait follows,
+            // or a node lost mid-call would hold its calls for the old one.
+            if spec.limits.timeout + ACK_MARGIN != ack_wait {
+                match self.call_consumer(&name).await {
+                    Ok(c) => consumer = c,
+                    Err(e) => tracing::warn!("cluster: the call consumer of {name}: {e}"),
+                }
+                ack_wait = spec.limits.timeout + ACK_MARGIN;
+            }
             let limit = spec.async_calls.concurrency_for(spec.scale.max.saturating_mul(spec.scale.concurrency));
             let (inflight, capacity) = pool.load();
-            if inflight >= capacity || running.load(Ordering::SeqCst) >= limit as usize {
+            // A node leaving takes no more calls: those it holds finish
+            // within its grace, the others go to the nodes that stay.
+            let leaving = self.leaving.load(Ordering::Relaxed);
+            if leaving || inflight >= capacity || running.load(Ordering::SeqCst) >= limit as usize {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
@@ -709,8 +794,13 @@ impl Cluster {
             let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
+                    // The consumer may be gone with its stream (deleted,
+                    // or lost with the servers that held it): made again.
                     tracing::debug!("cluster: pulling calls of {name}: {e}");
                     tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok(c) = self.call_consumer(&name).await {
+                        consumer = c;
+                    }
                     continue;
                 }
             };
@@ -722,6 +812,20 @@ impl Cluster {
                 tokio::spawn(async move { cluster.run_call(&pool, message, slot).await });
             }
         }
+    }
+
+    /// The durable consumer this node pulls calls of `name` from.
+    async fn call_consumer(&self, name: &str) -> Result<jetstream::consumer::PullConsumer, String> {
+        let pool = self.node().and_then(|n| n.runtime.get(name)).ok_or("the function is not running here")?;
+        let stream = self.js.get_stream(STREAM).await.map_err(|e| format!("the call stream: {e}"))?;
+        let config = pull::Config {
+            durable_name: Some(format!("calls-{name}")),
+            filter_subject: subject(name),
+            ack_wait: pool.spec().limits.timeout + ACK_MARGIN,
+            ..Default::default()
+        };
+        // Created, or updated to this version's ack wait.
+        stream.create_consumer(config).await.map_err(|e| e.to_string())
     }
 
     async fn run_call(&self, pool: &sedge_runtime::Pool, message: jetstream::Message, slot: Slot) {
@@ -763,7 +867,15 @@ impl Cluster {
             }
         }
         if !record.finished() {
-            let Some(next) = self.attempt(pool, &mut record, &mut revision).await else {
+            // An attempt can outlast the ack wait (large bodies read and
+            // stored besides the function's own timeout): the message is
+            // held meanwhile, or JetStream would give it to another node,
+            // which, once the wait has passed, would run the call again.
+            // Held within bounds: an object store that stops answering
+            // gives the call back rather than keep it here for good.
+            let most = pool.spec().limits.timeout + BODIES_WITHIN;
+            let attempt = with_progress(&message, self.attempt(pool, &mut record, &mut revision));
+            let Some(next) = tokio::time::timeout(most, attempt).await.ok().flatten() else {
                 let _ = nak(Duration::from_millis(200)).await;
                 return;
             };
@@ -809,9 +921,10 @@ impl Cluster {
         }
         let admission = match pool.admit() {
             Ok(a) => Ok(a),
-            Err(InvokeError::QueueFull { .. }) => return None,
+            Err(InvokeError::QueueFull { .. } | InvokeError::ShuttingDown(_)) => return None,
             Err(e) => Err(e),
         };
+        let unstarted = record.clone();
         record.start(&self.config.node_name, now);
         let key = record_key(&record.id);
         // Marked running with the revision read: of two nodes given the
@@ -819,6 +932,13 @@ impl Cluster {
         *revision = self.records().update(key.as_str(), encode(record), *revision).await.ok()?;
         let body = match self.load_body(&record.body).await {
             Ok(b) => b,
+            Err(e) if !e.gone => {
+                // JetStream not answering just now (a leader being elected):
+                // not an attempt; the call is given back as it was.
+                tracing::warn!("cluster: call {}: {e}; given back", record.id);
+                *record = unstarted;
+                return Some(Next::Retry { after: Duration::from_secs(1) });
+            }
             Err(e) => {
                 let reason = format!("call {}: {e}", record.id);
                 let next = Next::GiveUp { reason: "its body is gone".into() };
@@ -837,6 +957,13 @@ impl Cluster {
             }),
             Err(e) => Err(e),
         };
+        if matches!(result, Err(InvokeError::ShuttingDown(_))) {
+            // The pool closed before a worker had it (this node stopping, a
+            // new version in its place): not an attempt, as on one node.
+            // Queued again as it was, for the next node to pull at once.
+            *record = unstarted;
+            return Some(Next::Retry { after: Duration::from_millis(200) });
+        }
         let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let Outcome { attempt, headers, body, error } = Outcome::of(result);
         let next = {
@@ -846,7 +973,7 @@ impl Cluster {
         let body = if matches!(next, Next::Retry { .. }) {
             None
         } else {
-            match self.store_body(format!("result.{}", token(&record.id)), &body).await {
+            match self.store_body(result_object(&record.id, record.round), &body).await {
                 Ok(b) => Some(b),
                 Err(e) => {
                     tracing::warn!("cluster: call {}: {e}; the answer is not kept", record.id);
@@ -864,16 +991,25 @@ impl Cluster {
     async fn deliver_callback(&self, record: &mut CallRecord, mut revision: u64) -> bool {
         let config = QueueConfig::default();
         let key = record_key(&record.id);
+        let mut body = None;
         while record.callback_pending() {
             if record.callback_attempts > 0 {
                 tokio::time::sleep(jitter(&config.callback_backoff, record.callback_attempts)).await;
             }
-            let body = match &record.reply_body {
-                Some(b) => self.load_body(b).await.unwrap_or_default(),
-                None => Bytes::new(),
+            // Read once for every try; one that cannot be read counts as a
+            // failed delivery, never as an answer with an empty body.
+            let loaded = match (&body, &record.reply_body) {
+                (Some(b), _) => Ok(Bytes::clone(b)),
+                (None, None) => Ok(Bytes::new()),
+                (None, Some(stored)) => self.load_body(stored).await,
             };
-            let call = record.call(Bytes::new(), Some(body));
-            let outcome = callback::deliver(http(), &call, config.callback_timeout).await;
+            let outcome = match loaded {
+                Ok(b) => {
+                    body = Some(b.clone());
+                    callback::deliver(http(), &record.call(Bytes::new(), Some(b)), config.callback_timeout).await
+                }
+                Err(e) => Err(format!("its result could not be read: {e}")),
+            };
             record.callback_tried(outcome, config.callback_attempts);
             if CallbackState::parse(&record.callback) == CallbackState::Failed {
                 tracing::warn!(
@@ -951,6 +1087,7 @@ mod tests {
         assert_ne!(token("a:"), token("a=3A"));
         assert_eq!(record_key("x.y"), "c.x=2Ey");
         assert_eq!(idempotency_key("f", "k:1"), "k.f.k=3A1");
+        assert_ne!(result_object("x", 0), result_object("x", 1), "each round its own answer");
     }
 
     #[test]

@@ -313,7 +313,7 @@ impl Cluster {
     pub async fn start(self: &Arc<Self>, node: &Arc<Node>, address: String) -> Result<(), ClusterError> {
         let _ = self.node.set(Arc::downgrade(node));
         let _ = self.address.set(address);
-        node.runtime.set_remote_models(Arc::new(models::ClusterModels(Arc::downgrade(self))));
+        node.runtime.set_remote_models(Arc::new(models::ClusterModels::new(Arc::downgrade(self))));
         membership::start(self).await?;
         secrets::start(self).await?;
         registry::start(self).await?;

@@ -4,7 +4,8 @@
 //! plain POST, as the model's HTTP callers send them). The answer comes
 //! back to the worker as a local model's would, and so do its errors.
 
-use std::sync::Weak;
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
 
 use bytes::{Bytes, BytesMut};
 use sedge_core::{Invocation, Reply};
@@ -13,12 +14,29 @@ use sedge_onnx::serve::{INFER_PATH, METADATA_PATH};
 use sedge_runtime::engine::{BoxFuture, RawTensor};
 use sedge_runtime::models::{self, ModelError, ModelInput, ModelOutput, RemoteModels};
 use serde_json::{json, Value};
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 
 use crate::Cluster;
 
 /// The cluster as the node's runtime sees it for models it does not run.
-pub(crate) struct ClusterModels(pub(crate) Weak<Cluster>);
+pub(crate) struct ClusterModels {
+    cluster: Weak<Cluster>,
+    /// The name of each model's only input, with the version (digest) it
+    /// was read from: asked of the model once per version, not once per
+    /// call sent with an unnamed input.
+    inputs: Mutex<HashMap<String, (String, String)>>,
+}
+
+impl ClusterModels {
+    pub(crate) fn new(cluster: Weak<Cluster>) -> Self {
+        Self { cluster, inputs: Mutex::default() }
+    }
+
+    fn known_input(&self, model: &str, digest: &str) -> Option<String> {
+        let inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        inputs.get(model).filter(|(d, _)| d == digest).map(|(_, name)| name.clone())
+    }
+}
 
 impl RemoteModels for ClusterModels {
     fn infer(
@@ -29,19 +47,20 @@ impl RemoteModels for ClusterModels {
     ) -> BoxFuture<'_, Option<Result<ModelOutput, ModelError>>> {
         let model = model.to_owned();
         Box::pin(async move {
-            let Some(cluster) = self.0.upgrade() else { return Some(Err(ModelError::Stopped)) };
+            let Some(cluster) = self.cluster.upgrade() else { return Some(Err(ModelError::Stopped)) };
             let spec = cluster.spec_of(&model)?;
             if !spec.runtime.serves_models() {
                 return Some(Err(ModelError::NotAModel { model, runtime: spec.runtime.as_str() }));
             }
-            Some(cluster.infer_elsewhere(&model, input, deadline).await)
+            Some(self.infer_elsewhere(&cluster, &model, input, deadline).await)
         })
     }
 }
 
-impl Cluster {
+impl ClusterModels {
     async fn infer_elsewhere(
         &self,
+        cluster: &Cluster,
         model: &str,
         input: ModelInput,
         deadline: Instant,
@@ -49,29 +68,46 @@ impl Cluster {
         let left = || deadline.saturating_duration_since(Instant::now());
         let mut tensors = match input {
             ModelInput::Image(body) => {
-                let reply = self.send(model, models::image_call(body), left()).await?;
+                let reply = cluster.send(model, models::image_call(body), left()).await?;
                 return models::image_answer(model, reply);
             }
             ModelInput::Tensors(t) => t,
         };
         // A model's only input may be sent unnamed; the protocol names every one.
         if tensors.iter().any(|t| t.name.is_empty()) {
-            let meta = self.send(model, call("GET", METADATA_PATH, vec![], Bytes::new()), left()).await?;
-            if meta.status != 200 {
-                return Err(models::refused(model, &meta));
-            }
-            let name = only_input(&meta.body).map_err(|message| refusal(model, 400, message))?;
+            let name = self.only_input_of(cluster, model, left()).await?;
             for t in tensors.iter_mut().filter(|t| t.name.is_empty()) {
                 t.name.clone_from(&name);
             }
         }
         let (body, header) = infer_request(&tensors);
         let inv = call("POST", INFER_PATH, vec![(HEADER_LENGTH.to_owned(), header.to_string())], body);
-        let reply = self.send(model, inv, left()).await?;
+        let reply = cluster.send(model, inv, left()).await?;
         if reply.status != 200 {
+            // Perhaps named from a node still on another version: asked again next time.
+            self.inputs.lock().unwrap_or_else(|p| p.into_inner()).remove(model);
             return Err(models::refused(model, &reply));
         }
         infer_answer(&reply).map(ModelOutput::Tensors).map_err(|message| refusal(model, 502, message))
+    }
+
+    /// The name of `model`'s only input: known for the version the cluster
+    /// runs, or asked of the model's metadata.
+    async fn only_input_of(&self, cluster: &Cluster, model: &str, within: Duration) -> Result<String, ModelError> {
+        let digest =
+            cluster.registry.read().unwrap_or_else(|p| p.into_inner()).get(model).map(|e| e.record.digest.clone());
+        if let Some(name) = digest.as_deref().and_then(|d| self.known_input(model, d)) {
+            return Ok(name);
+        }
+        let meta = cluster.send(model, call("GET", METADATA_PATH, vec![], Bytes::new()), within).await?;
+        if meta.status != 200 {
+            return Err(models::refused(model, &meta));
+        }
+        let name = only_input(&meta.body).map_err(|message| refusal(model, 400, message))?;
+        if let Some(digest) = digest {
+            self.inputs.lock().unwrap_or_else(|p| p.into_inner()).insert(model.to_owned(), (digest, name.clone()));
+        }
+        Ok(name)
     }
 }
 
@@ -211,6 +247,15 @@ mod tests {
         let over =
             br#"{"outputs": [{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]}"#;
         assert!(infer_answer(&reply(vec![], over)).expect_err("missing bytes").contains("4 bytes"));
+    }
+
+    #[test]
+    fn an_input_name_is_known_for_the_version_it_was_read_from_only() {
+        let models = ClusterModels::new(Weak::new());
+        models.inputs.lock().expect("lock").insert("digits".into(), ("sha-1".into(), "pixels".into()));
+        assert_eq!(models.known_input("digits", "sha-1").as_deref(), Some("pixels"));
+        assert_eq!(models.known_input("digits", "sha-2"), None, "a new version is asked again");
+        assert_eq!(models.known_input("other", "sha-1"), None);
     }
 
     #[test]

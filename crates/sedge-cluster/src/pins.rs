@@ -5,9 +5,15 @@
 //! new version. `--replicas 0` deletes the pin (the function scales by
 //! load again), as on a single node. The nodes running the function are
 //! asked at once too (`inquiry.rs`), so the answer says which took it.
+//!
+//! Each node follows the bucket's changes, and reads it whole now and then,
+//! since a watch may miss changes while NATS elects a leader; what it learns
+//! either way is taken in the bucket's order (by revision), so an older read
+//! never undoes a newer change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
@@ -18,10 +24,14 @@ use crate::{js_error, Cluster, ClusterError, HEARTBEAT};
 
 pub(crate) const BUCKET: &str = "sedge-pins";
 
+/// How often the bucket is read whole, besides being watched.
+const RELOAD_EVERY: Duration = Duration::from_secs(10);
+
 pub(crate) struct Pins {
     store: kv::Store,
-    /// The bucket as last seen: function → workers to hold.
-    wanted: Mutex<BTreeMap<String, u32>>,
+    /// The bucket as last seen: function → the entry's revision and the
+    /// workers to hold (none once the pin was deleted).
+    wanted: Mutex<BTreeMap<String, (u64, Option<u32>)>>,
     /// What this node holds: function → (the pool pinned, at how many).
     applied: Mutex<BTreeMap<String, (Weak<Pool>, u32)>>,
 }
@@ -35,17 +45,31 @@ impl Cluster {
         } else {
             pins.store.put(name, replicas.to_string().into()).await.map(|_| ()).map_err(|e| e.to_string())
         };
+        // What this node holds follows from the watch, in the bucket's
+        // order: the nodes running it are asked to scale at once besides.
         stored.map_err(|e| {
             ApiError::new(
                 sedge_gateway::cluster::StatusCode::SERVICE_UNAVAILABLE,
                 format!("storing the pin of {name} in the cluster: {e}"),
             )
-        })?;
-        let mut wanted = pins.wanted.lock().unwrap_or_else(|p| p.into_inner());
-        match replicas {
-            0 => wanted.remove(name),
-            n => wanted.insert(name.to_owned(), n),
-        };
+        })
+    }
+
+    /// Reads the whole bucket, and the entries of the pins it no longer
+    /// lists (their deletion's revision), into what this node wants.
+    async fn reload_pins(&self) -> Result<(), String> {
+        let Some(pins) = self.pins.get() else { return Ok(()) };
+        let mut names: BTreeSet<String> =
+            pins.wanted.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let mut keys = pins.store.keys().await.map_err(|e| e.to_string())?;
+        while let Some(key) = keys.next().await {
+            names.insert(key.map_err(|e| e.to_string())?);
+        }
+        for name in names {
+            if let Some(entry) = pins.store.entry(name.as_str()).await.map_err(|e| e.to_string())? {
+                pins.learn(name, entry.revision, pin_of(entry.operation, &entry.value));
+            }
+        }
         Ok(())
     }
 
@@ -53,7 +77,13 @@ impl Cluster {
     /// version is a new pool).
     fn apply_pins(&self) {
         let (Some(pins), Some(node)) = (self.pins.get(), self.node()) else { return };
-        let wanted = pins.wanted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let wanted: BTreeMap<String, u32> = pins
+            .wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(name, (_, pin))| pin.map(|n| (name.clone(), n)))
+            .collect();
         let mut applied = pins.applied.lock().unwrap_or_else(|p| p.into_inner());
         // A pin deleted (scale to 0) while this node did not hear the
         // question: back to scaling by load here too.
@@ -74,6 +104,20 @@ impl Cluster {
             pool.set_replicas(n.min(pool.spec().scale.max));
             applied.insert(name, (Arc::downgrade(&pool), n));
         }
+    }
+}
+
+impl Pins {
+    /// Takes what the bucket held for `name` at `revision`, unless a later
+    /// revision is already known.
+    fn learn(&self, name: String, revision: u64, pin: Option<u32>) {
+        learn(&mut self.wanted.lock().unwrap_or_else(|p| p.into_inner()), name, revision, pin);
+    }
+}
+
+fn learn(wanted: &mut BTreeMap<String, (u64, Option<u32>)>, name: String, revision: u64, pin: Option<u32>) {
+    if wanted.get(&name).is_none_or(|(known, _)| *known < revision) {
+        wanted.insert(name, (revision, pin));
     }
 }
 
@@ -100,22 +144,10 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
     let _ = cluster.pins.set(pins);
     let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
-        while let Some(entry) = watch.next().await {
+        while let Some(entry) = crate::next_entry(&mut watch, "the pins").await {
             let Some(cluster) = weak.upgrade() else { return };
             let Some(pins) = cluster.pins.get() else { return };
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!("cluster: watching the pins: {e}");
-                    continue;
-                }
-            };
-            let mut wanted = pins.wanted.lock().unwrap_or_else(|p| p.into_inner());
-            match pin_of(entry.operation, &entry.value) {
-                Some(n) => wanted.insert(entry.key, n),
-                None => wanted.remove(&entry.key),
-            };
-            drop(wanted);
+            pins.learn(entry.key, entry.revision, pin_of(entry.operation, &entry.value));
             cluster.apply_pins();
         }
     });
@@ -124,9 +156,16 @@ pub(crate) async fn start(cluster: &Arc<Cluster>) -> Result<(), ClusterError> {
     let weak = Arc::downgrade(cluster);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(HEARTBEAT);
+        let mut last_reload = tokio::time::Instant::now();
         loop {
             every.tick().await;
             let Some(cluster) = weak.upgrade() else { return };
+            if last_reload.elapsed() >= RELOAD_EVERY {
+                if let Err(e) = cluster.reload_pins().await {
+                    tracing::warn!("cluster: reading the pins: {e}");
+                }
+                last_reload = tokio::time::Instant::now();
+            }
             cluster.apply_pins();
         }
     });
@@ -144,5 +183,19 @@ mod tests {
         assert_eq!(pin_of(kv::Operation::Put, b"two"), None);
         assert_eq!(pin_of(kv::Operation::Delete, b"2"), None);
         assert_eq!(pin_of(kv::Operation::Purge, b""), None);
+    }
+
+    #[test]
+    fn what_is_learnt_late_never_undoes_a_later_revision() {
+        let mut wanted = BTreeMap::new();
+        learn(&mut wanted, "f".into(), 5, Some(3));
+        // A whole read begun before revision 5 answers revision 4 after it.
+        learn(&mut wanted, "f".into(), 4, Some(2));
+        assert_eq!(wanted["f"], (5, Some(3)));
+        learn(&mut wanted, "f".into(), 6, None);
+        learn(&mut wanted, "f".into(), 5, Some(3));
+        assert_eq!(wanted["f"], (6, None), "a deletion stays until a later put");
+        learn(&mut wanted, "f".into(), 7, Some(4));
+        assert_eq!(wanted["f"], (7, Some(4)));
     }
 }

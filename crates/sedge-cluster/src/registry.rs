@@ -64,6 +64,9 @@ impl Cluster {
         if let Some(spec) = self.spec_of(name) {
             return Some(spec);
         }
+        // Only a function's name makes a subject naming one record: `>` or
+        // `*` from a caller's path would read any function's.
+        FunctionName::parse(name).ok()?;
         let subject = format!("{}{name}", self.functions.prefix);
         let message = match self.functions.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => m,

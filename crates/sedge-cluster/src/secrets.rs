@@ -281,12 +281,23 @@ impl SharedSecrets for Cluster {
         Box::pin(async move {
             check_size(&name, &value, self.max_payload())?;
             let key = Key::Secret(name.clone());
-            if !matches!(self.entry_of(&key).await?, Some((_, Some(_)))) {
-                return Err(SecretError::NotFound(name.to_string()).into());
-            }
             let bytes = Bytes::from(value);
-            let revision = self.put_value(&key, bytes.to_vec()).await?;
-            self.apply(&key, revision, Some(bytes)).await
+            // Over the revision read: a secret removed meanwhile through
+            // another node stays removed, not brought back by a put.
+            for _ in 0..5 {
+                let Some((read, Some(_))) = self.entry_of(&key).await? else {
+                    return Err(SecretError::NotFound(name.to_string()).into());
+                };
+                match self.secrets.update(key.key(), bytes.clone(), read).await {
+                    Ok(revision) => return self.apply(&key, revision, Some(bytes)).await,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                    Err(e) => return Err(store_error("storing a secret", e)),
+                }
+            }
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("secret {name:?} kept changing through other nodes while being updated; try again"),
+            ))
         })
     }
 

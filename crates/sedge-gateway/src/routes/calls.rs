@@ -160,7 +160,13 @@ pub async fn show(State(node): Shared, Path(id): Path<String>) -> Result<Json<Va
 
 pub async fn retry(State(node): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     if let Some(c) = cluster(&node) {
-        c.calls().retry(&id).await?;
+        // From a task of its own: a caller hanging up between the record's
+        // new round and its message would leave the call queued with no
+        // message, run by no node.
+        let (c, again) = (c.clone(), id.clone());
+        tokio::spawn(async move { c.calls().retry(&again).await })
+            .await
+            .unwrap_or_else(|e| Err(ApiError::internal("queueing the call again", e)))?;
         return Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "state": "queued" }))).into_response());
     }
     let queue = queue(&node)?;

@@ -55,6 +55,12 @@ fn cluster_async_calls_take_callbacks_chosen_ids_and_idempotency_keys() {
     a.deploy(other.path());
     placed(&a, "echo", "worker");
     placed(&a, "other", "worker");
+    // Subject wildcards in a path are no function's name, on the node
+    // that runs none and reads the registry's records for names it lacks.
+    for path in ["/async-function/%3E", "/async-function/%2A", "/function/%3E"] {
+        let r = a.request("POST", path, &[], b"x");
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+    }
 
     // Submitted to the node that does not run it; the worker posts the callback.
     let receiver = Receiver::start(1);
@@ -165,6 +171,7 @@ fn cluster_calls_follow_the_retry_policy_die_and_are_retried_from_any_node() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&id) && text.contains(&own), "{text}");
     let out = a.cli(&["calls", "ls", "--function", "busy", "--state", "done"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&id), "{}", String::from_utf8_lossy(&out.stdout));
     let out = a.cli(&["calls", "ls", "--state", "nope"]);
     assert!(!out.status.success());
@@ -177,11 +184,15 @@ fn cluster_calls_follow_the_retry_policy_die_and_are_retried_from_any_node() {
     receiver.wait_for("the retried call's callback", Duration::from_secs(30), |d| d.len() >= 2);
     let missing = a.request("POST", "/system/calls/nope/retry", &[], b"");
     assert_eq!(missing.status, 404, "{}", missing.text());
+    // Its second attempt waits out a back-off of at least half a second:
+    // asked at once, the call is not finished.
     let running = submit(&a, "busy", "x", &[]).expect("accepted");
     let early = b.request("POST", &format!("/system/calls/{running}/retry"), &[], b"");
-    assert!(early.status == 409 || call(&a, &running)["state"] == "failed", "{}", early.text());
+    assert_eq!(early.status, 409, "{}", early.text());
+    assert!(early.error().contains("only finished"), "{}", early.error());
     a.wait_for("the third call dead", Duration::from_secs(60), |n| call(n, &running)["state"] == "failed");
     let out = b.cli(&["calls", "purge", "--state", "failed"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 3"), "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(a.get(&format!("/system/calls/{id}")).status, 404);
     assert_eq!(a.get("/system/calls").json().as_array().map(Vec::len), Some(0));
@@ -271,4 +282,74 @@ fn a_call_whose_result_is_recorded_is_not_run_again_when_its_node_dies_before_th
     let runs = std::fs::read_to_string(&file).expect("the tally");
     assert_eq!(runs.lines().count(), 1, "the function ran once: {runs:?}");
     drop(workers);
+}
+
+#[test]
+fn an_idempotency_key_left_by_a_node_lost_mid_submission_is_taken_over() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some((nats, a, _b)) = front_and_worker(tmp.path(), "an_idempotency_key_left_by_a_node_lost", "pw-orphan")
+    else {
+        return;
+    };
+    let echo = FnDir::python("echo", "[placement]\nlabels = [\"gpu\"]\n", ECHO);
+    a.deploy(echo.path());
+    placed(&a, "echo", "worker");
+    // What a node that died between taking the key and storing its call
+    // leaves: the key, naming a call the cluster never got.
+    let url = nats.url();
+    crate::nats_triggers::runtime().block_on(async move {
+        let client = async_nats::connect(&url).await.expect("connect");
+        let calls = async_nats::jetstream::new(client).get_key_value("sedge-calls").await.expect("the calls bucket");
+        calls.create("k.echo.order-9", "never-stored".into()).await.expect("the left key");
+    });
+    let r = a.request("POST", "/async-function/echo", &[("Idempotency-Key", "order-9")], b"nine");
+    assert_eq!(r.status, 202, "{}", r.text());
+    let (id, duplicate) = (r.json()["id"].as_str().expect("id").to_owned(), r.json()["duplicate"].clone());
+    assert_ne!(id, "never-stored");
+    assert_eq!(duplicate, false, "{}", r.text());
+    a.wait_for("the call", Duration::from_secs(30), |n| call(n, &id)["state"] == "done");
+    assert_eq!(call(&a, &id)["result"]["body"], "NINE");
+    let again = a.request("POST", "/async-function/echo", &[("Idempotency-Key", "order-9")], b"ten");
+    assert_eq!((again.status, again.json()["id"].clone()), (202, serde_json::json!(id)), "{}", again.text());
+    assert_eq!(again.json()["duplicate"], true, "{}", again.text());
+}
+
+#[test]
+fn a_new_version_with_another_timeout_sets_its_calls_ack_wait() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some((nats, a, _b)) = front_and_worker(tmp.path(), "a_new_version_with_another_timeout", "pw-ack") else {
+        return;
+    };
+    let url = nats.url();
+    // The ack wait of the calls' consumer, once it is `want`.
+    let ack_wait_becomes = |want: Duration| {
+        let url = url.clone();
+        crate::nats_triggers::runtime().block_on(async move {
+            let client = async_nats::connect(&url).await.expect("connect");
+            let calls = async_nats::jetstream::new(client).get_stream("SEDGE_CALLS").await.expect("the call stream");
+            let start = std::time::Instant::now();
+            loop {
+                let seen = match calls.consumer_info("calls-echo").await {
+                    Ok(info) => Some(info.config.ack_wait),
+                    Err(_) => None,
+                };
+                if seen == Some(want) {
+                    return;
+                }
+                assert!(start.elapsed() < Duration::from_secs(30), "ack wait {seen:?}, not {want:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let v1 = FnDir::python("echo", "[limits]\ntimeout = \"2s\"\n[placement]\nlabels = [\"gpu\"]\n", ECHO);
+    a.deploy(v1.path());
+    placed(&a, "echo", "worker");
+    ack_wait_becomes(Duration::from_secs(7));
+    let v2 = FnDir::python("echo", "[limits]\ntimeout = \"20s\"\n[placement]\nlabels = [\"gpu\"]\n", ECHO);
+    a.deploy(v2.path());
+    ack_wait_becomes(Duration::from_secs(25));
+    // And the calls of the new version still run.
+    let id = submit(&a, "echo", "after", &[]).expect("accepted");
+    a.wait_for("the call", Duration::from_secs(30), |n| call(n, &id)["state"] == "done");
+    assert_eq!(call(&a, &id)["result"]["body"], "AFTER");
 }
