@@ -135,10 +135,9 @@ impl Cluster {
         };
         let node = self.node()?;
         let Some(pool) = node.runtime.get(&meta.function) else { return Some(busy()) };
-        let (inflight, capacity) = pool.load();
-        if inflight >= capacity {
-            return Some(busy());
-        }
+        // The place is taken before the body is fetched, so it is held while
+        // the object store answers; dropped with this future, it is given back.
+        let Ok(admission) = pool.admit_within_capacity() else { return Some(busy()) };
         let body = match &meta.object {
             Some(object) => match self.take_object(object).await {
                 Ok(b) => b,
@@ -151,7 +150,7 @@ impl Cluster {
         self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(meta.id.clone(), tx);
         let within = Duration::from_millis(meta.timeout_ms);
         let outcome = tokio::select! {
-            r = tokio::time::timeout(within, pool.invoke(inv)) => Some(r),
+            r = tokio::time::timeout(within, admission.invoke(inv)) => Some(r),
             _ = rx => None,
         };
         self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&meta.id);

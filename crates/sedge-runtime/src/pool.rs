@@ -372,9 +372,35 @@ impl Pool {
     /// with no room left sends calls elsewhere.
     pub fn load(&self) -> (u32, u32) {
         let st = self.lock();
+        (Self::inflight(&st), self.capacity())
+    }
+
+    fn inflight(st: &State) -> u32 {
         let running: u32 = st.slots.iter().map(|s| s.busy).sum();
-        let inflight = running.saturating_add(st.waiters.len() as u32).saturating_add(st.admitted);
-        (inflight, self.spec().scale.max.saturating_mul(self.spec().scale.concurrency))
+        running.saturating_add(st.waiters.len() as u32).saturating_add(st.admitted)
+    }
+
+    fn capacity(&self) -> u32 {
+        self.spec().scale.max.saturating_mul(self.spec().scale.concurrency)
+    }
+
+    /// As [`Pool::admit`], but only while the requests admitted, queued or
+    /// running stay under what the pool can run at once at its largest:
+    /// a cluster node takes a call for another only when it has room for
+    /// it, checked and taken in one step, so calls arriving together cannot
+    /// all pass the check and then queue here.
+    pub fn admit_within_capacity(&self) -> Result<Admission, InvokeError> {
+        let pool = self.me.upgrade().ok_or_else(|| InvokeError::ShuttingDown(self.name()))?;
+        let mut st = self.lock();
+        if st.closed {
+            return Err(InvokeError::ShuttingDown(self.name()));
+        }
+        st.waiters.retain(|w| !w.tx.is_closed());
+        if Self::inflight(&st) >= self.capacity() {
+            return Err(InvokeError::QueueFull { function: self.name(), limit: self.spec().limits.queue });
+        }
+        st.admitted += 1;
+        Ok(Admission { pool })
     }
 
     /// Takes a place for a request before its body is read, so a request

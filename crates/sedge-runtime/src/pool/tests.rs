@@ -255,6 +255,23 @@ async fn a_full_queue_answers_429() {
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn admitting_within_capacity_takes_no_more_places_than_the_pool_runs_at_its_largest() {
+    let script = Script::with(&[], &[reply(10, "first")]);
+    let pool = pool("[limits]\nqueue = 8\n[scale]\nmax = 1\nconcurrency = 2\n", &script);
+    // Two takers at once, before either has run: the second of the check
+    // and the taking cannot slip between them.
+    let one = pool.admit_within_capacity().expect("room for one");
+    let two = pool.admit_within_capacity().expect("room for two");
+    assert!(matches!(pool.admit_within_capacity(), Err(InvokeError::QueueFull { .. })));
+    // The queue would still take one: admit() counts it, this does not.
+    assert!(pool.admit().is_ok());
+    drop(two);
+    let three = pool.admit_within_capacity().expect("a place given back is free again");
+    drop((one, three));
+    assert_eq!(pool.load().0, 0, "every place came back");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn after_a_failed_start_requests_fail_fast_until_the_backoff_ends() {
     let script = Script::with(&[Start::Fail("no module named handler")], &[]);
     let pool = pool("", &script);
