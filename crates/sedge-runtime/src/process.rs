@@ -104,6 +104,11 @@ pub struct ProcessWorker {
     _zygote: Option<(Arc<zygote::Zygote>, crate::budget::HoldPin)>,
 }
 
+/// How long reading a process's size may take: a `/proc/PID/smaps_rollup`
+/// read waits for the process's memory map, which a process stuck in the
+/// kernel may hold. Past it the process stays held at its limit.
+const MEASURE_WITHIN: Duration = Duration::from_secs(2);
+
 /// A shim process whose channel is set up and whose output is being
 /// logged, before its first frame.
 struct Spawned {
@@ -160,11 +165,15 @@ impl Spawned {
         })
     }
 
-    /// What its processes use now (PSS), read on a blocking thread: it
-    /// walks `/proc`.
-    async fn measured(&self) -> Option<u64> {
+    /// What its processes use now (PSS), read on a blocking thread (it
+    /// walks `/proc`); `None` past [`MEASURE_WITHIN`]. It owns what it
+    /// reads, so it may be awaited once the process is where it can be taken.
+    fn measure(&self) -> impl std::future::Future<Output = Option<u64>> + Send + 'static {
         let group = self.group.clone();
-        tokio::task::spawn_blocking(move || group.pss()).await.ok().flatten()
+        async move {
+            let read = tokio::task::spawn_blocking(move || group.pss());
+            tokio::time::timeout(MEASURE_WITHIN, read).await.ok().and_then(Result::ok).flatten()
+        }
     }
 
     /// The first frame the shim sends by `ready_by`, or why there is none.
@@ -361,9 +370,9 @@ impl Spare {
         self.hold.as_ref()
     }
 
-    /// What it uses now (PSS).
-    pub async fn measured(&self) -> Option<u64> {
-        self.spawned.measured().await
+    /// What it uses now (PSS), see [`Spawned::measure`].
+    pub fn measure(&self) -> impl std::future::Future<Output = Option<u64>> + Send + 'static {
+        self.spawned.measure()
     }
 
     /// Whether the process is still there to be assigned.

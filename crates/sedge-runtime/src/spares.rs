@@ -121,26 +121,35 @@ impl Spares {
         let target = key.dir.is_some().then(|| target.clone());
         tokio::spawn(async move {
             let started = Spare::start(&me.program, &me.shim, &me.config, target.as_ref()).await;
-            let measured = match &started {
-                Ok(spare) => spare.measured().await,
-                Err(_) => None,
-            };
-            {
+            let measure = {
                 let mut st = me.lock();
                 st.starting.remove(&key);
                 let gone = key.dir.as_ref().is_some_and(|d| st.forgotten.remove(d));
                 match started {
                     // Dropping a spare (closed meanwhile) ends its process.
                     Ok(mut spare) if !st.closed && !gone => {
-                        hold.settle(measured, give_up(Arc::downgrade(&me), key.clone(), hold.id()));
+                        let measure = (spare.measure(), hold.id());
                         spare.keep(Some(hold));
-                        st.ready.insert(key, spare);
+                        st.ready.insert(key.clone(), spare);
+                        Some(measure)
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("could not start a spare {} worker: {e}", me.language),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!("could not start a spare {} worker: {e}", me.language);
+                        None
+                    }
+                }
+            };
+            me.started.notify_waiters();
+            // Measured once it can be taken, so that no cold start waits
+            // for the walk of `/proc`; until then it is held at its limit.
+            if let Some((measure, hold)) = measure {
+                let bytes = measure.await;
+                let st = me.lock();
+                if let Some(h) = held(&st, &key, hold) {
+                    h.settle(bytes, give_up(Arc::downgrade(&me), key, hold));
                 }
             }
-            me.started.notify_waiters();
         });
     }
 
@@ -148,7 +157,7 @@ impl Spares {
     /// under `key` is stopped, if it is still the one holding `hold`.
     fn remove_held(&self, key: &SpareKey, hold: u64) {
         let mut st = self.lock();
-        if st.ready.get(key).and_then(Spare::hold).is_some_and(|h| h.id() == hold) {
+        if held(&st, key, hold).is_some() {
             // Dropped outside the lock: its hold goes back to the budget.
             let spare = st.ready.remove(key);
             drop(st);
@@ -174,6 +183,11 @@ impl Spares {
         drop(st);
         self.started.notify_waiters();
     }
+}
+
+/// The hold `hold` of the spare waiting under `key`, if it still waits.
+fn held<'a>(st: &'a State, key: &SpareKey, hold: u64) -> Option<&'a crate::budget::MemoryHold> {
+    st.ready.get(key).and_then(Spare::hold).filter(|h| h.id() == hold)
 }
 
 /// Stops the spare under `key` holding `hold` when the budget needs its room.

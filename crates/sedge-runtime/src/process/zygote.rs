@@ -139,7 +139,7 @@ impl Zygote {
             Ok(other) => return Err(spawned.failed(format!("zygote spoke out of turn: {other:?}")).await),
             Err(e) => return Err(spawned.failed(e).await),
         }
-        let measured = spawned.measured().await;
+        let measured = spawned.measure().await;
         Ok(Started::Ready(Box::new(Self {
             spawned: tokio::sync::Mutex::new(Some(spawned)),
             broken: AtomicBool::new(false),
@@ -257,10 +257,7 @@ impl Zygote {
                 Ok(mut spawned) => {
                     let ready = Ready { by: Instant::now() + STANDBY_READY, within: STANDBY_READY };
                     match spawned.first_frame(Some(ready)).await {
-                        Ok(header @ Header::Ready { .. }) => {
-                            let measured = spawned.measured().await;
-                            Ok((Standby { spawned, ready: header, hold }, measured))
-                        }
+                        Ok(header @ Header::Ready { .. }) => Ok(Standby { spawned, ready: header, hold }),
                         Ok(other) => Err(spawned.failed(format!("it spoke out of turn: {other:?}")).await),
                         Err(e) => Err(spawned.failed(e).await),
                     }
@@ -268,17 +265,30 @@ impl Zygote {
                 Err(Failure::Before(e) | Failure::After(e)) => Err(e),
             };
             let Some(me) = zygote.upgrade() else { return };
-            match made {
-                Ok((standby, measured)) if me.is_alive() => {
-                    let mut waiting = me.standby.lock().unwrap_or_else(|p| p.into_inner());
-                    // Settled once it is where its give-up finds it.
-                    standby.hold.settle(measured, give_up_standby(zygote.clone(), standby.hold.id()));
-                    *waiting = Some(standby);
+            let measure = match made {
+                Ok(standby) if me.is_alive() => {
+                    let measure = (standby.spawned.measure(), standby.hold.id());
+                    *me.standby.lock().unwrap_or_else(|p| p.into_inner()) = Some(standby);
+                    Some(measure)
                 }
-                Ok(_) => {}
-                Err(e) => log.line(format!("forking a worker ahead failed: {e}")),
-            }
+                Ok(_) => None,
+                Err(e) => {
+                    log.line(format!("forking a worker ahead failed: {e}"));
+                    None
+                }
+            };
             me.preparing.store(false, Ordering::Release);
+            drop(me);
+            // Measured once it can be taken, so that no start waits for the
+            // walk of `/proc`; settled if it is still waiting (where its
+            // give-up finds it).
+            let Some((measure, hold)) = measure else { return };
+            let bytes = measure.await;
+            let Some(me) = zygote.upgrade() else { return };
+            let waiting = me.standby.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(standby) = waiting.as_ref().filter(|s| s.hold.id() == hold) {
+                standby.hold.settle(bytes, give_up_standby(zygote.clone(), hold));
+            }
         });
     }
 
