@@ -183,6 +183,10 @@ impl Zygote {
         instance: &str,
     ) -> Result<ProcessWorker, ForkError<'a>> {
         let began = Instant::now();
+        // Pinned before anything is forked: a zygote given up for its
+        // room while a fork is on its way would live on, uncounted, in
+        // the worker it forked.
+        let pin = self.hold.pin();
         let (spawned, ready) = match self.take_standby() {
             Some(Standby { spawned, ready, hold }) => {
                 // A worker now: the pool counts it.
@@ -208,7 +212,7 @@ impl Zygote {
             .await
             .map_err(ForkError::After)?;
         self.prepare_standby();
-        worker._zygote = Some((self.clone(), self.hold.pin()));
+        worker._zygote = Some((self.clone(), pin));
         Ok(worker)
     }
 
