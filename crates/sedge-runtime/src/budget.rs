@@ -388,10 +388,10 @@ impl NodeBudget {
             };
             me.want = want;
             me.workers = workers;
-            let me = me.clone();
+            let (cpu, memory_each) = (me.cpu, me.memory_each);
             let mut cap = want;
             let mut cpu_limited = false;
-            if let Some(cpu) = me.cpu {
+            if let Some(cpu) = cpu {
                 let entries = &ledger.pools;
                 let free = self.cores.saturating_sub(self.held_by_models()) as f64;
                 let mut keys: Vec<u64> = entries.iter().filter(|(_, e)| e.cpu.is_some()).map(|(k, _)| *k).collect();
@@ -411,20 +411,20 @@ impl NodeBudget {
                 let mut given = Vec::new();
                 let mut fits = workers;
                 while fits < cap {
-                    let Some(more) = make_room(self.memory, &parts, me.memory_each, Holder::Worker) else { break };
+                    let Some(more) = make_room(self.memory, &parts, memory_each, Holder::Worker) else { break };
                     for &i in &more {
                         parts[i].bytes = 0;
                         parts[i].expendable = false;
                     }
                     given.extend(more);
-                    parts.push(Held { holder: Holder::Worker, bytes: me.memory_each, expendable: false });
+                    parts.push(Held { holder: Holder::Worker, bytes: memory_each, expendable: false });
                     fits += 1;
                 }
                 stops = ledger.give_up(&keys, &given);
                 memory_limited = fits < cap;
                 cap = fits;
             }
-            Grant { workers: cap, cpu_bound: me.cpu.is_some(), cpu_limited, memory_limited }
+            Grant { workers: cap, cpu_bound: cpu.is_some(), cpu_limited, memory_limited }
         };
         for stop in stops {
             stop();
