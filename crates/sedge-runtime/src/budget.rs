@@ -119,12 +119,17 @@ struct Extra {
     pins: Arc<AtomicUsize>,
     /// Set once it is up: how to stop it. Until then it is not expendable.
     give_up: Option<GiveUp>,
+    /// Starts waiting for it to become their worker ([`NodeBudget::claim`]).
+    claims: u32,
 }
 
 impl Extra {
     fn held(&self) -> Held {
-        let expendable = self.give_up.is_some() && self.pins.load(Ordering::Acquire) == 0;
-        Held { holder: self.holder, bytes: self.bytes, expendable }
+        // Claimed, it is counted in the worker it is to become (its pool
+        // counts that worker from the start), and kept for it.
+        let claimed = self.claims > 0;
+        let expendable = !claimed && self.give_up.is_some() && self.pins.load(Ordering::Acquire) == 0;
+        Held { holder: self.holder, bytes: if claimed { 0 } else { self.bytes }, expendable }
     }
 }
 
@@ -232,6 +237,27 @@ impl Drop for MemoryHold {
 /// See [`MemoryHold::pin`].
 #[derive(Debug)]
 pub struct HoldPin(Arc<AtomicUsize>);
+
+/// See [`NodeBudget::claim`].
+pub struct Claim {
+    budget: Arc<NodeBudget>,
+    hold: u64,
+}
+
+impl Claim {
+    /// The hold claimed.
+    pub fn hold(&self) -> u64 {
+        self.hold
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(e) = self.budget.lock().extras.get_mut(&self.hold) {
+            e.claims = e.claims.saturating_sub(1);
+        }
+    }
+}
 
 impl Drop for HoldPin {
     fn drop(&mut self) {
@@ -345,8 +371,8 @@ impl NodeBudget {
             let (parts, keys) = ledger.parts();
             let given = make_room(self.memory, &parts, bytes, holder)?;
             let stops = ledger.give_up(&keys, &given);
-            let extra =
-                Extra { holder, function: function.map(str::to_owned), bytes, pins: pins.clone(), give_up: None };
+            let function = function.map(str::to_owned);
+            let extra = Extra { holder, function, bytes, pins: pins.clone(), give_up: None, claims: 0 };
             ledger.extras.insert(key, extra);
             stops
         };
@@ -354,6 +380,17 @@ impl NodeBudget {
             stop();
         }
         Some(MemoryHold { budget: self.clone(), key, pins })
+    }
+
+    /// A start waits for the process holding `hold` (a spare still
+    /// starting) to become its worker, which its pool counts already:
+    /// until the claim is dropped, the hold counts nothing and is not
+    /// given up, so that one process is not counted twice.
+    pub fn claim(self: &Arc<Self>, hold: u64) -> Claim {
+        if let Some(e) = self.lock().extras.get_mut(&hold) {
+            e.claims += 1;
+        }
+        Claim { budget: self.clone(), hold }
     }
 
     /// What is held, by kind, on the node and for `function`.
@@ -371,7 +408,7 @@ impl NodeBudget {
             add(Holder::Worker, Some(&e.function), u64::from(e.workers).saturating_mul(e.memory_each));
         }
         for e in ledger.extras.values() {
-            add(e.holder, e.function.as_deref(), e.bytes);
+            add(e.holder, e.function.as_deref(), e.held().bytes);
         }
         MemoryUse { budget: self.memory, node, function: mine }
     }
@@ -536,6 +573,30 @@ mod tests {
         assert_eq!(b.memory_use("f").held(), (128 + 40) * MIB, "the given-up stay away, the rest is given back");
         drop(zygote);
         assert_eq!(b.memory_use("f").held(), 128 * MIB);
+    }
+
+    #[test]
+    fn a_spare_a_start_waits_for_is_counted_once_in_that_start_s_worker() {
+        let b = Arc::new(NodeBudget::new(2, Some(300 * MIB)));
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (f, g) = (b.join("f", None, 128 * MIB), b.join("g", None, 128 * MIB));
+        let spare = b.hold(Holder::Spare, Some("f"), 128 * MIB).expect("fits");
+        // f's start is counted at once and waits for the spare to become its worker.
+        b.report(f, 1, 1);
+        let claim = b.claim(spare.id());
+        assert_eq!(b.memory_use("f").held(), 128 * MIB, "one process, counted once");
+        let standby = b.hold(Holder::Standby, Some("g"), 128 * MIB).expect("256 of 300 MiB, not 384");
+        standby.settle(Some(50 * MIB), recorder(&ran, "standby"));
+        // Up while still claimed, the spare frees nothing and is kept for f.
+        spare.settle(Some(10 * MIB), recorder(&ran, "spare"));
+        let grant = b.grant(g, 1, 0);
+        assert_eq!((grant.workers, grant.memory_limited), (1, false));
+        assert_eq!(*ran.lock().expect("not poisoned"), ["standby"]);
+        b.report(g, 1, 1);
+        // A start that stops waiting gives it back its part.
+        drop(claim);
+        assert_eq!(b.memory_use("f").held(), (256 + 10) * MIB);
+        drop((spare, standby));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::Notify;
 
-use crate::budget::{Holder, DEFAULT_WORKER_MEMORY};
+use crate::budget::{Claim, Holder, DEFAULT_WORKER_MEMORY};
 use crate::process::{Spare, SpareTarget};
 use crate::RuntimeConfig;
 
@@ -41,7 +41,8 @@ pub struct SpareKey {
 #[derive(Default)]
 struct State {
     ready: HashMap<SpareKey, Spare>,
-    starting: HashSet<SpareKey>,
+    /// Spares starting, with their part of the node's memory budget.
+    starting: HashMap<SpareKey, u64>,
     /// Versions gone while their spare was starting: it is dropped on arrival.
     forgotten: HashSet<PathBuf>,
     closed: bool,
@@ -69,20 +70,23 @@ impl Spares {
     /// start made (a zygote) counts against the memory budget first.
     pub async fn take(self: &Arc<Self>, target: &SpareTarget) -> Option<Spare> {
         let key = self.key(target);
-        let spare = loop {
+        // The one awaited is claimed meanwhile: the caller's pool already
+        // counts the worker it is to become.
+        let mut claim: Option<Claim> = None;
+        loop {
             let notified = self.started.notified();
             {
                 let mut st = self.lock();
                 if let Some(spare) = st.ready.remove(&key) {
-                    break Some(spare);
+                    return Some(spare);
                 }
-                if !st.starting.contains(&key) {
-                    break None;
+                let &hold = st.starting.get(&key)?;
+                if claim.as_ref().is_none_or(|c| c.hold() != hold) {
+                    claim = Some(self.config.budget.claim(hold));
                 }
             }
             notified.await;
-        };
-        spare
+        }
     }
 
     /// Starts a spare (for `target`'s version, when sandboxed) unless one
@@ -93,7 +97,7 @@ impl Spares {
             return;
         }
         let key = self.key(target);
-        let busy = |st: &State| st.closed || st.ready.contains_key(&key) || st.starting.contains(&key);
+        let busy = |st: &State| st.closed || st.ready.contains_key(&key) || st.starting.contains_key(&key);
         if busy(&self.lock()) {
             return;
         }
@@ -115,7 +119,7 @@ impl Spares {
             if busy(&st) {
                 return;
             }
-            st.starting.insert(key.clone());
+            st.starting.insert(key.clone(), hold.id());
         }
         let me = self.clone();
         let target = key.dir.is_some().then(|| target.clone());
@@ -170,7 +174,7 @@ impl Spares {
     pub fn forget(&self, dir: &std::path::Path) {
         let mut st = self.lock();
         st.ready.retain(|k, _| k.dir.as_deref() != Some(dir));
-        if st.starting.iter().any(|k| k.dir.as_deref() == Some(dir)) {
+        if st.starting.keys().any(|k| k.dir.as_deref() == Some(dir)) {
             st.forgotten.insert(dir.to_owned());
         }
     }
