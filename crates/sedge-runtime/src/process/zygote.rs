@@ -127,7 +127,7 @@ impl Zygote {
         }
         let target = Arc::new(LogTarget::new(log));
         let mut spawned = Spawned::spawn((cmd, cgroup), launch.program, target, launch.config, spec.limits.memory)?;
-        match spawned.first_frame(Some(ready)).await {
+        match spawned.first_frame(ready).await {
             Ok(Header::Zygote { .. }) => {}
             Ok(Header::Unforkable { reason }) => {
                 let _ = spawned.failed(String::new()).await;
@@ -203,7 +203,7 @@ impl Zygote {
                     Err(Failure::Before(e)) => return Err(ForkError::Before(e, launch)),
                     Err(Failure::After(e)) => return Err(ForkError::After(e)),
                 };
-                let ready = spawned.first_frame(Some(launch.ready)).await;
+                let ready = spawned.first_frame(launch.ready).await;
                 (spawned, ready)
             }
         };
@@ -260,7 +260,7 @@ impl Zygote {
             let made = match forked {
                 Ok(mut spawned) => {
                     let ready = Ready { by: Instant::now() + STANDBY_READY, within: STANDBY_READY };
-                    match spawned.first_frame(Some(ready)).await {
+                    match spawned.first_frame(ready).await {
                         Ok(header @ Header::Ready { .. }) => Ok(Standby { spawned, ready: header, hold }),
                         Ok(other) => Err(spawned.failed(format!("it spoke out of turn: {other:?}")).await),
                         Err(e) => Err(spawned.failed(e).await),
