@@ -221,10 +221,15 @@ impl MemoryHold {
     }
 
     /// Keeps it from being given up while the pin lives (a worker forked
-    /// from the zygote it holds for).
-    pub fn pin(&self) -> HoldPin {
-        self.pins.fetch_add(1, Ordering::AcqRel);
-        HoldPin(self.pins.clone())
+    /// from the zygote it holds for); `None` once it has been given up.
+    /// Taken under the ledger's lock, where it is given up, so no pin is
+    /// had on a hold a worker's grant has just given away.
+    pub fn pin(&self) -> Option<HoldPin> {
+        let ledger = self.budget.lock();
+        ledger.extras.contains_key(&self.key).then(|| {
+            self.pins.fetch_add(1, Ordering::AcqRel);
+            HoldPin(self.pins.clone())
+        })
     }
 }
 
@@ -552,7 +557,7 @@ mod tests {
         assert_eq!(used.function["spare"], 0, "a spare of no function yet");
         // A second worker (128) needs 26 MiB more than is free: the spare
         // and then the standby go, the zygote stays.
-        let pin = zygote.pin();
+        let pin = zygote.pin().expect("not given up");
         let g = b.grant(f, 2, 1);
         assert_eq!((g.workers, g.memory_limited), (2, false));
         assert_eq!(*ran.lock().expect("not poisoned"), ["spare", "standby"]);
@@ -611,6 +616,7 @@ mod tests {
         assert_eq!((grant.workers, grant.memory_limited), (1, false));
         assert_eq!(*ran.lock().expect("not poisoned"), ["zygote of f"]);
         assert_eq!(b.memory_use("f").function["zygote"], 0);
+        assert!(zygote.pin().is_none(), "nothing forks from a zygote given up");
         drop(zygote);
     }
 

@@ -185,8 +185,10 @@ impl Zygote {
         let began = Instant::now();
         // Pinned before anything is forked: a zygote given up for its
         // room while a fork is on its way would live on, uncounted, in
-        // the worker it forked.
-        let pin = self.hold.pin();
+        // the worker it forked. One given up already forks nothing.
+        let Some(pin) = self.hold.pin() else {
+            return Err(ForkError::Before("the node's memory budget gave its zygote up".to_owned(), launch));
+        };
         let (spawned, ready) = match self.take_standby() {
             Some(Standby { spawned, ready, hold }) => {
                 // A worker now: the pool counts it.
