@@ -477,10 +477,7 @@ impl NodeBudget {
 
 /// MemTotal from /proc/meminfo.
 fn physical_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    crate::group::kib_line(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal:")
 }
 
 #[cfg(test)]
