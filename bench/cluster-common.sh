@@ -40,3 +40,6 @@ load() {
   "$bin" bench load "$url" -c "$users" --duration "${secs}s" "$@" > "$work/load" 2>&1
   awk '$1 == "p50" {p50=$2} $1 == "p99" {p99=$2} $1 == "throughput" {t=$2} END {print p50, p99, t}' "$work/load"
 }
+
+# ok → the share of the last load's requests answered 2xx (%).
+ok() { awk '$1 == "success" && $2 == "rate" {print $3}' "$work/load"; }

@@ -73,14 +73,13 @@ PY
 
 # compare USERS LOCAL_LABEL LOCAL_URL FORWARDED_LABEL FORWARDED_URL [bench flags...]
 compare() {
-  local users=$1 local_label=$2 local_url=$3 far_label=$4 far_url=$5 p50 p99 rps ok
+  local users=$1 local_label=$2 local_url=$3 far_label=$4 far_url=$5 p50 p99 rps
   shift 5
   for side in local far; do
     local label=${side}_label url=${side}_url
     read -r p50 p99 rps < <(load "${!url}" "$users" "$@")
-    ok=$(awk '$1 == "success" && $2 == "rate" {print $3}' "$work/load")
     printf '%-28s %s users: p50 %s ms, p99 %s ms, %s req/s (%s %% answered 2xx)\n' \
-      "${!label}" "$users" "$p50" "$p99" "$rps" "$ok"
+      "${!label}" "$users" "$p50" "$p99" "$rps" "$(ok)"
   done
 }
 

@@ -55,7 +55,6 @@ fn two '"w"'
 "$bin" deploy --wait "$work/two" > /dev/null 2>&1
 head -c 614400 /dev/urandom > "$work/600k.bin"
 
-
 echo "== forwarded vs local, 1 user, ${secs}s each"
 for body in hello 600k; do
   data=()
@@ -99,7 +98,6 @@ echo "== GET /system/functions, 1 user, 3 functions: a node of 4 asking each, an
 SEDGE_GATEWAY=$url_solo "$bin" deploy --wait "$work/one" > /dev/null 2>&1
 SEDGE_GATEWAY=$url_solo "$bin" deploy --wait "$work/two" > /dev/null 2>&1
 auth="authorization:Basic $(printf 'admin:%s' "$password" | base64 -w0)"
-ok() { awk '$1 == "success" && $2 == "rate" {print $3}' "$work/load"; }
 read -r p50 p99 rps < <(load "$url_solo/system/functions" 1 -H "$auth" --expect everywhere)
 echo "on its own: p50 $p50 ms, p99 $p99 ms ($rps req/s, $(ok) % ok)"
 read -r p50 p99 rps < <(load "$url_a/system/functions" 1 -H "$auth" --expect '"answered":true')

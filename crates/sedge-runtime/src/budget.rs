@@ -119,12 +119,17 @@ struct Extra {
     pins: Arc<AtomicUsize>,
     /// Set once it is up: how to stop it. Until then it is not expendable.
     give_up: Option<GiveUp>,
+    /// Starts waiting for it to become their worker ([`NodeBudget::claim`]).
+    claims: u32,
 }
 
 impl Extra {
     fn held(&self) -> Held {
-        let expendable = self.give_up.is_some() && self.pins.load(Ordering::Acquire) == 0;
-        Held { holder: self.holder, bytes: self.bytes, expendable }
+        // Claimed, it is counted in the worker it is to become (its pool
+        // counts that worker from the start), and kept for it.
+        let claimed = self.claims > 0;
+        let expendable = !claimed && self.give_up.is_some() && self.pins.load(Ordering::Acquire) == 0;
+        Held { holder: self.holder, bytes: if claimed { 0 } else { self.bytes }, expendable }
     }
 }
 
@@ -216,10 +221,15 @@ impl MemoryHold {
     }
 
     /// Keeps it from being given up while the pin lives (a worker forked
-    /// from the zygote it holds for).
-    pub fn pin(&self) -> HoldPin {
-        self.pins.fetch_add(1, Ordering::AcqRel);
-        HoldPin(self.pins.clone())
+    /// from the zygote it holds for); `None` once it has been given up.
+    /// Taken under the ledger's lock, where it is given up, so no pin is
+    /// had on a hold a worker's grant has just given away.
+    pub fn pin(&self) -> Option<HoldPin> {
+        let ledger = self.budget.lock();
+        ledger.extras.contains_key(&self.key).then(|| {
+            self.pins.fetch_add(1, Ordering::AcqRel);
+            HoldPin(self.pins.clone())
+        })
     }
 }
 
@@ -232,6 +242,27 @@ impl Drop for MemoryHold {
 /// See [`MemoryHold::pin`].
 #[derive(Debug)]
 pub struct HoldPin(Arc<AtomicUsize>);
+
+/// See [`NodeBudget::claim`].
+pub struct Claim {
+    budget: Arc<NodeBudget>,
+    hold: u64,
+}
+
+impl Claim {
+    /// The hold claimed.
+    pub fn hold(&self) -> u64 {
+        self.hold
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(e) = self.budget.lock().extras.get_mut(&self.hold) {
+            e.claims = e.claims.saturating_sub(1);
+        }
+    }
+}
 
 impl Drop for HoldPin {
     fn drop(&mut self) {
@@ -345,8 +376,8 @@ impl NodeBudget {
             let (parts, keys) = ledger.parts();
             let given = make_room(self.memory, &parts, bytes, holder)?;
             let stops = ledger.give_up(&keys, &given);
-            let extra =
-                Extra { holder, function: function.map(str::to_owned), bytes, pins: pins.clone(), give_up: None };
+            let function = function.map(str::to_owned);
+            let extra = Extra { holder, function, bytes, pins: pins.clone(), give_up: None, claims: 0 };
             ledger.extras.insert(key, extra);
             stops
         };
@@ -354,6 +385,17 @@ impl NodeBudget {
             stop();
         }
         Some(MemoryHold { budget: self.clone(), key, pins })
+    }
+
+    /// A start waits for the process holding `hold` (a spare still
+    /// starting) to become its worker, which its pool counts already:
+    /// until the claim is dropped, the hold counts nothing and is not
+    /// given up, so that one process is not counted twice.
+    pub fn claim(self: &Arc<Self>, hold: u64) -> Claim {
+        if let Some(e) = self.lock().extras.get_mut(&hold) {
+            e.claims += 1;
+        }
+        Claim { budget: self.clone(), hold }
     }
 
     /// What is held, by kind, on the node and for `function`.
@@ -371,7 +413,7 @@ impl NodeBudget {
             add(Holder::Worker, Some(&e.function), u64::from(e.workers).saturating_mul(e.memory_each));
         }
         for e in ledger.extras.values() {
-            add(e.holder, e.function.as_deref(), e.bytes);
+            add(e.holder, e.function.as_deref(), e.held().bytes);
         }
         MemoryUse { budget: self.memory, node, function: mine }
     }
@@ -388,10 +430,10 @@ impl NodeBudget {
             };
             me.want = want;
             me.workers = workers;
-            let me = me.clone();
+            let (cpu, memory_each) = (me.cpu, me.memory_each);
             let mut cap = want;
             let mut cpu_limited = false;
-            if let Some(cpu) = me.cpu {
+            if let Some(cpu) = cpu {
                 let entries = &ledger.pools;
                 let free = self.cores.saturating_sub(self.held_by_models()) as f64;
                 let mut keys: Vec<u64> = entries.iter().filter(|(_, e)| e.cpu.is_some()).map(|(k, _)| *k).collect();
@@ -411,20 +453,20 @@ impl NodeBudget {
                 let mut given = Vec::new();
                 let mut fits = workers;
                 while fits < cap {
-                    let Some(more) = make_room(self.memory, &parts, me.memory_each, Holder::Worker) else { break };
+                    let Some(more) = make_room(self.memory, &parts, memory_each, Holder::Worker) else { break };
                     for &i in &more {
                         parts[i].bytes = 0;
                         parts[i].expendable = false;
                     }
                     given.extend(more);
-                    parts.push(Held { holder: Holder::Worker, bytes: me.memory_each, expendable: false });
+                    parts.push(Held { holder: Holder::Worker, bytes: memory_each, expendable: false });
                     fits += 1;
                 }
                 stops = ledger.give_up(&keys, &given);
                 memory_limited = fits < cap;
                 cap = fits;
             }
-            Grant { workers: cap, cpu_bound: me.cpu.is_some(), cpu_limited, memory_limited }
+            Grant { workers: cap, cpu_bound: cpu.is_some(), cpu_limited, memory_limited }
         };
         for stop in stops {
             stop();
@@ -435,10 +477,7 @@ impl NodeBudget {
 
 /// MemTotal from /proc/meminfo.
 fn physical_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    crate::group::kib_line(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal:")
 }
 
 #[cfg(test)]
@@ -515,7 +554,7 @@ mod tests {
         assert_eq!(used.function["spare"], 0, "a spare of no function yet");
         // A second worker (128) needs 26 MiB more than is free: the spare
         // and then the standby go, the zygote stays.
-        let pin = zygote.pin();
+        let pin = zygote.pin().expect("not given up");
         let g = b.grant(f, 2, 1);
         assert_eq!((g.workers, g.memory_limited), (2, false));
         assert_eq!(*ran.lock().expect("not poisoned"), ["spare", "standby"]);
@@ -539,6 +578,30 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_a_start_waits_for_is_counted_once_in_that_start_s_worker() {
+        let b = Arc::new(NodeBudget::new(2, Some(300 * MIB)));
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (f, g) = (b.join("f", None, 128 * MIB), b.join("g", None, 128 * MIB));
+        let spare = b.hold(Holder::Spare, Some("f"), 128 * MIB).expect("fits");
+        // f's start is counted at once and waits for the spare to become its worker.
+        b.report(f, 1, 1);
+        let claim = b.claim(spare.id());
+        assert_eq!(b.memory_use("f").held(), 128 * MIB, "one process, counted once");
+        let standby = b.hold(Holder::Standby, Some("g"), 128 * MIB).expect("256 of 300 MiB, not 384");
+        standby.settle(Some(50 * MIB), recorder(&ran, "standby"));
+        // Up while still claimed, the spare frees nothing and is kept for f.
+        spare.settle(Some(10 * MIB), recorder(&ran, "spare"));
+        let grant = b.grant(g, 1, 0);
+        assert_eq!((grant.workers, grant.memory_limited), (1, false));
+        assert_eq!(*ran.lock().expect("not poisoned"), ["standby"]);
+        b.report(g, 1, 1);
+        // A start that stops waiting gives it back its part.
+        drop(claim);
+        assert_eq!(b.memory_use("f").held(), (256 + 10) * MIB);
+        drop((spare, standby));
+    }
+
+    #[test]
     fn a_zygote_is_given_up_before_a_worker_is_refused() {
         let b = Arc::new(NodeBudget::new(2, Some(300 * MIB)));
         let ran = Arc::new(Mutex::new(Vec::new()));
@@ -550,6 +613,7 @@ mod tests {
         assert_eq!((grant.workers, grant.memory_limited), (1, false));
         assert_eq!(*ran.lock().expect("not poisoned"), ["zygote of f"]);
         assert_eq!(b.memory_use("f").function["zygote"], 0);
+        assert!(zygote.pin().is_none(), "nothing forks from a zygote given up");
         drop(zygote);
     }
 

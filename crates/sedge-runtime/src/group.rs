@@ -163,6 +163,11 @@ impl ProcessGroup {
     /// summed, pages shared between them and others split fairly; `None`
     /// when none of them could be read.
     pub fn pss(&self) -> Option<u64> {
+        // Group 0 is the kernel's threads', and an ended group's id may
+        // have been taken by another process.
+        if self.pgid <= 0 || self.ended.load(Ordering::Acquire) {
+            return None;
+        }
         let mut total: Option<u64> = None;
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
@@ -172,9 +177,9 @@ impl ProcessGroup {
                 continue;
             }
             if let Some(bytes) =
-                std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok().and_then(|t| pss_of(&t))
+                std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok().and_then(|t| kib_line(&t, "Pss:"))
             {
-                total = Some(total.unwrap_or(0) + bytes);
+                total = Some(total.unwrap_or(0).saturating_add(bytes));
             }
         }
         total
@@ -203,11 +208,12 @@ fn process_group_of(stat: &str) -> Option<i32> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// The `Pss:` line of a `smaps_rollup`, in bytes.
-fn pss_of(rollup: &str) -> Option<u64> {
-    let line = rollup.lines().find_map(|l| l.strip_prefix("Pss:"))?;
+/// The line `key` of a /proc file counting in kB (`Pss:  812 kB`,
+/// `MemTotal: ...`), in bytes.
+pub(crate) fn kib_line(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.strip_prefix(key))?;
     let kib: u64 = line.split_whitespace().next()?.parse().ok()?;
-    Some(kib * 1024)
+    Some(kib.saturating_mul(1024))
 }
 
 #[cfg(test)]
@@ -218,8 +224,11 @@ mod tests {
     #[test]
     fn proc_files_are_read_for_the_group_and_its_size() {
         assert_eq!(process_group_of("42 (a (b) c) S 1 40 40 0 -1"), Some(40));
-        assert_eq!(pss_of("55d0-7ff r--p 00000000 00:00 0 [rollup]\nRss: 900 kB\nPss: 812 kB\n"), Some(812 * 1024));
-        assert_eq!(pss_of("Rss: 900 kB\n"), None);
+        let rollup = "55d0-7ff r--p 00000000 00:00 0 [rollup]\nRss: 900 kB\nPss: 812 kB\nPss_Anon: 3 kB\n";
+        assert_eq!(kib_line(rollup, "Pss:"), Some(812 * 1024));
+        assert_eq!(kib_line("Rss: 900 kB\n", "Pss:"), None);
+        assert_eq!(kib_line("Pss: 18446744073709551615 kB\n", "Pss:"), Some(u64::MAX), "no overflow");
+        assert_eq!(kib_line("MemFree: 1 kB\nMemTotal:  2048 kB\n", "MemTotal:"), Some(2 * 1024 * 1024));
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use sedge_scaler::{Autoscaler, LoadWindow, Pin, ScaleConfig};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::budget::{NodeBudget, DEFAULT_WORKER_MEMORY};
+use crate::budget::{Holder, NodeBudget, DEFAULT_WORKER_MEMORY};
 use crate::engine::{
     self, Engine, ExitNotice, LogSink, RawTensor, StartContext, StartPhases, Version, Worker, WorkerCounters,
 };
@@ -658,11 +658,10 @@ impl Pool {
         let each = self.spec().limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY);
         let mib = sedge_core::invocation::mebibytes;
         let held = self.budget.memory_use(self.spec().name.as_str()).node;
-        let by: Vec<String> =
-            [("worker", "workers"), ("zygote", "zygotes"), ("standby", "standbys"), ("spare", "spares")]
-                .iter()
-                .filter_map(|(kind, said)| held.get(kind).filter(|b| **b > 0).map(|b| format!("{said} {}", mib(*b))))
-                .collect();
+        let by: Vec<String> = Holder::ALL
+            .iter()
+            .filter_map(|h| held.get(h.as_str()).filter(|b| **b > 0).map(|b| format!("{}s {}", h.as_str(), mib(*b))))
+            .collect();
         let by =
             if by.is_empty() { "nothing else holds any of it".to_owned() } else { format!("held: {}", by.join(", ")) };
         let message = format!(

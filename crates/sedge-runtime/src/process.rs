@@ -104,6 +104,16 @@ pub struct ProcessWorker {
     _zygote: Option<(Arc<zygote::Zygote>, crate::budget::HoldPin)>,
 }
 
+/// How long reading a process's size may take: a `/proc/PID/smaps_rollup`
+/// read waits for the process's memory map, which a process stuck in the
+/// kernel may hold. Past it the process stays held at its limit.
+const MEASURE_WITHIN: Duration = Duration::from_secs(2);
+
+/// How long a spare may take to say it is up, its imports ahead included
+/// (on a busy node). One that never does would hold its part of the memory
+/// budget, and keep the cold starts waiting for it waiting, for good.
+const SPARE_START: Duration = Duration::from_secs(120);
+
 /// A shim process whose channel is set up and whose output is being
 /// logged, before its first frame.
 struct Spawned {
@@ -160,25 +170,21 @@ impl Spawned {
         })
     }
 
-    /// What its processes use now (PSS), read on a blocking thread: it
-    /// walks `/proc`.
-    async fn measured(&self) -> Option<u64> {
+    /// What its processes use now (PSS), read on a blocking thread (it
+    /// walks `/proc`); `None` past [`MEASURE_WITHIN`]. It owns what it
+    /// reads, so it may be awaited once the process is where it can be taken.
+    fn measure(&self) -> impl std::future::Future<Output = Option<u64>> + Send + 'static {
         let group = self.group.clone();
-        tokio::task::spawn_blocking(move || group.pss()).await.ok().flatten()
+        async move {
+            let read = tokio::task::spawn_blocking(move || group.pss());
+            tokio::time::timeout(MEASURE_WITHIN, read).await.ok().and_then(Result::ok).flatten()
+        }
     }
 
-    /// The first frame the shim sends by `ready_by`, or why there is none.
-    async fn first_frame(&mut self, ready: Option<Ready>) -> Result<Header, String> {
+    /// The first frame the shim sends by `ready.by`, or why there is none.
+    async fn first_frame(&mut self, ready: Ready) -> Result<Header, String> {
         let read = read_decoded(&mut self.reader, &mut self.decoder);
-        let read = async {
-            match ready {
-                Some(r) => tokio::time::timeout_at(r.by, read).await,
-                // A spare waits for its first frame as long as it takes;
-                // dropping it (the node stopping) ends the process.
-                None => Ok(read.await),
-            }
-        };
-        match read.await {
+        match tokio::time::timeout_at(ready.by, read).await {
             Ok(Ok(Some(Decoded::Frame(frame)))) => Ok(frame.header),
             Ok(Ok(Some(Decoded::Oversized { header, .. }))) => Ok(header),
             Ok(Ok(None)) => Err("worker exited before it was ready".to_owned()),
@@ -187,7 +193,7 @@ impl Spawned {
                 // Stuck, not on its way out: end it now, so the report (with
                 // its output) comes before the pool gives up on the start.
                 self.group.kill_now();
-                Err(format!("worker was not ready within {}s", ready.map_or(0, |r| r.within.as_secs())))
+                Err(format!("worker was not ready within {}s", ready.within.as_secs()))
             }
         }
     }
@@ -215,7 +221,7 @@ impl Spawned {
         models: Option<Models>,
         (began, kind): (Instant, StartKind),
     ) -> Result<ProcessWorker, String> {
-        let first = self.first_frame(Some(ready)).await;
+        let first = self.first_frame(ready).await;
         self.finish_with(first, spec, exited, models, (began, kind)).await
     }
 
@@ -334,7 +340,8 @@ impl Spare {
         }
         let memory = target.and_then(|t| t.limits.memory);
         let mut spawned = Spawned::spawn((cmd, cgroup), program, Arc::new(LogTarget::default()), config, memory)?;
-        match spawned.first_frame(None).await {
+        let ready = Ready { by: Instant::now() + SPARE_START, within: SPARE_START };
+        match spawned.first_frame(ready).await {
             Ok(Header::Spare) => Ok(Self { spawned, hold: None }),
             Ok(other) => Err(spawned.failed(format!("spare worker spoke out of turn: {other:?}")).await),
             Err(e) => Err(spawned.failed(e).await),
@@ -361,9 +368,9 @@ impl Spare {
         self.hold.as_ref()
     }
 
-    /// What it uses now (PSS).
-    pub async fn measured(&self) -> Option<u64> {
-        self.spawned.measured().await
+    /// What it uses now (PSS), see [`Spawned::measure`].
+    pub fn measure(&self) -> impl std::future::Future<Output = Option<u64>> + Send + 'static {
+        self.spawned.measure()
     }
 
     /// Whether the process is still there to be assigned.
@@ -664,4 +671,30 @@ async fn read_answers(
         let _ = tx.send(Err(error));
     }
     exited.notify();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spare_that_never_says_it_is_up_is_given_up() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let config = RuntimeConfig::install_shims(dir.path(), "sh".into(), "node".into(), true).expect("shims");
+        let shim = dir.path().join("silent.sh");
+        std::fs::write(&shim, "exec sleep 1000\n").expect("a script");
+        let groups = config.groups.clone();
+        let start = tokio::spawn(async move { Spare::start("sh", &shim, &config, None).await.err() });
+        // Past its bound on the paused clock, then real time for its end.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::advance(SPARE_START + Duration::from_secs(1)).await;
+        tokio::time::resume();
+        let given_up = tokio::time::timeout(Duration::from_secs(10), start).await;
+        let e = given_up.expect("given up past its bound").expect("the start ran").expect("no spare");
+        assert!(e.contains("not ready within 120s"), "{e}");
+        let ended = tokio::time::timeout(Duration::from_secs(5), groups.all_ended()).await;
+        assert!(ended.is_ok(), "its process is ended with it");
+    }
 }

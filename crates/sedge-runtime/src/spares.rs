@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::sync::Notify;
 
-use crate::budget::{Holder, DEFAULT_WORKER_MEMORY};
+use crate::budget::{Claim, Holder, DEFAULT_WORKER_MEMORY};
 use crate::process::{Spare, SpareTarget};
 use crate::RuntimeConfig;
 
@@ -41,7 +41,8 @@ pub struct SpareKey {
 #[derive(Default)]
 struct State {
     ready: HashMap<SpareKey, Spare>,
-    starting: HashSet<SpareKey>,
+    /// Spares starting, with their part of the node's memory budget.
+    starting: HashMap<SpareKey, u64>,
     /// Versions gone while their spare was starting: it is dropped on arrival.
     forgotten: HashSet<PathBuf>,
     closed: bool,
@@ -69,20 +70,23 @@ impl Spares {
     /// start made (a zygote) counts against the memory budget first.
     pub async fn take(self: &Arc<Self>, target: &SpareTarget) -> Option<Spare> {
         let key = self.key(target);
-        let spare = loop {
+        // The one awaited is claimed meanwhile: the caller's pool already
+        // counts the worker it is to become.
+        let mut claim: Option<Claim> = None;
+        loop {
             let notified = self.started.notified();
             {
                 let mut st = self.lock();
                 if let Some(spare) = st.ready.remove(&key) {
-                    break Some(spare);
+                    return Some(spare);
                 }
-                if !st.starting.contains(&key) {
-                    break None;
+                let &hold = st.starting.get(&key)?;
+                if claim.as_ref().is_none_or(|c| c.hold() != hold) {
+                    claim = Some(self.config.budget.claim(hold));
                 }
             }
             notified.await;
-        };
-        spare
+        }
     }
 
     /// Starts a spare (for `target`'s version, when sandboxed) unless one
@@ -93,7 +97,7 @@ impl Spares {
             return;
         }
         let key = self.key(target);
-        let busy = |st: &State| st.closed || st.ready.contains_key(&key) || st.starting.contains(&key);
+        let busy = |st: &State| st.closed || st.ready.contains_key(&key) || st.starting.contains_key(&key);
         if busy(&self.lock()) {
             return;
         }
@@ -115,32 +119,41 @@ impl Spares {
             if busy(&st) {
                 return;
             }
-            st.starting.insert(key.clone());
+            st.starting.insert(key.clone(), hold.id());
         }
         let me = self.clone();
         let target = key.dir.is_some().then(|| target.clone());
         tokio::spawn(async move {
             let started = Spare::start(&me.program, &me.shim, &me.config, target.as_ref()).await;
-            let measured = match &started {
-                Ok(spare) => spare.measured().await,
-                Err(_) => None,
-            };
-            {
+            let measure = {
                 let mut st = me.lock();
                 st.starting.remove(&key);
                 let gone = key.dir.as_ref().is_some_and(|d| st.forgotten.remove(d));
                 match started {
                     // Dropping a spare (closed meanwhile) ends its process.
                     Ok(mut spare) if !st.closed && !gone => {
-                        hold.settle(measured, give_up(Arc::downgrade(&me), key.clone(), hold.id()));
+                        let measure = (spare.measure(), hold.id());
                         spare.keep(Some(hold));
-                        st.ready.insert(key, spare);
+                        st.ready.insert(key.clone(), spare);
+                        Some(measure)
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("could not start a spare {} worker: {e}", me.language),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!("could not start a spare {} worker: {e}", me.language);
+                        None
+                    }
+                }
+            };
+            me.started.notify_waiters();
+            // Measured once it can be taken, so that no cold start waits
+            // for the walk of `/proc`; until then it is held at its limit.
+            if let Some((measure, hold)) = measure {
+                let bytes = measure.await;
+                let st = me.lock();
+                if let Some(h) = held(&st, &key, hold) {
+                    h.settle(bytes, give_up(Arc::downgrade(&me), key, hold));
                 }
             }
-            me.started.notify_waiters();
         });
     }
 
@@ -148,7 +161,7 @@ impl Spares {
     /// under `key` is stopped, if it is still the one holding `hold`.
     fn remove_held(&self, key: &SpareKey, hold: u64) {
         let mut st = self.lock();
-        if st.ready.get(key).and_then(Spare::hold).is_some_and(|h| h.id() == hold) {
+        if held(&st, key, hold).is_some() {
             // Dropped outside the lock: its hold goes back to the budget.
             let spare = st.ready.remove(key);
             drop(st);
@@ -161,7 +174,7 @@ impl Spares {
     pub fn forget(&self, dir: &std::path::Path) {
         let mut st = self.lock();
         st.ready.retain(|k, _| k.dir.as_deref() != Some(dir));
-        if st.starting.iter().any(|k| k.dir.as_deref() == Some(dir)) {
+        if st.starting.keys().any(|k| k.dir.as_deref() == Some(dir)) {
             st.forgotten.insert(dir.to_owned());
         }
     }
@@ -174,6 +187,11 @@ impl Spares {
         drop(st);
         self.started.notify_waiters();
     }
+}
+
+/// The hold `hold` of the spare waiting under `key`, if it still waits.
+fn held<'a>(st: &'a State, key: &SpareKey, hold: u64) -> Option<&'a crate::budget::MemoryHold> {
+    st.ready.get(key).and_then(Spare::hold).filter(|h| h.id() == hold)
 }
 
 /// Stops the spare under `key` holding `hold` when the budget needs its room.

@@ -120,9 +120,7 @@ impl Zygotes {
             let entry = match started {
                 Ok(Started::Ready(z)) => {
                     log.line("zygote ready: further workers fork from it".to_owned());
-                    let z: Arc<Zygote> = Arc::from(z);
-                    z.prepare_standby();
-                    Entry::Ready(z)
+                    Entry::Ready(Arc::from(z))
                 }
                 Ok(Started::Unforkable(reason)) => {
                     log.line(format!("workers start fresh, not from a zygote: {reason}"));
@@ -141,10 +139,20 @@ impl Zygotes {
                 drop(entry);
                 return;
             }
-            if let Entry::Ready(z) = &entry {
+            let ready = match &entry {
+                Entry::Ready(z) => Some(z.clone()),
+                _ => None,
+            };
+            if let Some(z) = &ready {
                 z.settle(give_up);
             }
             st.entries.insert(bundle, entry);
+            drop(st);
+            // Only once it is settled: its standby then finds the zygote
+            // held at its size, not at its limit.
+            if let Some(z) = ready {
+                z.prepare_standby();
+            }
         });
     }
 

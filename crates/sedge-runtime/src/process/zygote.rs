@@ -127,7 +127,7 @@ impl Zygote {
         }
         let target = Arc::new(LogTarget::new(log));
         let mut spawned = Spawned::spawn((cmd, cgroup), launch.program, target, launch.config, spec.limits.memory)?;
-        match spawned.first_frame(Some(ready)).await {
+        match spawned.first_frame(ready).await {
             Ok(Header::Zygote { .. }) => {}
             Ok(Header::Unforkable { reason }) => {
                 let _ = spawned.failed(String::new()).await;
@@ -139,7 +139,7 @@ impl Zygote {
             Ok(other) => return Err(spawned.failed(format!("zygote spoke out of turn: {other:?}")).await),
             Err(e) => return Err(spawned.failed(e).await),
         }
-        let measured = spawned.measured().await;
+        let measured = spawned.measure().await;
         Ok(Started::Ready(Box::new(Self {
             spawned: tokio::sync::Mutex::new(Some(spawned)),
             broken: AtomicBool::new(false),
@@ -183,6 +183,12 @@ impl Zygote {
         instance: &str,
     ) -> Result<ProcessWorker, ForkError<'a>> {
         let began = Instant::now();
+        // Pinned before anything is forked: a zygote given up for its
+        // room while a fork is on its way would live on, uncounted, in
+        // the worker it forked. One given up already forks nothing.
+        let Some(pin) = self.hold.pin() else {
+            return Err(ForkError::Before("the node's memory budget gave its zygote up".to_owned(), launch));
+        };
         let (spawned, ready) = match self.take_standby() {
             Some(Standby { spawned, ready, hold }) => {
                 // A worker now: the pool counts it.
@@ -199,7 +205,7 @@ impl Zygote {
                     Err(Failure::Before(e)) => return Err(ForkError::Before(e, launch)),
                     Err(Failure::After(e)) => return Err(ForkError::After(e)),
                 };
-                let ready = spawned.first_frame(Some(launch.ready)).await;
+                let ready = spawned.first_frame(launch.ready).await;
                 (spawned, ready)
             }
         };
@@ -208,7 +214,7 @@ impl Zygote {
             .await
             .map_err(ForkError::After)?;
         self.prepare_standby();
-        worker._zygote = Some((self.clone(), self.hold.pin()));
+        worker._zygote = Some((self.clone(), pin));
         Ok(worker)
     }
 
@@ -256,11 +262,8 @@ impl Zygote {
             let made = match forked {
                 Ok(mut spawned) => {
                     let ready = Ready { by: Instant::now() + STANDBY_READY, within: STANDBY_READY };
-                    match spawned.first_frame(Some(ready)).await {
-                        Ok(header @ Header::Ready { .. }) => {
-                            let measured = spawned.measured().await;
-                            Ok((Standby { spawned, ready: header, hold }, measured))
-                        }
+                    match spawned.first_frame(ready).await {
+                        Ok(header @ Header::Ready { .. }) => Ok(Standby { spawned, ready: header, hold }),
                         Ok(other) => Err(spawned.failed(format!("it spoke out of turn: {other:?}")).await),
                         Err(e) => Err(spawned.failed(e).await),
                     }
@@ -268,17 +271,30 @@ impl Zygote {
                 Err(Failure::Before(e) | Failure::After(e)) => Err(e),
             };
             let Some(me) = zygote.upgrade() else { return };
-            match made {
-                Ok((standby, measured)) if me.is_alive() => {
-                    let mut waiting = me.standby.lock().unwrap_or_else(|p| p.into_inner());
-                    // Settled once it is where its give-up finds it.
-                    standby.hold.settle(measured, give_up_standby(zygote.clone(), standby.hold.id()));
-                    *waiting = Some(standby);
+            let measure = match made {
+                Ok(standby) if me.is_alive() => {
+                    let measure = (standby.spawned.measure(), standby.hold.id());
+                    *me.standby.lock().unwrap_or_else(|p| p.into_inner()) = Some(standby);
+                    Some(measure)
                 }
-                Ok(_) => {}
-                Err(e) => log.line(format!("forking a worker ahead failed: {e}")),
-            }
+                Ok(_) => None,
+                Err(e) => {
+                    log.line(format!("forking a worker ahead failed: {e}"));
+                    None
+                }
+            };
             me.preparing.store(false, Ordering::Release);
+            drop(me);
+            // Measured once it can be taken, so that no start waits for the
+            // walk of `/proc`; settled if it is still waiting (where its
+            // give-up finds it).
+            let Some((measure, hold)) = measure else { return };
+            let bytes = measure.await;
+            let Some(me) = zygote.upgrade() else { return };
+            let waiting = me.standby.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(standby) = waiting.as_ref().filter(|s| s.hold.id() == hold) {
+                standby.hold.settle(bytes, give_up_standby(zygote.clone(), hold));
+            }
         });
     }
 

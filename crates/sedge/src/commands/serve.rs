@@ -76,9 +76,10 @@ pub struct Args {
     /// Ask for the admin credential on /metrics too.
     #[arg(long)]
     metrics_auth: bool,
-    /// Memory all workers together may use: a worker whose `[limits] memory`
-    /// (128MiB when unset) would go past it does not start
-    /// [default: the machine's physical memory]
+    /// Memory the processes started for functions may hold together:
+    /// workers at their `[limits] memory` (128MiB when unset), and zygotes,
+    /// standbys and spares, which are given up first; a worker that would
+    /// go past it does not start [default: the machine's physical memory]
     #[arg(long, env = "SEDGE_MEMORY", value_parser = size, value_name = "SIZE")]
     memory: Option<u64>,
     #[command(flatten)]
