@@ -47,6 +47,20 @@ fn spare_target(version: &Version) -> SpareTarget {
     }
 }
 
+/// Asks for the next spare when dropped: after the start's zygote was
+/// asked for (which ranks above a spare in the memory budget), or when the
+/// start is abandoned at any await.
+struct Refill<'a> {
+    spares: &'a Arc<Spares>,
+    target: &'a SpareTarget,
+}
+
+impl Drop for Refill<'_> {
+    fn drop(&mut self) {
+        self.spares.fill(self.target);
+    }
+}
+
 impl Engine for LanguageEngine {
     fn start(&self, ctx: StartContext) -> BoxFuture<'static, Result<Arc<dyn Worker>, String>> {
         let (config, program, shim, spares) =
@@ -80,6 +94,9 @@ impl Engine for LanguageEngine {
             }
             let suits = Spare::suits(spec);
             let target = spare_target(&version);
+            // A spare taken is replaced however this start ends, even when
+            // the pool drops it past its start timeout.
+            let _refill = suits.then(|| Refill { spares: &spares, target: &target });
             let spare = if suits { spares.take(&target).await } else { None };
             let worker = match spare.and_then(|mut s| s.is_alive().then_some(s)) {
                 Some(spare) => spare.assign(spec, launch).await.inspect(|_| {
@@ -92,9 +109,6 @@ impl Engine for LanguageEngine {
             // it in the memory budget.
             if let (Ok(_), Some(zygotes)) = (&worker, &zygotes) {
                 zygotes.ensure(&version, zygote_log);
-            }
-            if suits {
-                spares.fill(&target);
             }
             let worker = worker?;
             Ok(Arc::new(worker) as Arc<dyn Worker>)
