@@ -2,6 +2,7 @@
 //! purge), and `/system/tasks...`: funcX-style tasks, which are calls
 //! submitted in batches and read back as results or exceptions.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -203,13 +204,43 @@ enum Batch {
     Wrapped { tasks: Vec<TaskIn> },
 }
 
-fn task_call(node: &Node, i: usize, t: TaskIn) -> Result<NewCall, ApiError> {
+/// The calls of a batch, in order; each function it names is looked up
+/// once, however many of its tasks the batch holds.
+async fn task_calls(node: &Node, tasks: Vec<TaskIn>) -> Result<Vec<NewCall>, ApiError> {
+    let mut limits: HashMap<String, u64> = HashMap::new();
+    let mut calls = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.into_iter().enumerate() {
+        let name = crate::namespace::strip(&t.function)
+            .map_err(|e| ApiError::bad_request(format!("tasks[{i}]: {}", e.message)))?
+            .to_owned();
+        let limit = match limits.get(&name) {
+            Some(limit) => *limit,
+            None => {
+                let limit = max_body(node, &name).await.ok_or_else(|| {
+                    ApiError::new(StatusCode::NOT_FOUND, format!("tasks[{i}]: function {name} not found"))
+                })?;
+                limits.insert(name.clone(), limit);
+                limit
+            }
+        };
+        calls.push(task_call(i, name, limit, t)?);
+    }
+    Ok(calls)
+}
+
+/// Function `name`'s `max_body`: this node's pool's, or in a cluster the
+/// registry's, read from its leader when this node's copy lags (as a call
+/// of `/function/NAME` does), so a task of a function just deployed is not
+/// refused as unknown.
+async fn max_body(node: &Node, name: &str) -> Option<u64> {
+    if let Some(pool) = node.runtime.get(name) {
+        return Some(pool.spec().limits.max_body);
+    }
+    Some(cluster(node)?.lookup(name).await?.limits.max_body)
+}
+
+fn task_call(i: usize, name: String, limit: u64, t: TaskIn) -> Result<NewCall, ApiError> {
     let at = |problem: String| ApiError::bad_request(format!("tasks[{i}]: {problem}"));
-    let name = crate::namespace::strip(&t.function).map_err(|e| at(e.message))?.to_owned();
-    let spec = node.runtime.get(&name).map(|p| p.spec().clone()).or_else(|| cluster(node)?.spec(&name));
-    let Some(spec) = spec else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("tasks[{i}]: function {name} not found")));
-    };
     if let Some(key) = &t.idempotency_key {
         check_id(&format!("tasks[{i}].idempotency_key"), key)?;
     }
@@ -224,7 +255,6 @@ fn task_call(node: &Node, i: usize, t: TaskIn) -> Result<NewCall, ApiError> {
         (false, Some(v)) => (Bytes::from(v.to_string()), t.content_type.unwrap_or_else(|| "application/json".into())),
         (false, None) => (Bytes::from_static(b"{}"), "application/json".to_owned()),
     };
-    let limit = spec.limits.max_body;
     if body.len() as u64 > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -269,7 +299,7 @@ pub async fn submit_tasks(State(node): Shared, req: Request<Body>) -> Result<Jso
     if tasks.is_empty() || tasks.len() > MAX_TASKS {
         return Err(ApiError::bad_request(format!("a batch holds 1 to {MAX_TASKS} tasks, found {}", tasks.len())));
     }
-    let calls = tasks.into_iter().enumerate().map(|(i, t)| task_call(&node, i, t)).collect::<Result<Vec<_>, _>>()?;
+    let calls = task_calls(&node, tasks).await?;
     if let Some(c) = cluster(&node) {
         return cluster_tasks(c, calls).await;
     }

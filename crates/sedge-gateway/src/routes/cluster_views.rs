@@ -139,9 +139,19 @@ pub(super) async fn functions(
     cluster: &dyn Cluster,
     only: Option<&str>,
 ) -> Result<Vec<Value>, ApiError> {
-    let mut records = cluster.functions();
-    if let Some(name) = only {
-        records.retain(|r| r.spec.name.as_str() == name);
+    let only_named = |mut records: Vec<sedge_store::FunctionRecord>| {
+        if let Some(name) = only {
+            records.retain(|r| r.spec.name.as_str() == name);
+        }
+        records
+    };
+    let mut records = only_named(cluster.functions());
+    if let Some(name) = only.filter(|_| records.is_empty()) {
+        // This node's copy of the registry may lag a deploy answered by
+        // another node: a lookup reads the record and keeps it in the copy.
+        if cluster.lookup(name).await.is_some() {
+            records = only_named(cluster.functions());
+        }
     }
     if records.is_empty() {
         return Ok(Vec::new());
@@ -259,7 +269,7 @@ pub(super) async fn logs(
     query: LogQuery,
     pick: Pick,
 ) -> Result<Response, ApiError> {
-    if !cluster.functions().iter().any(|r| r.spec.name.as_str() == name) {
+    if cluster.lookup(&name).await.is_none() {
         return Err(ApiError::not_found(&name));
     }
     let to = query.node.clone().map(|n| vec![n]);

@@ -275,14 +275,14 @@ pub(super) fn pin(node: &Node, name: &str, replicas: i64) -> Result<(), ApiError
 /// `POST /system/function/{name}/token`: a new invoke token; the old one stops working.
 pub async fn rotate_token(State(node): Shared, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&raw)?;
-    // In a cluster the function may run on other nodes only.
-    let spec = node
-        .runtime
-        .get(name.as_str())
-        .map(|p| p.spec().clone())
-        .or_else(|| node.cluster.get().and_then(|c| c.spec(name.as_str())))
-        .ok_or_else(|| ApiError::not_found(name.as_str()))?;
-    let requires = spec.auth.invoke;
+    // In a cluster the function may run on other nodes only, and this
+    // node's copy of the registry may not have it yet.
+    let requires = match (node.runtime.get(name.as_str()), node.cluster.get()) {
+        (Some(pool), _) => Some(pool.spec().auth.invoke),
+        (None, Some(cluster)) => cluster.lookup(name.as_str()).await.map(|s| s.auth.invoke),
+        (None, None) => None,
+    };
+    let requires = requires.ok_or_else(|| ApiError::not_found(name.as_str()))?;
     let token = crate::secrets::rotate(&node, &name, requires).await?;
     Ok(Json(json!({ "name": name.as_str(), "token": token })))
 }
