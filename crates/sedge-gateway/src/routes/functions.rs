@@ -182,17 +182,22 @@ pub async fn remove(State(node): Shared, body: Body) -> Result<StatusCode, ApiEr
     let req: RemoveRequest = json_body(body, r#"{"functionName": "NAME"}"#).await?;
     namespace::check(req.namespace.as_deref())?;
     let name = parse_name(&req.function_name)?;
-    let existed = match node.cluster.get() {
-        Some(cluster) => {
+    // As a deploy: once asked, the removal runs to its end even if the
+    // client hangs up, so no half of it (the record gone but not its pin,
+    // bundle or token; the store's record but not the pool) is left.
+    let task = {
+        let (node, name) = (node.clone(), name.clone());
+        tokio::spawn(async move {
+            let Some(cluster) = node.cluster.get() else { return crate::remove(&node, &name).await };
             let existed = cluster.remove(name.clone()).await?;
             // A function deployed again under this name starts unpinned.
             if let Err(e) = cluster.pin(name.as_str(), 0).await {
                 tracing::warn!("removing the pin of {name}: {}", e.message);
             }
-            existed
-        }
-        None => crate::remove(&node, &name).await?,
+            Ok(existed)
+        })
     };
+    let existed = task.await.map_err(|e| ApiError::internal("removal task", e))??;
     if existed {
         Ok(StatusCode::OK)
     } else {
