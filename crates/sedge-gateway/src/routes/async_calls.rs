@@ -127,7 +127,7 @@ fn accepted(a: &sedge_queue::Accepted) -> Response {
 
 /// Stores a call in the cluster from a task of its own, so a caller that
 /// hangs up mid-way leaves no half-stored call behind.
-pub(super) async fn submit_to_cluster(
+async fn submit_to_cluster(
     cluster: &std::sync::Arc<dyn crate::cluster::Cluster>,
     call: NewCall,
 ) -> Result<sedge_queue::Accepted, ApiError> {

@@ -17,7 +17,7 @@ use sedge_queue::{Call, CallKind, CallState, Filter, NewCall, Queue};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::async_calls::{check_id, no_queue, queue_error, store_error, submit_to_cluster};
+use super::async_calls::{check_id, no_queue, queue_error, store_error};
 use super::body::{read_capped, Capped};
 use super::Shared;
 use crate::{blocking, ApiError, Node};
@@ -310,23 +310,30 @@ pub async fn submit_tasks(State(node): Shared, req: Request<Body>) -> Result<Jso
 
 /// A batch stored in the cluster, task by task (JetStream has no
 /// transaction over several calls): a failure names the tasks already
-/// stored, which run.
+/// stored, which run. The whole batch is stored from a task of its own,
+/// so a caller that hangs up mid-way leaves it stored as on one node,
+/// not cut at whichever task its hang-up fell on.
 async fn cluster_tasks(
     cluster: &Arc<dyn crate::cluster::Cluster>,
     calls: Vec<NewCall>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut ids = Vec::with_capacity(calls.len());
-    for (i, call) in calls.into_iter().enumerate() {
-        match submit_to_cluster(cluster, call).await {
-            Ok(a) => ids.push(a.id),
-            Err(e) if ids.is_empty() => return Err(ApiError::new(e.status, format!("tasks[{i}]: {}", e.message))),
-            Err(e) => {
-                let message =
-                    format!("tasks[{i}]: {}; tasks[0..{i}] were stored and run: {}", e.message, ids.join(", "));
-                return Err(ApiError::new(e.status, message));
+    let cluster = cluster.clone();
+    let stored = tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(calls.len());
+        for (i, call) in calls.into_iter().enumerate() {
+            match cluster.calls().submit(call).await {
+                Ok(a) => ids.push(a.id),
+                Err(e) if ids.is_empty() => return Err(ApiError::new(e.status, format!("tasks[{i}]: {}", e.message))),
+                Err(e) => {
+                    let message =
+                        format!("tasks[{i}]: {}; tasks[0..{i}] were stored and run: {}", e.message, ids.join(", "));
+                    return Err(ApiError::new(e.status, message));
+                }
             }
         }
-    }
+        Ok(ids)
+    });
+    let ids = stored.await.map_err(|e| ApiError::internal("storing the tasks", e))??;
     Ok(Json(json!({ "task_ids": ids })))
 }
 
