@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use sedge_queue::{Call, CallKind, CallState, Filter, NewCall, Queue};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -393,14 +394,20 @@ fn task_json(c: &Call) -> Value {
     v
 }
 
+/// Calls read from the cluster at once for one batch status.
+const CLUSTER_READS: usize = 32;
+
 async fn task_status_of(node: &Node, ids: Vec<String>) -> Result<Vec<(String, Option<Call>)>, ApiError> {
     if cluster(node).is_some() {
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let call = find_call(node, &id).await?;
-            out.push((id, call));
-        }
-        return Ok(out);
+        // A few reads of the cluster's store each: up to MAX_TASKS of them
+        // one after another would be as many round trips end to end.
+        let found = futures_util::stream::iter(ids)
+            .map(|id| async move {
+                let call = find_call(node, &id).await?;
+                Ok((id, call))
+            })
+            .buffered(CLUSTER_READS);
+        return found.try_collect().await;
     }
     let queue = queue(node)?;
     blocking(move || ids.into_iter().map(|id| Ok((id.clone(), queue.store().get(&id).map_err(store_error)?))).collect())
