@@ -274,7 +274,9 @@ impl Cluster {
     }
 
     async fn store_bundle(&self, digest: &str, archive: &std::path::Path) -> Result<(), ApiError> {
-        if self.bundles.info(digest).await.is_ok() {
+        // A bundle deleted when its function was removed or replaced is
+        // stored again: deployed again, its nodes fetch it.
+        if crate::holds(&self.bundles, digest).await {
             return Ok(());
         }
         let mut file =

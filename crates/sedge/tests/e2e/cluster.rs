@@ -780,3 +780,32 @@ fn a_call_no_node_can_take_yet_waits_for_one_within_its_timeout() {
     let _b = node_on(&b_data, &url, "b", "gpu", "pw-nobody", "1");
     assert_eq!(call.join().expect("caller"), (200, "b".to_owned()));
 }
+
+#[test]
+fn a_function_removed_and_deployed_again_with_the_same_bundle_serves_again() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_function_removed_and_deployed_again") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "front", "pw-again", "1");
+    let b = node(tmp.path(), &url, "b", "w", "pw-again", "1");
+    wait_nodes(&a, 2);
+    let f = FnDir::python("again", "[placement]\nlabels = [\"w\"]\n", "def handle(req):\n    return 'here'\n");
+    let v2 = FnDir::python("again", "[placement]\nlabels = [\"w\"]\n", "def handle(req):\n    return 'v2'\n");
+    for (dir, answer) in [(&f, "here"), (&v2, "v2"), (&f, "here")] {
+        // Removed, or replaced: the bundle it had is deleted from the cluster.
+        let r = a.request("PUT", "/system/bundles/again", &[], &pack(dir.path()));
+        assert_eq!(r.status / 100, 2, "{}", r.text());
+        b.wait_for("b serving it", Duration::from_secs(30), |b| b.post("/function/again", b"").text() == answer);
+    }
+    let r = a.request(
+        "DELETE",
+        "/system/functions",
+        &[("content-type", "application/json")],
+        br#"{"functionName": "again"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = a.request("PUT", "/system/bundles/again", &[], &pack(f.path()));
+    assert_eq!(r.status / 100, 2, "{}", r.text());
+    b.wait_for("b serving it again", Duration::from_secs(30), |b| b.post("/function/again", b"").text() == "here");
+    assert_eq!(a.post("/function/again", b"").text(), "here");
+}
