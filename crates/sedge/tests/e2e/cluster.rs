@@ -809,3 +809,54 @@ fn a_function_removed_and_deployed_again_with_the_same_bundle_serves_again() {
     b.wait_for("b serving it again", Duration::from_secs(30), |b| b.post("/function/again", b"").text() == "here");
     assert_eq!(a.post("/function/again", b"").text(), "here");
 }
+
+#[test]
+fn a_removal_whose_client_hangs_up_still_drops_the_functions_pin() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Some(nats) = single(tmp.path(), "a_removal_whose_client_hangs_up") else { return };
+    let url = nats.url();
+    let a = node(tmp.path(), &url, "a", "front", "pw-remove", "1");
+    let b = node(tmp.path(), &url, "b", "w", "pw-remove", "1");
+    wait_nodes(&a, 2);
+    let on_w = "[scale]\nmax = 3\n[placement]\nlabels = [\"w\"]\n";
+    let pinned = FnDir::python("pinned", on_w, "def handle(req):\n    return 'p'\n");
+    let witness = FnDir::python("witness", on_w, "def handle(req):\n    return 'w1'\n");
+    a.deploy(pinned.path());
+    a.deploy(witness.path());
+    let desired = |n: &Node, name: &str| n.describe(name).pointer("/sedge/scale/desired").and_then(|d| d.as_u64());
+    assert_eq!(scale_to(&a, "pinned", 3).status, 202);
+    assert_eq!(scale_to(&a, "witness", 2).status, 202);
+    b.wait_for("pinned held at 3 on b", Duration::from_secs(20), |b| desired(b, "pinned") == Some(3));
+
+    // The removal goes on until b no longer serves it (up to a heartbeat);
+    // the client hangs up once the registry has dropped the function.
+    let body = br#"{"functionName": "pinned"}"#;
+    let head = format!(
+        "DELETE /system/functions HTTP/1.1\r\nhost: a\r\nauthorization: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        a.basic_auth(),
+        body.len()
+    );
+    let mut socket = std::net::TcpStream::connect(a.url.trim_start_matches("http://")).expect("connect");
+    socket.write_all(head.as_bytes()).and_then(|()| socket.write_all(body)).expect("send");
+    a.wait_for("pinned gone from the registry", Duration::from_secs(20), |a| {
+        a.get("/system/function/pinned").status == 404
+    });
+    drop(socket);
+    a.wait_for("pinned served nowhere", Duration::from_secs(20), |a| {
+        !placement(a).values().any(|fs| fs.iter().any(|f| f == "pinned"))
+    });
+
+    // Deployed again, it scales by load. A new version of the witness takes
+    // its pin in the same pass over the pins as a pin left of `pinned`
+    // would be taken: once the witness holds, so would `pinned`.
+    let r = a.request("PUT", "/system/bundles/pinned?wait=true", &[], &pack(pinned.path()));
+    assert_eq!(r.status / 100, 2, "{}", r.text());
+    std::fs::write(witness.path().join("handler.py"), "def handle(req):\n    return 'w2'\n").expect("new version");
+    let r = a.request("PUT", "/system/bundles/witness?wait=true", &[], &pack(witness.path()));
+    assert_eq!(r.status / 100, 2, "{}", r.text());
+    assert_eq!(a.post("/function/witness", b"").text(), "w2");
+    b.wait_for("the new witness held at 2 on b", Duration::from_secs(20), |b| desired(b, "witness") == Some(2));
+    let d = b.describe("pinned");
+    assert_ne!(d.pointer("/sedge/scale/desired").and_then(|d| d.as_u64()), Some(3), "the old pin holds: {d}");
+}
