@@ -49,6 +49,11 @@ impl Entry {
 /// (memory, a missing interpreter since fixed) may have passed.
 const RETRY_REFUSED: Duration = Duration::from_secs(600);
 
+/// How long a call of a function this node's copy of the registry lacks
+/// waits for the record from the registry's leader (as long as a JetStream
+/// request is given) before it is answered 404.
+const LOOKUP_WITHIN: Duration = Duration::from_secs(5);
+
 /// How often the registry is read whole, besides being watched.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
@@ -65,7 +70,14 @@ impl Cluster {
             return Some(spec);
         }
         let subject = format!("{}{name}", self.functions.prefix);
-        let message = match self.functions.stream.get_last_raw_message_by_subject(&subject).await {
+        // Bounded as a whole: the client's own timeout starts only once its
+        // connection takes the request, and a 404 must not wait on NATS.
+        let read = self.functions.stream.get_last_raw_message_by_subject(&subject);
+        let Ok(read) = tokio::time::timeout(LOOKUP_WITHIN, read).await else {
+            tracing::debug!("cluster: reading the record of {name}: no answer within {LOOKUP_WITHIN:?}");
+            return None;
+        };
+        let message = match read {
             Ok(m) => m,
             Err(e) => {
                 if e.kind() != async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound {
