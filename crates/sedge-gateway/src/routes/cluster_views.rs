@@ -86,7 +86,7 @@ pub async fn inquiry_answer(node: &Arc<Node>, question: Value, max_bytes: usize)
             }
             // Read before the lines: every line after it is in a later answer.
             let now = rfc3339_now();
-            let lines = pick.past(node.runtime.shared(&name).logs.tail(usize::MAX));
+            let lines = pick.kept(&node.runtime.shared(&name).logs);
             let (lines, truncated) = newest_within(lines.iter().map(line_value).collect(), max_bytes);
             json!({ "lines": lines, "truncated": truncated, "now": now })
         }
