@@ -49,10 +49,10 @@ impl Entry {
 /// (memory, a missing interpreter since fixed) may have passed.
 const RETRY_REFUSED: Duration = Duration::from_secs(600);
 
-/// How long a call of a function this node's copy of the registry lacks
-/// waits for the record from the registry's leader (as long as a JetStream
-/// request is given) before it is answered 404.
-const LOOKUP_WITHIN: Duration = Duration::from_secs(5);
+/// How long a call waits for what this node's copies lack (a function's
+/// record from the registry's leader, its invoke token) before it is
+/// answered without it (404, 401): as long as a JetStream request is given.
+pub(crate) const LOOKUP_WITHIN: Duration = Duration::from_secs(5);
 
 /// How often the registry is read whole, besides being watched.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);

@@ -159,6 +159,7 @@ async fn clustered(
     let Some(spec) = spec else {
         return refuse(ApiError::not_found(&name));
     };
+    crate::shared_secrets::token_for_call(node, cluster.as_ref(), &name, spec.auth.invoke).await;
     if let Some(refused) = crate::auth::gate_invoke(node, &name, spec.auth.invoke, req.headers_mut()) {
         return refused;
     }
