@@ -709,7 +709,7 @@ impl Cluster {
         }
         if let StoredBody::Object { name, len } = &record.body {
             let kept = match self.bodies().await {
-                Ok(store) => store.info(name.as_str()).await.is_ok(),
+                Ok(store) => crate::holds(store, name.as_str()).await,
                 Err(e) => return Err(unavailable("read the call's body", e)),
             };
             if !kept {

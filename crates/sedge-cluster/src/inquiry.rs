@@ -53,12 +53,16 @@ impl Cluster {
     }
 
     async fn request(&self, node: &str, payload: Vec<u8>) -> Result<Value, String> {
+        let late = || format!("did not answer within {} s", ANSWER_WITHIN.as_secs());
+        // The client's own timeout starts once the request is handed to
+        // its connection, whose queue stops draining while NATS is out of reach:
+        // the whole of it is bounded, so a listing never hangs.
         let request = async_nats::Request::new().payload(payload.into()).timeout(Some(ANSWER_WITHIN));
-        match self.client.send_request(subject(node), request).await {
+        let sent = tokio::time::timeout(ANSWER_WITHIN, self.client.send_request(subject(node), request)).await;
+        let Ok(sent) = sent else { return Err(late()) };
+        match sent {
             Ok(message) => serde_json::from_slice(&message.payload).map_err(|e| format!("answered garbled JSON: {e}")),
-            Err(e) if e.kind() == async_nats::client::RequestErrorKind::TimedOut => {
-                Err(format!("did not answer within {} s", ANSWER_WITHIN.as_secs()))
-            }
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::TimedOut => Err(late()),
             Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
                 Err("not listening (stopping, restarting, or a version without cluster views)".to_owned())
             }

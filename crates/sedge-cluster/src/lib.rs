@@ -81,6 +81,12 @@ fn js_error(what: &str, e: impl std::fmt::Display) -> ClusterError {
     ClusterError::JetStream { what: what.to_owned(), message: e.to_string() }
 }
 
+/// Whether object store `store` holds `name`. A deleted object keeps its
+/// info, marked deleted, so the info alone does not say it is there.
+async fn holds(store: &object_store::ObjectStore, name: &str) -> bool {
+    store.info(name).await.is_ok_and(|info| !info.deleted)
+}
+
 /// The next entry of a bucket's watch; an error the watch gives (it goes
 /// on after one) is logged and skipped. `None` once the watch has ended.
 async fn next_entry(watch: &mut kv::Watch, what: &str) -> Option<kv::Entry> {

@@ -49,6 +49,11 @@ impl Entry {
 /// (memory, a missing interpreter since fixed) may have passed.
 const RETRY_REFUSED: Duration = Duration::from_secs(600);
 
+/// How long a call waits for what this node's copies lack (a function's
+/// record from the registry's leader, its invoke token) before it is
+/// answered without it (404, 401): as long as a JetStream request is given.
+pub(crate) const LOOKUP_WITHIN: Duration = Duration::from_secs(5);
+
 /// How often the registry is read whole, besides being watched.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
@@ -68,7 +73,14 @@ impl Cluster {
         // `*` from a caller's path would read any function's.
         FunctionName::parse(name).ok()?;
         let subject = format!("{}{name}", self.functions.prefix);
-        let message = match self.functions.stream.get_last_raw_message_by_subject(&subject).await {
+        // Bounded as a whole: the client's own timeout starts only once its
+        // connection takes the request, and a 404 must not wait on NATS.
+        let read = self.functions.stream.get_last_raw_message_by_subject(&subject);
+        let Ok(read) = tokio::time::timeout(LOOKUP_WITHIN, read).await else {
+            tracing::debug!("cluster: reading the record of {name}: no answer within {LOOKUP_WITHIN:?}");
+            return None;
+        };
+        let message = match read {
             Ok(m) => m,
             Err(e) => {
                 if e.kind() != async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound {
@@ -277,7 +289,9 @@ impl Cluster {
     }
 
     async fn store_bundle(&self, digest: &str, archive: &std::path::Path) -> Result<(), ApiError> {
-        if self.bundles.info(digest).await.is_ok() {
+        // A bundle deleted when its function was removed or replaced is
+        // stored again: deployed again, its nodes fetch it.
+        if crate::holds(&self.bundles, digest).await {
             return Ok(());
         }
         let mut file =

@@ -356,6 +356,20 @@ impl SharedSecrets for Cluster {
         })
     }
 
+    fn read_token(&self, function: FunctionName) -> Fut<'_, Result<(), ApiError>> {
+        Box::pin(async move {
+            let key = Key::Token(function);
+            // Bounded as a registry lookup is: the call waits on it.
+            let read = tokio::time::timeout(crate::registry::LOOKUP_WITHIN, self.entry_of(&key)).await;
+            let entry =
+                read.map_err(|_| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "the cluster did not answer"))??;
+            match entry {
+                Some((revision, value)) => self.apply(&key, revision, value).await,
+                None => Ok(()),
+            }
+        })
+    }
+
     fn drop_token(&self, function: FunctionName) -> Fut<'_, Result<(), ApiError>> {
         Box::pin(async move {
             // The registry itself, not this node's copy of it: a node

@@ -45,6 +45,8 @@ pub trait Cluster: SharedSecrets + Send + Sync {
     /// this node's copy of the registry does not have it (a watch behind,
     /// as while NATS elects a leader), read from the registry itself:
     /// once a deploy has been answered, every node knows the function.
+    /// What it reads is kept in the node's copy: [`Cluster::spec`] and
+    /// [`Cluster::functions`] have it from then on.
     fn lookup(&self, name: &str) -> Fut<'_, Option<FunctionSpec>>;
 
     /// Runs `inv` on another node that runs the function and has room,

@@ -40,6 +40,25 @@ pub trait SharedSecrets: Send + Sync {
     /// Forgets the function's token, unless the version the cluster has
     /// of it still asks for invoke auth.
     fn drop_token(&self, function: FunctionName) -> Fut<'_, Result<(), ApiError>>;
+
+    /// Reads the function's token from the cluster and writes it here as
+    /// [`learned_token`] does: for a node whose copy lags (its watch
+    /// behind, as while NATS elects a leader).
+    fn read_token(&self, function: FunctionName) -> Fut<'_, Result<(), ApiError>>;
+}
+
+/// Before a call of function `name` that asks for invoke auth is checked
+/// here: a token this node has not heard of yet is read from the cluster,
+/// as the function's record is ([`crate::cluster::Cluster::lookup`]), so a
+/// caller holding the right one is not refused.
+pub(crate) async fn token_for_call(node: &Node, cluster: &dyn crate::cluster::Cluster, name: &str, requires: bool) {
+    if !requires || node.tokens.get(name).is_some() {
+        return;
+    }
+    let Ok(function) = FunctionName::parse(name) else { return };
+    if let Err(e) = cluster.read_token(function).await {
+        tracing::debug!("reading the token of {name} from the cluster: {}", e.message);
+    }
 }
 
 /// A deploy naming a secret that does not exist, refused before a build.

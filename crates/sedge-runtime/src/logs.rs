@@ -68,6 +68,12 @@ impl FunctionLogs {
         lines.iter().skip(lines.len().saturating_sub(n)).cloned().collect()
     }
 
+    /// The lines `keep` takes, oldest first; only those are copied.
+    pub fn matching(&self, keep: impl Fn(&LogLine) -> bool) -> Vec<LogLine> {
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        lines.iter().filter(|l| keep(l)).cloned().collect()
+    }
+
     /// The last `n` lines and a receiver for every line after them.
     pub fn follow(&self, n: usize) -> (Vec<LogLine>, broadcast::Receiver<LogLine>) {
         // Subscribe while holding the ring so no line falls between the two.

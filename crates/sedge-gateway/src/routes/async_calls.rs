@@ -127,7 +127,7 @@ fn accepted(a: &sedge_queue::Accepted) -> Response {
 
 /// Stores a call in the cluster from a task of its own, so a caller that
 /// hangs up mid-way leaves no half-stored call behind.
-pub(super) async fn submit_to_cluster(
+async fn submit_to_cluster(
     cluster: &std::sync::Arc<dyn crate::cluster::Cluster>,
     call: NewCall,
 ) -> Result<sedge_queue::Accepted, ApiError> {
@@ -159,6 +159,7 @@ async fn clustered(
     let Some(spec) = spec else {
         return refuse(ApiError::not_found(&name));
     };
+    crate::shared_secrets::token_for_call(node, cluster.as_ref(), &name, spec.auth.invoke).await;
     if let Some(refused) = crate::auth::gate_invoke(node, &name, spec.auth.invoke, req.headers_mut()) {
         return refused;
     }

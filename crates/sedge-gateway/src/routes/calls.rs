@@ -2,6 +2,7 @@
 //! purge), and `/system/tasks...`: funcX-style tasks, which are calls
 //! submitted in batches and read back as results or exceptions.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -12,11 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use sedge_queue::{Call, CallKind, CallState, Filter, NewCall, Queue};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::async_calls::{check_id, no_queue, queue_error, store_error, submit_to_cluster};
+use super::async_calls::{check_id, no_queue, queue_error, store_error};
 use super::body::{read_capped, Capped};
 use super::Shared;
 use crate::{blocking, ApiError, Node};
@@ -209,13 +211,43 @@ enum Batch {
     Wrapped { tasks: Vec<TaskIn> },
 }
 
-fn task_call(node: &Node, i: usize, t: TaskIn) -> Result<NewCall, ApiError> {
+/// The calls of a batch, in order; each function it names is looked up
+/// once, however many of its tasks the batch holds.
+async fn task_calls(node: &Node, tasks: Vec<TaskIn>) -> Result<Vec<NewCall>, ApiError> {
+    let mut limits: HashMap<String, u64> = HashMap::new();
+    let mut calls = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.into_iter().enumerate() {
+        let name = crate::namespace::strip(&t.function)
+            .map_err(|e| ApiError::bad_request(format!("tasks[{i}]: {}", e.message)))?
+            .to_owned();
+        let limit = match limits.get(&name) {
+            Some(limit) => *limit,
+            None => {
+                let limit = max_body(node, &name).await.ok_or_else(|| {
+                    ApiError::new(StatusCode::NOT_FOUND, format!("tasks[{i}]: function {name} not found"))
+                })?;
+                limits.insert(name.clone(), limit);
+                limit
+            }
+        };
+        calls.push(task_call(i, name, limit, t)?);
+    }
+    Ok(calls)
+}
+
+/// Function `name`'s `max_body`: this node's pool's, or in a cluster the
+/// registry's, read from its leader when this node's copy lags (as a call
+/// of `/function/NAME` does), so a task of a function just deployed is not
+/// refused as unknown.
+async fn max_body(node: &Node, name: &str) -> Option<u64> {
+    if let Some(pool) = node.runtime.get(name) {
+        return Some(pool.spec().limits.max_body);
+    }
+    Some(cluster(node)?.lookup(name).await?.limits.max_body)
+}
+
+fn task_call(i: usize, name: String, limit: u64, t: TaskIn) -> Result<NewCall, ApiError> {
     let at = |problem: String| ApiError::bad_request(format!("tasks[{i}]: {problem}"));
-    let name = crate::namespace::strip(&t.function).map_err(|e| at(e.message))?.to_owned();
-    let spec = node.runtime.get(&name).map(|p| p.spec().clone()).or_else(|| cluster(node)?.spec(&name));
-    let Some(spec) = spec else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("tasks[{i}]: function {name} not found")));
-    };
     if let Some(key) = &t.idempotency_key {
         check_id(&format!("tasks[{i}].idempotency_key"), key)?;
     }
@@ -230,7 +262,6 @@ fn task_call(node: &Node, i: usize, t: TaskIn) -> Result<NewCall, ApiError> {
         (false, Some(v)) => (Bytes::from(v.to_string()), t.content_type.unwrap_or_else(|| "application/json".into())),
         (false, None) => (Bytes::from_static(b"{}"), "application/json".to_owned()),
     };
-    let limit = spec.limits.max_body;
     if body.len() as u64 > limit {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -275,7 +306,7 @@ pub async fn submit_tasks(State(node): Shared, req: Request<Body>) -> Result<Jso
     if tasks.is_empty() || tasks.len() > MAX_TASKS {
         return Err(ApiError::bad_request(format!("a batch holds 1 to {MAX_TASKS} tasks, found {}", tasks.len())));
     }
-    let calls = tasks.into_iter().enumerate().map(|(i, t)| task_call(&node, i, t)).collect::<Result<Vec<_>, _>>()?;
+    let calls = task_calls(&node, tasks).await?;
     if let Some(c) = cluster(&node) {
         return cluster_tasks(c, calls).await;
     }
@@ -286,23 +317,30 @@ pub async fn submit_tasks(State(node): Shared, req: Request<Body>) -> Result<Jso
 
 /// A batch stored in the cluster, task by task (JetStream has no
 /// transaction over several calls): a failure names the tasks already
-/// stored, which run.
+/// stored, which run. The whole batch is stored from a task of its own,
+/// so a caller that hangs up mid-way leaves it stored as on one node,
+/// not cut at whichever task its hang-up fell on.
 async fn cluster_tasks(
     cluster: &Arc<dyn crate::cluster::Cluster>,
     calls: Vec<NewCall>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut ids = Vec::with_capacity(calls.len());
-    for (i, call) in calls.into_iter().enumerate() {
-        match submit_to_cluster(cluster, call).await {
-            Ok(a) => ids.push(a.id),
-            Err(e) if ids.is_empty() => return Err(ApiError::new(e.status, format!("tasks[{i}]: {}", e.message))),
-            Err(e) => {
-                let message =
-                    format!("tasks[{i}]: {}; tasks[0..{i}] were stored and run: {}", e.message, ids.join(", "));
-                return Err(ApiError::new(e.status, message));
+    let cluster = cluster.clone();
+    let stored = tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(calls.len());
+        for (i, call) in calls.into_iter().enumerate() {
+            match cluster.calls().submit(call).await {
+                Ok(a) => ids.push(a.id),
+                Err(e) if ids.is_empty() => return Err(ApiError::new(e.status, format!("tasks[{i}]: {}", e.message))),
+                Err(e) => {
+                    let message =
+                        format!("tasks[{i}]: {}; tasks[0..{i}] were stored and run: {}", e.message, ids.join(", "));
+                    return Err(ApiError::new(e.status, message));
+                }
             }
         }
-    }
+        Ok(ids)
+    });
+    let ids = stored.await.map_err(|e| ApiError::internal("storing the tasks", e))??;
     Ok(Json(json!({ "task_ids": ids })))
 }
 
@@ -362,14 +400,20 @@ fn task_json(c: &Call) -> Value {
     v
 }
 
+/// Calls read from the cluster at once for one batch status.
+const CLUSTER_READS: usize = 32;
+
 async fn task_status_of(node: &Node, ids: Vec<String>) -> Result<Vec<(String, Option<Call>)>, ApiError> {
     if cluster(node).is_some() {
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let call = find_call(node, &id).await?;
-            out.push((id, call));
-        }
-        return Ok(out);
+        // A few reads of the cluster's store each: up to MAX_TASKS of them
+        // one after another would be as many round trips end to end.
+        let found = futures_util::stream::iter(ids)
+            .map(|id| async move {
+                let call = find_call(node, &id).await?;
+                Ok((id, call))
+            })
+            .buffered(CLUSTER_READS);
+        return found.try_collect().await;
     }
     let queue = queue(node)?;
     blocking(move || ids.into_iter().map(|id| Ok((id.clone(), queue.store().get(&id).map_err(store_error)?))).collect())

@@ -82,11 +82,13 @@ pub async fn inquiry_answer(node: &Arc<Node>, question: Value, max_bytes: usize)
                 Err(e) => return json!({ "error": e.message }),
             };
             if node.runtime.get(&name).is_none() {
-                return json!({ "lines": [] });
+                return json!({ "lines": [], "now": rfc3339_now() });
             }
-            let lines = pick.past(node.runtime.shared(&name).logs.tail(usize::MAX));
+            // Read before the lines: every line after it is in a later answer.
+            let now = rfc3339_now();
+            let lines = pick.kept(&node.runtime.shared(&name).logs);
             let (lines, truncated) = newest_within(lines.iter().map(line_value).collect(), max_bytes);
-            json!({ "lines": lines, "truncated": truncated })
+            json!({ "lines": lines, "truncated": truncated, "now": now })
         }
         Question::Scale { name, replicas } => match functions::pin(node, &name, i64::from(replicas)) {
             Ok(()) => json!({ "scaled": replicas }),
@@ -139,9 +141,19 @@ pub(super) async fn functions(
     cluster: &dyn Cluster,
     only: Option<&str>,
 ) -> Result<Vec<Value>, ApiError> {
-    let mut records = cluster.functions();
-    if let Some(name) = only {
-        records.retain(|r| r.spec.name.as_str() == name);
+    let only_named = |mut records: Vec<sedge_store::FunctionRecord>| {
+        if let Some(name) = only {
+            records.retain(|r| r.spec.name.as_str() == name);
+        }
+        records
+    };
+    let mut records = only_named(cluster.functions());
+    if let Some(name) = only.filter(|_| records.is_empty()) {
+        // This node's copy of the registry may lag a deploy answered by
+        // another node: a lookup reads the record and keeps it in the copy.
+        if cluster.lookup(name).await.is_some() {
+            records = only_named(cluster.functions());
+        }
     }
     if records.is_empty() {
         return Ok(Vec::new());
@@ -259,12 +271,12 @@ pub(super) async fn logs(
     query: LogQuery,
     pick: Pick,
 ) -> Result<Response, ApiError> {
-    if !cluster.functions().iter().any(|r| r.spec.name.as_str() == name) {
+    if cluster.lookup(&name).await.is_none() {
         return Err(ApiError::not_found(&name));
     }
     let to = query.node.clone().map(|n| vec![n]);
     let ask = Question::Logs { name: name.clone(), query: query.clone() };
-    let asked_at = humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string();
+    let asked_at = rfc3339_now();
     let asked = cluster.ask(question(&ask), to.clone()).await;
     if let Some(wanted) = &query.node {
         match asked.first() {
@@ -283,7 +295,7 @@ pub(super) async fn logs(
     let mut follow = Follow::default();
     let mut first = follow.merge(&name, &asked);
     first.drain(..first.len().saturating_sub(pick.tail));
-    follow.settle(&asked_at);
+    follow.settle(&asked, &asked_at);
     let ndjson = [(header::CONTENT_TYPE, "application/x-ndjson")];
     let text = |lines: &[Value]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
     if !pick.follow {
@@ -390,12 +402,16 @@ impl Follow {
     }
 
     /// After the first round, asked at `asked_at`: each node that answered
-    /// has sent every line it had then (or the tail of them), so the next
-    /// rounds need nothing older from it.
-    fn settle(&mut self, asked_at: &str) {
-        for (last, same) in self.sent.values_mut() {
-            if last.as_str() < asked_at {
-                *last = asked_at.to_owned();
+    /// has sent every line it had when it answered (or the tail of them),
+    /// so the next rounds need nothing older from it. The time is the
+    /// node's own, as its lines' are: a node whose clock is behind this
+    /// one's must not have its next lines taken for old ones.
+    fn settle(&mut self, asked: &[Asked], asked_at: &str) {
+        for (node, (last, same)) in &mut self.sent {
+            let answered = asked.iter().find(|a| &a.node == node).and_then(|a| a.answer.as_ref().ok());
+            let now = answered.and_then(|v| v["now"].as_str()).unwrap_or(asked_at);
+            if last.as_str() < now {
+                *last = now.to_owned();
                 *same = 0;
             }
         }
@@ -407,6 +423,10 @@ impl Follow {
     }
 }
 
+fn rfc3339_now() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
+}
+
 /// A line of sedge's own about `node`, not one the function wrote.
 fn note(name: &str, node: &str, what: &str) -> Value {
     json!({
@@ -414,7 +434,7 @@ fn note(name: &str, node: &str, what: &str) -> Value {
         "namespace": NAMESPACE,
         "instance": "",
         "node": node,
-        "timestamp": humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+        "timestamp": rfc3339_now(),
         "text": format!("node {node} {what}"),
         "unanswered": true,
     })
@@ -544,7 +564,7 @@ mod tests {
         // `tail=0`: the nodes sent nothing of their past.
         let first = [asked("a", &["f"], Ok(json!({ "lines": [] }))), asked("b", &["f"], Ok(json!({ "lines": [] })))];
         assert!(follow.merge("f", &first).is_empty());
-        follow.settle(&t(5));
+        follow.settle(&first, &t(5));
         assert_eq!(follow.since(), Some(t(5)));
         let next = [
             asked("a", &["f"], Ok(json!({ "lines": [line(&t(1), "old"), line(&t(6), "new")] }))),
@@ -552,6 +572,26 @@ mod tests {
         ];
         let out = follow.merge("f", &next);
         assert_eq!(out.iter().map(|l| l["text"].as_str().unwrap_or("")).collect::<Vec<_>>(), ["new"]);
+    }
+
+    #[test]
+    fn a_follower_keeps_the_new_lines_of_a_node_whose_clock_is_behind() {
+        let t = |s: u32| format!("2026-12-04T03:00:{s:02}.000000000Z");
+        let mut follow = Follow::default();
+        // Asked at 0:10 by this node's clock; b's clock says 0:02.
+        let first = [
+            asked("a", &["f"], Ok(json!({ "lines": [], "now": t(10) }))),
+            asked("b", &["f"], Ok(json!({ "lines": [], "now": t(2) }))),
+        ];
+        assert!(follow.merge("f", &first).is_empty());
+        follow.settle(&first, &t(10));
+        let next = [
+            asked("a", &["f"], Ok(json!({ "lines": [line(&t(11), "a-new")] }))),
+            asked("b", &["f"], Ok(json!({ "lines": [line(&t(1), "b-old"), line(&t(3), "b-new")] }))),
+        ];
+        let out = follow.merge("f", &next);
+        let texts: Vec<&str> = out.iter().map(|l| l["text"].as_str().unwrap_or("")).collect();
+        assert_eq!(texts, ["b-new", "a-new"]);
     }
 
     #[test]

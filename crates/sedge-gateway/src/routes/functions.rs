@@ -182,17 +182,22 @@ pub async fn remove(State(node): Shared, body: Body) -> Result<StatusCode, ApiEr
     let req: RemoveRequest = json_body(body, r#"{"functionName": "NAME"}"#).await?;
     namespace::check(req.namespace.as_deref())?;
     let name = parse_name(&req.function_name)?;
-    let existed = match node.cluster.get() {
-        Some(cluster) => {
+    // As a deploy: once asked, the removal runs to its end even if the
+    // client hangs up, so no half of it (the record gone but not its pin,
+    // bundle or token; the store's record but not the pool) is left.
+    let task = {
+        let (node, name) = (node.clone(), name.clone());
+        tokio::spawn(async move {
+            let Some(cluster) = node.cluster.get() else { return crate::remove(&node, &name).await };
             let existed = cluster.remove(name.clone()).await?;
             // A function deployed again under this name starts unpinned.
             if let Err(e) = cluster.pin(name.as_str(), 0).await {
                 tracing::warn!("removing the pin of {name}: {}", e.message);
             }
-            existed
-        }
-        None => crate::remove(&node, &name).await?,
+            Ok(existed)
+        })
     };
+    let existed = task.await.map_err(|e| ApiError::internal("removal task", e))??;
     if existed {
         Ok(StatusCode::OK)
     } else {
@@ -275,14 +280,14 @@ pub(super) fn pin(node: &Node, name: &str, replicas: i64) -> Result<(), ApiError
 /// `POST /system/function/{name}/token`: a new invoke token; the old one stops working.
 pub async fn rotate_token(State(node): Shared, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
     let name = parse_name(&raw)?;
-    // In a cluster the function may run on other nodes only.
-    let spec = node
-        .runtime
-        .get(name.as_str())
-        .map(|p| p.spec().clone())
-        .or_else(|| node.cluster.get().and_then(|c| c.spec(name.as_str())))
-        .ok_or_else(|| ApiError::not_found(name.as_str()))?;
-    let requires = spec.auth.invoke;
+    // In a cluster the function may run on other nodes only, and this
+    // node's copy of the registry may not have it yet.
+    let requires = match (node.runtime.get(name.as_str()), node.cluster.get()) {
+        (Some(pool), _) => Some(pool.spec().auth.invoke),
+        (None, Some(cluster)) => cluster.lookup(name.as_str()).await.map(|s| s.auth.invoke),
+        (None, None) => None,
+    };
+    let requires = requires.ok_or_else(|| ApiError::not_found(name.as_str()))?;
     let token = crate::secrets::rotate(&node, &name, requires).await?;
     Ok(Json(json!({ "name": name.as_str(), "token": token })))
 }

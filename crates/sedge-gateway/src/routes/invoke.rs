@@ -113,6 +113,7 @@ pub(super) async fn clustered(
     let Some(spec) = spec else {
         return Refused { error: ApiError::not_found(&name), unread }.into_response();
     };
+    crate::shared_secrets::token_for_call(node, cluster, &name, spec.auth.invoke).await;
     if let Some(refused) = crate::auth::gate_invoke(node, &name, spec.auth.invoke, req.headers_mut()) {
         return close_if(unread, refused);
     }

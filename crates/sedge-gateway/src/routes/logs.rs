@@ -84,7 +84,17 @@ impl Pick {
 
     /// The lines kept so far that it asks for, oldest first.
     pub(super) fn past(&self, lines: Vec<LogLine>) -> Vec<LogLine> {
-        let mut kept: Vec<LogLine> = lines.into_iter().filter(|l| self.wants(l)).collect();
+        let kept: Vec<LogLine> = lines.into_iter().filter(|l| self.wants(l)).collect();
+        self.tail_of(kept)
+    }
+
+    /// [`Pick::past`] of the lines `logs` keeps, copying only those it
+    /// takes: a cluster's follower asks every second for the few new ones.
+    pub(super) fn kept(&self, logs: &sedge_runtime::logs::FunctionLogs) -> Vec<LogLine> {
+        self.tail_of(logs.matching(|l| self.wants(l)))
+    }
+
+    fn tail_of(&self, mut kept: Vec<LogLine>) -> Vec<LogLine> {
         kept.drain(..kept.len().saturating_sub(self.tail));
         kept
     }
@@ -123,7 +133,7 @@ pub async fn logs(State(node): Shared, Query(q): Query<LogQuery>) -> Result<Resp
     let logs = node.runtime.shared(&name);
     let ndjson = [(header::CONTENT_TYPE, "application/x-ndjson")];
     if !pick.follow {
-        let text: String = pick.past(logs.logs.tail(usize::MAX)).iter().map(line_json).collect();
+        let text: String = pick.kept(&logs.logs).iter().map(line_json).collect();
         return Ok((ndjson, text).into_response());
     }
     let (past, rx) = logs.logs.follow(usize::MAX);
@@ -194,5 +204,20 @@ mod tests {
         assert_eq!(times(pick(Some(at(1)), 1, None).past(lines.clone())), [at(3)]);
         assert_eq!(times(pick(None, 2, Some("a")).past(lines.clone())), [at(2), at(3)]);
         assert!(pick(Some(at(9)), usize::MAX, None).past(lines).is_empty());
+    }
+
+    #[test]
+    fn the_lines_kept_are_picked_as_a_copy_of_them_all_would_be() {
+        let logs = sedge_runtime::logs::FunctionLogs::default();
+        for (instance, text) in [("f-1", "one"), ("f-2", "two"), ("f-1", "three"), ("f-1", "four")] {
+            logs.push("f", instance, text.to_owned());
+        }
+        let texts = |v: Vec<LogLine>| v.into_iter().map(|l| l.text).collect::<Vec<_>>();
+        let only = |instance: &str, tail| Pick { since: None, tail, instance: Some(instance.into()), follow: false };
+        assert_eq!(texts(only("f-1", 2).kept(&logs)), ["three", "four"]);
+        let second = logs.tail(usize::MAX)[1].timestamp;
+        let since = Pick { since: Some(second), tail: usize::MAX, instance: None, follow: false };
+        assert_eq!(texts(since.kept(&logs)), texts(since.past(logs.tail(usize::MAX))));
+        assert!(texts(only("f-9", usize::MAX).kept(&logs)).is_empty());
     }
 }

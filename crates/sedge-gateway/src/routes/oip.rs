@@ -8,6 +8,7 @@
 //! read health as "exactly 200", and treat any other status of a model's
 //! `ready` as "not ready" (400, as Triton answers it).
 
+use axum::body::HttpBody;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -63,7 +64,7 @@ pub async fn ready_of(State(node): Shared, Path((name, version)): Path<(String, 
 /// the body as it came, binary tensors and their header included.
 async fn to_model(node: &crate::Node, raw: &str, version: Option<&str>, req: Request, path: &str) -> Response {
     if let Some((cluster, local)) = invoke::elsewhere(node, raw) {
-        if let Err(refused) = placed_model(cluster, raw, version, local.as_deref(), &req) {
+        if let Err(refused) = placed_model(cluster, raw, version, local.as_deref(), !req.body().is_end_stream()).await {
             return *refused;
         }
         return invoke::clustered(node, cluster, raw, local, path.to_owned(), req).await;
@@ -82,7 +83,7 @@ async fn to_model(node: &crate::Node, raw: &str, version: Option<&str>, req: Req
 /// model's metadata, which loads it there.
 async fn readiness(node: &crate::Node, raw: &str, version: Option<&str>, req: Request) -> Response {
     if let Some((cluster, local)) = invoke::elsewhere(node, raw) {
-        if let Err(refused) = placed_model(cluster, raw, version, local.as_deref(), &req) {
+        if let Err(refused) = placed_model(cluster, raw, version, local.as_deref(), !req.body().is_end_stream()).await {
             return *refused;
         }
         let answer = invoke::clustered(node, cluster, raw, local, METADATA_PATH.to_owned(), req).await;
@@ -115,23 +116,25 @@ async fn readiness(node: &crate::Node, raw: &str, version: Option<&str>, req: Re
 
 /// In a cluster: refuses a request for a function the cluster has that is
 /// not a model (or not at `version`); one it does not have goes on, to be
-/// answered 404 as by a single node.
-fn placed_model(
+/// answered 404 as by a single node. The cluster's spec is read as the
+/// call will read it (from the registry's leader when this node's copy
+/// lags), so a function this node has not heard of yet is checked too.
+async fn placed_model(
     cluster: &dyn crate::cluster::Cluster,
     raw: &str,
     version: Option<&str>,
     local: Option<&Pool>,
-    req: &Request,
+    unread: bool,
 ) -> Result<(), Refusal> {
     let Ok(name) = crate::namespace::strip(raw) else { return Ok(()) };
-    let spec = match local {
-        Some(pool) => pool.spec().clone(),
-        None => match cluster.spec(name) {
-            Some(spec) => spec,
-            None => return Ok(()),
+    let refuse = |error| Box::new(Refused::with(error, unread).into_response());
+    match local {
+        Some(pool) => is_model(name, pool.spec(), version).map_err(refuse),
+        None => match cluster.lookup(name).await {
+            Some(spec) => is_model(name, &spec, version).map_err(refuse),
+            None => Ok(()),
         },
-    };
-    is_model(name, &spec, version).map_err(|error| Box::new(Refused::new(error, req).into_response()))
+    }
 }
 
 /// The function behind model `raw` (version `version`), when it exists,
