@@ -157,6 +157,10 @@ pub struct Cluster {
     /// Wakes the heartbeat (a change to report) and the reconciler.
     changed: tokio::sync::Notify,
     reconcile: tokio::sync::Notify,
+    /// Room for reads of records this node's registry copy lacks: a flood of
+    /// unknown names (the invoke routes need no login) must not become a
+    /// flood of requests on the registry stream's leader.
+    record_reads: tokio::sync::Semaphore,
     node: OnceLock<Weak<Node>>,
     address: OnceLock<String>,
     /// Forwarded calls running here, by id, so a cancel can end them.
@@ -269,6 +273,7 @@ impl Cluster {
             local: Mutex::default(),
             changed: tokio::sync::Notify::new(),
             reconcile: tokio::sync::Notify::new(),
+            record_reads: tokio::sync::Semaphore::new(registry::LEADER_READS),
             node: OnceLock::new(),
             address: OnceLock::new(),
             running: Mutex::default(),

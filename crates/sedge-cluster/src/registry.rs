@@ -54,6 +54,12 @@ const RETRY_REFUSED: Duration = Duration::from_secs(600);
 /// answered without it (404, 401): as long as a JetStream request is given.
 pub(crate) const LOOKUP_WITHIN: Duration = Duration::from_secs(5);
 
+/// Reads of the registry's leader in flight at once for names this node's
+/// copy lacks; past them a name is answered from the copy alone (404). A
+/// copy lags only briefly (while NATS elects a leader), so a few suffice for
+/// the calls that come right after a deploy.
+pub(crate) const LEADER_READS: usize = 4;
+
 /// How often the registry is read whole, besides being watched.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
@@ -72,6 +78,12 @@ impl Cluster {
         // Only a function's name makes a subject naming one record: `>` or
         // `*` from a caller's path would read any function's.
         FunctionName::parse(name).ok()?;
+        let Ok(_reading) = self.record_reads.try_acquire() else {
+            tracing::debug!(
+                "cluster: {name} is not in this node's registry copy, and reads of the leader are all taken"
+            );
+            return None;
+        };
         let subject = format!("{}{name}", self.functions.prefix);
         // Bounded as a whole: the client's own timeout starts only once its
         // connection takes the request, and a 404 must not wait on NATS.
