@@ -43,6 +43,26 @@ pub(crate) const BUCKET: &str = "sedge-calls";
 const BODIES: &str = "sedge-call-bodies";
 /// How long the cluster keeps a call after its last change.
 const KEEP: Duration = Duration::from_secs(24 * 3600);
+/// A function whose asynchronous calls may wait in the queue longer than
+/// the cluster keeps a call's record would lose them silently: refused at
+/// deploy instead, naming the field.
+pub(crate) fn kept_long_enough(spec: &sedge_core::FunctionSpec) -> Result<(), ApiError> {
+    let asked = spec.async_calls.max_age;
+    if asked <= KEEP {
+        return Ok(());
+    }
+    let text = |d: Duration| match d.as_secs() {
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s => format!("{s}s"),
+    };
+    Err(ApiError::bad_request(format!(
+        "async.max_age = {}: a cluster keeps an asynchronous call {}, so max_age is at most {} in a cluster",
+        text(asked),
+        text(KEEP),
+        text(KEEP),
+    )))
+}
+
 /// Past the function's timeout, how long a node may hold a call before
 /// JetStream gives it to another.
 const ACK_MARGIN: Duration = Duration::from_secs(5);
@@ -1058,6 +1078,23 @@ impl ClusterCalls for Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_max_age_past_what_the_cluster_keeps_is_refused_naming_the_field() {
+        let spec = |extra: &str| {
+            let text = format!("name = \"f\"\nruntime = \"python\"\nhandler = \"main.handle\"\n{extra}");
+            sedge_core::FunctionSpec::parse("sedge.toml", &text).expect("a valid manifest")
+        };
+        assert!(kept_long_enough(&spec("")).is_ok());
+        assert!(kept_long_enough(&spec("[async]\nmax_age = \"24h\"\n")).is_ok());
+        let refused = kept_long_enough(&spec("[async]\nmax_age = \"3d\"\n")).expect_err("3 days is past 24 h");
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert!(
+            refused.message.contains("async.max_age = 72h") && refused.message.contains("at most 24h"),
+            "{}",
+            refused.message
+        );
+    }
 
     fn new_call(callback: Option<&str>) -> NewCall {
         NewCall {

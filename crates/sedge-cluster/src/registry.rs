@@ -140,7 +140,7 @@ impl Cluster {
         };
         let spec = staged.record.spec.clone();
         let digest = staged.record.digest.clone();
-        let manifest = match self.check_secrets(&spec).await {
+        let manifest = match self.check_secrets(&spec).await.and_then(|()| crate::calls::kept_long_enough(&spec)) {
             Ok(()) => std::fs::read_to_string(staged.record.dir.join("sedge.toml"))
                 .map_err(|e| ApiError::internal("reading the staged manifest", e)),
             Err(e) => Err(e),
