@@ -55,6 +55,12 @@ fn cluster_async_calls_take_callbacks_chosen_ids_and_idempotency_keys() {
     a.deploy(other.path());
     placed(&a, "echo", "worker");
     placed(&a, "other", "worker");
+    // Queued calls a cluster could not keep are refused at deploy.
+    let long = FnDir::python("long-lived", "[async]\nmax_age = \"3d\"\n", ECHO);
+    let out = a.cli(&["deploy", long.path().to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("async.max_age = 72h"), "{err}");
+    assert_eq!(a.get("/system/function/long-lived").status, 404, "nothing of it was published");
     // Subject wildcards in a path are no function's name, on the node
     // that runs none and reads the registry's records for names it lacks.
     for path in ["/async-function/%3E", "/async-function/%2A", "/function/%3E"] {
