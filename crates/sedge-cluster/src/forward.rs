@@ -44,6 +44,9 @@ fn node_subject(node: &str) -> String {
 /// after this, doubling up to [`NO_SERVER_MAX_PAUSE`], until its deadline.
 const NO_SERVER_FIRST_PAUSE: Duration = Duration::from_millis(50);
 const NO_SERVER_MAX_PAUSE: Duration = Duration::from_millis(500);
+/// Past a forwarded call's timeout, how long moving its large bodies
+/// through the object store may take before the caller is answered 504.
+const TRANSFER_MARGIN: Duration = Duration::from_secs(5);
 
 /// How one try of every way to a function ended.
 enum Round {
@@ -435,7 +438,18 @@ impl ClusterLink for Cluster {
 
     fn forward(&self, name: &str, inv: Invocation, timeout: Duration) -> Fut<'_, Result<Reply, InvokeError>> {
         let name = name.to_owned();
-        Box::pin(async move { self.send(&name, inv, timeout).await })
+        // Bounded as a whole, the large bodies' object-store transfers
+        // included: a stalled NATS must not hold the caller past its
+        // timeout. Dropped, the call's guard tells the node running it to stop.
+        Box::pin(async move {
+            match tokio::time::timeout(timeout + TRANSFER_MARGIN, self.send(&name, inv, timeout)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    self.figures.forwarded_failed.fetch_add(1, Ordering::Relaxed);
+                    Err(InvokeError::Timeout { function: name, timeout_ms: timeout.as_millis() as u64 })
+                }
+            }
+        })
     }
 
     fn calls(&self) -> &dyn sedge_gateway::cluster::ClusterCalls {
