@@ -241,7 +241,7 @@ pub(super) async fn read_function_body(
     name: &str,
     body: Body,
     held: &mut Held,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<bytes::Bytes, ApiError> {
     read_body_for(node, pool.spec(), name, body, held).await
 }
 
@@ -253,7 +253,7 @@ pub(super) async fn read_body_for(
     name: &str,
     body: Body,
     held: &mut Held,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<bytes::Bytes, ApiError> {
     let within = spec.limits.timeout;
     let read = tokio::time::timeout(within, read_body(body, spec.limits.max_body, &node.body_memory, held))
         .await
