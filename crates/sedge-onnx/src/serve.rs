@@ -235,8 +235,18 @@ impl Served {
         if self.image.is_some() && !is_json {
             return Ok(json_reply(200, &self.classes(&outputs)));
         }
-        let list: Vec<Value> = outputs.iter().map(Tensor::to_json).collect();
-        Ok(json_reply(200, &json!({ "model_name": self.function, "outputs": list })))
+        #[derive(serde::Serialize)]
+        struct Answer<'a> {
+            model_name: &'a str,
+            outputs: Vec<tensor::TensorJson<'a>>,
+        }
+        let answer = Answer { model_name: &self.function, outputs: outputs.iter().map(Tensor::as_json).collect() };
+        let body = serde_json::to_vec(&answer).map_err(|e| self.failed(format!("encoding the outputs: {e}")))?;
+        Ok(Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::from(body),
+        })
     }
 
     /// An inference protocol infer request: JSON, or a JSON header followed

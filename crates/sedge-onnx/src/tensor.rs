@@ -5,6 +5,7 @@
 //! must have. Pure: no ONNX Runtime here.
 
 use bytes::Bytes;
+use serde::ser::{Serialize, Serializer};
 use serde_json::{json, Value};
 
 /// Element types, named as the inference protocol names them.
@@ -317,6 +318,29 @@ impl Data {
     }
 }
 
+/// Values as JSON numbers (or booleans), written out as they are read:
+/// FP32 ones widened to f64 as a `Value` holds them, so the text is the
+/// one [`Tensor::to_json`] gives.
+impl Serialize for Data {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.f32s() {
+            Some(v) => s.collect_seq(v.iter().map(|x| f64::from(*x))),
+            None => each!(self, v => s.collect_seq(v.iter())),
+        }
+    }
+}
+
+/// A tensor in the JSON form of [`Tensor::to_json`], serialized without
+/// a tree of `Value`s in between (one per element of a 1000-class output).
+/// Fields in the order a `Value`'s sorted map gives them.
+#[derive(serde::Serialize)]
+pub struct TensorJson<'a> {
+    data: &'a Data,
+    datatype: &'static str,
+    name: &'a str,
+    shape: &'a [usize],
+}
+
 /// One named tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
@@ -361,6 +385,11 @@ impl Tensor {
             return Err(format!("input {name:?}: shape {shape:?} holds {count} values, but {} were given", data.len()));
         }
         Ok(Self { name, shape, data })
+    }
+
+    /// The tensor as JSON, for serializing straight into an answer.
+    pub fn as_json(&self) -> TensorJson<'_> {
+        TensorJson { data: &self.data, datatype: self.data.dtype().name(), name: &self.name, shape: &self.shape }
     }
 
     pub fn to_json(&self) -> Value {
@@ -628,12 +657,27 @@ mod tests {
     #[test]
     fn data_read_in_place_stacks_and_splits_like_its_copy() {
         let bytes = Bytes::from_owner(Aligned(vec![1.0, 2.0, 3.0, 4.0]));
-        let lent = Tensor::new("X", vec![2, 2], Data::from_shared_le_bytes(DType::F32, bytes).expect("f32")).expect("t");
+        let lent =
+            Tensor::new("X", vec![2, 2], Data::from_shared_le_bytes(DType::F32, bytes).expect("f32")).expect("t");
         let owned = Tensor::new("X", vec![1, 2], Data::F32(vec![5.0, 6.0])).expect("t");
         let both = Tensor::stack(&[&lent, &owned]).expect("stack");
         assert_eq!(both.data, Data::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
         assert_eq!(both.split(&[2, 1]).expect("split")[0].data, lent.data);
         assert_eq!(lent.to_json()["data"], json!([1.0, 2.0, 3.0, 4.0]));
+    }
+
+    #[test]
+    fn tensors_serialized_straight_read_as_their_json_values() {
+        let tensors = [
+            Tensor::new("logits", vec![1, 3], Data::F32(vec![0.1, -2.5e-8, f32::MAX])).expect("t"),
+            Tensor::new("label", vec![2], Data::I64(vec![3, -8])).expect("t"),
+            Tensor::new("mask", vec![2], Data::Bool(vec![true, false])).expect("t"),
+            Tensor::new("nan", vec![1], Data::F32(vec![f32::NAN])).expect("t"),
+        ];
+        for t in &tensors {
+            let text = serde_json::to_string(&t.as_json()).expect("serializes");
+            assert_eq!(text, t.to_json().to_string(), "the same text as through a Value");
+        }
     }
 
     #[test]
