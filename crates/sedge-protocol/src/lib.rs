@@ -530,7 +530,13 @@ mod tests {
     fn a_large_body_starts_its_own_buffer_which_is_kept_for_the_next() {
         let len = sedge_core::buffers::MIN * 4 + 3;
         let frame = |n: u8| Frame {
-            header: Header::Infer { id: u64::from(n), call: 1, model: "m".repeat(usize::from(n)), inputs: vec![], image: false },
+            header: Header::Infer {
+                id: u64::from(n),
+                call: 1,
+                model: "m".repeat(usize::from(n)),
+                inputs: vec![],
+                image: false,
+            },
             body: vec![n; len].into(),
         };
         let mut wire = encode(&frame(1)).expect("encodable");
@@ -540,7 +546,11 @@ mod tests {
         let got = read_all(&mut dec, &wire, 200 * 1024);
         assert_eq!(got, [frame(1), frame(2)]);
         for f in &got {
-            assert_eq!(f.body.as_ptr() as usize % std::mem::align_of::<f32>(), 0, "an f32's address, whatever the header");
+            assert_eq!(
+                f.body.as_ptr() as usize % std::mem::align_of::<f32>(),
+                0,
+                "an f32's address, whatever the header"
+            );
         }
         let before: Vec<*const u8> = got.iter().map(|f| f.body.as_ptr()).collect();
         drop(got);
