@@ -10,11 +10,14 @@
 //! - [`model`]: a model function's `[model]` and `[batching]` tables.
 //! - [`async_policy`]: a function's `[async]` table (retries of queued calls).
 //! - [`trigger`]: a function's `[[triggers]]` (MQTT, NATS, cron events).
+//! - [`buffers`]: large byte buffers (request bodies, worker frames) kept
+//!   for the next request instead of mapped fresh each time.
 //!
 //! Neighbours: `sedge-store` persists manifests, `sedge-runtime` runs specs,
 //! `sedge-gateway` turns HTTP into [`Invocation`]s.
 
 pub mod async_policy;
+pub mod buffers;
 pub mod invocation;
 pub mod manifest;
 pub mod model;

@@ -12,7 +12,7 @@ use ort::value::{DynValue, TensorElementType, ValueType};
 use ort::AsPointer;
 
 use crate::shared::SharedSession;
-use crate::tensor::{DType, Data, Tensor, TensorInfo};
+use crate::tensor::{DType, Data, F32Bytes, Tensor, TensorInfo};
 use crate::OnnxError;
 
 /// The ONNX Runtime environment, made once the library is found; a failure
@@ -206,12 +206,14 @@ impl Model {
         inputs: Vec<Tensor>,
         options: Option<&RunOptions>,
     ) -> Result<Vec<Tensor>, String> {
-        // FP32 inputs are lent to ONNX Runtime as views and their buffers
-        // kept for this thread's next inputs; the others are handed over.
+        // FP32 inputs are lent to ONNX Runtime as views: of the request's
+        // own bytes when they were read in place, else of a buffer kept for
+        // this thread's next inputs. The others are handed over.
         let (mut lent, mut given) = (Vec::new(), Vec::new());
         for t in inputs {
             match t.data {
-                Data::F32(v) => lent.push((t.name, t.shape, v)),
+                Data::F32(v) => lent.push((t.name, t.shape, Lent::Kept(v))),
+                Data::F32Le(b) => lent.push((t.name, t.shape, Lent::InPlace(b))),
                 data => {
                     let name = t.name.clone();
                     let value = to_value(Tensor { name: t.name, shape: t.shape, data })
@@ -223,7 +225,7 @@ impl Model {
         let views = lent
             .iter()
             .map(|(name, shape, v)| {
-                TensorRef::from_array_view((shape.clone(), v.as_slice())).map_err(|e| format!("input {name:?}: {e}"))
+                TensorRef::from_array_view((shape.clone(), v.values())).map_err(|e| format!("input {name:?}: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut values: Vec<(&str, &dyn AsPointer<Sys = ort::sys::OrtValue>)> =
@@ -239,10 +241,27 @@ impl Model {
         drop(values);
         drop(views);
         for (_, _, v) in lent {
-            crate::tensor::recycle_f32(v);
+            if let Lent::Kept(v) = v {
+                crate::tensor::recycle_f32(v);
+            }
         }
         let outputs = outputs?;
         self.outputs.iter().zip(&outputs).map(|(o, value)| from_value(&o.name, o.dtype, value)).collect()
+    }
+}
+
+/// An FP32 input's values while ONNX Runtime reads them.
+enum Lent {
+    Kept(Vec<f32>),
+    InPlace(F32Bytes),
+}
+
+impl Lent {
+    fn values(&self) -> &[f32] {
+        match self {
+            Self::Kept(v) => v,
+            Self::InPlace(b) => b.values(),
+        }
     }
 }
 
@@ -250,6 +269,7 @@ fn to_value(t: Tensor) -> Result<DynValue, ort::Error> {
     let shape = t.shape;
     Ok(match t.data {
         Data::F32(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
+        Data::F32Le(b) => ort::value::Tensor::from_array((shape, b.values().to_vec()))?.into_dyn(),
         Data::F64(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
         Data::I64(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),
         Data::I32(v) => ort::value::Tensor::from_array((shape, v))?.into_dyn(),

@@ -108,7 +108,7 @@ pub fn encode_infer(model: &str, req: &InferRequest, outputs: Vec<Tensor>) -> Re
             entry.insert("parameters".into(), json!({ "binary_data_size": bytes.len() }));
             tail.extend_from_slice(&bytes);
         } else {
-            entry.insert("data".into(), t.to_json()["data"].clone());
+            entry.insert("data".into(), serde_json::to_value(&t.data).map_err(|e| e.to_string())?);
         }
         list.push(Value::Object(entry));
     }

@@ -203,7 +203,7 @@ impl Served {
             if let Err(e) = raw_shape(&self.model.inputs, body.len()) {
                 return Ok(error_reply(400, &e));
             }
-            Box::new(move || raw_tensor(&model.inputs, &body).map(|t| vec![t]))
+            Box::new(move || raw_tensor(&model.inputs, body).map(|t| vec![t]))
         } else if is_json {
             Box::new(move || {
                 let body: Value = serde_json::from_slice(&body).map_err(|e| format!("the body is not JSON: {e}"))?;
@@ -235,8 +235,18 @@ impl Served {
         if self.image.is_some() && !is_json {
             return Ok(json_reply(200, &self.classes(&outputs)));
         }
-        let list: Vec<Value> = outputs.iter().map(Tensor::to_json).collect();
-        Ok(json_reply(200, &json!({ "model_name": self.function, "outputs": list })))
+        #[derive(serde::Serialize)]
+        struct Answer<'a> {
+            model_name: &'a str,
+            outputs: Vec<tensor::TensorJson<'a>>,
+        }
+        let answer = Answer { model_name: &self.function, outputs: outputs.iter().map(Tensor::as_json).collect() };
+        let body = serde_json::to_vec(&answer).map_err(|e| self.failed(format!("encoding the outputs: {e}")))?;
+        Ok(Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::from(body),
+        })
     }
 
     /// An inference protocol infer request: JSON, or a JSON header followed
@@ -294,9 +304,9 @@ impl Served {
     /// The first output's best classes (of its first row).
     fn classes(&self, outputs: &[Tensor]) -> Value {
         let Some(first) = outputs.first() else { return json!([]) };
-        let scores: Vec<f32> = match &first.data {
-            tensor::Data::F32(v) => v.clone(),
-            tensor::Data::F64(v) => v.iter().map(|x| *x as f32).collect(),
+        let scores: Vec<f32> = match (&first.data, first.data.f32s()) {
+            (_, Some(v)) => v.to_vec(),
+            (tensor::Data::F64(v), _) => v.iter().map(|x| *x as f32).collect(),
             _ => return json!([]),
         };
         let row = first.shape.last().copied().unwrap_or(scores.len()).min(scores.len());
@@ -415,10 +425,11 @@ fn raw_shape(inputs: &[TensorInfo], len: usize) -> Result<(&TensorInfo, Vec<usiz
     Ok((input, shape))
 }
 
-/// A raw body as the model's one input (rows on the first axis).
-fn raw_tensor(inputs: &[TensorInfo], body: &[u8]) -> Result<Tensor, String> {
+/// A raw body as the model's one input (rows on the first axis), read in
+/// place when it can be.
+fn raw_tensor(inputs: &[TensorInfo], body: Bytes) -> Result<Tensor, String> {
     let (input, shape) = raw_shape(inputs, body.len())?;
-    let data = tensor::Data::from_le_bytes(input.dtype, body)?;
+    let data = tensor::Data::from_shared_le_bytes(input.dtype, body)?;
     Tensor::new(input.name.clone(), shape, data)
 }
 
@@ -660,14 +671,15 @@ mod tests {
     #[test]
     fn a_raw_body_is_the_input_in_rows() {
         let body: Vec<u8> = (0..12).flat_map(|i| (i as f32).to_le_bytes()).collect();
-        let t = raw_tensor(&effnet(), &body).expect("one row");
+        let t = raw_tensor(&effnet(), Bytes::from(body.clone())).expect("one row");
         assert_eq!(t.shape, [1, 3, 2, 2]);
-        let e = raw_tensor(&effnet(), &body[..40]).expect_err("short");
+        let e = raw_tensor(&effnet(), Bytes::copy_from_slice(&body[..40])).expect_err("short");
         assert!(e.contains("[1, 3, 2, 2] (FP32, 48 bytes a row), the body has 40 bytes"), "{e}");
         let mut two = body.clone();
         two.extend_from_slice(&body);
-        assert!(raw_tensor(&effnet(), &two).is_err(), "a fixed batch of 1 takes one row");
+        let two = Bytes::from(two);
+        assert!(raw_tensor(&effnet(), two.clone()).is_err(), "a fixed batch of 1 takes one row");
         let dynamic = vec![TensorInfo { name: "x".into(), dtype: DType::F32, shape: vec![-1, 3, 2, 2] }];
-        assert_eq!(raw_tensor(&dynamic, &two).expect("two rows").shape, [2, 3, 2, 2]);
+        assert_eq!(raw_tensor(&dynamic, two).expect("two rows").shape, [2, 3, 2, 2]);
     }
 }

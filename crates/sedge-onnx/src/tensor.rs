@@ -4,6 +4,8 @@
 //! declares, so a wrong shape is a 400 naming the input and the shape it
 //! must have. Pure: no ONNX Runtime here.
 
+use bytes::Bytes;
+use serde::ser::{Serialize, Serializer};
 use serde_json::{json, Value};
 
 /// Element types, named as the inference protocol names them.
@@ -90,9 +92,14 @@ pub fn recycle_f32(v: Vec<f32>) {
     });
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Data {
     F32(Vec<f32>),
+    /// FP32 values read in place from a request's own bytes (an HTTP body,
+    /// a worker's frame): lent to ONNX Runtime as they are, where a copy
+    /// into a vector of their own would cost a pass over 602 KB for
+    /// EfficientNet's input. Only [`Data::from_shared_le_bytes`] makes it.
+    F32Le(F32Bytes),
     F64(Vec<f64>),
     I64(Vec<i64>),
     I32(Vec<i32>),
@@ -101,10 +108,49 @@ pub enum Data {
     Bool(Vec<bool>),
 }
 
+/// Little-endian FP32 bytes, aligned for `f32`, on a little-endian machine:
+/// readable as `&[f32]` without a copy.
+#[derive(Debug, Clone)]
+pub struct F32Bytes(Bytes);
+
+impl F32Bytes {
+    /// `bytes` when they can be read as FP32 values in place.
+    fn new(bytes: Bytes) -> Option<Self> {
+        (cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(&bytes).is_ok()).then_some(Self(bytes))
+    }
+
+    /// The values. Checked when made; the bytes cannot move or change since.
+    pub fn values(&self) -> &[f32] {
+        bytemuck::try_cast_slice(&self.0).unwrap_or_default()
+    }
+}
+
+impl PartialEq for Data {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.f32s(), other.f32s()) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => match (self, other) {
+                (Self::F64(a), Self::F64(b)) => a == b,
+                (Self::I64(a), Self::I64(b)) => a == b,
+                (Self::I32(a), Self::I32(b)) => a == b,
+                (Self::U8(a), Self::U8(b)) => a == b,
+                (Self::I8(a), Self::I8(b)) => a == b,
+                (Self::Bool(a), Self::Bool(b)) => a == b,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 macro_rules! each {
     ($data:expr, $v:ident => $body:expr) => {
         match $data {
             Data::F32($v) => $body,
+            Data::F32Le(b) => {
+                let $v = b.values();
+                $body
+            }
             Data::F64($v) => $body,
             Data::I64($v) => $body,
             Data::I32($v) => $body,
@@ -118,7 +164,7 @@ macro_rules! each {
 impl Data {
     pub fn dtype(&self) -> DType {
         match self {
-            Self::F32(_) => DType::F32,
+            Self::F32(_) | Self::F32Le(_) => DType::F32,
             Self::F64(_) => DType::F64,
             Self::I64(_) => DType::I64,
             Self::I32(_) => DType::I32,
@@ -136,6 +182,15 @@ impl Data {
         self.len() == 0
     }
 
+    /// The values of FP32 data, however held.
+    pub fn f32s(&self) -> Option<&[f32]> {
+        match self {
+            Self::F32(v) => Some(v),
+            Self::F32Le(b) => Some(b.values()),
+            _ => None,
+        }
+    }
+
     fn empty(dtype: DType) -> Self {
         match dtype {
             DType::F32 => Self::F32(Vec::new()),
@@ -150,8 +205,11 @@ impl Data {
 
     /// Appends `other`'s elements (same type).
     fn extend(&mut self, other: &Data) -> bool {
+        if let (Self::F32(a), Some(b)) = (&mut *self, other.f32s()) {
+            a.extend_from_slice(b);
+            return true;
+        }
         match (self, other) {
-            (Self::F32(a), Self::F32(b)) => a.extend_from_slice(b),
             (Self::F64(a), Self::F64(b)) => a.extend_from_slice(b),
             (Self::I64(a), Self::I64(b)) => a.extend_from_slice(b),
             (Self::I32(a), Self::I32(b)) => a.extend_from_slice(b),
@@ -166,6 +224,7 @@ impl Data {
     fn slice(&self, start: usize, end: usize) -> Data {
         match self {
             Self::F32(v) => Self::F32(v[start..end].to_vec()),
+            Self::F32Le(b) => Self::F32(b.values()[start..end].to_vec()),
             Self::F64(v) => Self::F64(v[start..end].to_vec()),
             Self::I64(v) => Self::I64(v[start..end].to_vec()),
             Self::I32(v) => Self::I32(v[start..end].to_vec()),
@@ -178,25 +237,24 @@ impl Data {
     /// Elements from numbers (or booleans) in JSON, as `dtype`.
     fn from_numbers(dtype: DType, values: &[&Value]) -> Result<Data, String> {
         let bad = |v: &Value| format!("{v} is not a {} value", dtype.name());
-        let mut data = Data::empty(dtype);
         macro_rules! fill {
-            ($vec:ident, $conv:expr) => {{
-                $vec.reserve(values.len());
+            ($variant:ident, $conv:expr) => {{
+                let mut out = Vec::with_capacity(values.len());
                 for v in values {
-                    $vec.push($conv(v).ok_or_else(|| bad(v))?);
+                    out.push($conv(v).ok_or_else(|| bad(v))?);
                 }
+                Data::$variant(out)
             }};
         }
-        match &mut data {
-            Data::F32(out) => fill!(out, |v: &Value| v.as_f64().map(|x| x as f32)),
-            Data::F64(out) => fill!(out, |v: &Value| v.as_f64()),
-            Data::I64(out) => fill!(out, |v: &Value| v.as_i64()),
-            Data::I32(out) => fill!(out, |v: &Value| v.as_i64().and_then(|x| i32::try_from(x).ok())),
-            Data::U8(out) => fill!(out, |v: &Value| v.as_u64().and_then(|x| u8::try_from(x).ok())),
-            Data::I8(out) => fill!(out, |v: &Value| v.as_i64().and_then(|x| i8::try_from(x).ok())),
-            Data::Bool(out) => fill!(out, |v: &Value| v.as_bool()),
-        }
-        Ok(data)
+        Ok(match dtype {
+            DType::F32 => fill!(F32, |v: &Value| v.as_f64().map(|x| x as f32)),
+            DType::F64 => fill!(F64, |v: &Value| v.as_f64()),
+            DType::I64 => fill!(I64, |v: &Value| v.as_i64()),
+            DType::I32 => fill!(I32, |v: &Value| v.as_i64().and_then(|x| i32::try_from(x).ok())),
+            DType::U8 => fill!(U8, |v: &Value| v.as_u64().and_then(|x| u8::try_from(x).ok())),
+            DType::I8 => fill!(I8, |v: &Value| v.as_i64().and_then(|x| i8::try_from(x).ok())),
+            DType::Bool => fill!(Bool, |v: &Value| v.as_bool()),
+        })
     }
 
     fn to_json(&self) -> Value {
@@ -233,9 +291,23 @@ impl Data {
         })
     }
 
+    /// [`Self::from_le_bytes`] of bytes it may keep: FP32 values that can be
+    /// read in place (aligned, on a little-endian machine) are not copied.
+    pub fn from_shared_le_bytes(dtype: DType, bytes: Bytes) -> Result<Data, String> {
+        if dtype == DType::F32 && bytes.len().is_multiple_of(4) {
+            if let Some(kept) = F32Bytes::new(bytes.clone()) {
+                return Ok(Data::F32Le(kept));
+            }
+        }
+        Self::from_le_bytes(dtype, &bytes)
+    }
+
     pub fn to_le_bytes(&self) -> Vec<u8> {
         match self {
+            // One copy of memory where the machine's order is the wire's.
+            Self::F32(v) if cfg!(target_endian = "little") => bytemuck::cast_slice(v).to_vec(),
             Self::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::F32Le(b) => b.0.to_vec(),
             Self::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Self::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Self::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -244,6 +316,29 @@ impl Data {
             Self::Bool(v) => v.iter().map(|x| u8::from(*x)).collect(),
         }
     }
+}
+
+/// Values as JSON numbers (or booleans), written out as they are read:
+/// FP32 ones widened to f64 as a `Value` holds them, so the text is the
+/// one [`Tensor::to_json`] gives.
+impl Serialize for Data {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.f32s() {
+            Some(v) => s.collect_seq(v.iter().map(|x| f64::from(*x))),
+            None => each!(self, v => s.collect_seq(v.iter())),
+        }
+    }
+}
+
+/// A tensor in the JSON form of [`Tensor::to_json`], serialized without
+/// a tree of `Value`s in between (one per element of a 1000-class output).
+/// Fields in the order a `Value`'s sorted map gives them.
+#[derive(serde::Serialize)]
+pub struct TensorJson<'a> {
+    data: &'a Data,
+    datatype: &'static str,
+    name: &'a str,
+    shape: &'a [usize],
 }
 
 /// One named tensor.
@@ -290,6 +385,11 @@ impl Tensor {
             return Err(format!("input {name:?}: shape {shape:?} holds {count} values, but {} were given", data.len()));
         }
         Ok(Self { name, shape, data })
+    }
+
+    /// The tensor as JSON, for serializing straight into an answer.
+    pub fn as_json(&self) -> TensorJson<'_> {
+        TensorJson { data: &self.data, datatype: self.data.dtype().name(), name: &self.name, shape: &self.shape }
     }
 
     pub fn to_json(&self) -> Value {
@@ -521,6 +621,63 @@ mod tests {
         assert_eq!(both.split(&[1, 2]).expect("split"), [a, b]);
         let other = Tensor::new("X", vec![1, 3], Data::F32(vec![0.0; 3])).expect("c");
         assert!(Tensor::stack(&[&both, &other]).is_none(), "rows of another width");
+    }
+
+    /// Bytes at an address fit for `f32`, as a body read into a buffer of its own is.
+    struct Aligned(Vec<f32>);
+
+    impl AsRef<[u8]> for Aligned {
+        fn as_ref(&self) -> &[u8] {
+            bytemuck::cast_slice(&self.0)
+        }
+    }
+
+    #[test]
+    fn fp32_bytes_are_read_in_place_when_aligned_and_copied_when_not() {
+        let values: Vec<f32> = (0..64).map(|i| i as f32 * 0.5).collect();
+        let bytes = Bytes::from_owner(Aligned(values.clone()));
+        let data = Data::from_shared_le_bytes(DType::F32, bytes.clone()).expect("f32");
+        let Data::F32Le(lent) = &data else { panic!("aligned bytes are copied: {data:?}") };
+        assert_eq!(lent.values().as_ptr().cast::<u8>(), bytes.as_ptr(), "the same memory");
+        assert_eq!(data, Data::F32(values.clone()));
+        assert_eq!(data.to_le_bytes(), bytes.to_vec());
+        // One byte in, the values are no longer at an f32's address: copied.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bytes);
+        let off = Bytes::from(shifted).slice(1..);
+        let copied = Data::from_shared_le_bytes(DType::F32, off).expect("f32");
+        assert!(matches!(copied, Data::F32(_)));
+        assert_eq!(copied, Data::F32(values));
+        // Other types are always read into values of their own.
+        let ints = Data::from_shared_le_bytes(DType::I32, bytes.slice(..8)).expect("i32");
+        assert_eq!(ints.dtype(), DType::I32);
+        assert!(Data::from_shared_le_bytes(DType::F32, bytes.slice(..6)).is_err(), "not whole values");
+    }
+
+    #[test]
+    fn data_read_in_place_stacks_and_splits_like_its_copy() {
+        let bytes = Bytes::from_owner(Aligned(vec![1.0, 2.0, 3.0, 4.0]));
+        let lent =
+            Tensor::new("X", vec![2, 2], Data::from_shared_le_bytes(DType::F32, bytes).expect("f32")).expect("t");
+        let owned = Tensor::new("X", vec![1, 2], Data::F32(vec![5.0, 6.0])).expect("t");
+        let both = Tensor::stack(&[&lent, &owned]).expect("stack");
+        assert_eq!(both.data, Data::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        assert_eq!(both.split(&[2, 1]).expect("split")[0].data, lent.data);
+        assert_eq!(lent.to_json()["data"], json!([1.0, 2.0, 3.0, 4.0]));
+    }
+
+    #[test]
+    fn tensors_serialized_straight_read_as_their_json_values() {
+        let tensors = [
+            Tensor::new("logits", vec![1, 3], Data::F32(vec![0.1, -2.5e-8, f32::MAX])).expect("t"),
+            Tensor::new("label", vec![2], Data::I64(vec![3, -8])).expect("t"),
+            Tensor::new("mask", vec![2], Data::Bool(vec![true, false])).expect("t"),
+            Tensor::new("nan", vec![1], Data::F32(vec![f32::NAN])).expect("t"),
+        ];
+        for t in &tensors {
+            let text = serde_json::to_string(&t.as_json()).expect("serializes");
+            assert_eq!(text, t.to_json().to_string(), "the same text as through a Value");
+        }
     }
 
     #[test]

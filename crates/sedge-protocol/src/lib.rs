@@ -5,7 +5,7 @@
 //! a JSON header and raw body bytes. `sedge-runtime` reads and writes frames
 //! on a worker's pipes; the runtime shims in `runtimes/` speak the other end.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 mod tensors;
@@ -192,12 +192,28 @@ pub enum Decoded {
 /// It holds at most one frame's prefix, header and (limited) body: a body
 /// over the limit is skipped as it arrives, so a peer cannot make it buffer
 /// more than the limit.
+///
+/// A large body (from [`sedge_core::buffers::MIN`]) is read into a buffer
+/// of its own rather than behind its header: it starts at the allocation's
+/// start, so FP32 tensors in it can be read in place, and the buffer is one
+/// kept from an earlier frame, so its pages are not faulted in afresh.
 #[derive(Debug)]
 pub struct Decoder {
     buf: BytesMut,
     max_body: u32,
     /// Bytes of an oversized body still to be thrown away.
     skipping: u64,
+    /// The frame whose large body is being read into a buffer of its own.
+    body: Option<LargeBody>,
+    /// Bodies from this size are read into buffers of their own.
+    separate_from: usize,
+}
+
+#[derive(Debug)]
+struct LargeBody {
+    header: Header,
+    buf: Vec<u8>,
+    len: usize,
 }
 
 impl Default for Decoder {
@@ -210,7 +226,20 @@ impl Decoder {
     /// A decoder that buffers bodies of up to `max_body` bytes (capped at
     /// the protocol's [`MAX_BODY`]).
     pub fn new(max_body: u32) -> Self {
-        Self { buf: BytesMut::new(), max_body: max_body.min(MAX_BODY), skipping: 0 }
+        Self {
+            buf: BytesMut::new(),
+            max_body: max_body.min(MAX_BODY),
+            skipping: 0,
+            body: None,
+            separate_from: sedge_core::buffers::MIN,
+        }
+    }
+
+    /// Reads bodies from `len` bytes into buffers of their own (tests make
+    /// small bodies take that way).
+    pub fn separate_from(mut self, len: usize) -> Self {
+        self.separate_from = len;
+        self
     }
 
     /// Changes the body limit, e.g. once a spare worker learns its function.
@@ -220,7 +249,7 @@ impl Decoder {
 
     /// Whether no bytes of a next frame have arrived.
     pub fn is_empty(&self) -> bool {
-        self.buf.is_empty() && self.skipping == 0
+        self.buf.is_empty() && self.skipping == 0 && self.body.is_none()
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -230,15 +259,35 @@ impl Decoder {
     /// The buffer to read more bytes into (e.g. with `read_buf`), with room
     /// reserved for the frame being decoded so a large body arrives in few
     /// reads and without reallocation.
-    pub fn buffer(&mut self) -> &mut BytesMut {
+    pub fn buffer(&mut self) -> &mut (dyn BufMut + Send) {
+        if self.body.is_some() {
+            return self.body_buffer();
+        }
         let want = match self.peek_lengths() {
-            Some(Ok(l)) if l.body <= self.max_body => PREFIX_LEN + l.header as usize + l.body as usize,
+            Some(Ok(l)) if l.body <= self.max_body && (l.body as usize) < self.separate_from => {
+                PREFIX_LEN + l.header as usize + l.body as usize
+            }
             Some(Ok(l)) => PREFIX_LEN + l.header as usize,
             _ => PREFIX_LEN,
         };
         let want = want.saturating_sub(self.buf.len()).max(64 * 1024);
         self.buf.reserve(want);
         &mut self.buf
+    }
+
+    /// The large body's own buffer, reserved whole when the body began; a
+    /// read may run past the body into the next frame, which decode() moves
+    /// back behind it.
+    fn body_buffer(&mut self) -> &mut (dyn BufMut + Send) {
+        match &mut self.body {
+            Some(body) => {
+                if body.buf.len() == body.buf.capacity() {
+                    body.buf.reserve(PREFIX_LEN);
+                }
+                &mut body.buf
+            }
+            None => &mut self.buf,
+        }
     }
 
     fn peek_lengths(&self) -> Option<Result<Lengths, FrameError>> {
@@ -251,9 +300,34 @@ impl Decoder {
         Some(parse_prefix(p))
     }
 
+    /// The large body being read, once whole, as its frame.
+    fn large_body(&mut self) -> Option<Frame> {
+        let body = self.body.as_mut()?;
+        if body.buf.len() > body.len {
+            // Read past the body: those bytes begin the next frame.
+            let extra = body.buf.split_off(body.len);
+            let rest = self.buf.split();
+            self.buf.extend_from_slice(&extra);
+            self.buf.extend_from_slice(&rest);
+        }
+        let missing = body.len - body.buf.len();
+        if missing > 0 {
+            let n = missing.min(self.buf.len());
+            body.buf.extend_from_slice(&self.buf.split_to(n));
+        }
+        if body.buf.len() < body.len {
+            return None;
+        }
+        let LargeBody { header, buf, .. } = self.body.take()?;
+        Some(Frame { header, body: sedge_core::buffers::shared(buf) })
+    }
+
     /// The next whole frame, or the header of an oversized one; `Ok(None)`
     /// when more bytes are needed. After an error the stream is unusable.
     pub fn decode(&mut self) -> Result<Option<Decoded>, FrameError> {
+        if self.body.is_some() {
+            return Ok(self.large_body().map(Decoded::Frame));
+        }
         if self.skipping > 0 {
             let n = self.buf.len().min(usize::try_from(self.skipping).unwrap_or(usize::MAX));
             self.buf.advance(n);
@@ -273,6 +347,16 @@ impl Decoder {
             let header = parse_header(&self.buf.split_to(lengths.header as usize))?;
             self.skipping = u64::from(lengths.body);
             return Ok(Some(Decoded::Oversized { header, body_len: lengths.body }));
+        }
+        if lengths.body as usize >= self.separate_from {
+            if self.buf.len() < head {
+                return Ok(None);
+            }
+            self.buf.advance(PREFIX_LEN);
+            let header = parse_header(&self.buf.split_to(lengths.header as usize))?;
+            let len = lengths.body as usize;
+            self.body = Some(LargeBody { header, buf: sedge_core::buffers::take(len), len });
+            return Ok(self.large_body().map(Decoded::Frame));
         }
         if self.buf.len() < head + lengths.body as usize {
             return Ok(None);
@@ -348,13 +432,14 @@ mod tests {
         fn frames_survive_any_split(
             frames in proptest::collection::vec((header_strategy(), proptest::collection::vec(any::<u8>(), 0..300)), 1..5),
             cut in 1usize..64,
+            separate in prop_oneof![Just(usize::MAX), 0usize..300],
         ) {
             let frames: Vec<Frame> = frames.into_iter().map(|(header, body)| Frame { header, body: body.into() }).collect();
             let mut wire = Vec::new();
             for f in &frames {
                 wire.extend(encode(f).expect("encodable"));
             }
-            let mut dec = Decoder::default();
+            let mut dec = Decoder::default().separate_from(separate);
             let mut got = Vec::new();
             for chunk in wire.chunks(cut) {
                 dec.push(chunk);
@@ -402,6 +487,77 @@ mod tests {
             dec.push(&bytes);
             while let Ok(Some(_)) = dec.next_frame() {}
         }
+    }
+
+    /// Reads `wire` as a socket would give it, `step` bytes at most a read,
+    /// into what [`Decoder::buffer`] offers.
+    fn read_all(dec: &mut Decoder, wire: &[u8], step: usize) -> Vec<Frame> {
+        let mut at = 0;
+        let mut got = Vec::new();
+        loop {
+            while let Some(f) = dec.next_frame().expect("valid stream") {
+                got.push(f);
+            }
+            if at == wire.len() {
+                return got;
+            }
+            let into = dec.buffer();
+            let n = step.min(wire.len() - at).min(into.remaining_mut());
+            into.put_slice(&wire[at..at + n]);
+            at += n;
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn reads_into_the_offered_buffer_give_the_frames_back(
+            frames in proptest::collection::vec((header_strategy(), proptest::collection::vec(any::<u8>(), 0..300)), 1..5),
+            step in 1usize..700,
+            separate in 0usize..300,
+        ) {
+            let frames: Vec<Frame> = frames.into_iter().map(|(header, body)| Frame { header, body: body.into() }).collect();
+            let mut wire = Vec::new();
+            for f in &frames {
+                wire.extend(encode(f).expect("encodable"));
+            }
+            let mut dec = Decoder::default().separate_from(separate);
+            prop_assert_eq!(read_all(&mut dec, &wire, step), frames);
+            prop_assert!(dec.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_large_body_starts_its_own_buffer_which_is_kept_for_the_next() {
+        let len = sedge_core::buffers::MIN * 4 + 3;
+        let frame = |n: u8| Frame {
+            header: Header::Infer {
+                id: u64::from(n),
+                call: 1,
+                model: "m".repeat(usize::from(n)),
+                inputs: vec![],
+                image: false,
+            },
+            body: vec![n; len].into(),
+        };
+        let mut wire = encode(&frame(1)).expect("encodable");
+        wire.extend(encode(&frame(2)).expect("encodable"));
+        let mut dec = Decoder::default();
+        // Reads of 200 KB, as a Unix socket gives them, run past the first body.
+        let got = read_all(&mut dec, &wire, 200 * 1024);
+        assert_eq!(got, [frame(1), frame(2)]);
+        for f in &got {
+            assert_eq!(
+                f.body.as_ptr() as usize % std::mem::align_of::<f32>(),
+                0,
+                "an f32's address, whatever the header"
+            );
+        }
+        let before: Vec<*const u8> = got.iter().map(|f| f.body.as_ptr()).collect();
+        drop(got);
+        // The next large body is read into memory given back by the last ones.
+        let again = read_all(&mut dec, &encode(&frame(3)).expect("encodable"), 200 * 1024);
+        assert!(before.contains(&again[0].body.as_ptr()), "a kept buffer was taken");
+        assert_eq!(again, [frame(3)]);
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl Worker for OnnxWorker {
     ) -> BoxFuture<'a, Result<Vec<RawTensor>, InvokeError>> {
         Box::pin(async move {
             let failed = |message: String| InvokeError::Failed { function: self.function.clone(), message };
-            // Copied into tensors on the session's thread, not this one.
+            // Made into tensors on the session's thread, not this one.
             let model = self.served.shared_model();
             let inputs = Box::new(move || tensors_in(inputs, &model));
             match self.served.infer_with(inputs, deadline).await {
@@ -181,7 +181,8 @@ fn tensors_in(raw: Vec<RawTensor>, model: &Model) -> Result<Vec<Tensor>, String>
             .iter()
             .map(|d| usize::try_from(*d).map_err(|_| format!("input {name:?}: dimension {d} is too large")))
             .collect::<Result<Vec<_>, _>>()?;
-        let data = Data::from_le_bytes(dtype, &t.data).map_err(|e| format!("input {name:?}: {e}"))?;
+        // The frame's bytes are lent to the run as they are when they can be.
+        let data = Data::from_shared_le_bytes(dtype, t.data).map_err(|e| format!("input {name:?}: {e}"))?;
         inputs.push(Tensor::new(name, shape, data)?);
     }
     tensor::check_inputs(&inputs, &model.inputs)?;

@@ -136,8 +136,7 @@ impl Spawned {
         config: &RuntimeConfig,
         memory: Option<u64>,
     ) -> Result<Self, String> {
-        let (ours, theirs) =
-            std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot make a worker channel: {e}"))?;
+        let (ours, theirs) = channel_pair().map_err(|e| format!("cannot make a worker channel: {e}"))?;
         cmd.fd_mappings(vec![FdMapping { parent_fd: OwnedFd::from(theirs), child_fd: CHANNEL_FD }])
             .map_err(|e| format!("cannot pass the worker channel: {e}"))?;
         cmd.env("SEDGE_CHANNEL_FD", CHANNEL_FD.to_string());
@@ -283,6 +282,24 @@ impl Spawned {
             _zygote: None,
         })
     }
+}
+
+/// What one end of a worker's channel may have in flight: a 602 KB tensor
+/// passes in one write and about one read, where the kernel's default
+/// (208 KiB) cut it into three of each, every one a wake-up of the other
+/// side. The kernel caps it at `net.core.wmem_max`.
+const CHANNEL_BUFFER: usize = 1024 * 1024;
+
+/// A worker's channel: a socket pair whose send buffers fit a large frame.
+pub(crate) fn channel_pair() -> std::io::Result<(std::os::unix::net::UnixStream, std::os::unix::net::UnixStream)> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    for end in [&ours, &theirs] {
+        // Only fewer, larger copies are lost without it.
+        if let Err(e) = nix::sys::socket::setsockopt(end, nix::sys::socket::sockopt::SndBuf, &CHANNEL_BUFFER) {
+            tracing::debug!("a worker channel keeps the default send buffer: {e}");
+        }
+    }
+    Ok((ours, theirs))
 }
 
 /// What the shim is told about its function through the environment.

@@ -173,7 +173,7 @@ async fn clustered(
         Ok(b) => b,
         Err(e) => return refuse(e),
     };
-    let call = new_call(name, &parts, path, body.into(), asked);
+    let call = new_call(name, &parts, path, body, asked);
     let submitted = submit_to_cluster(cluster, call).await;
     drop(held);
     match submitted {
@@ -204,7 +204,7 @@ async fn submit(node: &crate::Node, raw: &str, path: String, req: Request) -> Re
         Ok(b) => b,
         Err(e) => return refuse(e),
     };
-    let call = new_call(name, &parts, path, body.into(), asked);
+    let call = new_call(name, &parts, path, body, asked);
     let submitted = queue.submit(vec![call]).await;
     drop(held);
     match submitted.map(|mut v| v.pop()) {

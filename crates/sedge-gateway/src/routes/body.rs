@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
+use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::StreamExt;
 
@@ -95,8 +96,11 @@ pub enum BodyError {
 }
 
 /// Reads at most `limit` bytes into memory taken from `memory` as they
-/// arrive (all at once when the length is declared), kept in `held`.
-pub async fn read_body(body: Body, limit: u64, memory: &BodyMemory, held: &mut Held) -> Result<Vec<u8>, BodyError> {
+/// arrive (all at once when the length is declared), kept in `held`. A
+/// large body is read into a buffer kept from an earlier one
+/// (`sedge_core::buffers`), which goes back when the last of its bytes is
+/// dropped; a read given up midway drops the buffer with the future.
+pub async fn read_body(body: Body, limit: u64, memory: &BodyMemory, held: &mut Held) -> Result<Bytes, BodyError> {
     let declared = body.size_hint().exact();
     if let Some(len) = declared {
         if len > limit {
@@ -108,7 +112,7 @@ pub async fn read_body(body: Body, limit: u64, memory: &BodyMemory, held: &mut H
     }
     let mut stream = body.into_data_stream();
     // A declared length is within max_body and the budget: no reallocation.
-    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut buf = sedge_core::buffers::take(declared.map_or(0, |n| n as usize));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(read_error)?;
         let size = (buf.len() + chunk.len()) as u64;
@@ -125,7 +129,7 @@ pub async fn read_body(body: Body, limit: u64, memory: &BodyMemory, held: &mut H
         buf.reserve_exact(capacity - buf.len());
         buf.extend_from_slice(&chunk);
     }
-    Ok(buf)
+    Ok(sedge_core::buffers::shared(buf))
 }
 
 fn read_error(e: axum::Error) -> BodyError {

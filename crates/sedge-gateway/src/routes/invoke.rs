@@ -136,7 +136,7 @@ pub(super) async fn clustered(
             return response;
         }
     };
-    let inv = invocation(&parts, path, body.into());
+    let inv = invocation(&parts, path, body);
     let answer = match (cluster.forward(&name, inv.clone(), spec.limits.timeout).await, &local) {
         // Every other node is full too: queued here, as a single node would.
         (Err(InvokeError::QueueFull { .. }), Some(pool)) => match pool.admit() {
@@ -218,7 +218,7 @@ async fn call(node: &crate::Node, pool: &Pool, name: &str, path: String, req: Re
     let admission = pool.admit().map_err(|e| refuse(e.into()))?;
     let mut held = Held::default();
     let body = read_function_body(node, pool, name, body, &mut held).await.map_err(refuse)?;
-    let inv = invocation(&parts, path, body.into());
+    let inv = invocation(&parts, path, body);
     let reply = admission.invoke(inv).await;
     // The body's bytes count against the node's memory until the
     // invocation that holds them has ended.
@@ -242,7 +242,7 @@ pub(super) async fn read_function_body(
     name: &str,
     body: Body,
     held: &mut Held,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<bytes::Bytes, ApiError> {
     read_body_for(node, pool.spec(), name, body, held).await
 }
 
@@ -254,7 +254,7 @@ pub(super) async fn read_body_for(
     name: &str,
     body: Body,
     held: &mut Held,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<bytes::Bytes, ApiError> {
     let within = spec.limits.timeout;
     let read = tokio::time::timeout(within, read_body(body, spec.limits.max_body, &node.body_memory, held))
         .await

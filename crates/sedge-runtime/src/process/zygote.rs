@@ -314,7 +314,7 @@ impl Zygote {
             return Err(Failure::Before("the zygote is gone".to_owned()));
         };
         let made = (|| -> io::Result<_> {
-            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            let (ours, theirs) = super::channel_pair()?;
             let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
             let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
             Ok((ours, theirs, (out_r, out_w), (err_r, err_w)))

@@ -423,9 +423,14 @@ async fn serve(args: Args) -> Result<()> {
         let runtime = runtime.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
-            loop {
+            for second in 0u64.. {
                 every.tick().await;
                 runtime.tick();
+                // Body and frame buffers no request took for 2-4 s are freed:
+                // a quiet node keeps none.
+                if second % 2 == 1 {
+                    sedge_core::buffers::trim();
+                }
             }
         })
     };
