@@ -390,17 +390,7 @@ impl Pool {
     /// it, checked and taken in one step, so calls arriving together cannot
     /// all pass the check and then queue here.
     pub fn admit_within_capacity(&self) -> Result<Admission, InvokeError> {
-        let pool = self.me.upgrade().ok_or_else(|| InvokeError::ShuttingDown(self.name()))?;
-        let mut st = self.lock();
-        if st.closed {
-            return Err(InvokeError::ShuttingDown(self.name()));
-        }
-        st.waiters.retain(|w| !w.tx.is_closed());
-        if Self::inflight(&st) >= self.capacity() {
-            return Err(InvokeError::QueueFull { function: self.name(), limit: self.spec().limits.queue });
-        }
-        st.admitted += 1;
-        Ok(Admission { pool })
+        self.admit_unless(|pool, st| Self::inflight(st) >= pool.capacity())
     }
 
     /// Takes a place for a request before its body is read, so a request
@@ -408,16 +398,25 @@ impl Pool {
     /// Counts admitted requests with those queued against the capacity that
     /// is free or starting plus the queue.
     pub fn admit(&self) -> Result<Admission, InvokeError> {
+        self.admit_unless(|pool, st| {
+            let conc = pool.spec().scale.concurrency;
+            let free: u32 = st.slots.iter().filter(|s| s.worker.is_alive()).map(|s| conc.saturating_sub(s.busy)).sum();
+            let room = free.saturating_add(st.starting.saturating_mul(conc)).saturating_add(pool.spec().limits.queue);
+            st.waiters.len() as u32 + st.admitted >= room
+        })
+    }
+
+    /// Takes a place unless `full` says there is none, both under the
+    /// pool's lock (so no other taker slips between them), once waiters
+    /// that went away are forgotten.
+    fn admit_unless(&self, full: impl FnOnce(&Self, &State) -> bool) -> Result<Admission, InvokeError> {
         let pool = self.me.upgrade().ok_or_else(|| InvokeError::ShuttingDown(self.name()))?;
         let mut st = self.lock();
         if st.closed {
             return Err(InvokeError::ShuttingDown(self.name()));
         }
         st.waiters.retain(|w| !w.tx.is_closed());
-        let conc = self.spec().scale.concurrency;
-        let free: u32 = st.slots.iter().filter(|s| s.worker.is_alive()).map(|s| conc.saturating_sub(s.busy)).sum();
-        let room = free.saturating_add(st.starting.saturating_mul(conc)).saturating_add(self.spec().limits.queue);
-        if st.waiters.len() as u32 + st.admitted >= room {
+        if full(self, &st) {
             return Err(InvokeError::QueueFull { function: self.name(), limit: self.spec().limits.queue });
         }
         st.admitted += 1;
