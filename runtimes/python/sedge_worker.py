@@ -783,15 +783,12 @@ class Frames:
         self.channel = channel
         self.invocations = []
         self.ended = False
-        # Events of the serving threads that wait for an invocation.
-        self.idle = set()
+        self.serving_event = None
         self._reading = threading.Lock()
         self._lock = threading.Lock()
         self._next_id = 0
         self._answers = {}
-        # Threads waiting while another reads: their Events and what each
-        # waits for.
-        self._sleepers = {}
+        self._sleepers = set()
 
     def expect(self, event):
         """A new inference's id and the Answer its frame will fill."""
@@ -809,16 +806,6 @@ class Frames:
     def has_work(self):
         return bool(self.invocations) or self.ended
 
-    def wait_for_work(self, event):
-        """Returns once an invocation waits to be run or the channel ended."""
-        with self._lock:
-            self.idle.add(event)
-        try:
-            self.wait(self.has_work, event)
-        finally:
-            with self._lock:
-                self.idle.discard(event)
-
     def wait(self, ready, event):
         """Returns once ready() is true, reading frames on this thread
         whenever no other thread does."""
@@ -833,10 +820,10 @@ class Frames:
                     self._read_until(ready)
                 finally:
                     self._reading.release()
-                    self._hand_on()
+                    self._wake_sleepers()
                 return
             with self._lock:
-                self._sleepers[event] = ready
+                self._sleepers.add(event)
             try:
                 # Rechecked once registered: a reader that stopped before
                 # this thread became a sleeper woke no one, and this thread
@@ -845,7 +832,7 @@ class Frames:
                     event.wait()
             finally:
                 with self._lock:
-                    self._sleepers.pop(event, None)
+                    self._sleepers.discard(event)
 
     def _read_until(self, ready):
         read, take = self.channel.read, self._take
@@ -878,35 +865,25 @@ class Frames:
                 slot.event.set()
                 return
             self.invocations.append(parse_invoke(header, body))
-            self._wake(self.idle)
+            if self.serving_event is not None:
+                self.serving_event.set()
         except ProtocolError as e:
             die(f"bad frame from sedge: {e}", 2)
 
-    def _wake(self, events):
+    def _wake_sleepers(self):
         with self._lock:
-            events = list(events)
-        for event in events:
+            sleepers = list(self._sleepers)
+        for event in sleepers:
             event.set()
 
-    def _hand_on(self):
-        """Wakes one thread that still waits, so that it reads on: one that
-        waits for a model's answer before one that waits for work, which
-        wakes at the next invocation anyway. One, not all: the others would
-        only wake to find the channel taken."""
-        pick = None
-        with self._lock:
-            for event, ready in self._sleepers.items():
-                if not ready():
-                    pick = event
-                    if event not in self.idle:
-                        break
-        if pick is not None:
-            pick.set()
-
     def _wake_all(self):
-        self._wake(self._sleepers)
-        self._wake([slot.event for slot in self._answers.values()])
-        self._wake(self.idle)
+        self._wake_sleepers()
+        with self._lock:
+            slots = list(self._answers.values())
+        for slot in slots:
+            slot.event.set()
+        if self.serving_event is not None:
+            self.serving_event.set()
 
 
 _models = Models(())
@@ -1177,39 +1154,31 @@ def serve(channel, loaded):
 
 
 def serve_calling_models(channel, loaded):
-    """The serving loop of a function that declares models: `concurrency`
-    threads, this one among them, each take the next invocation and run
-    it. There is no dispatcher: a thread that is free reads the channel
-    itself, runs the invocation it reads, and sedge.infer reads the answer
-    it waits for when no other thread is reading (`Frames`), so with one
-    invocation at a time a request costs no hand-off between threads."""
+    """The serving loop of a function that declares models. With one
+    invocation at a time its handler runs on this thread, and sedge.infer
+    reads the answers it waits for itself; with more, they run on a pool
+    and whichever thread is free reads (`Frames`)."""
     frames = _models.frames = Frames(channel)
     _models.channel = channel
-    others = [
-        threading.Thread(target=take_invocations, args=(frames, channel, loaded), name=f"sedge-handler-{n}")
-        for n in range(1, loaded.concurrency)
-    ]
-    for thread in others:
-        thread.start()
-    take_invocations(frames, channel, loaded)
-    # Invocations already received still get their answers.
-    for thread in others:
-        thread.join()
+    event = frames.serving_event = thread_event()
+    pool = None
+    if loaded.concurrency > 1:
+        from concurrent.futures import ThreadPoolExecutor
 
-
-def take_invocations(frames, channel, loaded):
-    """Runs invocations as they come until the channel ends and none is left."""
-    event = thread_event()
+        pool = ThreadPoolExecutor(loaded.concurrency, thread_name_prefix="sedge-handler")
     invocations = frames.invocations
     while True:
-        frames.wait_for_work(event)
-        try:
-            invocation_id, request = invocations.pop(0)
-        except IndexError:
-            if frames.ended:
-                return
-            continue  # another thread took it first
-        run_calling_models(channel, loaded, invocation_id, request)
+        frames.wait(frames.has_work, event)
+        if not invocations:
+            break  # the channel ended, and every invocation it brought has run
+        invocation_id, request = invocations.pop(0)
+        if pool is None:
+            run_calling_models(channel, loaded, invocation_id, request)
+        else:
+            pool.submit(run_calling_models, channel, loaded, invocation_id, request)
+    if pool is not None:
+        # Invocations already received still get their answers.
+        pool.shutdown(wait=True)
 
 
 # --- process title ------------------------------------------------------------
