@@ -784,6 +784,11 @@ class Frames:
         self.invocations = []
         self.ended = False
         self.serving_event = None
+        # With several invocations at a time the serving loop reads every
+        # frame and the handler threads only wait: letting a waiting thread
+        # read too was measured to cost more, as the answers then still
+        # cross threads and the threads wake more often (docs/models.md).
+        self.only_serving_reads = False
         self._reading = threading.Lock()
         self._lock = threading.Lock()
         self._next_id = 0
@@ -815,6 +820,9 @@ class Frames:
             event.clear()
             if ready():
                 return
+            if self.only_serving_reads and event is not self.serving_event:
+                event.wait()
+                continue
             if self._reading.acquire(blocking=False):
                 try:
                     self._read_until(ready)
@@ -1157,10 +1165,11 @@ def serve_calling_models(channel, loaded):
     """The serving loop of a function that declares models. With one
     invocation at a time its handler runs on this thread, and sedge.infer
     reads the answers it waits for itself; with more, they run on a pool
-    and whichever thread is free reads (`Frames`)."""
+    and this thread reads every frame."""
     frames = _models.frames = Frames(channel)
     _models.channel = channel
     event = frames.serving_event = thread_event()
+    frames.only_serving_reads = loaded.concurrency > 1
     pool = None
     if loaded.concurrency > 1:
         from concurrent.futures import ThreadPoolExecutor
