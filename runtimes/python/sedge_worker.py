@@ -694,14 +694,12 @@ NUMPY_NAMES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": 
 
 class Models:
     """The models this function may call (SEDGE_MODELS) and its calls in
-    flight, answered by the serving loop."""
+    flight, whose answers come in through the worker's `Frames`."""
 
     def __init__(self, declared):
         self.declared = declared
         self.channel = None
-        self._lock = threading.Lock()
-        self._next_id = 0
-        self._waiting = {}
+        self.frames = None
         # Invocations running now, for a call made from a thread the
         # handler started itself.
         self.in_flight = set()
@@ -726,33 +724,174 @@ class Models:
             raise InferError(f"{model} is not in this function's models = [{names}]")
         header, body = infer_request(inputs)
         call = self.call_id()
-        done = threading.Event()
-        with self._lock:
-            self._next_id += 1
-            infer_id = self._next_id
-            slot = self._waiting[infer_id] = [done, None, None]
+        frames = self.frames
+        event = thread_event()
+        infer_id, slot = frames.expect(event)
         header.update({"type": "infer", "id": infer_id, "call": call, "model": model})
         try:
             self.channel.send(header, body)
-            done.wait()
+            frames.wait(slot.answered, event)
         finally:
-            with self._lock:
-                self._waiting.pop(infer_id, None)
-        answer, answer_body = slot[1], slot[2]
+            frames.forget(infer_id)
+        answer, answer_body = slot.header, slot.body
+        if answer is None:
+            raise InferError(f"sedge ended the channel before {model} answered")
         if answer.get("type") == "infer_error":
             raise InferError(str(answer.get("error")))
         if answer.get("json"):
             return _decode_json(answer_body.decode("utf-8"))
         return infer_outputs(answer.get("outputs"), answer_body)
 
-    def answered(self, header, body):
-        """An infer_result or infer_error frame from sedge."""
+
+class Answer:
+    """Where the answer to one inference lands."""
+
+    __slots__ = ("event", "header", "body", "frames")
+
+    def __init__(self, event, frames):
+        self.event = event
+        self.header = None
+        self.body = None
+        self.frames = frames
+
+    def answered(self):
+        # The channel's end is an answer too: none other can come after it.
+        return self.header is not None or self.frames.ended
+
+
+def thread_event():
+    """This thread's own Event, made once: a thread waits for one thing at a time."""
+    event = getattr(_thread_state, "event", None)
+    if event is None:
+        event = _thread_state.event = threading.Event()
+    return event
+
+
+class Frames:
+    """The frames sedge sends a worker that calls models, read by whichever
+    thread waits for one: the serving loop between invocations, and
+    sedge.infer while it waits for its answer. With one invocation at a
+    time the handler then reads its own answer on its own thread, with no
+    hand-off to another. Invocations read meanwhile wait in `invocations`
+    for the serving loop, in the order they came.
+
+    One thread reads at a time (`_reading`); the others sleep on their
+    Events and are woken when what they wait for has come, or when the
+    reader stops reading, so that one of them reads on."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.invocations = []
+        self.ended = False
+        self.serving_event = None
+        # With several invocations at a time the serving loop reads every
+        # frame and the handler threads only wait: letting a waiting thread
+        # read too was measured to cost more, as the answers then still
+        # cross threads and the threads wake more often (docs/models.md).
+        self.only_serving_reads = False
+        self._reading = threading.Lock()
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._answers = {}
+        self._sleepers = set()
+
+    def expect(self, event):
+        """A new inference's id and the Answer its frame will fill."""
+        slot = Answer(event, self)
         with self._lock:
-            slot = self._waiting.get(header.get("id"))
-        if slot is None:
-            raise ProtocolError(f"an answer to inference {header.get('id')!r}, which is not waiting")
-        slot[1], slot[2] = header, body
-        slot[0].set()
+            self._next_id += 1
+            infer_id = self._next_id
+            self._answers[infer_id] = slot
+        return infer_id, slot
+
+    def forget(self, infer_id):
+        with self._lock:
+            self._answers.pop(infer_id, None)
+
+    def has_work(self):
+        return bool(self.invocations) or self.ended
+
+    def wait(self, ready, event):
+        """Returns once ready() is true, reading frames on this thread
+        whenever no other thread does."""
+        while True:
+            # Cleared before ready() is checked: a wake-up after the check
+            # finds the event set, so none is lost.
+            event.clear()
+            if ready():
+                return
+            if self.only_serving_reads and event is not self.serving_event:
+                event.wait()
+                continue
+            if self._reading.acquire(blocking=False):
+                try:
+                    self._read_until(ready)
+                finally:
+                    self._reading.release()
+                    self._wake_sleepers()
+                return
+            with self._lock:
+                self._sleepers.add(event)
+            try:
+                # Rechecked once registered: a reader that stopped before
+                # this thread became a sleeper woke no one, and this thread
+                # reads on itself.
+                if not ready() and self._reading.locked():
+                    event.wait()
+            finally:
+                with self._lock:
+                    self._sleepers.discard(event)
+
+    def _read_until(self, ready):
+        read, take = self.channel.read, self._take
+        while not ready():
+            try:
+                frame = read()
+            except ProtocolError as e:
+                die(f"bad frame from sedge: {e}", 2)
+            except OSError as e:
+                die(f"cannot read from sedge: {e}", 1)
+            take(frame)
+
+    def _take(self, frame):
+        """Puts one frame read where it belongs; any frame that the serving
+        loop would refuse ends the worker just as it would."""
+        try:
+            if frame is None:
+                self.ended = True
+                self._wake_all()
+                return
+            header, body = frame
+            kind = header.get("type")
+            if kind == "infer_result" or kind == "infer_error":
+                with self._lock:
+                    slot = self._answers.get(header.get("id"))
+                if slot is None:
+                    raise ProtocolError(f"an answer to inference {header.get('id')!r}, which is not waiting")
+                slot.body = body
+                slot.header = header
+                slot.event.set()
+                return
+            self.invocations.append(parse_invoke(header, body))
+            if self.serving_event is not None:
+                self.serving_event.set()
+        except ProtocolError as e:
+            die(f"bad frame from sedge: {e}", 2)
+
+    def _wake_sleepers(self):
+        with self._lock:
+            sleepers = list(self._sleepers)
+        for event in sleepers:
+            event.set()
+
+    def _wake_all(self):
+        self._wake_sleepers()
+        with self._lock:
+            slots = list(self._answers.values())
+        for slot in slots:
+            slot.event.set()
+        if self.serving_event is not None:
+            self.serving_event.set()
 
 
 _models = Models(())
@@ -997,33 +1136,55 @@ class Loaded:
 
 
 def serve(channel, loaded):
+    if _models.declared:
+        serve_calling_models(channel, loaded)
+        return
     pool = None
-    run = run_invocation
-    # A function that calls models runs its invocations off this thread,
-    # which must stay free to read the models' answers.
-    calls_models = bool(_models.declared)
-    if loaded.concurrency > 1 or calls_models:
+    if loaded.concurrency > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(loaded.concurrency, thread_name_prefix="sedge-handler")
-    if calls_models:
-        _models.channel = channel
-        run = run_calling_models
     while True:
         try:
             frame = channel.read()
             if frame is None:
                 break
-            if calls_models and frame[0].get("type") in ("infer_result", "infer_error"):
-                _models.answered(*frame)
-                continue
             invocation_id, request = parse_invoke(*frame)
         except ProtocolError as e:
             die(f"bad frame from sedge: {e}", 2)
         if pool is None:
-            run(channel, loaded, invocation_id, request)
+            run_invocation(channel, loaded, invocation_id, request)
         else:
-            pool.submit(run, channel, loaded, invocation_id, request)
+            pool.submit(run_invocation, channel, loaded, invocation_id, request)
+    if pool is not None:
+        # Invocations already received still get their answers.
+        pool.shutdown(wait=True)
+
+
+def serve_calling_models(channel, loaded):
+    """The serving loop of a function that declares models. With one
+    invocation at a time its handler runs on this thread, and sedge.infer
+    reads the answers it waits for itself; with more, they run on a pool
+    and this thread reads every frame."""
+    frames = _models.frames = Frames(channel)
+    _models.channel = channel
+    event = frames.serving_event = thread_event()
+    frames.only_serving_reads = loaded.concurrency > 1
+    pool = None
+    if loaded.concurrency > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(loaded.concurrency, thread_name_prefix="sedge-handler")
+    invocations = frames.invocations
+    while True:
+        frames.wait(frames.has_work, event)
+        if not invocations:
+            break  # the channel ended, and every invocation it brought has run
+        invocation_id, request = invocations.pop(0)
+        if pool is None:
+            run_calling_models(channel, loaded, invocation_id, request)
+        else:
+            pool.submit(run_calling_models, channel, loaded, invocation_id, request)
     if pool is not None:
         # Invocations already received still get their answers.
         pool.shutdown(wait=True)

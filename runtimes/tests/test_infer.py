@@ -119,6 +119,119 @@ class PythonInferTests(InferContract, unittest.TestCase):
         return [sys.executable, "-u", str(PYTHON_SHIM), str(self.dir), handler]
 
 
+class PythonInferOneAtATimeTests(unittest.TestCase):
+    """With one invocation at a time, the Python shim runs the handler on
+    the thread that reads the channel and sedge.infer reads its own answer:
+    what arrives meanwhile must be handled as the serving loop would."""
+
+    HANDLER_FILE = "handler.py"
+    SOURCES = {
+        "calls": """
+            import threading
+            import sedge
+
+            def ask(model):
+                try:
+                    out = sedge.infer(model, [[1.0, 2.0, 3.0]])
+                except sedge.InferError as e:
+                    return {"error": str(e)}
+                return {"values": out.tolist() if hasattr(out, "tolist") else out}
+
+            def handle(req):
+                parts = req.path.strip("/").split("/")
+                if parts[0] == "thread":
+                    # A thread of the handler's own, while the handler's
+                    # thread only waits for it.
+                    got = {}
+                    helper = threading.Thread(target=lambda: got.update(ask(parts[1])))
+                    helper.start()
+                    helper.join()
+                    return got
+                got = ask(parts[0])
+                got["main"] = threading.current_thread() is threading.main_thread()
+                got["threads"] = threading.active_count()
+                return got
+        """,
+    }
+
+    start = ShimContract.start
+    start_ready = ShimContract.start_ready
+    setUp = ShimContract.setUp
+    command = PythonInferTests.command
+    infer_frame = InferContract.infer_frame
+    answer = InferContract.answer
+
+    def worker(self):
+        return self.start_ready("calls", SEDGE_MODELS="digits,effnet", SEDGE_CONCURRENCY="1")
+
+    def test_the_answer_is_read_by_the_handlers_own_thread(self):
+        worker = self.worker()
+        for call in (1, 2):
+            worker.invoke(call, "/digits")
+            header, _ = self.infer_frame(worker, call)
+            self.answer(worker, header["id"])
+            answer, body = worker.frame()
+            self.assertEqual(answer["id"], call, answer)
+            self.assertEqual(json.loads(body), {"values": [[0.25, 0.75]], "main": True, "threads": 1})
+
+    def test_an_infer_error_while_waiting_is_raised_and_the_worker_serves_on(self):
+        worker = self.worker()
+        worker.invoke(3, "/effnet")
+        header, _ = self.infer_frame(worker, 3)
+        worker.send({"type": "infer_error", "id": header["id"], "error": "the deadline of call 3 passed"})
+        answer, body = worker.frame()
+        self.assertEqual(answer["id"], 3, answer)
+        self.assertEqual(json.loads(body)["error"], "the deadline of call 3 passed")
+        worker.invoke(4, "/digits")
+        header, _ = self.infer_frame(worker, 4)
+        self.answer(worker, header["id"])
+        answer, body = worker.frame()
+        self.assertEqual((answer["id"], json.loads(body)["values"]), (4, [[0.25, 0.75]]))
+
+    def test_an_invocation_arriving_while_one_waits_runs_after_it(self):
+        # The client of call 1 hung up: sedge sends call 2 while call 1 still
+        # waits for its model.
+        worker = self.worker()
+        worker.invoke(1, "/digits")
+        first, _ = self.infer_frame(worker, 1)
+        worker.invoke(2, "/digits")
+        self.answer(worker, first["id"])
+        answer, _ = worker.frame()
+        self.assertEqual(answer["id"], 1, answer)
+        second, _ = self.infer_frame(worker, 2)
+        self.answer(worker, second["id"])
+        answer, body = worker.frame()
+        self.assertEqual(answer["id"], 2, answer)
+        self.assertEqual(json.loads(body)["values"], [[0.25, 0.75]])
+
+    def test_the_channel_ending_while_one_waits_fails_the_call_and_the_worker_exits(self):
+        worker = self.worker()
+        worker.invoke(1, "/digits")
+        self.infer_frame(worker, 1)
+        worker.end_channel()
+        answer, body = worker.frame()
+        self.assertEqual(answer["id"], 1, answer)
+        self.assertEqual(json.loads(body)["error"], "sedge ended the channel before digits answered")
+        self.assertEqual(worker.wait(), 0)
+
+    def test_a_call_from_a_thread_of_the_handlers_own_reads_its_answer_itself(self):
+        worker = self.worker()
+        worker.invoke(6, "/thread/digits")
+        header, _ = self.infer_frame(worker, 6)
+        self.answer(worker, header["id"])
+        answer, body = worker.frame()
+        self.assertEqual(answer["id"], 6, answer)
+        self.assertEqual(json.loads(body), {"values": [[0.25, 0.75]]})
+
+    def test_an_answer_to_no_inference_ends_the_worker(self):
+        worker = self.worker()
+        worker.invoke(1, "/digits")
+        self.infer_frame(worker, 1)
+        worker.send({"type": "infer_result", "id": 99, "outputs": []})
+        self.assertEqual(worker.wait(), 2)
+        self.assertIn("inference 99, which is not waiting", worker.stderr())
+
+
 class NodeInferTests(InferContract, unittest.TestCase):
     HANDLER_FILE = "handler.js"
     SOURCES = {
