@@ -55,9 +55,8 @@ const RETRY_REFUSED: Duration = Duration::from_secs(600);
 pub(crate) const LOOKUP_WITHIN: Duration = Duration::from_secs(5);
 
 /// Reads of the registry's leader in flight at once for names this node's
-/// copy lacks; past them a name is answered from the copy alone (404). A
-/// copy lags only briefly (while NATS elects a leader), so a few suffice for
-/// the calls that come right after a deploy.
+/// copy lacks; further lookups wait for one of them within the same bound,
+/// so a flood of unknown names costs the leader no more than these.
 pub(crate) const LEADER_READS: usize = 4;
 
 /// How often the registry is read whole, besides being watched.
@@ -78,17 +77,22 @@ impl Cluster {
         // Only a function's name makes a subject naming one record: `>` or
         // `*` from a caller's path would read any function's.
         FunctionName::parse(name).ok()?;
-        let Ok(_reading) = self.record_reads.try_acquire() else {
-            tracing::debug!(
-                "cluster: {name} is not in this node's registry copy, and reads of the leader are all taken"
-            );
+        // One deadline for the wait for a read's place and the read itself.
+        let deadline = tokio::time::Instant::now() + LOOKUP_WITHIN;
+        let Ok(Ok(_reading)) = tokio::time::timeout_at(deadline, self.record_reads.acquire()).await else {
+            tracing::debug!("cluster: {name}: no read of the registry's leader free within {LOOKUP_WITHIN:?}");
             return None;
         };
+        // Callers of one lagging function queue here together: the first
+        // read fills the copy for the others.
+        if let Some(spec) = self.spec_of(name) {
+            return Some(spec);
+        }
         let subject = format!("{}{name}", self.functions.prefix);
         // Bounded as a whole: the client's own timeout starts only once its
         // connection takes the request, and a 404 must not wait on NATS.
         let read = self.functions.stream.get_last_raw_message_by_subject(&subject);
-        let Ok(read) = tokio::time::timeout(LOOKUP_WITHIN, read).await else {
+        let Ok(read) = tokio::time::timeout_at(deadline, read).await else {
             tracing::debug!("cluster: reading the record of {name}: no answer within {LOOKUP_WITHIN:?}");
             return None;
         };
