@@ -5,7 +5,8 @@
 //! other down). A manifest may ask for more explicitly; it is told what it
 //! got.
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Runs side by side (on the model's one session) and intra-op threads per run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +42,12 @@ pub fn plan(instances: Option<u32>, threads: Option<u32>, free: usize, total: us
     }
 }
 
-/// The node's cores and how many loaded models hold.
+/// The node's cores and how many each loaded model holds, by the name of
+/// the function that serves it.
 #[derive(Debug, Clone)]
 pub struct Cores {
     total: usize,
-    held: Arc<Mutex<usize>>,
+    held: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl Cores {
@@ -62,32 +64,51 @@ impl Cores {
         self.total
     }
 
-    /// Takes a plan for a model that asked for `instances` and `threads`;
-    /// the cores go back when the guard is dropped (the model unloaded).
-    pub fn reserve(&self, instances: Option<u32>, threads: Option<u32>) -> (Plan, Held) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let free = self.total.saturating_sub(*held);
-        let chosen = plan(instances, threads, free, self.total);
-        *held += chosen.cores();
-        (chosen, Held { cores: chosen.cores(), held: self.held.clone() })
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, usize>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes a plan for model `name` that asked for `instances` and
+    /// `threads`; the cores go back when the guard is dropped (the model
+    /// unloaded).
+    pub fn reserve(&self, name: &str, instances: Option<u32>, threads: Option<u32>) -> (Plan, Held) {
+        let mut held = self.lock();
+        let free = self.total.saturating_sub(held.values().sum());
+        let chosen = plan(instances, threads, free, self.total);
+        *held.entry(name.to_owned()).or_default() += chosen.cores();
+        (chosen, Held { name: name.to_owned(), cores: chosen.cores(), held: self.held.clone() })
+    }
+
+    /// Cores all loaded models hold.
     pub fn held(&self) -> usize {
-        *self.held.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock().values().sum()
+    }
+
+    /// Cores held by the loaded models other than `these`: a function that
+    /// calls a model runs its inference on that model's cores, so those
+    /// are its own work, not another's that it must leave room for.
+    pub fn held_except(&self, these: &[String]) -> usize {
+        self.lock().iter().filter(|(name, _)| !these.contains(name)).map(|(_, cores)| cores).sum()
     }
 }
 
 /// Cores a loaded model holds.
 #[derive(Debug)]
 pub struct Held {
+    name: String,
     cores: usize,
-    held: Arc<Mutex<usize>>,
+    held: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        *held = held.saturating_sub(self.cores);
+        if let Some(cores) = held.get_mut(&self.name) {
+            *cores = cores.saturating_sub(self.cores);
+            if *cores == 0 {
+                held.remove(&self.name);
+            }
+        }
     }
 }
 
@@ -106,15 +127,16 @@ mod tests {
     #[test]
     fn models_share_the_cores_and_give_them_back() {
         let cores = Cores::new(2);
-        let (first, held_first) = cores.reserve(None, None);
+        let (first, held_first) = cores.reserve("a", None, None);
         assert_eq!(first, Plan { instances: 2, threads: 1 });
         // Nothing left: the next model still gets one session of one thread.
-        let (second, held_second) = cores.reserve(None, None);
+        let (second, held_second) = cores.reserve("b", None, None);
         assert_eq!(second, Plan { instances: 1, threads: 1 });
         assert_eq!(cores.held(), 3);
+        assert_eq!(cores.held_except(&["a".to_owned()]), 1, "a caller of a is not held back by a's own cores");
         drop(held_first);
         drop(held_second);
         assert_eq!(cores.held(), 0);
-        assert_eq!(cores.reserve(None, None).0.instances, 2);
+        assert_eq!(cores.reserve("a", None, None).0.instances, 2);
     }
 }

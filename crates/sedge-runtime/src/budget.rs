@@ -102,6 +102,8 @@ fn names_ml_package(bundle: &Path) -> bool {
 struct Entry {
     function: String,
     cpu: Option<f64>,
+    /// The node's models its workers call.
+    calls: Vec<String>,
     memory_each: u64,
     want: u32,
     workers: u32,
@@ -331,11 +333,15 @@ impl NodeBudget {
         self.models.clone()
     }
 
-    fn held_by_models(&self) -> usize {
+    /// Cores held by the node's models other than those in `calls`.
+    fn held_by_models(&self, calls: &[String]) -> usize {
         #[cfg(feature = "onnx")]
-        return self.models.held();
+        return self.models.held_except(calls);
         #[cfg(not(feature = "onnx"))]
-        0
+        {
+            let _ = calls;
+            0
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Ledger> {
@@ -345,8 +351,15 @@ impl NodeBudget {
     /// A new pool's key, for a pool of `function` whose workers each
     /// count as `memory_each`.
     pub fn join(&self, function: &str, cpu: Option<f64>, memory_each: u64) -> u64 {
+        self.join_calling(function, cpu, memory_each, Vec::new())
+    }
+
+    /// [`Self::join`] for a pool whose workers call the node's models
+    /// `calls`: the cores those models hold are not counted against its
+    /// workers, since the inference they wait for is theirs.
+    pub fn join_calling(&self, function: &str, cpu: Option<f64>, memory_each: u64, calls: Vec<String>) -> u64 {
         let key = self.next.fetch_add(1, Ordering::Relaxed);
-        let entry = Entry { function: function.to_owned(), cpu, memory_each, want: 0, workers: 0 };
+        let entry = Entry { function: function.to_owned(), cpu, calls, memory_each, want: 0, workers: 0 };
         self.lock().pools.insert(key, entry);
         key
     }
@@ -431,11 +444,12 @@ impl NodeBudget {
             me.want = want;
             me.workers = workers;
             let (cpu, memory_each) = (me.cpu, me.memory_each);
+            let held_by_others = if cpu.is_some() { self.held_by_models(&me.calls) } else { 0 };
             let mut cap = want;
             let mut cpu_limited = false;
             if let Some(cpu) = cpu {
                 let entries = &ledger.pools;
-                let free = self.cores.saturating_sub(self.held_by_models()) as f64;
+                let free = self.cores.saturating_sub(held_by_others) as f64;
                 let mut keys: Vec<u64> = entries.iter().filter(|(_, e)| e.cpu.is_some()).map(|(k, _)| *k).collect();
                 keys.sort_unstable();
                 let claims: Vec<CpuClaim> = keys
@@ -507,9 +521,22 @@ mod tests {
     #[test]
     fn cores_held_by_models_are_not_given_to_workers() {
         let b = NodeBudget::new(4, None);
-        let (_plan, _held) = b.model_cores().reserve(Some(1), Some(2));
+        let (_plan, _held) = b.model_cores().reserve("m", Some(1), Some(2));
         let x = b.join("x", Some(1.0), 1);
         assert_eq!(b.grant(x, 4, 0).workers, 2);
+    }
+
+    #[cfg(feature = "onnx")]
+    #[test]
+    fn a_caller_of_a_model_is_not_held_back_by_that_models_cores() {
+        // The model holds both cores; its caller's workers wait on it.
+        let b = NodeBudget::new(2, None);
+        let (_plan, _held) = b.model_cores().reserve("effnet", None, None);
+        let caller = b.join_calling("caller", Some(0.5), 1, vec!["effnet".to_owned()]);
+        assert_eq!(b.grant(caller, 4, 0).workers, 4);
+        // Another function, calling no model, is still held back by it.
+        let other = b.join("other", Some(0.5), 1);
+        assert_eq!(b.grant(other, 4, 0).workers, 1);
     }
 
     #[test]

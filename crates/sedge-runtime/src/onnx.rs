@@ -58,7 +58,7 @@ impl Engine for OnnxEngine {
                 ),
                 None => None,
             };
-            let (plan, held) = cores.reserve(model_spec.instances, model_spec.threads);
+            let (plan, held) = cores.reserve(spec.name.as_str(), model_spec.instances, model_spec.threads);
             let path = bundle.join(&spec.handler);
             let before_load = began.elapsed();
             let load = tokio::task::spawn_blocking(move || Model::load(&path, &python, plan.instances, plan.threads));

@@ -258,7 +258,9 @@ impl Pool {
         budget: Arc<NodeBudget>,
         cpu: Option<f64>,
     ) -> Arc<Self> {
-        let budget_key = budget.join(spec.name.as_str(), cpu, spec.limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY));
+        let calls = spec.models.iter().map(|m| m.as_str().to_owned()).collect();
+        let budget_key =
+            budget.join_calling(spec.name.as_str(), cpu, spec.limits.memory.unwrap_or(DEFAULT_WORKER_MEMORY), calls);
         Arc::new_cyclic(|me| Self {
             budget,
             budget_key,

@@ -236,8 +236,19 @@ fn three_nodes_on_three_nats_servers_deploy_once_run_where_placed_and_survive_a_
     // One NATS server of three goes: the cluster keeps serving and deploying.
     servers[0].kill();
     for n in [&a, &b, &c] {
-        n.wait_for("serving without the first NATS server", Duration::from_secs(30), |n| {
-            n.post("/function/gpu-echo", b"abc").status == 200 && n.post("/function/hello-python", b"").status == 200
+        n.wait_until("serving without the first NATS server", Duration::from_secs(30), |n| {
+            let (echo, hello) = (n.post("/function/gpu-echo", b"abc"), n.post("/function/hello-python", b""));
+            if echo.status == 200 && hello.status == 200 {
+                return Ok(());
+            }
+            Err(format!(
+                "on {}: gpu-echo {} {}, hello-python {} {}",
+                n.url,
+                echo.status,
+                echo.text(),
+                hello.status,
+                hello.text()
+            ))
         });
     }
     let later = FnDir::python("later", "", "def handle(req):\n    return 'later'\n");
@@ -383,7 +394,13 @@ fn a_rolling_redeploy_under_load_answers_no_5xx() {
         let next = version(v);
         nodes[1].deploy(next.path());
         for n in &nodes {
-            assert_eq!(n.post("/function/rolling", b"").text(), v, "every node serves {v} once the deploy answered");
+            let r = n.post("/function/rolling", b"");
+            assert_eq!(
+                (r.status, r.text()),
+                (200, v.to_owned()),
+                "on {}: every node serves {v} once the deploy answered",
+                n.url
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }

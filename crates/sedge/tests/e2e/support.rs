@@ -212,6 +212,19 @@ impl Node {
         }
     }
 
+    /// [`Self::wait_for`] with what the check saw last in the failure:
+    /// `check` says `Err(what it saw)` until it is satisfied.
+    pub fn wait_until(&self, what: &str, limit: Duration, mut check: impl FnMut(&Self) -> Result<(), String>) {
+        let start = Instant::now();
+        loop {
+            match check(self) {
+                Ok(()) => return,
+                Err(seen) => assert!(start.elapsed() < limit, "timed out waiting for {what}; last seen: {seen}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
