@@ -282,3 +282,36 @@ fn a_caller_killed_while_its_model_call_is_queued_answers_502_and_the_call_goes_
     assert_eq!(again.status, 200, "{}", again.text());
     assert_ne!(crate::hostile::host_pid(&again.json()), pid, "a new worker serves");
 }
+
+#[test]
+fn a_one_at_a_time_caller_grows_beside_the_model_that_holds_every_core() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        eprintln!("skipped: needs two cores for two CPU-bound workers");
+        return;
+    }
+    let node = Node::start();
+    // The model takes a runner per core; a lone call waits a second for a
+    // second call to share its batch.
+    node.deploy(slow_batching_digits().path());
+    let caller = FnDir::python(
+        "one-at-a-time",
+        "models = [\"digits\"]\n[scale]\nmax = 2\n",
+        "import numpy as np\nimport sedge\n\ndef handle(req):\n    \
+         out = sedge.infer(\"digits\", np.zeros((1, 64), dtype=np.float32))\n    return str(int(out[\"label\"][0]))\n",
+    );
+    node.deploy(caller.path());
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..2).map(|_| s.spawn(|| node.post("/function/one-at-a-time", b""))).collect();
+        for c in calls {
+            let a = c.join().expect("a caller thread");
+            assert_eq!(a.status, 200, "{}", a.text());
+        }
+    });
+    // Its workers are CPU-bound (concurrency 1, calls a model), but the
+    // cores the model holds run their own inference: the second call got a
+    // worker of its own instead of waiting on the CPU budget.
+    let described = node.describe("one-at-a-time");
+    assert_eq!(described["sedge"]["cpuBudgetWaits"], 0, "{described}");
+    assert_eq!(described["availableReplicas"], 2, "{described}");
+}
