@@ -10,6 +10,8 @@
 //! - [`model`]: a model function's `[model]` and `[batching]` tables.
 //! - [`async_policy`]: a function's `[async]` table (retries of queued calls).
 //! - [`trigger`]: a function's `[[triggers]]` (MQTT, NATS, cron events).
+//! - [`figures`]: counters and latency histograms recorded as the node
+//!   works (a served model's queue waits and runs), read when scraped.
 //! - [`buffers`]: large byte buffers (request bodies, worker frames) kept
 //!   for the next request instead of mapped fresh each time.
 //!
@@ -18,6 +20,7 @@
 
 pub mod async_policy;
 pub mod buffers;
+pub mod figures;
 pub mod invocation;
 pub mod manifest;
 pub mod model;

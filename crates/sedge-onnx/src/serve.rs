@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use sedge_core::figures::ModelFigures;
 use sedge_core::model::{ImagePrep, Layout, ModelInput, ModelSpec};
 use sedge_core::{Invocation, InvokeError, Reply};
 use serde_json::{json, Value};
@@ -42,6 +43,8 @@ struct Job {
     inputs: Inputs,
     deadline: Instant,
     reply: Answer,
+    /// When it entered the queue.
+    queued: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +120,7 @@ impl Served {
                 closed: false,
                 running: 0,
                 used: false,
+                figures: Arc::default(),
             }),
             ready: Condvar::new(),
         });
@@ -138,6 +142,13 @@ impl Served {
         self
     }
 
+    /// Counts requests' queue waits and the runs from now on into
+    /// `figures` (the function's, which outlive this load of its model),
+    /// so a warm-up run before it is not counted.
+    pub fn count_into(&self, figures: Arc<ModelFigures>) {
+        self.line.lock().figures = figures;
+    }
+
     pub fn model(&self) -> &Model {
         &self.model
     }
@@ -153,7 +164,7 @@ impl Served {
     /// has its answer discarded.
     pub async fn infer_with(&self, inputs: Inputs, deadline: Instant) -> Result<Vec<Tensor>, RunError> {
         let (reply, answer) = oneshot::channel();
-        self.line.push(Job { inputs, deadline, reply })?;
+        self.line.push(Job { inputs, deadline, reply, queued: Instant::now() })?;
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(answered) => answered.unwrap_or(Err(RunError::Stopped)),
             Err(_) => Err(RunError::Late),
@@ -480,6 +491,8 @@ struct LineState {
     running: usize,
     /// The model has run since its arena last gave its memory back.
     used: bool,
+    /// Where requests' waits and runs are counted.
+    figures: Arc<ModelFigures>,
 }
 
 /// How long a model has nothing to do before its arena gives back the
@@ -489,7 +502,7 @@ const RELEASE_AFTER: Duration = Duration::from_secs(2);
 
 /// What a runner does next.
 enum Next {
-    Run(Vec<Job>),
+    Run(Vec<Job>, Arc<ModelFigures>),
     /// Nothing to do for [`RELEASE_AFTER`]: give the arena's memory back.
     Release,
     Stop,
@@ -539,7 +552,7 @@ fn runner(model: &Model, line: &Line, instance: usize) {
     let mut ran = false;
     loop {
         match next(line, ran) {
-            Next::Run(batch) => run_batch(model, instance, batch),
+            Next::Run(batch, figures) => run_batch(model, instance, batch, &figures),
             Next::Release => {
                 let zeros: Vec<Tensor> = model.inputs.iter().map(zeros).collect();
                 if let Err(e) = model.run_releasing(instance, zeros) {
@@ -569,7 +582,11 @@ fn next(line: &Line, ran: bool) -> Next {
             Decision::Run(n) => {
                 st.running += 1;
                 st.used = true;
-                return Next::Run(st.queue.take(n));
+                let batch = st.queue.take(n);
+                for job in &batch {
+                    st.figures.queued.observe(now.saturating_duration_since(job.queued));
+                }
+                return Next::Run(batch, st.figures.clone());
             }
             Decision::WaitUntil(at) => {
                 let wait = at.saturating_duration_since(now).max(Duration::from_micros(50));
@@ -593,7 +610,15 @@ fn next(line: &Line, ran: bool) -> Next {
 /// Runs jobs as one batch (stacked on the first axis) and answers each;
 /// callers that hung up meanwhile are skipped, and so is a caller whose
 /// inputs turn out not to be the model's (told so).
-fn run_batch(model: &Model, instance: usize, batch: Vec<Job>) {
+fn run_batch(model: &Model, instance: usize, batch: Vec<Job>, figures: &ModelFigures) {
+    // Timed around the engine only: inputs made, stacked and split apart
+    // are the request's cost, not the run's.
+    let run = |inputs: Vec<Tensor>, requests: usize| {
+        let began = Instant::now();
+        let outputs = model.run_owned(instance, inputs);
+        figures.ran(requests, began.elapsed());
+        outputs
+    };
     let mut ready: Vec<(Vec<Tensor>, Answer)> = Vec::with_capacity(batch.len());
     for job in batch {
         if job.reply.is_closed() {
@@ -608,7 +633,7 @@ fn run_batch(model: &Model, instance: usize, batch: Vec<Job>) {
     }
     if ready.len() == 1 {
         if let Some((inputs, reply)) = ready.pop() {
-            let _ = reply.send(model.run_owned(instance, inputs).map_err(RunError::Failed));
+            let _ = reply.send(run(inputs, 1).map_err(RunError::Failed));
         }
         return;
     }
@@ -623,7 +648,7 @@ fn run_batch(model: &Model, instance: usize, batch: Vec<Job>) {
             _ => {
                 // Not stackable (shapes differ past the first axis): one by one.
                 for (inputs, reply) in ready {
-                    let _ = reply.send(model.run_owned(instance, inputs).map_err(RunError::Failed));
+                    let _ = reply.send(run(inputs, 1).map_err(RunError::Failed));
                 }
                 return;
             }
@@ -632,7 +657,7 @@ fn run_batch(model: &Model, instance: usize, batch: Vec<Job>) {
     let rows: Vec<usize> =
         ready.iter().map(|(i, _)| i.first().and_then(|t| t.shape.first().copied()).unwrap_or(1)).collect();
     let replies: Vec<Answer> = ready.into_iter().map(|(_, r)| r).collect();
-    match model.run_owned(instance, stacked) {
+    match run(stacked, replies.len()) {
         Ok(outputs) => {
             let mut per_job: Vec<Vec<Tensor>> = replies.iter().map(|_| Vec::new()).collect();
             for out in outputs {

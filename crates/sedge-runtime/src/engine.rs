@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sedge_core::figures::ModelFigures;
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use tokio::time::Instant;
 
@@ -173,6 +174,8 @@ pub struct WorkerCounters {
     pub oom_kills: Arc<AtomicU64>,
     /// Starts that took a worker kept ahead (a spare) instead of a fresh one.
     pub spare_starts: Arc<AtomicU64>,
+    /// A model served in the node: its queue waits and runs.
+    pub model: Arc<ModelFigures>,
 }
 
 /// Everything one start is given.

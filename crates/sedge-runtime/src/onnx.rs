@@ -82,6 +82,7 @@ impl Engine for OnnxEngine {
                 .map_err(|e| e.to_string())?
                 .with_timeout(spec.limits.timeout);
             served.warm().await.map_err(|e| e.to_string())?;
+            served.count_into(ctx.version.counters.model.clone());
             // Loading counts its warm-up run: the model is not ready before it.
             let phases = StartPhases {
                 kind: StartKind::Model,

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use sedge_core::figures::ModelFigures;
 use sedge_core::{FunctionSpec, Invocation, InvokeError, Reply};
 use sedge_scaler::{Autoscaler, LoadWindow, Pin, ScaleConfig};
 use tokio::sync::{oneshot, Notify};
@@ -90,12 +91,18 @@ pub struct FunctionShared {
     pub memory_waits: AtomicU64,
     /// Where its cold starts went.
     pub cold: ColdStarts,
+    /// What its model did, for a model served in the node (runtime = "onnx").
+    pub model: Arc<ModelFigures>,
 }
 
 impl FunctionShared {
     /// The counters its engines add to.
     pub fn counters(&self) -> WorkerCounters {
-        WorkerCounters { oom_kills: self.oom_kills.clone(), spare_starts: self.spare_starts.clone() }
+        WorkerCounters {
+            oom_kills: self.oom_kills.clone(),
+            spare_starts: self.spare_starts.clone(),
+            model: self.model.clone(),
+        }
     }
 }
 

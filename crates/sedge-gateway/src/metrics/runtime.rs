@@ -1,13 +1,18 @@
 //! Per-function figures the runtime keeps, read at scrape time: replicas
 //! (OpenFaaS's `gateway_service_count`), queue depth, workers by state, and
 //! the node-lifetime totals of cold starts, spare starts and OOM kills,
-//! and what holds the node's memory budget.
+//! and what holds the node's memory budget; for models served in the node,
+//! their runs, the requests those runs answered, and histograms of queue
+//! waits and run times (kept by the runtime in fixed buckets, turned into
+//! Prometheus histograms here).
 
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 
 use prometheus::core::Collector;
-use prometheus::proto::MetricFamily;
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
+use sedge_core::figures::HistogramSnapshot;
 use sedge_runtime::Runtime;
 
 use super::{counters, gauges, histograms, series_name};
@@ -27,7 +32,18 @@ pub struct RuntimeFigures {
     /// Observed as the runtime reports starts, never reset: a histogram's
     /// counts only grow.
     cold_start: HistogramVec,
+    model_runs: IntCounterVec,
+    model_requests: IntCounterVec,
+    /// Read from the runtime's own buckets at each scrape.
+    model_histograms: Mutex<Vec<MetricFamily>>,
 }
+
+const MODEL_QUEUED: (&str, &str) = (
+    "sedge_model_queue_seconds",
+    "Time a request to a model served in the node waited in its queue, from arriving there to the start of its run",
+);
+const MODEL_RUN: (&str, &str) =
+    ("sedge_model_run_seconds", "Time one run of a model served in the node took in ONNX Runtime, for the whole batch");
 
 impl Default for RuntimeFigures {
     fn default() -> Self {
@@ -74,6 +90,17 @@ impl Default for RuntimeFigures {
                 &["function_name", "phase"],
                 vec![0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             ),
+            model_runs: counters(
+                "sedge_model_runs_total",
+                "Runs of a model served in the node (runtime = \"onnx\") since the node began; with batching a run answers several requests",
+                f,
+            ),
+            model_requests: counters(
+                "sedge_model_requests_total",
+                "Requests (HTTP, the inference protocol and sedge.infer calls) a model's runs answered since the node began",
+                f,
+            ),
+            model_histograms: Mutex::default(),
         }
     }
 }
@@ -93,9 +120,18 @@ impl RuntimeFigures {
         for (kind, bytes) in &used.node {
             self.memory_budget.with_label_values(&[kind]).set(i64::try_from(*bytes).unwrap_or(i64::MAX));
         }
-        for family in [&self.cold_starts, &self.spare_starts, &self.oom_kills, &self.cpu_waits, &self.memory_waits] {
+        for family in [
+            &self.cold_starts,
+            &self.spare_starts,
+            &self.oom_kills,
+            &self.cpu_waits,
+            &self.memory_waits,
+            &self.model_runs,
+            &self.model_requests,
+        ] {
             family.reset();
         }
+        let (mut queued, mut run) = (Vec::new(), Vec::new());
         for name in runtime.names() {
             let Some(pool) = runtime.get(&name) else { continue };
             let stats = pool.stats();
@@ -122,7 +158,17 @@ impl RuntimeFigures {
             ] {
                 family.with_label_values(&f).inc_by(total.load(Ordering::Relaxed));
             }
+            let model = &shared.model;
+            let runs = model.runs.load(Ordering::Relaxed);
+            if runs > 0 {
+                self.model_runs.with_label_values(&f).inc_by(runs);
+                self.model_requests.with_label_values(&f).inc_by(model.requests.load(Ordering::Relaxed));
+                queued.push(histogram_series(&label, &model.queued.snapshot()));
+                run.push(histogram_series(&label, &model.run.snapshot()));
+            }
         }
+        *self.model_histograms.lock().unwrap_or_else(|p| p.into_inner()) =
+            [histogram_family(MODEL_QUEUED, queued), histogram_family(MODEL_RUN, run)].concat();
     }
 
     pub fn collect(&self) -> Vec<MetricFamily> {
@@ -138,7 +184,49 @@ impl RuntimeFigures {
             self.memory_waits.collect(),
             self.memory_budget.collect(),
             self.cold_start.collect(),
+            self.model_runs.collect(),
+            self.model_requests.collect(),
+            self.model_histograms.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         ]
         .concat()
     }
+}
+
+/// One function's series of a histogram kept by the runtime.
+fn histogram_series(function: &str, snap: &HistogramSnapshot) -> proto::Metric {
+    let mut label = proto::LabelPair::default();
+    label.set_name("function_name".to_owned());
+    label.set_value(function.to_owned());
+    let buckets = snap
+        .buckets
+        .iter()
+        .map(|&(bound, below)| {
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(bound);
+            b.set_cumulative_count(below);
+            b
+        })
+        .collect();
+    let mut h = proto::Histogram::default();
+    h.set_sample_count(snap.count);
+    h.set_sample_sum(snap.sum_seconds);
+    h.set_bucket(buckets);
+    let mut m = proto::Metric::default();
+    m.set_label(vec![label]);
+    m.set_histogram(h);
+    m
+}
+
+/// A histogram family of `series`; none when there are none (the encoder
+/// refuses an empty family).
+fn histogram_family((name, help): (&str, &str), series: Vec<proto::Metric>) -> Vec<MetricFamily> {
+    if series.is_empty() {
+        return Vec::new();
+    }
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(MetricType::HISTOGRAM);
+    family.set_metric(series);
+    vec![family]
 }

@@ -79,6 +79,21 @@ fn a_python_function_calls_the_model_from_many_threads() {
     let described = node.describe("digits");
     assert_eq!(described["invocationCount"], 25, "{described}");
     assert_eq!(described["availableReplicas"], 1, "{described}");
+    // The model's own figures: every request counted once, by the runs
+    // that answered it (several to a run when batched) and by its wait.
+    let metrics = node.get("/metrics").text();
+    let f = [("function_name", "digits.openfaas-fn")];
+    let get = |name: &str| sample(&metrics, name, &f).unwrap_or_else(|| panic!("no {name} in\n{metrics}"));
+    assert_eq!(get("sedge_model_requests_total"), 25.0, "{metrics}");
+    let runs = get("sedge_model_runs_total");
+    assert!((1.0..=25.0).contains(&runs), "{metrics}");
+    assert_eq!(get("sedge_model_queue_seconds_count"), 25.0, "{metrics}");
+    assert_eq!(get("sedge_model_run_seconds_count"), runs, "{metrics}");
+    assert!(get("sedge_model_run_seconds_sum") > 0.0, "{metrics}");
+    let all = [("function_name", "digits.openfaas-fn"), ("le", "+Inf")];
+    assert_eq!(sample(&metrics, "sedge_model_run_seconds_bucket", &all), Some(runs), "{metrics}");
+    // Python callers run no model of their own.
+    assert_eq!(sample(&metrics, "sedge_model_runs_total", &[("function_name", "reader.openfaas-fn")]), None);
 }
 
 pub(crate) const ERRORS: &str = r#"import numpy as np
