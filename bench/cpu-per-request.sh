@@ -7,7 +7,10 @@
 # throughput: on a shared machine throughput follows whatever else runs,
 # while the CPU a request costs moves much less. Per request: the node's,
 # its workers' and the load generator's utime + stime (/proc/PID/stat)
-# over the answers; per engine run: what `sedge bench ort` reports.
+# over the answers, split into the node's model runner threads (the
+# inference), the rest of the node, its workers and the load generator;
+# per engine run: what `sedge bench ort` reports. BEFORE and AFTER may be
+# the same binary, for the split alone.
 #
 #   bench/cpu-per-request.sh BEFORE AFTER [ROUNDS] [USERS] [SECONDS]
 #   (defaults: 4 rounds of 16 users for 4 s; needs scripts/fetch-models.sh)
@@ -59,6 +62,18 @@ ticks_between() {
 # Clock ticks of CPU used by PID itself.
 own_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 
+# Clock ticks of CPU used by PID's model runner threads (model-run-N): the
+# inference itself, against which the rest is what a request costs beside it.
+run_ticks() {
+  local sum=0 t
+  for t in /proc/"$1"/task/*; do
+    case $(cat "$t/comm" 2>/dev/null) in
+      model-run-*) sum=$((sum + $(sed 's/^.*) //' "$t/stat" | awk '{print $12 + $13}'))) ;;
+    esac
+  done
+  echo "$sum"
+}
+
 # One load of FUNCTION on node LABEL with BIN: req/s, CPU a request in
 # all and of the node process alone.
 load() {
@@ -67,17 +82,22 @@ load() {
   # Warm: workers started, buffers kept, before the measured window.
   "$bin" bench load "$url/function/$fn" -c "$users" --duration 1s -d "@$body" \
     -H content-type:application/octet-stream > /dev/null 2>&1
-  local n0 n1
+  local n0 n1 r0 r1
   tree_ticks "$pid" > "$work/t0"
-  n0=$(own_ticks "$pid")
+  n0=$(own_ticks "$pid") r0=$(run_ticks "$pid")
   /usr/bin/time -f "%U %S" -o "$work/gen" "$bin" bench load "$url/function/$fn" -c "$users" --duration "${secs}s" \
     -d "@$body" -H content-type:application/octet-stream > "$work/load" 2>&1
   tree_ticks "$pid" > "$work/t1"
-  n1=$(own_ticks "$pid")
-  awk -v t="$(ticks_between "$work/t0" "$work/t1")" -v node="$((n1 - n0))" -v hz="$tick" -v secs="$secs" '
+  n1=$(own_ticks "$pid") r1=$(run_ticks "$pid")
+  awk -v t="$(ticks_between "$work/t0" "$work/t1")" -v node="$((n1 - n0))" -v runs="$((r1 - r0))" -v hz="$tick" \
+    -v secs="$secs" '
     FILENAME ~ /gen$/ { gen = $1 + $2; next }
     $1 == "throughput" { rps = $2 }
-    END { n = rps * secs; printf "%7.1f req/s %6.2f ms in all, node %5.2f ms", rps, (t / hz + gen) * 1000 / n, node / hz * 1000 / n }
+    END {
+      n = rps * secs; ms = 1000 / hz / n
+      printf "%7.1f req/s %6.2f ms in all = model runs %5.2f + rest of node %4.2f + workers %4.2f + load generator %4.2f",
+        rps, t * ms + gen * 1000 / n, runs * ms, (node - runs) * ms, (t - node) * ms, gen * 1000 / n
+    }
   ' "$work/gen" "$work/load"
 }
 
