@@ -52,7 +52,8 @@ pub struct Args {
     /// its module once (its zygote), instead of importing it again in each.
     #[arg(long, env = "SEDGE_ZYGOTES", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     zygotes: bool,
-    /// Threads for the gateway's async runtime (0: one per core).
+    /// Threads for the gateway's async runtime (0: one on machines of up to
+    /// two cores, else one per core).
     #[arg(long, env = "SEDGE_THREADS", default_value_t = 0, value_name = "N")]
     threads: usize,
     /// Run workers unsandboxed: as the node's own user, seeing its files,
@@ -279,6 +280,20 @@ pub fn default_data_dir() -> PathBuf {
     dirs::data_local_dir().map_or_else(|| PathBuf::from(".sedge"), |d| d.join("sedge"))
 }
 
+/// The gateway's threads on a machine of `cores` (0: one per core). On a
+/// small machine the cores are the workers' and models': with two, a
+/// gateway on both hands each connection's task between its threads for
+/// every 64 KiB of a body (a wake-up of the other thread each time, which
+/// preempts a model's run), and one thread served more on every function
+/// measured (docs/models.md, "The gateway's threads").
+fn gateway_threads(cores: usize) -> usize {
+    if cores <= 2 {
+        1
+    } else {
+        0
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -289,7 +304,11 @@ pub fn run(args: Args) -> Result<()> {
         // Colour codes only for a person at a terminal, not in files and pipes.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match args.threads {
+    let threads = match args.threads {
+        0 => gateway_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        n => n,
+    };
+    let rt = match threads {
         0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
         // A single-threaded gateway leaves every other core to the workers.
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
