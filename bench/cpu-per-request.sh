@@ -14,6 +14,10 @@
 #
 #   bench/cpu-per-request.sh BEFORE AFTER [ROUNDS] [USERS] [SECONDS]
 #   (defaults: 4 rounds of 16 users for 4 s; needs scripts/fetch-models.sh)
+# SERVE_BEFORE / SERVE_AFTER add `sedge serve` options to either node, to
+# set one binary against itself with another setting, e.g.
+#   SERVE_BEFORE="--threads 2" SERVE_AFTER="--threads 1" \
+#     bench/cpu-per-request.sh target/release/sedge target/release/sedge 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 before=$1 after=$2 rounds=${3:-4} users=${4:-16} secs=${5:-4}
@@ -25,13 +29,16 @@ nodes=()
 trap 'for n in "${nodes[@]}"; do kill "$n" 2>/dev/null; wait "$n" 2>/dev/null; done; rm -rf "$work"' EXIT
 tick=$(getconf CLK_TCK)
 
-# Starts BIN as node LABEL; sets url_LABEL and pid_LABEL.
+# Starts BIN as node LABEL with `sedge serve` options OPTIONS (one word
+# each); sets url_LABEL and pid_LABEL.
 start() {
-  local bin=$1 label=$2 dir=$work/$2
+  local bin=$1 label=$2 dir=$work/$2 options
+  read -r -a options <<< "${3:-}"
   mkdir -p "$dir/onnx" "$dir/infer"
   cp -r bench/functions/effnet-onnx/. "$dir/onnx/" && cp models/efficientnet-lite0.onnx "$dir/onnx/"
   cp -r bench/functions/effnet-infer/. "$dir/infer/"
-  SEDGE_ADMIN_PASSWORD=bench "$bin" serve --listen 127.0.0.1:0 --data "$dir/data" > "$dir/out" 2> "$dir/err" &
+  SEDGE_ADMIN_PASSWORD=bench "$bin" serve --listen 127.0.0.1:0 --data "$dir/data" "${options[@]}" \
+    > "$dir/out" 2> "$dir/err" &
   local pid=$!
   nodes+=("$pid")
   for _ in $(seq 100); do grep -q "listening on" "$dir/out" 2>/dev/null && break; sleep 0.1; done
@@ -101,8 +108,8 @@ load() {
   ' "$work/gen" "$work/load"
 }
 
-start "$before" before
-start "$after" after
+start "$before" before "${SERVE_BEFORE:-}"
+start "$after" after "${SERVE_AFTER:-}"
 echo "rounds of $users users, ${secs} s each; CPU per request = node + workers + load generator"
 for round in $(seq "$rounds"); do
   engine=$("$after" bench ort models/efficientnet-lite0.onnx --input "$body" --sessions 2 --threads 1 --shared \

@@ -18,6 +18,7 @@
 //! until the callback is delivered or given up, so a node lost meanwhile
 //! leaves the callback to the next.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -687,7 +688,9 @@ impl Cluster {
     /// Every record within `filter`, newest first, without bodies.
     async fn records_in(&self, filter: &Filter) -> Result<Vec<CallRecord>, ApiError> {
         let keys = self.records().keys().await.map_err(|e| unavailable("list the calls", e))?;
-        let keys: Vec<String> =
+        // A key written while the listing runs comes again with its new
+        // revision: each once.
+        let keys: BTreeSet<String> =
             keys.filter_map(|k| async move { k.ok().filter(|k| k.starts_with("c.")) }).collect().await;
         let records = self.records();
         let mut found: Vec<CallRecord> = futures_util::stream::iter(keys)

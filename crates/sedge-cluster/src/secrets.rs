@@ -256,7 +256,9 @@ impl SharedSecrets for Cluster {
                     names.push(name);
                 }
             }
+            // A secret written while the listing runs comes again: once each.
             names.sort();
+            names.dedup();
             Ok(names)
         })
     }

@@ -11,6 +11,7 @@ use sedge_core::FunctionName;
 use sedge_protocol::{encode_head, join_tensors, split_tensors, Header, TensorHead};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::{lock, Outgoing, Pending};
 use crate::engine::RawTensor;
@@ -90,6 +91,13 @@ impl ModelCalls {
                     models.infer(&declared, &req.model, input, deadline).await.map_err(|e| e.to_string())
                 }
             };
+            // Past the invocation's deadline its caller is answered 504 and
+            // the worker ended (the pool's rule): an error sent now would
+            // only race that answer with the function's own handling of it
+            // (an uncaught InferError answering 500 first).
+            if result.is_err() && deadline.is_some_and(|d| Instant::now() >= d) {
+                return;
+            }
             send(&frames, req.id, result);
         });
     }
