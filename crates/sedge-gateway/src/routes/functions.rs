@@ -84,6 +84,8 @@ pub(super) fn status(node: &Node, r: &FunctionRecord) -> Value {
                 "firstAnswerMs": c.first_answer.as_secs_f64() * 1000.0,
                 "totalMs": c.total().as_secs_f64() * 1000.0,
             })),
+            // A model served in the node: what its runs did since the node began.
+            "model": spec.runtime.serves_models().then(|| model_figures(&shared.model)),
             "cpuBudgetWaits": shared.cpu_waits.load(std::sync::atomic::Ordering::Relaxed),
             "memoryBudgetWaits": shared.memory_waits.load(std::sync::atomic::Ordering::Relaxed),
             "memoryBudget": memory_budget(node, name),
@@ -103,6 +105,22 @@ pub(super) fn status(node: &Node, r: &FunctionRecord) -> Value {
             // The environment its requirements.txt / package.json were installed into.
             "environment": node.runtime.get(name).and_then(|p| p.deps().and_then(|d| crate::deps::key_of(d))),
         },
+    })
+}
+
+/// A served model's runs, the requests they answered and their mean queue
+/// wait and run time in milliseconds (null before any run).
+fn model_figures(figures: &sedge_core::figures::ModelFigures) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mean_ms = |h: &sedge_core::figures::Histogram| {
+        let s = h.snapshot();
+        (s.count > 0).then(|| s.sum_seconds * 1000.0 / s.count as f64)
+    };
+    json!({
+        "runs": figures.runs.load(Relaxed),
+        "requests": figures.requests.load(Relaxed),
+        "meanQueueMs": mean_ms(&figures.queued),
+        "meanRunMs": mean_ms(&figures.run),
     })
 }
 

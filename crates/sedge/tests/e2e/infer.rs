@@ -92,6 +92,12 @@ fn a_python_function_calls_the_model_from_many_threads() {
     assert!(get("sedge_model_run_seconds_sum") > 0.0, "{metrics}");
     let all = [("function_name", "digits.openfaas-fn"), ("le", "+Inf")];
     assert_eq!(sample(&metrics, "sedge_model_run_seconds_bucket", &all), Some(runs), "{metrics}");
+    let model = &node.describe("digits")["sedge"]["model"];
+    assert_eq!(model["requests"], 25, "{model}");
+    assert_eq!(model["runs"].as_f64(), Some(runs), "{model}");
+    assert!(model["meanRunMs"].as_f64().is_some_and(|ms| ms > 0.0), "{model}");
+    assert!(model["meanQueueMs"].as_f64().is_some_and(|ms| ms >= 0.0), "{model}");
+    assert!(node.describe("reader")["sedge"]["model"].is_null(), "a Python caller serves no model");
     // Python callers run no model of their own.
     assert_eq!(sample(&metrics, "sedge_model_runs_total", &[("function_name", "reader.openfaas-fn")]), None);
 }
