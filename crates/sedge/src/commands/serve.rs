@@ -280,17 +280,18 @@ pub fn default_data_dir() -> PathBuf {
     dirs::data_local_dir().map_or_else(|| PathBuf::from(".sedge"), |d| d.join("sedge"))
 }
 
-/// The gateway's threads on a machine of `cores` (0: one per core). On a
-/// small machine the cores are the workers' and models': with two, a
-/// gateway on both hands each connection's task between its threads for
-/// every 64 KiB of a body (a wake-up of the other thread each time, which
-/// preempts a model's run), and one thread served more on every function
-/// measured (docs/models.md, "The gateway's threads").
+/// The gateway's threads when `--threads` is left at 0, on a machine of
+/// `cores`. On a small machine the cores are the workers' and models':
+/// with two, a gateway on both handed a connection's task to the other
+/// thread for each 64 KiB of a body, a wake-up that preempts a model's run;
+/// one thread served more under load on every function measured, at a
+/// small cost at one user for trivial functions (docs/models.md, "The
+/// gateway's threads").
 fn gateway_threads(cores: usize) -> usize {
     if cores <= 2 {
         1
     } else {
-        0
+        cores
     }
 }
 
@@ -309,7 +310,6 @@ pub fn run(args: Args) -> Result<()> {
         n => n,
     };
     let rt = match threads {
-        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
         // A single-threaded gateway leaves every other core to the workers.
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
