@@ -43,6 +43,12 @@ impl Histogram {
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    /// Observations so far and their sum in seconds, without the buckets.
+    pub fn count_and_sum(&self) -> (u64, f64) {
+        let count = self.counts.iter().map(|n| n.load(Ordering::Relaxed)).sum();
+        (count, self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9)
+    }
+
     /// The counts so far; an observation being recorded meanwhile may be
     /// in the sum and not yet in its bucket, which the next read makes good.
     pub fn snapshot(&self) -> HistogramSnapshot {
@@ -105,6 +111,7 @@ mod tests {
         assert_eq!(s.buckets, vec![(0.001, 2), (0.01, 3)]);
         assert_eq!(s.count, 4);
         assert!((s.sum_seconds - 1.0065).abs() < 1e-9, "{}", s.sum_seconds);
+        assert_eq!(h.count_and_sum(), (4, s.sum_seconds));
     }
 
     #[test]

@@ -113,8 +113,8 @@ pub(super) fn status(node: &Node, r: &FunctionRecord) -> Value {
 fn model_figures(figures: &sedge_core::figures::ModelFigures) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let mean_ms = |h: &sedge_core::figures::Histogram| {
-        let s = h.snapshot();
-        (s.count > 0).then(|| s.sum_seconds * 1000.0 / s.count as f64)
+        let (count, sum) = h.count_and_sum();
+        (count > 0).then(|| sum * 1000.0 / count as f64)
     };
     json!({
         "runs": figures.runs.load(Relaxed),

@@ -205,11 +205,7 @@ impl Node {
     /// Polls until `check` holds, failing after `limit`. Waits on the
     /// system's own behaviour (idle timers, restarts), never on speed.
     pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut(&Self) -> bool) {
-        let start = Instant::now();
-        while !check(self) {
-            assert!(start.elapsed() < limit, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.wait_until(what, limit, |n| if check(n) { Ok(()) } else { Err("not yet".to_owned()) });
     }
 
     /// [`Self::wait_for`] with what the check saw last in the failure:
