@@ -14,6 +14,9 @@
 #
 #   bench/cpu-per-request.sh BEFORE AFTER [ROUNDS] [USERS] [SECONDS]
 #   (defaults: 4 rounds of 16 users for 4 s; needs scripts/fetch-models.sh)
+# FUNCTIONS lists what is loaded, from bench/functions (default
+# "effnet-onnx effnet-infer"; effnet-receive is effnet-infer without its
+# model call); effnet-onnx is deployed in any case, as the callers' model.
 # SERVE_BEFORE / SERVE_AFTER add `sedge serve` options to either node, to
 # set one binary against itself with another setting, e.g.
 #   SERVE_BEFORE="--threads 2" SERVE_AFTER="--threads 1" \
@@ -21,6 +24,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 before=$1 after=$2 rounds=${3:-4} users=${4:-16} secs=${5:-4}
+read -r -a functions <<< "${FUNCTIONS:-effnet-onnx effnet-infer}"
+deployed=(effnet-onnx)
+for fn in "${functions[@]}"; do [ "$fn" = effnet-onnx ] || deployed+=("$fn"); done
 body=models/samples/chelsea-224.f32
 [ -s "$body" ] || { echo "run scripts/fetch-models.sh first" >&2; exit 1; }
 export SEDGE_PYTHON=${SEDGE_PYTHON:-$PWD/.venv/bin/python}
@@ -34,9 +40,12 @@ tick=$(getconf CLK_TCK)
 start() {
   local bin=$1 label=$2 dir=$work/$2 options
   read -r -a options <<< "${3:-}"
-  mkdir -p "$dir/onnx" "$dir/infer"
-  cp -r bench/functions/effnet-onnx/. "$dir/onnx/" && cp models/efficientnet-lite0.onnx "$dir/onnx/"
-  cp -r bench/functions/effnet-infer/. "$dir/infer/"
+  local fn
+  for fn in "${deployed[@]}"; do
+    mkdir -p "$dir/$fn"
+    cp -r "bench/functions/$fn/." "$dir/$fn/"
+  done
+  cp models/efficientnet-lite0.onnx "$dir/effnet-onnx/"
   SEDGE_ADMIN_PASSWORD=bench "$bin" serve --listen 127.0.0.1:0 --data "$dir/data" "${options[@]}" \
     > "$dir/out" 2> "$dir/err" &
   local pid=$!
@@ -45,8 +54,9 @@ start() {
   local url
   url=$(sed -n 's/^sedge listening on //p' "$dir/out")
   [ -n "$url" ] || { echo "$label did not start:" >&2; cat "$dir/err" >&2; exit 1; }
-  SEDGE_GATEWAY=$url SEDGE_PASSWORD=bench "$bin" deploy --wait "$dir/onnx" > /dev/null 2>&1
-  SEDGE_GATEWAY=$url SEDGE_PASSWORD=bench "$bin" deploy --wait "$dir/infer" > /dev/null 2>&1
+  for fn in "${deployed[@]}"; do
+    SEDGE_GATEWAY=$url SEDGE_PASSWORD=bench "$bin" deploy --wait "$dir/$fn" > /dev/null 2>&1
+  done
   printf -v "url_$label" %s "$url"
   printf -v "pid_$label" %s "$pid"
 }
@@ -115,10 +125,10 @@ for round in $(seq "$rounds"); do
   engine=$("$after" bench ort models/efficientnet-lite0.onnx --input "$body" --sessions 2 --threads 1 --shared \
     --duration "${secs}s" 2>&1 | awk '$1 == "runs" {for (i = 1; i < NF; i++) {if ($i == "runs/s") r = $(i + 1); if ($i == "ms/run") c = $(i + 1)}} END {printf "%6.1f runs/s %5.2f ms", r, c}')
   echo "round $round  engine alone $engine of CPU a run"
-  for fn in effnet-onnx effnet-infer; do
+  for fn in "${functions[@]}"; do
     for label in before after; do
       bin=$(eval echo "\$$label")
-      printf "  %-12s %-6s %s\n" "$fn" "$label" "$(load "$bin" "$label" "$fn")"
+      printf "  %-14s %-6s %s\n" "$fn" "$label" "$(load "$bin" "$label" "$fn")"
     done
   done
 done
